@@ -1,0 +1,221 @@
+"""Engines, connection settings and migrations.
+
+* URL: ``--db`` → ``JOBS_INDEX_DB`` → ``<user data dir>/jobs-index/jobs.sqlite3``.
+* SQLite: WAL, ``synchronous=NORMAL``, a busy timeout, and ``BEGIN IMMEDIATE`` for
+  writers (``write_transaction``), so two writers queue instead of failing mid-way.
+* PostgreSQL (psycopg 3): server-side prepared statements are off and every plan is
+  a custom plan, so a rare-status query can never be served by a generic plan that
+  walks the whole ``(create_time, id)`` index; reads run at REPEATABLE READ so a
+  page and its ``total`` come from one snapshot.
+* ``migrate``: upgrades to head on open; a file database that needs an upgrade is
+  backed up first (``<file>.bak-<revision>``) with SQLite's online backup API.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Iterator
+
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
+
+from .errors import ConfigError, StorageError
+
+log = logging.getLogger(__name__)
+
+ENV_VAR = "JOBS_INDEX_DB"
+VERSION_TABLE = "jobs_index_alembic_version"
+APP_NAME = "jobs-index"
+
+
+def default_sqlite_path() -> Path:
+    from platformdirs import user_data_path
+
+    return user_data_path(APP_NAME, appauthor=False) / "jobs.sqlite3"
+
+
+def resolve_url(url: str | None) -> str:
+    """The database URL: explicit, else $JOBS_INDEX_DB, else the per-user SQLite file."""
+    url = url or os.environ.get(ENV_VAR)
+    if url:
+        if "://" not in url:  # a bare path means a SQLite file
+            url = f"sqlite:///{Path(url).expanduser()}"
+        return url
+    return f"sqlite:///{default_sqlite_path()}"
+
+
+def _sqlite_path(url: str) -> Path | None:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def _setup_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_conn, _record):  # pragma: no cover - exercised by every test
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (below)
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA cache_size=-65536")  # 64 MiB page cache per connection
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def on_begin(conn: Connection):
+        mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> Engine:
+    """An engine with jobs-index's connection settings (no migration; see ``open_engine``)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigError(f"not a database URL: {url!r}") from exc
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        path = _sqlite_path(url)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url, echo=echo, pool_size=pool_size, max_overflow=pool_size * 2,
+            connect_args={"check_same_thread": False, "timeout": 30},
+        )
+        _setup_sqlite(engine)
+        return engine
+    if backend == "postgresql":
+        if parsed.get_driver_name() in ("psycopg2", "") or parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        return create_engine(
+            parsed, echo=echo, pool_size=pool_size, max_overflow=pool_size * 2,
+            pool_pre_ping=True,
+            connect_args={
+                "prepare_threshold": None,
+                "options": "-c plan_cache_mode=force_custom_plan",
+                "application_name": APP_NAME,
+            },
+        )
+    raise ConfigError(f"unsupported database {backend!r}: use sqlite:/// or postgresql+psycopg://")
+
+
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A write transaction: ``BEGIN IMMEDIATE`` on SQLite; on PostgreSQL writers
+    take one transaction-level advisory lock, a single consistent lock order that
+    rules out deadlocks on the shared counter rows."""
+    conn = engine.connect()
+    try:
+        if engine.dialect.name == "sqlite":
+            conn = conn.execution_options(sqlite_begin="IMMEDIATE")
+        with conn.begin():
+            if engine.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(7250031)"))
+            yield conn
+    except OperationalError as exc:
+        raise StorageError(f"database write failed: {exc.orig}") from exc
+    finally:
+        conn.close()
+
+
+@contextmanager
+def read_transaction(engine: Engine) -> Iterator[Connection]:
+    """A read transaction that sees one snapshot (WAL read / REPEATABLE READ)."""
+    conn = engine.connect()
+    try:
+        if engine.dialect.name == "postgresql":
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        with conn.begin():
+            yield conn
+    except OperationalError as exc:
+        raise StorageError(f"database read failed: {exc.orig}") from exc
+    finally:
+        conn.close()
+
+
+# -- migrations ----------------------------------------------------------------
+
+def alembic_config(connection: Connection | None = None):
+    from alembic.config import Config
+
+    script_location = resources.files("jobs_index") / "migrations"
+    if not script_location.is_dir():  # a source checkout without the package mapping
+        script_location = Path(__file__).resolve().parent.parent / "migrations"
+    config = Config()
+    config.set_main_option("script_location", str(script_location))
+    config.set_main_option("path_separator", "os")
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def current_revision(connection: Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+    return context.get_current_revision()
+
+
+def backup_sqlite(path: Path, suffix: str) -> Path:
+    """Copy a live SQLite file consistently (online backup API)."""
+    target = path.with_name(f"{path.name}.bak-{suffix}")
+    source = sqlite3.connect(path)
+    try:
+        dest = sqlite3.connect(target)
+        try:
+            source.backup(dest)
+        finally:
+            dest.close()
+    finally:
+        source.close()
+    return target
+
+
+def migrate(engine: Engine, revision: str = "head") -> str | None:
+    """Upgrade to ``revision`` atomically; back up a SQLite file first.
+
+    Runs under the writers' lock, so two processes opening the same new database
+    do not both create it. Returns the backup path, if one was made.
+    """
+    from alembic import command
+
+    target = head_revision() if revision == "head" else revision
+    with engine.connect() as conn:
+        if current_revision(conn) == target:
+            return None
+    backup = None
+    path = _sqlite_path(str(engine.url))
+    with write_transaction(engine) as conn:
+        current = current_revision(conn)
+        if current == target:
+            return None
+        if current is not None and path is not None:
+            backup = backup_sqlite(path, current)
+            log.warning("upgrading %s from %s; backup at %s", path, current, backup)
+        command.upgrade(alembic_config(conn), revision)
+    return str(backup) if backup else None
+
+
+def open_engine(url: str | None, *, pool_size: int = 5, upgrade: bool = True) -> Engine:
+    """Resolve the URL, create the engine and bring the schema to head."""
+    engine = make_engine(resolve_url(url), pool_size=pool_size)
+    if upgrade:
+        try:
+            migrate(engine)
+        except OperationalError as exc:
+            engine.dispose()
+            raise StorageError(f"cannot open database {engine.url!r}: {exc.orig}") from exc
+    return engine

@@ -1,0 +1,72 @@
+"""Domain errors. Each carries the HTTP status and JSON body it is rendered as.
+
+The HTTP layer renders every ``JobsIndexError`` with one middleware; the CLI prints
+``str(error)`` and exits non-zero. Storage code turns driver errors into these
+(``raise StorageError(...) from exc``) so callers never see a driver exception.
+"""
+from __future__ import annotations
+
+
+class JobsIndexError(Exception):
+    """Base class: an error with a status and a JSON body."""
+
+    status = 500
+
+    def __init__(self, message: str, **extra: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.extra = extra
+
+    def body(self) -> dict:
+        return {"error": self.message, **self.extra}
+
+
+class BadRequest(JobsIndexError):
+    """A query parameter failed validation (ComfyUI's exact 400 bodies)."""
+
+    status = 400
+
+
+class InvalidCursor(BadRequest):
+    """The ``after`` cursor is malformed or does not match the request."""
+
+    def __init__(self, reason: str = "") -> None:
+        super().__init__("Invalid pagination cursor", code="INVALID_CURSOR")
+        self.reason = reason
+
+
+class JobNotFound(JobsIndexError):
+    status = 404
+
+    def __init__(self, job_id: str = "") -> None:
+        super().__init__("Job not found")
+        self.job_id = job_id
+
+
+class InvalidItem(JobsIndexError):
+    """A ComfyUI history/queue item that cannot be normalised (wrong shape or types)."""
+
+    status = 400
+
+    def __init__(self, job_id: object, reason: str) -> None:
+        super().__init__(f"{job_id!s}: {reason}")
+        self.job_id = job_id
+        self.reason = reason
+
+
+class InvalidDump(JobsIndexError):
+    """An input file that is not a ComfyUI /history, /queue or JSONL export."""
+
+    status = 400
+
+
+class StorageError(JobsIndexError):
+    """The database refused or failed an operation."""
+
+    status = 503
+
+
+class ConfigError(JobsIndexError):
+    """A bad database URL or option."""
+
+    status = 400

@@ -1,0 +1,332 @@
+"""Turn ComfyUI history and queue items into job rows, and rows back into job dicts.
+
+This module is pure (no database, no I/O). It reimplements the behaviour of
+ComfyUI's ``comfy_execution/jobs.py`` (see ``CONTRACT.md``):
+
+* ``from_history`` / ``from_queue`` validate one raw item and compute the columns of
+  its row (``JobRecord``), including the compressed, lossless raw item;
+* ``list_dict`` builds the ``GET /api/jobs`` dict from a row's columns;
+* ``detail_dict`` adds the detail fields, re-derived from the raw item.
+
+Where ComfyUI itself would raise on malformed data, we normalise defensively and
+keep the job; each such choice is marked "defensive" below. An item whose shape
+makes it meaningless (no prompt tuple, no string id, a non-integer queue number) is
+rejected with ``InvalidItem``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import InvalidItem
+
+PENDING, IN_PROGRESS, COMPLETED, FAILED, CANCELLED = (
+    "pending", "in_progress", "completed", "failed", "cancelled")
+
+# How far a job has come; a newer stage replaces an older one on re-ingest.
+STAGE_PENDING, STAGE_RUNNING, STAGE_HISTORY = 0, 1, 2
+KIND_HISTORY, KIND_QUEUE = "history", "queue"
+
+MAX_ID_LENGTH = 128  # longer ids could never be paged: ComfyUI refuses to mint their cursor
+PREVIEWABLE_MEDIA_TYPES = frozenset({"images", "video", "audio", "3d", "text"})
+THREE_D_EXTENSIONS = (".obj", ".fbx", ".gltf", ".glb", ".usdz")
+TEXT_PREVIEW_MAX_LENGTH = 1024
+# BIGINT range: integers outside it cannot be stored in a column (raw keeps them).
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+@dataclass(slots=True)
+class JobRecord:
+    """The columns of one ``jobs`` row (see ``schema.Job``)."""
+
+    id: str
+    status: str
+    stage: int
+    priority: int
+    create_time: int  # the sort key: ComfyUI's ``create_time or 0``
+    create_time_missing: bool
+    execution_start_time: int | None
+    execution_end_time: int | None
+    execution_duration: int
+    outputs_count: int
+    preview_output: str | None  # JSON text
+    execution_error: str | None  # JSON text of the execution_error event
+    error_type: str | None
+    error_message: str | None
+    error_node_id: str | None
+    error_node_type: str | None
+    workflow_id: str | None
+    raw_kind: str
+    raw: bytes  # zlib-compressed JSON of the ComfyUI item, sensitive data removed
+    raw_digest: str
+    source: str | None = None
+
+    def as_row(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+# -- small defensive helpers -------------------------------------------------
+
+def _as_dict(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _as_int(value: Any) -> int | None:
+    """An integer (an integral float counts; bool does not), else None (defensive)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if _INT64_MIN <= value <= _INT64_MAX else None
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return _as_int(int(value))
+    return None
+
+
+def _as_str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def encode_raw(item: Any) -> tuple[bytes, str]:
+    """Compress an item losslessly; return (blob, digest of the uncompressed JSON)."""
+    data = _dumps(item).encode("utf-8")
+    return zlib.compress(data, 6), hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def decode_raw(blob: bytes) -> Any:
+    return json.loads(zlib.decompress(blob))
+
+
+# -- metadata shared by queue and history items -------------------------------
+
+def _prompt_tuple(job_id: Any, prompt: Any) -> list:
+    if not isinstance(prompt, (list, tuple)) or len(prompt) < 5:
+        raise InvalidItem(job_id, "prompt must be a list [number, prompt_id, prompt, extra_data, outputs_to_execute]")
+    # The sixth element (sensitive extra data such as API keys) is never kept.
+    return list(prompt[:5])
+
+
+def _priority(job_id: str, number: Any) -> int:
+    priority = _as_int(number)
+    if priority is None:
+        raise InvalidItem(job_id, f"queue number must be an integer, got {number!r}")
+    return priority
+
+
+def _check_id(job_id: Any) -> str:
+    if not isinstance(job_id, str) or not job_id:
+        raise InvalidItem(job_id, "prompt id must be a non-empty string")
+    if len(job_id) > MAX_ID_LENGTH:
+        raise InvalidItem(job_id[:40] + "...", f"prompt id longer than {MAX_ID_LENGTH} characters")
+    return job_id
+
+
+def _metadata(extra_data: Any) -> tuple[int | None, str | None]:
+    """create_time and workflow id from extra_data (defensive: any level may be missing)."""
+    extra = _as_dict(extra_data)
+    workflow = _as_dict(_as_dict(extra.get("extra_pnginfo")).get("workflow"))
+    return _as_int(extra.get("create_time")), _as_str(workflow.get("id"))
+
+
+def _base_record(job_id: str, status: str, stage: int, priority: int,
+                 create_time: int | None, workflow_id: str | None,
+                 raw_kind: str, raw_item: Any) -> JobRecord:
+    raw, digest = encode_raw(raw_item)
+    return JobRecord(
+        id=job_id, status=status, stage=stage, priority=priority,
+        create_time=create_time or 0, create_time_missing=create_time is None,
+        execution_start_time=None, execution_end_time=None, execution_duration=0,
+        outputs_count=0, preview_output=None, execution_error=None,
+        error_type=None, error_message=None, error_node_id=None, error_node_type=None,
+        workflow_id=workflow_id, raw_kind=raw_kind, raw=raw, raw_digest=digest,
+    )
+
+
+def from_queue(item: Any, status: str) -> JobRecord:
+    """A running (``in_progress``) or ``pending`` queue item → row."""
+    job_id = _check_id(item[1] if isinstance(item, (list, tuple)) and len(item) > 1 else None)
+    number, _, _, extra_data, _ = prompt = _prompt_tuple(job_id, item)
+    create_time, workflow_id = _metadata(extra_data)
+    stage = STAGE_RUNNING if status == IN_PROGRESS else STAGE_PENDING
+    return _base_record(job_id, status, stage, _priority(job_id, number),
+                        create_time, workflow_id, KIND_QUEUE, prompt)
+
+
+# -- history items -----------------------------------------------------------
+
+def _execution_events(status_info: Any) -> tuple[int | None, int | None, dict | None, bool]:
+    """Walk status.messages: (start, end, execution_error event, interrupted)."""
+    start = end = error = None
+    interrupted = False
+    messages = _as_dict(status_info).get("messages")
+    for entry in messages if isinstance(messages, (list, tuple)) else ():
+        if not (isinstance(entry, (list, tuple)) and len(entry) >= 2 and isinstance(entry[1], dict)):
+            continue
+        name, data = entry[0], entry[1]
+        if name == "execution_start":
+            start = _as_int(data.get("timestamp"))
+        elif name in ("execution_success", "execution_error", "execution_interrupted"):
+            end = _as_int(data.get("timestamp"))
+            if name == "execution_error":
+                error = data
+            elif name == "execution_interrupted":
+                interrupted = True
+    return start, end, error, interrupted
+
+
+def _has_3d_extension(name: str) -> bool:
+    return name.lower().endswith(THREE_D_EXTENSIONS)
+
+
+def _three_d_output(name: str) -> dict:
+    return {"filename": name, "type": "output", "subfolder": "", "mediaType": "3d"}
+
+
+def _is_previewable(media_type: str, item: dict) -> bool:
+    if media_type in PREVIEWABLE_MEDIA_TYPES:
+        return True
+    fmt = item.get("format")
+    if isinstance(fmt, str) and fmt.startswith(("video/", "audio/")):
+        return True
+    filename = item.get("filename")  # defensive: ComfyUI raises on a non-string filename
+    return isinstance(filename, str) and _has_3d_extension(filename)
+
+
+def _text_preview(value: Any, node_id: str, media_type: str) -> dict:
+    # A JSON list stands for the in-memory tuple ``(value,)``: preview its first element.
+    if isinstance(value, (list, tuple)):
+        value = value[0] if value else ""
+    text = value if isinstance(value, str) else str(value)
+    preview: dict[str, Any] = {"content": text[:TEXT_PREVIEW_MAX_LENGTH]}
+    if len(text) > TEXT_PREVIEW_MAX_LENGTH:
+        preview["truncated"] = True
+    return {**preview, "nodeId": node_id, "mediaType": media_type}
+
+
+def outputs_summary(outputs: Any) -> tuple[int, dict | None]:
+    """(outputs_count, preview_output) in one pass, as ComfyUI computes them."""
+    count = 0
+    preview = fallback = None
+    for node_id, node_outputs in _as_dict(outputs).items():
+        if not isinstance(node_outputs, dict):
+            continue
+        for media_type, items in node_outputs.items():
+            if media_type == "animated" or not isinstance(items, list):
+                continue
+            for item in items:
+                if isinstance(item, str) and _has_3d_extension(item):
+                    item = _three_d_output(item)
+                elif not isinstance(item, dict):
+                    if media_type == "text":
+                        count += 1
+                        if preview is None and fallback is None:
+                            fallback = _text_preview(item, node_id, media_type)
+                    continue
+                count += 1
+                if preview is not None or not _is_previewable(media_type, item):
+                    continue
+                enriched = {**item, "nodeId": node_id}
+                if "mediaType" not in item:
+                    enriched["mediaType"] = media_type
+                if item.get("type") == "output":
+                    preview = enriched
+                elif fallback is None:
+                    fallback = enriched
+    return count, preview or fallback
+
+
+def normalize_outputs(outputs: Any) -> dict:
+    """Detail ``outputs``: 3D filename strings become file dicts, None items dropped."""
+    result = {}
+    for node_id, node_outputs in _as_dict(outputs).items():
+        if not isinstance(node_outputs, dict):
+            result[node_id] = node_outputs
+            continue
+        node = {}
+        for media_type, items in node_outputs.items():
+            if media_type == "animated" or not isinstance(items, list):
+                node[media_type] = items
+                continue
+            node[media_type] = [
+                _three_d_output(item) if isinstance(item, str) and _has_3d_extension(item) else item
+                for item in items if item is not None
+            ]
+        result[node_id] = node
+    return result
+
+
+def _history_status(status_info: Any, interrupted: bool) -> str:
+    status_str = _as_dict(status_info).get("status_str")
+    if status_str == "error":
+        return CANCELLED if interrupted else FAILED
+    return COMPLETED  # "success", anything else, or no status at all
+
+
+def from_history(job_id: Any, item: Any) -> JobRecord:
+    """A ``/history`` item keyed by ``job_id`` → row."""
+    job_id = _check_id(job_id)
+    if not isinstance(item, dict):
+        raise InvalidItem(job_id, "history item must be an object")
+    number, _, _, extra_data, _ = prompt = _prompt_tuple(job_id, item.get("prompt"))
+    create_time, workflow_id = _metadata(extra_data)
+    status_info = item.get("status", {})
+    start, end, error, interrupted = _execution_events(status_info)
+    count, preview = outputs_summary(item.get("outputs", {}))
+
+    raw_item = {**item, "prompt": prompt}
+    record = _base_record(job_id, _history_status(status_info, interrupted), STAGE_HISTORY,
+                          _priority(job_id, number), create_time, workflow_id,
+                          KIND_HISTORY, raw_item)
+    record.execution_start_time = start
+    record.execution_end_time = end
+    record.execution_duration = end - start if start and end else 0
+    record.outputs_count = count
+    record.preview_output = _dumps(preview) if preview is not None else None
+    if error is not None:
+        record.execution_error = _dumps(error)
+        record.error_type = _as_str(error.get("exception_type"))
+        record.error_message = _as_str(error.get("exception_message"))
+        record.error_node_id = _as_str(error.get("node_id"))
+        record.error_node_type = _as_str(error.get("node_type"))
+    return record
+
+
+# -- rows back to job dicts ----------------------------------------------------
+
+def list_dict(row: Any) -> dict:
+    """The ``GET /api/jobs`` dict of a row (attribute access), keys in ComfyUI's order."""
+    job: dict[str, Any] = {"id": row.id, "status": row.status, "priority": row.priority}
+    if not row.create_time_missing:
+        job["create_time"] = row.create_time
+    if row.execution_start_time is not None:
+        job["execution_start_time"] = row.execution_start_time
+    if row.execution_end_time is not None:
+        job["execution_end_time"] = row.execution_end_time
+    if row.execution_error is not None:
+        job["execution_error"] = json.loads(row.execution_error)
+    job["outputs_count"] = row.outputs_count
+    if row.preview_output is not None:
+        job["preview_output"] = json.loads(row.preview_output)
+    if row.workflow_id is not None:
+        job["workflow_id"] = row.workflow_id
+    return job
+
+
+def detail_dict(row: Any) -> dict:
+    """The ``GET /api/jobs/{id}`` dict. Queue rows answer with the list dict, as ComfyUI does."""
+    job = list_dict(row)
+    if row.raw_kind != KIND_HISTORY:
+        return job
+    item = decode_raw(row.raw)
+    _, _, prompt, extra_data, _ = item["prompt"]
+    job["outputs"] = normalize_outputs(item.get("outputs", {}))
+    job["execution_status"] = item.get("status", {})
+    job["workflow"] = {"prompt": prompt, "extra_data": extra_data}
+    return job

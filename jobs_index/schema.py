@@ -1,0 +1,106 @@
+"""The database schema: SQLAlchemy 2 models. ``docs/schema.md`` documents it for SQL users.
+
+Times are epoch milliseconds (as ComfyUI records them). Migrations under
+``migrations/`` create exactly this; ``alembic check`` keeps the two in step.
+Counters in ``job_counts`` are maintained by database triggers (created by the
+migrations), so every write path, including ad-hoc SQL, keeps them exact.
+"""
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# Job ids are ordered by code point (ComfyUI's Python string order): SQLite's
+# default BINARY collation does that; PostgreSQL needs the "C" collation.
+IdText = Text().with_variant(Text(collation="C"), "postgresql")
+
+STATUS_VALUES = ("pending", "in_progress", "completed", "failed", "cancelled")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Job(Base):
+    """One ComfyUI job: its newest known version (pending → running → history)."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(IdText, primary_key=True)
+    status: Mapped[str] = mapped_column(Text)
+    stage: Mapped[int] = mapped_column(SmallInteger)  # 0 pending, 1 running, 2 history
+    priority: Mapped[int] = mapped_column(BigInteger)
+    create_time: Mapped[int] = mapped_column(BigInteger)  # 0 when ComfyUI recorded none
+    create_time_missing: Mapped[bool] = mapped_column(Boolean, default=False)
+    execution_start_time: Mapped[int | None] = mapped_column(BigInteger)
+    execution_end_time: Mapped[int | None] = mapped_column(BigInteger)
+    execution_duration: Mapped[int] = mapped_column(BigInteger, default=0)
+    outputs_count: Mapped[int] = mapped_column(Integer, default=0)
+    preview_output: Mapped[str | None] = mapped_column(Text)  # JSON
+    execution_error: Mapped[str | None] = mapped_column(Text)  # JSON of the event
+    error_type: Mapped[str | None] = mapped_column(Text)
+    error_message: Mapped[str | None] = mapped_column(Text)
+    error_node_id: Mapped[str | None] = mapped_column(Text)
+    error_node_type: Mapped[str | None] = mapped_column(Text)
+    workflow_id: Mapped[str | None] = mapped_column(Text)
+    source: Mapped[str | None] = mapped_column(Text)
+    raw_kind: Mapped[str] = mapped_column(Text)  # 'history' or 'queue'
+    raw: Mapped[bytes] = mapped_column(LargeBinary)  # zlib(JSON of the ComfyUI item)
+    raw_digest: Mapped[str] = mapped_column(Text)  # blake2b-128 hex of that JSON
+    indexed_at: Mapped[int] = mapped_column(BigInteger)  # when this version was written
+
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('pending', 'in_progress', 'completed', 'failed', 'cancelled')",
+            name="status",
+        ),
+        CheckConstraint("stage IN (0, 1, 2)", name="stage"),
+        CheckConstraint("raw_kind IN ('history', 'queue')", name="raw_kind"),
+        Index(None, "create_time", "id"),
+        Index(None, "status", "create_time", "id"),
+        Index(None, "workflow_id", "status", "create_time", "id"),
+        Index(None, "source", "status", "create_time", "id"),
+        Index(None, "execution_duration", "id"),
+        Index(None, "status", "execution_duration", "id"),
+    )
+
+
+class JobCount(Base):
+    """Exact job counts per (source, workflow_id, status); '' in a key means "all".
+
+    Maintained by triggers on ``jobs``; ``total`` is a sum over at most five rows.
+    """
+
+    __tablename__ = "job_counts"
+
+    source: Mapped[str] = mapped_column(Text, primary_key=True)
+    workflow_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    status: Mapped[str] = mapped_column(Text, primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger)
+
+
+# Index names, used to pin query plans (SQLite ``INDEXED BY``).
+IX_CREATE_TIME = "ix_jobs_create_time_id"
+IX_STATUS_CREATE_TIME = "ix_jobs_status_create_time_id"
+IX_WORKFLOW_STATUS = "ix_jobs_workflow_id_status_create_time_id"
+IX_SOURCE_STATUS = "ix_jobs_source_status_create_time_id"
+IX_DURATION = "ix_jobs_execution_duration_id"
+IX_STATUS_DURATION = "ix_jobs_status_execution_duration_id"

@@ -1,0 +1,240 @@
+"""Services: the jobs index's operations. Each owns its transaction(s).
+
+``JobsIndex`` is the library entry point used by the HTTP server, the CLI and the
+custom node: list and get jobs with ComfyUI's semantics, ingest job rows in batched
+transactions, and reconcile live (pending/running) rows with a queue snapshot.
+Every method is blocking; async callers run them in a thread.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
+
+from . import queries
+from .cursor import CURSOR_SORT_FIELD, encode_cursor
+from .database import open_engine, read_transaction, write_transaction
+from .errors import JobNotFound, StorageError
+from .normalize import JobRecord, detail_dict, list_dict
+from .params import ListQuery
+from .queries import Position
+
+DEFAULT_BATCH_SIZE = 1000
+STREAM_CHUNK = 1000  # rows per query when a listing is larger than one page
+
+
+@dataclass
+class JobsPage:
+    jobs: list[dict]
+    total: int
+    has_more: bool
+    next_cursor: str | None
+
+    def body(self, query: ListQuery) -> dict:
+        """The exact ``GET /api/jobs`` response body."""
+        pagination = {"offset": query.offset, "limit": query.limit,
+                      "total": self.total, "has_more": self.has_more}
+        if self.next_cursor is not None:
+            pagination["next_cursor"] = self.next_cursor
+        return {"jobs": self.jobs, "pagination": pagination}
+
+
+@dataclass
+class IngestResult:
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # (id, reason)
+
+    def add(self, other: "IngestResult") -> None:
+        self.inserted += other.inserted
+        self.updated += other.updated
+        self.unchanged += other.unchanged
+        self.removed += other.removed
+        self.rejected.extend(other.rejected)
+
+    @property
+    def written(self) -> int:
+        return self.inserted + self.updated
+
+
+class JobStream:
+    """A listing read in keyset chunks, for pages too large to hold in memory.
+
+    ``total`` and the first chunk come from one snapshot; later chunks continue
+    from the last row's sort key, so no row is repeated or skipped even while
+    writers add jobs. ``has_more``/``next_cursor`` are final once exhausted.
+    """
+
+    def __init__(self, index: "JobsIndex", query: ListQuery, chunk: int = STREAM_CHUNK) -> None:
+        self._index, self._query, self._chunk = index, query, chunk
+        self._remaining = query.limit  # None: no limit
+        self._after = Position(query.cursor.create_time, query.cursor.id) if query.cursor else None
+        self._offset = 0 if query.cursor else query.offset
+        self._done = False
+        self._last = None
+        self.has_more = False
+        self.next_cursor: str | None = None
+        with read_transaction(index.engine) as conn:
+            self.total = queries.count_total(conn, query)
+            # ComfyUI answers an empty filtered set early: no cursor, no has_more.
+            self._done = self.total == 0
+            self._first = self._fetch(conn)
+
+    def _fetch(self, conn) -> list[dict]:
+        if self._done:
+            return []
+        want = self._chunk if self._remaining is None else min(self._chunk, self._remaining)
+        if self._after is None and self._offset >= self.total:
+            rows = []  # past the end: answer without walking the index
+        else:
+            rows = queries.select_page(conn, self._query, limit=want + 1,
+                                       offset=self._offset, after=self._after)
+        page, extra = rows[:want], len(rows) > want
+        if self._remaining is not None:
+            self._remaining -= len(page)
+        if page:
+            last = page[-1]
+            self._last = last
+            value = last.create_time if self._query.sort_by == CURSOR_SORT_FIELD else last.execution_duration
+            self._after, self._offset = Position(value, last.id), 0
+        if not extra or self._remaining == 0:
+            self._done = True
+            self.has_more = extra and self._query.limit is not None
+            if self.has_more and self._query.sort_by == CURSOR_SORT_FIELD and self._last is not None:
+                self.next_cursor = encode_cursor(self._last.create_time, self._last.id,
+                                                 self._query.sort_order)
+        return [list_dict(row) for row in page]
+
+    def chunks(self) -> Iterator[list[dict]]:
+        """Job dicts, chunk by chunk (blocking: one query per chunk after the first)."""
+        yield self._first
+        while not self._done:
+            with read_transaction(self._index.engine) as conn:
+                chunk = self._fetch(conn)
+            if chunk:
+                yield chunk
+
+    def next_chunk(self) -> list[dict] | None:
+        """The next chunk, or None when exhausted (for callers that hop threads)."""
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
+        if self._done:
+            return None
+        with read_transaction(self._index.engine) as conn:
+            return self._fetch(conn)
+
+
+class JobsIndex:
+    """A jobs index over one database (SQLite file or PostgreSQL)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def open(cls, url: str | None = None, *, pool_size: int = 5) -> "JobsIndex":
+        """Open (and create or upgrade) the index at ``url`` (see ``resolve_url``)."""
+        return cls(open_engine(url, pool_size=pool_size))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> "JobsIndex":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- reads ---------------------------------------------------------------
+
+    def list_jobs(self, query: ListQuery) -> JobsPage:
+        """One page of ``GET /api/jobs`` (the whole listing when ``limit`` is None)."""
+        stream = JobStream(self, query, chunk=query.limit or STREAM_CHUNK)
+        jobs = [job for chunk in stream.chunks() for job in chunk]
+        return JobsPage(jobs, stream.total, stream.has_more, stream.next_cursor)
+
+    def stream_jobs(self, query: ListQuery, chunk: int = STREAM_CHUNK) -> JobStream:
+        return JobStream(self, query, chunk)
+
+    def get_job(self, job_id: str) -> dict:
+        """The ``GET /api/jobs/{id}`` dict; raises JobNotFound."""
+        with read_transaction(self.engine) as conn:
+            row = queries.get_job(conn, job_id)
+        if row is None:
+            raise JobNotFound(job_id)
+        return detail_dict(row)
+
+    def total(self, query: ListQuery | None = None) -> int:
+        with read_transaction(self.engine) as conn:
+            return queries.count_total(conn, query or ListQuery())
+
+    # -- writes --------------------------------------------------------------
+
+    def ingest(self, records: Iterable[JobRecord], *, source: str | None = None,
+               batch_size: int = DEFAULT_BATCH_SIZE) -> IngestResult:
+        """Write records in batches, one transaction per batch; idempotent.
+
+        A killed ingest leaves every committed batch in place and the counts exact;
+        running it again writes only what is missing or newer.
+        """
+        result = IngestResult()
+        batch: dict[str, JobRecord] = {}
+        for record in records:
+            if source is not None:
+                record.source = source
+            batch[record.id] = record  # a later version of a job in one batch wins
+            if len(batch) >= batch_size:
+                result.add(self._write_batch(list(batch.values())))
+                batch = {}
+        if batch:
+            result.add(self._write_batch(list(batch.values())))
+        return result
+
+    def _write_batch(self, records: list[JobRecord]) -> IngestResult:
+        result = IngestResult()
+        now = int(time.time() * 1000)
+        try:
+            with write_transaction(self.engine) as conn:
+                existing = queries.existing_versions(conn, [r.id for r in records])
+                rows = []
+                for record in records:
+                    old = existing.get(record.id)
+                    if old is None:
+                        result.inserted += 1
+                    elif record.stage > old[0] or (record.stage == old[0] and record.raw_digest != old[1]):
+                        result.updated += 1
+                    else:
+                        result.unchanged += 1
+                        continue
+                    row = record.as_row()
+                    row["indexed_at"] = now
+                    rows.append(row)
+                queries.upsert_jobs(conn, rows)
+        except IntegrityError as exc:
+            raise StorageError(f"rejected by the database: {exc.orig}") from exc
+        return result
+
+    def reconcile_live(self, live_ids: Iterable[str], *, source: str | None = None) -> int:
+        """Apply a queue snapshot: pending/running rows of ``source`` that are not in
+        it are removed, as ComfyUI forgets a job cancelled while pending. Finished
+        (history) rows are never touched. Returns the number removed."""
+        keep = set(live_ids)
+        with write_transaction(self.engine) as conn:
+            stale = queries.live_ids(conn, source) - keep
+            return queries.delete_jobs(conn, sorted(stale)) if stale else 0
+
+    def delete_jobs(self, ids: Iterable[str]) -> int:
+        with write_transaction(self.engine) as conn:
+            return queries.delete_jobs(conn, sorted(set(ids)))
+
+    # -- checks --------------------------------------------------------------
+
+    def counts_consistent(self) -> bool:
+        """True when the trigger-kept counts equal a full COUNT over ``jobs``."""
+        with read_transaction(self.engine) as conn:
+            return queries.stored_counts(conn) == queries.recount(conn)

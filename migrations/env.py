@@ -1,0 +1,50 @@
+"""Alembic environment for jobs-index.
+
+Used two ways: by ``jobs_index.database.migrate`` (which passes an open connection in
+``config.attributes["connection"]``), and by the ``alembic`` command from the repo
+root (URL from ``-x db=URL``, ``JOBS_INDEX_DB`` or the default SQLite file).
+jobs-index keeps its own version table, so it can share a database with other tools.
+"""
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy import create_engine
+
+from jobs_index.database import VERSION_TABLE, resolve_url
+from jobs_index.schema import Base
+
+config = context.config
+target_metadata = Base.metadata
+
+
+def _configure(connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        version_table=VERSION_TABLE,
+        render_as_batch=connection.dialect.name == "sqlite",
+        compare_type=True,
+    )
+
+
+def run_migrations_online() -> None:
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        _configure(connection)
+        with context.begin_transaction():
+            context.run_migrations()
+        return
+    url = context.get_x_argument(as_dictionary=True).get("db") or resolve_url(None)
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            _configure(connection)
+            with context.begin_transaction():
+                context.run_migrations()
+    finally:
+        engine.dispose()
+
+
+if context.is_offline_mode():
+    raise SystemExit("jobs-index migrations run online only (they create triggers).")
+run_migrations_online()
