@@ -92,16 +92,15 @@ def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> Engine:
         _setup_sqlite(engine)
         return engine
     if backend == "postgresql":
-        if parsed.get_driver_name() in ("psycopg2", "") or parsed.drivername == "postgresql":
+        if parsed.drivername in ("postgresql", "postgresql+psycopg2"):
             parsed = parsed.set(drivername="postgresql+psycopg")
+        # Keep any libpq options given in the URL (e.g. a search_path) and add ours.
+        options = " ".join(filter(None, (parsed.query.get("options"), "-c plan_cache_mode=force_custom_plan")))
+        parsed = parsed.difference_update_query(["options"])
         return create_engine(
             parsed, echo=echo, pool_size=pool_size, max_overflow=pool_size * 2,
             pool_pre_ping=True,
-            connect_args={
-                "prepare_threshold": None,
-                "options": "-c plan_cache_mode=force_custom_plan",
-                "application_name": APP_NAME,
-            },
+            connect_args={"prepare_threshold": None, "options": options, "application_name": APP_NAME},
         )
     raise ConfigError(f"unsupported database {backend!r}: use sqlite:/// or postgresql+psycopg://")
 

@@ -1,0 +1,216 @@
+"""The ``jobs-index`` command: a thin layer over the library.
+
+Every command takes the global ``--db`` (or ``JOBS_INDEX_DB``); errors are printed
+as one line on stderr with a non-zero exit status, never as a traceback.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+
+import click
+
+from . import __version__
+from .database import ENV_VAR, default_sqlite_path, resolve_url
+from .errors import JobsIndexError
+
+DB_HELP = (
+    "Database URL: sqlite:///path/jobs.sqlite3 or postgresql+psycopg://user@host/db "
+    f"(also ${ENV_VAR}). Default: {default_sqlite_path()}"
+)
+
+
+class Context:
+    def __init__(self, db: str | None) -> None:
+        self.db = db
+
+    @property
+    def url(self) -> str:
+        return resolve_url(self.db)
+
+    def open(self):
+        from .services import JobsIndex
+
+        return JobsIndex.open(self.db)
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+class IndexGroup(click.Group):
+    """Turns domain errors into a one-line message and exit status 1."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except JobsIndexError as exc:
+            click.echo(f"Error: {exc.message}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=IndexGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--db", envvar=ENV_VAR, metavar="URL", help=DB_HELP)
+@click.option("-v", "--verbose", is_flag=True, help="Log more (SQL warnings, upgrades).")
+@click.version_option(__version__, prog_name="jobs-index")
+@click.pass_context
+def cli(ctx: click.Context, db: str | None, verbose: bool) -> None:
+    """A persistent, SQL-backed index of ComfyUI jobs.
+
+    \b
+    Example:
+      curl -s 127.0.0.1:8188/history > history.json
+      curl -s 127.0.0.1:8188/queue   > queue.json
+      jobs-index --db sqlite:///jobs.sqlite3 import history.json queue.json
+      jobs-index --db sqlite:///jobs.sqlite3 serve --port 8189
+    """
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    ctx.obj = Context(db)
+
+
+def _progress(label: str, total: int) -> tuple[Callable[[int], None] | None, Callable[[], None]]:
+    """A progress bar on a terminal (stderr); nothing otherwise."""
+    if not sys.stderr.isatty() or total < 200:
+        return None, lambda: None
+    bar = click.progressbar(length=total, label=label, file=sys.stderr)
+    bar.__enter__()
+    return bar.update, lambda: bar.__exit__(None, None, None)
+
+
+def summary_line(result, files: int) -> str:
+    parts = [f"{result.inserted} inserted", f"{result.updated} updated", f"{result.unchanged} unchanged"]
+    if result.removed:
+        parts.append(f"{result.removed} removed (no longer queued)")
+    parts.append(f"{len(result.rejected)} rejected")
+    return f"{files} file(s): " + ", ".join(parts)
+
+
+@cli.command("import")
+@click.argument("files", nargs=-1, required=True, metavar="FILE...")
+@click.option("--source", metavar="NAME", help="Record NAME as the source of these jobs (e.g. the ComfyUI host).")
+@click.option("--batch-size", default=1000, show_default=True, help="Jobs per transaction.")
+@pass_ctx
+def import_(ctx: Context, files: tuple[str, ...], source: str | None, batch_size: int) -> None:
+    """Import ComfyUI /history and /queue dumps (JSON files, or - for stdin).
+
+    The kind of each file is detected from its shape. Importing is idempotent; a
+    newer version of a job replaces the older; a /queue dump removes pending and
+    running jobs that are no longer queued. Malformed items are rejected with a
+    reason and never stop the rest.
+
+    \b
+    Example:
+      curl -s 127.0.0.1:8188/history | jobs-index import -
+      jobs-index --db sqlite:///jobs.sqlite3 import history.json queue.json
+    """
+    from .ingest import import_paths
+
+    if batch_size < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--batch-size")
+    finishers: list[Callable[[], None]] = []
+
+    def on_dump(dump):
+        update, finish = _progress(f"{dump.name} ({dump.kind})", len(dump))
+        finishers.append(finish)
+        return update
+
+    with ctx.open() as index:
+        try:
+            result, errors = import_paths(index, files, source=source, batch_size=batch_size, on_dump=on_dump)
+        finally:
+            for finish in finishers:
+                finish()
+    for error in errors:
+        click.echo(f"Error: {error}", err=True)
+    for job_id, reason in result.rejected[:20]:
+        click.echo(f"rejected {job_id}: {reason}", err=True)
+    if len(result.rejected) > 20:
+        click.echo(f"... and {len(result.rejected) - 20} more rejected", err=True)
+    click.echo(summary_line(result, len(files) - len(errors)))
+    valid = result.inserted + result.updated + result.unchanged + result.removed
+    if valid == 0 and (errors or result.rejected):
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind. The default answers only this machine; 0.0.0.0 exposes the API.")
+@click.option("--port", default=8189, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--pool-size", default=8, show_default=True, type=click.IntRange(1, 256),
+              help="Database connections (and worker threads) of this server process.")
+@pass_ctx
+def serve(ctx: Context, host: str, port: int, pool_size: int) -> None:
+    """Serve GET /api/jobs and GET /api/jobs/{id} from the index, as ComfyUI does.
+
+    \b
+    Example:
+      jobs-index --db sqlite:///jobs.sqlite3 serve --port 8189
+      curl '127.0.0.1:8189/api/jobs?limit=50&status=failed'
+    """
+    from .http import ServerConfig
+    from .http import serve as run
+
+    run(ServerConfig(db_url=ctx.url, host=host, port=port, pool_size=pool_size),
+        print_fn=lambda line: click.echo(line, err=True))
+
+
+@cli.command()
+@click.option("--jobs", "count", default=500, show_default=True, type=click.IntRange(1, 1_000_000),
+              help="How many sample jobs to generate.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8189, show_default=True, type=click.IntRange(0, 65535))
+@pass_ctx
+def demo(ctx: Context, count: int, host: str, port: int) -> None:
+    """Build an index of sample jobs (shaped like real ComfyUI history) and serve it.
+
+    Without --db the sample goes to ./jobs-index-demo.sqlite3.
+
+    \b
+    Example:
+      jobs-index demo --port 8189
+      curl '127.0.0.1:8189/api/jobs?limit=5'
+    """
+    from .http import ServerConfig
+    from .http import serve as run
+    from .sample import build_sample
+    from .services import JobsIndex
+
+    url = ctx.url if ctx.db else "sqlite:///jobs-index-demo.sqlite3"
+    with JobsIndex.open(url) as index:
+        result = build_sample(index, count)
+    click.echo(f"sample index {url}: {summary_line(result, 1)}", err=True)
+    run(ServerConfig(db_url=url, host=host, port=port), print_fn=lambda line: click.echo(line, err=True))
+
+
+@cli.command()
+@click.option("--revision", default="head", show_default=True, help="Target revision.")
+@pass_ctx
+def migrate(ctx: Context, revision: str) -> None:
+    """Upgrade the database schema (done automatically whenever the index is opened).
+
+    A SQLite file is backed up before an upgrade, next to it.
+
+    \b
+    Example:
+      jobs-index --db sqlite:///jobs.sqlite3 migrate
+    """
+    from .database import head_revision, make_engine
+    from .database import migrate as run_migrate
+
+    engine = make_engine(ctx.url)
+    try:
+        backup = run_migrate(engine, revision)
+    finally:
+        engine.dispose()
+    if backup:
+        click.echo(f"backup written to {backup}", err=True)
+    click.echo(f"{ctx.url}: at {revision if revision != 'head' else head_revision()}")
+
+
+def main() -> None:
+    cli(prog_name="jobs-index")
+
+
+if __name__ == "__main__":
+    main()

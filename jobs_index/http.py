@@ -1,0 +1,146 @@
+"""The HTTP API: ``GET /api/jobs`` and ``GET /api/jobs/{job_id}``, as ComfyUI answers them.
+
+Routes only parse and shape; the work is ``JobsIndex``'s, run in a thread pool so
+no database call blocks the event loop. Every error is a JSON body rendered by one
+middleware. Listings larger than one page (no ``limit``, or a huge one) are streamed
+in keyset chunks, so memory stays bounded whatever the history size. Like ComfyUI,
+the routes also answer under a doubled ``/api`` prefix (``/api/api/jobs``).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
+
+from aiohttp import web
+
+from .errors import JobsIndexError
+from .params import parse_list_query
+from .services import JobsIndex
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+INLINE_PAGE_MAX = 1000  # pages up to this size are answered in one piece, larger ones streamed
+JSON_CONTENT_TYPE = "application/json"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    db_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8189
+    pool_size: int = 8  # database connections = worker threads
+
+
+INDEX_KEY = web.AppKey("jobs_index", JobsIndex)
+EXECUTOR_KEY = web.AppKey("executor", ThreadPoolExecutor)
+
+
+async def _run(request: web.Request, fn: Callable[..., T], *args: Any) -> T:
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(request.app[EXECUTOR_KEY], fn, *args)
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.json_response(body, status=status, dumps=json.dumps)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except JobsIndexError as exc:
+        return _json(exc.body(), status=exc.status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _json({"error": exc.reason}, status=exc.status)
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # last resort: never an HTML page or a dropped connection
+        log.exception("unhandled error on %s", request.rel_url)
+        return _json({"error": "Internal server error"}, status=500)
+
+
+async def list_jobs(request: web.Request) -> web.StreamResponse:
+    index = request.app[INDEX_KEY]
+    query = parse_list_query(request.rel_url.query)
+    if query.limit is not None and query.limit <= INLINE_PAGE_MAX:
+        page = await _run(request, index.list_jobs, query)
+        return _json(page.body(query))
+    return await _stream_listing(request, index, query)
+
+
+async def _stream_listing(request: web.Request, index: JobsIndex, query) -> web.StreamResponse:
+    stream = await _run(request, index.stream_jobs, query)
+    response = web.StreamResponse(headers={"Content-Type": f"{JSON_CONTENT_TYPE}; charset=utf-8"})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    await response.write(b'{"jobs": [')
+    first = True
+    while (chunk := await _run(request, stream.next_chunk)) is not None:
+        if not chunk:
+            continue
+        text = ", ".join(json.dumps(job) for job in chunk)
+        await response.write((text if first else ", " + text).encode("utf-8"))
+        first = False
+    pagination = {"offset": query.offset, "limit": query.limit, "total": stream.total,
+                  "has_more": stream.has_more}
+    if stream.next_cursor is not None:
+        pagination["next_cursor"] = stream.next_cursor
+    await response.write(f'], "pagination": {json.dumps(pagination)}}}'.encode("utf-8"))
+    await response.write_eof()
+    return response
+
+
+async def get_job(request: web.Request) -> web.Response:
+    job = await _run(request, request.app[INDEX_KEY].get_job, request.match_info["job_id"])
+    return _json(job)
+
+
+def add_routes(app: web.Application, prefixes: tuple[str, ...] = ("/api", "/api/api")) -> None:
+    for prefix in prefixes:
+        app.router.add_get(f"{prefix}/jobs", list_jobs)
+        app.router.add_get(f"{prefix}/jobs/{{job_id}}", get_job)
+
+
+def create_app(config: ServerConfig | None = None, *, index: JobsIndex | None = None) -> web.Application:
+    """The API application. Pass ``index`` to serve an already open index (not closed
+    on shutdown); otherwise the database of ``config.db_url`` is opened on start-up
+    and closed on cleanup."""
+    config = config or ServerConfig()
+    app = web.Application(middlewares=[error_middleware])
+
+    async def lifetime(app: web.Application):
+        executor = ThreadPoolExecutor(max_workers=config.pool_size, thread_name_prefix="jobs-index-db")
+        app[EXECUTOR_KEY] = executor
+        owned = index is None
+        loop = asyncio.get_running_loop()
+        app[INDEX_KEY] = index or await loop.run_in_executor(
+            executor, lambda: JobsIndex.open(config.db_url, pool_size=config.pool_size))
+        yield
+        if owned:
+            await loop.run_in_executor(executor, app[INDEX_KEY].close)
+        executor.shutdown(wait=False)
+
+    app.cleanup_ctx.append(lifetime)
+    add_routes(app)
+    return app
+
+
+def serve(config: ServerConfig, *, print_fn: Callable[[str], None] = print) -> None:
+    """Run the API until interrupted."""
+    app = create_app(config)
+
+    async def announce(_app: web.Application) -> None:
+        index = _app[INDEX_KEY]
+        url = f"http://{config.host}:{config.port}/api/jobs"
+        scope = "loopback only" if config.host in ("127.0.0.1", "localhost", "::1") else "reachable from the network"
+        print_fn(f"jobs-index serving {url} ({scope}) from {index.engine.url.render_as_string(hide_password=True)}")
+
+    app.on_startup.append(announce)
+    web.run_app(app, host=config.host, port=config.port, print=None, access_log=None)
