@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Row, Select, func, literal_column, select, tuple_, union_all
+from sqlalchemy import Connection, Row, Select, func, select, tuple_, union_all
 from sqlalchemy.dialects import postgresql, sqlite
 
 from . import schema
@@ -194,14 +194,18 @@ def delete_jobs(conn: Connection, ids: Sequence[str]) -> int:
 def recount(conn: Connection) -> dict[tuple[str, str, str], int]:
     """Counts computed from ``jobs`` itself (a full scan): the check for ``job_counts``."""
     result: dict[tuple[str, str, str], int] = {}
-    src = func.coalesce(jobs.c.source, "")
-    wf = func.coalesce(jobs.c.workflow_id, "")
-    for source_key in (literal_column("''"), src):
-        for workflow_key in (literal_column("''"), wf):
-            stmt = select(source_key, workflow_key, jobs.c.status, func.count()).group_by(
-                source_key, workflow_key, jobs.c.status)
-            for s, w, status, n in conn.execute(stmt):
-                result[(s, w, status)] = n
+    source, workflow = func.coalesce(jobs.c.source, ""), func.coalesce(jobs.c.workflow_id, "")
+    for by_source in (False, True):
+        for by_workflow in (False, True):
+            keys = [key for key, used in ((source, by_source), (workflow, by_workflow)) if used]
+            stmt = select(*keys, jobs.c.status, func.count()).group_by(*keys, jobs.c.status)
+            for row in conn.execute(stmt):
+                values = list(row)
+                s = values.pop(0) if by_source else ""
+                w = values.pop(0) if by_workflow else ""
+                if (by_source and s == "") or (by_workflow and w == ""):
+                    continue  # jobs without a source/workflow count only in the "all" rows
+                result[(s, w, values[0])] = values[1]
     return result
 
 
