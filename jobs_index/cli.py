@@ -12,7 +12,7 @@ from collections.abc import Callable
 import click
 
 from . import __version__
-from .database import ENV_VAR, default_sqlite_path, resolve_url
+from .config import ENV_VAR, default_sqlite_path, resolve_url
 from .errors import JobsIndexError
 
 DB_HELP = (

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 from contextlib import contextmanager
 from importlib import resources
@@ -24,29 +23,12 @@ from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 
+from .config import APP_NAME, ENV_VAR, default_sqlite_path, resolve_url  # noqa: F401 (re-exported)
 from .errors import ConfigError, StorageError
 
 log = logging.getLogger(__name__)
 
-ENV_VAR = "JOBS_INDEX_DB"
 VERSION_TABLE = "jobs_index_alembic_version"
-APP_NAME = "jobs-index"
-
-
-def default_sqlite_path() -> Path:
-    from platformdirs import user_data_path
-
-    return user_data_path(APP_NAME, appauthor=False) / "jobs.sqlite3"
-
-
-def resolve_url(url: str | None) -> str:
-    """The database URL: explicit, else $JOBS_INDEX_DB, else the per-user SQLite file."""
-    url = url or os.environ.get(ENV_VAR)
-    if url:
-        if "://" not in url:  # a bare path means a SQLite file
-            url = f"sqlite:///{Path(url).expanduser()}"
-        return url
-    return f"sqlite:///{default_sqlite_path()}"
 
 
 def _sqlite_path(url: str) -> Path | None:
