@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Iterator
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.dialects.sqlite.base import SQLiteCompiler
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 
@@ -38,7 +39,17 @@ def _sqlite_path(url: str) -> Path | None:
     return Path(parsed.database)
 
 
+class _HintingSQLiteCompiler(SQLiteCompiler):
+    """SQLAlchemy drops table hints on SQLite; render them, so ``with_hint(jobs,
+    "INDEXED BY ix_...", "sqlite")`` pins a query plan (used by ``queries``)."""
+
+    def get_from_hint_text(self, table, text):
+        return text
+
+
 def _setup_sqlite(engine: Engine) -> None:
+    engine.dialect.statement_compiler = _HintingSQLiteCompiler
+
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_conn, _record):  # pragma: no cover - exercised by every test
         dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (below)
