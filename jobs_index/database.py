@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 from contextlib import contextmanager
 from importlib import resources
@@ -22,7 +23,7 @@ from typing import Iterator
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.dialects.sqlite.base import SQLiteCompiler
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
 from .config import APP_NAME, ENV_VAR, default_sqlite_path, resolve_url  # noqa: F401 (re-exported)
 from .errors import ConfigError, StorageError
@@ -30,6 +31,14 @@ from .errors import ConfigError, StorageError
 log = logging.getLogger(__name__)
 
 VERSION_TABLE = "jobs_index_alembic_version"
+PG_CONNECT_TIMEOUT = 10  # seconds, unless the URL sets connect_timeout
+SQLITE_DRIVERS = ("sqlite", "sqlite+pysqlite")
+PG_DRIVERS = ("postgresql", "postgresql+psycopg", "postgresql+psycopg2")  # all served by psycopg 3
+
+
+def driver_message(exc: BaseException) -> str:
+    """A driver error as one line (libpq messages span several)."""
+    return " ".join(str(getattr(exc, "orig", None) or exc).split())
 
 
 def _sqlite_path(url: str) -> Path | None:
@@ -71,13 +80,20 @@ def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> Engine:
     """An engine with jobs-index's connection settings (no migration; see ``open_engine``)."""
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
-        raise ConfigError(f"not a database URL: {url!r}") from exc
+    except (ArgumentError, ValueError) as exc:  # ValueError: e.g. a non-numeric port
+        shown = re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)  # never echo a password
+        raise ConfigError(f"not a database URL: {shown!r} ({exc})") from exc
     backend = parsed.get_backend_name()
+    if backend in ("sqlite", "postgresql") and parsed.drivername not in SQLITE_DRIVERS + PG_DRIVERS:
+        raise ConfigError(f"unsupported database driver {parsed.drivername!r}: "
+                          "use sqlite:/// or postgresql+psycopg://")
     if backend == "sqlite":
         path = _sqlite_path(url)
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"cannot create the directory of {path}: {exc.strerror}") from exc
         engine = create_engine(
             url, echo=echo, pool_size=pool_size, max_overflow=pool_size * 2,
             connect_args={"check_same_thread": False, "timeout": 30},
@@ -90,10 +106,12 @@ def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> Engine:
         # Keep any libpq options given in the URL (e.g. a search_path) and add ours.
         options = " ".join(filter(None, (parsed.query.get("options"), "-c plan_cache_mode=force_custom_plan")))
         parsed = parsed.difference_update_query(["options"])
+        connect_args = {"prepare_threshold": None, "options": options, "application_name": APP_NAME}
+        if "connect_timeout" not in parsed.query:  # fail fast on an unreachable host
+            connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT
         return create_engine(
             parsed, echo=echo, pool_size=pool_size, max_overflow=pool_size * 2,
-            pool_pre_ping=True,
-            connect_args={"prepare_threshold": None, "options": options, "application_name": APP_NAME},
+            pool_pre_ping=True, connect_args=connect_args,
         )
     raise ConfigError(f"unsupported database {backend!r}: use sqlite:/// or postgresql+psycopg://")
 
@@ -112,7 +130,7 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
                 conn.execute(text("SELECT pg_advisory_xact_lock(7250031)"))
             yield conn
     except OperationalError as exc:
-        raise StorageError(f"database write failed: {exc.orig}") from exc
+        raise StorageError(f"database write failed: {driver_message(exc)}") from exc
     finally:
         conn.close()
 
@@ -127,7 +145,7 @@ def read_transaction(engine: Engine) -> Iterator[Connection]:
         with conn.begin():
             yield conn
     except OperationalError as exc:
-        raise StorageError(f"database read failed: {exc.orig}") from exc
+        raise StorageError(f"database read failed: {driver_message(exc)}") from exc
     finally:
         conn.close()
 
@@ -185,19 +203,25 @@ def migrate(engine: Engine, revision: str = "head") -> str | None:
     from alembic import command
 
     target = head_revision() if revision == "head" else revision
-    with engine.connect() as conn:
-        if current_revision(conn) == target:
-            return None
+    try:
+        with engine.connect() as conn:
+            if current_revision(conn) == target:
+                return None
+    except DBAPIError as exc:  # unreachable server, bad credentials, unknown database...
+        raise StorageError(f"cannot open database {_safe_url(engine)}: {driver_message(exc)}") from exc
     backup = None
     path = _sqlite_path(str(engine.url))
-    with write_transaction(engine) as conn:
-        current = current_revision(conn)
-        if current == target:
-            return None
-        if current is not None and path is not None:
-            backup = backup_sqlite(path, current)
-            log.warning("upgrading %s from %s; backup at %s", path, current, backup)
-        command.upgrade(alembic_config(conn), revision)
+    try:
+        with write_transaction(engine) as conn:
+            current = current_revision(conn)
+            if current == target:
+                return None
+            if current is not None and path is not None:
+                backup = backup_sqlite(path, current)
+                log.warning("upgrading %s from %s; backup at %s", path, current, backup)
+            command.upgrade(alembic_config(conn), revision)
+    except DBAPIError as exc:  # e.g. no right to create the tables
+        raise StorageError(f"cannot upgrade database {_safe_url(engine)}: {driver_message(exc)}") from exc
     return str(backup) if backup else None
 
 
@@ -207,7 +231,11 @@ def open_engine(url: str | None, *, pool_size: int = 5, upgrade: bool = True) ->
     if upgrade:
         try:
             migrate(engine)
-        except OperationalError as exc:
+        except StorageError:
             engine.dispose()
-            raise StorageError(f"cannot open database {engine.url!r}: {exc.orig}") from exc
+            raise
     return engine
+
+
+def _safe_url(engine: Engine) -> str:
+    return engine.url.render_as_string(hide_password=True)

@@ -8,13 +8,21 @@ jobs-index keeps its own version table, so it can share a database with other to
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import create_engine
 
-from jobs_index.database import VERSION_TABLE, resolve_url
+from jobs_index.database import VERSION_TABLE, make_engine, resolve_url
 from jobs_index.schema import Base
 
 config = context.config
 target_metadata = Base.metadata
+
+
+def _compare_type(migration_context, inspected_column, metadata_column, inspected_type, metadata_type):
+    """Alembic's type comparison ignores collations; ours does not, so ``alembic check``
+    reports a ``jobs.id`` that lost ``COLLATE "C"`` (the code-point id tiebreak)."""
+    expected = getattr(metadata_type.dialect_impl(migration_context.dialect), "collation", None)
+    if expected != getattr(inspected_type, "collation", None):
+        return True
+    return None  # otherwise alembic's own comparison
 
 
 def _configure(connection) -> None:
@@ -23,7 +31,7 @@ def _configure(connection) -> None:
         target_metadata=target_metadata,
         version_table=VERSION_TABLE,
         render_as_batch=connection.dialect.name == "sqlite",
-        compare_type=True,
+        compare_type=_compare_type,
     )
 
 
@@ -35,7 +43,7 @@ def run_migrations_online() -> None:
             context.run_migrations()
         return
     url = context.get_x_argument(as_dictionary=True).get("db") or resolve_url(None)
-    engine = create_engine(url)
+    engine = make_engine(url, pool_size=1)  # also maps postgresql:// to psycopg 3
     try:
         with engine.connect() as connection:
             _configure(connection)

@@ -1,0 +1,303 @@
+"""Plans that cannot go bad, on a 200k-job index with very few pending jobs.
+
+The SQL is not written here: each test runs a listing through ``JobsIndex.list_jobs``
+and captures what ``queries.select_page`` really executed (a ``before_cursor_execute``
+listener), then asks the engine for that statement's plan with the same parameters.
+
+* SQLite: after a full ``ANALYZE``, ``EXPLAIN QUERY PLAN`` of every listing shape
+  names the expected index for every access to ``jobs`` (each arm is pinned with
+  ``INDEXED BY``), never scans ``jobs`` without an index, and sorts only the few
+  LIMIT-ed rows of UNION ALL arms (no ``USE TEMP B-TREE`` for single-arm shapes).
+* PostgreSQL: the pending listing run 12 times (past psycopg's prepare threshold of
+  5 and PostgreSQL's 5 custom plans) is planned each time on
+  ``ix_jobs_status_create_time_id``, as shown by auto_explain (the plan actually
+  executed) and by ``EXPLAIN (FORMAT JSON)`` of the captured statement; the session
+  runs with ``plan_cache_mode = force_custom_plan`` and holds no prepared statement.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from contextlib import contextmanager
+
+import pytest
+from sqlalchemy import event
+
+from jobs_index import JobsIndex, parse_list_query, schema
+from jobs_index.cursor import encode_cursor
+
+from .bulkdata import add_live, analyze, bulk_load, create_time, job_id
+from .conftest import PG_SKIP, PgSchema, pg_base_url
+
+N_JOBS = 200_000
+PENDING_AT = [150, 50_000, 120_000, 180_000, 199_000]  # spread over the timeline
+RUNNING_AT = [7_000, 160_000]
+MID = 100_000  # a cursor in the middle of the timeline
+
+
+def build(index: JobsIndex) -> dict[str, float]:
+    timings = {}
+    start = time.perf_counter()
+    bulk_load(index, N_JOBS)
+    timings["bulk_load"] = time.perf_counter() - start
+    add_live(index, PENDING_AT, "pending")
+    add_live(index, RUNNING_AT, "in_progress")
+    start = time.perf_counter()
+    analyze(index)
+    timings["analyze"] = time.perf_counter() - start
+    return timings
+
+
+def check_data(index: JobsIndex) -> None:
+    assert index.total(parse_list_query({"status": "pending"})) == len(PENDING_AT)
+    assert index.total(parse_list_query({"status": "in_progress"})) == len(RUNNING_AT)
+    assert index.total() == N_JOBS + len(PENDING_AT) + len(RUNNING_AT)
+
+
+@contextmanager
+def captured_selects(index: JobsIndex):
+    """Statements on ``jobs`` executed inside the block: [(sql, parameters)]."""
+    seen: list[tuple[str, object]] = []
+
+    def listener(conn, cursor, statement, parameters, context, executemany):
+        if re.search(r"\bFROM jobs\b", statement) and statement.lstrip().upper().startswith("SELECT"):
+            seen.append((statement, parameters))
+
+    event.listen(index.engine, "before_cursor_execute", listener)
+    try:
+        yield seen
+    finally:
+        event.remove(index.engine, "before_cursor_execute", listener)
+
+
+def listing_sql(index: JobsIndex, params: dict) -> tuple[str, object]:
+    """The one ``select_page`` statement a listing executes, and its parameters."""
+    with captured_selects(index) as seen:
+        index.list_jobs(parse_list_query(params))
+    assert len(seen) == 1, seen
+    return seen[0]
+
+
+def cursor_at(i: int, order: str = "desc") -> str:
+    return encode_cursor(create_time(i), job_id(i), order)
+
+
+# -- SQLite ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def sqlite_big(tmp_path_factory):
+    with JobsIndex.open(f"sqlite:///{tmp_path_factory.mktemp('plans') / 'big.sqlite3'}") as index:
+        timings = build(index)
+        print(f"\nSQLite {N_JOBS} rows: {timings}")
+        check_data(index)
+        assert index.counts_consistent()
+        yield index
+
+
+ST, WF, SRC = schema.IX_STATUS_CREATE_TIME, schema.IX_WORKFLOW_STATUS, schema.IX_SOURCE_STATUS
+# name: (query, index every arm must use, number of arms, ordered walk allowed)
+SHAPES = {
+    "no filter": ({}, schema.IX_CREATE_TIME, 1, True),
+    "no filter asc": ({"sort_order": "asc"}, schema.IX_CREATE_TIME, 1, True),
+    "no filter offset": ({"offset": "40"}, schema.IX_CREATE_TIME, 1, True),
+    "no filter cursor": ({"after": cursor_at(MID)}, schema.IX_CREATE_TIME, 1, False),
+    "no filter cursor asc": ({"sort_order": "asc", "after": cursor_at(MID, "asc")}, schema.IX_CREATE_TIME, 1, False),
+    "all statuses listed": ({"status": "pending,in_progress,completed,failed,cancelled"}, schema.IX_CREATE_TIME, 1, True),
+    "pending": ({"status": "pending"}, ST, 1, False),
+    "pending asc": ({"status": "pending", "sort_order": "asc"}, ST, 1, False),
+    "pending cursor": ({"status": "pending", "after": cursor_at(MID)}, ST, 1, False),
+    "pending,in_progress": ({"status": "pending,in_progress"}, ST, 2, False),
+    "pending,in_progress asc cursor": ({"status": "pending,in_progress", "sort_order": "asc",
+                                        "after": cursor_at(MID, "asc")}, ST, 2, False),
+    "completed,failed offset": ({"status": "completed,failed", "offset": "30"}, ST, 2, False),
+    "workflow": ({"workflow_id": "wf-07"}, WF, 5, False),
+    "workflow cursor": ({"workflow_id": "wf-07", "after": cursor_at(MID)}, WF, 5, False),
+    "workflow+pending": ({"workflow_id": "wf-07", "status": "pending"}, WF, 1, False),
+    "workflow+failed asc": ({"workflow_id": "wf-07", "status": "failed", "sort_order": "asc"}, WF, 1, False),
+    "source": ({"source": "host-1"}, SRC, 5, False),
+    "source+pending,in_progress": ({"source": "host-1", "status": "pending,in_progress"}, SRC, 2, False),
+    "source cursor asc": ({"source": "host-2", "sort_order": "asc", "after": cursor_at(MID, "asc")}, SRC, 5, False),
+    "duration": ({"sort_by": "execution_duration"}, schema.IX_DURATION, 1, True),
+    "duration asc": ({"sort_by": "execution_duration", "sort_order": "asc"}, schema.IX_DURATION, 1, True),
+    "duration pending": ({"sort_by": "execution_duration", "status": "pending"}, schema.IX_STATUS_DURATION, 1, False),
+    "duration failed,cancelled": ({"sort_by": "execution_duration", "status": "failed,cancelled"},
+                                  schema.IX_STATUS_DURATION, 2, False),
+}
+
+
+def sqlite_plan(index: JobsIndex, sql: str, parameters) -> list[str]:
+    with index.engine.connect() as conn:
+        return [row[3] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, parameters)]
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_sqlite_listing_plans(sqlite_big, shape):
+    params, expected_index, arms, ordered_walk = SHAPES[shape]
+    sql, parameters = listing_sql(sqlite_big, {**params, "limit": "20"})
+    plan = sqlite_plan(sqlite_big, sql, parameters)
+    detail = f"{shape}\n{sql}\n" + "\n".join(plan)
+
+    assert sql.count(f"INDEXED BY {expected_index}") == arms, detail  # every arm pinned
+    assert sql.count("INDEXED BY") == arms, detail
+    on_jobs = [line for line in plan if re.search(r"\bjobs\b", line)]
+    assert len(on_jobs) == arms, detail
+    for line in on_jobs:
+        if line.startswith("SEARCH"):  # a seek: the filter and/or cursor bound the range
+            assert re.fullmatch(rf"SEARCH jobs USING (COVERING )?INDEX {expected_index} \(.+\)", line), detail
+        else:  # an ordered walk of the sort index, stopped by LIMIT (unfiltered shapes only)
+            assert ordered_walk, detail
+            assert re.fullmatch(rf"SCAN jobs USING (COVERING )?INDEX {expected_index}", line), detail
+    if arms == 1:
+        assert not any("TEMP B-TREE" in line for line in plan), detail
+    else:
+        # Each arm is LIMIT-ed (limit + offset + 1 rows) before the merge sorts it.
+        assert sql.count("LIMIT") >= arms + 1, detail
+        assert all("TEMP B-TREE" not in line or "ORDER BY" in line for line in plan), detail
+    assert not any(re.fullmatch(r"SCAN jobs", line) for line in plan), detail
+
+
+def test_sqlite_listings_are_fast(sqlite_big):
+    """With those plans every shape answers in milliseconds on 200k rows."""
+    slowest = 0.0
+    for params, *_ in SHAPES.values():
+        query = parse_list_query({**params, "limit": "20"})
+        start = time.perf_counter()
+        sqlite_big.list_jobs(query)
+        slowest = max(slowest, time.perf_counter() - start)
+    print(f"\nslowest SQLite listing: {slowest * 1000:.1f} ms")
+    assert slowest < 1.0  # generous (shared CI machine); a table walk takes far longer
+
+
+def test_sqlite_pending_listing_reads_the_pending_jobs(sqlite_big):
+    page = sqlite_big.list_jobs(parse_list_query({"status": "pending", "limit": "20"}))
+    assert [j["id"] for j in page.jobs] == [f"live-{i:07d}" for i in sorted(PENDING_AT, reverse=True)]
+    assert page.total == len(PENDING_AT) and not page.has_more
+
+
+# -- PostgreSQL --------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pg_big():
+    base = pg_base_url()
+    if base is None:
+        pytest.skip(PG_SKIP)
+    pg_schema = PgSchema(base)
+    try:
+        with JobsIndex.open(pg_schema.url) as index:
+            timings = build(index)
+            print(f"\nPostgreSQL {N_JOBS} rows: {timings}")
+            check_data(index)
+            assert index.counts_consistent()
+            yield index
+    finally:
+        pg_schema.drop()
+
+
+def plan_nodes(node: dict) -> list[dict]:
+    nodes = [node]
+    for child in node.get("Plans", ()):
+        nodes.extend(plan_nodes(child))
+    return nodes
+
+
+def scans_of_jobs(plan: dict) -> list[tuple[str, str | None]]:
+    return [(n["Node Type"], n.get("Index Name")) for n in plan_nodes(plan)
+            if n.get("Relation Name") == "jobs" or "Index Name" in n]
+
+
+@contextmanager
+def auto_explained(index: JobsIndex):
+    """Every statement of the block logs its executed plan (JSON) back to us as a NOTICE."""
+    plans: list[dict] = []
+
+    def on_connect(dbapi_conn, _record):
+        def on_notice(diag):
+            text = diag.message_primary or ""
+            if "plan:" in text:
+                plans.append(json.loads(text.split("plan:", 1)[1]))
+
+        dbapi_conn.add_notice_handler(on_notice)
+        with dbapi_conn.cursor() as cur:
+            cur.execute("LOAD 'auto_explain'")
+            cur.execute("SET auto_explain.log_min_duration = 0")
+            cur.execute("SET auto_explain.log_format = 'json'")
+            cur.execute("SET auto_explain.log_level = 'notice'")
+        dbapi_conn.commit()
+
+    event.listen(index.engine, "connect", on_connect)
+    index.engine.dispose()  # new connections get the listener
+    try:
+        yield plans
+    finally:
+        event.remove(index.engine, "connect", on_connect)
+        index.engine.dispose()
+
+
+RUNS = 12
+
+
+def test_pg_rare_status_listing_keeps_its_custom_plan(pg_big):
+    query = parse_list_query({"status": "pending", "limit": "20"})
+    with auto_explained(pg_big) as executed_plans, captured_selects(pg_big) as statements:
+        for _ in range(RUNS):
+            page = pg_big.list_jobs(query)
+            assert page.total == len(PENDING_AT) and len(page.jobs) == len(PENDING_AT)
+
+        # 1. The plans PostgreSQL actually executed (auto_explain), run after run.
+        listing_plans = [p["Plan"] for p in executed_plans if re.search(r"\bFROM jobs\b", p["Query Text"])
+                         and "pg_" not in p["Query Text"]]
+        assert len(listing_plans) == RUNS
+        for plan in listing_plans:
+            scans = scans_of_jobs(plan)
+            assert scans and all(name == schema.IX_STATUS_CREATE_TIME for _, name in scans), scans
+            assert all(kind in ("Index Scan", "Index Only Scan") for kind, _ in scans), scans
+
+        # 2. EXPLAIN (FORMAT JSON) of the captured statement, same parameters, same session settings.
+        assert len(statements) == RUNS and len({sql for sql, _ in statements}) == 1
+        sql, parameters = statements[-1]
+        with pg_big.engine.connect() as conn:
+            explained = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + sql, parameters).scalar_one()
+        plan = (explained if isinstance(explained, list) else json.loads(explained))[0]["Plan"]
+        scans = scans_of_jobs(plan)
+        assert scans == [("Index Scan", schema.IX_STATUS_CREATE_TIME)], scans
+        assert schema.IX_CREATE_TIME not in json.dumps(plan)
+
+        # 3. The sessions that ran it: custom plans forced, nothing prepared server-side.
+        pool_size = pg_big.engine.pool.checkedin()
+        conns = [pg_big.engine.connect() for _ in range(max(pool_size, 1))]
+        try:
+            for conn in conns:
+                assert conn.exec_driver_sql("SHOW plan_cache_mode").scalar() == "force_custom_plan"
+                assert conn.exec_driver_sql("SELECT count(*) FROM pg_prepared_statements").scalar() == 0
+                assert conn.connection.driver_connection.prepare_threshold is None
+        finally:
+            for conn in conns:
+                conn.close()
+
+
+PG_SHAPES = {
+    "pending,in_progress": ({"status": "pending,in_progress"}, {schema.IX_STATUS_CREATE_TIME}),
+    "pending cursor": ({"status": "pending", "after": cursor_at(MID)}, {schema.IX_STATUS_CREATE_TIME}),
+    "workflow+pending": ({"workflow_id": "wf-07", "status": "pending"},
+                         {schema.IX_WORKFLOW_STATUS, schema.IX_STATUS_CREATE_TIME}),
+    "source+pending": ({"source": "host-1", "status": "pending"},
+                       {schema.IX_SOURCE_STATUS, schema.IX_STATUS_CREATE_TIME}),
+    "no filter": ({}, {schema.IX_CREATE_TIME}),
+    "no filter cursor": ({"after": cursor_at(MID)}, {schema.IX_CREATE_TIME}),
+}
+
+
+@pytest.mark.parametrize("shape", list(PG_SHAPES))
+def test_pg_listing_plans_use_an_index_and_no_sort_of_the_table(pg_big, shape):
+    """Rare-status and unfiltered shapes: index scans only, never a Seq Scan or a Sort
+    over a whole table (each arm is an ordered, LIMIT-ed index scan)."""
+    params, allowed = PG_SHAPES[shape]
+    sql, parameters = listing_sql(pg_big, {**params, "limit": "20"})
+    with pg_big.engine.connect() as conn:
+        explained = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + sql, parameters).scalar_one()
+    plan = (explained if isinstance(explained, list) else json.loads(explained))[0]["Plan"]
+    scans = scans_of_jobs(plan)
+    assert scans and all(kind in ("Index Scan", "Index Only Scan") for kind, _ in scans), scans
+    assert {name for _, name in scans} <= allowed, scans
+    assert not any(n["Node Type"] in ("Sort", "Seq Scan") for n in plan_nodes(plan)), plan
