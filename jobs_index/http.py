@@ -105,7 +105,9 @@ async def get_job(request: web.Request) -> web.Response:
 def add_routes(app: web.Application, prefixes: tuple[str, ...] = ("/api", "/api/api")) -> None:
     for prefix in prefixes:
         app.router.add_get(f"{prefix}/jobs", list_jobs)
-        app.router.add_get(f"{prefix}/jobs/{{job_id}}", get_job)
+        # Any id without a '/' (aiohttp's default pattern also refuses '{' and '}', so
+        # such an id would miss the route and never get the contract's 404 body).
+        app.router.add_get(f"{prefix}/jobs/{{job_id:[^/]+}}", get_job)
 
 
 def create_app(config: ServerConfig | None = None, *, index: JobsIndex | None = None) -> web.Application:

@@ -21,6 +21,7 @@ from sqlalchemy import Connection, Row, Select, func, select, tuple_, union_all
 from sqlalchemy.dialects import postgresql, sqlite
 
 from . import schema
+from .cursor import MAX_ID_LENGTH
 from .params import ListQuery
 
 jobs = schema.Job.__table__
@@ -94,16 +95,46 @@ def clamp_position(position: Position, descending: bool) -> Position | None | bo
     return position
 
 
+def _unstorable(conn: Connection, char: str) -> bool:
+    """A character no stored text can hold: a lone surrogate (not UTF-8), or NUL on PostgreSQL."""
+    return "\ud800" <= char <= "\udfff" or (char == "\x00" and conn.dialect.name == "postgresql")
+
+
+def unmatchable(conn: Connection, *values: str | None) -> bool:
+    """True when a filter value can equal no stored text (the driver would refuse it)."""
+    return any(value is not None and any(_unstorable(conn, c) for c in value) for value in values)
+
+
+def storable_position(conn: Connection, position: Position, descending: bool) -> Position:
+    """The same keyset bound, spelled with an id the driver accepts.
+
+    A cursor may carry an id that no row can have (see ``_unstorable``). Cut it at the
+    first such character and use the storable string that splits every stored id
+    (at most MAX_ID_LENGTH characters) the same way.
+    """
+    cut = next((i for i, c in enumerate(position.id) if _unstorable(conn, c)), None)
+    if cut is None:
+        return position
+    prefix, char = position.id[:cut], position.id[cut]
+    if char == "\x00":  # nothing stored sorts between prefix and prefix + "\x01"
+        bound = prefix + "\x01" if descending else prefix
+    elif descending:  # a surrogate: ids below it are exactly the ids below U+E000
+        bound = prefix + "\ue000"
+    else:  # ids above it are exactly the ids above the largest one below U+E000
+        bound = prefix + "\ud7ff" + "\U0010ffff" * (MAX_ID_LENGTH - cut - 1)
+    return Position(position.value, bound)
+
+
 def select_page(conn: Connection, query: ListQuery, *, limit: int | None, offset: int = 0,
                 after: Position | None = None) -> Sequence[Row]:
     """Up to ``limit`` rows of ``query``, skipping ``offset`` rows or starting ``after``."""
-    if not query.statuses:
+    if not query.statuses or unmatchable(conn, query.workflow_id, query.source):
         return []
     if after is not None:
         clamped = clamp_position(after, query.descending)
         if clamped is False:
             return []
-        after = clamped
+        after = clamped and storable_position(conn, clamped, query.descending)
     if query.all_statuses and query.workflow_id is None and query.source is None:
         stmt = _arm(conn, query, None, after, limit)
     elif len(query.statuses) == 1:
@@ -123,7 +154,7 @@ def select_page(conn: Connection, query: ListQuery, *, limit: int | None, offset
 
 def count_total(conn: Connection, query: ListQuery) -> int:
     """Exact number of jobs passing the status/workflow/source filters (≤ 5 rows read)."""
-    if not query.statuses:
+    if not query.statuses or unmatchable(conn, query.workflow_id, query.source):
         return 0
     stmt = select(func.coalesce(func.sum(counts.c.n), 0)).where(
         counts.c.source == (query.source or ""),
@@ -134,6 +165,8 @@ def count_total(conn: Connection, query: ListQuery) -> int:
 
 
 def get_job(conn: Connection, job_id: str) -> Row | None:
+    if unmatchable(conn, job_id):
+        return None
     return conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
 
 
