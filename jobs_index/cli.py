@@ -12,6 +12,7 @@ from collections.abc import Callable
 import click
 
 from . import __version__
+from .cli_toolbox import register as register_toolbox
 from .config import ENV_VAR, default_sqlite_path, resolve_url
 from .errors import JobsIndexError
 
@@ -206,6 +207,10 @@ def migrate(ctx: Context, revision: str) -> None:
     if backup:
         click.echo(f"backup written to {backup}", err=True)
     click.echo(f"{ctx.url}: at {revision if revision != 'head' else head_revision()}")
+
+
+# The operator's toolbox: sql, stats, prune, export (commands in cli_toolbox.py).
+register_toolbox(cli)
 
 
 def main() -> None:

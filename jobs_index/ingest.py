@@ -5,7 +5,9 @@ Recognised inputs (detected from their shape, not their name):
 * a ``GET /history`` dump, ``{prompt_id: history_item, ...}`` (also a single
   ``GET /history/{id}`` answer, which has the same shape);
 * a ``GET /queue`` dump, ``{"queue_running": [...], "queue_pending": [...]}``: it is
-  the truth about live jobs, so pending/running rows missing from it are removed.
+  the truth about live jobs, so pending/running rows missing from it are removed;
+* a JSONL export of jobs-index (``jobs-index export``, format in ``transfer``): read
+  line by line while it is imported, so its size is not bounded by memory.
 
 A malformed item is rejected with its id and reason and never stops the others; a
 file that is not JSON, or not one of these shapes, is rejected as a whole.
@@ -22,8 +24,9 @@ from typing import Any, BinaryIO
 from .errors import InvalidDump, InvalidItem
 from .normalize import IN_PROGRESS, PENDING, JobRecord, from_history, from_queue
 from .services import IngestResult, JobsIndex
+from .transfer import is_export_line, record_from_export
 
-HISTORY, QUEUE = "history", "queue"
+HISTORY, QUEUE, EXPORT = "history", "queue", "export"
 QUEUE_KEYS = frozenset({"queue_running", "queue_pending"})
 
 
@@ -56,10 +59,48 @@ def detect(name: str, data: Any) -> Dump:
     return Dump(name, HISTORY, [(job_id, item, "") for job_id, item in data.items()])
 
 
+class ExportItems:
+    """The items of a JSONL export, parsed lazily from the open stream:
+    ``("line N", parsed line or InvalidItem, "")``. Its length is the number of
+    lines when the stream can be rewound (for progress), else 1."""
+
+    def __init__(self, stream: BinaryIO, first: Any) -> None:
+        self._stream, self._first = stream, first
+        self._length = 1
+        if stream.seekable():
+            start = stream.tell()
+            self._length += sum(chunk.count(b"\n") for chunk in iter(lambda: stream.read(1 << 20), b""))
+            stream.seek(start)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __iter__(self) -> Iterator[tuple[str, Any, str]]:
+        yield "line 1", self._first, ""
+        for number, line in enumerate(self._stream, start=2):
+            if not line.strip():
+                continue
+            try:
+                yield f"line {number}", json.loads(line), ""
+            except (ValueError, RecursionError) as exc:
+                yield f"line {number}", InvalidItem(f"line {number}", f"not valid JSON ({exc})"), ""
+
+
 def read_dump(name: str, stream: BinaryIO) -> Dump:
-    """Parse one input file (``name`` is only used in messages)."""
+    """Parse one input file (``name`` is only used in messages). A JSONL export is
+    recognised by its first line and left to be read while it is imported."""
+    first = stream.readline()
     try:
-        data = json.load(stream)
+        head = json.loads(first) if first.strip() else None
+    except (ValueError, RecursionError):
+        head = None  # the first line is not a whole document (e.g. indented JSON)
+    if is_export_line(head):
+        return Dump(name, EXPORT, ExportItems(stream, head))  # type: ignore[arg-type]
+    rest = stream.read()
+    if head is not None and not rest.strip():
+        return detect(name, head)
+    try:
+        data = json.loads(first + rest)
     except (ValueError, RecursionError) as exc:
         raise InvalidDump(f"{name}: not valid JSON ({exc})") from exc
     return detect(name, data)
@@ -87,6 +128,10 @@ def records(dump: Dump, rejected: list[tuple[str, str]],
         try:
             if dump.kind == QUEUE:
                 yield from_queue(item, status)
+            elif dump.kind == EXPORT:
+                if isinstance(item, InvalidItem):
+                    raise item
+                yield record_from_export(key, item)
             else:
                 yield from_history(key, item)
         except InvalidItem as exc:
@@ -125,11 +170,16 @@ def import_paths(index: JobsIndex, paths: Iterable[str], *, source: str | None =
     for path in paths:
         try:
             name, stream = open_input(path)
-            with stream if path != "-" else nullcontext(stream):
-                dump = read_dump(name, stream)
         except InvalidDump as exc:
             errors.append(exc.message)
             continue
-        progress = on_dump(dump) if on_dump else None
-        total.add(import_dump(index, dump, source=source, batch_size=batch_size, progress=progress))
+        # The file stays open while it is imported: a JSONL export is read as it goes.
+        with stream if path != "-" else nullcontext(stream):
+            try:
+                dump = read_dump(name, stream)
+            except InvalidDump as exc:
+                errors.append(exc.message)
+                continue
+            progress = on_dump(dump) if on_dump else None
+            total.add(import_dump(index, dump, source=source, batch_size=batch_size, progress=progress))
     return total, errors

@@ -19,7 +19,7 @@ import hashlib
 import json
 import math
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import InvalidItem
@@ -64,9 +64,16 @@ class JobRecord:
     raw: bytes  # zlib-compressed JSON of the ComfyUI item, sensitive data removed
     raw_digest: str
     source: str | None = None
+    # Rows of the side tables ``job_outputs`` / ``job_nodes`` (not ``jobs`` columns).
+    output_files: list[dict] = field(default_factory=list)
+    node_types: list[dict] = field(default_factory=list)
 
     def as_row(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__slots__}
+        """The ``jobs`` row (side-table rows excluded)."""
+        return {name: getattr(self, name) for name in self.__slots__ if name not in _SIDE_TABLE_FIELDS}
+
+
+_SIDE_TABLE_FIELDS = frozenset({"output_files", "node_types"})
 
 
 # -- small defensive helpers -------------------------------------------------
@@ -155,8 +162,10 @@ def from_queue(item: Any, status: str) -> JobRecord:
     number, _, _, extra_data, _ = prompt = _prompt_tuple(job_id, item)
     create_time, workflow_id = _metadata(extra_data)
     stage = STAGE_RUNNING if status == IN_PROGRESS else STAGE_PENDING
-    return _base_record(job_id, status, stage, _priority(job_id, number),
-                        create_time, workflow_id, KIND_QUEUE, prompt)
+    record = _base_record(job_id, status, stage, _priority(job_id, number),
+                          create_time, workflow_id, KIND_QUEUE, prompt)
+    record.node_types = node_types(prompt[2])
+    return record
 
 
 # -- history items -----------------------------------------------------------
@@ -262,6 +271,51 @@ def normalize_outputs(outputs: Any) -> dict:
     return result
 
 
+def output_files(outputs: Any) -> list[dict]:
+    """The files a job wrote, in outputs order: rows of ``job_outputs`` (minus job_id).
+
+    A file is an output item that is a dict with a string ``filename``, or a 3D
+    filename string (as ComfyUI converts it). ``media_type`` is the key the item is
+    listed under; ``subfolder``/``type`` are None when absent or not strings.
+    Defensive: a string with a NUL character (no file has one; PostgreSQL text
+    cannot hold one) is treated as absent.
+    """
+    files = []
+    for node_id, node_outputs in _as_dict(outputs).items():
+        if not isinstance(node_outputs, dict) or _side_text(str(node_id)) is None:
+            continue
+        for media_type, items in node_outputs.items():
+            if media_type == "animated" or not isinstance(items, list) or _side_text(media_type) is None:
+                continue
+            for item in items:
+                if isinstance(item, str) and _has_3d_extension(item):
+                    item = _three_d_output(item)
+                if not isinstance(item, dict) or _side_text(item.get("filename")) is None:
+                    continue
+                files.append({
+                    "ordinal": len(files), "node_id": str(node_id), "media_type": media_type,
+                    "filename": item["filename"], "subfolder": _side_text(item.get("subfolder")),
+                    "type": _side_text(item.get("type")),
+                })
+    return files
+
+
+def node_types(prompt_graph: Any) -> list[dict]:
+    """``(node_id, class_type)`` of each node of a prompt graph: rows of ``job_nodes``.
+
+    Nodes that are not objects or have no string ``class_type`` are skipped.
+    """
+    return [{"node_id": str(node_id), "class_type": node["class_type"]}
+            for node_id, node in _as_dict(prompt_graph).items()
+            if isinstance(node, dict) and _side_text(node.get("class_type")) is not None
+            and _side_text(str(node_id)) is not None]
+
+
+def _side_text(value: Any) -> str | None:
+    """A string fit for a side-table text column, else None (defensive: no NUL)."""
+    return value if isinstance(value, str) and "\x00" not in value else None
+
+
 def _history_status(status_info: Any, interrupted: bool) -> str:
     status_str = _as_dict(status_info).get("status_str")
     if status_str == "error":
@@ -289,6 +343,8 @@ def from_history(job_id: Any, item: Any) -> JobRecord:
     record.execution_duration = end - start if start and end else 0
     record.outputs_count = count
     record.preview_output = _dumps(preview) if preview is not None else None
+    record.output_files = output_files(item.get("outputs", {}))
+    record.node_types = node_types(prompt[2])
     if error is not None:
         record.execution_error = _dumps(error)
         record.error_type = _as_str(error.get("exception_type"))

@@ -11,6 +11,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    ForeignKey,
     Index,
     Integer,
     LargeBinary,
@@ -97,6 +98,42 @@ class JobCount(Base):
     n: Mapped[int] = mapped_column(BigInteger)
 
 
+class JobOutput(Base):
+    """One file a job wrote (from its history ``outputs``), for "which job made X?".
+
+    Derived from ``jobs.raw`` at ingest (``normalize.output_files``), replaced with
+    each new version of the job, deleted with it (cascade). ``docs/schema.md``.
+    """
+
+    __tablename__ = "job_outputs"
+
+    job_id: Mapped[str] = mapped_column(IdText, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    ordinal: Mapped[int] = mapped_column(Integer, primary_key=True)  # position in the job's outputs
+    node_id: Mapped[str] = mapped_column(Text)
+    media_type: Mapped[str] = mapped_column(Text)  # the outputs key: images, gifs, audio, 3d, ...
+    filename: Mapped[str] = mapped_column(IdText)  # "C" collation on PostgreSQL: LIKE 'prefix%' can seek
+    subfolder: Mapped[str | None] = mapped_column(Text)
+    type: Mapped[str | None] = mapped_column(Text)  # output, temp, input
+
+    # SQLite: rows live in the primary-key b-tree (no rowid b-tree): smaller, faster.
+    __table_args__ = (Index(None, "filename"), {"sqlite_with_rowid": False})
+
+
+class JobNode(Base):
+    """One node of a job's prompt graph: its id and ``class_type`` (node type).
+
+    Derived from ``jobs.raw`` at ingest (``normalize.node_types``), like ``JobOutput``.
+    """
+
+    __tablename__ = "job_nodes"
+
+    job_id: Mapped[str] = mapped_column(IdText, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    node_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    class_type: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (Index(None, "class_type", "job_id"), {"sqlite_with_rowid": False})
+
+
 # Index names, used to pin query plans (SQLite ``INDEXED BY``).
 IX_CREATE_TIME = "ix_jobs_create_time_id"
 IX_STATUS_CREATE_TIME = "ix_jobs_status_create_time_id"
@@ -104,3 +141,5 @@ IX_WORKFLOW_STATUS = "ix_jobs_workflow_id_status_create_time_id"
 IX_SOURCE_STATUS = "ix_jobs_source_status_create_time_id"
 IX_DURATION = "ix_jobs_execution_duration_id"
 IX_STATUS_DURATION = "ix_jobs_status_execution_duration_id"
+IX_OUTPUTS_FILENAME = "ix_job_outputs_filename"
+IX_NODES_CLASS_TYPE = "ix_job_nodes_class_type_job_id"

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 
-from . import queries
+from . import queries, toolbox_queries
 from .cursor import CURSOR_SORT_FIELD, encode_cursor
 from .database import open_engine, read_transaction, write_transaction
 from .errors import JobNotFound, StorageError
@@ -202,6 +202,7 @@ class JobsIndex:
             with write_transaction(self.engine) as conn:
                 existing = queries.existing_versions(conn, [r.id for r in records])
                 rows = []
+                written = []  # records whose row is inserted or replaced
                 for record in records:
                     old = existing.get(record.id)
                     if old is None:
@@ -214,7 +215,10 @@ class JobsIndex:
                     row = record.as_row()
                     row["indexed_at"] = now
                     rows.append(row)
+                    written.append(record)
                 queries.upsert_jobs(conn, rows)
+                # job_outputs / job_nodes follow their job's row, in its transaction.
+                toolbox_queries.replace_side_rows(conn, written)
         except IntegrityError as exc:
             raise StorageError(f"rejected by the database: {exc.orig}") from exc
         return result

@@ -1,0 +1,309 @@
+"""The operator's toolbox commands: ``sql``, ``stats``, ``prune``, ``export``.
+
+Registered on the ``jobs-index`` group by ``cli.py`` (``register(cli)``); like the
+other commands they parse and print only, the work is in ``adhoc`` and ``toolbox``.
+Bad input is one line on stderr (``Error: ...``) and exit status 2; a failed query
+or database error exits 1. Heavy modules are imported inside the commands, so
+``jobs-index --help`` stays fast.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from .units import DURATION_HELP, parse_duration, parse_statuses
+
+
+class BadInput(click.ClickException):
+    """Bad command-line input: ``Error: <message>`` on one line, exit status 2."""
+
+    exit_code = 2
+
+
+class Duration(click.ParamType):
+    """``30m``, ``24h``, ``7d``, ``2w`` → milliseconds."""
+
+    name = "DURATION"
+
+    def __init__(self, allow_all: bool = False) -> None:
+        self.allow_all = allow_all
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or value is None:
+            return value
+        if self.allow_all and value.strip().lower() == "all":
+            return None
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            raise BadInput(f"{_name(param)}: {exc}") from None
+
+
+class Statuses(click.ParamType):
+    """``failed,cancelled`` → a tuple of statuses."""
+
+    name = "STATUS[,STATUS...]"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_statuses(value)
+        except ValueError as exc:
+            raise BadInput(f"{_name(param)}: {exc}") from None
+
+
+def _name(param) -> str:
+    return param.opts[0] if param is not None and param.opts else "value"
+
+
+def _progress(label: str, total: int) -> tuple[Callable[[int], None] | None, Callable[[], None]]:
+    """A progress bar on stderr when it is a terminal and the work is long; else nothing."""
+    if not sys.stderr.isatty() or total < 200:
+        return None, lambda: None
+    bar = click.progressbar(length=total, label=label, file=sys.stderr)
+    bar.__enter__()
+    return bar.update, lambda: bar.__exit__(None, None, None)
+
+
+def _sqlite_file(url: str) -> Path | None:
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def _open_existing(obj):
+    """Open (and upgrade) an index that must already exist: reading commands never
+    create an empty database by mistake."""
+    path = _sqlite_file(obj.url)
+    if path is not None and not path.is_file():
+        raise BadInput(f"no index at {path} (import some jobs first, or pass --db)")
+    return obj.open()
+
+
+# -- sql -------------------------------------------------------------------------
+
+@click.command()
+@click.argument("query", metavar="SQL")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of row objects.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV with a header row.")
+@click.option("--max-width", default=60, show_default=True, type=click.IntRange(0),
+              help="Cut table cells longer than this (0: never). JSON and CSV are never cut.")
+@click.pass_obj
+def sql(obj, query: str, as_json: bool, as_csv: bool, max_width: int) -> None:
+    """Run one read-only SQL query (or - to read it from stdin) and print the rows.
+
+    The connection itself is read-only: writes, ATTACH, PRAGMA changes and several
+    statements are refused. Tables and the jobs_v view are described in
+    docs/schema.md; docs/queries.md has examples.
+
+    \b
+    Example:
+      jobs-index sql "SELECT status, count(*) AS n FROM jobs GROUP BY status"
+      jobs-index sql --csv "SELECT job_id, filename FROM job_outputs WHERE filename = 'ComfyUI_00042_.png'"
+      jobs-index sql --json - < failures_per_node_type.sql
+    """
+    from .adhoc import readonly_query
+    from .render import format_table, write_csv, write_json
+
+    if as_json and as_csv:
+        raise BadInput("choose one of --json and --csv")
+    if query == "-":
+        query = sys.stdin.read()
+    if not query.strip():
+        raise BadInput("empty query")
+    with _open_existing(obj):
+        pass  # the schema is brought to the current revision (views included)
+    with readonly_query(obj.url, query) as result:
+        out = click.get_text_stream("stdout")
+        if as_json:
+            write_json(out, result.columns, result.rows)
+        elif as_csv:
+            write_csv(out, result.columns, result.rows)
+        else:
+            out.write(format_table(result.columns, result.rows, max_width=max_width))
+
+
+# -- stats -----------------------------------------------------------------------
+
+def _seconds(ms) -> str:
+    return "" if ms is None else f"{ms / 1000:.1f}"
+
+
+def _seconds_value(ms) -> float | None:
+    return None if ms is None else round(ms / 1000, 1)
+
+
+def _percent(rate) -> str:
+    return "" if rate is None else f"{rate * 100:.1f}%"
+
+
+@click.command()
+@click.option("--since", "since_ms", default="7d", show_default=True, type=Duration(allow_all=True),
+              help=f"Window: jobs created in the last DURATION, {DURATION_HELP}; or 'all'.")
+@click.option("--workflows", "top", default=20, show_default=True, type=click.IntRange(0),
+              help="Show the N workflows with the most jobs (0: all).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (durations in ms).")
+@click.pass_obj
+def stats(obj, since_ms: int | None, top: int, as_json: bool) -> None:
+    """Job counts by status, jobs per day, failure rate and p50/p95 durations.
+
+    Over the jobs created in the window (UTC days). The failure rate is failed /
+    (completed + failed + cancelled); durations are those of completed jobs
+    (nearest-rank percentiles), overall and per workflow.
+
+    \b
+    Example:
+      jobs-index stats                 # the last 7 days
+      jobs-index stats --since 24h --json
+      jobs-index stats --since 30m --workflows 5
+    """
+    from .render import format_table
+    from .toolbox import stats as compute
+    from .units import now_ms
+
+    now = now_ms()
+    with _open_existing(obj) as index:
+        report = compute(index, None if since_ms is None else now - since_ms, until_ms=now,
+                         top_workflows=top or None)
+    if as_json:
+        click.echo(json.dumps(report.as_json(), indent=2))
+        return
+    window = "all time" if report.since_ms is None else f"since {report.as_json()['window']['since']}"
+    lines = [f"Jobs created {window} (until {report.as_json()['window']['until']}): {report.total}", ""]
+    lines.append(format_table(["status", "jobs"], [[s, n] for s, n in report.counts.items()], footer=False))
+    d = report.duration
+    lines.append(f"failure rate: {_percent(report.failure_rate) or 'n/a'} (failed / finished)")
+    lines.append(f"duration of completed jobs: n={d['n']}  p50 {_seconds(d['p50']) or '-'} s  "
+                 f"p95 {_seconds(d['p95']) or '-'} s  mean {_seconds(d['mean']) or '-'} s")
+    lines.append("")
+    statuses = list(report.counts)
+    lines.append(format_table(["day (UTC)", "total", *statuses],
+                              [[day["day"], day["total"], *(day[s] for s in statuses)] for day in report.per_day],
+                              footer=False))
+    shown = len(report.workflows)
+    lines.append(f"workflows: {shown} shown of {report.workflows_total}")
+    lines.append(format_table(
+        ["workflow_id", "total", "completed", "failed", "cancelled", "fail rate", "p50 s", "p95 s"],
+        [[w["workflow_id"] if w["workflow_id"] is not None else "(none)", w["total"], w["completed"],
+          w["failed"], w["cancelled"], _percent(w["failure_rate"]), _seconds_value(w["duration_ms"]["p50"]),
+          _seconds_value(w["duration_ms"]["p95"])] for w in report.workflows],
+        footer=False))
+    click.echo("\n".join(lines).rstrip("\n"))
+
+
+# -- prune -----------------------------------------------------------------------
+
+def _by_status(removed: dict[str, int]) -> str:
+    from .units import STATUS_ORDER
+
+    parts = [f"{status} {removed[status]}" for status in STATUS_ORDER if removed.get(status)]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+@click.command()
+@click.option("--older-than", "older_than_ms", type=Duration(), metavar="DURATION",
+              help=f"Remove jobs created longer ago than DURATION, {DURATION_HELP}.")
+@click.option("--keep", type=click.IntRange(0), metavar="N",
+              help="Keep only the newest N jobs (by create_time) of the selected statuses.")
+@click.option("--status", "statuses", type=Statuses(), metavar="STATUS[,STATUS...]",
+              help="Only these statuses [default: completed,failed,cancelled]; pending and "
+                   "in_progress jobs are pruned only when named here.")
+@click.option("--dry-run", is_flag=True, help="Report what would be removed; change nothing.")
+@click.option("--batch-size", default=1000, show_default=True, type=click.IntRange(1, 100_000),
+              help="Jobs deleted per transaction (readers and writers wait at most one batch).")
+@click.pass_obj
+def prune(obj, older_than_ms: int | None, keep: int | None, statuses: tuple[str, ...] | None,
+          dry_run: bool, batch_size: int) -> None:
+    """Remove old jobs from the index: by age, by count, or by status.
+
+    With both --older-than and --keep, a job goes if either says so; --status narrows
+    both. With only --status, every job of those statuses goes. A job without a
+    create_time is dated by its execution end. Counts stay exact and each job's
+    output/node rows go with it.
+
+    \b
+    Example:
+      jobs-index prune --older-than 90d --dry-run
+      jobs-index prune --keep 100000
+      jobs-index prune --status failed,cancelled --older-than 7d
+    """
+    from .toolbox import count_prunable, prune as run, prune_filter
+
+    if older_than_ms is None and keep is None and statuses is None:
+        raise BadInput("nothing to prune: give --older-than, --keep and/or --status")
+    with _open_existing(obj) as index:
+        selection = prune_filter(index, older_than_ms=older_than_ms, keep=keep, statuses=statuses)
+        update, finish = (None, lambda: None)
+        if not dry_run and sys.stderr.isatty():
+            update, finish = _progress("pruning", count_prunable(index, selection))
+        try:
+            result = run(index, selection, dry_run=dry_run, batch_size=batch_size, progress=update)
+        finally:
+            finish()
+    verb = "would remove" if dry_run else "removed"
+    click.echo(f"{verb} {result.total} job(s){_by_status(result.removed)}")
+
+
+# -- export ----------------------------------------------------------------------
+
+@click.command()
+@click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default="-",
+              show_default=True, help="Write to this file (- for stdout).")
+@click.option("--status", "statuses", type=Statuses(), metavar="STATUS[,STATUS...]",
+              help="Only jobs with these statuses.")
+@click.option("--workflow-id", metavar="ID", help="Only jobs of this workflow.")
+@click.option("--since", "since_ms", type=Duration(), metavar="DURATION",
+              help=f"Only jobs created in the last DURATION, {DURATION_HELP}.")
+@click.pass_obj
+def export(obj, output: str, statuses: tuple[str, ...] | None, workflow_id: str | None,
+           since_ms: int | None) -> None:
+    """Export jobs as JSONL (one job per line, oldest first), for backup or moving
+    an index between SQLite and PostgreSQL; 'jobs-index import' reads it back.
+
+    Each line holds the job detail (as GET /api/jobs/{id} answers) and the raw
+    ComfyUI item it was built from, so an import rebuilds the job exactly.
+
+    \b
+    Example:
+      jobs-index --db sqlite:///jobs.sqlite3 export -o jobs.jsonl
+      jobs-index --db postgresql+psycopg://me@db/jobs import jobs.jsonl
+      jobs-index export --status failed --since 7d | jq -r '.job.execution_error.exception_message'
+    """
+    from .toolbox import export_count, export_lines
+    from .toolbox_queries import ExportFilter
+    from .units import now_ms
+
+    selection = ExportFilter(statuses, workflow_id or None, None if since_ms is None else now_ms() - since_ms)
+    count = 0
+    with _open_existing(obj) as index:
+        update, finish = (None, lambda: None)
+        if sys.stderr.isatty():
+            update, finish = _progress("exporting", export_count(index, selection))
+        try:
+            with click.open_file(output, "w", encoding="utf-8", atomic=output != "-") as out:
+                for line in export_lines(index, selection):
+                    out.write(line)
+                    out.write("\n")
+                    count += 1
+                    if update is not None:
+                        update(1)
+        finally:
+            finish()
+    click.echo(f"exported {count} job(s)" + (f" to {output}" if output != "-" else ""), err=True)
+
+
+COMMANDS = (sql, stats, prune, export)
+
+
+def register(group: click.Group) -> None:
+    """Add the toolbox commands to the ``jobs-index`` group."""
+    for command in COMMANDS:
+        group.add_command(command)

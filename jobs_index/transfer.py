@@ -1,0 +1,62 @@
+"""The JSONL export format: one job per line, enough to rebuild its row exactly.
+
+Pure (no database, no I/O). Each line is a JSON object::
+
+    {"job": <the GET /api/jobs/{id} dict>,
+     "raw_kind": "history" | "queue",
+     "raw": <the ComfyUI item as stored: a /history item, or a queue item's 5-tuple>,
+     "source": <the source name, or null>}
+
+``job`` is for people and tools (``jq``); ``raw`` is what an import reads: the row
+is re-derived from it by ``normalize`` exactly as at the first ingest, so the
+rebuilt row has the same ``raw_digest`` and answers the same. A queue item does
+not say whether it was running or pending, so ``job.status`` does, and ``job.id``
+keys a history item. See docs/queries.md ("Moving an index").
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .errors import InvalidItem
+from .normalize import IN_PROGRESS, KIND_HISTORY, KIND_QUEUE, PENDING, JobRecord, decode_raw, detail_dict
+from .normalize import from_history, from_queue
+
+EXPORT_KEYS = frozenset({"job", "raw_kind", "raw"})
+
+
+def export_line(row: Any) -> str:
+    """One JSONL line (without the newline) for a full ``jobs`` row."""
+    line = {"job": detail_dict(row), "raw_kind": row.raw_kind, "raw": decode_raw(row.raw),
+            "source": row.source}
+    return json.dumps(line, ensure_ascii=False, separators=(",", ":"))
+
+
+def is_export_line(value: Any) -> bool:
+    """Does this parsed JSON look like a line of an export (and not a /history dump)?"""
+    return (isinstance(value, dict) and EXPORT_KEYS <= value.keys()
+            and isinstance(value.get("job"), dict) and value.get("raw_kind") in (KIND_HISTORY, KIND_QUEUE))
+
+
+def record_from_export(key: str, line: Any) -> JobRecord:
+    """Rebuild the row of one export line; ``key`` (e.g. ``line 12``) names it in errors."""
+    if not is_export_line(line):
+        raise InvalidItem(key, "not an export line: expected an object with job, raw_kind (history|queue) and raw")
+    job, raw = line["job"], line["raw"]
+    job_id = job.get("id")
+    if not isinstance(job_id, str):
+        raise InvalidItem(key, "job.id must be a string")
+    if line["raw_kind"] == KIND_HISTORY:
+        record = from_history(job_id, raw)
+    else:
+        status = job.get("status")
+        if status not in (PENDING, IN_PROGRESS):
+            raise InvalidItem(job_id, f"a queue item's job.status must be pending or in_progress, got {status!r}")
+        record = from_queue(raw, status)
+        if record.id != job_id:
+            raise InvalidItem(job_id, f"raw queue item is job {record.id!r}, not {job_id!r}")
+    source = line.get("source")
+    if source is not None and not isinstance(source, str):
+        raise InvalidItem(job_id, "source must be a string or null")
+    record.source = source
+    return record
