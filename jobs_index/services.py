@@ -187,7 +187,9 @@ class JobsIndex:
         for record in records:
             if source is not None:
                 record.source = source
-            batch[record.id] = record  # a later version of a job in one batch wins
+            seen = batch.get(record.id)
+            if seen is None or record.stage >= seen.stage:  # as the SQL guard: never an older stage
+                batch[record.id] = record
             if len(batch) >= batch_size:
                 result.add(self._write_batch(list(batch.values())))
                 batch = {}
