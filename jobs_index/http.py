@@ -15,7 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
-from aiohttp import web
+from aiohttp import http_exceptions, web
+from aiohttp.web_protocol import RequestHandler
 
 from .errors import JobsIndexError
 from .params import parse_list_query
@@ -134,15 +135,67 @@ def create_app(config: ServerConfig | None = None, *, index: JobsIndex | None = 
     return app
 
 
+# Requests aiohttp cannot parse never reach a route or the middleware: aiohttp answers
+# them itself, as text/plain. These connection handlers answer them in JSON instead.
+_PROTOCOL_ERRORS = (
+    (http_exceptions.LineTooLong, "Bad request: request line or header too long"),
+    (http_exceptions.InvalidURLError, "Bad request: invalid URL"),
+    (http_exceptions.BadHttpMethod, "Bad request: invalid method"),
+    (http_exceptions.BadStatusLine, "Bad request: invalid request line"),
+    (http_exceptions.InvalidHeader, "Bad request: invalid header"),
+)
+
+
+class _JsonErrorsRequestHandler(RequestHandler):
+    def handle_error(self, request, status=500, exc=None, message=None):
+        if status >= 500 or request.writer.output_size > 0:
+            return super().handle_error(request, status, exc, message)
+        self.logger.debug("bad request from %s: %s", request.remote, type(exc).__name__)
+        reason = next((text for kind, text in _PROTOCOL_ERRORS if isinstance(exc, kind)), "Bad request")
+        response = _json({"error": reason}, status=status)
+        response.force_close()
+        return response
+
+
+class _JsonErrorsServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _JsonErrorsRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class AppRunner(web.AppRunner):
+    """``aiohttp.web.AppRunner`` whose connections answer unparseable requests (a
+    request line or header over ``max_line_size``/``max_field_size``, bytes not
+    allowed in a URL) with a JSON 400 like every other error."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        if type(server) is web.Server:  # only the protocol class it creates changes
+            server.__class__ = _JsonErrorsServer
+        return server
+
+
+async def _serve_forever(app: web.Application, config: ServerConfig, announce: Callable[[], None]) -> None:
+    runner = AppRunner(app, access_log=None, handle_signals=True)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, config.host, config.port).start()
+        announce()
+        await asyncio.Event().wait()  # until SIGINT/SIGTERM
+    finally:
+        await runner.cleanup()
+
+
 def serve(config: ServerConfig, *, print_fn: Callable[[str], None] = print) -> None:
     """Run the API until interrupted."""
     app = create_app(config)
 
-    async def announce(_app: web.Application) -> None:
-        index = _app[INDEX_KEY]
+    def announce() -> None:
+        index = app[INDEX_KEY]
         url = f"http://{config.host}:{config.port}/api/jobs"
         scope = "loopback only" if config.host in ("127.0.0.1", "localhost", "::1") else "reachable from the network"
         print_fn(f"jobs-index serving {url} ({scope}) from {index.engine.url.render_as_string(hide_password=True)}")
 
-    app.on_startup.append(announce)
-    web.run_app(app, host=config.host, port=config.port, print=None, access_log=None)
+    try:
+        asyncio.run(_serve_forever(app, config, announce))
+    except (KeyboardInterrupt, web.GracefulExit):
+        pass

@@ -31,6 +31,8 @@ from typing import Iterator
 
 from aiohttp import web
 
+from jobs_index.http import AppRunner
+
 REPO = Path(__file__).resolve().parent.parent
 _SCRIPT = Path(sys.executable).with_name("jobs-index")
 # The installed console script (as a user runs it), else the module.
@@ -106,13 +108,14 @@ def free_port() -> int:
 
 @contextmanager
 def served(app: web.Application, **runner_args) -> Iterator[int]:
-    """Serve ``app`` on 127.0.0.1 in a background thread; yields the port."""
+    """Serve ``app`` on 127.0.0.1 in a background thread, with the runner
+    ``jobs-index serve`` uses; yields the port."""
     loop = asyncio.new_event_loop()
     started = threading.Event()
     state: dict = {}
 
     async def start() -> None:
-        runner = web.AppRunner(app, access_log=None, **runner_args)
+        runner = AppRunner(app, access_log=None, **runner_args)  # as `jobs-index serve` runs it
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
