@@ -11,10 +11,19 @@ Recognised inputs (detected from their shape, not their name):
 
 A malformed item is rejected with its id and reason and never stops the others; a
 file that is not JSON, or not one of these shapes, is rejected as a whole.
+
+A ``/history`` dump larger than ``STREAM_THRESHOLD`` is read item by item
+(``ObjectItems``) and written batch by batch, so memory does not grow with the dump.
+Each item is decoded by the standard library's own JSON scanner, so the items are
+exactly what ``json.load`` would give (NaN, huge integers and lone surrogate escapes
+included). Damage found part-way (a truncated download) is reported as an error for
+that file after the items before it were imported.
 """
 from __future__ import annotations
 
+import codecs
 import json
+import re
 import sys
 from contextlib import nullcontext
 from collections.abc import Callable, Iterable, Iterator
@@ -28,6 +37,7 @@ from .transfer import is_export_line, record_from_export
 
 HISTORY, QUEUE, EXPORT = "history", "queue", "export"
 QUEUE_KEYS = frozenset({"queue_running", "queue_pending"})
+STREAM_THRESHOLD = 16 << 20  # larger dumps are read item by item (ObjectItems)
 
 
 @dataclass
@@ -41,6 +51,11 @@ class Dump:
 
     def __len__(self) -> int:
         return len(self.items)
+
+    @property
+    def error(self) -> str | None:
+        """Damage found while a streamed dump was read (after the items before it)."""
+        return getattr(self.items, "error", None)
 
 
 def detect(name: str, data: Any) -> Dump:
@@ -86,17 +101,135 @@ class ExportItems:
                 yield f"line {number}", InvalidItem(f"line {number}", f"not valid JSON ({exc})"), ""
 
 
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+
+
+class ObjectItems:
+    """The ``(key, value)`` pairs of a top-level JSON object, read from a byte stream
+    piece by piece: memory holds one item (and a read chunk), not the document.
+
+    Each key and value is decoded by ``json.JSONDecoder.raw_decode`` (the C scanner of
+    ``json.loads``), so values are exactly ``json.load``'s; a duplicated key yields
+    both pairs in order (the importer keeps the last, as ``json.load`` does). UTF-8
+    only (with or without a BOM). Iteration stops at damage: ``error`` then says
+    what and where, and ``count`` how many pairs came before it.
+    """
+
+    CHUNK = 1 << 20
+
+    def __init__(self, name: str, stream: BinaryIO, prefix: bytes = b"") -> None:
+        self.name, self._stream = name, stream
+        self._utf8 = codecs.getincrementaldecoder("utf-8")("surrogatepass")
+        self._json = json.JSONDecoder()
+        self._prefix, self._buf = prefix, ""
+        self._pos = 0
+        self._eof = False
+        self.count = 0
+        self.exception: Exception | None = None
+
+    @property
+    def error(self) -> str | None:
+        if self.exception is None:
+            return None
+        return (f"{self.name}: not valid JSON ({self.exception}) after {self.count} item(s); "
+                "the items before it were imported")
+
+    def _more(self, at_least: int = 0) -> bool:
+        """Append the next chunk to the buffer; False at the end of the stream."""
+        if self._eof:
+            return False
+        data = self._stream.read(max(self.CHUNK, at_least))
+        self._eof = not data
+        self._buf += self._utf8.decode(data, final=self._eof)
+        return True
+
+    def _skip_whitespace(self) -> None:
+        while True:
+            self._pos = _WHITESPACE.match(self._buf, self._pos).end()
+            if self._pos < len(self._buf) or not self._more():
+                return
+
+    def _punctuation(self, allowed: str) -> str:
+        self._skip_whitespace()
+        char = self._buf[self._pos:self._pos + 1]
+        if not char or char not in allowed:
+            expected = " or ".join(repr(c) for c in allowed)
+            raise json.JSONDecodeError(f"Expecting {expected}", self._buf, self._pos)
+        self._pos += 1
+        return char
+
+    def _value(self) -> Any:
+        self._skip_whitespace()
+        if self._pos > self.CHUNK:  # drop what was consumed (between values only)
+            self._buf, self._pos = self._buf[self._pos:], 0
+        while True:
+            try:
+                value, end = self._json.raw_decode(self._buf, self._pos)
+            except json.JSONDecodeError as exc:
+                # A value cut by the end of the buffer fails where the data ends (or,
+                # for a string, where it starts): read on. Any other failure is damage.
+                # Reading as much again as the value so far keeps re-parsing linear.
+                cut = exc.pos >= len(self._buf) - 64 or exc.msg.startswith("Unterminated string")
+                if cut and self._more(len(self._buf) - self._pos):
+                    continue
+                raise
+            if end > len(self._buf) - 64 and self._more():
+                continue  # a number near the end of the buffer may go on in the next chunk
+            self._pos = end
+            return value
+
+    def _pairs(self) -> Iterator[tuple[str, Any]]:
+        self._buf, self._prefix = self._utf8.decode(self._prefix), b""
+        while not self._buf and self._more():
+            pass
+        if self._buf.startswith("\ufeff"):  # a UTF-8 byte order mark, as json.load allows
+            self._pos = 1
+        self._punctuation("{")
+        self._skip_whitespace()
+        if self._buf.startswith("}", self._pos):
+            self._pos += 1
+        else:
+            while True:
+                self._skip_whitespace()
+                if not self._buf.startswith('"', self._pos):
+                    raise json.JSONDecodeError("Expecting property name enclosed in double quotes",
+                                               self._buf, self._pos)
+                key = self._value()
+                self._punctuation(":")
+                yield key, self._value()
+                if self._punctuation(",}") == "}":
+                    break
+        self._skip_whitespace()
+        if self._pos < len(self._buf):
+            raise json.JSONDecodeError("Extra data", self._buf, self._pos)
+
+    def pairs(self) -> Iterator[tuple[str, Any]]:
+        """The pairs, up to the end or to the first damage (then ``error`` is set)."""
+        try:
+            for pair in self._pairs():
+                self.count += 1
+                yield pair
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
+            self.exception = exc
+
+
 def read_dump(name: str, stream: BinaryIO) -> Dump:
     """Parse one input file (``name`` is only used in messages). A JSONL export is
-    recognised by its first line and left to be read while it is imported."""
-    first = stream.readline()
-    try:
-        head = json.loads(first) if first.strip() else None
-    except (ValueError, RecursionError):
-        head = None  # the first line is not a whole document (e.g. indented JSON)
-    if is_export_line(head):
-        return Dump(name, EXPORT, ExportItems(stream, head))  # type: ignore[arg-type]
-    rest = stream.read()
+    recognised by its first line and left to be read while it is imported; so is a
+    /history dump larger than STREAM_THRESHOLD."""
+    first = stream.readline(STREAM_THRESHOLD)
+    head = None
+    if first.endswith(b"\n") or len(first) < STREAM_THRESHOLD:  # a whole first line
+        try:
+            head = json.loads(first) if first.strip() else None
+        except (ValueError, RecursionError):
+            head = None  # the first line is not a whole document (e.g. indented JSON)
+        if is_export_line(head):
+            return Dump(name, EXPORT, ExportItems(stream, head))  # type: ignore[arg-type]
+    rest = stream.read(STREAM_THRESHOLD + 1 - len(first)) if len(first) <= STREAM_THRESHOLD else b""
+    if len(first) + len(rest) > STREAM_THRESHOLD and first.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"{":
+        return _large_object_dump(name, stream, first + rest)
+    rest += stream.read()
     if head is not None and not rest.strip():
         return detect(name, head)
     try:
@@ -104,6 +237,43 @@ def read_dump(name: str, stream: BinaryIO) -> Dump:
     except (ValueError, RecursionError) as exc:
         raise InvalidDump(f"{name}: not valid JSON ({exc})") from exc
     return detect(name, data)
+
+
+def _large_object_dump(name: str, stream: BinaryIO, prefix: bytes) -> Dump:
+    """A large JSON object: a /history dump, streamed; a /queue dump (its first key
+    says so) is collected and classified by ``detect`` like a small one."""
+    items = ObjectItems(name, stream, prefix)
+    pairs = items.pairs()
+    first = next(pairs, None)
+    if first is not None and first[0] in QUEUE_KEYS:
+        data = dict([first, *pairs])
+    else:
+        data = {}
+    if items.exception is not None:  # nothing was imported yet: reject the file as a whole
+        raise InvalidDump(f"{name}: not valid JSON ({items.exception})")
+    if first is None or first[0] in QUEUE_KEYS:
+        return detect(name, data)
+    return Dump(name, HISTORY, _StreamedHistory(items, first, pairs))  # type: ignore[arg-type]
+
+
+class _StreamedHistory:
+    """The items of a streamed /history dump, for ``records``."""
+
+    def __init__(self, items: ObjectItems, first: tuple[str, Any], rest: Iterator[tuple[str, Any]]) -> None:
+        self._items, self._first, self._rest = items, first, rest
+
+    def __len__(self) -> int:
+        return 0  # unknown until read
+
+    @property
+    def error(self) -> str | None:
+        return self._items.error
+
+    def __iter__(self) -> Iterator[tuple[str, Any, str]]:
+        key, item = self._first
+        yield key, item, ""
+        for key, item in self._rest:
+            yield key, item, ""
 
 
 def open_input(path: str) -> tuple[str, BinaryIO]:
@@ -182,4 +352,6 @@ def import_paths(index: JobsIndex, paths: Iterable[str], *, source: str | None =
                 continue
             progress = on_dump(dump) if on_dump else None
             total.add(import_dump(index, dump, source=source, batch_size=batch_size, progress=progress))
+            if dump.error:
+                errors.append(dump.error)
     return total, errors
