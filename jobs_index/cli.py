@@ -12,6 +12,7 @@ from collections.abc import Callable
 import click
 
 from . import __version__
+from .cli_toolbox import Duration, start_retention, stop_retention
 from .cli_toolbox import register as register_toolbox
 from .config import ENV_VAR, default_sqlite_path, resolve_url
 from .errors import JobsIndexError
@@ -140,20 +141,26 @@ def import_(ctx: Context, files: tuple[str, ...], source: str | None, batch_size
 @click.option("--port", default=8189, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--pool-size", default=8, show_default=True, type=click.IntRange(1, 256),
               help="Database connections (and worker threads) of this server process.")
+@click.option("--retention", "retention_ms", type=Duration(), metavar="DURATION",
+              help="Also prune finished jobs created longer ago than DURATION (e.g. 90d), "
+                   "at start and then every hour.")
 @pass_ctx
-def serve(ctx: Context, host: str, port: int, pool_size: int) -> None:
+def serve(ctx: Context, host: str, port: int, pool_size: int, retention_ms: int | None) -> None:
     """Serve GET /api/jobs and GET /api/jobs/{id} from the index, as ComfyUI does.
 
     \b
     Example:
       jobs-index --db sqlite:///jobs.sqlite3 serve --port 8189
       curl '127.0.0.1:8189/api/jobs?limit=50&status=failed'
+      jobs-index serve --retention 90d   # and keep 90 days of finished jobs
     """
     from .http import ServerConfig
     from .http import serve as run
 
+    retention = start_retention(ctx.url, retention_ms)
     run(ServerConfig(db_url=ctx.url, host=host, port=port, pool_size=pool_size),
         print_fn=lambda line: click.echo(line, err=True))
+    stop_retention(retention)
 
 
 @cli.command()

@@ -9,8 +9,10 @@ or database error exits 1. Heavy modules are imported inside the commands, so
 from __future__ import annotations
 
 import json
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -70,6 +72,21 @@ def _progress(label: str, total: int) -> tuple[Callable[[int], None] | None, Cal
     return bar.update, lambda: bar.__exit__(None, None, None)
 
 
+@contextmanager
+def _reader_may_leave() -> Iterator[None]:
+    """Stop quietly when the reader of stdout goes away (``... | head``), without a
+    traceback; exit status 1, as Python's documentation recommends for EPIPE."""
+    try:
+        yield
+    except BrokenPipeError:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # so the final flush cannot fail again
+        except (OSError, ValueError):
+            pass
+        sys.exit(1)
+
+
 def _sqlite_file(url: str) -> Path | None:
     from sqlalchemy.engine import make_url
 
@@ -121,7 +138,7 @@ def sql(obj, query: str, as_json: bool, as_csv: bool, max_width: int) -> None:
         raise BadInput("empty query")
     with _open_existing(obj):
         pass  # the schema is brought to the current revision (views included)
-    with readonly_query(obj.url, query) as result:
+    with readonly_query(obj.url, query) as result, _reader_may_leave():
         out = click.get_text_stream("stdout")
         if as_json:
             write_json(out, result.columns, result.rows)
@@ -288,7 +305,7 @@ def export(obj, output: str, statuses: tuple[str, ...] | None, workflow_id: str 
         if sys.stderr.isatty():
             update, finish = _progress("exporting", export_count(index, selection))
         try:
-            with click.open_file(output, "w", encoding="utf-8", atomic=output != "-") as out:
+            with _reader_may_leave(), click.open_file(output, "w", encoding="utf-8", atomic=output != "-") as out:
                 for line in export_lines(index, selection):
                     out.write(line)
                     out.write("\n")
@@ -298,6 +315,26 @@ def export(obj, output: str, statuses: tuple[str, ...] | None, workflow_id: str 
         finally:
             finish()
     click.echo(f"exported {count} job(s)" + (f" to {output}" if output != "-" else ""), err=True)
+
+
+# -- serve --retention ---------------------------------------------------------------
+
+def start_retention(url: str, older_than_ms: int | None, *, interval_s: float = 3600):
+    """Start pruning finished jobs older than ``older_than_ms`` in the background of
+    ``serve`` (None: no retention). Returns the worker, for ``stop_retention``."""
+    if older_than_ms is None:
+        return None
+    from .toolbox import RetentionWorker
+
+    worker = RetentionWorker(url, older_than_ms, interval_s=interval_s,
+                             report=lambda line: click.echo(line, err=True))
+    worker.start()
+    return worker
+
+
+def stop_retention(worker) -> None:
+    if worker is not None:
+        worker.stop()
 
 
 COMMANDS = (sql, stats, prune, export)

@@ -154,7 +154,7 @@ class JobsIndex:
 
     def list_jobs(self, query: ListQuery) -> JobsPage:
         """One page of ``GET /api/jobs`` (the whole listing when ``limit`` is None)."""
-        stream = JobStream(self, query, chunk=query.limit or STREAM_CHUNK)
+        stream = JobStream(self, query, chunk=min(query.limit or STREAM_CHUNK, STREAM_CHUNK))
         jobs = [job for chunk in stream.chunks() for job in chunk]
         return JobsPage(jobs, stream.total, stream.has_more, stream.next_cursor)
 

@@ -6,11 +6,13 @@ Times are epoch milliseconds; windows are "the last N units" ending now.
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from . import toolbox_queries as tq
 from .database import read_transaction, write_transaction
+from .errors import JobsIndexError
 from .services import JobsIndex
 from .transfer import export_line
 from .units import STATUS_ORDER, day_iso, iso_ms, now_ms
@@ -125,9 +127,9 @@ def prune_filter(index: JobsIndex, *, older_than_ms: int | None = None, keep: in
 
 def prune(index: JobsIndex, selection: tq.PruneFilter, *, dry_run: bool = False, batch_size: int = 1000,
           progress: Callable[[int], None] | None = None) -> PruneResult:
-    """Delete the selected jobs in short transactions of ``batch_size`` (oldest first),
-    so readers and other writers wait at most one batch. Counts stay exact (triggers);
-    job_outputs/job_nodes rows go with their job (cascade)."""
+    """Delete the selected jobs in short transactions of ``batch_size`` (oldest first
+    within each status), so readers and other writers wait at most one batch. Counts
+    stay exact (triggers); job_outputs/job_nodes rows go with their job (cascade)."""
     result = PruneResult(dry_run=dry_run)
     if dry_run:
         with read_transaction(index.engine) as conn:
@@ -169,3 +171,47 @@ def export_lines(index: JobsIndex, selection: tq.ExportFilter, *, chunk: int = 5
         if len(rows) < chunk:
             return
         after = (rows[-1].create_time, rows[-1].id)
+
+
+# -- retention while serving -----------------------------------------------------
+
+class RetentionWorker(threading.Thread):
+    """Applies ``prune --older-than`` now and then every ``interval_s`` seconds, in
+    the background of ``serve --retention``: finished jobs older than ``older_than_ms``
+    go, in short batches, so the API keeps answering while it runs. Pending and
+    running jobs are never touched. Errors are reported and retried next round."""
+
+    def __init__(self, url: str, older_than_ms: int, *, interval_s: float = 3600,
+                 batch_size: int = 1000, report: Callable[[str], None] = print) -> None:
+        super().__init__(name="jobs-index-retention", daemon=True)
+        self.url, self.older_than_ms, self.interval_s = url, older_than_ms, interval_s
+        self.batch_size, self.report = batch_size, report
+        self.stopped = threading.Event()
+        self.rounds = 0
+
+    def run_once(self, index: JobsIndex) -> PruneResult:
+        result = prune(index, prune_filter(index, older_than_ms=self.older_than_ms), batch_size=self.batch_size)
+        self.rounds += 1
+        if result.total:
+            self.report(f"retention: removed {result.total} job(s) created over "
+                        f"{self.older_than_ms // 1000}s ago")
+        return result
+
+    def run(self) -> None:
+        index = None
+        try:
+            while not self.stopped.is_set():
+                try:
+                    if index is None:
+                        index = JobsIndex.open(self.url, pool_size=1)
+                    self.run_once(index)
+                except JobsIndexError as exc:
+                    self.report(f"retention: {exc.message} (retrying in {self.interval_s:g}s)")
+                self.stopped.wait(self.interval_s)
+        finally:
+            if index is not None:
+                index.close()
+
+    def stop(self, timeout: float = 10) -> None:
+        self.stopped.set()
+        self.join(timeout)

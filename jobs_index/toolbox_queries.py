@@ -162,18 +162,27 @@ def prune_counts(conn: Connection, f: PruneFilter) -> dict[str, int]:
 
 
 def prune_batch(conn: Connection, f: PruneFilter, limit: int) -> dict[str, int]:
-    """Delete up to ``limit`` matching jobs, oldest first; ``{status: deleted}``."""
-    stmt = (select(jobs.c.id, jobs.c.status).where(prune_condition(f))
-            .order_by(jobs.c.create_time, jobs.c.id).limit(limit))
-    picked = conn.execute(stmt).all()
+    """Delete up to ``limit`` matching jobs; ``{status: deleted}``.
+
+    One ordered seek per status on ``(status, create_time, id)``, oldest first: the
+    jobs to prune are a prefix of that order (bar the few without a create_time), so
+    a batch reads about ``limit`` index entries however many jobs remain — no sort
+    of every candidate per batch.
+    """
+    condition = prune_condition(f)
     removed: dict[str, int] = {}
-    if not picked:
-        return removed
-    by_id = {row.id: row.status for row in picked}
-    for chunk in _chunks(list(by_id)):
+    ids: list[str] = []
+    for status in f.statuses:
+        if len(ids) >= limit:
+            break
+        stmt = (select(jobs.c.id).where(jobs.c.status == status, condition)
+                .order_by(jobs.c.create_time, jobs.c.id).limit(limit - len(ids)))
+        found = list(conn.execute(stmt).scalars())
+        if found:
+            removed[status] = len(found)
+            ids.extend(found)
+    for chunk in _chunks(ids):
         conn.execute(delete(jobs).where(jobs.c.id.in_(chunk)))
-    for status in by_id.values():
-        removed[status] = removed.get(status, 0) + 1
     return removed
 
 

@@ -16,20 +16,29 @@ keys a history item. See docs/queries.md ("Moving an index").
 from __future__ import annotations
 
 import json
+import zlib
 from typing import Any
 
 from .errors import InvalidItem
-from .normalize import IN_PROGRESS, KIND_HISTORY, KIND_QUEUE, PENDING, JobRecord, decode_raw, detail_dict
+from .normalize import IN_PROGRESS, KIND_HISTORY, KIND_QUEUE, PENDING, JobRecord, detail_dict
 from .normalize import from_history, from_queue
 
 EXPORT_KEYS = frozenset({"job", "raw_kind", "raw"})
 
 
+def _compact(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
 def export_line(row: Any) -> str:
-    """One JSONL line (without the newline) for a full ``jobs`` row."""
-    line = {"job": detail_dict(row), "raw_kind": row.raw_kind, "raw": decode_raw(row.raw),
-            "source": row.source}
-    return json.dumps(line, ensure_ascii=False, separators=(",", ":"))
+    """One JSONL line (without the newline) for a full ``jobs`` row.
+
+    ``raw`` is spliced in as the stored JSON text itself (compact, one line: JSON
+    escapes newlines in strings), so it is neither parsed nor re-encoded.
+    """
+    raw_text = zlib.decompress(row.raw).decode("utf-8")
+    return (f'{{"job":{_compact(detail_dict(row))},"raw_kind":{_compact(row.raw_kind)},'
+            f'"raw":{raw_text},"source":{_compact(row.source)}}}')
 
 
 def is_export_line(value: Any) -> bool:

@@ -87,3 +87,15 @@ def test_cursor_walk_sees_every_job_once(index, state, order, limit, status, wor
             break
         params = {**base, "limit": str(limit), "after": body["pagination"]["next_cursor"]}
     assert seen == expected  # each job exactly once, none skipped, in order
+
+
+def test_limits_and_offsets_beyond_bigint(index):
+    """Python accepts any integer; SQL does not. Such pages still answer like ComfyUI."""
+    history = {f"job-{i}": {"prompt": [i, f"job-{i}", {}, {"create_time": i}, []], "outputs": {}}
+               for i in range(5)}
+    reset(index, history, [], [])
+    reference = Reference(history, [], [])
+    huge = "99999999999999999999"
+    for params in ({"limit": huge}, {"limit": huge, "offset": huge}, {"limit": "2", "offset": huge},
+                   {"limit": "2", "offset": "3"}, {"limit": huge, "sort_by": "execution_duration"}):
+        assert sql_answer(index, params) == reference.list_jobs(params), params

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 
 import pytest
 from sqlalchemy import select
@@ -154,3 +156,14 @@ def test_empty_input_is_still_an_error(sqlite_url, tmp_path, content):
     path.write_bytes(content)
     result = run_cli("import", str(path), db=sqlite_url)
     assert result.exit_code == 1 and "not valid JSON" in result.stderr
+
+
+def test_a_reader_that_leaves_early_is_not_an_error_trace(index, db_url):
+    build_recent(index, 120)  # several hundred KB: more than a pipe holds
+    process = subprocess.Popen([sys.executable, "-m", "jobs_index.cli", "--db", db_url, "export"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.read(1000)
+    process.stdout.close()
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 1
+    assert b"Traceback" not in err and b"Exception ignored" not in err

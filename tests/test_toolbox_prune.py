@@ -3,13 +3,20 @@ exact totals, side rows removed with their jobs, and live jobs spared by default
 from __future__ import annotations
 
 import copy
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
 
 import pytest
 from sqlalchemy import select, text
 
+from jobs_index import JobsIndex
 from jobs_index.ingest import detect, import_dump
 from jobs_index.queries import jobs
-from jobs_index.toolbox import prune, prune_filter
+from jobs_index.toolbox import RetentionWorker, prune, prune_filter
 from jobs_index.units import now_ms
 
 from .fixtures_util import capture_history
@@ -136,3 +143,51 @@ def test_bad_input_is_one_line(index, db_url, args, message):
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_retention_worker_prunes_in_the_background(index, aged, db_url):
+    reports = []
+    worker = RetentionWorker(db_url, 90 * DAY_MS, interval_s=0.2, batch_size=40, report=reports.append)
+    worker.start()
+    try:
+        deadline = time.time() + 30
+        while index.total() != len(aged) - 210 and time.time() < deadline:
+            time.sleep(0.05)
+    finally:
+        worker.stop()
+    assert not worker.is_alive() and worker.rounds >= 1
+    assert index.total() == len(aged) - 210
+    assert reports[0].startswith("retention: removed 210 job(s)")
+    assert index.counts_consistent()
+    check_side_rows_match_jobs(index)
+
+
+def test_serve_with_retention(sqlite_url, tmp_path):
+    with JobsIndex.open(sqlite_url) as index:
+        now = now_ms()
+        records = recent_records(40, start_ms=now - 400 * DAY_MS, seed=4)
+        for i, record in enumerate(records):
+            record.create_time = now - (200 if i < 25 else 10) * DAY_MS
+        index.ingest(records)  # 25 old jobs, 15 + 3 live recent ones
+    port = 19000 + os.getpid() % 1000
+    server = subprocess.Popen([sys.executable, "-m", "jobs_index.cli", "--db", sqlite_url, "serve",
+                               "--port", str(port), "--retention", "90d"],
+                              stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 30
+        total = None
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/jobs?limit=1", timeout=5) as reply:
+                    total = json.loads(reply.read())["pagination"]["total"]
+                if total == 18:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.1)
+        assert total == 18
+    finally:
+        server.terminate()
+        _, err = server.communicate(timeout=20)
+    assert "retention: removed 25 job(s)" in err.decode()
+    assert "Traceback" not in err.decode()
