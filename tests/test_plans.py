@@ -301,3 +301,20 @@ def test_pg_listing_plans_use_an_index_and_no_sort_of_the_table(pg_big, shape):
     assert scans and all(kind in ("Index Scan", "Index Only Scan") for kind, _ in scans), scans
     assert {name for _, name in scans} <= allowed, scans
     assert not any(n["Node Type"] in ("Sort", "Seq Scan") for n in plan_nodes(plan)), plan
+
+
+def test_pg_only_write_transactions_leave_forced_custom_plans(pg_url):
+    """Listings always get custom plans; a write transaction switches to ``auto`` for
+    itself only (cached plans for the counter trigger and foreign-key checks)."""
+    from jobs_index.database import read_transaction, write_transaction
+
+    with JobsIndex.open(pg_url) as index:
+        with read_transaction(index.engine) as conn:
+            assert conn.exec_driver_sql("SHOW plan_cache_mode").scalar() == "force_custom_plan"
+            pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        with write_transaction(index.engine) as conn:
+            assert conn.exec_driver_sql("SHOW plan_cache_mode").scalar() == "auto"
+            assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar() == pid  # same session
+        with read_transaction(index.engine) as conn:  # SET LOCAL ended with the transaction
+            assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar() == pid
+            assert conn.exec_driver_sql("SHOW plan_cache_mode").scalar() == "force_custom_plan"
