@@ -92,8 +92,11 @@ def summary_line(result, files: int) -> str:
 @click.argument("files", nargs=-1, required=True, metavar="FILE...")
 @click.option("--source", metavar="NAME", help="Record NAME as the source of these jobs (e.g. the ComfyUI host).")
 @click.option("--batch-size", default=1000, show_default=True, help="Jobs per transaction.")
+@click.option("--workers", type=click.IntRange(0, 64), default=None,
+              help="Processes normalising a large dump while this one writes (default: cores - 1; 0: none).")
 @pass_ctx
-def import_(ctx: Context, files: tuple[str, ...], source: str | None, batch_size: int) -> None:
+def import_(ctx: Context, files: tuple[str, ...], source: str | None, batch_size: int,
+            workers: int | None) -> None:
     """Import ComfyUI /history and /queue dumps (JSON files, or - for stdin).
 
     The kind of each file is detected from its shape. Importing is idempotent; a
@@ -106,7 +109,7 @@ def import_(ctx: Context, files: tuple[str, ...], source: str | None, batch_size
       curl -s 127.0.0.1:8188/history | jobs-index import -
       jobs-index --db sqlite:///jobs.sqlite3 import history.json queue.json
     """
-    from .ingest import import_paths
+    from .ingest import default_workers, import_paths
 
     if batch_size < 1:
         raise click.BadParameter("must be at least 1", param_hint="--batch-size")
@@ -119,7 +122,9 @@ def import_(ctx: Context, files: tuple[str, ...], source: str | None, batch_size
 
     with ctx.open() as index:
         try:
-            result, errors = import_paths(index, files, source=source, batch_size=batch_size, on_dump=on_dump)
+            result, errors = import_paths(index, files, source=source, batch_size=batch_size,
+                                          on_dump=on_dump,
+                                          workers=default_workers() if workers is None else workers)
         finally:
             for finish in finishers:
                 finish()

@@ -23,15 +23,20 @@ from __future__ import annotations
 
 import codecs
 import json
+import os
 import re
 import sys
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from itertools import islice
+from multiprocessing import get_context
 from contextlib import nullcontext
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from .errors import InvalidDump, InvalidItem
-from .normalize import IN_PROGRESS, PENDING, JobRecord, from_history, from_queue
+from .normalize import IN_PROGRESS, PENDING, JobRecord, normalise_items
 from .services import IngestResult, JobsIndex
 from .transfer import is_export_line, record_from_export
 
@@ -285,29 +290,74 @@ def open_input(path: str) -> tuple[str, BinaryIO]:
         raise InvalidDump(f"{path}: cannot read ({exc.strerror})") from exc
 
 
-def _item_id(key: Any, item: Any) -> str:
-    if isinstance(item, (list, tuple)) and len(item) > 1 and isinstance(item[1], str):
-        return item[1]
-    return str(key)
+PARALLEL_MIN_ITEMS = 2000  # smaller dumps are normalised in this process
+CHUNK_ITEMS = 250  # items per task sent to a normalising worker
+
+
+def default_workers() -> int:
+    """Normalising processes for a large import: all cores but the writer's."""
+    return max(0, (os.cpu_count() or 1) - 1)
 
 
 def records(dump: Dump, rejected: list[tuple[str, str]],
-            progress: Callable[[int], None] | None = None) -> Iterator[JobRecord]:
-    """Normalise a dump's items; failures go to ``rejected`` as (id, reason)."""
-    for key, item, status in dump.items:
+            progress: Callable[[int], None] | None = None, *, workers: int = 0) -> Iterator[JobRecord]:
+    """Normalise a dump's items, in order; failures go to ``rejected`` as (id, reason).
+
+    With ``workers`` > 0 a large /history dump is normalised by that many other
+    processes (JSON and compression are CPU-bound) while this one writes: a pipeline
+    over the cores (``jobs-index import`` uses ``default_workers()``).
+    """
+    large = dump.kind == HISTORY and (len(dump) == 0 or len(dump) >= PARALLEL_MIN_ITEMS)
+    if dump.kind == EXPORT:
+        yield from _export_records(dump, rejected, progress)
+    elif workers > 0 and large:
+        yield from _parallel_records(dump, rejected, progress, workers)
+    else:
+        for chunk in _chunked(dump.items, CHUNK_ITEMS):
+            done, failed = normalise_items(dump.kind, chunk)
+            rejected.extend(failed)
+            yield from done
+            if progress is not None:
+                progress(len(chunk))
+
+
+def _chunked(items: Iterable, size: int) -> Iterator[list]:
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+def _parallel_records(dump: Dump, rejected: list[tuple[str, str]],
+                      progress: Callable[[int], None] | None, workers: int) -> Iterator[JobRecord]:
+    in_flight: deque = deque()
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        def drain():
+            size, future = in_flight.popleft()
+            done, failed = future.result()
+            rejected.extend(failed)
+            if progress is not None:
+                progress(size)
+            return done
+
+        for chunk in _chunked(dump.items, CHUNK_ITEMS):
+            in_flight.append((len(chunk), pool.submit(normalise_items, dump.kind, chunk)))
+            if len(in_flight) > workers * 4:  # bounded: memory holds a few chunks, not the dump
+                yield from drain()
+        while in_flight:
+            yield from drain()
+
+
+def _export_records(dump: Dump, rejected: list[tuple[str, str]],
+                    progress: Callable[[int], None] | None) -> Iterator[JobRecord]:
+    for key, item, _ in dump.items:
         try:
-            if dump.kind == QUEUE:
-                yield from_queue(item, status)
-            elif dump.kind == EXPORT:
-                if isinstance(item, InvalidItem):
-                    raise item
-                yield record_from_export(key, item)
-            else:
-                yield from_history(key, item)
+            if isinstance(item, InvalidItem):
+                raise item
+            yield record_from_export(key, item)
         except InvalidItem as exc:
             rejected.append((str(exc.job_id), exc.reason))
         except (TypeError, ValueError, RecursionError) as exc:  # unserialisable or absurd data
-            rejected.append((_item_id(key, item), f"cannot store item: {exc}"))
+            rejected.append((str(key), f"cannot store item: {exc}"))
         if progress is not None:
             progress(1)
 
@@ -322,10 +372,13 @@ def live_ids(dump: Dump) -> set[str]:
 
 
 def import_dump(index: JobsIndex, dump: Dump, *, source: str | None = None,
-                batch_size: int = 1000, progress: Callable[[int], None] | None = None) -> IngestResult:
-    """Write one dump; a queue dump then reconciles the live rows of ``source``."""
+                batch_size: int = 1000, progress: Callable[[int], None] | None = None,
+                workers: int = 0) -> IngestResult:
+    """Write one dump; a queue dump then reconciles the live rows of ``source``.
+    ``workers``: normalising processes for a large dump (see ``records``)."""
     rejected: list[tuple[str, str]] = list(dump.rejected)
-    result = index.ingest(records(dump, rejected, progress), source=source, batch_size=batch_size)
+    result = index.ingest(records(dump, rejected, progress, workers=workers),
+                          source=source, batch_size=batch_size)
     if dump.kind == QUEUE and not any(key in QUEUE_KEYS for key, _ in dump.rejected):
         result.removed += index.reconcile_live(live_ids(dump), source=source)
     result.rejected.extend(rejected)
@@ -334,7 +387,7 @@ def import_dump(index: JobsIndex, dump: Dump, *, source: str | None = None,
 
 def import_paths(index: JobsIndex, paths: Iterable[str], *, source: str | None = None,
                  batch_size: int = 1000, on_dump: Callable[[Dump], Callable[[int], None] | None] | None = None,
-                 ) -> tuple[IngestResult, list[str]]:
+                 workers: int = 0) -> tuple[IngestResult, list[str]]:
     """Import files in order. Returns the summed result and the per-file errors."""
     total, errors = IngestResult(), []
     for path in paths:
@@ -351,7 +404,8 @@ def import_paths(index: JobsIndex, paths: Iterable[str], *, source: str | None =
                 errors.append(exc.message)
                 continue
             progress = on_dump(dump) if on_dump else None
-            total.add(import_dump(index, dump, source=source, batch_size=batch_size, progress=progress))
+            total.add(import_dump(index, dump, source=source, batch_size=batch_size, progress=progress,
+                                  workers=workers))
             if dump.error:
                 errors.append(dump.error)
     return total, errors

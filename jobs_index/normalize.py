@@ -347,10 +347,12 @@ def from_history(job_id: Any, item: Any) -> JobRecord:
     record.node_types = node_types(prompt[2])
     if error is not None:
         record.execution_error = _dumps(error)
-        record.error_type = _as_str(error.get("exception_type"))
-        record.error_message = _as_str(error.get("exception_message"))
-        record.error_node_id = _as_str(error.get("node_id"))
-        record.error_node_type = _as_str(error.get("node_type"))
+        # Helper columns for SQL users (the served error is execution_error, lossless):
+        # like the side tables, no NUL, which PostgreSQL text cannot hold.
+        record.error_type = _side_text(error.get("exception_type"))
+        record.error_message = _side_text(error.get("exception_message"))
+        record.error_node_id = _side_text(error.get("node_id"))
+        record.error_node_type = _side_text(error.get("node_type"))
     return record
 
 
@@ -386,3 +388,26 @@ def detail_dict(row: Any) -> dict:
     job["execution_status"] = item.get("status", {})
     job["workflow"] = {"prompt": prompt, "extra_data": extra_data}
     return job
+
+
+def normalise_items(kind: str, items: list[tuple[Any, Any, str]]) -> tuple[list[JobRecord], list[tuple[str, str]]]:
+    """Normalise ``(key, item, status)`` triples of a ``history`` or ``queue`` dump.
+
+    Returns the records and the rejections ``(id, reason)``. A top-level function of
+    this light module, so import workers (other processes) can run it.
+    """
+    records, rejected = [], []
+    for key, item, status in items:
+        try:
+            records.append(from_queue(item, status) if kind == KIND_QUEUE else from_history(key, item))
+        except InvalidItem as exc:
+            rejected.append((str(exc.job_id), exc.reason))
+        except (TypeError, ValueError, RecursionError) as exc:  # unserialisable or absurd data
+            rejected.append((_item_key(key, item), f"cannot store item: {exc}"))
+    return records, rejected
+
+
+def _item_key(key: Any, item: Any) -> str:
+    if isinstance(item, (list, tuple)) and len(item) > 1 and isinstance(item[1], str):
+        return item[1]
+    return str(key)

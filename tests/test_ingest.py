@@ -143,3 +143,21 @@ def test_ingest_in_small_batches(index):
     result = index.ingest(records(detect("h", history), []), batch_size=2)
     assert result.inserted == len(history)
     assert index.counts_consistent()
+
+
+def test_parallel_normalisation_gives_the_same_rows(tmp_path):
+    """Worker processes normalise a large dump; the rows are those of a sequential import."""
+    from jobs_index import JobsIndex
+    from jobs_index.ingest import PARALLEL_MIN_ITEMS
+    from jobs_index.sample import synthetic_history
+
+    history = dict(synthetic_history(PARALLEL_MIN_ITEMS + 300, seed=7))
+    history["broken"] = {"prompt": "not a tuple"}
+    digests = []
+    for workers in (0, 1):
+        with JobsIndex.open(f"sqlite:///{tmp_path}/w{workers}.sqlite3") as index:
+            result = import_dump(index, detect("h", history), workers=workers)
+            assert (result.inserted, [job_id for job_id, _ in result.rejected]) == (len(history) - 1, ["broken"])
+            with index.engine.connect() as conn:
+                digests.append(conn.exec_driver_sql("SELECT id, raw_digest, status FROM jobs ORDER BY id").all())
+    assert digests[0] == digests[1]
