@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 
 from . import queries, toolbox_queries
 from .cursor import CURSOR_SORT_FIELD, encode_cursor
@@ -223,6 +223,14 @@ class JobsIndex:
                 toolbox_queries.replace_side_rows(conn, written)
         except IntegrityError as exc:
             raise StorageError(f"rejected by the database: {exc.orig}") from exc
+        except DataError as exc:  # a value this database cannot hold (PostgreSQL: NUL in text)
+            if len(records) > 1:  # write the batch row by row: only the refused rows are rejected
+                result = IngestResult()
+                for record in records:
+                    result.add(self._write_batch([record]))
+                return result
+            reason = str(exc.orig).splitlines()[0] if exc.orig is not None else str(exc)
+            return IngestResult(rejected=[(records[0].id, f"rejected by the database: {reason}")])
         return result
 
     def reconcile_live(self, live_ids: Iterable[str], *, source: str | None = None) -> int:
