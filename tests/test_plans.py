@@ -277,30 +277,44 @@ def test_pg_rare_status_listing_keeps_its_custom_plan(pg_big):
 
 
 PG_SHAPES = {
-    "pending,in_progress": ({"status": "pending,in_progress"}, {schema.IX_STATUS_CREATE_TIME}),
-    "pending cursor": ({"status": "pending", "after": cursor_at(MID)}, {schema.IX_STATUS_CREATE_TIME}),
-    "workflow+pending": ({"workflow_id": "wf-07", "status": "pending"},
-                         {schema.IX_WORKFLOW_STATUS, schema.IX_STATUS_CREATE_TIME}),
-    "source+pending": ({"source": "host-1", "status": "pending"},
-                       {schema.IX_SOURCE_STATUS, schema.IX_STATUS_CREATE_TIME}),
-    "no filter": ({}, {schema.IX_CREATE_TIME}),
-    "no filter cursor": ({"after": cursor_at(MID)}, {schema.IX_CREATE_TIME}),
+    "pending": {"status": "pending"},
+    "pending,in_progress": {"status": "pending,in_progress"},
+    "pending cursor": {"status": "pending", "after": cursor_at(MID)},
+    "completed,failed": {"status": "completed,failed"},
+    "cancelled asc cursor": {"status": "cancelled", "sort_order": "asc", "after": cursor_at(MID, "asc")},
+    "workflow": {"workflow_id": "wf-07"},
+    "workflow+pending": {"workflow_id": "wf-07", "status": "pending"},
+    "source": {"source": "host-1"},
+    "source+pending": {"source": "host-1", "status": "pending"},
+    "duration failed,cancelled": {"sort_by": "execution_duration", "status": "failed,cancelled"},
+    "no filter": {},
+    "no filter cursor": {"after": cursor_at(MID)},
+    "duration": {"sort_by": "execution_duration"},
 }
 
 
+def explain_analyze(index: JobsIndex, sql: str, parameters) -> dict:
+    with index.engine.connect() as conn:
+        explained = conn.exec_driver_sql("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, parameters).scalar_one()
+    return (explained if isinstance(explained, list) else json.loads(explained))[0]["Plan"]
+
+
+def rows_touched(plan: dict) -> int:
+    """Index entries / rows the scans of ``jobs`` produced or threw away."""
+    return sum(n.get("Actual Rows", 0) * n.get("Actual Loops", 1) + n.get("Rows Removed by Filter", 0)
+               + n.get("Rows Removed by Index Recheck", 0)
+               for n in plan_nodes(plan) if n.get("Relation Name") == "jobs")
+
+
 @pytest.mark.parametrize("shape", list(PG_SHAPES))
-def test_pg_listing_plans_use_an_index_and_no_sort_of_the_table(pg_big, shape):
-    """Rare-status and unfiltered shapes: index scans only, never a Seq Scan or a Sort
-    over a whole table (each arm is an ordered, LIMIT-ed index scan)."""
-    params, allowed = PG_SHAPES[shape]
-    sql, parameters = listing_sql(pg_big, {**params, "limit": "20"})
-    with pg_big.engine.connect() as conn:
-        explained = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + sql, parameters).scalar_one()
-    plan = (explained if isinstance(explained, list) else json.loads(explained))[0]["Plan"]
+def test_pg_listing_reads_a_page_not_the_table(pg_big, shape):
+    """Whatever plan PostgreSQL picks, a 20-job page reads about a page of rows per
+    arm: index scans only, no Seq Scan, no walk that filters its way through."""
+    sql, parameters = listing_sql(pg_big, {**PG_SHAPES[shape], "limit": "20"})
+    plan = explain_analyze(pg_big, sql, parameters)
     scans = scans_of_jobs(plan)
     assert scans and all(kind in ("Index Scan", "Index Only Scan") for kind, _ in scans), scans
-    assert {name for _, name in scans} <= allowed, scans
-    assert not any(n["Node Type"] in ("Sort", "Seq Scan") for n in plan_nodes(plan)), plan
+    assert rows_touched(plan) <= 21 * len(scans) + len(PENDING_AT) + len(RUNNING_AT), json.dumps(plan)[:3000]
 
 
 def test_pg_only_write_transactions_leave_forced_custom_plans(pg_url):
@@ -318,3 +332,76 @@ def test_pg_only_write_transactions_leave_forced_custom_plans(pg_url):
         with read_transaction(index.engine) as conn:  # SET LOCAL ended with the transaction
             assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar() == pid
             assert conn.exec_driver_sql("SHOW plan_cache_mode").scalar() == "force_custom_plan"
+
+
+# -- PostgreSQL has no index hints: the arms must not depend on statistics ------------
+
+def _seek_report(plan: dict) -> list[tuple[str, str | None, int]]:
+    return [(n["Node Type"], n.get("Index Name"), n.get("Rows Removed by Filter", 0))
+            for n in plan_nodes(plan) if n.get("Relation Name") == "jobs" or "Index Name" in n]
+
+
+@pytest.fixture(scope="module")
+def pg_retired_workflow():
+    """A workflow (and a source) that the planner's statistics believe is 15 % of the
+    jobs spread over time, which was then extended to the oldest 70 % of the jobs and
+    nothing newer, without a new ANALYZE (as after a big import that autovacuum has
+    not analysed yet)."""
+    from jobs_index.database import write_transaction
+
+    from .bulkdata import _rebuild_counts
+
+    def relabel(index, where: str) -> None:
+        with write_transaction(index.engine) as conn:
+            conn.exec_driver_sql("ALTER TABLE jobs DISABLE TRIGGER USER")
+            conn.exec_driver_sql("UPDATE jobs SET workflow_id = 'wf-retired', source = 'host-retired' "
+                                 f"WHERE {where}")
+            conn.exec_driver_sql("ALTER TABLE jobs ENABLE TRIGGER USER")
+            _rebuild_counts(conn)
+
+    base = pg_base_url()
+    if base is None:
+        pytest.skip(PG_SKIP)
+    pg_schema = PgSchema(base)
+    n = 60_000
+    with JobsIndex.open(pg_schema.url) as index:
+        bulk_load(index, n)
+        relabel(index, "mod(priority, 7) = 0")  # ~15 %, everywhere on the timeline
+        with index.engine.begin() as conn:  # statistics from every row: the same plans each run
+            conn.exec_driver_sql("SET LOCAL default_statistics_target = 10000")
+            conn.exec_driver_sql("ANALYZE jobs")
+        relabel(index, f"priority < {int(n * 0.7)}")
+        with index.engine.begin() as conn:  # the moved rows are no longer labelled
+            conn.exec_driver_sql("ALTER TABLE jobs DISABLE TRIGGER USER")
+            conn.exec_driver_sql(f"UPDATE jobs SET workflow_id = 'wf-01', source = 'host-1' "
+                                 f"WHERE priority >= {int(n * 0.7)} AND workflow_id = 'wf-retired'")
+            conn.exec_driver_sql("ALTER TABLE jobs ENABLE TRIGGER USER")
+            _rebuild_counts(conn)
+        assert index.counts_consistent()
+        try:
+            yield index
+        finally:
+            index.close()
+            pg_schema.drop()
+
+
+@pytest.mark.parametrize("params,index_name", [
+    ({"workflow_id": "wf-retired"}, schema.IX_WORKFLOW_STATUS),
+    ({"workflow_id": "wf-retired", "status": "completed"}, schema.IX_WORKFLOW_STATUS),
+    ({"source": "host-retired"}, schema.IX_SOURCE_STATUS),
+    ({"source": "host-retired", "status": "completed,failed", "sort_order": "asc"}, schema.IX_SOURCE_STATUS),
+    ({"status": "completed,failed"}, schema.IX_STATUS_CREATE_TIME),
+    ({"status": "failed", "sort_by": "execution_duration"}, schema.IX_STATUS_DURATION),
+], ids=lambda v: "&".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else None)
+def test_pg_arms_seek_their_index_whatever_the_statistics(pg_retired_workflow, params, index_name):
+    """The arms with rows seek the index that starts with their filter, and the page
+    reads about a page of rows per arm: no arm walks another index (e.g.
+    ix_jobs_status_create_time_id) filtering its way through the newer jobs, a plan
+    that the stale statistics above can make look cheap (see docs/postgresql.md)."""
+    index = pg_retired_workflow
+    sql, parameters = listing_sql(index, {**params, "limit": "20"})
+    plan = explain_analyze(index, sql, parameters)
+    seeks = _seek_report(plan)
+    # Arms of statuses with rows seek their index; none filters its way through another.
+    assert any(name == index_name for _, name, _ in seeks), seeks
+    assert rows_touched(plan) <= 21 * len(seeks) + 20, seeks
