@@ -21,7 +21,7 @@ points and the whole test stays around 2-3 minutes:
   batches: mid-transaction, during COMMIT, during WAL checkpoints (batch sizes
   50-200 so many commits happen);
 * ``deep`` (the last kill): at a random number of jobs between the current count
-  and 40,000, with the default batch size (1,000), i.e. deep into a long import
+  and 30,000, with the default batch size (1,000), i.e. deep into a long import
   with a large WAL, then a uniformly random fraction of a batch later.
 
 Migration: a database at ``0001_create_jobs`` holding jobs is upgraded by a real
@@ -53,6 +53,7 @@ from .reliability_support import JOBS_INDEX, check_sqlite_file, session_dir, wri
 
 N_JOBS = 50_000
 KILLS = 20
+DEEP_MAX = 30_000  # the last kill lands at a random count of jobs up to this
 OLD_REVISION = "0001_create_jobs"
 
 
@@ -110,11 +111,19 @@ def wait_until(predicate, timeout: float, proc: subprocess.Popen, poll: float = 
     return False
 
 
+def kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def import_command(url: str, dump: Path, batch_size: int) -> list[str]:
     return [*JOBS_INDEX, "--db", url, "import", "--batch-size", str(batch_size), str(dump)]
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_sigkill_during_import_at_random_moments(tmp_path, big_dump):
     seed = int(os.environ.get("JOBS_INDEX_CRASH_SEED", time.time_ns() % 2**32))
     rng = random.Random(seed)
@@ -130,7 +139,9 @@ def test_sigkill_during_import_at_random_moments(tmp_path, big_dump):
         batch = 1000 if mode == "deep" else rng.choice([50, 100, 200])
         before = watcher.total()
         stderr = open(tmp_path / f"run-{k}.stderr", "wb")
-        proc = subprocess.Popen(import_command(url, big_dump, batch), stdout=subprocess.DEVNULL, stderr=stderr)
+        # Its own session: the import's normalising worker processes can be cleaned up with it.
+        proc = subprocess.Popen(import_command(url, big_dump, batch), stdout=subprocess.DEVNULL, stderr=stderr,
+                                start_new_session=True)
         t0 = time.monotonic()
         if mode == "start":
             time.sleep(rng.uniform(0, startup))
@@ -142,14 +153,15 @@ def test_sigkill_during_import_at_random_moments(tmp_path, big_dump):
                 batch_period = max(0.05, time.monotonic() - first_commit)
                 time.sleep(rng.uniform(0, 1.5 * batch_period))
         else:
-            target = rng.randint(before + 1000, 40_000) if before + 1000 < 40_000 else before + 1000
+            target = rng.randint(before + 1000, DEEP_MAX) if before + 1000 < DEEP_MAX else before + 1000
             wait_until(lambda: watcher.total() >= target, 600, proc, poll=0.05)
             time.sleep(rng.uniform(0, 1.5))
         seen = watcher.ids()  # committed by now: must survive the kill
         moment = time.monotonic() - t0
         if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
+            os.kill(proc.pid, signal.SIGKILL)  # the process that writes
         code = proc.wait(60)
+        kill_group(proc.pid)  # then its orphaned workers (they never touch the database)
         stderr.close()
         watcher.close()
         ids = check_sqlite_file(path)  # integrity_check, no duplicates, counts == rows
@@ -159,6 +171,7 @@ def test_sigkill_during_import_at_random_moments(tmp_path, big_dump):
             assert index.counts_consistent(), f"kill {k}"
             assert index.total() == len(ids)
         log.append((k, mode, batch, round(moment, 2), code, len(ids) - len(committed)))
+        print(f"kill {k} ({mode}, batch {batch}) at {moment:.2f}s: {len(ids)} jobs", flush=True)
         committed = ids
     kills = time.monotonic() - started_all
 

@@ -201,6 +201,7 @@ def run_measured(args: list[str], cwd: Path, timeout: float = 600) -> tuple[int,
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_100k_item_dump_imports_in_bounded_memory(tmp_path):
     dump = tmp_path / "history.json"
     size = write_small_items_dump(dump, 100_000)
