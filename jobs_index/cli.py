@@ -16,6 +16,7 @@ from .cli_toolbox import Duration, start_retention, stop_retention
 from .cli_toolbox import register as register_toolbox
 from .config import ENV_VAR, default_sqlite_path, resolve_url
 from .errors import JobsIndexError
+from .cli_live import register as register_live
 
 DB_HELP = (
     "Database URL: sqlite:///path/jobs.sqlite3 or postgresql+psycopg://user@host/db "
@@ -223,6 +224,10 @@ def migrate(ctx: Context, revision: str) -> None:
 
 # The operator's toolbox: sql, stats, prune, export (commands in cli_toolbox.py).
 register_toolbox(cli)
+
+
+# Live ingestion: follow, install-comfyui (commands in cli_live.py).
+register_live(cli)
 
 
 def main() -> None:

@@ -41,9 +41,25 @@ INDEX_KEY = web.AppKey("jobs_index", JobsIndex)
 EXECUTOR_KEY = web.AppKey("executor", ThreadPoolExecutor)
 
 
+# An application that embeds these routes in its own aiohttp app (the ComfyUI custom
+# node answers ComfyUI's /api/jobs this way) puts its index and executor on the request.
+# (typed request keys where this aiohttp has them)
+_RequestKey = getattr(web, "RequestKey", None)
+REQUEST_INDEX = _RequestKey("jobs_index", JobsIndex) if _RequestKey else "jobs_index.index"
+REQUEST_EXECUTOR = _RequestKey("jobs_index_executor", ThreadPoolExecutor) if _RequestKey else "jobs_index.executor"
+
+
+def _index(request: web.Request) -> JobsIndex:
+    return request[REQUEST_INDEX] if REQUEST_INDEX in request else request.app[INDEX_KEY]
+
+
+def _executor(request: web.Request) -> ThreadPoolExecutor:
+    return request[REQUEST_EXECUTOR] if REQUEST_EXECUTOR in request else request.app[EXECUTOR_KEY]
+
+
 async def _run(request: web.Request, fn: Callable[..., T], *args: Any) -> T:
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(request.app[EXECUTOR_KEY], fn, *args)
+    return await loop.run_in_executor(_executor(request), fn, *args)
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -68,7 +84,7 @@ async def error_middleware(request: web.Request, handler):
 
 
 async def list_jobs(request: web.Request) -> web.StreamResponse:
-    index = request.app[INDEX_KEY]
+    index = _index(request)
     query = parse_list_query(request.rel_url.query)
     if query.limit is not None and query.limit <= INLINE_PAGE_MAX:
         page = await _run(request, index.list_jobs, query)
@@ -99,7 +115,7 @@ async def _stream_listing(request: web.Request, index: JobsIndex, query) -> web.
 
 
 async def get_job(request: web.Request) -> web.Response:
-    job = await _run(request, request.app[INDEX_KEY].get_job, request.match_info["job_id"])
+    job = await _run(request, _index(request).get_job, request.match_info["job_id"])
     return _json(job)
 
 

@@ -134,6 +134,19 @@ class JobNode(Base):
     __table_args__ = (Index(None, "class_type", "job_id"), {"sqlite_with_rowid": False})
 
 
+class FollowedSource(Base):
+    """A ComfyUI server followed live (``jobs-index follow``): where, and how far its
+    ``/history`` was read (migration ``0003``)."""
+
+    __tablename__ = "followed_sources"
+
+    source: Mapped[str] = mapped_column(Text, primary_key=True)  # the ``jobs.source`` of its rows
+    url: Mapped[str] = mapped_column(Text)
+    # Newest /history id read with every entry before it (None: read from the start).
+    history_watermark: Mapped[str | None] = mapped_column(Text)
+    synced_at: Mapped[int | None] = mapped_column(BigInteger)  # epoch ms of the last sync
+
+
 # Index names, used to pin query plans (SQLite ``INDEXED BY``).
 IX_CREATE_TIME = "ix_jobs_create_time_id"
 IX_STATUS_CREATE_TIME = "ix_jobs_status_create_time_id"

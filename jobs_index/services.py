@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DataError, IntegrityError
 
 from . import queries, toolbox_queries
+from . import live_queries
 from .cursor import CURSOR_SORT_FIELD, encode_cursor
 from .database import open_engine, read_transaction, write_transaction
 from .errors import JobNotFound, StorageError
@@ -245,6 +246,30 @@ class JobsIndex:
     def delete_jobs(self, ids: Iterable[str]) -> int:
         with write_transaction(self.engine) as conn:
             return queries.delete_jobs(conn, sorted(set(ids)))
+
+    # -- live ingestion (``follow``, the ComfyUI custom node) ---------------
+
+    def follow_state(self, source: str) -> tuple[str, str | None] | None:
+        """``(url, history_watermark)`` of a followed source, or None if never followed."""
+        with read_transaction(self.engine) as conn:
+            row = live_queries.get_followed(conn, source)
+        return None if row is None else (row.url, row.history_watermark)
+
+    def save_follow_state(self, source: str, url: str, watermark: str | None) -> None:
+        """Record how far ``source``'s history was read (and that it was synced now)."""
+        with write_transaction(self.engine) as conn:
+            live_queries.save_followed(conn, source, url, watermark, int(time.time() * 1000))
+
+    def finished_ids(self, ids: Iterable[str]) -> set[str]:
+        """The ids among ``ids`` already stored as finished (history) jobs."""
+        with read_transaction(self.engine) as conn:
+            return live_queries.finished_ids(conn, sorted(set(ids)))
+
+    def delete_finished(self, *, source: str | None) -> int:
+        """Delete every finished job of ``source`` (ComfyUI's "clear history");
+        pending/running rows stay. Returns the number removed."""
+        with write_transaction(self.engine) as conn:
+            return live_queries.delete_finished(conn, source)
 
     # -- checks --------------------------------------------------------------
 

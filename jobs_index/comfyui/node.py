@@ -1,0 +1,378 @@
+"""jobs-index inside ComfyUI: record every job in the index and serve ``/api/jobs`` from it.
+
+``setup()`` runs when ComfyUI imports the custom node (``PromptServer.instance`` and
+its ``prompt_queue`` exist; routes are not yet added to the app, the app has not
+started, the prompt worker has not started). It
+
+* wraps the prompt queue's ``put``, ``get``, ``task_done``, ``delete_queue_item``,
+  ``wipe_queue``, ``delete_history_item`` and ``wipe_history`` (instance attributes;
+  the originals run unchanged, their results and exceptions pass through). Each
+  wrapper holds the queue's mutex (an ``RLock``, re-entered by the original) across
+  the original call and a non-blocking ``Writer.submit``, so the index sees changes
+  in ComfyUI's order. ``get`` is wrapped too: it is when a job starts running;
+* appends an aiohttp middleware to ComfyUI's app that answers ``GET /api/jobs`` and
+  ``GET /api/jobs/{id}`` (and the ``/api/api`` twins) from the index. A middleware
+  runs before whichever handler the router picked, so it wins over ComfyUI's built-in
+  routes whatever their registration order, and works on a ComfyUI without them. A
+  route added to ``PromptServer.instance.routes`` would lose: aiohttp resolves the
+  first resource registered for a path, and ComfyUI's own come first. Everything
+  else (``POST /api/jobs/{id}/cancel``, ``POST /api/jobs/cancel``, ...) passes through;
+* starts the writer thread, which opens (and migrates) the database and resyncs from
+  ComfyUI's memory: backfill, and removal of pending/running rows a previous run left
+  (ComfyUI forgot those jobs when it stopped; they were never finished).
+
+Before answering, the middleware waits (``wait_ms``, default 1 s, on the event loop,
+without blocking it) until every change ComfyUI announced before the request is
+written, so the queue panel refreshing on a ``status`` event sees the new job. If the
+database is not open, fails, or is behind past that wait, ComfyUI's built-in handler
+answers (from memory); on a ComfyUI without one, the index answers as it is (503 if it
+is not open).
+
+Explicit deletions are followed (``JOBS_INDEX_FOLLOW_DELETES=1``, the default): the
+panel shows the index, so a job deleted there, or "clear history", must disappear
+from it; clear removes every finished job of this source. Eviction at ComfyUI's
+10,000-entry cap is not a deletion: the index keeps those jobs.
+"""
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import os
+import re
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from ..config import ENV_VAR, resolve_url
+from ..errors import ConfigError, JobsIndexError, StorageError
+from ..normalize import IN_PROGRESS, PENDING
+from .writer import CLEARED, DELETED, FINISHED, QUEUED, UNQUEUED, State, Writer, queue_ids
+
+log = logging.getLogger("jobs_index.comfyui")
+
+DEFAULT_SOURCE = "comfyui"
+DB_DIRNAME, DB_FILENAME = "jobs-index", "jobs.sqlite3"
+COMFYUI_DB = "comfyui.db"  # ComfyUI's own database: never ours
+LIST_PATHS = frozenset({"/api/jobs", "/api/api/jobs"})
+DETAIL_PATH = re.compile(r"/api(?:/api)?/jobs/([^/]+)")
+HOOKED_METHODS = ("put", "get", "task_done", "delete_queue_item", "wipe_queue",
+                  "delete_history_item", "wipe_history")
+
+
+def _flag(value: str | None, default: bool) -> bool:
+    if value is None or not value.strip():
+        return default
+    return value.strip().lower() not in ("0", "false", "no", "off")
+
+
+def _comfy_user_directory() -> Path | None:
+    try:
+        import folder_paths  # ComfyUI's module; absent outside ComfyUI
+    except ImportError:
+        return None
+    get = getattr(folder_paths, "get_user_directory", None)
+    return Path(get()) if callable(get) else None
+
+
+def default_db_url(comfyui_dir: str | os.PathLike | None = None) -> str:
+    """``<ComfyUI user directory>/jobs-index/jobs.sqlite3``: ComfyUI's
+    ``folder_paths.get_user_directory()`` if available, else ``<comfyui_dir>/user``."""
+    user_dir = _comfy_user_directory()
+    if user_dir is None:
+        user_dir = Path(comfyui_dir) / "user" if comfyui_dir else Path.cwd() / "user"
+    return f"sqlite:///{Path(user_dir).resolve() / DB_DIRNAME / DB_FILENAME}"
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Settings of the custom node (environment variables in brackets)."""
+
+    db_url: str  # [JOBS_INDEX_DB] default: <ComfyUI user dir>/jobs-index/jobs.sqlite3
+    source: str = DEFAULT_SOURCE  # [JOBS_INDEX_SOURCE] the jobs.source of this ComfyUI's rows
+    serve: bool = True  # [JOBS_INDEX_SERVE] answer /api/jobs from the index
+    follow_deletes: bool = True  # [JOBS_INDEX_FOLLOW_DELETES] delete from the index what the user deletes
+    queue_max: int = 1000  # [JOBS_INDEX_QUEUE_MAX] pending writes before dropping (then resync)
+    wait_ms: int = 1000  # [JOBS_INDEX_WAIT_MS] how long a read waits for pending writes
+    resync_interval: float = 600.0  # seconds between safety resyncs
+    retry_cap: float = 30.0  # seconds, longest wait between retries of a failing database
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None,
+                 comfyui_dir: str | os.PathLike | None = None) -> "NodeConfig":
+        env = os.environ if environ is None else environ
+        url = resolve_url(env[ENV_VAR]) if env.get(ENV_VAR) else default_db_url(comfyui_dir)
+        try:
+            queue_max = int(env.get("JOBS_INDEX_QUEUE_MAX") or 1000)
+            wait_ms = int(env.get("JOBS_INDEX_WAIT_MS") or 1000)
+        except ValueError as exc:
+            raise ConfigError(f"JOBS_INDEX_QUEUE_MAX / JOBS_INDEX_WAIT_MS must be integers ({exc})") from exc
+        return cls(db_url=url, source=(env.get("JOBS_INDEX_SOURCE") or DEFAULT_SOURCE).strip(),
+                   serve=_flag(env.get("JOBS_INDEX_SERVE"), True),
+                   follow_deletes=_flag(env.get("JOBS_INDEX_FOLLOW_DELETES"), True),
+                   queue_max=max(1, queue_max), wait_ms=max(0, wait_ms))
+
+    def check(self) -> None:
+        from sqlalchemy.engine import make_url
+
+        parsed = make_url(self.db_url)
+        if parsed.get_backend_name() == "sqlite" and Path(parsed.database or "").name == COMFYUI_DB:
+            raise ConfigError(f"{self.db_url} is ComfyUI's own database; jobs-index keeps its own "
+                              f"(unset {ENV_VAR} to use <ComfyUI>/user/{DB_DIRNAME}/{DB_FILENAME})")
+
+
+def _is_reentrant(lock: Any) -> bool:
+    if not lock.acquire(timeout=5):
+        return False
+    try:
+        again = lock.acquire(blocking=False)
+        if again:
+            lock.release()
+        return again
+    finally:
+        lock.release()
+
+
+class JobsNode:
+    """The custom node's state in one ComfyUI process: hooks, writer, middleware."""
+
+    def __init__(self, server: Any, config: NodeConfig) -> None:
+        config.check()
+        self.server = server
+        self.config = config
+        self.queue = server.prompt_queue
+        self.mutex = self.queue.mutex
+        if not _is_reentrant(self.mutex):
+            raise ConfigError("ComfyUI's prompt queue mutex is not re-entrant; jobs-index cannot hook it")
+        self.writer = Writer(open_index=self._open_index, read_state=self._read_state, mutex=self.mutex,
+                             source=config.source, max_queue=config.queue_max,
+                             resync_interval=config.resync_interval, retry_cap=config.retry_cap)
+        self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="jobs-index-read")
+        self.serving = config.serve
+        self._originals: dict[str, Any] = {}
+        self._local = threading.local()
+        self._installed = False
+
+    # -- lifecycle
+
+    def install(self) -> "JobsNode":
+        for name in HOOKED_METHODS:
+            original = getattr(self.queue, name, None)
+            if original is None:
+                log.warning("jobs-index: this ComfyUI's prompt queue has no %s(); not hooked", name)
+                continue
+            self._originals[name] = (original, name in vars(self.queue))
+            setattr(self.queue, name, self._wrap(name, original))
+        if self.config.serve:
+            try:
+                self.server.app.middlewares.append(self.middleware)
+            except RuntimeError:  # the app already started: a custom node loaded late
+                self.serving = False
+                log.warning("jobs-index: ComfyUI's server already started; recording jobs, "
+                            "but /api/jobs stays ComfyUI's own until the next start")
+        self.writer.start()
+        atexit.register(self.close)
+        self._installed = True
+        log.info("jobs-index: recording ComfyUI jobs as source %r in %s%s", self.config.source,
+                 self.config.db_url, "; serving /api/jobs from it" if self.serving else "")
+        return self
+
+    def close(self, flush_timeout: float = 5.0) -> None:
+        """Unhook, write what is pending, stop (the middleware then passes through)."""
+        if not self._installed:
+            return
+        self._installed = False
+        self.serving = False
+        atexit.unregister(self.close)
+        for name, (original, was_instance_attribute) in self._originals.items():
+            if getattr(self.queue.__dict__.get(name), "__wrapped__", None) is not original:
+                continue  # re-wrapped by someone else since: leave theirs alone
+            if was_instance_attribute:
+                setattr(self.queue, name, original)
+            else:
+                delattr(self.queue, name)  # back to the class's method
+        self._originals.clear()
+        self.writer.close(flush_timeout)
+        self.executor.shutdown(wait=False)
+
+    def _open_index(self):
+        from ..services import JobsIndex
+
+        return JobsIndex.open(self.config.db_url)
+
+    def _read_state(self) -> State:
+        """ComfyUI's state (called with the mutex held): references, not copies."""
+        read = getattr(self.queue, "get_current_queue_volatile", None) or self.queue.get_current_queue  # older ComfyUI
+        running, pending = read()
+        return State(history=dict(self.queue.history), running=list(running), pending=list(pending))
+
+    # -- hooks
+
+    def _wrap(self, name: str, original: Callable) -> Callable:
+        """A wrapper that runs ``original`` under the mutex and submits the change.
+
+        ``_before_<name>(args, kwargs)`` notes what is needed (mutex held, before the
+        original); ``_after_<name>(noted, args, kwargs, result)`` submits. Only the
+        outermost wrapper on a thread does this (``delete_queue_item`` calls
+        ``wipe_queue`` on its last item; the outer before/after diff covers both)."""
+        before = getattr(self, f"_before_{name}", None)
+        after = getattr(self, f"_after_{name}")
+
+        def wrapper(*args, **kwargs):
+            with self.mutex:
+                depth = getattr(self._local, "depth", 0)
+                self._local.depth = depth + 1
+                try:
+                    noted = self._guard(before, args, kwargs) if depth == 0 and before else None
+                    result = original(*args, **kwargs)
+                    if depth == 0:
+                        self._guard(after, noted, args, kwargs, result)
+                    return result
+                finally:
+                    self._local.depth = depth
+
+        wrapper.__wrapped__ = original
+        wrapper.__name__ = name
+        return wrapper
+
+    def _guard(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Our code never breaks ComfyUI: an error here is logged and repaired by a resync."""
+        try:
+            return fn(*args)
+        except Exception:
+            log.exception("jobs-index: hook failed; a resync will repair the index")
+            self.writer.request_resync()
+            return None
+
+    @staticmethod
+    def _arg(args: tuple, kwargs: dict, name: str) -> Any:
+        return args[0] if args else kwargs.get(name)
+
+    def _after_put(self, noted, args, kwargs, result) -> None:
+        if result is not False:  # False: a ComfyUI that refuses a duplicate prompt id
+            self.writer.submit(QUEUED, (self._arg(args, kwargs, "item"), PENDING))
+
+    def _after_get(self, noted, args, kwargs, result) -> None:
+        if isinstance(result, tuple) and result:  # (item, task id); None on timeout
+            self.writer.submit(QUEUED, (result[0], IN_PROGRESS))
+
+    def _before_task_done(self, args, kwargs) -> str | None:
+        running = self.queue.currently_running.get(self._arg(args, kwargs, "item_id"))
+        return running[1] if running is not None else None
+
+    def _after_task_done(self, prompt_id, args, kwargs, result) -> None:
+        entry = self.queue.history.get(prompt_id) if prompt_id is not None else None
+        if entry is not None:
+            self.writer.submit(FINISHED, (prompt_id, entry))
+        else:
+            self.writer.request_resync()
+
+    def _before_delete_queue_item(self, args, kwargs) -> list[str]:
+        return queue_ids(self.queue.queue)
+
+    def _after_delete_queue_item(self, before_ids, args, kwargs, result) -> None:
+        gone = set(before_ids or ()) - set(queue_ids(self.queue.queue))
+        if gone:
+            self.writer.submit(UNQUEUED, sorted(gone))
+
+    _before_wipe_queue = _before_delete_queue_item
+    _after_wipe_queue = _after_delete_queue_item
+
+    def _after_delete_history_item(self, noted, args, kwargs, result) -> None:
+        job_id = self._arg(args, kwargs, "id_to_delete")
+        if self.config.follow_deletes and isinstance(job_id, str):
+            self.writer.submit(DELETED, [job_id])
+
+    def _after_wipe_history(self, noted, args, kwargs, result) -> None:
+        if self.config.follow_deletes:
+            self.writer.submit(CLEARED)
+
+    # -- serving
+
+    def target_seq(self) -> int:
+        """The last change ComfyUI made (read under its mutex: a ``status`` event a
+        client reacted to was sent after its change was submitted)."""
+        with self.mutex:
+            return self.writer.last_seq
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler):
+        if not self.serving or request.method != "GET":
+            return await handler(request)
+        path = request.path
+        if path in LIST_PATHS:
+            job_id = None
+        else:
+            match = DETAIL_PATH.fullmatch(path)
+            if match is None:
+                return await handler(request)
+            job_id = match.group(1)
+        return await self._answer(request, handler, job_id)
+
+    async def _answer(self, request: web.Request, handler, job_id: str | None) -> web.StreamResponse:
+        from .. import http
+
+        builtin = getattr(request.match_info, "http_exception", None) is None
+        writer = self.writer
+        index = writer.index
+        if not writer.ready or index is None:
+            return await handler(request) if builtin else _unavailable("the jobs index is starting")
+        caught_up = await writer.wait_for(self.target_seq(), self.config.wait_ms / 1000)
+        if not caught_up and builtin:
+            return await handler(request)  # behind (database slow or failing): ComfyUI's memory answers
+        try:
+            if job_id is None:
+                request[http.REQUEST_INDEX] = index
+                request[http.REQUEST_EXECUTOR] = self.executor
+                return await http.list_jobs(request)
+            job = await asyncio.get_running_loop().run_in_executor(self.executor, index.get_job, job_id)
+            return web.json_response(job)
+        except StorageError as exc:
+            if builtin:
+                return await handler(request)
+            return _unavailable(exc.message)
+        except JobsIndexError as exc:
+            return web.json_response(exc.body(), status=exc.status)
+
+
+def _unavailable(reason: str) -> web.Response:
+    return web.json_response({"error": f"Jobs index unavailable: {reason}"}, status=503)
+
+
+_node: JobsNode | None = None
+_node_lock = threading.Lock()
+
+
+def setup(server: Any = None, *, comfyui_dir: str | os.PathLike | None = None,
+          config: NodeConfig | None = None, environ: Mapping[str, str] | None = None) -> JobsNode | None:
+    """Enable jobs-index in this ComfyUI process (called by the custom node at import).
+
+    ``server`` defaults to ``server.PromptServer.instance``; ``config`` to
+    ``NodeConfig.from_env(environ, comfyui_dir)``. Idempotent per server. Never
+    raises: on any problem ComfyUI starts without jobs-index and the reason is logged.
+    """
+    global _node
+    with _node_lock:
+        try:
+            if server is None:
+                from server import PromptServer  # ComfyUI's module
+
+                server = PromptServer.instance
+            if _node is not None and _node.server is server and _node._installed:
+                return _node
+            config = config or NodeConfig.from_env(environ, comfyui_dir)
+            _node = JobsNode(server, config).install()
+            return _node
+        except Exception as exc:
+            log.error("jobs-index: not enabled (%s: %s)", type(exc).__name__, exc, exc_info=True)
+            return None
+
+
+def current() -> JobsNode | None:
+    """The node ``setup()`` installed in this process, if any."""
+    return _node
