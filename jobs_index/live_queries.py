@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import Connection, Row, func, select
+from sqlalchemy import Connection, Row, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from . import schema
@@ -42,6 +42,3 @@ def delete_finished(conn: Connection, source: str | None) -> int:
     stmt = jobs.delete().where(jobs.c.stage == STAGE_HISTORY, jobs.c.source.is_not_distinct_from(source))
     return conn.execute(stmt).rowcount
 
-
-def count_rows(conn: Connection) -> int:
-    return int(conn.execute(select(func.count()).select_from(jobs)).scalar_one())

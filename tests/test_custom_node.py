@@ -12,7 +12,6 @@ import threading
 import time
 import types
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -20,7 +19,6 @@ from aiohttp import web
 from click.testing import CliRunner
 from sqlalchemy import create_engine, text
 
-from jobs_index import JobsIndex
 from jobs_index.cli import cli
 from jobs_index.comfyui import NodeConfig, current, default_db_url, setup
 from jobs_index.comfyui.install import SHIM_DIR
