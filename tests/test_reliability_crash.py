@@ -261,14 +261,14 @@ def test_sigkill_during_migration_leaves_old_or_new_revision(tmp_path):
         pytest.skip("only the first revision exists: see test_sigkill_during_initial_creation")
     rng = random.Random(time.time_ns())
     master = tmp_path / "old.sqlite3"
-    jobs = make_old_database(master, 1500)
+    jobs = make_old_database(master, 800)
     work = tmp_path / "jobs.sqlite3"
     command = [*JOBS_INDEX, "--db", f"sqlite:///{work}", "migrate"]
     shutil.copy(master, work)
     duration = timed_run(command)  # the whole upgrade, backup included, measured once
     assert revision_and_jobs(work)[:2] == (head, jobs)
     outcomes = []
-    for _ in range(10):
+    for _ in range(8):
         for leftover in tmp_path.glob("jobs.sqlite3*"):
             leftover.unlink()
         shutil.copy(master, work)
@@ -295,7 +295,7 @@ def test_sigkill_during_initial_creation(tmp_path):
     command = [*JOBS_INDEX, "--db", f"sqlite:///{work}", "migrate"]
     duration = timed_run(command)
     outcomes = []
-    for _ in range(8):
+    for _ in range(6):
         for leftover in tmp_path.glob("jobs.sqlite3*"):
             leftover.unlink()
         code, moment = run_and_kill(command, rng.uniform(0, duration * 1.1))
