@@ -507,6 +507,8 @@ def measure_disk(target: Target, jobs: int) -> dict:
         raw = sqlite3.connect(target.path, isolation_level=None)
         try:
             raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            page_size = raw.execute("PRAGMA page_size").fetchone()[0]
+            out["free"] = raw.execute("PRAGMA freelist_count").fetchone()[0] * page_size
             try:
                 parts = raw.execute("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC").fetchall()
                 out["parts"] = [(str(a), int(b)) for a, b in parts]
@@ -516,7 +518,7 @@ def measure_disk(target: Target, jobs: int) -> dict:
             raw.close()
         files = {s: Path(f"{target.path}{s}") for s in ("", "-wal")}
         out["files"] = {s or "db": p.stat().st_size if p.exists() else 0 for s, p in files.items()}
-        out["total"] = sum(out["files"].values())
+        out["total"] = sum(out["files"].values()) - out["free"]  # free pages: left by deletes, reused later
     out["per_job"] = out["total"] / jobs
     out["jobs"] = jobs
     return out
@@ -712,7 +714,8 @@ def render(args, facts, imp: ImportStats, reused: bool, pages, totals, disk, bas
     out.append("")
     if backend == "sqlite":
         files = disk["files"]
-        out.append(f"SQLite file {files['db']:,} B + WAL {files['-wal']:,} B (after `wal_checkpoint(TRUNCATE)`) "
+        free = f" - {disk['free']:,} B of free pages" if disk.get("free") else ""
+        out.append(f"SQLite file {files['db']:,} B + WAL {files['-wal']:,} B (after `wal_checkpoint(TRUNCATE)`){free} "
                    f"= **{disk['total'] / 2**20:,.0f} MiB, {disk['per_job']:,.0f} B/job** "
                    f"({disk['jobs']:,} jobs; zlib raw item averages {disk['raw_avg']:,.0f} B).")
     else:
