@@ -8,9 +8,11 @@ Listing is keyset pagination in SQL. For the created_at timeline a page is
 
 on ``ix_jobs_create_time_id`` (or the ascending twin). A status, workflow or source
 filter becomes one seek per selected status on an index that starts with the
-filter columns and ends in the sort key, each arm LIMIT-ed, merged with UNION ALL:
-no arm can turn into a walk of the whole table, whatever statistics ``ANALYZE``
-gathered. On SQLite each arm names its index (``INDEXED BY``) so the plan is pinned.
+filter columns and ends in the sort key, each arm LIMIT-ed, merged with UNION ALL.
+On SQLite each arm names its index (``INDEXED BY``), so no statistics ``ANALYZE``
+gathers can turn it into a table walk. PostgreSQL has no hints: every query gets a
+custom plan for its actual values, which picks these indexes (tests/test_plans.py);
+docs/postgresql.md records the one stale-statistics case seen and its remedy.
 """
 from __future__ import annotations
 
