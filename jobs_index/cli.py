@@ -16,6 +16,7 @@ from .cli_toolbox import Duration, start_retention, stop_retention
 from .cli_toolbox import register as register_toolbox
 from .config import ENV_VAR, default_sqlite_path, resolve_url
 from .errors import JobsIndexError
+from .render import progress_bar
 from .cli_live import register as register_live
 
 DB_HELP = (
@@ -72,15 +73,6 @@ def cli(ctx: click.Context, db: str | None, verbose: bool) -> None:
     ctx.obj = Context(db)
 
 
-def _progress(label: str, total: int) -> tuple[Callable[[int], None] | None, Callable[[], None]]:
-    """A progress bar on a terminal (stderr); nothing otherwise."""
-    if not sys.stderr.isatty() or total < 200:
-        return None, lambda: None
-    bar = click.progressbar(length=total, label=label, file=sys.stderr)
-    bar.__enter__()
-    return bar.update, lambda: bar.__exit__(None, None, None)
-
-
 def summary_line(result, files: int) -> str:
     parts = [f"{result.inserted} inserted", f"{result.updated} updated", f"{result.unchanged} unchanged"]
     if result.removed:
@@ -117,7 +109,7 @@ def import_(ctx: Context, files: tuple[str, ...], source: str | None, batch_size
     finishers: list[Callable[[], None]] = []
 
     def on_dump(dump):
-        update, finish = _progress(f"{dump.name} ({dump.kind})", len(dump))
+        update, finish = progress_bar(f"{dump.name} ({dump.kind})", len(dump))
         finishers.append(finish)
         return update
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import click
 
+from .render import progress_bar
 from .units import DURATION_HELP, parse_duration, parse_statuses
 
 
@@ -61,15 +62,6 @@ class Statuses(click.ParamType):
 
 def _name(param) -> str:
     return param.opts[0] if param is not None and param.opts else "value"
-
-
-def _progress(label: str, total: int) -> tuple[Callable[[int], None] | None, Callable[[], None]]:
-    """A progress bar on stderr when it is a terminal and the work is long; else nothing."""
-    if not sys.stderr.isatty() or total < 200:
-        return None, lambda: None
-    bar = click.progressbar(length=total, label=label, file=sys.stderr)
-    bar.__enter__()
-    return bar.update, lambda: bar.__exit__(None, None, None)
 
 
 @contextmanager
@@ -260,7 +252,7 @@ def prune(obj, older_than_ms: int | None, keep: int | None, statuses: tuple[str,
         selection = prune_filter(index, older_than_ms=older_than_ms, keep=keep, statuses=statuses)
         update, finish = (None, lambda: None)
         if not dry_run and sys.stderr.isatty():
-            update, finish = _progress("pruning", count_prunable(index, selection))
+            update, finish = progress_bar("pruning", count_prunable(index, selection))
         try:
             result = run(index, selection, dry_run=dry_run, batch_size=batch_size, progress=update)
         finally:
@@ -303,7 +295,7 @@ def export(obj, output: str, statuses: tuple[str, ...] | None, workflow_id: str 
     with _open_existing(obj) as index:
         update, finish = (None, lambda: None)
         if sys.stderr.isatty():
-            update, finish = _progress("exporting", export_count(index, selection))
+            update, finish = progress_bar("exporting", export_count(index, selection))
         try:
             with _reader_may_leave(), click.open_file(output, "w", encoding="utf-8", atomic=output != "-") as out:
                 for line in export_lines(index, selection):

@@ -114,3 +114,17 @@ def format_table(columns: Sequence[str], rows: Iterable[Sequence], *, max_width:
     if footer:
         lines.append(f"({len(data)} row{'s' if len(data) != 1 else ''})")
     return "\n".join(lines) + "\n"
+
+
+def progress_bar(label: str, total: int):
+    """``(update, finish)``: a progress bar on stderr when it is a terminal and the
+    work is long (200+ steps); otherwise ``update`` is None and ``finish`` a no-op."""
+    import sys
+
+    import click
+
+    if not sys.stderr.isatty() or total < 200:
+        return None, lambda: None
+    bar = click.progressbar(length=total, label=label, file=sys.stderr)
+    bar.__enter__()
+    return bar.update, lambda: bar.__exit__(None, None, None)
