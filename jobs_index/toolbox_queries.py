@@ -198,27 +198,26 @@ class ExportFilter:
 def export_chunk(conn: Connection, f: ExportFilter, after: tuple[int, str] | None,
                  limit: int) -> Sequence[Row]:
     """Full rows in ``(create_time, id)`` order, strictly after ``after`` (keyset)."""
-    stmt = select(jobs)
-    if f.statuses is not None:
-        stmt = stmt.where(jobs.c.status.in_(f.statuses))
-    if f.workflow_id is not None:
-        stmt = stmt.where(jobs.c.workflow_id == f.workflow_id)
-    if f.since_ms is not None:
-        stmt = stmt.where(jobs.c.create_time >= f.since_ms)
+    stmt = _export_filtered(select(jobs), f)
     if after is not None:
         stmt = stmt.where(tuple_(jobs.c.create_time, jobs.c.id) > tuple_(*after))
     return conn.execute(stmt.order_by(jobs.c.create_time, jobs.c.id).limit(limit)).all()
 
 
 def export_count(conn: Connection, f: ExportFilter) -> int:
-    stmt = select(func.count()).select_from(jobs)
+    stmt = _export_filtered(select(func.count()).select_from(jobs), f)
+    return int(conn.execute(stmt).scalar_one())
+
+
+def _export_filtered(stmt, f: ExportFilter):
+    """``stmt`` restricted to the jobs an export selects."""
     if f.statuses is not None:
         stmt = stmt.where(jobs.c.status.in_(f.statuses))
     if f.workflow_id is not None:
         stmt = stmt.where(jobs.c.workflow_id == f.workflow_id)
     if f.since_ms is not None:
         stmt = stmt.where(jobs.c.create_time >= f.since_ms)
-    return int(conn.execute(stmt).scalar_one())
+    return stmt
 
 
 __all__ = [
