@@ -14,7 +14,7 @@ from typing import Iterator
 from aiohttp import web
 
 from jobs_index import JobsIndex
-from jobs_index.http import ServerConfig, create_app
+from jobs_index.http import AppRunner, ServerConfig, create_app
 
 
 @dataclass
@@ -39,14 +39,15 @@ class Client:
 
 
 @contextmanager
-def live_server(index: JobsIndex | None = None, config: ServerConfig | None = None) -> Iterator[Client]:
-    """Serve ``index`` (or ``config.db_url``) on 127.0.0.1:<free port> until the block ends."""
+def served(app: web.Application, **runner_args) -> Iterator[int]:
+    """Serve ``app`` on 127.0.0.1 in a background thread, with the runner
+    ``jobs-index serve`` uses; yields the port."""
     loop = asyncio.new_event_loop()
     started = threading.Event()
     state: dict = {}
 
     async def start() -> None:
-        runner = web.AppRunner(create_app(config or ServerConfig(), index=index))
+        runner = AppRunner(app, access_log=None, **runner_args)  # as `jobs-index serve` runs it
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
@@ -63,15 +64,22 @@ def live_server(index: JobsIndex | None = None, config: ServerConfig | None = No
         if "error" not in state:
             loop.run_forever()
 
-    thread = threading.Thread(target=run, daemon=True)
+    thread = threading.Thread(target=run, daemon=True, name="reliability-server")
     thread.start()
-    started.wait(30)
+    started.wait(60)
     if "error" in state:
         raise state["error"]
     try:
-        yield Client(f"http://127.0.0.1:{state['port']}")
+        yield state["port"]
     finally:
-        asyncio.run_coroutine_threadsafe(state["runner"].cleanup(), loop).result(30)
+        asyncio.run_coroutine_threadsafe(state["runner"].cleanup(), loop).result(60)
         loop.call_soon_threadsafe(loop.stop)
-        thread.join(30)
+        thread.join(60)
         loop.close()
+
+
+@contextmanager
+def live_server(index: JobsIndex | None = None, config: ServerConfig | None = None) -> Iterator[Client]:
+    """Serve ``index`` (or ``config.db_url``) on 127.0.0.1:<free port> until the block ends."""
+    with served(create_app(config or ServerConfig(), index=index)) as port:
+        yield Client(f"http://127.0.0.1:{port}")

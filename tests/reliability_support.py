@@ -13,7 +13,6 @@
 """
 from __future__ import annotations
 
-import asyncio
 import http.client
 import json
 import os
@@ -22,16 +21,14 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from aiohttp import web
 
-from jobs_index.http import AppRunner
+
+from .live_server import served  # noqa: F401 (re-exported for the reliability tests)
 
 REPO = Path(__file__).resolve().parent.parent
 _SCRIPT = Path(sys.executable).with_name("jobs-index")
@@ -104,46 +101,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-@contextmanager
-def served(app: web.Application, **runner_args) -> Iterator[int]:
-    """Serve ``app`` on 127.0.0.1 in a background thread, with the runner
-    ``jobs-index serve`` uses; yields the port."""
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-    state: dict = {}
-
-    async def start() -> None:
-        runner = AppRunner(app, access_log=None, **runner_args)  # as `jobs-index serve` runs it
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        state["runner"] = runner
-        state["port"] = site._server.sockets[0].getsockname()[1]
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(start())
-        except BaseException as exc:  # surface start-up failures to the test
-            state["error"] = exc
-        started.set()
-        if "error" not in state:
-            loop.run_forever()
-
-    thread = threading.Thread(target=run, daemon=True, name="reliability-server")
-    thread.start()
-    started.wait(60)
-    if "error" in state:
-        raise state["error"]
-    try:
-        yield state["port"]
-    finally:
-        asyncio.run_coroutine_threadsafe(state["runner"].cleanup(), loop).result(60)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(60)
-        loop.close()
 
 
 class ServeProcess:
