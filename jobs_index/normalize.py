@@ -20,9 +20,18 @@ import json
 import math
 import zlib
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
+import orjson
+
 from .errors import InvalidItem
+
+try:  # ISA-L writes the same zlib format (any zlib reads it) 3-4x faster than zlib itself
+    from isal.isal_zlib import compress as _compress
+    _LEVEL = 1  # ISA-L level 1: about zlib-6's size
+except ImportError:  # pragma: no cover - isal is a dependency; zlib keeps the format
+    _compress, _LEVEL = zlib.compress, 6
 
 PENDING, IN_PROGRESS, COMPLETED, FAILED, CANCELLED = (
     "pending", "in_progress", "completed", "failed", "cancelled")
@@ -61,7 +70,7 @@ class JobRecord:
     error_node_type: str | None
     workflow_id: str | None
     raw_kind: str
-    raw: bytes  # zlib-compressed JSON of the ComfyUI item, sensitive data removed
+    raw: bytes  # zlib-format compressed JSON of the ComfyUI item, sensitive data removed
     raw_digest: str
     source: str | None = None
     # Rows of the side tables ``job_outputs`` / ``job_nodes`` (not ``jobs`` columns).
@@ -70,10 +79,18 @@ class JobRecord:
 
     def as_row(self) -> dict[str, Any]:
         """The ``jobs`` row (side-table rows excluded)."""
-        return {name: getattr(self, name) for name in self.__slots__ if name not in _SIDE_TABLE_FIELDS}
+        return dict(zip(_ROW_FIELDS, _row_values(self)))
+
+    def __reduce__(self):
+        # Pickled between import processes: a plain tuple of the fields, rebuilt by
+        # the constructor (several times cheaper than the dataclass's generic state).
+        return JobRecord, _all_values(self)
 
 
 _SIDE_TABLE_FIELDS = frozenset({"output_files", "node_types"})
+_ROW_FIELDS = tuple(name for name in JobRecord.__slots__ if name not in _SIDE_TABLE_FIELDS)
+_row_values = attrgetter(*_ROW_FIELDS)
+_all_values = attrgetter(*JobRecord.__slots__)
 
 
 # -- small defensive helpers -------------------------------------------------
@@ -101,10 +118,79 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-def encode_raw(item: Any) -> tuple[bytes, str]:
-    """Compress an item losslessly; return (blob, digest of the uncompressed JSON)."""
-    data = _dumps(item).encode("utf-8")
-    return zlib.compress(data, 6), hashlib.blake2b(data, digest_size=16).hexdigest()
+# orjson hands these to ``default`` (there is none: it raises) instead of writing
+# them its own way (a datetime as a string, a str/int/dict/list subclass as its base):
+# such values take the standard library's path, which keeps today's verdict on them.
+_ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_SUBCLASS
+
+
+def json_bytes(value: Any, exact: bool = False) -> bytes:
+    """Compact UTF-8 JSON of ``value`` that ``json.loads`` reads back as ``value``.
+
+    orjson writes it where that is exact, else the standard library (NaN and
+    infinities, which orjson would write as ``null``; integers beyond 64 bits; lone
+    surrogates, non-string keys, tuples, other types, nesting deeper than 255).
+    ``exact=True`` says ``value`` came from ``orjson.loads`` of text without an
+    integer literal of 19 or more digits (``orjson_exact``): only JSON types, finite
+    floats and 64-bit integers, so orjson's text needs no check. Otherwise orjson's
+    text is read back and kept only if it equals ``value`` (a NaN never equals).
+    Both writers give the same text for the same value except for the exponent
+    form of some floats (``1e-07`` vs ``1e-7``), so a value's text (and digest)
+    depends only on the value.
+    """
+    try:
+        data = orjson.dumps(value, option=_ORJSON_OPTIONS)
+    except orjson.JSONEncodeError:
+        return _dumps(value).encode("utf-8")
+    if exact or orjson.loads(data) == value:
+        return data
+    return _dumps(value).encode("utf-8")
+
+
+def json_text(value: Any, exact: bool = False) -> str:
+    """``json_bytes`` as a string (for the JSON text columns)."""
+    return json_bytes(value, exact).decode("utf-8")
+
+
+# Digits become "9", every other byte a space: a run of 19 nines is a number literal
+# orjson may have read as a float (it keeps integers only up to 64 bits).
+_DIGIT_RUNS = bytes(0x39 if 0x30 <= byte <= 0x39 else 0x20 for byte in range(256))
+_LONG_RUN = b"9" * 19
+
+
+def orjson_exact(text: bytes) -> bool:
+    """Does ``orjson.loads(text)`` (when it succeeds) equal ``json.loads(text)``?
+
+    orjson refuses what it cannot read exactly (NaN/Infinity tokens, numbers beyond
+    a float's range, lone surrogates, invalid UTF-8), with one exception: an integer
+    beyond 64 bits becomes a float. Any such literal has 19+ digits in a row.
+    """
+    return _LONG_RUN not in text.translate(_DIGIT_RUNS)
+
+
+def loads_exact(text: bytes) -> tuple[Any, bool]:
+    """``json.loads(text)`` and whether it is an ``exact`` value (see ``json_bytes``):
+    orjson when it reads it exactly, else the standard library."""
+    if orjson_exact(text):
+        try:
+            return orjson.loads(text), True
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(text), False
+
+
+def encode_raw(item: Any, exact: bool = False) -> tuple[bytes, str]:
+    """Compress an item losslessly; return (blob, digest of the uncompressed JSON).
+
+    The blob is a zlib stream (written by ISA-L); ``exact`` as in ``json_bytes``.
+    """
+    data = json_bytes(item, exact)
+    return _compress(data, _LEVEL), hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def raw_json(blob: bytes) -> bytes:
+    """The stored JSON text (UTF-8) of a ``raw`` blob."""
+    return zlib.decompress(blob)
 
 
 def decode_raw(blob: bytes) -> Any:
@@ -144,26 +230,22 @@ def _metadata(extra_data: Any) -> tuple[int | None, str | None]:
 
 def _base_record(job_id: str, status: str, stage: int, priority: int,
                  create_time: int | None, workflow_id: str | None,
-                 raw_kind: str, raw_item: Any) -> JobRecord:
-    raw, digest = encode_raw(raw_item)
-    return JobRecord(
-        id=job_id, status=status, stage=stage, priority=priority,
-        create_time=create_time or 0, create_time_missing=create_time is None,
-        execution_start_time=None, execution_end_time=None, execution_duration=0,
-        outputs_count=0, preview_output=None, execution_error=None,
-        error_type=None, error_message=None, error_node_id=None, error_node_type=None,
-        workflow_id=workflow_id, raw_kind=raw_kind, raw=raw, raw_digest=digest,
-    )
+                 raw_kind: str, raw_item: Any, exact: bool = False) -> JobRecord:
+    raw, digest = encode_raw(raw_item, exact)
+    return JobRecord(job_id, status, stage, priority, create_time or 0, create_time is None,
+                     None, None, 0, 0, None, None, None, None, None, None,
+                     workflow_id, raw_kind, raw, digest)
 
 
-def from_queue(item: Any, status: str) -> JobRecord:
-    """A running (``in_progress``) or ``pending`` queue item → row."""
+def from_queue(item: Any, status: str, exact: bool = False) -> JobRecord:
+    """A running (``in_progress``) or ``pending`` queue item → row.
+    ``exact``: the item came from ``loads_exact`` (see ``json_bytes``)."""
     job_id = _check_id(item[1] if isinstance(item, (list, tuple)) and len(item) > 1 else None)
     number, _, _, extra_data, _ = prompt = _prompt_tuple(job_id, item)
     create_time, workflow_id = _metadata(extra_data)
     stage = STAGE_RUNNING if status == IN_PROGRESS else STAGE_PENDING
     record = _base_record(job_id, status, stage, _priority(job_id, number),
-                          create_time, workflow_id, KIND_QUEUE, prompt)
+                          create_time, workflow_id, KIND_QUEUE, prompt, exact)
     record.node_types = node_types(prompt[2])
     return record
 
@@ -219,26 +301,43 @@ def _text_preview(value: Any, node_id: str, media_type: str) -> dict:
     return {**preview, "nodeId": node_id, "mediaType": media_type}
 
 
-def outputs_summary(outputs: Any) -> tuple[int, dict | None]:
-    """(outputs_count, preview_output) in one pass, as ComfyUI computes them."""
+def _outputs_walk(outputs: Any) -> tuple[int, dict | None, list[dict]]:
+    """One pass over ``outputs``: (outputs_count, preview_output, output_files)."""
     count = 0
     preview = fallback = None
-    for node_id, node_outputs in _as_dict(outputs).items():
+    files: list[dict] = []
+    if not isinstance(outputs, dict):
+        return count, None, files
+    for node_id, node_outputs in outputs.items():
         if not isinstance(node_outputs, dict):
             continue
+        file_node = str(node_id)
+        if "\x00" in file_node:
+            file_node = None
         for media_type, items in node_outputs.items():
             if media_type == "animated" or not isinstance(items, list):
                 continue
+            listed = file_node is not None and isinstance(media_type, str) and "\x00" not in media_type
             for item in items:
-                if isinstance(item, str) and _has_3d_extension(item):
-                    item = _three_d_output(item)
-                elif not isinstance(item, dict):
+                if isinstance(item, dict):
+                    pass
+                elif isinstance(item, str) and item.lower().endswith(THREE_D_EXTENSIONS):
+                    item = {"filename": item, "type": "output", "subfolder": "", "mediaType": "3d"}
+                else:
                     if media_type == "text":
                         count += 1
                         if preview is None and fallback is None:
                             fallback = _text_preview(item, node_id, media_type)
                     continue
                 count += 1
+                if listed:
+                    filename = item.get("filename")
+                    if isinstance(filename, str) and "\x00" not in filename:
+                        files.append({
+                            "ordinal": len(files), "node_id": file_node, "media_type": media_type,
+                            "filename": filename, "subfolder": _side_text(item.get("subfolder")),
+                            "type": _side_text(item.get("type")),
+                        })
                 if preview is not None or not _is_previewable(media_type, item):
                     continue
                 enriched = {**item, "nodeId": node_id}
@@ -248,7 +347,13 @@ def outputs_summary(outputs: Any) -> tuple[int, dict | None]:
                     preview = enriched
                 elif fallback is None:
                     fallback = enriched
-    return count, preview or fallback
+    return count, preview or fallback, files
+
+
+def outputs_summary(outputs: Any) -> tuple[int, dict | None]:
+    """(outputs_count, preview_output) in one pass, as ComfyUI computes them."""
+    count, preview, _ = _outputs_walk(outputs)
+    return count, preview
 
 
 def normalize_outputs(outputs: Any) -> dict:
@@ -280,35 +385,26 @@ def output_files(outputs: Any) -> list[dict]:
     Defensive: a string with a NUL character (no file has one; PostgreSQL text
     cannot hold one) is treated as absent.
     """
-    files = []
-    for node_id, node_outputs in _as_dict(outputs).items():
-        if not isinstance(node_outputs, dict) or _side_text(str(node_id)) is None:
-            continue
-        for media_type, items in node_outputs.items():
-            if media_type == "animated" or not isinstance(items, list) or _side_text(media_type) is None:
-                continue
-            for item in items:
-                if isinstance(item, str) and _has_3d_extension(item):
-                    item = _three_d_output(item)
-                if not isinstance(item, dict) or _side_text(item.get("filename")) is None:
-                    continue
-                files.append({
-                    "ordinal": len(files), "node_id": str(node_id), "media_type": media_type,
-                    "filename": item["filename"], "subfolder": _side_text(item.get("subfolder")),
-                    "type": _side_text(item.get("type")),
-                })
-    return files
+    return _outputs_walk(outputs)[2]
 
 
 def node_types(prompt_graph: Any) -> list[dict]:
     """``(node_id, class_type)`` of each node of a prompt graph: rows of ``job_nodes``.
 
-    Nodes that are not objects or have no string ``class_type`` are skipped.
+    Nodes that are not objects or have no string ``class_type`` are skipped (so is a
+    NUL in either, as in ``output_files``).
     """
-    return [{"node_id": str(node_id), "class_type": node["class_type"]}
-            for node_id, node in _as_dict(prompt_graph).items()
-            if isinstance(node, dict) and _side_text(node.get("class_type")) is not None
-            and _side_text(str(node_id)) is not None]
+    rows: list[dict] = []
+    if not isinstance(prompt_graph, dict):
+        return rows
+    for node_id, node in prompt_graph.items():
+        if isinstance(node, dict):
+            class_type = node.get("class_type")
+            if isinstance(class_type, str) and "\x00" not in class_type:
+                node_id = str(node_id)
+                if "\x00" not in node_id:
+                    rows.append({"node_id": node_id, "class_type": class_type})
+    return rows
 
 
 def _side_text(value: Any) -> str | None:
@@ -323,37 +419,38 @@ def _history_status(status_info: Any, interrupted: bool) -> str:
     return COMPLETED  # "success", anything else, or no status at all
 
 
-def from_history(job_id: Any, item: Any) -> JobRecord:
-    """A ``/history`` item keyed by ``job_id`` → row."""
+def from_history(job_id: Any, item: Any, exact: bool = False) -> JobRecord:
+    """A ``/history`` item keyed by ``job_id`` → row.
+    ``exact``: the item came from ``loads_exact`` (see ``json_bytes``)."""
     job_id = _check_id(job_id)
     if not isinstance(item, dict):
         raise InvalidItem(job_id, "history item must be an object")
-    number, _, _, extra_data, _ = prompt = _prompt_tuple(job_id, item.get("prompt"))
+    number, _, graph, extra_data, _ = prompt = _prompt_tuple(job_id, item.get("prompt"))
     create_time, workflow_id = _metadata(extra_data)
     status_info = item.get("status", {})
     start, end, error, interrupted = _execution_events(status_info)
-    count, preview = outputs_summary(item.get("outputs", {}))
+    count, preview, files = _outputs_walk(item.get("outputs", {}))
+    priority = _priority(job_id, number)
 
-    raw_item = {**item, "prompt": prompt}
-    record = _base_record(job_id, _history_status(status_info, interrupted), STAGE_HISTORY,
-                          _priority(job_id, number), create_time, workflow_id,
-                          KIND_HISTORY, raw_item)
-    record.execution_start_time = start
-    record.execution_end_time = end
-    record.execution_duration = end - start if start and end else 0
-    record.outputs_count = count
-    record.preview_output = _dumps(preview) if preview is not None else None
-    record.output_files = output_files(item.get("outputs", {}))
-    record.node_types = node_types(prompt[2])
-    if error is not None:
-        record.execution_error = _dumps(error)
+    raw_item = dict(item)
+    raw_item["prompt"] = prompt
+    raw, digest = encode_raw(raw_item, exact)
+    if error is None:
+        execution_error = error_type = error_message = error_node_id = error_node_type = None
+    else:
+        execution_error = json_text(error, exact)
         # Helper columns for SQL users (the served error is execution_error, lossless):
         # like the side tables, no NUL, which PostgreSQL text cannot hold.
-        record.error_type = _side_text(error.get("exception_type"))
-        record.error_message = _side_text(error.get("exception_message"))
-        record.error_node_id = _side_text(error.get("node_id"))
-        record.error_node_type = _side_text(error.get("node_type"))
-    return record
+        error_type = _side_text(error.get("exception_type"))
+        error_message = _side_text(error.get("exception_message"))
+        error_node_id = _side_text(error.get("node_id"))
+        error_node_type = _side_text(error.get("node_type"))
+    return JobRecord(
+        job_id, _history_status(status_info, interrupted), STAGE_HISTORY, priority,
+        create_time or 0, create_time is None, start, end, end - start if start and end else 0,
+        count, json_text(preview, exact) if preview is not None else None,
+        execution_error, error_type, error_message, error_node_id, error_node_type,
+        workflow_id, KIND_HISTORY, raw, digest, None, files, node_types(graph))
 
 
 # -- rows back to job dicts ----------------------------------------------------
