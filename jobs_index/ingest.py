@@ -14,9 +14,10 @@ file that is not JSON, or not one of these shapes, is rejected as a whole.
 
 A ``/history`` dump larger than ``STREAM_THRESHOLD`` is read item by item
 (``ObjectItems``) and written batch by batch, so memory does not grow with the dump.
-Each item is decoded by the standard library's own JSON scanner, so the items are
-exactly what ``json.load`` would give (NaN, huge integers and lone surrogate escapes
-included). Damage found part-way (a truncated download) is reported as an error for
+Items are parsed by orjson where it reads exactly what ``json.load`` reads, else by
+the standard library's own JSON scanner, so the items are exactly ``json.load``'s
+(NaN, huge integers and lone surrogate escapes included). With worker processes, an
+item is sent to them as its JSON text and parsed there. Damage found part-way (a truncated download) is reported as an error for
 that file after the items before it were imported.
 """
 from __future__ import annotations
@@ -36,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from .errors import InvalidDump, InvalidItem
-from .normalize import IN_PROGRESS, PENDING, JobRecord, normalise_items
+from .normalize import IN_PROGRESS, PENDING, JobRecord, loads_exact, normalise_items
 from .services import IngestResult, JobsIndex
 from .transfer import is_export_line, record_from_export
 
@@ -53,6 +54,7 @@ class Dump:
     kind: str
     items: list[tuple[Any, Any, str]]  # (key, item, status) for queue; (id, item, '') history
     rejected: list[tuple[str, str]] = field(default_factory=list)
+    exact: bool = False  # items parsed by orjson exactly (``normalize.loads_exact``)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -101,32 +103,43 @@ class ExportItems:
             if not line.strip():
                 continue
             try:
-                yield f"line {number}", json.loads(line), ""
+                yield f"line {number}", loads_exact(line)[0], ""
             except (ValueError, RecursionError) as exc:
                 yield f"line {number}", InvalidItem(f"line {number}", f"not valid JSON ({exc})"), ""
 
 
-_WHITESPACE = re.compile(r"[ \t\n\r]*")
+_WHITESPACE = re.compile(rb"[ \t\n\r]*")
+# A key without escapes or control characters (the usual kind): decoded directly.
+_PLAIN_KEY = re.compile(rb'"([^"\\\x00-\x1f]*)"')
+# Where a /history item most likely ends: "}" then ", " and the next pair's key and
+# an object that starts with "prompt" (ComfyUI's key order). A guess, checked by
+# parsing exactly the bytes up to it: a JSON value is never a proper prefix of
+# another, so the bytes parse as one value only if they are the whole value.
+_NEXT_ITEM = re.compile(rb'\}[ \t\n\r]*,[ \t\n\r]*"[^"\\\x00-\x1f]*"[ \t\n\r]*:[ \t\n\r]*\{[ \t\n\r]*"prompt"[ \t\n\r]*:')
 
 
 class ObjectItems:
     """The ``(key, value)`` pairs of a top-level JSON object, read from a byte stream
     piece by piece: memory holds one item (and a read chunk), not the document.
 
-    Each key and value is decoded by ``json.JSONDecoder.raw_decode`` (the C scanner of
-    ``json.loads``), so values are exactly ``json.load``'s; a duplicated key yields
-    both pairs in order (the importer keeps the last, as ``json.load`` does). UTF-8
-    only (with or without a BOM). Iteration stops at damage: ``error`` then says
-    what and where, and ``count`` how many pairs came before it.
+    Values are exactly ``json.load``'s: a /history item's bytes are found by
+    ``_NEXT_ITEM`` and parsed by ``normalize.loads_exact`` (orjson, when that is
+    exact); anything else (the last item, another layout, NaN, huge integers, lone
+    surrogates, damage) is decoded by ``json.JSONDecoder.raw_decode`` (the C scanner
+    of ``json.loads``). A duplicated key yields both pairs in order (the importer
+    keeps the last, as ``json.load`` does). UTF-8 only (with or without a BOM).
+    Iteration stops at damage: ``error`` then says what and where, and ``count`` how
+    many pairs came before it.
     """
 
     CHUNK = 1 << 20
+    WINDOW = 1 << 16  # the least look-ahead for the end of an item
 
     def __init__(self, name: str, stream: BinaryIO, prefix: bytes = b"") -> None:
         self.name, self._stream = name, stream
-        self._utf8 = codecs.getincrementaldecoder("utf-8")("surrogatepass")
         self._json = json.JSONDecoder()
-        self._prefix, self._buf = prefix, ""
+        self._window = self.WINDOW
+        self._buf = prefix
         self._pos = 0
         self._eof = False
         self.count = 0
@@ -145,7 +158,7 @@ class ObjectItems:
             return False
         data = self._stream.read(max(self.CHUNK, at_least))
         self._eof = not data
-        self._buf += self._utf8.decode(data, final=self._eof)
+        self._buf += data
         return True
 
     def _skip_whitespace(self) -> None:
@@ -154,62 +167,113 @@ class ObjectItems:
             if self._pos < len(self._buf) or not self._more():
                 return
 
-    def _punctuation(self, allowed: str) -> str:
+    def _text(self, at: int, end: int) -> str:
+        """The buffer's bytes from ``at`` decoded, up to ``end`` or a whole character before."""
+        return codecs.getincrementaldecoder("utf-8")("surrogatepass").decode(
+            self._buf[at:end], final=end >= len(self._buf) and self._eof)
+
+    def _error(self, message: str) -> json.JSONDecodeError:
+        return json.JSONDecodeError(message, self._text(self._pos, self._pos + 64), 0)
+
+    def _punctuation(self, allowed: bytes) -> int:
         self._skip_whitespace()
         char = self._buf[self._pos:self._pos + 1]
         if not char or char not in allowed:
-            expected = " or ".join(repr(c) for c in allowed)
-            raise json.JSONDecodeError(f"Expecting {expected}", self._buf, self._pos)
+            expected = " or ".join(repr(chr(c)) for c in allowed)
+            raise self._error(f"Expecting {expected}")
         self._pos += 1
-        return char
+        return char[0]
 
-    def _value(self) -> Any:
+    def _exact_value(self) -> Any:
+        """The value at the position, by the standard library's scanner."""
+        window = 1 << 16
+        while True:
+            end = min(len(self._buf), self._pos + window)
+            text = self._text(self._pos, end)
+            try:
+                value, stop = self._json.raw_decode(text)
+            except json.JSONDecodeError as exc:
+                # A value cut by the end of the text fails where the text ends (or,
+                # for a string, where it starts): read on. Any other failure is damage.
+                # Taking as much again as the value so far keeps re-parsing linear.
+                cut = exc.pos >= len(text) - 64 or exc.msg.startswith("Unterminated string")
+                if cut and (end < len(self._buf) or self._more(window)):
+                    window *= 2
+                    continue
+                raise
+            if stop > len(text) - 64 and (end < len(self._buf) or self._more(window)):
+                window *= 2
+                continue  # a number near the end of the text may go on after it
+            self._pos += len(text[:stop].encode("utf-8", "surrogatepass"))
+            return value
+
+    def _key(self) -> str:
+        self._skip_whitespace()
+        if self._buf[self._pos:self._pos + 1] != b'"':
+            raise self._error("Expecting property name enclosed in double quotes")
+        match = _PLAIN_KEY.match(self._buf, self._pos)
+        if match is not None:
+            try:
+                key = match.group(1).decode("utf-8")
+            except UnicodeDecodeError:
+                pass
+            else:
+                self._pos = match.end()
+                return key
+        return self._exact_value()
+
+    def _value(self) -> tuple[Any, bytes | None, bool]:
+        """(value, its bytes when it was read by orjson, exact): see ``loads_exact``."""
         self._skip_whitespace()
         if self._pos > self.CHUNK:  # drop what was consumed (between values only)
             self._buf, self._pos = self._buf[self._pos:], 0
-        while True:
-            try:
-                value, end = self._json.raw_decode(self._buf, self._pos)
-            except json.JSONDecodeError as exc:
-                # A value cut by the end of the buffer fails where the data ends (or,
-                # for a string, where it starts): read on. Any other failure is damage.
-                # Reading as much again as the value so far keeps re-parsing linear.
-                cut = exc.pos >= len(self._buf) - 64 or exc.msg.startswith("Unterminated string")
-                if cut and self._more(len(self._buf) - self._pos):
-                    continue
-                raise
-            if end > len(self._buf) - 64 and self._more():
-                continue  # a number near the end of the buffer may go on in the next chunk
-            self._pos = end
-            return value
+        start = self._pos
+        if self._buf[start:start + 1] == b"{":
+            # Look as far as twice the previous value's length: enough for the items of
+            # a dump, and a dump of another shape costs little and does not read ahead.
+            limit = start + self._window
+            if limit > len(self._buf):
+                self._more(limit - len(self._buf))
+            match = _NEXT_ITEM.search(self._buf, start + 1, limit)
+            if match is not None:
+                end = match.start() + 1
+                span = self._buf[start:end]
+                try:
+                    value, exact = loads_exact(span)
+                except (ValueError, RecursionError):
+                    pass  # not where it ends, or not for orjson: read it exactly
+                else:
+                    self._pos = end
+                    self._window = max(self.WINDOW, 2 * (end - start))
+                    return value, span, exact
+        value = self._exact_value()
+        self._window = max(self.WINDOW, 2 * (self._pos - start))
+        return value, None, False
 
-    def _pairs(self) -> Iterator[tuple[str, Any]]:
-        self._buf, self._prefix = self._utf8.decode(self._prefix), b""
-        while not self._buf and self._more():
+    def _pairs(self) -> Iterator[tuple[str, Any, bytes | None, bool]]:
+        while len(self._buf) < 3 and self._more():
             pass
-        if self._buf.startswith("\ufeff"):  # a UTF-8 byte order mark, as json.load allows
-            self._pos = 1
-        self._punctuation("{")
+        if self._buf.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark, as json.load allows
+            self._pos = 3
+        self._punctuation(b"{")
         self._skip_whitespace()
-        if self._buf.startswith("}", self._pos):
+        if self._buf.startswith(b"}", self._pos):
             self._pos += 1
         else:
             while True:
-                self._skip_whitespace()
-                if not self._buf.startswith('"', self._pos):
-                    raise json.JSONDecodeError("Expecting property name enclosed in double quotes",
-                                               self._buf, self._pos)
-                key = self._value()
-                self._punctuation(":")
-                yield key, self._value()
-                if self._punctuation(",}") == "}":
+                key = self._key()
+                self._punctuation(b":")
+                yield (key, *self._value())
+                if self._punctuation(b",}") == 0x7D:
                     break
         self._skip_whitespace()
         if self._pos < len(self._buf):
-            raise json.JSONDecodeError("Extra data", self._buf, self._pos)
+            raise self._error("Extra data")
 
-    def pairs(self) -> Iterator[tuple[str, Any]]:
-        """The pairs, up to the end or to the first damage (then ``error`` is set)."""
+    def spans(self) -> Iterator[tuple[str, Any, bytes | None, bool]]:
+        """``(key, value, bytes, exact)``: ``bytes`` is the value's JSON when orjson read
+        it (None otherwise) and ``exact`` says it is an exact value (``loads_exact``).
+        Up to the end or to the first damage (then ``error`` is set)."""
         try:
             for pair in self._pairs():
                 self.count += 1
@@ -217,16 +281,21 @@ class ObjectItems:
         except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
             self.exception = exc
 
+    def pairs(self) -> Iterator[tuple[str, Any]]:
+        """The pairs, up to the end or to the first damage (then ``error`` is set)."""
+        for key, value, _, _ in self.spans():
+            yield key, value
+
 
 def read_dump(name: str, stream: BinaryIO) -> Dump:
     """Parse one input file (``name`` is only used in messages). A JSONL export is
     recognised by its first line and left to be read while it is imported; so is a
     /history dump larger than STREAM_THRESHOLD."""
     first = stream.readline(STREAM_THRESHOLD)
-    head = None
+    head, exact = None, False
     if first.endswith(b"\n") or len(first) < STREAM_THRESHOLD:  # a whole first line
         try:
-            head = json.loads(first) if first.strip() else None
+            head, exact = loads_exact(first) if first.strip() else (None, False)
         except (ValueError, RecursionError):
             head = None  # the first line is not a whole document (e.g. indented JSON)
         if is_export_line(head):
@@ -235,36 +304,40 @@ def read_dump(name: str, stream: BinaryIO) -> Dump:
     if len(first) + len(rest) > STREAM_THRESHOLD and first.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"{":
         return _large_object_dump(name, stream, first + rest)
     rest += stream.read()
-    if head is not None and not rest.strip():
-        return detect(name, head)
-    try:
-        data = json.loads(first + rest)
-    except (ValueError, RecursionError) as exc:
-        raise InvalidDump(f"{name}: not valid JSON ({exc})") from exc
-    return detect(name, data)
+    if head is None or rest.strip():
+        try:
+            head, exact = loads_exact(first + rest)
+        except (ValueError, RecursionError) as exc:
+            raise InvalidDump(f"{name}: not valid JSON ({exc})") from exc
+    dump = detect(name, head)
+    dump.exact = exact
+    return dump
 
 
 def _large_object_dump(name: str, stream: BinaryIO, prefix: bytes) -> Dump:
     """A large JSON object: a /history dump, streamed; a /queue dump (its first key
     says so) is collected and classified by ``detect`` like a small one."""
     items = ObjectItems(name, stream, prefix)
-    pairs = items.pairs()
-    first = next(pairs, None)
+    entries = items.spans()
+    first = next(entries, None)
     if first is not None and first[0] in QUEUE_KEYS:
-        data = dict([first, *pairs])
+        data = {key: value for key, value, _, _ in [first, *entries]}
     else:
         data = {}
     if items.exception is not None:  # nothing was imported yet: reject the file as a whole
         raise InvalidDump(f"{name}: not valid JSON ({items.exception})")
     if first is None or first[0] in QUEUE_KEYS:
         return detect(name, data)
-    return Dump(name, HISTORY, _StreamedHistory(items, first, pairs))  # type: ignore[arg-type]
+    return Dump(name, HISTORY, _StreamedHistory(items, first, entries))  # type: ignore[arg-type]
+
+
+Entry = tuple[str, Any, "bytes | None", bool]  # ObjectItems.spans(): (key, value, its JSON, exact)
 
 
 class _StreamedHistory:
     """The items of a streamed /history dump, for ``records``."""
 
-    def __init__(self, items: ObjectItems, first: tuple[str, Any], rest: Iterator[tuple[str, Any]]) -> None:
+    def __init__(self, items: ObjectItems, first: Entry, rest: Iterator[Entry]) -> None:
         self._items, self._first, self._rest = items, first, rest
 
     def __len__(self) -> int:
@@ -274,10 +347,12 @@ class _StreamedHistory:
     def error(self) -> str | None:
         return self._items.error
 
+    def entries(self) -> Iterator[Entry]:
+        yield self._first
+        yield from self._rest
+
     def __iter__(self) -> Iterator[tuple[str, Any, str]]:
-        key, item = self._first
-        yield key, item, ""
-        for key, item in self._rest:
+        for key, item, _, _ in self.entries():
             yield key, item, ""
 
 
@@ -313,8 +388,8 @@ def records(dump: Dump, rejected: list[tuple[str, str]],
     elif workers > 0 and large:
         yield from _parallel_records(dump, rejected, progress, workers)
     else:
-        for chunk in _chunked(dump.items, CHUNK_ITEMS):
-            done, failed = normalise_items(dump.kind, chunk)
+        for chunk, exact in _chunks(dump, CHUNK_ITEMS):
+            done, failed = normalise_items(dump.kind, chunk, exact)
             rejected.extend(failed)
             yield from done
             if progress is not None:
@@ -325,6 +400,22 @@ def _chunked(items: Iterable, size: int) -> Iterator[list]:
     iterator = iter(items)
     while chunk := list(islice(iterator, size)):
         yield chunk
+
+
+def _chunks(dump: Dump, size: int, texts: bool = False) -> Iterator[tuple[list, bool]]:
+    """``(key, item, status)`` chunks of a dump for ``normalise_items``, with the
+    ``exact`` flag of the chunk. ``texts``: a streamed item orjson read is sent as
+    its JSON text (bytes), parsed again by the worker: pickling the bytes costs
+    nearly nothing, pickling the parsed item more than parsing it again."""
+    if not isinstance(dump.items, _StreamedHistory):
+        for chunk in _chunked(dump.items, size):
+            yield chunk, dump.exact
+        return
+    for entries in _chunked(dump.items.entries(), size):
+        if texts:
+            yield [(key, value if text is None else text, "") for key, value, text, _ in entries], False
+        else:
+            yield [(key, value, "") for key, value, _, _ in entries], all(exact for *_, exact in entries)
 
 
 def _parallel_records(dump: Dump, rejected: list[tuple[str, str]],
@@ -339,8 +430,8 @@ def _parallel_records(dump: Dump, rejected: list[tuple[str, str]],
                 progress(size)
             return done
 
-        for chunk in _chunked(dump.items, CHUNK_ITEMS):
-            in_flight.append((len(chunk), pool.submit(normalise_items, dump.kind, chunk)))
+        for chunk, exact in _chunks(dump, CHUNK_ITEMS, texts=True):
+            in_flight.append((len(chunk), pool.submit(normalise_items, dump.kind, chunk, exact)))
             if len(in_flight) > workers * 4:  # bounded: memory holds a few chunks, not the dump
                 yield from drain()
         while in_flight:

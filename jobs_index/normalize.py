@@ -487,16 +487,23 @@ def detail_dict(row: Any) -> dict:
     return job
 
 
-def normalise_items(kind: str, items: list[tuple[Any, Any, str]]) -> tuple[list[JobRecord], list[tuple[str, str]]]:
+def normalise_items(kind: str, items: list[tuple[Any, Any, str]],
+                    exact: bool = False) -> tuple[list[JobRecord], list[tuple[str, str]]]:
     """Normalise ``(key, item, status)`` triples of a ``history`` or ``queue`` dump.
 
+    An item given as ``bytes`` is its JSON text, parsed here (``loads_exact``);
+    ``exact`` says the other items came from ``loads_exact`` with exact=True.
     Returns the records and the rejections ``(id, reason)``. A top-level function of
     this light module, so import workers (other processes) can run it.
     """
     records, rejected = [], []
     for key, item, status in items:
         try:
-            records.append(from_queue(item, status) if kind == KIND_QUEUE else from_history(key, item))
+            item_exact = exact
+            if isinstance(item, bytes):
+                item, item_exact = loads_exact(item)
+            records.append(from_queue(item, status, item_exact) if kind == KIND_QUEUE
+                           else from_history(key, item, item_exact))
         except InvalidItem as exc:
             rejected.append((str(exc.job_id), exc.reason))
         except (TypeError, ValueError, RecursionError) as exc:  # unserialisable or absurd data
