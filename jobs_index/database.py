@@ -73,7 +73,8 @@ def _setup_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def on_begin(conn: Connection):
         mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
-        conn.exec_driver_sql(f"BEGIN {mode}")
+        if mode is not None:  # None: statements run on their own (``read_statement``)
+            conn.exec_driver_sql(f"BEGIN {mode}")
 
 
 def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> Engine:
@@ -151,6 +152,24 @@ def read_transaction(engine: Engine) -> Iterator[Connection]:
             conn = conn.execution_options(isolation_level="REPEATABLE READ")
         with conn.begin():
             yield conn
+    except OperationalError as exc:
+        raise StorageError(f"database read failed: {driver_message(exc)}") from exc
+    finally:
+        conn.close()
+
+
+@contextmanager
+def read_statement(engine: Engine) -> Iterator[Connection]:
+    """A connection for reads that are one statement each, with no BEGIN/COMMIT
+    round trips: a single statement always reads one snapshot (SQLite autocommit
+    mode; PostgreSQL autocommit, whose statements each take their own snapshot)."""
+    conn = engine.connect()
+    try:
+        if engine.dialect.name == "postgresql":
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        else:
+            conn = conn.execution_options(sqlite_begin=None)
+        yield conn
     except OperationalError as exc:
         raise StorageError(f"database read failed: {driver_message(exc)}") from exc
     finally:

@@ -18,6 +18,7 @@ from typing import Any, Callable, TypeVar
 from aiohttp import http_exceptions, web
 from aiohttp.web_protocol import RequestHandler
 
+from . import wire
 from .errors import JobsIndexError
 from .params import parse_list_query
 from .services import JobsIndex
@@ -66,6 +67,11 @@ def _json(body: Any, status: int = 200) -> web.Response:
     return web.json_response(body, status=status, dumps=json.dumps)
 
 
+def _json_text(text: str) -> web.Response:
+    """A 200 JSON response of already encoded text (as ``web.json_response`` sends it)."""
+    return web.Response(body=text.encode("utf-8"), content_type=JSON_CONTENT_TYPE, charset="utf-8")
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler):
     try:
@@ -88,7 +94,7 @@ async def list_jobs(request: web.Request) -> web.StreamResponse:
     query = parse_list_query(request.rel_url.query)
     if query.limit is not None and query.limit <= INLINE_PAGE_MAX:
         page = await _run(request, index.list_jobs, query)
-        return _json(page.body(query))
+        return _json_text(page.body_text(query))
     return await _stream_listing(request, index, query)
 
 
@@ -97,19 +103,17 @@ async def _stream_listing(request: web.Request, index: JobsIndex, query) -> web.
     response = web.StreamResponse(headers={"Content-Type": f"{JSON_CONTENT_TYPE}; charset=utf-8"})
     response.enable_chunked_encoding()
     await response.prepare(request)
-    await response.write(b'{"jobs": [')
+    await response.write(wire.jobs_array_open().encode("utf-8"))
     first = True
     while (chunk := await _run(request, stream.next_chunk)) is not None:
         if not chunk:
             continue
-        text = ", ".join(json.dumps(job) for job in chunk)
+        text = ", ".join(chunk)
         await response.write((text if first else ", " + text).encode("utf-8"))
         first = False
-    pagination = {"offset": query.offset, "limit": query.limit, "total": stream.total,
-                  "has_more": stream.has_more}
-    if stream.next_cursor is not None:
-        pagination["next_cursor"] = stream.next_cursor
-    await response.write(f'], "pagination": {json.dumps(pagination)}}}'.encode("utf-8"))
+    pagination = wire.pagination(query.offset, query.limit, stream.total, stream.has_more,
+                                 stream.next_cursor)
+    await response.write(wire.jobs_array_close(pagination).encode("utf-8"))
     await response.write_eof()
     return response
 

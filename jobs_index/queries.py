@@ -18,8 +18,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
-from sqlalchemy import Connection, Row, Select, func, select, tuple_, union_all
+from sqlalchemy import (BigInteger, Connection, Integer, Row, Select, Text, bindparam, func,
+                        literal_column, select, tuple_, union_all)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from . import schema
@@ -34,6 +36,52 @@ LIST_COLUMNS = (
     jobs.c.execution_start_time, jobs.c.execution_end_time, jobs.c.execution_duration,
     jobs.c.execution_error, jobs.c.outputs_count, jobs.c.preview_output, jobs.c.workflow_id,
 )
+
+# A job of ``GET /api/jobs`` as JSON text, rendered by the database from the row's
+# columns: keys in ComfyUI's order, optional keys left out as ComfyUI leaves them out,
+# the stored JSON of ``execution_error``/``preview_output`` embedded as it is. It
+# equals ``json.dumps(normalize.list_dict(row))`` after parsing (tests/test_wire.py).
+# A page is then a join of strings: no per-row Python objects, no JSON re-encoding.
+def _job_json_sql(quote: str, number: str) -> str:
+    """The SQL expression; ``quote``/``number`` format a JSON string / integer."""
+    q, n = quote.format, number.format
+
+    def optional(key: str, column: str, value: str, missing: str | None = None) -> str:
+        return (f"CASE WHEN {missing or column + ' IS NULL'} THEN '' "
+                f"ELSE ', \"{key}\": ' || {value} END")
+
+    parts = [
+        f"""'{{"id": ' || {q('id')}""",
+        f"""', "status": ' || {q('status')}""",
+        f"""', "priority": ' || {n('priority')}""",
+        optional("create_time", "create_time", n("create_time"), missing="create_time_missing"),
+        optional("execution_start_time", "execution_start_time", n("execution_start_time")),
+        optional("execution_end_time", "execution_end_time", n("execution_end_time")),
+        optional("execution_error", "execution_error", "execution_error"),
+        f"""', "outputs_count": ' || {n('outputs_count')}""",
+        optional("preview_output", "preview_output", "preview_output"),
+        optional("workflow_id", "workflow_id", q("workflow_id")),
+        "'}'",
+    ]
+    return "\n || ".join(parts)
+
+
+_JOB_JSON_SQL = {
+    "sqlite": _job_json_sql("json_quote({})", "{}"),
+    "postgresql": _job_json_sql("to_json({})::text", "{}::text"),
+}
+
+
+def page_columns(dialect: str) -> tuple:
+    """The columns of a listing row: the keyset key, and the job's JSON text."""
+    return (jobs.c.id, jobs.c.create_time, jobs.c.execution_duration,
+            literal_column(_JOB_JSON_SQL[dialect]).label("job_json"))
+
+
+SQLITE_PRIMARY_KEY_INDEX = "sqlite_autoindex_jobs_1"  # SQLite's own index of jobs.id
+
+# Positions in a listing row (``select_page``).
+ROW_ID, ROW_CREATE_TIME, ROW_DURATION, ROW_JOB_JSON, ROW_TOTAL = 0, 1, 2, 3, -1
 LIVE_STATUSES = ("pending", "in_progress")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
@@ -46,46 +94,121 @@ class Position:
     id: str
 
 
-def _sort_column(query: ListQuery):
-    return jobs.c.create_time if query.sort_by == "created_at" else jobs.c.execution_duration
+def _sort_column(sort_by: str):
+    return jobs.c.create_time if sort_by == "created_at" else jobs.c.execution_duration
 
 
-def _index_for(query: ListQuery, per_status: bool) -> str:
+def _index_for(shape: "_Shape", per_status: bool) -> str:
     """The index an arm seeks; filtered listings always use one arm per status."""
-    if query.workflow_id is not None:
+    if shape.workflow:
         return schema.IX_WORKFLOW_STATUS
-    if query.source is not None:
+    if shape.source:
         return schema.IX_SOURCE_STATUS
-    if query.sort_by == "execution_duration":
+    if shape.sort_by == "execution_duration":
         return schema.IX_STATUS_DURATION if per_status else schema.IX_DURATION
     return schema.IX_STATUS_CREATE_TIME if per_status else schema.IX_CREATE_TIME
 
 
-def _order(query: ListQuery, sort, id_column) -> tuple:
-    if query.descending:
+def _order(descending: bool, sort, id_column) -> tuple:
+    if descending:
         return sort.desc(), id_column.desc()
     return sort.asc(), id_column.asc()
 
 
-def _arm(conn: Connection, query: ListQuery, status: str | None,
-         after: Position | None, limit: int | None) -> Select:
+@dataclass(frozen=True)
+class _Shape:
+    """Everything about a listing that changes its SQL text (values are parameters).
+
+    ``arms``: "all" (one seek over every job), "one" (one status) or "union" (one
+    LIMIT-ed seek per status, merged). Statuses are bound as ``s0``..``s{n-1}``.
+    """
+
+    dialect: str
+    sort_by: str
+    descending: bool
+    statuses: int
+    arms: str
+    workflow: bool
+    source: bool
+    after: bool
+    limit: bool
+    offset: bool
+    total: bool
+
+
+def _arm(shape: _Shape, status, limit, columns: tuple) -> Select:
     """One ordered, LIMIT-ed seek: all jobs (status None) or one status."""
-    sort = _sort_column(query)
-    stmt = select(*LIST_COLUMNS)
-    if conn.dialect.name == "sqlite":
-        index = _index_for(query, status is not None)
+    sort = _sort_column(shape.sort_by)
+    stmt = select(*columns)
+    if shape.dialect == "sqlite":
+        index = _index_for(shape, status is not None)
         stmt = stmt.with_hint(jobs, f"INDEXED BY {index}", "sqlite")
     if status is not None:
         stmt = stmt.where(jobs.c.status == status)
-    if query.workflow_id is not None:
-        stmt = stmt.where(jobs.c.workflow_id == query.workflow_id)
-    if query.source is not None:
-        stmt = stmt.where(jobs.c.source == query.source)
-    if after is not None:
-        key, bound = tuple_(sort, jobs.c.id), tuple_(after.value, after.id)
-        stmt = stmt.where(key < bound if query.descending else key > bound)
-    stmt = stmt.order_by(*_order(query, sort, jobs.c.id))
+    if shape.workflow:
+        stmt = stmt.where(jobs.c.workflow_id == bindparam("workflow", type_=Text))
+    if shape.source:
+        stmt = stmt.where(jobs.c.source == bindparam("source", type_=Text))
+    if shape.after:
+        key = tuple_(sort, jobs.c.id)
+        bound = tuple_(bindparam("after_value", type_=BigInteger), bindparam("after_id", type_=Text))
+        stmt = stmt.where(key < bound if shape.descending else key > bound)
+    stmt = stmt.order_by(*_order(shape.descending, sort, jobs.c.id))
     return stmt if limit is None else stmt.limit(limit)
+
+
+def _total_column(shape: _Shape, statuses: list):
+    """``total`` as a scalar subquery: the sum of at most five ``job_counts`` rows."""
+    return (select(func.coalesce(func.sum(counts.c.n), 0))
+            .where(counts.c.source == bindparam("count_source", type_=Text),
+                   counts.c.workflow_id == bindparam("count_workflow", type_=Text),
+                   counts.c.status.in_(statuses))
+            .scalar_subquery().label("total"))
+
+
+def _page_select(shape: _Shape) -> Select:
+    statuses = [bindparam(f"s{i}", type_=Text) for i in range(shape.statuses)]
+    limit = bindparam("limit", type_=Integer) if shape.limit else None
+    offset = bindparam("offset", type_=Integer) if shape.offset else None
+    if shape.arms in ("all", "one"):
+        status = None if shape.arms == "all" else statuses[0]
+        stmt = _arm(shape, status, limit, page_columns(shape.dialect)).offset(offset)
+    else:
+        stmt = _merged_arms(shape, statuses, limit, offset)
+    if shape.total:
+        stmt = stmt.add_columns(_total_column(shape, statuses))
+    return stmt
+
+
+def _merged_arms(shape: _Shape, statuses: list, limit, offset) -> Select:
+    """One seek per status, merged: the arms read only keys from their (covering)
+    index, and only the page's winners are then read from ``jobs`` by id."""
+    sort = _sort_column(shape.sort_by)
+    window = bindparam("window", type_=Integer) if shape.limit else None  # each arm may feed the skip
+    keys = (jobs.c.id.label("w_id"), sort.label("w_key"))
+    arms = [select(_arm(shape, s, window, keys).subquery()) for s in statuses]
+    merged = union_all(*arms).subquery()
+    winners = (select(merged).order_by(*_order(shape.descending, merged.c.w_key, merged.c.w_id))
+               .limit(limit).offset(offset).subquery("winners"))
+    stmt = (select(*page_columns(shape.dialect))
+            .select_from(winners.join(jobs, jobs.c.id == winners.c.w_id))
+            .order_by(*_order(shape.descending, winners.c.w_key, winners.c.w_id)))
+    if shape.dialect == "sqlite":  # the winners are read by primary key, whatever ANALYZE says
+        stmt = stmt.with_hint(jobs, f"INDEXED BY {SQLITE_PRIMARY_KEY_INDEX}", "sqlite")
+    return stmt
+
+
+@lru_cache(maxsize=1024)
+def _page_sql(shape: _Shape, dialect) -> tuple[str, tuple[str, ...] | None, dict]:
+    """The SQL text of a listing shape, compiled once; its positional parameter names
+    (None: the driver takes named parameters); the values of its constant parameters.
+    Listing pages are the hot path: building and compiling the statement each time
+    cost more than running it."""
+    compiled = _page_select(shape).compile(dialect=dialect)
+    sql = str(compiled)
+    assert "POSTCOMPILE" not in sql, sql
+    constants = {name: value for name, value in compiled.params.items() if value is not None}
+    return sql, (tuple(compiled.positiontup) if compiled.positional else None), constants
 
 
 def clamp_position(position: Position, descending: bool) -> Position | None | bool:
@@ -128,8 +251,13 @@ def storable_position(conn: Connection, position: Position, descending: bool) ->
 
 
 def select_page(conn: Connection, query: ListQuery, *, limit: int | None, offset: int = 0,
-                after: Position | None = None) -> Sequence[Row]:
-    """Up to ``limit`` rows of ``query``, skipping ``offset`` rows or starting ``after``."""
+                after: Position | None = None, with_total: bool = False) -> list[tuple]:
+    """Up to ``limit`` rows of ``query``, skipping ``offset`` rows or starting ``after``.
+
+    Rows are ``page_columns`` tuples (``ROW_*`` indexes). With ``with_total``
+    each row ends with the listing's ``total``, read by the same statement (one
+    snapshot, one round trip); an empty page then carries no total (``count_total``).
+    """
     if not query.statuses or unmatchable(conn, query.workflow_id, query.source):
         return []
     if after is not None:
@@ -138,32 +266,42 @@ def select_page(conn: Connection, query: ListQuery, *, limit: int | None, offset
             return []
         after = clamped and storable_position(conn, clamped, query.descending)
     if query.all_statuses and query.workflow_id is None and query.source is None:
-        stmt = _arm(conn, query, None, after, limit)
-    elif len(query.statuses) == 1:
-        stmt = _arm(conn, query, query.statuses[0], after, limit)
+        arms = "all"
     else:
-        window = None if limit is None else limit + offset  # each arm may feed the skip
-        arms = [select(_arm(conn, query, s, after, window).subquery()) for s in query.statuses]
-        merged = union_all(*arms).subquery()
-        sort = merged.c.create_time if query.sort_by == "created_at" else merged.c.execution_duration
-        stmt = select(merged).order_by(*_order(query, sort, merged.c.id))
-        if limit is not None:
-            stmt = stmt.limit(limit)
-    if offset:
-        stmt = stmt.offset(offset)
-    return conn.execute(stmt).all()
+        arms = "one" if len(query.statuses) == 1 else "union"
+    shape = _Shape(conn.dialect.name, query.sort_by, query.descending, len(query.statuses), arms,
+                   query.workflow_id is not None, query.source is not None, after is not None,
+                   limit is not None, bool(offset), with_total)
+    sql, positional, constants = _page_sql(shape, conn.dialect)
+    values = dict(constants)
+    values.update({f"s{i}": status for i, status in enumerate(query.statuses)})
+    values.update(workflow=query.workflow_id, source=query.source, limit=limit, offset=offset,
+                  window=None if limit is None else limit + offset,
+                  count_source=query.source or "", count_workflow=query.workflow_id or "")
+    if after is not None:
+        values.update(after_value=after.value, after_id=after.id)
+    params = tuple(values[name] for name in positional) if positional is not None else values
+    return conn.exec_driver_sql(sql, params).fetchall()
+
+
+@lru_cache(maxsize=64)
+def _count_sql(statuses: int, dialect) -> tuple[str, tuple[str, ...] | None, dict]:
+    shape = _Shape(dialect.name, "created_at", True, statuses, "", False, False, False, False, False, True)
+    compiled = select(_total_column(shape, [bindparam(f"s{i}", type_=Text) for i in range(statuses)])
+                      ).compile(dialect=dialect)
+    constants = {name: value for name, value in compiled.params.items() if value is not None}
+    return str(compiled), (tuple(compiled.positiontup) if compiled.positional else None), constants
 
 
 def count_total(conn: Connection, query: ListQuery) -> int:
     """Exact number of jobs passing the status/workflow/source filters (≤ 5 rows read)."""
     if not query.statuses or unmatchable(conn, query.workflow_id, query.source):
         return 0
-    stmt = select(func.coalesce(func.sum(counts.c.n), 0)).where(
-        counts.c.source == (query.source or ""),
-        counts.c.workflow_id == (query.workflow_id or ""),
-        counts.c.status.in_(query.statuses),
-    )
-    return int(conn.execute(stmt).scalar_one())
+    sql, positional, constants = _count_sql(len(query.statuses), conn.dialect)
+    values = {**constants, "count_source": query.source or "", "count_workflow": query.workflow_id or "",
+              **{f"s{i}": status for i, status in enumerate(query.statuses)}}
+    params = tuple(values[name] for name in positional) if positional is not None else values
+    return int(conn.exec_driver_sql(sql, params).scalar_one())
 
 
 def get_job(conn: Connection, job_id: str) -> Row | None:

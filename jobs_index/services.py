@@ -7,6 +7,7 @@ Every method is blocking; async callers run them in a thread.
 """
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -14,14 +15,14 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 from sqlalchemy.exc import DataError, IntegrityError
 
-from . import queries, toolbox_queries
+from . import queries, toolbox_queries, wire
 from . import live_queries
 from .cursor import CURSOR_SORT_FIELD, encode_cursor
-from .database import open_engine, read_transaction, write_transaction
+from .database import open_engine, read_statement, read_transaction, write_transaction
 from .errors import JobNotFound, StorageError
-from .normalize import JobRecord, detail_dict, list_dict
+from .normalize import JobRecord, detail_dict
 from .params import ListQuery
-from .queries import Position
+from .queries import ROW_CREATE_TIME, ROW_DURATION, ROW_ID, ROW_JOB_JSON, ROW_TOTAL, Position
 
 DEFAULT_BATCH_SIZE = 1000
 STREAM_CHUNK = 1000  # rows per query when a listing is larger than one page
@@ -29,18 +30,29 @@ STREAM_CHUNK = 1000  # rows per query when a listing is larger than one page
 
 @dataclass
 class JobsPage:
-    jobs: list[dict]
+    """One listing page. ``job_texts`` holds each job's JSON text, rendered by the
+    database (``queries.page_columns``)."""
+
+    job_texts: list[str]
     total: int
     has_more: bool
     next_cursor: str | None
 
+    @property
+    def jobs(self) -> list[dict]:
+        """The job dicts (parsed from their JSON text)."""
+        return [json.loads(text) for text in self.job_texts]
+
+    def pagination(self, query: ListQuery) -> dict:
+        return wire.pagination(query.offset, query.limit, self.total, self.has_more, self.next_cursor)
+
     def body(self, query: ListQuery) -> dict:
         """The exact ``GET /api/jobs`` response body."""
-        pagination = {"offset": query.offset, "limit": query.limit,
-                      "total": self.total, "has_more": self.has_more}
-        if self.next_cursor is not None:
-            pagination["next_cursor"] = self.next_cursor
-        return {"jobs": self.jobs, "pagination": pagination}
+        return {"jobs": self.jobs, "pagination": self.pagination(query)}
+
+    def body_text(self, query: ListQuery) -> str:
+        """``body`` as JSON text, assembled without re-encoding the jobs."""
+        return wire.page_body(self.job_texts, self.pagination(query))
 
 
 @dataclass
@@ -66,9 +78,11 @@ class IngestResult:
 class JobStream:
     """A listing read in keyset chunks, for pages too large to hold in memory.
 
-    ``total`` and the first chunk come from one snapshot; later chunks continue
-    from the last row's sort key, so no row is repeated or skipped even while
-    writers add jobs. ``has_more``/``next_cursor`` are final once exhausted.
+    ``total`` and the first chunk come from one snapshot (for a first page or a
+    cursor page, one statement); later chunks continue from the last row's sort key,
+    so no row is repeated or skipped even while writers add jobs.
+    ``has_more``/``next_cursor`` are final once exhausted. Chunks are lists of job
+    JSON texts (``queries.page_columns``).
     """
 
     def __init__(self, index: "JobsIndex", query: ListQuery, chunk: int = STREAM_CHUNK) -> None:
@@ -80,39 +94,54 @@ class JobStream:
         self._last = None
         self.has_more = False
         self.next_cursor: str | None = None
-        with read_transaction(index.engine) as conn:
-            self.total = queries.count_total(conn, query)
-            # ComfyUI answers an empty filtered set early: no cursor, no has_more.
-            self._done = self.total == 0
-            self._first = self._fetch(conn)
+        self.total = 0
+        if self._offset:  # offset mode: the total first, so a skip past the end reads no index
+            with read_transaction(index.engine) as conn:
+                self.total = queries.count_total(conn, query)
+                self._done = self.total == 0
+                self._first = self._fetch(conn)
+            return
+        with read_statement(index.engine) as conn:  # page and total: one statement
+            want = self._want()
+            rows = queries.select_page(conn, query, limit=want + 1, after=self._after, with_total=True)
+            self.total = int(rows[0][ROW_TOTAL]) if rows else queries.count_total(conn, query)
+        # ComfyUI answers an empty filtered set early: no cursor, no has_more.
+        self._done = self.total == 0
+        self._first = [] if self._done else self._consume(rows, want)
 
-    def _fetch(self, conn) -> list[dict]:
+    def _want(self) -> int:
+        return self._chunk if self._remaining is None else min(self._chunk, self._remaining)
+
+    def _fetch(self, conn) -> list[str]:
         if self._done:
             return []
-        want = self._chunk if self._remaining is None else min(self._chunk, self._remaining)
+        want = self._want()
         if self._after is None and self._offset >= self.total:
             rows = []  # past the end: answer without walking the index
         else:
             rows = queries.select_page(conn, self._query, limit=want + 1,
                                        offset=self._offset, after=self._after)
+        return self._consume(rows, want)
+
+    def _consume(self, rows: list, want: int) -> list[str]:
         page, extra = rows[:want], len(rows) > want
         if self._remaining is not None:
             self._remaining -= len(page)
         if page:
             last = page[-1]
             self._last = last
-            value = last.create_time if self._query.sort_by == CURSOR_SORT_FIELD else last.execution_duration
-            self._after, self._offset = Position(value, last.id), 0
+            value = last[ROW_CREATE_TIME] if self._query.sort_by == CURSOR_SORT_FIELD else last[ROW_DURATION]
+            self._after, self._offset = Position(value, last[ROW_ID]), 0
         if not extra or self._remaining == 0:
             self._done = True
             self.has_more = extra and self._query.limit is not None
             if self.has_more and self._query.sort_by == CURSOR_SORT_FIELD and self._last is not None:
-                self.next_cursor = encode_cursor(self._last.create_time, self._last.id,
+                self.next_cursor = encode_cursor(self._last[ROW_CREATE_TIME], self._last[ROW_ID],
                                                  self._query.sort_order)
-        return [list_dict(row) for row in page]
+        return [row[ROW_JOB_JSON] for row in page]
 
-    def chunks(self) -> Iterator[list[dict]]:
-        """Job dicts, chunk by chunk (blocking: one query per chunk after the first)."""
+    def chunks(self) -> Iterator[list[str]]:
+        """Job JSON texts, chunk by chunk (blocking: one query per chunk after the first)."""
         yield self._first
         while not self._done:
             with read_transaction(self._index.engine) as conn:
@@ -120,7 +149,7 @@ class JobStream:
             if chunk:
                 yield chunk
 
-    def next_chunk(self) -> list[dict] | None:
+    def next_chunk(self) -> list[str] | None:
         """The next chunk, or None when exhausted (for callers that hop threads)."""
         if self._first is not None:
             first, self._first = self._first, None
@@ -156,8 +185,8 @@ class JobsIndex:
     def list_jobs(self, query: ListQuery) -> JobsPage:
         """One page of ``GET /api/jobs`` (the whole listing when ``limit`` is None)."""
         stream = JobStream(self, query, chunk=min(query.limit or STREAM_CHUNK, STREAM_CHUNK))
-        jobs = [job for chunk in stream.chunks() for job in chunk]
-        return JobsPage(jobs, stream.total, stream.has_more, stream.next_cursor)
+        texts = [text for chunk in stream.chunks() for text in chunk]
+        return JobsPage(texts, stream.total, stream.has_more, stream.next_cursor)
 
     def stream_jobs(self, query: ListQuery, chunk: int = STREAM_CHUNK) -> JobStream:
         return JobStream(self, query, chunk)
