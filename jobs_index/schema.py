@@ -3,7 +3,9 @@
 Times are epoch milliseconds (as ComfyUI records them). Migrations under
 ``migrations/`` create exactly this; ``alembic check`` keeps the two in step.
 Counters in ``job_counts`` are maintained by database triggers (created by the
-migrations), so every write path, including ad-hoc SQL, keeps them exact.
+migrations), so every write path, including ad-hoc SQL, keeps them exact; on
+SQLite jobs-index's own writer switches them off inside its transaction and
+applies the batch's deltas itself (``JobsIndexWriter``, migration ``0004``).
 """
 from __future__ import annotations
 
@@ -96,6 +98,18 @@ class JobCount(Base):
     workflow_id: Mapped[str] = mapped_column(Text, primary_key=True)
     status: Mapped[str] = mapped_column(Text, primary_key=True)
     n: Mapped[int] = mapped_column(BigInteger)
+
+
+class JobsIndexWriter(Base):
+    """A row exists here only inside jobs-index's own SQLite write transaction (it is
+    inserted after ``BEGIN IMMEDIATE`` and deleted before ``COMMIT``, so no other
+    connection ever sees it): while it does, the count triggers on ``jobs`` stand
+    aside and the writer updates ``job_counts`` set-wise (``write_queries``).
+    Unused on PostgreSQL, whose statement-level triggers are cheap (migration 0004)."""
+
+    __tablename__ = "jobs_index_writer"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
 
 
 class JobOutput(Base):
