@@ -2,15 +2,20 @@
 """Where the time goes: the experiments behind the recommendations in the bench report.
 
     .venv/bin/python benchmarks/breakdown.py normalise [--jobs 10000]
-    .venv/bin/python benchmarks/breakdown.py write [--jobs 30000] [--db URL]
+    .venv/bin/python benchmarks/breakdown.py write [--jobs 30000] [--preload 200000] [--db URL]
     .venv/bin/python benchmarks/breakdown.py page --db URL
     .venv/bin/python benchmarks/breakdown.py http-floor
 
-* ``normalise``: the parts of ``normalize.from_history`` (JSON encoding, zlib, digest),
-  and alternatives (orjson if installed, zlib level 1, two processes).
-* ``write``: ``JobsIndex.ingest`` of pre-normalised records into a fresh index, then the
-  same with the count triggers dropped, with the secondary indexes dropped, and a plain
-  driver ``executemany`` (no SQLAlchemy, no ``existing_versions`` read), to price each part.
+* ``normalise``: the parts of ``normalize.from_history`` (JSON encoding, compression,
+  digest, the walk), old (json.dumps, zlib-6) against new (orjson where exact, ISA-L-1),
+  alternatives (zlib-1, zstd-1 if installed), parsing an item, the streamed reader, what
+  pickling costs between import processes, two processes.
+* ``write``: ``JobsIndex.ingest`` of pre-normalised records into a fresh index (``--preload
+  N``: one already holding N jobs): the write path before revision 0004 (SQLAlchemy,
+  row-level count triggers), the same with the count triggers dropped, with the secondary
+  indexes dropped, a plain driver ``executemany`` (no SQLAlchemy, no pre-read, no side
+  rows), and the current path (0004: the writer keeps ``job_counts`` set-wise on SQLite,
+  prebuilt SQL through the driver) at batches of 1000 and 5000, and re-imported unchanged.
 * ``page``: the parts of one ``limit=50`` first page in-process (statement building,
   SQL, ``count_total``, ``list_dict``, ``json.dumps``) on an existing index (e.g. the
   bench's), against hand-written SQL through the bare driver.
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import sys
 import time
@@ -94,56 +100,127 @@ def _normalise_chunk(items):
     return [normalize.from_history(job_id, item) for job_id, item in items]
 
 
-def cmd_normalise(args) -> None:
-    import hashlib
-    import multiprocessing as mp
+def _old_encode_raw(item):
+    """``encode_raw`` before orjson and ISA-L: json.dumps, zlib level 6, blake2b."""
+    data = json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return zlib.compress(data, 6), hashlib.blake2b(data, digest_size=16).hexdigest()
 
+
+def _old_loads(text):
+    return json.loads(text)
+
+
+def cmd_normalise(args) -> None:
+    """Per-job CPU of each step of an import's normalising, old (stdlib JSON, zlib-6)
+    against new (orjson where exact, ISA-L level 1), on the synthetic items."""
+    import gc
+    import io
+    import multiprocessing as mp
+    import pickle
+
+    from isal import isal_zlib
+
+    from jobs_index.ingest import ObjectItems
+
+    gc.collect()
+    gc.freeze()  # what was built before does not make the collector's passes dearer
     items = list(synthetic_history(args.jobs))
     n = len(items)
-    with Clock(n) as total:
-        records = _normalise_chunk(items)
-    dumps = normalize._dumps
-    datas, blobs = [], []
-    with Clock(n) as t_dumps:
-        for job_id, item in items:
-            datas.append(dumps({**item, "prompt": list(item["prompt"][:5])}).encode("utf-8"))
-    with Clock(n) as t_zlib6:
-        for d in datas:
-            blobs.append(zlib.compress(d, 6))
-    with Clock(n) as t_zlib1:
-        for d in datas:
-            zlib.compress(d, 1)
-    with Clock(n) as t_hash:
-        for d in datas:
-            hashlib.blake2b(d, digest_size=16).hexdigest()
-    rest = (total.wall - t_dumps.wall - t_zlib6.wall - t_hash.wall, total.cpu - t_dumps.cpu - t_zlib6.cpu - t_hash.cpu)
-    print(f"{n:,} jobs; JSON {sum(map(len, datas)) / n:,.0f} B/job, zlib-6 {sum(map(len, blobs)) / n:,.0f} B/job\n")
-    print(HEADER)
-    row("from_history (all)", total.pair, total.pair)
-    row("  json.dumps of the raw item (stdlib, ensure_ascii=False)", t_dumps.pair, total.pair)
-    row("  zlib.compress level 6", t_zlib6.pair, total.pair)
-    row("  blake2b-128 digest", t_hash.pair, total.pair)
-    row("  everything else (walk status/outputs, record)", rest, total.pair)
-    row("alternative: zlib.compress level 1", t_zlib1.pair, total.pair)
-    try:
-        import orjson
+    texts = [json.dumps(item).encode() for _, item in items]  # as in a /history dump
+    raws = [{**item, "prompt": list(item["prompt"][:5])} for _, item in items]
+    datas = [normalize.json_bytes(raw, True) for raw in raws]
+    print(f"{n:,} jobs; item JSON {sum(map(len, texts)) / n:,.0f} B/job (dump), "
+          f"{sum(map(len, datas)) / n:,.0f} B/job (stored, compact)\n")
 
-        same = 0
-        with Clock(n) as t_or:
-            for (job_id, item), d in zip(items, datas):
-                same += orjson.dumps({**item, "prompt": list(item["prompt"][:5])}) == d
-        row("alternative: orjson.dumps", t_or.pair, total.pair)
-        print(f"\n(orjson output byte-identical to the stdlib encoding for {same:,}/{n:,} items)")
+    def each(fn, seq, repeat=3):
+        """(fastest wall, fastest CPU) per item of ``fn`` over ``seq``."""
+        best = (float("inf"), float("inf"))
+        for _ in range(repeat):
+            with Clock(len(seq)) as clock:
+                for x in seq:
+                    fn(x)
+            best = (min(best[0], clock.wall), min(best[1], clock.cpu))
+        return best
+
+    original = normalize.encode_raw
+    normalize.encode_raw = lambda item, exact=False: _old_encode_raw(item)
+    try:
+        old_total = each(lambda kv: normalize.from_history(*kv), items)
+    finally:
+        normalize.encode_raw = original
+    new_total = each(lambda kv: normalize.from_history(kv[0], kv[1], True), items)
+    checked_total = each(lambda kv: normalize.from_history(*kv), items)
+    t_dumps = each(lambda raw: json.dumps(raw, separators=(",", ":"), ensure_ascii=False).encode(), raws)
+    t_json_exact = each(lambda raw: normalize.json_bytes(raw, True), raws)
+    t_json_checked = each(normalize.json_bytes, raws)
+    t_zlib6 = each(lambda d: zlib.compress(d, 6), datas)
+    t_zlib1 = each(lambda d: zlib.compress(d, 1), datas)
+    t_isal = each(lambda d: isal_zlib.compress(d, 1), datas)
+    t_hash = each(lambda d: hashlib.blake2b(d, digest_size=16).hexdigest(), datas)
+    t_walk = (new_total[0] - t_json_exact[0] - t_isal[0] - t_hash[0],
+              new_total[1] - t_json_exact[1] - t_isal[1] - t_hash[1])
+    t_parse_old = each(_old_loads, texts)
+    t_parse_new = each(normalize.loads_exact, texts)
+    sizes = {"zlib-6": sum(len(zlib.compress(d, 6)) for d in datas) / n,
+             "zlib-1": sum(len(zlib.compress(d, 1)) for d in datas) / n,
+             "ISA-L-1": sum(len(isal_zlib.compress(d, 1)) for d in datas) / n}
+
+    print(HEADER)
+    row("from_history, old (json.dumps, zlib-6)", old_total, old_total)
+    row("from_history, new, parsed item (exact: orjson, ISA-L-1)", new_total, old_total)
+    row("from_history, new, in-process item (orjson text read back)", checked_total, old_total)
+    row("  json.dumps of the raw item (old)", t_dumps, old_total)
+    row("  orjson.dumps of the raw item (new, exact)", t_json_exact, old_total)
+    row("  orjson.dumps + read back (new, in-process items)", t_json_checked, old_total)
+    row(f"  zlib.compress level 6 (old; {sizes['zlib-6']:,.0f} B)", t_zlib6, old_total)
+    row(f"  zlib.compress level 1 ({sizes['zlib-1']:,.0f} B)", t_zlib1, old_total)
+    row(f"  ISA-L level 1 (new, same zlib format; {sizes['ISA-L-1']:,.0f} B)", t_isal, old_total)
+    row("  blake2b-128 digest", t_hash, old_total)
+    row("  everything else, new (walk status/outputs, record)", t_walk, old_total)
+    try:
+        import zstandard
+
+        compressor = zstandard.ZstdCompressor(level=1)
+        size = sum(len(compressor.compress(d)) for d in datas) / n
+        row(f"  alternative: zstd level 1 (another format; {size:,.0f} B)", each(compressor.compress, datas),
+            old_total)
     except ImportError:
-        print("\n(orjson not installed: skipped)")
+        pass
+    row("parse one item, old (json.loads)", t_parse_old, old_total)
+    row("parse one item, new (loads_exact: orjson)", t_parse_new, old_total)
+
+    # The streamed reader over a whole /history dump (the main process's share).
+    dump = b"{" + b", ".join(json.dumps(job_id).encode() + b": " + text
+                             for (job_id, _), text in zip(items, texts)) + b"}"
+    with Clock(n) as t_stream:
+        count = sum(1 for _ in ObjectItems("dump", io.BytesIO(dump)).spans())
+    assert count == n
+    row("ObjectItems over the dump (find + parse each item), new", t_stream.pair, old_total)
+
+    # What crosses between processes per job.
+    records = [normalize.from_history(job_id, item, True) for job_id, item in items]
+    chunk = records[:250]
+    with Clock(len(chunk)) as t_pickle:
+        for _ in range(5):
+            pickle.loads(pickle.dumps(chunk))
+    t_pickle.wall, t_pickle.cpu = t_pickle.wall / 5, t_pickle.cpu / 5
+    row("pickle round trip of JobRecords (batch of 250)", t_pickle.pair, old_total)
+    objs = [item for _, item in items[:250]]
+    with Clock(len(objs)) as t_obj:
+        for _ in range(5):
+            pickle.loads(pickle.dumps(objs))
+    t_obj.wall, t_obj.cpu = t_obj.wall / 5, t_obj.cpu / 5
+    row("pickle round trip of parsed items (old: sent to workers)", t_obj.pair, old_total)
+    del records
+
     chunks = [items[i:i + 1000] for i in range(0, n, 1000)]
     with mp.get_context("fork").Pool(2) as pool:
         with Clock(n) as t_pool:
             out = [r for chunk in pool.imap(_normalise_chunk, chunks) for r in chunk]
     assert len(out) == n
-    print(f"from_history in 2 processes (pickling both ways): {t_pool.wall * 1e6:,.1f} µs/job wall "
-          f"({1 / t_pool.wall:,.0f} jobs/s) vs {total.wall * 1e6:,.1f} in one")
-    del records
+    print(f"\nfrom_history (in-process items) in 2 processes (pickling both ways): {t_pool.wall * 1e6:,.1f} "
+          f"µs/job wall ({1 / t_pool.wall:,.0f} jobs/s) vs {checked_total[0] * 1e6:,.1f} in one")
+    print("CPU time is this process's; minima of 3 runs (the machine is shared: wall times wander).")
 
 
 # --------------------------------------------------------------------------------- write
@@ -168,30 +245,6 @@ def _drop(index: JobsIndex, triggers: bool, indexes: bool) -> None:
                 conn.execute(text(f'DROP INDEX "{name}"'))
 
 
-def _light_sqlite_triggers(index: JobsIndex) -> None:
-    """The same counts with one plain upsert per key instead of a UNION'ed SELECT per row."""
-    keys = [("''", "''", "1"), ("''", "NEW.workflow_id", "COALESCE(NEW.workflow_id, '') <> ''"),
-            ("NEW.source", "''", "COALESCE(NEW.source, '') <> ''"),
-            ("NEW.source", "NEW.workflow_id", "COALESCE(NEW.source, '') <> '' AND COALESCE(NEW.workflow_id, '') <> ''")]
-
-    def body(row: str, delta: str) -> str:
-        out = []
-        for source, workflow, cond in keys:
-            source, workflow, cond = (x.replace("NEW.", f"{row}.") for x in (source, workflow, cond))
-            out.append(f"INSERT INTO job_counts (source, workflow_id, status, n) SELECT {source}, {workflow}, "
-                       f"{row}.status, {delta} WHERE {cond} ON CONFLICT (source, workflow_id, status) "
-                       f"DO UPDATE SET n = n + excluded.n;")
-        return "\n".join(out)
-
-    changed = ("OLD.status IS NOT NEW.status OR OLD.workflow_id IS NOT NEW.workflow_id "
-               "OR OLD.source IS NOT NEW.source")
-    with index.engine.begin() as conn:
-        conn.exec_driver_sql(f"CREATE TRIGGER trg_light_insert AFTER INSERT ON jobs BEGIN {body('NEW', '1')} END")
-        conn.exec_driver_sql(f"CREATE TRIGGER trg_light_delete AFTER DELETE ON jobs BEGIN {body('OLD', '-1')} END")
-        conn.exec_driver_sql(f"CREATE TRIGGER trg_light_update AFTER UPDATE OF status, workflow_id, source ON jobs "
-                             f"WHEN {changed} BEGIN {body('OLD', '-1')} {body('NEW', '1')} END")
-
-
 def _raw_insert(index: JobsIndex, records, batch: int = 1000) -> None:
     rows = [r.as_row() for r in records]
     now = int(time.time() * 1000)
@@ -213,44 +266,134 @@ def _raw_insert(index: JobsIndex, records, batch: int = 1000) -> None:
         raw.close()
 
 
+OLD_REVISION = "0003_followed_sources"  # row-level count triggers everywhere
+
+
+def _old_write_batch(self, records):
+    """``JobsIndex._write_batch`` before revision 0004 (commit ae5d49c): SQLAlchemy
+    upsert and side-table statements, the count triggers firing per row."""
+    from jobs_index import toolbox_queries
+    from jobs_index.database import write_transaction
+    from jobs_index.services import IngestResult
+
+    result = IngestResult()
+    now = int(time.time() * 1000)
+    with write_transaction(self.engine) as conn:
+        existing = queries.existing_versions(conn, [r.id for r in records])
+        rows, written = [], []
+        for record in records:
+            old = existing.get(record.id)
+            if old is None:
+                result.inserted += 1
+            elif record.stage > old[0] or (record.stage == old[0] and record.raw_digest != old[1]):
+                result.updated += 1
+            else:
+                result.unchanged += 1
+                continue
+            row = record.as_row()
+            row["indexed_at"] = now
+            rows.append(row)
+            written.append(record)
+        queries.upsert_jobs(conn, rows)
+        toolbox_queries.replace_side_rows(conn, written)
+    return result
+
+
+def _preload_records(n: int) -> list:
+    """``n`` jobs with ids of their own (copies of 10,000 sample jobs under new ids)."""
+    import dataclasses
+    import random
+    import uuid
+
+    base = [normalize.from_history(j, it) for j, it in synthetic_history(min(n, 10_000), seed=7)]
+    rng = random.Random(7)
+    return [dataclasses.replace(base[i % len(base)], id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                                output_files=list(base[i % len(base)].output_files),
+                                node_types=list(base[i % len(base)].node_types))
+            for i in range(n)]
+
+
+def _prepared(target, revision: str, preload: list, template: dict) -> JobsIndex:
+    """A fresh index at ``revision`` holding the ``preload`` jobs (SQLite: a copy of a
+    file filled once)."""
+    import shutil
+
+    from alembic import command
+
+    from jobs_index.database import alembic_config, make_engine, migrate, write_transaction
+
+    target.reset()
+    if preload and target.backend == "sqlite" and "path" in template:
+        shutil.copyfile(template["path"], target.path)
+    index = JobsIndex(make_engine(target.url))
+    migrate(index.engine)  # head
+    if preload and not (target.backend == "sqlite" and "path" in template):
+        for i in range(0, len(preload), 10_000):
+            index.ingest(preload[i:i + 10_000])
+        if target.backend == "sqlite":
+            index.engine.dispose()
+            template["path"] = target.path.with_name(target.path.stem + "-template.sqlite3")
+            shutil.copyfile(target.path, template["path"])
+    if revision != "head":
+        with write_transaction(index.engine) as conn:
+            command.downgrade(alembic_config(conn), revision)
+    if target.backend == "postgresql":
+        with index.engine.begin() as conn:
+            conn.exec_driver_sql("ANALYZE jobs")
+    return index
+
+
 def cmd_write(args) -> None:
+    from jobs_index import services
+
     items = list(synthetic_history(args.jobs, seed=99))
     records = [normalize.from_history(j, it) for j, it in items]
     del items
     n = len(records)
-    print(f"{n:,} pre-normalised jobs into a fresh index each time ({bench.backend_of(args.db or 'sqlite')})\n")
-    print("| variant | wall µs/job | CPU µs/job (this process) | CPU vs as-is | jobs/s by CPU |\n"
+    preload = _preload_records(args.preload) if args.preload else []
+    backend = bench.backend_of(args.db or "sqlite")
+    print(f"{n:,} pre-normalised jobs into a fresh index holding {len(preload):,} jobs, each time ({backend})\n")
+    print("| variant | wall µs/job | CPU µs/job (this process) | CPU vs old | jobs/s by CPU |\n"
           "| --- | ---: | ---: | ---: | ---: |")
+    # (name, revision, drop triggers, drop indexes, how, batch size)
     variants = [
-        ("JobsIndex.ingest (as is)", False, False, "ingest"),
-        ("JobsIndex.ingest, count triggers dropped", True, False, "ingest"),
-        ("JobsIndex.ingest, lighter triggers (SQLite: 1 upsert per key, no UNION)", True, False, "light"),
-        ("JobsIndex.ingest, 6 secondary indexes dropped", False, True, "ingest"),
-        ("JobsIndex.ingest, triggers and secondary indexes dropped", True, True, "ingest"),
-        ("driver executemany INSERT (no SQLAlchemy, no pre-read)", False, False, "raw"),
-        ("driver executemany INSERT, no triggers, no secondary indexes", True, True, "raw"),
+        ("old: JobsIndex.ingest before 0004 (SQLAlchemy, row-level count triggers)", OLD_REVISION, False, False,
+         "old", 1000),
+        ("old, count triggers dropped", OLD_REVISION, True, False, "old", 1000),
+        ("old, 6 secondary indexes dropped", OLD_REVISION, False, True, "old", 1000),
+        ("driver executemany INSERT of jobs rows only (no pre-read, no side rows)", OLD_REVISION, False, False,
+         "raw", 1000),
+        ("driver executemany INSERT, no triggers, no secondary indexes", OLD_REVISION, True, True, "raw", 1000),
+        ("**new: JobsIndex.ingest** (0004: writer's set-wise counts, driver SQL, batch 1000)", "head", False,
+         False, "ingest", 1000),
+        ("new, batch 5000", "head", False, False, "ingest", 5000),
+        ("new, a second time (all unchanged: pre-read only)", "head", False, False, "again", 1000),
     ]
+    if args.only:
+        variants = [v for i, v in enumerate(variants) if str(i) in args.only.split(",")]
     base = None
-    for name, triggers, indexes, how in variants:
-        if how == "light" and bench.backend_of(args.db or "sqlite") != "sqlite":
-            continue
+    template: dict = {}
+    for name, revision, triggers, indexes, how, batch in variants:
         target = bench.Target(args.db, n, label=f"breakdown_{n}")
-        if how == "light" and target.backend != "sqlite":
-            continue
-        target.reset()
-        index = JobsIndex.open(target.url)
+        index = _prepared(target, revision, preload, template)
+        saved = services.JobsIndex._write_batch
+        if how == "old":
+            services.JobsIndex._write_batch = _old_write_batch
         try:
             _drop(index, triggers, indexes)
-            if how == "light":
-                _light_sqlite_triggers(index)
-                how = "ingest"
+            if how == "again":
+                for i in range(0, n, 10_000):
+                    index.ingest(records[i:i + 10_000], batch_size=batch)
             with Clock(n) as clock:
-                if how == "ingest":
+                if how in ("ingest", "old", "again"):
                     for i in range(0, n, 10_000):
-                        index.ingest(records[i:i + 10_000])
+                        index.ingest(records[i:i + 10_000], batch_size=batch)
                 else:
                     _raw_insert(index, records)
+            if how != "raw" and not triggers:
+                assert index.counts_consistent(), name
         finally:
+            services.JobsIndex._write_batch = saved
             index.close()
         base = base or clock.pair
         row(name, clock.pair, base)
@@ -381,6 +524,8 @@ def main() -> None:
     p = sub.add_parser("write")
     p.add_argument("--jobs", type=int, default=30_000)
     p.add_argument("--db", default=None, help="base URL as for bench.py (default: SQLite under _work/)")
+    p.add_argument("--preload", type=int, default=0, help="jobs already in the index (a large index)")
+    p.add_argument("--only", default="", help="comma-separated variant numbers (0-based)")
     p = sub.add_parser("page")
     p.add_argument("--db", required=True, help="an existing index, e.g. the bench's")
     p.add_argument("--repeat", type=int, default=300)

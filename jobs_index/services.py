@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 from sqlalchemy.exc import DataError, IntegrityError
 
-from . import queries, toolbox_queries, wire
+from . import queries, wire, write_queries
 from . import live_queries
 from .cursor import CURSOR_SORT_FIELD, encode_cursor
 from .database import open_engine, read_statement, read_transaction, write_transaction
@@ -232,25 +232,20 @@ class JobsIndex:
         now = int(time.time() * 1000)
         try:
             with write_transaction(self.engine) as conn:
-                existing = queries.existing_versions(conn, [r.id for r in records])
-                rows = []
+                existing = write_queries.read_existing(conn, [r.id for r in records])
                 written = []  # records whose row is inserted or replaced
                 for record in records:
                     old = existing.get(record.id)
                     if old is None:
                         result.inserted += 1
-                    elif record.stage > old[0] or (record.stage == old[0] and record.raw_digest != old[1]):
+                    elif write_queries.newer(record, old):
                         result.updated += 1
                     else:
                         result.unchanged += 1
                         continue
-                    row = record.as_row()
-                    row["indexed_at"] = now
-                    rows.append(row)
                     written.append(record)
-                queries.upsert_jobs(conn, rows)
-                # job_outputs / job_nodes follow their job's row, in its transaction.
-                toolbox_queries.replace_side_rows(conn, written)
+                # The rows, their job_outputs / job_nodes and (SQLite) counter deltas.
+                write_queries.write_batch(conn, written, existing, now)
         except IntegrityError as exc:
             raise StorageError(f"rejected by the database: {exc.orig}") from exc
         except DataError as exc:  # a value this database cannot hold (PostgreSQL: NUL in text)
