@@ -23,6 +23,7 @@ that file after the items before it were imported.
 from __future__ import annotations
 
 import codecs
+import gc
 import json
 import os
 import re
@@ -411,17 +412,26 @@ def _chunks(dump: Dump, size: int, texts: bool = False) -> Iterator[tuple[list, 
         for chunk in _chunked(dump.items, size):
             yield chunk, dump.exact
         return
+    if texts:  # each parsed item is dropped at once: a chunk of them would keep the
+        # garbage collector busy (it cost more than parsing)
+        for chunk in _chunked(((key, value if text is None else text, "")
+                               for key, value, text, _ in dump.items.entries()), size):
+            yield chunk, False
+        return
     for entries in _chunked(dump.items.entries(), size):
-        if texts:
-            yield [(key, value if text is None else text, "") for key, value, text, _ in entries], False
-        else:
-            yield [(key, value, "") for key, value, _, _ in entries], all(exact for *_, exact in entries)
+        yield [(key, value, "") for key, value, _, _ in entries], all(exact for *_, exact in entries)
+
+
+def _worker_start() -> None:
+    """A normalising worker makes no reference cycles (JSON trees, records): the cyclic
+    garbage collector only cost it time (a third of it, measured), so it is off there."""
+    gc.disable()
 
 
 def _parallel_records(dump: Dump, rejected: list[tuple[str, str]],
                       progress: Callable[[int], None] | None, workers: int) -> Iterator[JobRecord]:
     in_flight: deque = deque()
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_start) as pool:
         def drain():
             size, future = in_flight.popleft()
             done, failed = future.result()
