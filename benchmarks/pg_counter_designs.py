@@ -1,7 +1,10 @@
 """PostgreSQL counter designs for ``job_counts``: measurements behind docs/postgresql.md.
 
 Not part of the product or the test suite: a script to reproduce the numbers in
-"Writers: counters, locks and what they cost". Each run uses a fresh schema in
+"Writers: counters, locks and what they cost". It measures the schema and writer
+before revision 0004 (row-level triggers; ``stmt`` is the design 0004 adopted):
+run it from a checkout of commit 8174a66 (at head, opening an index migrates to
+0004, whose triggers this script does not know). Each run uses a fresh schema in
 the database of PG_URL and drops it afterwards.
 
 Designs (``variant``):
