@@ -255,6 +255,8 @@ class JobsIndex:
                     result.add(self._write_batch([record]))
                 return result
             reason = str(exc.orig).splitlines()[0] if exc.orig is not None else str(exc)
+            if "0x00" in reason and "NUL" not in reason:  # the server's words for a NUL in an array
+                reason += " (text cannot contain NUL)"
             return IngestResult(rejected=[(records[0].id, f"rejected by the database: {reason}")])
         return result
 
