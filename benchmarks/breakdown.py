@@ -300,17 +300,26 @@ def _old_write_batch(self, records):
 
 
 def _preload_records(n: int) -> list:
-    """``n`` jobs with ids of their own (copies of 10,000 sample jobs under new ids)."""
+    """``n`` jobs with ids of their own (copies of 10,000 sample jobs under new ids),
+    all older than the measured jobs (an index grows at the recent end: its time
+    indexes take the new jobs at their right edge, as in a real import)."""
     import dataclasses
     import random
     import uuid
 
     base = [normalize.from_history(j, it) for j, it in synthetic_history(min(n, 10_000), seed=7)]
+    span = base[-1].create_time - base[0].create_time + 1
     rng = random.Random(7)
-    return [dataclasses.replace(base[i % len(base)], id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-                                output_files=list(base[i % len(base)].output_files),
-                                node_types=list(base[i % len(base)].node_types))
-            for i in range(n)]
+    out = []
+    for i in range(n):
+        r = base[i % len(base)]
+        shift = span * (n // len(base) - i // len(base))  # copy k lies k spans back
+        out.append(dataclasses.replace(
+            r, id=str(uuid.UUID(int=rng.getrandbits(128), version=4)), create_time=r.create_time - shift,
+            execution_start_time=r.execution_start_time and r.execution_start_time - shift,
+            execution_end_time=r.execution_end_time and r.execution_end_time - shift,
+            output_files=list(r.output_files), node_types=list(r.node_types)))
+    return out
 
 
 def _prepared(target, revision: str, preload: list, template: dict) -> JobsIndex:
