@@ -42,7 +42,7 @@ if str(ROOT) not in sys.path:
 
 from sqlalchemy import text  # noqa: E402
 
-from jobs_index import normalize, queries  # noqa: E402
+from jobs_index import normalize, queries, wire  # noqa: E402
 from jobs_index.database import read_transaction  # noqa: E402
 from jobs_index.params import parse_list_query  # noqa: E402
 from jobs_index.sample import synthetic_history  # noqa: E402
@@ -411,60 +411,49 @@ def cmd_write(args) -> None:
 # ---------------------------------------------------------------------------------- page
 
 def cmd_page(args) -> None:
+    """A first page as the route computes it, split into its parts."""
+    from jobs_index.database import read_statement
+
     index = JobsIndex.open(args.db)
     query = parse_list_query({"limit": "50"})
     repeat = args.repeat
-    full = timeit(lambda: json.dumps(index.list_jobs(query).body(query)), repeat)
+    full = timeit(lambda: index.list_jobs(query).body_text(query), repeat)
 
-    def count_only():
-        with read_transaction(index.engine) as conn:
-            queries.count_total(conn, query)
-
-    def page_only():
-        with read_transaction(index.engine) as conn:
-            return queries.select_page(conn, query, limit=51)
-
-    def empty_tx():
-        with read_transaction(index.engine):
+    def checkout_only():
+        with read_statement(index.engine):
             pass
 
-    def build_only():
-        with index.engine.connect() as conn:
-            queries._arm(conn, query, None, None, 51)
+    def statement():
+        with read_statement(index.engine) as conn:
+            return queries.select_page(conn, query, limit=51, with_total=True)
 
-    rows = page_only()
-    dicts = lambda: [normalize.list_dict(r) for r in rows[:50]]  # noqa: E731
-    body = index.list_jobs(query).body(query)
-    pg = index.engine.dialect.name == "postgresql"
-    cols = ", ".join(c.name for c in queries.LIST_COLUMNS)
-    hint = "" if pg else " INDEXED BY ix_jobs_create_time_id"
-    page_sql = f"SELECT {cols} FROM jobs{hint} ORDER BY create_time DESC, id DESC LIMIT 51"
-    count_sql = ("SELECT COALESCE(SUM(n), 0) FROM job_counts WHERE source = '' AND workflow_id = '' "
-                 "AND status IN ('pending', 'in_progress', 'completed', 'failed', 'cancelled')")
+    rows = statement()
+    shape = queries._Shape(index.engine.dialect.name, "created_at", True, 5, "all",
+                           False, False, False, True, False, True)
+    sql, positional, constants = queries._page_sql(shape, index.engine.dialect)
+    values = {**constants, "limit": 51, "count_source": "", "count_workflow": "",
+              **{f"s{i}": s for i, s in enumerate(query.statuses)}}
+    params = tuple(values[n] for n in positional) if positional is not None else values
     raw = index.engine.raw_connection()
     cur = raw.cursor()
 
-    def raw_sql():
-        if not pg:
-            cur.execute("BEGIN")
-        cur.execute(count_sql)
-        cur.fetchall()
-        cur.execute(page_sql)
+    def bare_driver():
+        cur.execute(sql, params)
         out = cur.fetchall()
-        raw.commit() if pg else cur.execute("COMMIT")
+        if index.engine.dialect.name == "postgresql":
+            raw.commit()
         return out
 
+    texts = [r[queries.ROW_JOB_JSON] for r in rows[:50]]
+    pagination = {"offset": 0, "limit": 50, "total": 1, "has_more": True, "next_cursor": "x" * 80}
     print(f"first page (limit=50) of {index.total():,} jobs, in-process; wall = fastest of {repeat}, "
           f"CPU = mean\n")
     print("| part | wall µs (min) | CPU µs (this process) | CPU share | pages/s by CPU |\n| --- | ---: | ---: | ---: | ---: |")
-    row("list_jobs + body + json.dumps (what the route does)", full, full)
-    row("  empty read transaction (connect, BEGIN, COMMIT)", timeit(empty_tx, repeat), full)
-    row("  count_total in its transaction", timeit(count_only, repeat), full)
-    row("  select_page in its transaction", timeit(page_only, repeat), full)
-    row("    building the select (SQLAlchemy, no execution)", timeit(build_only, repeat), full)
-    row("  list_dict x 50 (json.loads of preview/error)", timeit(dicts, repeat), full)
-    row("  json.dumps of the body", timeit(lambda: json.dumps(body), repeat), full)
-    row("same two SQL statements through the bare driver", timeit(raw_sql, repeat), full)
+    row("list_jobs + body_text (what the route does)", full, full)
+    row("  pooled connection, no statement (read_statement)", timeit(checkout_only, repeat), full)
+    row("  the page statement (rows, job JSON, total) with checkout", timeit(statement, repeat), full)
+    row("  the same SQL through the bare driver", timeit(bare_driver, repeat), full)
+    row("  body: join of the jobs' JSON texts", timeit(lambda: wire.page_body(texts, pagination), repeat), full)
     raw.close()
     index.close()
 
