@@ -176,8 +176,7 @@ def write_batch(conn: Connection, records: Sequence[JobRecord], existing: dict[s
     if not records:
         return
     pg = _pg(conn)
-    if pg:
-        records = sorted(records, key=attrgetter("id"))  # one lock order for job rows
+    records = sorted(records, key=attrgetter("id"))  # PostgreSQL: one lock order for job rows
     rows = [_record_values(r) + (now,) for r in records]
     replaced = [r.id for r in records if r.id in existing]
     if not pg:
