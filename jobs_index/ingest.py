@@ -368,6 +368,10 @@ def open_input(path: str) -> tuple[str, BinaryIO]:
 
 PARALLEL_MIN_ITEMS = 2000  # smaller dumps are normalised in this process
 CHUNK_ITEMS = 250  # items per task sent to a normalising worker
+# Items of a streamed dump normalised at a time in this process: parsed items kept
+# alive in a chunk are walked by every garbage collector pass (250 cost 272 us/job
+# of CPU against 198 for 25, on a 20k-job dump).
+STREAM_CHUNK_ITEMS = 25
 
 
 def default_workers() -> int:
@@ -389,7 +393,7 @@ def records(dump: Dump, rejected: list[tuple[str, str]],
     elif workers > 0 and large:
         yield from _parallel_records(dump, rejected, progress, workers)
     else:
-        for chunk, exact in _chunks(dump, CHUNK_ITEMS):
+        for chunk, exact in _chunks(dump, CHUNK_ITEMS if isinstance(dump.items, list) else STREAM_CHUNK_ITEMS):
             done, failed = normalise_items(dump.kind, chunk, exact)
             rejected.extend(failed)
             yield from done
