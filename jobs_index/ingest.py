@@ -37,6 +37,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
+import orjson
+
 from .errors import InvalidDump, InvalidItem
 from .normalize import IN_PROGRESS, PENDING, JobRecord, loads_exact, normalise_items
 from .services import IngestResult, JobsIndex
@@ -112,6 +114,7 @@ class ExportItems:
 _WHITESPACE = re.compile(rb"[ \t\n\r]*")
 # A key without escapes or control characters (the usual kind): decoded directly.
 _PLAIN_KEY = re.compile(rb'"([^"\\\x00-\x1f]*)"')
+_PLAIN_PAIR_HEAD = re.compile(rb'[ \t\n\r]*"([^"\\\x00-\x1f]*)"[ \t\n\r]*:')
 # Where a /history item most likely ends: "}" then ", " and the next pair's key and
 # an object that starts with "prompt" (ComfyUI's key order). A guess, checked by
 # parsing exactly the bytes up to it: a JSON value is never a proper prefix of
@@ -140,6 +143,7 @@ class ObjectItems:
         self.name, self._stream = name, stream
         self._json = json.JSONDecoder()
         self._window = self.WINDOW
+        self.keep_values = True  # False: orjson's items are only checked, yielded as None
         self._buf = prefix
         self._pos = 0
         self._eof = False
@@ -240,7 +244,11 @@ class ObjectItems:
                 end = match.start() + 1
                 span = self._buf[start:end]
                 try:
-                    value, exact = loads_exact(span)
+                    if self.keep_values:
+                        value, exact = loads_exact(span)
+                    else:  # only its bytes are wanted: check that they are the whole item
+                        orjson.loads(span)
+                        value, exact = None, False
                 except (ValueError, RecursionError):
                     pass  # not where it ends, or not for orjson: read it exactly
                 else:
@@ -262,8 +270,16 @@ class ObjectItems:
             self._pos += 1
         else:
             while True:
-                key = self._key()
-                self._punctuation(b":")
+                head = _PLAIN_PAIR_HEAD.match(self._buf, self._pos)
+                try:
+                    key = head.group(1).decode("utf-8") if head is not None else None
+                except UnicodeDecodeError:
+                    key = None
+                if key is None:
+                    key = self._key()
+                    self._punctuation(b":")
+                else:
+                    self._pos = head.end()
                 yield (key, *self._value())
                 if self._punctuation(b",}") == 0x7D:
                     break
@@ -348,6 +364,10 @@ class _StreamedHistory:
     def error(self) -> str | None:
         return self._items.error
 
+    def keep_values(self, keep: bool) -> None:
+        """False: the items orjson reads are yielded with value None (their text only)."""
+        self._items.keep_values = keep
+
     def entries(self) -> Iterator[Entry]:
         yield self._first
         yield from self._rest
@@ -416,8 +436,8 @@ def _chunks(dump: Dump, size: int, texts: bool = False) -> Iterator[tuple[list, 
         for chunk in _chunked(dump.items, size):
             yield chunk, dump.exact
         return
-    if texts:  # each parsed item is dropped at once: a chunk of them would keep the
-        # garbage collector busy (it cost more than parsing)
+    if texts:  # the items orjson reads are only checked here, parsed by the workers
+        dump.items.keep_values(False)
         for chunk in _chunked(((key, value if text is None else text, "")
                                for key, value, text, _ in dump.items.entries()), size):
             yield chunk, False
