@@ -406,6 +406,8 @@ def cmd_write(args) -> None:
             index.close()
         base = base or clock.pair
         row(name, clock.pair, base)
+    if "path" in template:
+        template["path"].unlink()  # the preloaded SQLite copy (hundreds of MB)
 
 
 # ---------------------------------------------------------------------------------- page
