@@ -700,7 +700,7 @@ def render(args, facts, imp: ImportStats, reused: bool, pages, totals, disk, bas
                    f"{ms(r['inproc_p50'])} | {ms(r['inproc_min'])} | "
                    f"{r['jobs']} | {r['total']:,} | {note} |")
     out.append("")
-    out.append("In-process = `parse_list_query` + `JobsIndex.list_jobs` + `json.dumps` in the client process "
+    out.append("In-process = `parse_list_query` + `JobsIndex.list_jobs` + `body_text` in the client process "
                "(no HTTP); HTTP = aiohttp client → `create_app` served by `AppRunner`/`TCPSite` in a separate "
                "process on 127.0.0.1. min = the fastest request: what the code costs when nothing else "
                "wants the CPU (see the load table below).")
