@@ -170,26 +170,31 @@ def _page_select(shape: _Shape) -> Select:
     statuses = [bindparam(f"s{i}", type_=Text) for i in range(shape.statuses)]
     limit = bindparam("limit", type_=Integer) if shape.limit else None
     offset = bindparam("offset", type_=Integer) if shape.offset else None
-    if shape.arms in ("all", "one"):
-        status = None if shape.arms == "all" else statuses[0]
-        stmt = _arm(shape, status, limit, page_columns(shape.dialect)).offset(offset)
+    arms = {"all": [None], "one": statuses[:1]}.get(shape.arms, statuses)
+    if len(arms) == 1 and not shape.offset:  # a single seek: read the page's rows directly
+        stmt = _arm(shape, arms[0], limit, page_columns(shape.dialect))
     else:
-        stmt = _merged_arms(shape, statuses, limit, offset)
+        stmt = _winners_page(shape, arms, limit, offset)
     if shape.total:
         stmt = stmt.add_columns(_total_column(shape, statuses))
     return stmt
 
 
-def _merged_arms(shape: _Shape, statuses: list, limit, offset) -> Select:
-    """One seek per status, merged: the arms read only keys from their (covering)
-    index, and only the page's winners are then read from ``jobs`` by id."""
+def _winners_page(shape: _Shape, statuses: list, limit, offset) -> Select:
+    """Keys first, rows last: the seeks (one per status, merged) read only ``(id, sort
+    key)`` from their covering index, skip the offset and keep the page's winners,
+    which alone are then read from ``jobs`` by id and rendered. Skipped rows are
+    never rendered (PostgreSQL would compute the select list of every skipped row)."""
     sort = _sort_column(shape.sort_by)
-    window = bindparam("window", type_=Integer) if shape.limit else None  # each arm may feed the skip
     keys = (jobs.c.id.label("w_id"), sort.label("w_key"))
-    arms = [select(_arm(shape, s, window, keys).subquery()) for s in statuses]
-    merged = union_all(*arms).subquery()
-    winners = (select(merged).order_by(*_order(shape.descending, merged.c.w_key, merged.c.w_id))
-               .limit(limit).offset(offset).subquery("winners"))
+    if len(statuses) == 1:
+        winners = _arm(shape, statuses[0], limit, keys).offset(offset).subquery("winners")
+    else:
+        window = bindparam("window", type_=Integer) if shape.limit else None  # each arm may feed the skip
+        arms = [select(_arm(shape, s, window, keys).subquery()) for s in statuses]
+        merged = union_all(*arms).subquery()
+        winners = (select(merged).order_by(*_order(shape.descending, merged.c.w_key, merged.c.w_id))
+                   .limit(limit).offset(offset).subquery("winners"))
     stmt = (select(*page_columns(shape.dialect))
             .select_from(winners.join(jobs, jobs.c.id == winners.c.w_id))
             .order_by(*_order(shape.descending, winners.c.w_key, winners.c.w_id)))
