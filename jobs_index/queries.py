@@ -99,10 +99,14 @@ def _sort_column(sort_by: str):
 
 
 def _index_for(shape: "_Shape", per_status: bool) -> str:
-    """The index an arm seeks; filtered listings always use one arm per status."""
+    """The index an arm seeks: per status, or one seek over every status."""
     if shape.workflow:
+        if not per_status and shape.sort_by == "created_at":
+            return schema.IX_WORKFLOW_CREATE_TIME
         return schema.IX_WORKFLOW_STATUS
     if shape.source:
+        if not per_status and shape.sort_by == "created_at":
+            return schema.IX_SOURCE_CREATE_TIME
         return schema.IX_SOURCE_STATUS
     if shape.sort_by == "execution_duration":
         return schema.IX_STATUS_DURATION if per_status else schema.IX_DURATION
@@ -143,17 +147,33 @@ def _arm(shape: _Shape, status, limit, columns: tuple) -> Select:
     if shape.dialect == "sqlite":
         index = _index_for(shape, status is not None)
         stmt = stmt.with_hint(jobs, f"INDEXED BY {index}", "sqlite")
+    # A workflow's / source's timeline of every status: the filter column leads the
+    # ORDER BY, so only the index that starts with it yields the order. On PostgreSQL,
+    # which has no hints, the filter is also written as a range: an equality would let
+    # the planner drop the column from the order and walk the timeline index instead,
+    # filtering its way through other jobs (a walk stale statistics can make look cheap).
+    lead = None
+    if status is None and (shape.workflow or shape.source):
+        lead = jobs.c.workflow_id if shape.workflow else jobs.c.source
     if status is not None:
         stmt = stmt.where(jobs.c.status == status)
-    if shape.workflow:
-        stmt = stmt.where(jobs.c.workflow_id == bindparam("workflow", type_=Text))
-    if shape.source:
-        stmt = stmt.where(jobs.c.source == bindparam("source", type_=Text))
+    for flag, column, name in ((shape.workflow, jobs.c.workflow_id, "workflow"),
+                               (shape.source, jobs.c.source, "source")):
+        if not flag:
+            continue
+        value = bindparam(name, type_=Text)
+        if column is lead and shape.dialect == "postgresql":
+            stmt = stmt.where(column >= value, column <= value)
+        else:
+            stmt = stmt.where(column == value)
     if shape.after:
         key = tuple_(sort, jobs.c.id)
         bound = tuple_(bindparam("after_value", type_=BigInteger), bindparam("after_id", type_=Text))
         stmt = stmt.where(key < bound if shape.descending else key > bound)
-    stmt = stmt.order_by(*_order(shape.descending, sort, jobs.c.id))
+    order = _order(shape.descending, sort, jobs.c.id)
+    if lead is not None:
+        order = (lead.desc() if shape.descending else lead.asc(), *order)
+    stmt = stmt.order_by(*order)
     return stmt if limit is None else stmt.limit(limit)
 
 
@@ -270,8 +290,9 @@ def select_page(conn: Connection, query: ListQuery, *, limit: int | None, offset
         if clamped is False:
             return []
         after = clamped and storable_position(conn, clamped, query.descending)
-    if query.all_statuses and query.workflow_id is None and query.source is None:
-        arms = "all"
+    filtered = query.workflow_id is not None or query.source is not None
+    if query.all_statuses and (not filtered or query.sort_by == "created_at"):
+        arms = "all"  # one seek: the timeline, or a workflow's / source's timeline
     else:
         arms = "one" if len(query.statuses) == 1 else "union"
     shape = _Shape(conn.dialect.name, query.sort_by, query.descending, len(query.statuses), arms,

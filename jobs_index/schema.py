@@ -80,6 +80,8 @@ class Job(Base):
         Index(None, "create_time", "id"),
         Index(None, "status", "create_time", "id"),
         Index(None, "workflow_id", "status", "create_time", "id"),
+        Index(None, "workflow_id", "create_time", "id"),  # migration 0005
+        Index(None, "source", "create_time", "id"),
         Index(None, "source", "status", "create_time", "id"),
         Index(None, "execution_duration", "id"),
         Index(None, "status", "execution_duration", "id"),
@@ -166,6 +168,8 @@ IX_CREATE_TIME = "ix_jobs_create_time_id"
 IX_STATUS_CREATE_TIME = "ix_jobs_status_create_time_id"
 IX_WORKFLOW_STATUS = "ix_jobs_workflow_id_status_create_time_id"
 IX_SOURCE_STATUS = "ix_jobs_source_status_create_time_id"
+IX_WORKFLOW_CREATE_TIME = "ix_jobs_workflow_id_create_time_id"
+IX_SOURCE_CREATE_TIME = "ix_jobs_source_create_time_id"
 IX_DURATION = "ix_jobs_execution_duration_id"
 IX_STATUS_DURATION = "ix_jobs_status_execution_duration_id"
 IX_OUTPUTS_FILENAME = "ix_job_outputs_filename"
