@@ -53,7 +53,7 @@ def test_upgrade_seed_write_adhoc_downgrade(db_url):
         seeded = records(40, seed=3)
         with write_transaction(engine) as conn:
             conn.execute(insert(Job.__table__), [{**r.as_row(), "indexed_at": 1} for r in seeded])
-        migrate(engine)
+        migrate(engine, REV_4)
         with engine.connect() as conn:
             assert current_revision(conn) == REV_4
         assert index.counts_consistent() and index.total() == 40
