@@ -43,7 +43,6 @@ if str(ROOT) not in sys.path:
 from sqlalchemy import text  # noqa: E402
 
 from jobs_index import normalize, queries, wire  # noqa: E402
-from jobs_index.database import read_transaction  # noqa: E402
 from jobs_index.params import parse_list_query  # noqa: E402
 from jobs_index.sample import synthetic_history  # noqa: E402
 from jobs_index.services import JobsIndex  # noqa: E402
@@ -271,15 +270,26 @@ OLD_REVISION = "0003_followed_sources"  # row-level count triggers everywhere
 
 def _old_write_batch(self, records):
     """``JobsIndex._write_batch`` before revision 0004 (commit ae5d49c): SQLAlchemy
-    upsert and side-table statements, the count triggers firing per row."""
-    from jobs_index import toolbox_queries
+    upsert and side-table statements, the count triggers firing per row. A frozen
+    copy of that code (``queries.existing_versions``/``upsert_jobs``,
+    ``toolbox_queries.replace_side_rows``), kept here as the baseline."""
+    from sqlalchemy import delete, func, insert, select
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    from jobs_index import schema
     from jobs_index.database import write_transaction
     from jobs_index.services import IngestResult
 
+    jobs, outputs_t, nodes_t = (schema.Job.__table__, schema.JobOutput.__table__,
+                                schema.JobNode.__table__)
+    chunks = lambda ids: (ids[i:i + 900] for i in range(0, len(ids), 900))  # noqa: E731
     result = IngestResult()
     now = int(time.time() * 1000)
     with write_transaction(self.engine) as conn:
-        existing = queries.existing_versions(conn, [r.id for r in records])
+        existing = {}
+        for chunk in chunks([r.id for r in records]):
+            stmt = select(jobs.c.id, jobs.c.stage, jobs.c.raw_digest).where(jobs.c.id.in_(chunk))
+            existing.update((row.id, (row.stage, row.raw_digest)) for row in conn.execute(stmt))
         rows, written = [], []
         for record in records:
             old = existing.get(record.id)
@@ -294,8 +304,24 @@ def _old_write_batch(self, records):
             row["indexed_at"] = now
             rows.append(row)
             written.append(record)
-        queries.upsert_jobs(conn, rows)
-        toolbox_queries.replace_side_rows(conn, written)
+        if rows:
+            stmt = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(jobs)
+            updates = {c.name: stmt.excluded[c.name] for c in jobs.columns if c.name != "id"}
+            updates["source"] = func.coalesce(stmt.excluded.source, jobs.c.source)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=[jobs.c.id], set_=updates,
+                where=(stmt.excluded.stage > jobs.c.stage)
+                | ((stmt.excluded.stage == jobs.c.stage) & (stmt.excluded.raw_digest != jobs.c.raw_digest)))
+            conn.execute(stmt, rows)
+        for chunk in chunks([r.id for r in written]):
+            conn.execute(delete(outputs_t).where(outputs_t.c.job_id.in_(chunk)))
+            conn.execute(delete(nodes_t).where(nodes_t.c.job_id.in_(chunk)))
+        outputs = [{**row, "job_id": r.id} for r in written for row in r.output_files]
+        nodes = [{**row, "job_id": r.id} for r in written for row in r.node_types]
+        if outputs:
+            conn.execute(insert(outputs_t), outputs)
+        if nodes:
+            conn.execute(insert(nodes_t), nodes)
     return result
 
 

@@ -22,7 +22,6 @@ from functools import lru_cache
 
 from sqlalchemy import (BigInteger, Connection, Integer, Row, Select, Text, bindparam, func,
                         literal_column, select, tuple_, union_all)
-from sqlalchemy.dialects import postgresql, sqlite
 
 from . import schema
 from .cursor import MAX_ID_LENGTH
@@ -30,12 +29,6 @@ from .params import ListQuery
 
 jobs = schema.Job.__table__
 counts = schema.JobCount.__table__
-
-LIST_COLUMNS = (
-    jobs.c.id, jobs.c.status, jobs.c.priority, jobs.c.create_time, jobs.c.create_time_missing,
-    jobs.c.execution_start_time, jobs.c.execution_end_time, jobs.c.execution_duration,
-    jobs.c.execution_error, jobs.c.outputs_count, jobs.c.preview_output, jobs.c.workflow_id,
-)
 
 # A job of ``GET /api/jobs`` as JSON text, rendered by the database from the row's
 # columns: keys in ComfyUI's order, optional keys left out as ComfyUI leaves them out,
@@ -339,41 +332,6 @@ def get_job(conn: Connection, job_id: str) -> Row | None:
 def _chunks(items: Sequence, size: int = 900) -> Iterable[Sequence]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
-
-
-def existing_versions(conn: Connection, ids: Sequence[str]) -> dict[str, tuple[int, str]]:
-    """``{id: (stage, raw_digest)}`` of the rows that already exist."""
-    found: dict[str, tuple[int, str]] = {}
-    for chunk in _chunks(ids):
-        stmt = select(jobs.c.id, jobs.c.stage, jobs.c.raw_digest).where(jobs.c.id.in_(chunk))
-        found.update((row.id, (row.stage, row.raw_digest)) for row in conn.execute(stmt))
-    return found
-
-
-def _insert(conn: Connection):
-    return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(jobs)
-
-
-def upsert_jobs(conn: Connection, rows: Sequence[dict]) -> None:
-    """Insert rows, or replace an existing row with a newer version of the job.
-
-    A row replaces another when it is further along (pending → running → history)
-    or at the same stage with different content; an older stage never overwrites a
-    newer one, so a stale queue snapshot cannot resurrect a finished job. The guard
-    is in the SQL, so it also holds for concurrent writers.
-    """
-    if not rows:
-        return
-    stmt = _insert(conn)
-    updates = {c.name: stmt.excluded[c.name] for c in jobs.columns if c.name != "id"}
-    updates["source"] = func.coalesce(stmt.excluded.source, jobs.c.source)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[jobs.c.id],
-        set_=updates,
-        where=(stmt.excluded.stage > jobs.c.stage)
-        | ((stmt.excluded.stage == jobs.c.stage) & (stmt.excluded.raw_digest != jobs.c.raw_digest)),
-    )
-    conn.execute(stmt, list(rows))
 
 
 def live_ids(conn: Connection, source: str | None) -> set[str]:

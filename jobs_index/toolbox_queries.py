@@ -8,10 +8,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Row, and_, delete, false, func, insert, literal, or_, select, true, tuple_
+from sqlalchemy import Connection, Row, and_, delete, false, func, literal, or_, select, true, tuple_
 
 from . import schema
-from .normalize import JobRecord
 from .queries import _chunks
 
 jobs = schema.Job.__table__
@@ -20,24 +19,6 @@ job_nodes = schema.JobNode.__table__
 
 FINISHED_STATUSES = ("completed", "failed", "cancelled")
 DAY_MS = 86_400_000
-
-
-# -- side tables (written with the job, in its transaction) ---------------------
-
-def replace_side_rows(conn: Connection, records: Sequence[JobRecord]) -> None:
-    """Replace the ``job_outputs`` / ``job_nodes`` rows of jobs just written."""
-    if not records:
-        return
-    ids = [r.id for r in records]
-    for chunk in _chunks(ids):
-        conn.execute(delete(job_outputs).where(job_outputs.c.job_id.in_(chunk)))
-        conn.execute(delete(job_nodes).where(job_nodes.c.job_id.in_(chunk)))
-    outputs = [{**row, "job_id": r.id} for r in records for row in r.output_files]
-    nodes = [{**row, "job_id": r.id} for r in records for row in r.node_types]
-    if outputs:
-        conn.execute(insert(job_outputs), outputs)
-    if nodes:
-        conn.execute(insert(job_nodes), nodes)
 
 
 # -- stats ---------------------------------------------------------------------
@@ -223,5 +204,5 @@ def _export_filtered(stmt, f: ExportFilter):
 __all__ = [
     "FINISHED_STATUSES", "ExportFilter", "PruneFilter", "duration_percentiles", "export_chunk",
     "export_count", "keep_boundary", "per_day", "per_workflow", "prune_batch", "prune_counts",
-    "replace_side_rows", "status_counts",
+    "status_counts",
 ]
