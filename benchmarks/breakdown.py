@@ -458,10 +458,10 @@ def cmd_page(args) -> None:
     rows = statement()
     shape = queries._Shape(index.engine.dialect.name, "created_at", True, 5, "all",
                            False, False, False, True, False, True)
-    sql, positional, constants = queries._page_sql(shape, index.engine.dialect)
-    values = {**constants, "limit": 51, "count_source": "", "count_workflow": "",
-              **{f"s{i}": s for i, s in enumerate(query.statuses)}}
-    params = tuple(values[n] for n in positional) if positional is not None else values
+    compiled = queries._page_sql(shape, index.engine.dialect)
+    sql = compiled.sql
+    values = {**compiled.constants, **queries._filter_values(query), "limit": 51}
+    params = tuple(values[n] for n in compiled.positional) if compiled.positional is not None else values
     raw = index.engine.raw_connection()
     cur = raw.cursor()
 

@@ -170,7 +170,7 @@ def _arm(shape: _Shape, status, limit, columns: tuple) -> Select:
     return stmt if limit is None else stmt.limit(limit)
 
 
-def _total_column(shape: _Shape, statuses: list):
+def _total_column(statuses: list):
     """``total`` as a scalar subquery: the sum of at most five ``job_counts`` rows."""
     return (select(func.coalesce(func.sum(counts.c.n), 0))
             .where(counts.c.source == bindparam("count_source", type_=Text),
@@ -180,7 +180,7 @@ def _total_column(shape: _Shape, statuses: list):
 
 
 def _page_select(shape: _Shape) -> Select:
-    statuses = [bindparam(f"s{i}", type_=Text) for i in range(shape.statuses)]
+    statuses = _status_params(shape.statuses)
     limit = bindparam("limit", type_=Integer) if shape.limit else None
     offset = bindparam("offset", type_=Integer) if shape.offset else None
     arms = {"all": [None], "one": statuses[:1]}.get(shape.arms, statuses)
@@ -189,7 +189,7 @@ def _page_select(shape: _Shape) -> Select:
     else:
         stmt = _winners_page(shape, arms, limit, offset)
     if shape.total:
-        stmt = stmt.add_columns(_total_column(shape, statuses))
+        stmt = stmt.add_columns(_total_column(statuses))
     return stmt
 
 
@@ -216,17 +216,51 @@ def _winners_page(shape: _Shape, statuses: list, limit, offset) -> Select:
     return stmt
 
 
-@lru_cache(maxsize=1024)
-def _page_sql(shape: _Shape, dialect) -> tuple[str, tuple[str, ...] | None, dict]:
-    """The SQL text of a listing shape, compiled once; its positional parameter names
-    (None: the driver takes named parameters); the values of its constant parameters.
+@dataclass(frozen=True)
+class _Compiled:
+    """A statement compiled once: its SQL text, its positional parameter names (None:
+    the driver takes named parameters) and the values of its constant parameters.
     Listing pages are the hot path: building and compiling the statement each time
     cost more than running it."""
-    compiled = _page_select(shape).compile(dialect=dialect)
-    sql = str(compiled)
-    assert "POSTCOMPILE" not in sql, sql
-    constants = {name: value for name, value in compiled.params.items() if value is not None}
-    return sql, (tuple(compiled.positiontup) if compiled.positional else None), constants
+
+    sql: str
+    positional: tuple[str, ...] | None
+    constants: dict
+
+    @classmethod
+    def of(cls, stmt, dialect) -> "_Compiled":
+        compiled = stmt.compile(dialect=dialect)
+        sql = str(compiled)
+        assert "POSTCOMPILE" not in sql, sql
+        constants = {name: value for name, value in compiled.params.items() if value is not None}
+        return cls(sql, tuple(compiled.positiontup) if compiled.positional else None, constants)
+
+    def run(self, conn: Connection, values: dict):
+        values = {**self.constants, **values}
+        params = tuple(values[name] for name in self.positional) if self.positional is not None else values
+        return conn.exec_driver_sql(self.sql, params)
+
+
+@lru_cache(maxsize=1024)
+def _page_sql(shape: _Shape, dialect) -> _Compiled:
+    return _Compiled.of(_page_select(shape), dialect)
+
+
+@lru_cache(maxsize=64)
+def _count_sql(statuses: int, dialect) -> _Compiled:
+    return _Compiled.of(select(_total_column(_status_params(statuses))), dialect)
+
+
+def _status_params(n: int) -> list:
+    return [bindparam(f"s{i}", type_=Text) for i in range(n)]
+
+
+def _filter_values(query: ListQuery) -> dict:
+    """The parameter values of a listing's filters (arms and total alike)."""
+    values = {f"s{i}": status for i, status in enumerate(query.statuses)}
+    values.update(workflow=query.workflow_id, source=query.source,
+                  count_source=query.source or "", count_workflow=query.workflow_id or "")
+    return values
 
 
 def clamp_position(position: Position, descending: bool) -> Position | None | bool:
@@ -291,36 +325,18 @@ def select_page(conn: Connection, query: ListQuery, *, limit: int | None, offset
     shape = _Shape(conn.dialect.name, query.sort_by, query.descending, len(query.statuses), arms,
                    query.workflow_id is not None, query.source is not None, after is not None,
                    limit is not None, bool(offset), with_total)
-    sql, positional, constants = _page_sql(shape, conn.dialect)
-    values = dict(constants)
-    values.update({f"s{i}": status for i, status in enumerate(query.statuses)})
-    values.update(workflow=query.workflow_id, source=query.source, limit=limit, offset=offset,
-                  window=None if limit is None else limit + offset,
-                  count_source=query.source or "", count_workflow=query.workflow_id or "")
+    values = _filter_values(query)
+    values.update(limit=limit, offset=offset, window=None if limit is None else limit + offset)
     if after is not None:
         values.update(after_value=after.value, after_id=after.id)
-    params = tuple(values[name] for name in positional) if positional is not None else values
-    return conn.exec_driver_sql(sql, params).fetchall()
-
-
-@lru_cache(maxsize=64)
-def _count_sql(statuses: int, dialect) -> tuple[str, tuple[str, ...] | None, dict]:
-    shape = _Shape(dialect.name, "created_at", True, statuses, "", False, False, False, False, False, True)
-    compiled = select(_total_column(shape, [bindparam(f"s{i}", type_=Text) for i in range(statuses)])
-                      ).compile(dialect=dialect)
-    constants = {name: value for name, value in compiled.params.items() if value is not None}
-    return str(compiled), (tuple(compiled.positiontup) if compiled.positional else None), constants
+    return _page_sql(shape, conn.dialect).run(conn, values).fetchall()
 
 
 def count_total(conn: Connection, query: ListQuery) -> int:
     """Exact number of jobs passing the status/workflow/source filters (≤ 5 rows read)."""
     if not query.statuses or unmatchable(conn, query.workflow_id, query.source):
         return 0
-    sql, positional, constants = _count_sql(len(query.statuses), conn.dialect)
-    values = {**constants, "count_source": query.source or "", "count_workflow": query.workflow_id or "",
-              **{f"s{i}": status for i, status in enumerate(query.statuses)}}
-    params = tuple(values[name] for name in positional) if positional is not None else values
-    return int(conn.exec_driver_sql(sql, params).scalar_one())
+    return int(_count_sql(len(query.statuses), conn.dialect).run(conn, _filter_values(query)).scalar_one())
 
 
 def get_job(conn: Connection, job_id: str) -> Row | None:
