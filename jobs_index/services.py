@@ -142,21 +142,18 @@ class JobStream:
 
     def chunks(self) -> Iterator[list[str]]:
         """Job JSON texts, chunk by chunk (blocking: one query per chunk after the first)."""
-        yield self._first
-        while not self._done:
-            with read_transaction(self._index.engine) as conn:
-                chunk = self._fetch(conn)
-            if chunk:
-                yield chunk
+        while (chunk := self.next_chunk()) is not None:
+            yield chunk
 
     def next_chunk(self) -> list[str] | None:
-        """The next chunk, or None when exhausted (for callers that hop threads)."""
+        """The next chunk, or None when exhausted (for callers that hop threads).
+        A later chunk is one statement, continuing from the last row's sort key."""
         if self._first is not None:
             first, self._first = self._first, None
             return first
         if self._done:
             return None
-        with read_transaction(self._index.engine) as conn:
+        with read_statement(self._index.engine) as conn:
             return self._fetch(conn)
 
 
