@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from operator import attrgetter
@@ -59,19 +59,20 @@ def _pg(conn: Connection) -> bool:
     return conn.dialect.name == "postgresql"
 
 
+def _for_ids(conn: Connection, sql: str, ids: Sequence[str]) -> Iterator:
+    """Run ``sql + <id condition>`` for ``ids``: one ``= ANY(array)`` on PostgreSQL,
+    ``IN (...)`` lists of at most SQLITE_IN_CHUNK ids on SQLite. Yields the results."""
+    if _pg(conn):
+        yield conn.exec_driver_sql(sql + "= ANY(%s)", (list(ids),))
+        return
+    for start in range(0, len(ids), SQLITE_IN_CHUNK):
+        chunk = tuple(ids[start:start + SQLITE_IN_CHUNK])
+        yield conn.exec_driver_sql(sql + f"IN ({', '.join('?' * len(chunk))})", chunk)
+
+
 def read_existing(conn: Connection, ids: Sequence[str]) -> dict[str, Existing]:
     sql = "SELECT id, stage, raw_digest, status, workflow_id, source FROM jobs WHERE id "
-    found: dict[str, Existing] = {}
-    if _pg(conn):
-        rows = conn.exec_driver_sql(sql + "= ANY(%s)", (list(ids),)).fetchall()
-    else:
-        rows = []
-        for start in range(0, len(ids), SQLITE_IN_CHUNK):
-            chunk = tuple(ids[start:start + SQLITE_IN_CHUNK])
-            rows += conn.exec_driver_sql(sql + f"IN ({', '.join('?' * len(chunk))})", chunk).fetchall()
-    for row in rows:
-        found[row[0]] = Existing(*row[1:])
-    return found
+    return {row[0]: Existing(*row[1:]) for result in _for_ids(conn, sql, ids) for row in result}
 
 
 def newer(record: JobRecord, old: Existing) -> bool:
@@ -81,10 +82,6 @@ def newer(record: JobRecord, old: Existing) -> bool:
 
 # -- SQL text, built once per dialect ---------------------------------------------
 
-def _ph(pg: bool) -> str:
-    return "%s" if pg else "?"
-
-
 _GUARD = "excluded.stage > jobs.stage OR (excluded.stage = jobs.stage AND excluded.raw_digest <> jobs.raw_digest)"
 _SET = ", ".join(
     f"{c} = COALESCE(excluded.source, jobs.source)" if c == "source" else f"{c} = excluded.{c}"
@@ -93,8 +90,9 @@ _UPSERT_TAIL = f" ON CONFLICT (id) DO UPDATE SET {_SET} WHERE {_GUARD}"
 
 
 @lru_cache(maxsize=None)
-def _values_sql(table: str, columns: tuple[str, ...], pg: bool, rows: int, tail: str = "") -> str:
-    one = "(" + ", ".join([_ph(pg)] * len(columns)) + ")"
+def _values_sql(table: str, columns: tuple[str, ...], rows: int, tail: str = "") -> str:
+    """SQLite: an INSERT of ``rows`` rows as one multi-row VALUES list."""
+    one = "(" + ", ".join(["?"] * len(columns)) + ")"
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES " + ", ".join([one] * rows) + tail
 
 
@@ -135,23 +133,18 @@ def _insert_many(conn: Connection, table: str, columns: tuple[str, ...], rows: l
     per = max(1, min(_max_params(conn) // len(columns), SQLITE_ROWS.get(table, 1)))
     full = len(rows) - len(rows) % per
     if full:
-        sql = _values_sql(table, columns, False, per, tail)
+        sql = _values_sql(table, columns, per, tail)
         flat = [value for row in rows[:full] for value in row]
         step = per * len(columns)
         conn.exec_driver_sql(sql, [tuple(flat[i:i + step]) for i in range(0, len(flat), step)])
     if full < len(rows):
-        conn.exec_driver_sql(_values_sql(table, columns, False, 1, tail), rows[full:])
+        conn.exec_driver_sql(_values_sql(table, columns, 1, tail), rows[full:])
 
 
 def _delete_side_rows(conn: Connection, ids: list[str]) -> None:
     for table in ("job_outputs", "job_nodes"):
-        if _pg(conn):
-            conn.exec_driver_sql(f"DELETE FROM {table} WHERE job_id = ANY(%s)", (ids,))
-            continue
-        for start in range(0, len(ids), SQLITE_IN_CHUNK):
-            chunk = tuple(ids[start:start + SQLITE_IN_CHUNK])
-            conn.exec_driver_sql(f"DELETE FROM {table} WHERE job_id IN ({', '.join('?' * len(chunk))})",
-                                 chunk)
+        for _ in _for_ids(conn, f"DELETE FROM {table} WHERE job_id ", ids):
+            pass
 
 
 # -- counters (SQLite) --------------------------------------------------------------
@@ -160,6 +153,25 @@ def _count_keys(status: str, workflow_id: str | None, source: str | None) -> set
     """The job_counts keys a job counts under (as migration 0001's ``_KEYS``)."""
     s, w = source or "", workflow_id or ""
     return {("", "", status), ("", w, status), (s, "", status), (s, w, status)}
+
+
+def _count_deltas(records: Sequence[JobRecord], existing: dict[str, Existing]) -> Counter:
+    """The batch's net change to each ``job_counts`` key: a replaced row leaves the
+    keys of its old (status, workflow, source), a written row joins its new ones."""
+    deltas: Counter = Counter()
+    for r in records:
+        old = existing.get(r.id)
+        source = r.source
+        if old is not None:
+            if source is None:
+                source = old.source  # the upsert keeps a stored source (COALESCE)
+            if (old.status, old.workflow_id, old.source) == (r.status, r.workflow_id, source):
+                continue
+            for key in _count_keys(old.status, old.workflow_id, old.source):
+                deltas[key] -= 1
+        for key in _count_keys(r.status, r.workflow_id, source):
+            deltas[key] += 1
+    return deltas
 
 
 _COUNT_UPSERT = ("INSERT INTO job_counts (source, workflow_id, status, n) VALUES (?, ?, ?, ?) "
@@ -179,24 +191,12 @@ def write_batch(conn: Connection, records: Sequence[JobRecord], existing: dict[s
     records = sorted(records, key=attrgetter("id"))  # PostgreSQL: one lock order for job rows
     rows = [_record_values(r) + (now,) for r in records]
     replaced = [r.id for r in records if r.id in existing]
-    if not pg:
-        deltas: Counter = Counter()
-        for r in records:
-            old = existing.get(r.id)
-            source = r.source
-            if old is not None:
-                if source is None:
-                    source = old.source  # the upsert keeps a stored source (COALESCE)
-                if (old.status, old.workflow_id, old.source) == (r.status, r.workflow_id, source):
-                    continue
-                for key in _count_keys(old.status, old.workflow_id, old.source):
-                    deltas[key] -= 1
-            for key in _count_keys(r.status, r.workflow_id, source):
-                deltas[key] += 1
+    if pg:
+        _insert_many(conn, "jobs", JOB_COLUMNS, rows, _UPSERT_TAIL)
+    else:
         conn.exec_driver_sql("INSERT INTO jobs_index_writer (id) VALUES (1)")
-    _insert_many(conn, "jobs", JOB_COLUMNS, rows, _UPSERT_TAIL)
-    if not pg:
-        changed = [key + (n,) for key, n in deltas.items() if n]
+        _insert_many(conn, "jobs", JOB_COLUMNS, rows, _UPSERT_TAIL)
+        changed = [key + (n,) for key, n in _count_deltas(records, existing).items() if n]
         if changed:
             conn.exec_driver_sql(_COUNT_UPSERT, changed)
         conn.exec_driver_sql("DELETE FROM jobs_index_writer")
