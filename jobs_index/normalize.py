@@ -321,8 +321,8 @@ def _outputs_walk(outputs: Any) -> tuple[int, dict | None, list[dict]]:
             for item in items:
                 if isinstance(item, dict):
                     pass
-                elif isinstance(item, str) and item.lower().endswith(THREE_D_EXTENSIONS):
-                    item = {"filename": item, "type": "output", "subfolder": "", "mediaType": "3d"}
+                elif isinstance(item, str) and _has_3d_extension(item):
+                    item = _three_d_output(item)
                 else:
                     if media_type == "text":
                         count += 1
