@@ -191,7 +191,7 @@ class ObjectItems:
 
     def _exact_value(self) -> Any:
         """The value at the position, by the standard library's scanner."""
-        window = 1 << 16
+        window = self.WINDOW
         while True:
             end = min(len(self._buf), self._pos + window)
             text = self._text(self._pos, end)
