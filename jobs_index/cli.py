@@ -95,9 +95,13 @@ def summary_line(result, files: int) -> str:
                    "(a killed import keeps every batch committed before it).")
 @click.option("--workers", type=click.IntRange(0, 64), default=None,
               help="Processes normalising a large dump while this one writes (default: cores - 1; 0: none).")
+@click.option("--bulk/--no-bulk", default=True, show_default=True,
+              help="Into an empty SQLite index: load in one transaction and build the indexes once at "
+                   "the end (several times faster for a large history; all or nothing). --no-bulk commits "
+                   "batch by batch, so a server sees the jobs arrive and a killed import keeps them.")
 @pass_ctx
 def import_(ctx: Context, files: tuple[str, ...], source: str | None, batch_size: int,
-            workers: int | None) -> None:
+            workers: int | None, bulk: bool) -> None:
     """Import ComfyUI /history and /queue dumps (JSON files, or - for stdin).
 
     The kind of each file is detected from its shape. Importing is idempotent; a
@@ -124,7 +128,7 @@ def import_(ctx: Context, files: tuple[str, ...], source: str | None, batch_size
     with ctx.open() as index:
         try:
             result, errors = import_paths(index, files, source=source, batch_size=batch_size,
-                                          on_dump=on_dump,
+                                          on_dump=on_dump, bulk=bulk,
                                           workers=default_workers() if workers is None else workers)
         finally:
             for finish in finishers:

@@ -498,12 +498,13 @@ def live_ids(dump: Dump) -> set[str]:
 
 def import_dump(index: JobsIndex, dump: Dump, *, source: str | None = None,
                 batch_size: int = 1000, progress: Callable[[int], None] | None = None,
-                workers: int = 0) -> IngestResult:
+                workers: int = 0, bulk: bool = False) -> IngestResult:
     """Write one dump; a queue dump then reconciles the live rows of ``source``.
-    ``workers``: normalising processes for a large dump (see ``records``)."""
+    ``workers``: normalising processes for a large dump (see ``records``);
+    ``bulk``: load it in one transaction if the index is empty (``JobsIndex.bulk_load``)."""
     rejected: list[tuple[str, str]] = list(dump.rejected)
     result = index.ingest(records(dump, rejected, progress, workers=workers),
-                          source=source, batch_size=batch_size)
+                          source=source, batch_size=batch_size, bulk=bulk)
     if dump.kind == QUEUE and not any(key in QUEUE_KEYS for key, _ in dump.rejected):
         result.removed += index.reconcile_live(live_ids(dump), source=source)
     result.rejected.extend(rejected)
@@ -512,7 +513,7 @@ def import_dump(index: JobsIndex, dump: Dump, *, source: str | None = None,
 
 def import_paths(index: JobsIndex, paths: Iterable[str], *, source: str | None = None,
                  batch_size: int = 1000, on_dump: Callable[[Dump], Callable[[int], None] | None] | None = None,
-                 workers: int = 0) -> tuple[IngestResult, list[str]]:
+                 workers: int = 0, bulk: bool = False) -> tuple[IngestResult, list[str]]:
     """Import files in order. Returns the summed result and the per-file errors."""
     total, errors = IngestResult(), []
     for path in paths:
@@ -530,7 +531,7 @@ def import_paths(index: JobsIndex, paths: Iterable[str], *, source: str | None =
                 continue
             progress = on_dump(dump) if on_dump else None
             total.add(import_dump(index, dump, source=source, batch_size=batch_size, progress=progress,
-                                  workers=workers))
+                                  workers=workers, bulk=bulk))
             if dump.error:
                 errors.append(dump.error)
     return total, errors

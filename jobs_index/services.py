@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DataError, IntegrityError
 
 from . import queries, wire, write_queries
@@ -157,6 +157,44 @@ class JobStream:
             return self._fetch(conn)
 
 
+def _batches(records: Iterable[JobRecord], source: str | None, size: int) -> Iterator[list[JobRecord]]:
+    """Records in batches of ``size`` distinct ids; a repeated id keeps its latest
+    version of the highest stage (as the SQL guard: never an older stage)."""
+    batch: dict[str, JobRecord] = {}
+    for record in records:
+        if source is not None:
+            record.source = source
+        seen = batch.get(record.id)
+        if seen is None or record.stage >= seen.stage:
+            batch[record.id] = record
+        if len(batch) >= size:
+            yield list(batch.values())
+            batch = {}
+    if batch:
+        yield list(batch.values())
+
+
+def _write_records(conn: Connection, records: list[JobRecord], now: int) -> IngestResult:
+    """One batch inside the caller's write transaction: count what is new, newer or
+    unchanged, and write the new and newer rows (``write_queries.write_batch``)."""
+    result = IngestResult()
+    existing = write_queries.read_existing(conn, [r.id for r in records])
+    written = []  # records whose row is inserted or replaced
+    for record in records:
+        old = existing.get(record.id)
+        if old is None:
+            result.inserted += 1
+        elif write_queries.newer(record, old):
+            result.updated += 1
+        else:
+            result.unchanged += 1
+            continue
+        written.append(record)
+    # The rows, their job_outputs / job_nodes and (SQLite) counter deltas.
+    write_queries.write_batch(conn, written, existing, now)
+    return result
+
+
 class JobsIndex:
     """A jobs index over one database (SQLite file or PostgreSQL)."""
 
@@ -203,46 +241,51 @@ class JobsIndex:
     # -- writes --------------------------------------------------------------
 
     def ingest(self, records: Iterable[JobRecord], *, source: str | None = None,
-               batch_size: int = DEFAULT_BATCH_SIZE) -> IngestResult:
+               batch_size: int = DEFAULT_BATCH_SIZE, bulk: bool = False) -> IngestResult:
         """Write records in batches, one transaction per batch; idempotent.
 
         A killed ingest leaves every committed batch in place and the counts exact;
         running it again writes only what is missing or newer.
+
+        ``bulk``: if the index is an empty SQLite file, load everything in one
+        transaction and build the secondary indexes once at the end (``bulk_load``).
         """
+        if bulk and self.engine.dialect.name == "sqlite":
+            result = self.bulk_load(records, source=source, batch_size=batch_size)
+            if result is not None:
+                return result
         result = IngestResult()
-        batch: dict[str, JobRecord] = {}
-        for record in records:
-            if source is not None:
-                record.source = source
-            seen = batch.get(record.id)
-            if seen is None or record.stage >= seen.stage:  # as the SQL guard: never an older stage
-                batch[record.id] = record
-            if len(batch) >= batch_size:
-                result.add(self._write_batch(list(batch.values())))
-                batch = {}
-        if batch:
-            result.add(self._write_batch(list(batch.values())))
+        for batch in _batches(records, source, batch_size):
+            result.add(self._write_batch(batch))
+        return result
+
+    def bulk_load(self, records: Iterable[JobRecord], *, source: str | None = None,
+                  batch_size: int = DEFAULT_BATCH_SIZE) -> IngestResult | None:
+        """A first import into an empty SQLite index, as one transaction: the
+        secondary indexes are dropped, the rows written in batches of ``batch_size``,
+        and the indexes built again by one sort each (``write_queries.indexes_deferred``).
+        All or nothing: a killed load leaves the index empty, and running it again
+        loads it. Readers see the empty index until it commits; other writers wait.
+        Returns None (reading no record) when the index is not empty or not SQLite.
+        """
+        if self.engine.dialect.name != "sqlite":
+            return None
+        result = IngestResult()
+        try:
+            with write_transaction(self.engine) as conn:
+                if not write_queries.index_is_empty(conn):
+                    return None
+                with write_queries.indexes_deferred(conn):
+                    for batch in _batches(records, source, batch_size):
+                        result.add(_write_records(conn, batch, int(time.time() * 1000)))
+        except IntegrityError as exc:
+            raise StorageError(f"rejected by the database: {exc.orig}") from exc
         return result
 
     def _write_batch(self, records: list[JobRecord]) -> IngestResult:
-        result = IngestResult()
-        now = int(time.time() * 1000)
         try:
             with write_transaction(self.engine) as conn:
-                existing = write_queries.read_existing(conn, [r.id for r in records])
-                written = []  # records whose row is inserted or replaced
-                for record in records:
-                    old = existing.get(record.id)
-                    if old is None:
-                        result.inserted += 1
-                    elif write_queries.newer(record, old):
-                        result.updated += 1
-                    else:
-                        result.unchanged += 1
-                        continue
-                    written.append(record)
-                # The rows, their job_outputs / job_nodes and (SQLite) counter deltas.
-                write_queries.write_batch(conn, written, existing, now)
+                result = _write_records(conn, records, int(time.time() * 1000))
         except IntegrityError as exc:
             raise StorageError(f"rejected by the database: {exc.orig}") from exc
         except DataError as exc:  # a value this database cannot hold (PostgreSQL: NUL in text)

@@ -20,9 +20,11 @@ kind); the writer sends each batch as one multi-row ``INSERT`` so they fire once
 """
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from operator import attrgetter
@@ -208,3 +210,42 @@ def write_batch(conn: Connection, records: Sequence[JobRecord], existing: dict[s
     nodes = [(r.id, n["node_id"], n["class_type"]) for r in records for n in r.node_types]
     _insert_many(conn, "job_outputs", OUTPUT_COLUMNS, outputs)
     _insert_many(conn, "job_nodes", NODE_COLUMNS, nodes)
+
+
+# -- bulk load (SQLite, an empty index) ---------------------------------------------
+
+BULK_TABLES = ("jobs", "job_outputs", "job_nodes")
+
+
+def index_is_empty(conn: Connection) -> bool:
+    return not conn.exec_driver_sql("SELECT EXISTS (SELECT 1 FROM jobs)").scalar()
+
+
+def secondary_indexes(conn: Connection) -> list[tuple[str, str]]:
+    """``(name, CREATE INDEX statement)`` of the explicit indexes on the tables an
+    import writes, as stored in this SQLite file (primary keys are not among them)."""
+    tables = ", ".join(f"'{t}'" for t in BULK_TABLES)
+    return [(name, sql) for name, sql in conn.exec_driver_sql(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL "
+        f"AND tbl_name IN ({tables}) ORDER BY name")]
+
+
+@contextmanager
+def indexes_deferred(conn: Connection) -> Iterator[None]:
+    """Inside a write transaction on an SQLite index: drop the secondary indexes, let
+    the body insert, then build them again, each by one sort over its table (SQLite's
+    external merge sort, on every core by ``PRAGMA threads``) instead of one random
+    B-tree insert per row per index. A failure rolls the whole transaction back, so
+    the indexes are never seen missing. (A page cache of 512 MiB instead of the usual
+    64 made a 1M-job load 13 % faster at 1.25 GB of RSS instead of 0.46: not taken.)"""
+    indexes = secondary_indexes(conn)
+    threads = conn.exec_driver_sql("PRAGMA threads").scalar()
+    conn.exec_driver_sql(f"PRAGMA threads = {os.cpu_count() or 1}")
+    try:
+        for name, _ in indexes:
+            conn.exec_driver_sql(f'DROP INDEX "{name}"')
+        yield
+        for _, sql in indexes:
+            conn.exec_driver_sql(sql)
+    finally:
+        conn.exec_driver_sql(f"PRAGMA threads = {threads}")

@@ -1,0 +1,183 @@
+"""Bulk load: a first import into an empty SQLite index in one transaction, with the
+secondary indexes dropped while it writes and built again at the end
+(``JobsIndex.bulk_load``, ``write_queries.indexes_deferred``; ``import`` does it by
+default, ``--no-bulk`` does not).
+
+* the loaded file holds exactly what batch-by-batch ingest writes (rows, side
+  tables, counters), with every index back as it was and ``integrity_check`` ok;
+* a non-empty index (or PostgreSQL) is never bulk-loaded: ``bulk_load`` reads no
+  record and ``ingest(bulk=True)`` commits batch by batch as usual;
+* a failure part-way rolls everything back (the index stays empty, its indexes
+  intact) and leaves the pooled connection's settings as they were;
+* a real ``jobs-index import`` killed with SIGKILL during a bulk load leaves an
+  empty, consistent file, and running it again loads everything.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+
+import pytest
+
+from jobs_index import JobsIndex
+from jobs_index.errors import StorageError
+from jobs_index.normalize import from_history
+from jobs_index.sample import synthetic_history
+
+from .reliability_support import JOBS_INDEX, check_sqlite_file, session_dir, write_history_dump
+
+CONTENT = {
+    "jobs": "SELECT * FROM jobs ORDER BY id",
+    "job_outputs": "SELECT * FROM job_outputs ORDER BY job_id, ordinal",
+    "job_nodes": "SELECT * FROM job_nodes ORDER BY job_id, node_id",
+    "job_counts": "SELECT * FROM job_counts WHERE n <> 0 ORDER BY source, workflow_id, status",
+}
+
+
+def records(n: int, seed: int = 1) -> list:
+    return [from_history(k, v) for k, v in synthetic_history(n, seed=seed)]
+
+
+def schema_and_content(path) -> dict:
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        out = {"schema": conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall()}
+        for table, sql in CONTENT.items():
+            rows = conn.execute(sql).fetchall()
+            if table == "jobs":  # indexed_at is the time of writing
+                names = [d[0] for d in conn.execute("SELECT * FROM jobs LIMIT 0").description]
+                at = names.index("indexed_at")
+                rows = [row[:at] + row[at + 1:] for row in rows]
+            out[table] = rows
+        return out
+    finally:
+        conn.close()
+
+
+def test_bulk_load_writes_what_batches_write(tmp_path):
+    jobs = records(600)
+    again = records(40)[:40]  # the same ids again, inside the same load (across batches)
+    with JobsIndex.open(f"sqlite:///{tmp_path / 'batches.sqlite3'}") as index:
+        batched = index.ingest(jobs + again, batch_size=64)
+    with JobsIndex.open(f"sqlite:///{tmp_path / 'bulk.sqlite3'}") as index:
+        bulk = index.bulk_load(jobs + again, batch_size=64)
+        assert bulk is not None and index.counts_consistent() and index.total() == 600
+    assert (bulk.inserted, bulk.updated, bulk.unchanged) == (batched.inserted, batched.updated, batched.unchanged)
+    assert (bulk.inserted, bulk.unchanged) == (600, 40)
+    expected, loaded = schema_and_content(tmp_path / "batches.sqlite3"), schema_and_content(tmp_path / "bulk.sqlite3")
+    assert sum(1 for kind, *_ in loaded["schema"] if kind == "index") >= 10
+    assert loaded == expected
+
+
+def test_a_non_empty_index_is_not_bulk_loaded(tmp_path):
+    url = f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
+    with JobsIndex.open(url) as index:
+        index.ingest(records(5, seed=2))
+        consumed = []
+
+        def watched():
+            for record in records(30):
+                consumed.append(record.id)
+                yield record
+
+        assert index.bulk_load(watched()) is None and consumed == []
+        seen_during = []
+        original = index._write_batch
+
+        def spy(batch):  # each batch is committed (visible to a new connection) as usual
+            seen_during.append(index.total())
+            return original(batch)
+
+        index._write_batch = spy
+        result = index.ingest(watched(), batch_size=10, bulk=True)
+        assert result.inserted == 30 and seen_during == [5, 15, 25]
+        assert index.counts_consistent() and index.total() == 35
+
+
+def test_postgresql_is_never_bulk_loaded(pg_url):
+    with JobsIndex.open(pg_url) as index:
+        assert index.bulk_load(iter(records(3))) is None
+        assert index.ingest(records(20), batch_size=7, bulk=True).inserted == 20
+        assert index.counts_consistent() and index.total() == 20
+
+
+def test_a_failed_bulk_load_leaves_the_index_empty_and_whole(tmp_path):
+    path = tmp_path / "jobs.sqlite3"
+    url = f"sqlite:///{path}"
+    with JobsIndex.open(url) as index:
+        before = schema_and_content(path)
+
+        def failing():
+            yield from records(250)
+            raise RuntimeError("the dump reader broke")
+
+        with pytest.raises(RuntimeError, match="reader broke"):
+            index.bulk_load(failing(), batch_size=100)
+        assert schema_and_content(path) == before  # no row, every index still there
+        with index.engine.connect() as conn:  # the pooled connection got its settings back
+            assert conn.exec_driver_sql("PRAGMA cache_size").scalar() == -65536
+            assert conn.exec_driver_sql("PRAGMA threads").scalar() == 0
+    with JobsIndex.open(url) as index:
+        assert index.bulk_load(records(250), batch_size=100).inserted == 250
+        assert index.counts_consistent() and index.total() == 250
+
+
+def test_a_constraint_failure_is_a_storage_error_and_rolls_back(tmp_path):
+    path = tmp_path / "jobs.sqlite3"
+    with JobsIndex.open(f"sqlite:///{path}") as index:
+        bad = records(120)
+        bad[110].status = "no-such-status"  # the CHECK constraint refuses it
+        with pytest.raises(StorageError, match="rejected by the database"):
+            index.bulk_load(bad, batch_size=50)
+        assert index.total() == 0 and index.counts_consistent()
+    assert check_sqlite_file(path) == set()
+
+
+@pytest.fixture(scope="session")
+def bulk_dump(tmp_path_factory):
+    return write_history_dump(session_dir(tmp_path_factory) / "history-20000.json", 20_000)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_sigkill_during_a_bulk_import_then_rerun(tmp_path, bulk_dump):
+    path = tmp_path / "jobs.sqlite3"
+    url = f"sqlite:///{path}"
+    command = [*JOBS_INDEX, "--db", url, "import", "--batch-size", "1000", str(bulk_dump)]
+    subprocess.run([*JOBS_INDEX, "--db", url, "migrate"], check=True, capture_output=True)
+    started = time.monotonic()
+    full = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    duration = time.monotonic() - started
+    assert full.returncode == 0 and "20000 inserted" in full.stdout, full.stderr
+    for name in os.listdir(tmp_path):
+        os.remove(tmp_path / name)
+    subprocess.run([*JOBS_INDEX, "--db", url, "migrate"], check=True, capture_output=True)
+    for fraction in (0.3, 0.5, 0.7, 0.8, 0.87, 0.93):  # early writes ... index builds and COMMIT
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        time.sleep(duration * fraction)
+        killed = proc.poll() is None
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(60)
+        ids = check_sqlite_file(path)  # integrity, no duplicate, counters == rows
+        assert len(ids) in (0, 20_000), (fraction, len(ids))  # all or nothing
+        conn = sqlite3.connect(path)
+        try:
+            indexes = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'index' "
+                                   "AND sql IS NOT NULL").fetchone()[0]
+        finally:
+            conn.close()
+        assert indexes >= 10, (fraction, indexes)
+        print(f"killed at {fraction:.0%} of {duration:.1f}s (running: {killed}): {len(ids)} jobs")
+        if ids:
+            return  # finished before the kill: nothing left to show
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "20000 inserted" in done.stdout, done.stderr
+    assert len(check_sqlite_file(path)) == 20_000
