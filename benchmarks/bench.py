@@ -10,7 +10,9 @@ One run prints a markdown report and writes it to ``benchmarks/results/<backend>
 2. Import of N synthetic jobs (``jobs_index.sample.synthetic_history``, ~3 KB each) as a
    user runs it: ``jobs-index import history.json`` in its own process (with its worker
    processes) on a ``GET /history`` dump of them, written once to ``_work/`` (not
-   counted), timed from start to exit, with the CPU time of all its processes.
+   counted), timed from start to exit, with the CPU time of all its processes. Into the
+   new SQLite file that is a bulk load; ``--also-no-bulk`` times ``import --no-bulk``
+   (batch by batch) too, into a scratch file.
 3. ``GET /api/jobs`` latency over HTTP: ``create_app`` served by aiohttp's
    ``AppRunner``/``TCPSite`` in a separate process; one keep-alive client connection,
    sequential requests. Also the same call in-process (``JobsIndex.list_jobs`` +
@@ -189,6 +191,9 @@ class ImportStats:
     cpu_s: float = 0.0  # CPU time of that command and its worker processes (user + system)
     inserted: int = 0
     summary: str = ""  # the command's last line
+    bulk: bool = False  # loaded by a bulk load (SQLite, empty index: the default)
+    no_bulk_s: float = 0.0  # the same import with --no-bulk (batch by batch), when measured
+    no_bulk_cpu_s: float = 0.0
     live_running: int = 0
     live_pending: int = 0
     last_create_time: int = 0
@@ -214,7 +219,23 @@ def dump_file(n: int) -> tuple[Path, float]:
     return path, time.perf_counter() - started
 
 
-def build_index(target: Target, n: int, running: int, pending: int, *, quiet: bool = False) -> ImportStats:
+def run_import(url: str, path: Path, *options: str) -> tuple[float, float, str]:
+    """``jobs-index --db URL import [options] <dump>`` in its own process: (wall s,
+    CPU s of it and its workers, its last line)."""
+    command = [sys.executable, "-m", "jobs_index", "--db", url, "import", *options, str(path)]
+    before = os.times()
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    after = os.times()
+    cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
+    if done.returncode != 0:
+        raise RuntimeError(f"import failed ({done.returncode}): {done.stderr[-2000:]}")
+    return wall, cpu, (done.stdout.strip().splitlines() or [""])[-1]
+
+
+def build_index(target: Target, n: int, running: int, pending: int, *, quiet: bool = False,
+                no_bulk: bool = False) -> ImportStats:
     """Import n history jobs as a user does (``jobs-index import history.json``, a
     separate process with its default worker processes), then the live (queue) jobs."""
     target.reset()
@@ -223,16 +244,17 @@ def build_index(target: Target, n: int, running: int, pending: int, *, quiet: bo
                         measured_at=dt.datetime.now().isoformat(timespec="seconds"))
     if not quiet:
         log(f"  jobs-index import {path.name} ({stats.dump_bytes / 2**20:,.0f} MiB)")
-    command = [sys.executable, "-m", "jobs_index", "--db", target.url, "import", str(path)]
-    before = os.times()
-    started = time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    stats.import_s = time.perf_counter() - started
-    after = os.times()
-    stats.cpu_s = (after.children_user - before.children_user) + (after.children_system - before.children_system)
-    if done.returncode != 0:
-        raise RuntimeError(f"import failed ({done.returncode}): {done.stderr[-2000:]}")
-    stats.summary = (done.stdout.strip().splitlines() or [""])[-1]
+    stats.import_s, stats.cpu_s, stats.summary = run_import(target.url, path)
+    stats.bulk = target.backend == "sqlite"  # the file is new, so `import` bulk-loads it
+    if no_bulk and target.backend == "sqlite":
+        scratch = WORK / f"sqlite-{n}-no-bulk.sqlite3"
+        for old in WORK.glob(scratch.name + "*"):
+            old.unlink()
+        if not quiet:
+            log(f"  again with --no-bulk into {scratch.name}")
+        stats.no_bulk_s, stats.no_bulk_cpu_s, _ = run_import(f"sqlite:///{scratch}", path, "--no-bulk")
+        for old in WORK.glob(scratch.name + "*"):
+            old.unlink()
     index = JobsIndex.open(target.url)
     try:
         stats.inserted = index.total()
@@ -251,7 +273,8 @@ def build_index(target: Target, n: int, running: int, pending: int, *, quiet: bo
     return stats
 
 
-def get_or_build(target: Target, n: int, running: int, pending: int, reuse: bool) -> tuple[ImportStats, bool]:
+def get_or_build(target: Target, n: int, running: int, pending: int, reuse: bool,
+                 no_bulk: bool = False) -> tuple[ImportStats, bool]:
     sidecar = target.sidecar()
     if reuse and sidecar.exists() and target.exists_with(n + running + pending):
         data = json.loads(sidecar.read_text())
@@ -259,7 +282,7 @@ def get_or_build(target: Target, n: int, running: int, pending: int, reuse: bool
             data.pop("url")
             log(f"reusing {target.url} (import measured {data['measured_at']})")
             return ImportStats(**data), True
-    stats = build_index(target, n, running, pending, quiet=n < 100_000)
+    stats = build_index(target, n, running, pending, quiet=n < 100_000, no_bulk=no_bulk)
     sidecar.parent.mkdir(parents=True, exist_ok=True)
     sidecar.write_text(json.dumps({**asdict(stats), "url": target.url}))
     return stats, False
@@ -677,11 +700,18 @@ def render(args, facts, imp: ImportStats, reused: bool, pages, totals, disk, bas
     out.append("| ---: | ---: | ---: | ---: | ---: | ---: |")
     out.append(f"| {n:,} | {imp.dump_bytes / 2**20:,.0f} MiB | {imp.import_s:,.1f} s | **{rate(n, imp.import_s)}** | "
                f"{imp.cpu_s:,.1f} s | {1e6 * imp.cpu_s / n:,.0f} |")
+    if imp.no_bulk_s:
+        out.append(f"| {n:,} with `--no-bulk` | | {imp.no_bulk_s:,.1f} s | {rate(n, imp.no_bulk_s)} | "
+                   f"{imp.no_bulk_cpu_s:,.1f} s | {1e6 * imp.no_bulk_cpu_s / n:,.0f} |")
     out.append("")
+    how = ("a bulk load into the empty index: one transaction, secondary indexes dropped and built again "
+           "at the end" if imp.bulk else "batch by batch, 10,000 jobs per transaction")
     out.append(f"What a user runs: `jobs-index --db URL import history-{n}.json` in its own process, with "
                "its default worker processes (all cores but the writer's) normalising while the main "
-               "process writes batches; timed from start to exit. CPU covers that process and its "
-               f"workers. The command said: `{imp.summary}`.")
+               f"process writes ({how}); timed from start to exit. CPU covers that process and its "
+               f"workers. The command said: `{imp.summary}`."
+               + (" The `--no-bulk` row is the same command committing batch by batch into a scratch "
+                  "file (deleted after)." if imp.no_bulk_s else ""))
     out.append("")
     if imp.generate_s:
         out.append(f"Writing the dump file (`GET /history` shape, ComfyUI's JSON encoding) took a further "
@@ -824,6 +854,8 @@ def main() -> None:
                     help="in-memory baseline sizes (comma list; sizes above --jobs are dropped)")
     ap.add_argument("--running", type=int, default=1, help="running (in_progress) queue jobs to add")
     ap.add_argument("--pending", type=int, default=20, help="pending queue jobs to add")
+    ap.add_argument("--also-no-bulk", action="store_true",
+                    help="SQLite: also time the import with --no-bulk (batch by batch) into a scratch file")
     ap.add_argument("--reuse", action="store_true",
                     help="reuse an index built by an earlier run with the same N (import numbers from then)")
     ap.add_argument("--no-write", action="store_true", help="print only; do not write benchmarks/results/")
@@ -868,7 +900,7 @@ def main() -> None:
     if args.db and backend == "postgresql":
         target = Target(args.db, n, label=f"{n}")
     log(f"import {n:,} jobs into {target.url}")
-    imp, reused = get_or_build(target, n, args.running, args.pending, args.reuse)
+    imp, reused = get_or_build(target, n, args.running, args.pending, args.reuse, args.also_no_bulk)
     log(f"  import: {rate(n, imp.import_s)} jobs/s ({imp.import_s:,.0f} s wall, {imp.cpu_s:,.0f} s CPU)")
 
     # 3. Pages over HTTP.
