@@ -14,6 +14,7 @@ default, ``--no-bulk`` does not).
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -27,6 +28,7 @@ from jobs_index.errors import StorageError
 from jobs_index.normalize import from_history
 from jobs_index.sample import synthetic_history
 
+from .fixtures_util import capture_history, load_capture
 from .reliability_support import JOBS_INDEX, check_sqlite_file, session_dir, write_history_dump
 
 CONTENT = {
@@ -181,3 +183,22 @@ def test_sigkill_during_a_bulk_import_then_rerun(tmp_path, bulk_dump):
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and "20000 inserted" in done.stdout, done.stderr
     assert len(check_sqlite_file(path)) == 20_000
+
+
+def test_cli_import_with_and_without_bulk_gives_the_same_index(tmp_path):
+    """The captured ComfyUI history and queue, imported into a new file by default (a
+    bulk load for the history, then the queue batch by batch) and with --no-bulk."""
+    history, queue = tmp_path / "history.json", tmp_path / "queue.json"
+    history.write_text(json.dumps(capture_history()))
+    queue.write_text(json.dumps(load_capture("queue_running_pending.json")["body"]))
+    lines = {}
+    for name, options in (("bulk", []), ("batches", ["--no-bulk"])):
+        url = f"sqlite:///{tmp_path / name}.sqlite3"
+        done = subprocess.run([*JOBS_INDEX, "--db", url, "import", *options, str(history), str(queue)],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        lines[name] = done.stdout.strip()
+    assert lines["bulk"] == lines["batches"] == "2 file(s): 8 inserted, 0 updated, 2 unchanged, 0 rejected"
+    assert schema_and_content(tmp_path / "bulk.sqlite3") == schema_and_content(tmp_path / "batches.sqlite3")
+    help_text = subprocess.run([*JOBS_INDEX, "import", "--help"], capture_output=True, text=True).stdout
+    assert "--bulk / --no-bulk" in help_text
