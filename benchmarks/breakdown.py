@@ -5,6 +5,7 @@
     .venv/bin/python benchmarks/breakdown.py write [--jobs 30000] [--preload 200000] [--db URL]
     .venv/bin/python benchmarks/breakdown.py page --db URL
     .venv/bin/python benchmarks/breakdown.py http-floor
+    .venv/bin/python benchmarks/breakdown.py bulk-floor [--jobs 1000000]
 
 * ``normalise``: the parts of ``normalize.from_history`` (JSON encoding, compression,
   digest, the walk), old (json.dumps, zlib-6) against new (orjson where exact, ISA-L-1),
@@ -22,6 +23,10 @@
 * ``http-floor``: the cheapest ``GET`` aiohttp can serve on this machine (same client as
   the bench; a canned body of a page's size, answered inline or via the thread pool), i.e.
   the HTTP overhead any implementation pays here.
+* ``bulk-floor``: the single SQLite writer's own cost in a bulk load of N pre-normalised
+  jobs (no dump reading, no normalising, no pipes): ``JobsIndex.bulk_load`` as is, and the
+  bare driver's inserts of prebuilt tuples, index builds and COMMIT, timed apart. What
+  no parallel normalising can take off the writer: the bound on ``import``'s rate.
 
 Nothing here is part of the bench's numbers; it only explains them.
 """
@@ -436,6 +441,88 @@ def cmd_write(args) -> None:
         template["path"].unlink()  # the preloaded SQLite copy (hundreds of MB)
 
 
+def cmd_bulk_floor(args) -> None:
+    import os
+    import sqlite3
+
+    from jobs_index import write_queries
+
+    n = args.jobs
+    started = time.perf_counter()
+    records = _preload_records(n)  # n distinct ids, 10,000 sample jobs' content
+    print(f"bulk load of {n:,} pre-normalised jobs into a new SQLite file "
+          f"(records prepared in {time.perf_counter() - started:.0f} s, not counted)\n")
+    print("| part | wall s | CPU s (this process) | µs/job by CPU | jobs/s by CPU |\n| --- | ---: | ---: | ---: | ---: |")
+
+    def show(name: str, wall: float, cpu: float) -> None:
+        print(f"| {name} | {wall:,.1f} | {cpu:,.1f} | {1e6 * cpu / n:,.1f} | {n / cpu if cpu else 0:,.0f} |",
+              flush=True)
+
+    target = bench.Target(None, n, label=f"bulk_floor_{n}")
+    target.reset()
+    index = JobsIndex.open(target.url)
+    try:
+        t0, c0 = time.perf_counter(), time.process_time()
+        result = index.bulk_load(records, batch_size=10_000)
+        show("`JobsIndex.bulk_load` (batches of 10,000, set-wise counts, index builds, COMMIT)",
+             time.perf_counter() - t0, time.process_time() - c0)
+        assert result is not None and result.inserted == n and index.counts_consistent()
+    finally:
+        index.close()
+
+    target.reset()
+    JobsIndex.open(target.url).close()  # the schema, at head
+    now = int(time.time() * 1000)
+    jobs = [write_queries._record_values(r) + (now,) for r in records]
+    outputs = [(r.id, f["ordinal"], f["node_id"], f["media_type"], f["filename"], f["subfolder"], f["type"])
+               for r in records for f in r.output_files]
+    nodes = [(r.id, nd["node_id"], nd["class_type"]) for r in records for nd in r.node_types]
+    del records
+    conn = sqlite3.connect(target.path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute(f"PRAGMA threads={os.cpu_count() or 1}")
+    conn.execute("PRAGMA cache_size=-65536")
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("INSERT INTO jobs_index_writer (id) VALUES (1)")  # the count triggers stand aside
+    indexes = conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL "
+                           "AND tbl_name IN ('jobs', 'job_outputs', 'job_nodes')").fetchall()
+    for name, _ in indexes:
+        conn.execute(f'DROP INDEX "{name}"')
+    parts = [
+        (f"driver: jobs rows ({len(jobs[0])} columns, zlib raw item)", "jobs", write_queries.JOB_COLUMNS, jobs),
+        (f"driver: job_nodes rows ({len(nodes) / n:.1f} per job)", "job_nodes", write_queries.NODE_COLUMNS, nodes),
+        (f"driver: job_outputs rows ({len(outputs) / n:.1f} per job)", "job_outputs", write_queries.OUTPUT_COLUMNS,
+         outputs),
+    ]
+    total_wall = total_cpu = 0.0
+    for name, table, columns, rows in parts:
+        sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+        t0, c0 = time.perf_counter(), time.process_time()
+        for i in range(0, len(rows), 10_000):
+            conn.executemany(sql, rows[i:i + 10_000])
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        total_wall, total_cpu = total_wall + wall, total_cpu + cpu
+        show(name, wall, cpu)
+    t0, c0 = time.perf_counter(), time.process_time()
+    for _, sql in indexes:
+        conn.execute(sql)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    total_wall, total_cpu = total_wall + wall, total_cpu + cpu
+    show(f"driver: build the {len(indexes)} secondary indexes", wall, cpu)
+    conn.execute("DELETE FROM jobs_index_writer")
+    t0, c0 = time.perf_counter(), time.process_time()
+    conn.execute("COMMIT")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    total_wall, total_cpu = total_wall + wall, total_cpu + cpu
+    show("driver: COMMIT and checkpoint", wall, cpu)
+    show("**driver: all of it** (the writer's floor: no counts, no pre-read, no Python per job)",
+         total_wall, total_cpu)
+    conn.close()
+    target.reset()
+
+
 # ---------------------------------------------------------------------------------- page
 
 def cmd_page(args) -> None:
@@ -555,12 +642,14 @@ def main() -> None:
     p = sub.add_parser("page")
     p.add_argument("--db", required=True, help="an existing index, e.g. the bench's")
     p.add_argument("--repeat", type=int, default=300)
+    p = sub.add_parser("bulk-floor")
+    p.add_argument("--jobs", type=int, default=1_000_000)
     p = sub.add_parser("http-floor")
     p.add_argument("--size", type=int, default=11_000, help="body bytes (a 50-job page is ~11 KB)")
     p.add_argument("--requests", type=int, default=300)
     args = ap.parse_args()
     {"normalise": cmd_normalise, "write": cmd_write, "page": cmd_page,
-     "http-floor": cmd_http_floor}[args.cmd](args)
+     "http-floor": cmd_http_floor, "bulk-floor": cmd_bulk_floor}[args.cmd](args)
 
 
 if __name__ == "__main__":
