@@ -471,12 +471,10 @@ def cmd_bulk_floor(args) -> None:
         index.close()
 
     target.reset()
-    JobsIndex.open(target.url).close()  # the schema, at head
-    now = int(time.time() * 1000)
-    jobs = [write_queries._record_values(r) + (now,) for r in records]
-    outputs = [(r.id, f["ordinal"], f["node_id"], f["media_type"], f["filename"], f["subfolder"], f["type"])
-               for r in records for f in r.output_files]
-    nodes = [(r.id, nd["node_id"], nd["class_type"]) for r in records for nd in r.node_types]
+    with JobsIndex.open(target.url) as index, index.engine.connect() as sa_conn:  # the schema, at head
+        indexes = write_queries.secondary_indexes(sa_conn)
+    jobs = write_queries.job_rows(records, int(time.time() * 1000))
+    outputs, nodes = write_queries.side_rows(records)
     del records
     conn = sqlite3.connect(target.path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -485,8 +483,6 @@ def cmd_bulk_floor(args) -> None:
     conn.execute("PRAGMA cache_size=-65536")
     conn.execute("BEGIN IMMEDIATE")
     conn.execute("INSERT INTO jobs_index_writer (id) VALUES (1)")  # the count triggers stand aside
-    indexes = conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL "
-                           "AND tbl_name IN ('jobs', 'job_outputs', 'job_nodes')").fetchall()
     for name, _ in indexes:
         conn.execute(f'DROP INDEX "{name}"')
     parts = [

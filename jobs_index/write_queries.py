@@ -182,6 +182,20 @@ _COUNT_UPSERT = ("INSERT INTO job_counts (source, workflow_id, status, n) VALUES
 
 # -- the batch ----------------------------------------------------------------------
 
+def job_rows(records: Sequence[JobRecord], now: int) -> list[tuple]:
+    """The ``jobs`` rows of ``records`` (JOB_COLUMNS order), written at ``now``."""
+    return [_record_values(r) + (now,) for r in records]
+
+
+def side_rows(records: Sequence[JobRecord]) -> tuple[list[tuple], list[tuple]]:
+    """The ``job_outputs`` rows (OUTPUT_COLUMNS order) and ``job_nodes`` rows
+    (NODE_COLUMNS order) of ``records``."""
+    outputs = [(r.id, f["ordinal"], f["node_id"], f["media_type"], f["filename"], f["subfolder"], f["type"])
+               for r in records for f in r.output_files]
+    nodes = [(r.id, n["node_id"], n["class_type"]) for r in records for n in r.node_types]
+    return outputs, nodes
+
+
 def write_batch(conn: Connection, records: Sequence[JobRecord], existing: dict[str, Existing],
                 now: int) -> None:
     """Write ``records`` (each new or ``newer`` than ``existing``), their side rows,
@@ -191,7 +205,7 @@ def write_batch(conn: Connection, records: Sequence[JobRecord], existing: dict[s
         return
     pg = _pg(conn)
     records = sorted(records, key=attrgetter("id"))  # PostgreSQL: one lock order for job rows
-    rows = [_record_values(r) + (now,) for r in records]
+    rows = job_rows(records, now)
     replaced = [r.id for r in records if r.id in existing]
     if pg:
         _insert_many(conn, "jobs", JOB_COLUMNS, rows, _UPSERT_TAIL)
@@ -205,9 +219,7 @@ def write_batch(conn: Connection, records: Sequence[JobRecord], existing: dict[s
     # job_outputs / job_nodes follow their job's row, in its transaction.
     if replaced:
         _delete_side_rows(conn, replaced)
-    outputs = [(r.id, f["ordinal"], f["node_id"], f["media_type"], f["filename"], f["subfolder"], f["type"])
-               for r in records for f in r.output_files]
-    nodes = [(r.id, n["node_id"], n["class_type"]) for r in records for n in r.node_types]
+    outputs, nodes = side_rows(records)
     _insert_many(conn, "job_outputs", OUTPUT_COLUMNS, outputs)
     _insert_many(conn, "job_nodes", NODE_COLUMNS, nodes)
 
