@@ -250,10 +250,8 @@ class JobsIndex:
         ``bulk``: if the index is an empty SQLite file, load everything in one
         transaction and build the secondary indexes once at the end (``bulk_load``).
         """
-        if bulk and self.engine.dialect.name == "sqlite":
-            result = self.bulk_load(records, source=source, batch_size=batch_size)
-            if result is not None:
-                return result
+        if bulk and (loaded := self.bulk_load(records, source=source, batch_size=batch_size)) is not None:
+            return loaded
         result = IngestResult()
         for batch in _batches(records, source, batch_size):
             result.add(self._write_batch(batch))
