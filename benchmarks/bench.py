@@ -247,14 +247,12 @@ def build_index(target: Target, n: int, running: int, pending: int, *, quiet: bo
     stats.import_s, stats.cpu_s, stats.summary = run_import(target.url, path)
     stats.bulk = target.backend == "sqlite"  # the file is new, so `import` bulk-loads it
     if no_bulk and target.backend == "sqlite":
-        scratch = WORK / f"sqlite-{n}-no-bulk.sqlite3"
-        for old in WORK.glob(scratch.name + "*"):
-            old.unlink()
+        scratch = Target(None, n, label=f"{n}-no-bulk")
+        scratch.reset()
         if not quiet:
-            log(f"  again with --no-bulk into {scratch.name}")
-        stats.no_bulk_s, stats.no_bulk_cpu_s, _ = run_import(f"sqlite:///{scratch}", path, "--no-bulk")
-        for old in WORK.glob(scratch.name + "*"):
-            old.unlink()
+            log(f"  again with --no-bulk into {scratch.path.name}")
+        stats.no_bulk_s, stats.no_bulk_cpu_s, _ = run_import(scratch.url, path, "--no-bulk")
+        scratch.reset()  # deleted: only its time is kept
     index = JobsIndex.open(target.url)
     try:
         stats.inserted = index.total()
