@@ -9,6 +9,12 @@
   page and its ``total`` come from one snapshot.
 * ``migrate``: upgrades to head on open; a file database that needs an upgrade is
   backed up first (``<file>.bak-<revision>``) with SQLite's online backup API.
+  Migrations run in one transaction (``BEGIN IMMEDIATE`` on SQLite) with SQLite's
+  foreign keys OFF (set before the transaction: the pragma is a no-op inside
+  one), so a migration that rebuilds ``jobs`` cannot cascade into its side tables;
+  ``PRAGMA foreign_key_check`` runs before the commit and fails the migration
+  (rolled back) if any row lost its parent. ``migrations/rebuild.py``,
+  docs/architecture.md "Migrations".
 """
 from __future__ import annotations
 
@@ -178,12 +184,15 @@ def read_statement(engine: Engine) -> Iterator[Connection]:
 
 # -- migrations ----------------------------------------------------------------
 
-def alembic_config(connection: Connection | None = None):
+def alembic_config(connection: Connection | None = None, script_location: str | Path | None = None):
+    """Alembic's config for our scripts (``script_location``: another copy of them,
+    e.g. a test's with a test-only revision added)."""
     from alembic.config import Config
 
-    script_location = resources.files("jobs_index") / "migrations"
-    if not script_location.is_dir():  # a source checkout without the package mapping
-        script_location = Path(__file__).resolve().parent.parent / "migrations"
+    if script_location is None:
+        script_location = resources.files("jobs_index") / "migrations"
+        if not script_location.is_dir():  # a source checkout without the package mapping
+            script_location = Path(__file__).resolve().parent.parent / "migrations"
     config = Config()
     config.set_main_option("script_location", str(script_location))
     config.set_main_option("path_separator", "os")
@@ -192,10 +201,10 @@ def alembic_config(connection: Connection | None = None):
     return config
 
 
-def head_revision() -> str:
+def head_revision(script_location: str | Path | None = None) -> str:
     from alembic.script import ScriptDirectory
 
-    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+    return ScriptDirectory.from_config(alembic_config(script_location=script_location)).get_current_head()
 
 
 def current_revision(connection: Connection) -> str | None:
@@ -220,7 +229,72 @@ def backup_sqlite(path: Path, suffix: str) -> Path:
     return target
 
 
-def migrate(engine: Engine, revision: str = "head") -> str | None:
+@contextmanager
+def sqlite_foreign_keys_off(conn: Connection) -> Iterator[Connection]:
+    """SQLite: ``PRAGMA foreign_keys=OFF`` on ``conn`` for the block, ON again after.
+
+    Must be entered before ``conn`` begins a transaction (inside one the pragma is a
+    silent no-op, which is checked here). The pragma goes to the driver connection
+    directly: through SQLAlchemy it would first autobegin. A connection whose
+    foreign keys cannot be turned back on is invalidated, never pooled."""
+    if conn.dialect.name != "sqlite":
+        yield conn
+        return
+    driver = conn.connection.driver_connection
+    if driver.in_transaction:
+        raise StorageError("foreign keys cannot be turned off inside a transaction")
+    driver.execute("PRAGMA foreign_keys=OFF")
+    if driver.execute("PRAGMA foreign_keys").fetchone()[0] != 0:
+        raise StorageError("SQLite refused PRAGMA foreign_keys=OFF")
+    try:
+        yield conn
+    finally:
+        try:
+            if conn.in_transaction():
+                conn.rollback()
+            driver.execute("PRAGMA foreign_keys=ON")
+        except Exception:  # noqa: BLE001 - never return a connection with them off to the pool
+            conn.invalidate()
+            raise
+
+
+class ForeignKeyViolation(StorageError):
+    """A migration left rows whose parent is gone (``PRAGMA foreign_key_check``)."""
+
+
+def check_foreign_keys(conn: Connection) -> None:
+    """Before a migration commits: every row still has its parent (SQLite, where the
+    migration ran with foreign keys off; PostgreSQL enforces them all along)."""
+    if conn.dialect.name != "sqlite":
+        return
+    rows = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
+    if rows:
+        tables = sorted({row[0] for row in rows})
+        raise ForeignKeyViolation(f"migration rolled back: {len(rows)} row(s) in {', '.join(tables)} "
+                                  "lost their parent row (PRAGMA foreign_key_check)")
+
+
+@contextmanager
+def migration_transaction(engine: Engine) -> Iterator[Connection]:
+    """``write_transaction`` for migrations: on SQLite foreign keys are OFF (turned
+    off before ``BEGIN IMMEDIATE``, back on after); ``env.py`` runs
+    ``check_foreign_keys`` before the commit."""
+    conn = engine.connect()
+    try:
+        with sqlite_foreign_keys_off(conn):
+            if engine.dialect.name == "sqlite":
+                conn = conn.execution_options(sqlite_begin="IMMEDIATE")
+            with conn.begin():
+                if engine.dialect.name == "postgresql":
+                    conn.execute(text("SELECT pg_advisory_xact_lock(7250031)"))
+                yield conn
+    except OperationalError as exc:
+        raise StorageError(f"database write failed: {driver_message(exc)}") from exc
+    finally:
+        conn.close()
+
+
+def migrate(engine: Engine, revision: str = "head", *, script_location: str | Path | None = None) -> str | None:
     """Upgrade to ``revision`` atomically; back up a SQLite file first.
 
     Runs under the writers' lock, so two processes opening the same new database
@@ -228,7 +302,7 @@ def migrate(engine: Engine, revision: str = "head") -> str | None:
     """
     from alembic import command
 
-    target = head_revision() if revision == "head" else revision
+    target = head_revision(script_location) if revision == "head" else revision
     try:
         with engine.connect() as conn:
             if current_revision(conn) == target:
@@ -238,14 +312,14 @@ def migrate(engine: Engine, revision: str = "head") -> str | None:
     backup = None
     path = _sqlite_path(str(engine.url))
     try:
-        with write_transaction(engine) as conn:
+        with migration_transaction(engine) as conn:
             current = current_revision(conn)
             if current == target:
                 return None
             if current is not None and path is not None:
                 backup = backup_sqlite(path, current)
                 log.warning("upgrading %s from %s; backup at %s", path, current, backup)
-            command.upgrade(alembic_config(conn), revision)
+            command.upgrade(alembic_config(conn, script_location), revision)
     except DBAPIError as exc:  # e.g. no right to create the tables
         raise StorageError(f"cannot upgrade database {_safe_url(engine)}: {driver_message(exc)}") from exc
     return str(backup) if backup else None
