@@ -9,6 +9,11 @@
   page and its ``total`` come from one snapshot.
 * ``migrate``: upgrades to head on open; a file database that needs an upgrade is
   backed up first (``<file>.bak-<revision>``) with SQLite's online backup API.
+  A database at a revision this code does not know (written by a newer
+  jobs-index) is refused first, before any lock or backup: ``DatabaseTooNew``.
+  PostgreSQL, shared by a fleet, is created on open when empty but an older
+  schema is upgraded only by ``jobs-index migrate`` or ``--auto-migrate`` /
+  ``$JOBS_INDEX_AUTO_MIGRATE=1`` (else ``UpgradeRequired``): docs/postgresql.md.
   Migrations run in one transaction (``BEGIN IMMEDIATE`` on SQLite) with SQLite's
   foreign keys OFF (set before the transaction: the pragma is a no-op inside
   one), so a migration that rebuilds ``jobs`` cannot cascade into its side tables;
@@ -19,6 +24,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sqlite3
 from contextlib import contextmanager
@@ -31,8 +37,8 @@ from sqlalchemy.dialects.sqlite.base import SQLiteCompiler
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
-from .config import APP_NAME, ENV_VAR, default_sqlite_path, resolve_url  # noqa: F401 (re-exported)
-from .errors import ConfigError, StorageError
+from .config import AUTO_MIGRATE_ENV, APP_NAME, ENV_VAR, default_sqlite_path, resolve_url  # noqa: F401 (re-exported)
+from .errors import ConfigError, DatabaseTooNew, StorageError, UpgradeRequired
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +213,33 @@ def head_revision(script_location: str | Path | None = None) -> str:
     return ScriptDirectory.from_config(alembic_config(script_location=script_location)).get_current_head()
 
 
+def known_revisions(script_location: str | Path | None = None) -> set[str]:
+    """Every revision id this code's migration scripts define."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config(script_location=script_location))
+    return {rev.revision for rev in script.walk_revisions("base", "heads")}
+
+
+def check_revision(current: str | None, target: str, known: set[str], where: str, *,
+                   upgrade_existing: bool = True) -> None:
+    """Refuse a schema this code may not use or change: one written by a newer
+    jobs-index (``DatabaseTooNew``), or, unless ``upgrade_existing``, an older one
+    (``UpgradeRequired``). Called before any lock is taken or backup made."""
+    if current is not None and current not in known:
+        from . import __version__
+
+        raise DatabaseTooNew(
+            f"database {where} is at schema revision {current}, which jobs-index {__version__} does not know "
+            f"(its newest is {target}): it was upgraded by a newer jobs-index; upgrade jobs-index here "
+            "(nothing was changed)")
+    if current is not None and current != target and not upgrade_existing:
+        raise UpgradeRequired(
+            f"database {where} is at schema revision {current}; this jobs-index needs {target}: every "
+            f"jobs-index sharing it must be upgraded, then run `jobs-index migrate` once (or open with "
+            f"--auto-migrate / {AUTO_MIGRATE_ENV}=1)")
+
+
 def current_revision(connection: Connection) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
@@ -294,21 +327,28 @@ def migration_transaction(engine: Engine) -> Iterator[Connection]:
         conn.close()
 
 
-def migrate(engine: Engine, revision: str = "head", *, script_location: str | Path | None = None) -> str | None:
+def migrate(engine: Engine, revision: str = "head", *, script_location: str | Path | None = None,
+            upgrade_existing: bool = True) -> str | None:
     """Upgrade to ``revision`` atomically; back up a SQLite file first.
 
     Runs under the writers' lock, so two processes opening the same new database
-    do not both create it. Returns the backup path, if one was made.
+    do not both create it. Returns the backup path, if one was made. A database
+    at a revision these scripts do not know is refused before the lock or the
+    backup (``DatabaseTooNew``); ``upgrade_existing=False`` only creates an empty
+    database and refuses to upgrade an older one (``UpgradeRequired``).
     """
     from alembic import command
 
     target = head_revision(script_location) if revision == "head" else revision
+    known = known_revisions(script_location)
     try:
         with engine.connect() as conn:
-            if current_revision(conn) == target:
-                return None
+            current = current_revision(conn)
     except DBAPIError as exc:  # unreachable server, bad credentials, unknown database...
         raise StorageError(f"cannot open database {_safe_url(engine)}: {driver_message(exc)}") from exc
+    if current == target:
+        return None
+    check_revision(current, target, known, _safe_url(engine), upgrade_existing=upgrade_existing)
     backup = None
     path = _sqlite_path(str(engine.url))
     try:
@@ -316,6 +356,8 @@ def migrate(engine: Engine, revision: str = "head", *, script_location: str | Pa
             current = current_revision(conn)
             if current == target:
                 return None
+            # Again under the lock: another process may have upgraded it meanwhile.
+            check_revision(current, target, known, _safe_url(engine), upgrade_existing=upgrade_existing)
             if current is not None and path is not None:
                 backup = backup_sqlite(path, current)
                 log.warning("upgrading %s from %s; backup at %s", path, current, backup)
@@ -325,12 +367,24 @@ def migrate(engine: Engine, revision: str = "head", *, script_location: str | Pa
     return str(backup) if backup else None
 
 
-def open_engine(url: str | None, *, pool_size: int = 5, upgrade: bool = True) -> Engine:
-    """Resolve the URL, create the engine and bring the schema to head."""
+def auto_migrate_default() -> bool:
+    return os.environ.get(AUTO_MIGRATE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def open_engine(url: str | None, *, pool_size: int = 5, upgrade: bool = True,
+                auto_migrate: bool | None = None) -> Engine:
+    """Resolve the URL, create the engine and bring the schema to head.
+
+    SQLite (one machine's file) is upgraded on open, after a backup. PostgreSQL
+    (shared by a fleet) is created on open when empty, but an older schema is
+    upgraded only with ``auto_migrate`` (default: ``$JOBS_INDEX_AUTO_MIGRATE``);
+    otherwise ``UpgradeRequired``. Either way a newer schema is ``DatabaseTooNew``."""
     engine = make_engine(resolve_url(url), pool_size=pool_size)
     if upgrade:
+        if auto_migrate is None:
+            auto_migrate = auto_migrate_default()
         try:
-            migrate(engine)
+            migrate(engine, upgrade_existing=engine.dialect.name != "postgresql" or auto_migrate)
         except StorageError:
             engine.dispose()
             raise

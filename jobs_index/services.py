@@ -202,9 +202,12 @@ class JobsIndex:
         self.engine = engine
 
     @classmethod
-    def open(cls, url: str | None = None, *, pool_size: int = 5) -> "JobsIndex":
-        """Open (and create or upgrade) the index at ``url`` (see ``resolve_url``)."""
-        return cls(open_engine(url, pool_size=pool_size))
+    def open(cls, url: str | None = None, *, pool_size: int = 5, auto_migrate: bool | None = None) -> "JobsIndex":
+        """Open (and create or upgrade) the index at ``url`` (see ``resolve_url``).
+
+        An older PostgreSQL schema is upgraded only with ``auto_migrate`` (default:
+        ``$JOBS_INDEX_AUTO_MIGRATE``); see ``database.open_engine``."""
+        return cls(open_engine(url, pool_size=pool_size, auto_migrate=auto_migrate))
 
     def close(self) -> None:
         self.engine.dispose()
