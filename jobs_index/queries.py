@@ -386,3 +386,38 @@ def stored_counts(conn: Connection) -> dict[tuple[str, str, str], int]:
     stmt = select(counts.c.source, counts.c.workflow_id, counts.c.status, counts.c.n).where(counts.c.n != 0)
     return {(s, w, st): n for s, w, st, n in conn.execute(stmt)}
 
+
+
+def count_rows(conn: Connection, query: ListQuery) -> int:
+    """Jobs passing the listing's filters, counted from the rows themselves (an index
+    scan, O(matching rows)): the truth ``count_total``'s counters must equal."""
+    if not query.statuses or unmatchable(conn, query.workflow_id, query.source):
+        return 0
+    stmt = select(func.count()).select_from(jobs).where(jobs.c.status.in_(list(query.statuses)))
+    if query.workflow_id is not None:
+        stmt = stmt.where(jobs.c.workflow_id == query.workflow_id)
+    if query.source is not None:
+        stmt = stmt.where(jobs.c.source == query.source)
+    return int(conn.execute(stmt).scalar_one())
+
+
+def lock_jobs_for_recount(conn: Connection) -> None:
+    """PostgreSQL: block writes to ``jobs`` (SHARE mode: reads go on) until the
+    transaction ends, so a recount and the counters written from it are exact even
+    against ad-hoc SQL writers. SQLite's ``BEGIN IMMEDIATE`` already does."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("LOCK TABLE jobs IN SHARE MODE")
+
+
+def repair_counts(conn: Connection) -> dict[tuple[str, str, str], tuple[int, int]]:
+    """Make ``job_counts`` equal a recount of ``jobs``; returns the keys that were
+    wrong as ``{key: (stored, actual)}``. Call under ``lock_jobs_for_recount`` in a
+    writer's transaction."""
+    actual, stored = recount(conn), stored_counts(conn)
+    wrong = {key: (stored.get(key, 0), actual.get(key, 0))
+             for key in stored.keys() | actual.keys() if stored.get(key, 0) != actual.get(key, 0)}
+    for (source, workflow_id, status), (_, n) in sorted(wrong.items()):
+        key = (counts.c.source == source) & (counts.c.workflow_id == workflow_id) & (counts.c.status == status)
+        if conn.execute(counts.update().where(key).values(n=n)).rowcount == 0:
+            conn.execute(counts.insert().values(source=source, workflow_id=workflow_id, status=status, n=n))
+    return wrong

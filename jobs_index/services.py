@@ -8,12 +8,13 @@ Every method is blocking; async callers run them in a thread.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 from . import queries, wire, write_queries
 from . import live_queries
@@ -23,6 +24,8 @@ from .errors import JobNotFound, StorageError
 from .normalize import JobRecord, detail_dict
 from .params import ListQuery
 from .queries import ROW_CREATE_TIME, ROW_DURATION, ROW_ID, ROW_JOB_JSON, ROW_TOTAL, Position
+
+log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 1000
 STREAM_CHUNK = 1000  # rows per query when a listing is larger than one page
@@ -95,19 +98,21 @@ class JobStream:
         self.has_more = False
         self.next_cursor: str | None = None
         self.total = 0
-        if self._offset:  # offset mode: the total first, so a skip past the end reads no index
+        # The rows are the truth: the counter (total) never decides whether rows are
+        # read. An empty listing answers like ComfyUI's early return for an empty
+        # filtered set (no cursor, no has_more) because no rows were found.
+        offset, want = self._offset, self._want()
+        if offset:  # offset mode: total and rows in one read transaction (one snapshot)
             with read_transaction(index.engine) as conn:
                 self.total = queries.count_total(conn, query)
-                self._done = self.total == 0
-                self._first = self._fetch(conn)
-            return
-        with read_statement(index.engine) as conn:  # page and total: one statement
-            want = self._want()
-            rows = queries.select_page(conn, query, limit=want + 1, after=self._after, with_total=True)
-            self.total = int(rows[0][ROW_TOTAL]) if rows else queries.count_total(conn, query)
-        # ComfyUI answers an empty filtered set early: no cursor, no has_more.
-        self._done = self.total == 0
-        self._first = [] if self._done else self._consume(rows, want)
+                rows = queries.select_page(conn, query, limit=want + 1, offset=offset)
+        else:
+            with read_statement(index.engine) as conn:  # page and total: one statement
+                rows = queries.select_page(conn, query, limit=want + 1, after=self._after, with_total=True)
+                self.total = int(rows[0][ROW_TOTAL]) if rows else queries.count_total(conn, query)
+        self._first = self._consume(rows, want)
+        if not _total_agrees(self.total, offset, len(self._first), len(rows) > want, query.cursor is not None):
+            self.total = index._counter_mismatch(query, self.total, offset, len(rows))
 
     def _want(self) -> int:
         return self._chunk if self._remaining is None else min(self._chunk, self._remaining)
@@ -116,11 +121,7 @@ class JobStream:
         if self._done:
             return []
         want = self._want()
-        if self._after is None and self._offset >= self.total:
-            rows = []  # past the end: answer without walking the index
-        else:
-            rows = queries.select_page(conn, self._query, limit=want + 1,
-                                       offset=self._offset, after=self._after)
+        rows = queries.select_page(conn, self._query, limit=want + 1, offset=self._offset, after=self._after)
         return self._consume(rows, want)
 
     def _consume(self, rows: list, want: int) -> list[str]:
@@ -155,6 +156,26 @@ class JobStream:
             return None
         with read_statement(self._index.engine) as conn:
             return self._fetch(conn)
+
+
+def _describe(query: ListQuery) -> str:
+    parts = [f"status in {','.join(query.statuses)}"]
+    if query.workflow_id is not None:
+        parts.append(f"workflow_id={query.workflow_id!r}")
+    if query.source is not None:
+        parts.append(f"source={query.source!r}")
+    return " ".join(parts)
+
+
+def _total_agrees(total: int, offset: int, found: int, more: bool, after_cursor: bool) -> bool:
+    """Can ``total`` (from the counters) be right, given what the first chunk found in
+    the same snapshot? ``found`` rows after skipping ``offset`` (or after a cursor),
+    ``more``: at least one row beyond them. Costs nothing: no extra SQL."""
+    if after_cursor:  # rows before the cursor are unknown: a lower bound only
+        return total >= found + more
+    if found or more:  # rows at the offset exist, so the offset rows before them do too
+        return total >= offset + found + 1 if more else total == offset + found
+    return total <= offset  # nothing at or past the offset
 
 
 def _batches(records: Iterable[JobRecord], source: str | None, size: int) -> Iterator[list[JobRecord]]:
@@ -240,6 +261,31 @@ class JobsIndex:
     def total(self, query: ListQuery | None = None) -> int:
         with read_transaction(self.engine) as conn:
             return queries.count_total(conn, query or ListQuery())
+
+    def _counter_mismatch(self, query: ListQuery, total: int, offset: int, rows: int) -> int:
+        """A page found rows its counters say are not there, or fewer: count the rows
+        (they are the truth), repair ``job_counts`` and return the real total. A
+        repair that cannot run (a read-only role) is logged; ``jobs-index check
+        --repair`` does it later."""
+        with read_transaction(self.engine) as conn:
+            actual = queries.count_rows(conn, query)
+        log.warning("jobs-index: job_counts says %d jobs for %s but the rows say %d (page at offset %d "
+                    "read %d rows): repairing the counters", total, _describe(query), actual, offset, rows)
+        try:
+            wrong = self.repair_counts()
+        except (StorageError, DBAPIError) as exc:
+            log.error("jobs-index: cannot repair job_counts (%s); run `jobs-index check --repair`",
+                      " ".join(str(exc).split())[:300])
+        else:
+            log.warning("jobs-index: job_counts repaired (%d counter rows were wrong)", len(wrong))
+        return actual
+
+    def repair_counts(self) -> dict[tuple[str, str, str], tuple[int, int]]:
+        """Rebuild ``job_counts`` from the rows (one writer's transaction; on PostgreSQL
+        writes to ``jobs`` wait meanwhile). Returns ``{key: (was, now)}`` of the wrong rows."""
+        with write_transaction(self.engine) as conn:
+            queries.lock_jobs_for_recount(conn)
+            return queries.repair_counts(conn)
 
     # -- writes --------------------------------------------------------------
 
