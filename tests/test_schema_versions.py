@@ -194,3 +194,28 @@ def test_sqlite_older_file_still_upgrades_on_open_after_a_backup(sqlite_url, tmp
     assert version(sqlite_url) == head_revision()
     assert [p.name for p in backups(tmp_path)] == [f"jobs.sqlite3.bak-{OLDER}"]
 
+
+
+def test_custom_node_on_a_newer_database_copies_nothing_and_comfyui_answers(sqlite_url, tmp_path):
+    """The node's writer retries a failing database (here every 0.2 s): on a newer
+    database every retry is a cheap refusal — no backup, no write — and ComfyUI
+    keeps answering /api/jobs from its own memory."""
+    from .test_custom_node import WAIT, _true, comfyui, run
+    from .live_util import eventually
+
+    newer_database(sqlite_url)
+    before = state(sqlite_url)
+
+    async def scenario():
+        async with comfyui(sqlite_url, wait_ready=False) as comfy:
+            node = comfy.node
+            await comfy.submit()
+            await comfy.finished(1)
+            assert await eventually(lambda: _true(node.writer.stats["failures"] >= 5), WAIT)
+            assert "DatabaseTooNew" in node.writer.failing and FUTURE in node.writer.failing
+            assert not node.writer.ready
+            assert await comfy.parity(comfy.builtin()) == []
+
+    run(scenario())
+    assert backups(tmp_path) == []
+    assert state(sqlite_url) == before
