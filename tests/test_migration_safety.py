@@ -313,3 +313,47 @@ def test_rebuild_refuses_to_run_with_sqlite_foreign_keys_on(sqlite_url, tmp_path
                 sum(len(r.node_types) for r in records)
     finally:
         engine.dispose()
+
+
+BREAKING_SCRIPT = '''"""Test-only: drop a column a user's view reads."""
+import sqlalchemy as sa
+from alembic import op
+
+from jobs_index.migrations.rebuild import rebuilding_jobs
+
+revision = "{revision}"
+down_revision = "{down}"
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    with rebuilding_jobs(op):
+        with op.batch_alter_table("jobs") as batch:
+            batch.drop_column("error_node_type")
+
+
+def downgrade():
+    pass
+'''
+
+
+def test_rebuild_that_breaks_a_view_is_rolled_back(backend, db_url, tmp_path):
+    """A view over jobs (here a user's) is recreated as it was; one the rebuild breaks
+    fails the migration, everything rolled back (SQLite would accept the broken view)."""
+    root = scripts_with(tmp_path, "9003_test_drop_column", BREAKING_SCRIPT)
+    upgrade(db_url, head_revision(), root, "migrate")
+    records = populate(db_url, head_revision())
+    engine = make_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("CREATE VIEW my_errors AS SELECT id, error_node_type FROM jobs"))
+        with pytest.raises(Exception, match="error_node_type"):
+            migrate(engine, "9003_test_drop_column", script_location=root / "migrations")
+        with engine.connect() as conn:
+            assert current_revision(conn) == head_revision()
+            assert conn.execute(text("SELECT count(*) FROM my_errors")).scalar() == len(records)
+            assert conn.execute(text("SELECT count(*) FROM job_nodes")).scalar() == \
+                sum(len(r.node_types) for r in records)
+    finally:
+        engine.dispose()
