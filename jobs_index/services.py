@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 1000
 STREAM_CHUNK = 1000  # rows per query when a listing is larger than one page
+REPAIR_RETRY_S = 60.0  # after a failed counter repair, pages count their rows without retrying it
 
 
 @dataclass
@@ -221,6 +222,7 @@ class JobsIndex:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._repair_failed_at: float | None = None  # monotonic time of a counter repair that failed
 
     @classmethod
     def open(cls, url: str | None = None, *, pool_size: int = 5, auto_migrate: bool | None = None) -> "JobsIndex":
@@ -269,14 +271,19 @@ class JobsIndex:
         --repair`` does it later."""
         with read_transaction(self.engine) as conn:
             actual = queries.count_rows(conn, query)
+        failed_at = self._repair_failed_at
+        if failed_at is not None and time.monotonic() - failed_at < REPAIR_RETRY_S:
+            return actual  # a repair failed a moment ago (e.g. a read-only role): pages stay right, quietly
         log.warning("jobs-index: job_counts says %d jobs for %s but the rows say %d (page at offset %d "
                     "read %d rows): repairing the counters", total, _describe(query), actual, offset, rows)
         try:
             wrong = self.repair_counts()
         except (StorageError, DBAPIError) as exc:
+            self._repair_failed_at = time.monotonic()
             log.error("jobs-index: cannot repair job_counts (%s); run `jobs-index check --repair`",
                       " ".join(str(exc).split())[:300])
         else:
+            self._repair_failed_at = None
             log.warning("jobs-index: job_counts repaired (%d counter rows were wrong)", len(wrong))
         return actual
 

@@ -112,3 +112,41 @@ def test_correct_counters_are_never_recounted(filled, caplog):
             reply = client.get(f"/api/jobs{query}")
             assert reply.status == 200
     assert "job_counts" not in caplog.text
+
+
+def test_read_only_role_still_lists_every_job_and_logs_once(pg_url, caplog):
+    """An API server with SELECT only cannot repair the counters: its pages still
+    count the rows; the failed repair is logged once, not on every page."""
+    import uuid
+
+    from sqlalchemy import create_engine
+
+    from jobs_index import JobsIndex
+
+    with JobsIndex.open(pg_url) as owner:
+        rng = random.Random(5)
+        owner.ingest([from_queue(queue_item(rng, f"p{i}", i, 1_765_000_000_000 + i, "wf"), PENDING)
+                      for i in range(PENDING_JOBS)])
+        set_pending_counter(owner, 0)
+        with owner.engine.connect() as conn:
+            schema = conn.exec_driver_sql("SELECT current_schema()").scalar()
+    role = f"ro_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(pg_url.split("?")[0])
+    try:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f'CREATE ROLE "{role}" LOGIN')
+            conn.exec_driver_sql(f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"')
+            conn.exec_driver_sql(f'GRANT SELECT ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"')
+        reader_url = pg_url.replace("://postgres@", f"://{role}@", 1)
+        with caplog.at_level(logging.WARNING, logger="jobs_index.services"), \
+                JobsIndex.open(reader_url) as reader, live_server(reader) as client:
+            for _ in range(3):
+                reply = client.get("/api/jobs?status=pending")
+                assert len(reply.body["jobs"]) == PENDING_JOBS == reply.body["pagination"]["total"]
+            assert not reader.counts_consistent()  # nothing could be written
+        assert caplog.text.count("cannot repair job_counts") == 1
+    finally:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f'DROP OWNED BY "{role}"')
+            conn.exec_driver_sql(f'DROP ROLE "{role}"')
+        admin.dispose()
