@@ -38,7 +38,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
 from .config import AUTO_MIGRATE_ENV, APP_NAME, ENV_VAR, default_sqlite_path, resolve_url  # noqa: F401 (re-exported)
-from .errors import ConfigError, DatabaseTooNew, StorageError, UpgradeRequired
+from .errors import ConfigError, DatabaseTooNew, ForeignKeyViolation, StorageError, UpgradeRequired  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -289,10 +289,6 @@ def sqlite_foreign_keys_off(conn: Connection) -> Iterator[Connection]:
         except Exception:  # noqa: BLE001 - never return a connection with them off to the pool
             conn.invalidate()
             raise
-
-
-class ForeignKeyViolation(StorageError):
-    """A migration left rows whose parent is gone (``PRAGMA foreign_key_check``)."""
 
 
 def check_foreign_keys(conn: Connection) -> None:

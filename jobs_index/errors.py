@@ -66,6 +66,11 @@ class StorageError(JobsIndexError):
     status = 503
 
 
+class ForeignKeyViolation(StorageError):
+    """A migration left rows whose parent is gone (``PRAGMA foreign_key_check``
+    before the commit); the whole migration was rolled back."""
+
+
 class SchemaVersionError(StorageError):
     """The database's schema revision is not one this jobs-index may use as it is.
 
