@@ -312,6 +312,8 @@ def select_page(conn: Connection, query: ListQuery, *, limit: int | None, offset
     """
     if not query.statuses or unmatchable(conn, query.workflow_id, query.source):
         return []
+    if offset + (limit or 0) > _INT64_MAX:  # no table holds 2**63 rows; SQL cannot take the number
+        return []
     if after is not None:
         clamped = clamp_position(after, query.descending)
         if clamped is False:
