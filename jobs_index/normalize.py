@@ -125,26 +125,45 @@ _ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATAC
 
 
 def json_bytes(value: Any, exact: bool = False) -> bytes:
-    """Compact UTF-8 JSON of ``value`` that ``json.loads`` reads back as ``value``.
+    """Compact UTF-8 JSON of ``value`` that ``json.loads`` reads back as ``value``:
+    the canonical text of the JSON value ``value`` stands for, so its digest is the
+    same whatever Python types held it (a tuple or a list, a subclass or its base
+    type, an int key or its string) and whichever encoder wrote the JSON it came from.
 
-    orjson writes it where that is exact, else the standard library (NaN and
-    infinities, which orjson would write as ``null``; integers beyond 64 bits; lone
-    surrogates, non-string keys, tuples, other types, nesting deeper than 255).
-    ``exact=True`` says ``value`` came from ``orjson.loads`` of text without an
-    integer literal of 19 or more digits (``orjson_exact``): only JSON types, finite
-    floats and 64-bit integers, so orjson's text needs no check. Otherwise orjson's
-    text is read back and kept only if it equals ``value`` (a NaN never equals).
-    Both writers give the same text for the same value except for the exponent
-    form of some floats (``1e-07`` vs ``1e-7``), so a value's text (and digest)
-    depends only on the value.
+    orjson writes it where that is exact; otherwise (a tuple, a non-string key, a
+    subclass, or a value orjson cannot write) the value is written by the standard
+    library, read back (the plain JSON value: lists, string keys, base types) and
+    that is written by orjson if orjson writes it exactly. What orjson cannot write
+    (NaN and infinities, which it would write as ``null``; integers beyond 64 bits;
+    lone surrogates; nesting deeper than 255) keeps the standard library's text,
+    which then depends only on the value too. ``exact=True`` says ``value`` came from
+    ``orjson.loads`` of text without an integer literal of 19 or more digits
+    (``orjson_exact``): only JSON types, finite floats and 64-bit integers, so
+    orjson's text needs no check. Otherwise orjson's text is read back and kept only
+    if it equals ``value`` (a NaN never equals; a tuple never equals its list).
+    The two writers differ only in the form of some floats (``1e-05`` vs
+    ``0.00001``, ``1e-07`` vs ``1e-7``): without the second step a job held in
+    ComfyUI's memory (tuples) and the same job read from ``/history`` (lists) would
+    get two digests.
     """
+    data = _orjson_checked(value, exact)
+    if data is not None:
+        return data
+    text = _dumps(value).encode("utf-8")
+    plain, plain_exact = loads_exact(text)
+    data = _orjson_checked(plain, plain_exact)
+    return text if data is None else data
+
+
+def _orjson_checked(value: Any, exact: bool) -> bytes | None:
+    """orjson's text of ``value`` if it reads back as ``value`` (always, if ``exact``)."""
     try:
         data = orjson.dumps(value, option=_ORJSON_OPTIONS)
     except orjson.JSONEncodeError:
-        return _dumps(value).encode("utf-8")
+        return None
     if exact or orjson.loads(data) == value:
         return data
-    return _dumps(value).encode("utf-8")
+    return None
 
 
 def json_text(value: Any, exact: bool = False) -> str:
