@@ -214,17 +214,23 @@ class HeldSnapshot:
         try:
             return fn(self._conn, *args, **kwargs)
         except DBAPIError as exc:
-            self.close()
+            self.close(broken=True)
             raise StorageError(f"database read failed: {driver_message(exc)}") from exc
 
-    def close(self) -> None:
+    def close(self, broken: bool = False) -> None:
+        """End the transaction and return the connection; a ``broken`` one (its last
+        statement failed: the server may have gone) is discarded instead."""
         conn, self._conn = self._conn, None
         if conn is None:
             return
         try:
-            self._transaction.rollback()  # nothing was written: ending it is all
-        except DBAPIError as exc:  # the connection is already broken: the pool discards it
+            if broken:
+                conn.invalidate()
+            else:
+                self._transaction.rollback()  # nothing was written: ending it is all
+        except Exception as exc:  # the connection is already unusable: the pool discards it
             log.debug("closing a read snapshot: %s", driver_message(exc))
+            conn.invalidate()
         finally:
             conn.close()
 
