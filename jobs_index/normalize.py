@@ -93,6 +93,30 @@ _row_values = attrgetter(*_ROW_FIELDS)
 _all_values = attrgetter(*JobRecord.__slots__)
 
 
+# -- text columns that keep a value exactly ---------------------------------------
+#
+# PostgreSQL text cannot hold NUL, and every engine stores what every other stores:
+# ``jobs.id`` and ``jobs.workflow_id`` (the columns a job is answered and filtered by)
+# hold a NUL as "\x01\x01" and a "\x01" as "\x01\x02", on every engine. The mapping
+# keeps code point order (ids sort as ComfyUI sorts them), leaves any other string
+# unchanged, and is undone for every answer (``column_text`` / ``answer_text``; in SQL,
+# ``queries._job_json_sql``). ``raw`` keeps the item itself, NUL included.
+
+def column_text(value: str | None) -> str | None:
+    """A job id or workflow id as its column stores it (no NUL)."""
+    if value is None or ("\x00" not in value and "\x01" not in value):
+        return value
+    return value.replace("\x01", "\x01\x02").replace("\x00", "\x01\x01")
+
+
+def answer_text(value: str | None) -> str | None:
+    """The inverse of ``column_text``: the value ComfyUI answers with."""
+    if value is None or "\x01" not in value:
+        return value
+    # Left to right, "\x01" always starts a pair: NUL pairs first, then the rest.
+    return value.replace("\x01\x01", "\x00").replace("\x01\x02", "\x01")
+
+
 # -- small defensive helpers -------------------------------------------------
 
 def _as_dict(value: Any) -> dict:
@@ -476,7 +500,7 @@ def from_history(job_id: Any, item: Any, exact: bool = False) -> JobRecord:
 
 def list_dict(row: Any) -> dict:
     """The ``GET /api/jobs`` dict of a row (attribute access), keys in ComfyUI's order."""
-    job: dict[str, Any] = {"id": row.id, "status": row.status, "priority": row.priority}
+    job: dict[str, Any] = {"id": answer_text(row.id), "status": row.status, "priority": row.priority}
     if not row.create_time_missing:
         job["create_time"] = row.create_time
     if row.execution_start_time is not None:
@@ -489,7 +513,7 @@ def list_dict(row: Any) -> dict:
     if row.preview_output is not None:
         job["preview_output"] = json.loads(row.preview_output)
     if row.workflow_id is not None:
-        job["workflow_id"] = row.workflow_id
+        job["workflow_id"] = answer_text(row.workflow_id)
     return job
 
 

@@ -25,6 +25,7 @@ from sqlalchemy import (BigInteger, Connection, Integer, Row, Select, Text, bind
 
 from . import schema
 from .cursor import MAX_ID_LENGTH
+from .normalize import answer_text, column_text
 from .params import ListQuery
 
 jobs = schema.Job.__table__
@@ -35,16 +36,18 @@ counts = schema.JobCount.__table__
 # the stored JSON of ``execution_error``/``preview_output`` embedded as it is. It
 # equals ``json.dumps(normalize.list_dict(row))`` after parsing (tests/test_wire.py).
 # A page is then a join of strings: no per-row Python objects, no JSON re-encoding.
-def _job_json_sql(quote: str, number: str) -> str:
-    """The SQL expression; ``quote``/``number`` format a JSON string / integer."""
-    q, n = quote.format, number.format
+def _job_json_sql(quote: str, number: str, answer: str) -> str:
+    """The SQL expression; ``quote``/``number`` format a JSON string / integer;
+    ``answer`` formats the JSON string of an id / workflow id column (undoing
+    ``normalize.column_text``)."""
+    q, n, a = quote.format, number.format, answer.format
 
     def optional(key: str, column: str, value: str, missing: str | None = None) -> str:
         return (f"CASE WHEN {missing or column + ' IS NULL'} THEN '' "
                 f"ELSE ', \"{key}\": ' || {value} END")
 
     parts = [
-        f"""'{{"id": ' || {q('id')}""",
+        f"""'{{"id": ' || {a('id')}""",
         f"""', "status": ' || {q('status')}""",
         f"""', "priority": ' || {n('priority')}""",
         optional("create_time", "create_time", n("create_time"), missing="create_time_missing"),
@@ -53,15 +56,27 @@ def _job_json_sql(quote: str, number: str) -> str:
         optional("execution_error", "execution_error", "execution_error"),
         f"""', "outputs_count": ' || {n('outputs_count')}""",
         optional("preview_output", "preview_output", "preview_output"),
-        optional("workflow_id", "workflow_id", q("workflow_id")),
+        optional("workflow_id", "workflow_id", a("workflow_id")),
         "'}'",
     ]
     return "\n || ".join(parts)
 
 
+# ``normalize.answer_text`` in SQL, then JSON-quoted. A column without "\x01" (every
+# real one) takes the plain branch. SQLite text can hold the NUL the pairs stand for;
+# PostgreSQL's cannot, so there the string is split at the NUL pairs, each piece
+# quoted, and the pieces joined with the JSON escape of NUL.
+_SQLITE_ANSWER = ("json_quote(CASE WHEN instr({0}, char(1)) = 0 THEN {0} "
+                  "ELSE replace(replace({0}, char(1, 1), char(0)), char(1, 2), char(1)) END)")
+_PG_ANSWER = ("CASE WHEN strpos({0}, chr(1)) = 0 THEN to_json({0})::text "
+              "ELSE '\"' || (SELECT string_agg(substr(j.t, 2, length(j.t) - 2), '\\u0000' ORDER BY p.n) "
+              "FROM unnest(string_to_array({0}, chr(1) || chr(1))) WITH ORDINALITY AS p(piece, n), "
+              "LATERAL (SELECT to_json(replace(p.piece, chr(1) || chr(2), chr(1)))::text AS t) AS j) "
+              "|| '\"' END")
+
 _JOB_JSON_SQL = {
-    "sqlite": _job_json_sql("json_quote({})", "{}"),
-    "postgresql": _job_json_sql("to_json({})::text", "{}::text"),
+    "sqlite": _job_json_sql("json_quote({})", "{}", _SQLITE_ANSWER),
+    "postgresql": _job_json_sql("to_json({})::text", "{}::text", _PG_ANSWER),
 }
 
 
@@ -258,8 +273,9 @@ def _status_params(n: int) -> list:
 def _filter_values(query: ListQuery) -> dict:
     """The parameter values of a listing's filters (arms and total alike)."""
     values = {f"s{i}": status for i, status in enumerate(query.statuses)}
-    values.update(workflow=query.workflow_id, source=query.source,
-                  count_source=query.source or "", count_workflow=query.workflow_id or "")
+    workflow = column_text(query.workflow_id)
+    values.update(workflow=workflow, source=query.source,
+                  count_source=query.source or "", count_workflow=workflow or "")
     return values
 
 
@@ -273,7 +289,8 @@ def clamp_position(position: Position, descending: bool) -> Position | None | bo
 
 
 def _unstorable(conn: Connection, char: str) -> bool:
-    """A character no stored text can hold: a lone surrogate (not UTF-8), or NUL on PostgreSQL."""
+    """A character no stored text can hold: a lone surrogate (not UTF-8), or NUL on
+    PostgreSQL (an id or workflow id holds none: ``normalize.column_text``)."""
     return "\ud800" <= char <= "\udfff" or (char == "\x00" and conn.dialect.name == "postgresql")
 
 
@@ -306,11 +323,12 @@ def select_page(conn: Connection, query: ListQuery, *, limit: int | None, offset
                 after: Position | None = None, with_total: bool = False) -> list[tuple]:
     """Up to ``limit`` rows of ``query``, skipping ``offset`` rows or starting ``after``.
 
-    Rows are ``page_columns`` tuples (``ROW_*`` indexes). With ``with_total``
+    Rows are ``page_columns`` tuples (``ROW_*`` indexes; ``ROW_ID`` as the column
+    stores it, and ``after.id`` too: ``normalize.column_text``). With ``with_total``
     each row ends with the listing's ``total``, read by the same statement (one
     snapshot, one round trip); an empty page then carries no total (``count_total``).
     """
-    if not query.statuses or unmatchable(conn, query.workflow_id, query.source):
+    if not query.statuses or unmatchable(conn, column_text(query.workflow_id), query.source):
         return []
     if after is not None:
         clamped = clamp_position(after, query.descending)
@@ -334,15 +352,17 @@ def select_page(conn: Connection, query: ListQuery, *, limit: int | None, offset
 
 def count_total(conn: Connection, query: ListQuery) -> int:
     """Exact number of jobs passing the status/workflow/source filters (≤ 5 rows read)."""
-    if not query.statuses or unmatchable(conn, query.workflow_id, query.source):
+    if not query.statuses or unmatchable(conn, column_text(query.workflow_id), query.source):
         return 0
     return int(_count_sql(len(query.statuses), conn.dialect).run(conn, _filter_values(query)).scalar_one())
 
 
 def get_job(conn: Connection, job_id: str) -> Row | None:
-    if unmatchable(conn, job_id):
+    """The row of ComfyUI's job ``job_id`` (its columns as stored)."""
+    stored = column_text(job_id)
+    if unmatchable(conn, stored):
         return None
-    return conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
+    return conn.execute(select(jobs).where(jobs.c.id == stored)).first()
 
 
 def _chunks(items: Sequence, size: int = 900) -> Iterable[Sequence]:
@@ -354,12 +374,13 @@ def live_ids(conn: Connection, source: str | None) -> set[str]:
     """Ids of pending/in_progress rows of one source (None = rows with no source)."""
     stmt = select(jobs.c.id).where(
         jobs.c.status.in_(LIVE_STATUSES), jobs.c.source.is_not_distinct_from(source))
-    return set(conn.execute(stmt).scalars())
+    return {answer_text(job_id) for job_id in conn.execute(stmt).scalars()}
 
 
 def delete_jobs(conn: Connection, ids: Sequence[str]) -> int:
+    """Delete ComfyUI's jobs ``ids``; returns how many rows went."""
     deleted = 0
-    for chunk in _chunks(list(ids)):
+    for chunk in _chunks([column_text(job_id) for job_id in ids]):
         deleted += conn.execute(jobs.delete().where(jobs.c.id.in_(chunk))).rowcount
     return deleted
 

@@ -21,7 +21,7 @@ from . import live_queries
 from .cursor import CURSOR_SORT_FIELD, encode_cursor
 from .database import HeldSnapshot, open_engine, read_statement, read_transaction, write_transaction
 from .errors import JobNotFound, StorageError
-from .normalize import JobRecord, detail_dict
+from .normalize import JobRecord, answer_text, column_text, detail_dict
 from .params import ListQuery
 from .queries import ROW_CREATE_TIME, ROW_DURATION, ROW_ID, ROW_JOB_JSON, ROW_TOTAL, Position
 
@@ -98,7 +98,8 @@ class JobStream:
     def __init__(self, index: "JobsIndex", query: ListQuery, chunk: int = STREAM_CHUNK) -> None:
         self._index, self._query, self._chunk = index, query, chunk
         self._remaining = query.limit  # None: no limit
-        self._after = Position(query.cursor.create_time, query.cursor.id) if query.cursor else None
+        # Positions are in the id column's terms (``normalize.column_text``: same order).
+        self._after = Position(query.cursor.create_time, column_text(query.cursor.id)) if query.cursor else None
         self._offset = 0 if query.cursor else query.offset
         self._done = False
         self._last = None
@@ -165,7 +166,7 @@ class JobStream:
             self._done = True
             self.has_more = extra and self._query.limit is not None
             if self.has_more and self._query.sort_by == CURSOR_SORT_FIELD and self._last is not None:
-                self.next_cursor = encode_cursor(self._last[ROW_CREATE_TIME], self._last[ROW_ID],
+                self.next_cursor = encode_cursor(self._last[ROW_CREATE_TIME], answer_text(self._last[ROW_ID]),
                                                  self._query.sort_order)
         return [row[ROW_JOB_JSON] for row in page]
 
