@@ -16,6 +16,7 @@ docs/postgresql.md records the one stale-statistics case seen and its remedy.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -36,18 +37,16 @@ counts = schema.JobCount.__table__
 # the stored JSON of ``execution_error``/``preview_output`` embedded as it is. It
 # equals ``json.dumps(normalize.list_dict(row))`` after parsing (tests/test_wire.py).
 # A page is then a join of strings: no per-row Python objects, no JSON re-encoding.
-def _job_json_sql(quote: str, number: str, answer: str) -> str:
-    """The SQL expression; ``quote``/``number`` format a JSON string / integer;
-    ``answer`` formats the JSON string of an id / workflow id column (undoing
-    ``normalize.column_text``)."""
-    q, n, a = quote.format, number.format, answer.format
+def _job_json_sql(quote: str, number: str) -> str:
+    """The SQL expression; ``quote``/``number`` format a JSON string / integer."""
+    q, n = quote.format, number.format
 
     def optional(key: str, column: str, value: str, missing: str | None = None) -> str:
         return (f"CASE WHEN {missing or column + ' IS NULL'} THEN '' "
                 f"ELSE ', \"{key}\": ' || {value} END")
 
     parts = [
-        f"""'{{"id": ' || {a('id')}""",
+        f"""'{{"id": ' || {q('id')}""",
         f"""', "status": ' || {q('status')}""",
         f"""', "priority": ' || {n('priority')}""",
         optional("create_time", "create_time", n("create_time"), missing="create_time_missing"),
@@ -56,28 +55,34 @@ def _job_json_sql(quote: str, number: str, answer: str) -> str:
         optional("execution_error", "execution_error", "execution_error"),
         f"""', "outputs_count": ' || {n('outputs_count')}""",
         optional("preview_output", "preview_output", "preview_output"),
-        optional("workflow_id", "workflow_id", a("workflow_id")),
+        optional("workflow_id", "workflow_id", q("workflow_id")),
         "'}'",
     ]
     return "\n || ".join(parts)
 
 
-# ``normalize.answer_text`` in SQL, then JSON-quoted. A column without "\x01" (every
-# real one) takes the plain branch. SQLite text can hold the NUL the pairs stand for;
-# PostgreSQL's cannot, so there the string is split at the NUL pairs, each piece
-# quoted, and the pieces joined with the JSON escape of NUL.
-_SQLITE_ANSWER = ("json_quote(CASE WHEN instr({0}, char(1)) = 0 THEN {0} "
-                  "ELSE replace(replace({0}, char(1, 1), char(0)), char(1, 2), char(1)) END)")
-_PG_ANSWER = ("CASE WHEN strpos({0}, chr(1)) = 0 THEN to_json({0})::text "
-              "ELSE '\"' || (SELECT string_agg(substr(j.t, 2, length(j.t) - 2), '\\u0000' ORDER BY p.n) "
-              "FROM unnest(string_to_array({0}, chr(1) || chr(1))) WITH ORDINALITY AS p(piece, n), "
-              "LATERAL (SELECT to_json(replace(p.piece, chr(1) || chr(2), chr(1)))::text AS t) AS j) "
-              "|| '\"' END")
-
 _JOB_JSON_SQL = {
-    "sqlite": _job_json_sql("json_quote({})", "{}", _SQLITE_ANSWER),
-    "postgresql": _job_json_sql("to_json({})::text", "{}::text", _PG_ANSWER),
+    "sqlite": _job_json_sql("json_quote({})", "{}"),
+    "postgresql": _job_json_sql("to_json({})::text", "{}::text"),
 }
+
+# The id and workflow id columns hold ``normalize.column_text`` of ComfyUI's value,
+# which differs from it only if it has a "\x01" (the escape of NUL; both engines
+# write it "\u0001" in JSON). Such a rare job's text is completed here, in Python:
+# undoing the mapping in SQL cost PostgreSQL more planning time on every page.
+ESCAPED_IN_JSON = "\\u0001"
+
+
+def answered_job_json(text: str) -> str:
+    """A listing row's job JSON with its id and workflow id as ComfyUI answers them
+    (``text`` itself for every job whose columns hold no "\x01")."""
+    if ESCAPED_IN_JSON not in text:
+        return text
+    job = json.loads(text)
+    job["id"] = answer_text(job["id"])
+    if "workflow_id" in job:
+        job["workflow_id"] = answer_text(job["workflow_id"])
+    return json.dumps(job, ensure_ascii=False)
 
 
 def page_columns(dialect: str) -> tuple:

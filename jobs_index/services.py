@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DataError, IntegrityError
@@ -168,7 +169,9 @@ class JobStream:
             if self.has_more and self._query.sort_by == CURSOR_SORT_FIELD and self._last is not None:
                 self.next_cursor = encode_cursor(self._last[ROW_CREATE_TIME], answer_text(self._last[ROW_ID]),
                                                  self._query.sort_order)
-        return [row[ROW_JOB_JSON] for row in page]
+        escaped = queries.ESCAPED_IN_JSON  # rare: a job whose id / workflow id holds NUL or "\x01"
+        return [text if escaped not in text else queries.answered_job_json(text)
+                for text in map(itemgetter(ROW_JOB_JSON), page)]
 
     def chunks(self) -> Iterator[list[str]]:
         """Job JSON texts, chunk by chunk (blocking: one query per chunk after the first)."""
