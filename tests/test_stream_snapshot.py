@@ -12,7 +12,7 @@ import time
 import aiohttp
 import pytest
 
-from jobs_index import http
+from jobs_index import JobsIndex, http
 from jobs_index.normalize import IN_PROGRESS, PENDING, from_history, from_queue
 from jobs_index.params import parse_list_query
 
@@ -171,3 +171,57 @@ def test_an_http_client_that_goes_away_mid_listing_releases_the_snapshot(index):
             await runner.cleanup()
 
     asyncio.run(scenario())
+
+
+def test_a_client_that_stops_reading_is_cut_off_and_its_snapshot_released(index, monkeypatch):
+    """A client that takes nothing for STREAM_STALL_TIMEOUT loses its connection; the
+    snapshot it held (which keeps SQLite's WAL and PostgreSQL's vacuum waiting) goes."""
+    monkeypatch.setattr(http, "STREAM_STALL_TIMEOUT", 0.5)
+    bulk_load(index, BIG)
+    pool = index.engine.pool
+
+    async def scenario():
+        runner, url = await start_server(index)
+        try:
+            async with aiohttp.ClientSession() as session:
+                async with session.get(url) as response:
+                    await response.content.readexactly(200)
+                    assert pool.checkedout() == 1
+                    assert await eventually_released(pool) == 0  # while the client still holds on
+                    with pytest.raises(aiohttp.ClientPayloadError):
+                        await asyncio.wait_for(response.read(), 15)
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(scenario())
+
+
+def test_streamed_listings_hold_at_most_the_pools_base_size_of_connections(db_url):
+    """Streams beyond the pool's base size wait on the event loop for a turn (not on a
+    worker thread), and each is answered whole in the end."""
+    with JobsIndex.open(db_url, pool_size=1) as index:
+        bulk_load(index, BIG)
+        pool = index.engine.pool
+
+        async def scenario():
+            runner, url = await start_server(index)
+            try:
+                async with aiohttp.ClientSession() as session:
+                    first = await session.get(url)
+                    head = await first.content.readexactly(200)
+                    second = asyncio.ensure_future(session.get(url))
+                    await asyncio.sleep(0.5)
+                    assert not second.done() and pool.checkedout() == 1
+                    async with session.get(f"{url}?limit=5") as page:  # pages still answer
+                        assert len((await page.json())["jobs"]) == 5
+                    whole = json.loads(head + await first.read())
+                    first.release()
+                    second = await second
+                    other = await second.json()
+                    second.release()
+                assert len(whole["jobs"]) == len(other["jobs"]) == BIG
+                assert await eventually_released(pool) == 0
+            finally:
+                await runner.cleanup()
+
+        asyncio.run(scenario())
