@@ -28,7 +28,7 @@ from . import check_queries as cq
 from . import queries
 from .database import read_transaction, write_transaction
 from .errors import InvalidItem
-from .normalize import KIND_HISTORY, JobRecord, from_history, from_queue, loads_exact, raw_json
+from .normalize import KIND_HISTORY, JobRecord, column_text, from_history, from_queue, loads_exact, raw_json
 from .services import JobsIndex
 
 BATCH_SIZE = 1000
@@ -70,11 +70,15 @@ class CheckReport:
 
 
 def derive(row) -> JobRecord:
-    """The record ``raw`` says this row is (raises on unreadable raw)."""
+    """The record ``raw`` says this row is (raises on unreadable raw), its workflow id
+    as the column stores it (``normalize.column_text``)."""
     item, exact = loads_exact(raw_json(row.raw))
     if row.raw_kind == KIND_HISTORY:
-        return from_history(row.id, item, exact)
-    return from_queue(item, row.status, exact)  # pending vs running is not in a queue item
+        record = from_history(row.id, item, exact)
+    else:
+        record = from_queue(item, row.status, exact)  # pending vs running is not in a queue item
+    record.workflow_id = column_text(record.workflow_id)
+    return record
 
 
 def _same(name: str, stored, derived) -> bool:

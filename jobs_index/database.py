@@ -188,6 +188,65 @@ def read_statement(engine: Engine) -> Iterator[Connection]:
         conn.close()
 
 
+class HeldSnapshot:
+    """A read transaction held open across calls, for a listing read in chunks: every
+    statement run through ``run`` sees the snapshot of the first (SQLite: a WAL read
+    transaction; PostgreSQL: REPEATABLE READ).
+
+    Not for concurrent use: the caller runs one statement at a time (it may hop
+    threads between them: the SQLite connections allow it, psycopg's are thread-safe).
+    ``close`` ends the transaction and returns the connection to the pool; it is
+    idempotent. While it is open, SQLite cannot checkpoint the WAL past it and
+    PostgreSQL's vacuum cannot remove rows it may see: hold it only while a reader
+    reads."""
+
+    def __init__(self, engine: Engine) -> None:
+        conn = engine.connect()
+        try:
+            if engine.dialect.name == "postgresql":
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            self._transaction = conn.begin()
+        except OperationalError as exc:
+            conn.close()
+            raise StorageError(f"database read failed: {driver_message(exc)}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        self._conn: Connection | None = conn
+
+    @property
+    def closed(self) -> bool:
+        return self._conn is None
+
+    def run(self, fn, *args, **kwargs):
+        """``fn(connection, *args, **kwargs)`` in the snapshot. A driver error closes
+        the snapshot (its connection may be gone) and arrives as a StorageError."""
+        if self._conn is None:
+            raise StorageError("database read failed: the listing's snapshot is closed")
+        try:
+            return fn(self._conn, *args, **kwargs)
+        except DBAPIError as exc:
+            self.close(broken=True)
+            raise StorageError(f"database read failed: {driver_message(exc)}") from exc
+
+    def close(self, broken: bool = False) -> None:
+        """End the transaction and return the connection; a ``broken`` one (its last
+        statement failed: the server may have gone) is discarded instead."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            if broken:
+                conn.invalidate()
+            else:
+                self._transaction.rollback()  # nothing was written: ending it is all
+        except Exception as exc:  # the connection is already unusable: the pool discards it
+            log.debug("closing a read snapshot: %s", driver_message(exc))
+            conn.invalidate()
+        finally:
+            conn.close()
+
+
 # -- migrations ----------------------------------------------------------------
 
 def alembic_config(connection: Connection | None = None, script_location: str | Path | None = None):

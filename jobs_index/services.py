@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
@@ -19,9 +21,9 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from . import queries, wire, write_queries
 from . import live_queries
 from .cursor import CURSOR_SORT_FIELD, encode_cursor
-from .database import open_engine, read_statement, read_transaction, write_transaction
+from .database import HeldSnapshot, open_engine, read_statement, read_transaction, write_transaction
 from .errors import JobNotFound, StorageError
-from .normalize import JobRecord, detail_dict
+from .normalize import JobRecord, answer_text, column_text, detail_dict
 from .params import ListQuery
 from .queries import ROW_CREATE_TIME, ROW_DURATION, ROW_ID, ROW_JOB_JSON, ROW_TOTAL, Position
 
@@ -82,38 +84,76 @@ class IngestResult:
 class JobStream:
     """A listing read in keyset chunks, for pages too large to hold in memory.
 
-    ``total`` and the first chunk come from one snapshot (for a first page or a
-    cursor page, one statement); later chunks continue from the last row's sort key,
-    so no row is repeated or skipped even while writers add jobs.
+    One listing, one snapshot: a listing of more than one chunk is read in one read
+    transaction held across the chunks (``HeldSnapshot``), so ``total`` and every
+    row come from the same state of the index: a job that finishes, is added or is
+    deleted while the listing is read is not repeated, skipped or counted apart from
+    its rows. A listing of at most one chunk is one statement (or, with an offset,
+    one transaction) as before. Later chunks continue from the last row's sort key.
     ``has_more``/``next_cursor`` are final once exhausted. Chunks are lists of job
     JSON texts (``queries.page_columns``).
+
+    The snapshot holds a pooled connection until the listing is exhausted or
+    ``close`` is called (the HTTP route calls it when the response ends or the client
+    goes away). ``next_chunk``/``close`` may be called from different threads, one
+    at a time or concurrently: a lock orders them, so ``close`` waits for a chunk
+    being read.
     """
 
     def __init__(self, index: "JobsIndex", query: ListQuery, chunk: int = STREAM_CHUNK) -> None:
         self._index, self._query, self._chunk = index, query, chunk
         self._remaining = query.limit  # None: no limit
-        self._after = Position(query.cursor.create_time, query.cursor.id) if query.cursor else None
+        # Positions are in the id column's terms (``normalize.column_text``: same order).
+        self._after = Position(query.cursor.create_time, column_text(query.cursor.id)) if query.cursor else None
         self._offset = 0 if query.cursor else query.offset
         self._done = False
         self._last = None
+        self._lock = threading.Lock()
+        self._snapshot: HeldSnapshot | None = None
         self.has_more = False
         self.next_cursor: str | None = None
         self.total = 0
-        # The rows are the truth: the counter (total) never decides whether rows are
-        # read. An empty listing answers like ComfyUI's early return for an empty
-        # filtered set (no cursor, no has_more) because no rows were found.
-        offset, want = self._offset, self._want()
-        if offset:  # offset mode: total and rows in one read transaction (one snapshot)
-            with read_transaction(index.engine) as conn:
-                self.total = queries.count_total(conn, query)
-                rows = queries.select_page(conn, query, limit=want + 1, offset=offset)
-        else:
-            with read_statement(index.engine) as conn:  # page and total: one statement
-                rows = queries.select_page(conn, query, limit=want + 1, after=self._after, with_total=True)
-                self.total = int(rows[0][ROW_TOTAL]) if rows else queries.count_total(conn, query)
-        self._first = self._consume(rows, want)
-        if not _total_agrees(self.total, offset, len(self._first), len(rows) > want, query.cursor is not None):
-            self.total = index._counter_mismatch(query, self.total, offset, len(rows))
+        if query.limit is not None and query.limit <= chunk:  # one chunk: one statement / transaction
+            if self._offset:
+                with read_transaction(index.engine) as conn:
+                    self._first = self._start(conn)
+            else:
+                with read_statement(index.engine) as conn:
+                    self._first = self._start(conn)
+            self._check_total()
+            return
+        self._snapshot = HeldSnapshot(index.engine)
+        try:
+            self._first = self._snapshot.run(self._start)
+        except BaseException:
+            self.close()
+            raise
+        if self._done:  # all in the first chunk: the connection goes back now
+            self._snapshot.close()
+        self._check_total()
+
+    def _start(self, conn) -> list[str]:
+        """``total`` and the first chunk (from one snapshot). The rows are the truth:
+        the counter (total) never decides whether rows are read. An empty listing
+        answers like ComfyUI's early return for an empty filtered set (no cursor, no
+        has_more) because no rows were found."""
+        query, offset, want = self._query, self._offset, self._want()
+        if offset:  # offset mode: total and rows in one snapshot
+            self.total = queries.count_total(conn, query)
+            rows = queries.select_page(conn, query, limit=want + 1, offset=offset)
+        else:  # page and total: one statement
+            rows = queries.select_page(conn, query, limit=want + 1, after=self._after, with_total=True)
+            self.total = int(rows[0][ROW_TOTAL]) if rows else queries.count_total(conn, query)
+        first = self._consume(rows, want)
+        self._first_read = (offset, len(first), len(rows) > want, len(rows))
+        return first
+
+    def _check_total(self) -> None:
+        """After the first chunk: a counter the rows contradict is repaired, and the
+        listing answers the rows' count (read outside the listing's snapshot)."""
+        offset, found, more, read = self._first_read
+        if not _total_agrees(self.total, offset, found, more, self._query.cursor is not None):
+            self.total = self._index._counter_mismatch(self._query, self.total, offset, read)
 
     def _want(self) -> int:
         return self._chunk if self._remaining is None else min(self._chunk, self._remaining)
@@ -138,9 +178,11 @@ class JobStream:
             self._done = True
             self.has_more = extra and self._query.limit is not None
             if self.has_more and self._query.sort_by == CURSOR_SORT_FIELD and self._last is not None:
-                self.next_cursor = encode_cursor(self._last[ROW_CREATE_TIME], self._last[ROW_ID],
+                self.next_cursor = encode_cursor(self._last[ROW_CREATE_TIME], answer_text(self._last[ROW_ID]),
                                                  self._query.sort_order)
-        return [row[ROW_JOB_JSON] for row in page]
+        escaped = queries.ESCAPED_IN_JSON  # rare: a job whose id / workflow id holds NUL or "\x01"
+        return [text if escaped not in text else queries.answered_job_json(text)
+                for text in map(itemgetter(ROW_JOB_JSON), page)]
 
     def chunks(self) -> Iterator[list[str]]:
         """Job JSON texts, chunk by chunk (blocking: one query per chunk after the first)."""
@@ -149,14 +191,33 @@ class JobStream:
 
     def next_chunk(self) -> list[str] | None:
         """The next chunk, or None when exhausted (for callers that hop threads).
-        A later chunk is one statement, continuing from the last row's sort key."""
-        if self._first is not None:
-            first, self._first = self._first, None
-            return first
-        if self._done:
-            return None
-        with read_statement(self._index.engine) as conn:
-            return self._fetch(conn)
+        A later chunk is one statement in the listing's snapshot, continuing from the
+        last row's sort key; the snapshot is closed after the last one."""
+        with self._lock:
+            if self._first is not None:
+                first, self._first = self._first, None
+                return first
+            if self._done:
+                return None
+            if self._snapshot is None or self._snapshot.closed:
+                raise StorageError("database read failed: the listing was closed before its end")
+            chunk = self._snapshot.run(self._fetch)
+            if self._done:
+                self._snapshot.close()
+            return chunk
+
+    def close(self) -> None:
+        """End the listing's read transaction (idempotent; waits for a chunk being read)."""
+        with self._lock:
+            self._first = None
+            if self._snapshot is not None:
+                self._snapshot.close()
+
+    def __enter__(self) -> "JobStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _describe(query: ListQuery) -> str:
@@ -245,11 +306,13 @@ class JobsIndex:
 
     def list_jobs(self, query: ListQuery) -> JobsPage:
         """One page of ``GET /api/jobs`` (the whole listing when ``limit`` is None)."""
-        stream = JobStream(self, query, chunk=min(query.limit or STREAM_CHUNK, STREAM_CHUNK))
-        texts = [text for chunk in stream.chunks() for text in chunk]
+        with JobStream(self, query, chunk=min(query.limit or STREAM_CHUNK, STREAM_CHUNK)) as stream:
+            texts = [text for chunk in stream.chunks() for text in chunk]
         return JobsPage(texts, stream.total, stream.has_more, stream.next_cursor)
 
     def stream_jobs(self, query: ListQuery, chunk: int = STREAM_CHUNK) -> JobStream:
+        """A listing read chunk by chunk in one snapshot; the caller must ``close`` it
+        (or read it to the end), else it holds a pooled connection."""
         return JobStream(self, query, chunk)
 
     def get_job(self, job_id: str) -> dict:

@@ -33,7 +33,7 @@ from sqlalchemy import Connection
 from sqlalchemy.dialects import postgresql
 
 from . import schema
-from .normalize import JobRecord
+from .normalize import JobRecord, answer_text, column_text
 
 JOB_COLUMNS = tuple(c.name for c in schema.Job.__table__.columns)
 _RECORD_COLUMNS = tuple(c for c in JOB_COLUMNS if c != "indexed_at")
@@ -73,8 +73,11 @@ def _for_ids(conn: Connection, sql: str, ids: Sequence[str]) -> Iterator:
 
 
 def read_existing(conn: Connection, ids: Sequence[str]) -> dict[str, Existing]:
+    """``{job id: Existing}`` of the stored rows among ``ids`` (ComfyUI's ids; the
+    ``Existing.workflow_id`` is as its column stores it)."""
     sql = "SELECT id, stage, raw_digest, status, workflow_id, source FROM jobs WHERE id "
-    return {row[0]: Existing(*row[1:]) for result in _for_ids(conn, sql, ids) for row in result}
+    return {answer_text(row[0]): Existing(*row[1:])
+            for result in _for_ids(conn, sql, [column_text(i) for i in ids]) for row in result}
 
 
 def newer(record: JobRecord, old: Existing) -> bool:
@@ -164,14 +167,15 @@ def _count_deltas(records: Sequence[JobRecord], existing: dict[str, Existing]) -
     for r in records:
         old = existing.get(r.id)
         source = r.source
+        workflow = column_text(r.workflow_id)  # keys are column values, as the triggers'
         if old is not None:
             if source is None:
                 source = old.source  # the upsert keeps a stored source (COALESCE)
-            if (old.status, old.workflow_id, old.source) == (r.status, r.workflow_id, source):
+            if (old.status, old.workflow_id, old.source) == (r.status, workflow, source):
                 continue
             for key in _count_keys(old.status, old.workflow_id, old.source):
                 deltas[key] -= 1
-        for key in _count_keys(r.status, r.workflow_id, source):
+        for key in _count_keys(r.status, workflow, source):
             deltas[key] += 1
     return deltas
 
@@ -182,17 +186,27 @@ _COUNT_UPSERT = ("INSERT INTO job_counts (source, workflow_id, status, n) VALUES
 
 # -- the batch ----------------------------------------------------------------------
 
+_ID, _WORKFLOW = JOB_COLUMNS.index("id"), JOB_COLUMNS.index("workflow_id")
+
+
 def job_rows(records: Sequence[JobRecord], now: int) -> list[tuple]:
-    """The ``jobs`` rows of ``records`` (JOB_COLUMNS order), written at ``now``."""
-    return [_record_values(r) + (now,) for r in records]
+    """The ``jobs`` rows of ``records`` (JOB_COLUMNS order), written at ``now``; the
+    id and workflow id as their columns store them (``normalize.column_text``)."""
+    rows = [_record_values(r) + (now,) for r in records]
+    for i, r in enumerate(records):
+        if column_text(r.id) is not r.id or column_text(r.workflow_id) is not r.workflow_id:
+            row = list(rows[i])
+            row[_ID], row[_WORKFLOW] = column_text(r.id), column_text(r.workflow_id)
+            rows[i] = tuple(row)
+    return rows
 
 
 def side_rows(records: Sequence[JobRecord]) -> tuple[list[tuple], list[tuple]]:
     """The ``job_outputs`` rows (OUTPUT_COLUMNS order) and ``job_nodes`` rows
     (NODE_COLUMNS order) of ``records``."""
-    outputs = [(r.id, f["ordinal"], f["node_id"], f["media_type"], f["filename"], f["subfolder"], f["type"])
-               for r in records for f in r.output_files]
-    nodes = [(r.id, n["node_id"], n["class_type"]) for r in records for n in r.node_types]
+    outputs = [(column_text(r.id), f["ordinal"], f["node_id"], f["media_type"], f["filename"], f["subfolder"],
+                f["type"]) for r in records for f in r.output_files]
+    nodes = [(column_text(r.id), n["node_id"], n["class_type"]) for r in records for n in r.node_types]
     return outputs, nodes
 
 
@@ -206,7 +220,7 @@ def write_batch(conn: Connection, records: Sequence[JobRecord], existing: dict[s
     pg = _pg(conn)
     records = sorted(records, key=attrgetter("id"))  # PostgreSQL: one lock order for job rows
     rows = job_rows(records, now)
-    replaced = [r.id for r in records if r.id in existing]
+    replaced = [column_text(r.id) for r in records if r.id in existing]
     if pg:
         _insert_many(conn, "jobs", JOB_COLUMNS, rows, _UPSERT_TAIL)
     else:
