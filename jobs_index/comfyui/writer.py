@@ -171,6 +171,12 @@ class Writer:
         self._stop = threading.Event()
         self._idle = threading.Condition(self._lock)
         self._thread = threading.Thread(target=self._run, name="jobs-index-writer", daemon=True)
+        # The pump thread moves ops from the queue into the outbox, so that a database
+        # call blocking the writer thread (a busy timeout, a connect timeout) never
+        # lets the queue overflow. ``_pump_lock`` keeps the outbox in queue order.
+        self._pump_thread = threading.Thread(target=self._pump_loop, name="jobs-index-outbox", daemon=True)
+        self._pump_lock = threading.Lock()
+        self._pumped = threading.Event()  # set when the pump added entries (wakes the writer)
         self._next_resync = 0.0
         self._last_logged: tuple[str, float] = ("", 0.0)
 
@@ -240,12 +246,19 @@ class Writer:
         if self._thread.is_alive() and self.index is not None and self.failing is None and self.ready:
             self.flush(flush_timeout)
         self._stop.set()
+        self._pumped.set()  # wake the writer thread
         try:
-            self._ops.put_nowait(None)  # wake the thread
+            self._ops.put_nowait(None)  # wake the pump thread
         except queue.Full:
             pass
-        if self._thread.is_alive():
-            self._thread.join(flush_timeout + 5)
+        for thread in (self._thread, self._pump_thread):
+            if thread.is_alive():
+                thread.join(flush_timeout + 5)
+        if self.outbox is not None and not self._pump_thread.is_alive():
+            try:
+                self._pump()  # what arrived meanwhile waits in the outbox for the next start
+            except Exception as exc:
+                log.warning("jobs-index: could not keep the last changes in the outbox (%s)", exc)
         if self.index is not None:
             if self._lease_until and self.source is not None:
                 try:
@@ -269,20 +282,20 @@ class Writer:
                         continue
                 if self.outbox is None:
                     self.outbox = open_outbox(self.outbox_path, self.source, self.holder)
-                self._pump()
+                    self._pump_thread.start()
                 if self.index is None:
                     self.index = self._open_index()
                     log.info("jobs-index: database %s open",
                              self.index.engine.url.render_as_string(hide_password=True))
                 if not self._hold_lease():
-                    self._pump_for(min(5.0, self.lease_ttl / 4))
+                    self._stop.wait(min(5.0, self.lease_ttl / 4))
                     continue
                 with self._lock:
                     due = self._resync_due or time.monotonic() >= self._next_resync
                 if due:
                     self._resync()
-                self._pump(timeout=min(0.5, max(0.0, self._next_resync - time.monotonic()),
-                                       max(0.0, self._lease_until - time.monotonic())))
+                self._pumped.wait(min(0.5, max(0.0, self._next_resync - time.monotonic())))
+                self._pumped.clear()
                 self._apply_pending()
                 attempt = 0
                 if self.failing is not None:
@@ -298,11 +311,7 @@ class Writer:
                 self._failed(exc)
                 delay = min(self.retry_cap, self.retry_base * 2 ** min(attempt, 16))
                 attempt += 1
-                try:
-                    self._pump_for(delay)
-                except Exception as pump_exc:  # the outbox failed too: fall back to memory
-                    self._outbox_failed(pump_exc)
-                    self._stop.wait(delay)
+                self._stop.wait(delay)
 
     def _failed(self, exc: Exception) -> None:
         message = f"{type(exc).__name__}: {exc}"
@@ -357,15 +366,28 @@ class Writer:
 
     # -- queue → outbox -------------------------------------------------------------
 
+    def _pump_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._pump(timeout=0.2)
+            except Exception as exc:  # never let the thread die
+                log.error("jobs-index: outbox pump failed (%s: %s)", type(exc).__name__, exc)
+                self._stop.wait(0.5)
+
     def _pump(self, timeout: float = 0.0) -> int:
         """Move queued ops into the outbox (waiting up to ``timeout`` for the first)."""
-        ops: list[Op] = []
-        try:
-            first = self._ops.get(timeout=timeout) if timeout > 0 else self._ops.get_nowait()
-            if first is not None:
-                ops.append(first)
-        except queue.Empty:
-            return 0
+        with self._pump_lock:  # held while waiting: an op taken is in the outbox before anyone looks
+            try:
+                first = self._ops.get(timeout=timeout) if timeout > 0 else self._ops.get_nowait()
+            except queue.Empty:
+                return 0
+            count = self._pump_locked(first)
+        if count:
+            self._pumped.set()
+        return count
+
+    def _pump_locked(self, first: Op | None) -> int:
+        ops: list[Op] = [first] if first is not None else []
         while len(ops) < self.batch_size:
             try:
                 op = self._ops.get_nowait()
@@ -390,19 +412,22 @@ class Writer:
             self.stats["spooled"] += len(entries)
         return len(ops)
 
-    def _pump_for(self, seconds: float) -> None:
-        """Keep moving ops into the outbox for ``seconds`` (or until stopped)."""
-        deadline = time.monotonic() + seconds
-        while not self._stop.is_set():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            self._pump(timeout=min(0.2, remaining))
+    def _drain_into_outbox(self) -> None:
+        """Every op queued so far into the outbox (the pump thread may be holding some)."""
+        with self._pump_lock:
+            while True:
+                try:
+                    op = self._ops.get_nowait()
+                except queue.Empty:
+                    return
+                self._pump_locked(op)
 
     # -- outbox → index -------------------------------------------------------------
 
     def _apply_pending(self, upto: int | None = None) -> None:
         """Apply the outbox in order (this run's entries up to seq ``upto``; all if None)."""
+        with self._pump_lock:
+            pumped = self._pumped_seq  # in the outbox before the reads below
         while True:
             entries = self.outbox.pending(self.batch_size, upto)
             if not entries:
@@ -415,7 +440,7 @@ class Writer:
                 log.info("jobs-index: replayed %d change(s) left in the outbox by an earlier run", replayed)
             self._advance(max((entry.seq for entry in entries if entry.current), default=0))
         if upto is None:
-            self._advance(self._pumped_seq)
+            self._advance(pumped)
 
     def _apply(self, entries: list[Entry]) -> None:
         """Consecutive upserts in one ingest, deletions as they come."""
@@ -452,8 +477,7 @@ class Writer:
                 drop_max = self._drop_max
                 self._resync_due = False
         try:
-            while self._pump():  # every op up to snap_seq is queued or dropped: into the outbox
-                pass
+            self._drain_into_outbox()  # every op up to snap_seq is queued or dropped: into the outbox
             for op in sorted(deferred, key=lambda op: op.seq):  # dropped deletions, in their place
                 self._apply_pending(upto=op.seq - 1)
                 self._delete(self.index, op)
