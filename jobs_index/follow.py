@@ -28,7 +28,8 @@ the whole history is read forward in pages (``max_items=page_size&offset=k``), n
 in one response. The watermark is stored (``followed_sources``), so a restarted
 ``follow`` reads only the tail. A forward scan survives entries vanishing under it
 (ComfyUI's 10,000-entry cap evicts the oldest at each new job): pages overlap by one
-entry and, when the overlap entry is gone, the scan steps back a page.
+entry, a page that holds no entry already read is not used (indices shifted: the scan
+steps back, as often as needed), so the watermark never passes an unread entry.
 
 **What the index keeps.** Eviction by ComfyUI's cap and loss on restart are not
 deletions: finished rows stay. Explicit deletions in ComfyUI (``POST /history``
@@ -64,7 +65,7 @@ T = TypeVar("T")
 DEFAULT_PAGE_SIZE = 100  # /history entries per request (an entry holds its workflow: 10-500 kB)
 TAIL_PROBE = 8  # first tail size asked for when looking for the watermark
 TAIL_GROWTH = 8
-MAX_STEP_BACKS = 20  # per forward scan
+MAX_SCAN_REQUESTS = 10_000  # per forward scan (a full 10,000-entry history takes ~100 at page size 100)
 SAVE_INTERVAL = 5.0  # seconds between stores of a moving watermark
 # Events after which the queue or the history may have changed. Only ``status`` (and
 # ``execution_interrupted`` of a prompt without client) reach a client that did not
@@ -387,22 +388,28 @@ class Follower:
             yield {}, None
 
     async def _scan(self, client: ComfyClient) -> AsyncIterator[dict]:
-        """The whole history, oldest first, in pages of ``page_size``.
+        """The whole history, oldest first, in pages of ``page_size``, never skipping
+        an entry ComfyUI still holds.
 
-        Pages overlap by one entry. If the overlap entry is missing, entries before
-        it were removed meanwhile (eviction, deletion) and indices shifted down: step
-        back a page (entries already yielded are skipped)."""
+        Pages overlap by one entry. Between two requests ComfyUI may evict its oldest
+        entries (its cap) or the user may delete some, so indices shift down. A page is
+        used only if it continues what was read without a gap: it starts at offset 0,
+        or it holds an entry read already (then every entry before that one was read
+        too, the history being append-only). Otherwise the scan steps back
+        ``page_size - 1`` entries (towards offset 0, always usable) and asks again, as
+        often as needed. Entries already read are skipped, so the watermark (the last
+        entry yielded) never passes an entry that was not read. A history changing
+        faster than it can be read gives up after ``MAX_SCAN_REQUESTS`` requests
+        (``FollowError``; what was yielded stays valid)."""
         size = self.page_size
-        offset, previous_last, step_backs = 0, None, 0
+        offset = 0
         seen: set[str] = set()
-        while True:
+        for _ in range(MAX_SCAN_REQUESTS):
             self.stats.history_requests.append((size, offset))
             page = await client.history(max_items=size, offset=offset)
             keys = list(page)
-            if (previous_last is not None and previous_last not in page and offset > 0
-                    and step_backs < MAX_STEP_BACKS):
-                offset = max(0, offset - size)
-                step_backs += 1
+            if offset > 0 and not any(key in seen for key in keys):
+                offset = max(0, offset - (size - 1))  # shifted (or shrunk) under us: step back
                 continue
             new = [key for key in keys if key not in seen]
             seen.update(new)
@@ -410,8 +417,9 @@ class Follower:
                 yield {key: page[key] for key in new}
             if len(keys) < size:
                 return
-            previous_last = keys[-1]
             offset += len(keys) - 1
+        raise FollowError(f"{self.target.url}/history changes faster than it can be read "
+                          f"({MAX_SCAN_REQUESTS} requests); reading it again")
 
     # -- database side (run on the executor)
 

@@ -203,6 +203,37 @@ def test_forward_scan_survives_entries_evicted_under_it(db_url):
     run(scenario())
 
 
+def test_forward_scan_under_steady_eviction_reads_every_entry_past_twenty_pages(db_url):
+    """ComfyUI at its cap evicts 2-3 entries between every two requests of a scan of
+    more than 20 pages: every entry is read (the scan steps back as often as needed),
+    and the watermark never passes an entry it did not read."""
+    async def scenario():
+        fake = RecordingFake(auto_execute=True)
+        async with running_fake_comfyui(fake=fake):
+            ids = [fake.submit() for _ in range(400)]
+            await settled(fake, 400)
+            evicted = []
+            turn = [0]
+
+            def evict_oldest_two_or_three():
+                turn[0] += 1
+                for prompt_id in list(fake.prompt_queue.history)[:2 + turn[0] % 2]:
+                    fake.evict(prompt_id)
+                    evicted.append(prompt_id)
+
+            fake.after_history_page = evict_oldest_two_or_three
+            with JobsIndex.open(db_url) as index:
+                follower = Follower(index, target(fake), page_size=10)
+                await follower.sync_once()
+                fake.after_history_page = None
+                stored = await in_thread(index.finished_ids, ids)
+                assert sorted(set(ids) - stored) == []  # every entry, evicted later or not
+                assert len(fake.history_requests()) > 40 and len(evicted) > 60  # > 20 pages, many shifts
+                assert follower.watermark == ids[-1]
+
+    run(scenario())
+
+
 # -- live ----------------------------------------------------------------------
 
 
