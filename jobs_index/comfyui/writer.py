@@ -41,18 +41,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import queue
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import LeaseLost
+from ..leases import holder_is_gone, new_holder
 from ..normalize import IN_PROGRESS, PENDING, STAGE_HISTORY, JobRecord, from_history, from_queue
 from ..services import JobsIndex
 from .outbox import Entry, MemoryOutbox, open_outbox
@@ -66,7 +64,6 @@ UNQUEUED = "unqueued"  # payload [ids]: pending items removed from the queue
 DELETED = "deleted"  # payload [ids]: history items deleted by the user
 CLEARED = "cleared"  # payload None: the user cleared the history
 DELETIONS = frozenset({UNQUEUED, DELETED, CLEARED})
-HOST = socket.gethostname()
 
 
 @dataclass(slots=True)
@@ -98,26 +95,6 @@ def _record(op: Op) -> JobRecord | None:
         return None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
-
-
-def holder_is_gone(holder: str) -> bool:
-    """A lease holder (``host/pid/token``) on this host whose process has exited."""
-    host, _, rest = holder.rpartition("/")[0].rpartition("/")
-    try:
-        pid = int(rest)
-    except ValueError:
-        return False
-    return host == HOST and pid != os.getpid() and not _pid_alive(pid)
-
-
 class Writer:
     """Bounded, failure-tolerant writer thread (see the module docstring).
 
@@ -141,7 +118,7 @@ class Writer:
         self.mutex = mutex
         self._identify = source if callable(source) else (lambda: source)
         self.source: str | None = None
-        self.holder = f"{HOST}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
+        self.holder = new_holder()
         self.outbox_path = outbox
         self.outbox = None
         self.lease_ttl = lease_ttl
