@@ -227,8 +227,9 @@ class JobsNode:
         self.writer.start()
         atexit.register(self.close)
         self._installed = True
+        source = self.config.source or default_source(self.server)
         log.info("jobs-index: recording ComfyUI jobs as source %s in %s%s",
-                 repr(self.config.source) if self.config.source else "<host>:<port>",
+                 repr(source) if source else "<host>:<port>",
                  self.config.db_url, "; serving /api/jobs from it" if self.serving else "")
         return self
 
