@@ -226,6 +226,29 @@ def test_more_jobs_than_the_queue_and_the_history_hold_survive_an_outage(tmp_pat
     run(scenario())
 
 
+def test_without_an_outbox_file_a_full_memory_outbox_drops_and_a_resync_repairs(tmp_path):
+    """``JOBS_INDEX_OUTBOX=off``: changes wait in memory, bounded; past the bound they
+    are dropped and the index is repaired from ComfyUI's memory when the database is back."""
+    blocker = tmp_path / "db" / "jobs.sqlite3"
+    blocker.mkdir(parents=True)
+
+    async def scenario():
+        async with comfyui(f"sqlite:///{blocker}", wait_ready=False, outbox=None) as comfy:
+            assert await eventually(lambda: _true(comfy.node.writer.outbox is not None), WAIT)
+            assert not comfy.node.writer.outbox.durable
+            comfy.node.writer.outbox.limit = 5
+            ids = [await comfy.submit() for _ in range(6)]
+            await comfy.finished(6)
+            assert await eventually(lambda: _true(comfy.node.writer.stats["dropped"] > 0), WAIT)
+            assert comfy.node.writer.outbox.count() <= 5
+            blocker.rmdir()
+            assert await eventually(lambda: _true(comfy.node.writer.ready), WAIT)
+            assert [await comfy.status_of(job) for job in ids] == ["completed"] * 6
+            assert await comfy.parity() == []
+
+    run(scenario())
+
+
 # -- item 5: prune and the node agree --------------------------------------------
 
 

@@ -63,17 +63,23 @@ def _decode(kind: str, body: str) -> Any:
     return value
 
 
+class OutboxFull(Exception):
+    """The in-memory outbox holds ``MemoryOutbox.limit`` entries: nothing was added."""
+
+
 class MemoryOutbox:
-    """An outbox in memory (lost with the process)."""
+    """An outbox in memory (lost with the process), of at most ``limit`` entries."""
 
     durable = False
 
-    def __init__(self, source: str, run: str) -> None:
-        self.source, self.run = source, run
+    def __init__(self, source: str, run: str, limit: int = 100_000) -> None:
+        self.source, self.run, self.limit = source, run, limit
         self._entries: list[Entry] = []
         self._next = 0
 
     def append(self, entries: list[Entry]) -> None:
+        if entries and len(self._entries) + len(entries) > self.limit:
+            raise OutboxFull(f"{len(self._entries)} changes wait in memory")
         for entry in entries:
             self._next += 1
             entry.key = self._next

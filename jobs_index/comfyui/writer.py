@@ -53,7 +53,7 @@ from ..errors import LeaseLost
 from ..leases import holder_is_gone, new_holder
 from ..normalize import IN_PROGRESS, PENDING, STAGE_HISTORY, JobRecord, from_history, from_queue
 from ..services import JobsIndex
-from .outbox import Entry, MemoryOutbox, open_outbox
+from .outbox import Entry, MemoryOutbox, OutboxFull, open_outbox
 
 log = logging.getLogger("jobs_index.comfyui")
 
@@ -312,7 +312,7 @@ class Writer:
     # -- the lease ------------------------------------------------------------------
 
     def _hold_lease(self) -> bool:
-        """True while we hold our source's lease (renewed when a third of it is left)."""
+        """True while we hold our source's lease (renewed once a third of it has passed)."""
         now = time.monotonic()
         if self._lease_until - now > self.lease_ttl / 3 * 2:
             return True
@@ -379,10 +379,21 @@ class Writer:
             elif (record := _record(op)) is not None:
                 entries.append(Entry(op.seq, op.kind, record))
         try:
-            self.outbox.append(entries)
-        except Exception as exc:
-            self._outbox_failed(exc)
-            self.outbox.append(entries)
+            try:
+                self.outbox.append(entries)
+            except OutboxFull:
+                raise
+            except Exception as exc:
+                self._outbox_failed(exc)
+                self.outbox.append(entries)
+        except OutboxFull:  # in memory only, and full: dropped, as from a full queue (resync repairs)
+            with self._lock:
+                self.stats["dropped"] += len(ops)
+                self._deferred.extend(op for op in ops if op.kind in DELETIONS)
+                if ops:
+                    self._drop_min = ops[0].seq if self._drop_min is None else self._drop_min
+                    self._drop_max = ops[-1].seq
+                self._resync_due = True
         if ops:
             self._pumped_seq = max(self._pumped_seq, ops[-1].seq)
         if self.failing is not None or not self.ready:
