@@ -129,6 +129,32 @@ def test_an_expired_or_dead_holders_lease_is_taken_over(db_url, tmp_path):
     run(scenario())
 
 
+def test_a_writer_that_lost_its_lease_changes_nothing(db_url, caplog):
+    """Another process took the source over (say, this one stalled past its lease):
+    this one's "clear history" is refused inside the delete's own transaction, it
+    says so and stops writing."""
+    caplog.set_level(logging.INFO, logger="jobs_index.comfyui")
+
+    async def scenario():
+        async with comfyui(db_url, source="gpu") as comfy:
+            job = await comfy.submit()
+            await comfy.finished(1)
+            assert await comfy.status_of(job) == "completed"
+            engine = create_engine(db_url)
+            with engine.begin() as conn:
+                conn.execute(text("UPDATE source_leases SET holder = 'otherhost/1/x', expires_at = :t "
+                                  "WHERE source = 'gpu'"), {"t": int(time.time() * 1000) + 3_600_000})
+            engine.dispose()
+            assert (await comfy.post("/history", {"clear": True}))[0] == 200
+            assert await eventually(lambda: _true(not comfy.node.writer.ready), WAIT)
+            assert "lost the lease of source 'gpu'" in caplog.text
+            with JobsIndex.open(db_url) as index:
+                assert (await in_thread(index.get_job, job))["status"] == "completed"
+                assert (await in_thread(index.lease_of, "gpu"))[0] == "otherhost/1/x"
+
+    run(scenario())
+
+
 def test_old_default_source_rows_keep_their_history_and_lose_stale_live_rows(db_url):
     """Rows recorded under the old default source ``comfyui``: history stays as it
     is (visible, not cleared by a new node's clear), pending/running rows (stale:
