@@ -358,8 +358,8 @@ class JobsIndex:
             with write_transaction(self.engine) as conn:
                 _check_lease(conn, source, holder)
                 ids = live_queries.finished_batch(conn, source, batch_size)
-                if ids:
-                    removed += queries.delete_jobs(conn, ids)
+                if ids:  # in key order: neighbouring pages of the primary key and side tables
+                    removed += queries.delete_jobs(conn, sorted(ids))
             if len(ids) < batch_size:
                 return removed
 
