@@ -318,6 +318,11 @@ class JobsIndex:
             stale = queries.live_ids(conn, source) - keep
             return queries.delete_jobs(conn, sorted(stale)) if stale else 0
 
+    def live_ids(self, source: str | None) -> set[str]:
+        """Ids of the pending/running rows of ``source``."""
+        with read_transaction(self.engine) as conn:
+            return queries.live_ids(conn, source)
+
     def delete_jobs(self, ids: Iterable[str], *, source: str | None = ..., holder: str | None = None) -> int:
         """Delete jobs by id. ``source`` given (None included): only rows of that
         source are deleted, a job of another machine with that id stays.

@@ -493,6 +493,9 @@ class Writer:
     def _clean_legacy(self) -> None:
         """Remove the pending/running rows of the legacy source (a ComfyUI that used
         it has stopped: nobody else writes it), once, if its lease is free."""
+        if not self.index.live_ids(self.legacy_source):  # the usual case: a read, no write lock
+            self._legacy_done = True
+            return
         ttl_ms = int(self.lease_ttl * 1000)
         acquired, _, _ = self.index.acquire_lease(self.legacy_source, self.holder, ttl_ms, stale=holder_is_gone)
         if acquired:
