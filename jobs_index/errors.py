@@ -92,3 +92,12 @@ class ConfigError(JobsIndexError):
     """A bad database URL or option."""
 
     status = 400
+
+
+class LeaseLost(StorageError):
+    """Another writer holds the lease of this source: a destructive write for it
+    (reconcile, clear, delete) was refused, nothing was changed."""
+
+    def __init__(self, source: str, holder: str | None) -> None:
+        super().__init__(f"source {source!r} is held by {holder or 'nobody'}; not ours to change")
+        self.source, self.holder = source, holder

@@ -28,7 +28,16 @@ the whole history is read forward in pages (``max_items=page_size&offset=k``), n
 in one response. The watermark is stored (``followed_sources``), so a restarted
 ``follow`` reads only the tail. A forward scan survives entries vanishing under it
 (ComfyUI's 10,000-entry cap evicts the oldest at each new job): pages overlap by one
-entry and, when the overlap entry is gone, the scan steps back a page.
+entry, a page that holds no entry already read is not used (indices shifted: the scan
+steps back, as often as needed), so the watermark never passes an unread entry.
+
+**One writer per source.** Each sync first takes (or renews) the source's lease in
+the database (``JobsIndex.acquire_lease``; see migration ``0007``): a second
+``follow`` — or a ComfyUI custom node — writing the same source name waits, saying
+who holds it, until the lease is released (a follower stopping releases it) or
+expires (60 s without renewal; at once when its holder was a process of this host
+that has exited). The removal of stale live rows checks the lease in its own
+transaction.
 
 **What the index keeps.** Eviction by ComfyUI's cap and loss on restart are not
 deletions: finished rows stay. Explicit deletions in ComfyUI (``POST /history``
@@ -44,6 +53,7 @@ import json
 import logging
 import random
 import signal
+import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -56,6 +66,7 @@ from yarl import URL
 
 from .errors import ConfigError, JobsIndexError
 from .ingest import HISTORY, QUEUE, QUEUE_KEYS, Dump, detect, live_ids, records
+from .leases import holder_is_gone, new_holder
 from .services import IngestResult, JobsIndex
 
 log = logging.getLogger(__name__)
@@ -64,7 +75,7 @@ T = TypeVar("T")
 DEFAULT_PAGE_SIZE = 100  # /history entries per request (an entry holds its workflow: 10-500 kB)
 TAIL_PROBE = 8  # first tail size asked for when looking for the watermark
 TAIL_GROWTH = 8
-MAX_STEP_BACKS = 20  # per forward scan
+MAX_SCAN_REQUESTS = 10_000  # per forward scan (a full 10,000-entry history takes ~100 at page size 100)
 SAVE_INTERVAL = 5.0  # seconds between stores of a moving watermark
 # Events after which the queue or the history may have changed. Only ``status`` (and
 # ``execution_interrupted`` of a prompt without client) reach a client that did not
@@ -77,6 +88,12 @@ class FollowError(JobsIndexError):
     """ComfyUI answered something unusable (the follower reconnects and retries)."""
 
     status = 502
+
+
+class SourceBusy(FollowError):
+    """Another process holds the lease of this follower's source (it retries)."""
+
+    status = 409
 
 
 # -- targets -------------------------------------------------------------------
@@ -210,7 +227,7 @@ class Follower:
     def __init__(self, index: JobsIndex, target: Target, *, executor: ThreadPoolExecutor | None = None,
                  page_size: int = DEFAULT_PAGE_SIZE, backoff: Backoff = Backoff(),
                  heartbeat: float = 20.0, poll_interval: float = 30.0, request_timeout: float = 120.0,
-                 client_id: str | None = None) -> None:
+                 client_id: str | None = None, lease_ttl: float = 60.0) -> None:
         if page_size < 2:
             raise ConfigError("page size must be at least 2")
         self.index = index
@@ -230,6 +247,9 @@ class Follower:
         self._live_written: set[tuple[str, str]] = set()  # (id, status) written by the last sync
         self._live_ids: set[str] | None = None  # ids of the last reconciled snapshot (None: unknown)
         self._saved_at = 0.0  # monotonic time the watermark was last stored
+        self.holder = new_holder()  # this follower's name in the source's lease
+        self.lease_ttl = lease_ttl
+        self._lease_until = 0.0  # monotonic time by which the lease must be renewed
 
     @property
     def source(self) -> str:
@@ -245,7 +265,14 @@ class Follower:
     # -- running
 
     async def run(self) -> None:
-        """Follow forever: connect, sync, listen; on failure back off and reconnect."""
+        """Follow forever: connect, sync, listen; on failure back off and reconnect.
+        Cancelled: releases the source's lease."""
+        try:
+            await self._run()
+        finally:
+            self.release_lease()
+
+    async def _run(self) -> None:
         attempt = 0
         while True:
             try:
@@ -277,8 +304,31 @@ class Follower:
 
     async def sync_once(self) -> None:
         """One sync over HTTP (no websocket): backfill history and queue, then return."""
-        async with aiohttp.ClientSession(timeout=self.timeout) as session:
-            await self.sync(ComfyClient(session, self.target.url), full=True)
+        try:
+            async with aiohttp.ClientSession(timeout=self.timeout) as session:
+                await self.sync(ComfyClient(session, self.target.url), full=True)
+        finally:
+            await self._db(self.release_lease)
+
+    def _hold_lease(self) -> str | None:
+        """Take or renew the source's lease (blocking); None if held, else who holds it."""
+        now = time.monotonic()
+        if self._lease_until - now > self.lease_ttl * 2 / 3:
+            return None
+        acquired, holder, _ = self.index.acquire_lease(self.source, self.holder, int(self.lease_ttl * 1000),
+                                                       stale=holder_is_gone)
+        self._lease_until = now + self.lease_ttl if acquired else 0.0
+        return None if acquired else holder
+
+    def release_lease(self) -> None:
+        """Give the source's lease back (blocking; best effort: it expires anyway)."""
+        if not self._lease_until:
+            return
+        self._lease_until = 0.0
+        try:
+            self.index.release_lease(self.source, self.holder)
+        except JobsIndexError as exc:
+            log.warning("%s: could not release the lease (%s)", self.source, exc)
 
     async def _listen(self, client: ComfyClient, ws: aiohttp.ClientWebSocketResponse) -> None:
         """Sync on trigger events until the websocket closes or a sync fails."""
@@ -327,6 +377,11 @@ class Follower:
 
         The queue is read first: a job that finishes between the two reads appears in
         both (its history row wins), never in neither (which would remove its row)."""
+        other = await self._db(self._hold_lease)
+        if other is not None:
+            raise SourceBusy(f"source {self.source!r} is being written by another process ({other}); "
+                             f"not following {self.target.url} until its lease is released or expires "
+                             f"(give this follower its own --source)")
         if not self._state_loaded:
             state = await self._db(self.index.follow_state, self.source)
             self._watermark = state[1] if state is not None else None
@@ -387,22 +442,28 @@ class Follower:
             yield {}, None
 
     async def _scan(self, client: ComfyClient) -> AsyncIterator[dict]:
-        """The whole history, oldest first, in pages of ``page_size``.
+        """The whole history, oldest first, in pages of ``page_size``, never skipping
+        an entry ComfyUI still holds.
 
-        Pages overlap by one entry. If the overlap entry is missing, entries before
-        it were removed meanwhile (eviction, deletion) and indices shifted down: step
-        back a page (entries already yielded are skipped)."""
+        Pages overlap by one entry. Between two requests ComfyUI may evict its oldest
+        entries (its cap) or the user may delete some, so indices shift down. A page is
+        used only if it continues what was read without a gap: it starts at offset 0,
+        or it holds an entry read already (then every entry before that one was read
+        too, the history being append-only). Otherwise the scan steps back
+        ``page_size - 1`` entries (towards offset 0, always usable) and asks again, as
+        often as needed. Entries already read are skipped, so the watermark (the last
+        entry yielded) never passes an entry that was not read. A history changing
+        faster than it can be read gives up after ``MAX_SCAN_REQUESTS`` requests
+        (``FollowError``; what was yielded stays valid)."""
         size = self.page_size
-        offset, previous_last, step_backs = 0, None, 0
+        offset = 0
         seen: set[str] = set()
-        while True:
+        for _ in range(MAX_SCAN_REQUESTS):
             self.stats.history_requests.append((size, offset))
             page = await client.history(max_items=size, offset=offset)
             keys = list(page)
-            if (previous_last is not None and previous_last not in page and offset > 0
-                    and step_backs < MAX_STEP_BACKS):
-                offset = max(0, offset - size)
-                step_backs += 1
+            if offset > 0 and not any(key in seen for key in keys):
+                offset = max(0, offset - (size - 1))  # shifted (or shrunk) under us: step back
                 continue
             new = [key for key in keys if key not in seen]
             seen.update(new)
@@ -410,8 +471,9 @@ class Follower:
                 yield {key: page[key] for key in new}
             if len(keys) < size:
                 return
-            previous_last = keys[-1]
             offset += len(keys) - 1
+        raise FollowError(f"{self.target.url}/history changes faster than it can be read "
+                          f"({MAX_SCAN_REQUESTS} requests); reading it again")
 
     # -- database side (run on the executor)
 
@@ -443,7 +505,7 @@ class Follower:
         ids = live_ids(dump)
         if not any(key in QUEUE_KEYS for key, _ in dump.rejected):
             if self._live_ids is None or self._live_ids - ids - finished:
-                result.removed += self.index.reconcile_live(ids, source=self.source)
+                result.removed += self.index.reconcile_live(ids, source=self.source, holder=self.holder)
             self._live_ids = ids
         else:
             self._live_ids = None  # not reconciled: the next sync must

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import Connection, Row, select
+from sqlalchemy import Connection, Row, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from . import schema
@@ -13,6 +13,7 @@ from .queries import _chunks
 
 jobs = schema.Job.__table__
 followed = schema.FollowedSource.__table__
+leases = schema.SourceLease.__table__
 
 
 def get_followed(conn: Connection, source: str) -> Row | None:
@@ -37,8 +38,49 @@ def finished_ids(conn: Connection, ids: Sequence[str]) -> set[str]:
     return found
 
 
-def delete_finished(conn: Connection, source: str | None) -> int:
-    """Delete every finished (history) row of one source (None = rows with no source)."""
-    stmt = jobs.delete().where(jobs.c.stage == STAGE_HISTORY, jobs.c.source.is_not_distinct_from(source))
-    return conn.execute(stmt).rowcount
+def finished_batch(conn: Connection, source: str | None, limit: int) -> list[str]:
+    """Up to ``limit`` ids (ComfyUI's) of finished (history) rows of one source (None = rows with
+    no source), oldest first: one seek on ``(source, status, create_time, id)``."""
+    stmt = (select(jobs.c.id)
+            .where(jobs.c.source.is_not_distinct_from(source), jobs.c.stage == STAGE_HISTORY)
+            .order_by(jobs.c.create_time, jobs.c.id).limit(limit))
+    return [answer_text(job_id) for job_id in conn.execute(stmt).scalars()]
 
+
+def delete_of_source(conn: Connection, ids: Sequence[str], source: str | None) -> int:
+    """Delete the rows among ``ids`` that belong to ``source``; others stay."""
+    deleted = 0
+    for chunk in _chunks([column_text(job_id) for job_id in ids]):
+        stmt = jobs.delete().where(jobs.c.id.in_(chunk), jobs.c.source.is_not_distinct_from(source))
+        deleted += conn.execute(stmt).rowcount
+    return deleted
+
+
+# -- source leases (migration 0007) ------------------------------------------
+
+def get_lease(conn: Connection, source: str) -> Row | None:
+    return conn.execute(select(leases).where(leases.c.source == source)).first()
+
+
+def insert_lease(conn: Connection, source: str, holder: str, now: int, expires_at: int) -> bool:
+    """Take a free lease; False if a row appeared meanwhile."""
+    insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(leases)
+    stmt = insert.values(source=source, holder=holder, acquired_at=now, expires_at=expires_at)
+    return conn.execute(stmt.on_conflict_do_nothing(index_elements=[leases.c.source])).rowcount == 1
+
+
+def replace_lease(conn: Connection, source: str, old_holder: str, holder: str, now: int, expires_at: int) -> bool:
+    """Take over ``old_holder``'s lease (compare and set); False if it changed meanwhile."""
+    stmt = (update(leases).where(leases.c.source == source, leases.c.holder == old_holder)
+            .values(holder=holder, acquired_at=now, expires_at=expires_at))
+    return conn.execute(stmt).rowcount == 1
+
+
+def renew_lease(conn: Connection, source: str, holder: str, expires_at: int) -> bool:
+    stmt = update(leases).where(leases.c.source == source, leases.c.holder == holder).values(expires_at=expires_at)
+    return conn.execute(stmt).rowcount == 1
+
+
+def release_lease(conn: Connection, source: str, holder: str) -> bool:
+    stmt = delete(leases).where(leases.c.source == source, leases.c.holder == holder)
+    return conn.execute(stmt).rowcount == 1

@@ -163,6 +163,18 @@ class FollowedSource(Base):
     synced_at: Mapped[int | None] = mapped_column(BigInteger)  # epoch ms of the last sync
 
 
+
+class SourceLease(Base):
+    """Which writer acts for a source now (migration ``0007``): at most one process
+    records, reconciles and clears a source's rows at a time (``docs/schema.md``)."""
+
+    __tablename__ = "source_leases"
+
+    source: Mapped[str] = mapped_column(Text, primary_key=True)  # the ``jobs.source`` it writes
+    holder: Mapped[str] = mapped_column(Text)  # "host/pid/token" of the writing process
+    acquired_at: Mapped[int] = mapped_column(BigInteger)  # epoch ms
+    expires_at: Mapped[int] = mapped_column(BigInteger)  # epoch ms (holder's clock); renewed while alive
+
 # Index names, used to pin query plans (SQLite ``INDEXED BY``).
 IX_CREATE_TIME = "ix_jobs_create_time_id"
 IX_STATUS_CREATE_TIME = "ix_jobs_status_create_time_id"

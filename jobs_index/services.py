@@ -11,7 +11,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from operator import itemgetter
 
@@ -22,7 +22,7 @@ from . import queries, wire, write_queries
 from . import live_queries
 from .cursor import CURSOR_SORT_FIELD, encode_cursor
 from .database import HeldSnapshot, open_engine, read_statement, read_transaction, write_transaction
-from .errors import JobNotFound, StorageError
+from .errors import JobNotFound, LeaseLost, StorageError
 from .normalize import JobRecord, answer_text, column_text, detail_dict
 from .params import ListQuery
 from .queries import ROW_CREATE_TIME, ROW_DURATION, ROW_ID, ROW_JOB_JSON, ROW_TOTAL, Position
@@ -278,6 +278,14 @@ def _write_records(conn: Connection, records: list[JobRecord], now: int) -> Inge
     return result
 
 
+def _check_lease(conn: Connection, source: str | None, holder: str | None) -> None:
+    if holder is None:
+        return
+    row = live_queries.get_lease(conn, source) if source is not None else None
+    if row is None or row.holder != holder:
+        raise LeaseLost(str(source), row.holder if row is not None else None)
+
+
 class JobsIndex:
     """A jobs index over one database (SQLite file or PostgreSQL)."""
 
@@ -417,18 +425,32 @@ class JobsIndex:
             return IngestResult(rejected=[(records[0].id, f"rejected by the database: {reason}")])
         return result
 
-    def reconcile_live(self, live_ids: Iterable[str], *, source: str | None = None) -> int:
+    def reconcile_live(self, live_ids: Iterable[str], *, source: str | None = None,
+                       holder: str | None = None) -> int:
         """Apply a queue snapshot: pending/running rows of ``source`` that are not in
         it are removed, as ComfyUI forgets a job cancelled while pending. Finished
-        (history) rows are never touched. Returns the number removed."""
+        (history) rows are never touched. Returns the number removed.
+        ``holder``: refuse (``LeaseLost``) unless it holds ``source``'s lease."""
         keep = set(live_ids)
         with write_transaction(self.engine) as conn:
+            _check_lease(conn, source, holder)
             stale = queries.live_ids(conn, source) - keep
             return queries.delete_jobs(conn, sorted(stale)) if stale else 0
 
-    def delete_jobs(self, ids: Iterable[str]) -> int:
+    def live_ids(self, source: str | None) -> set[str]:
+        """Ids of the pending/running rows of ``source``."""
+        with read_transaction(self.engine) as conn:
+            return queries.live_ids(conn, source)
+
+    def delete_jobs(self, ids: Iterable[str], *, source: str | None = ..., holder: str | None = None) -> int:
+        """Delete jobs by id. ``source`` given (None included): only rows of that
+        source are deleted, a job of another machine with that id stays.
+        ``holder``: refuse (``LeaseLost``) unless it holds ``source``'s lease."""
         with write_transaction(self.engine) as conn:
-            return queries.delete_jobs(conn, sorted(set(ids)))
+            if source is ...:
+                return queries.delete_jobs(conn, sorted(set(ids)))
+            _check_lease(conn, source, holder)
+            return live_queries.delete_of_source(conn, sorted(set(ids)), source)
 
     # -- live ingestion (``follow``, the ComfyUI custom node) ---------------
 
@@ -448,11 +470,58 @@ class JobsIndex:
         with read_transaction(self.engine) as conn:
             return live_queries.finished_ids(conn, sorted(set(ids)))
 
-    def delete_finished(self, *, source: str | None) -> int:
+    def delete_finished(self, *, source: str | None, holder: str | None = None,
+                        batch_size: int = DEFAULT_BATCH_SIZE) -> int:
         """Delete every finished job of ``source`` (ComfyUI's "clear history");
-        pending/running rows stay. Returns the number removed."""
+        pending/running rows and other sources stay. In short transactions of
+        ``batch_size`` rows, oldest first (as ``prune``), so other writers wait at most
+        one batch. ``holder``: each batch checks it still holds ``source``'s lease
+        (``LeaseLost`` otherwise; batches already done stay done). Returns the number removed."""
+        removed = 0
+        while True:
+            with write_transaction(self.engine) as conn:
+                _check_lease(conn, source, holder)
+                ids = live_queries.finished_batch(conn, source, batch_size)
+                if ids:  # in key order: neighbouring pages of the primary key and side tables
+                    removed += queries.delete_jobs(conn, sorted(ids))
+            if len(ids) < batch_size:
+                return removed
+
+    # -- source leases ---------------------------------------------------------
+
+    def acquire_lease(self, source: str, holder: str, ttl_ms: int,
+                      stale: Callable[[str], bool] = lambda holder: False) -> tuple[bool, str, int]:
+        """Take (or renew) ``source``'s lease for ``ttl_ms``: free, expired, already
+        ours, or held by a holder ``stale(holder)`` says is dead. Returns
+        ``(acquired, holder now, its expiry in epoch ms)``."""
+        now = int(time.time() * 1000)
         with write_transaction(self.engine) as conn:
-            return live_queries.delete_finished(conn, source)
+            row = live_queries.get_lease(conn, source)
+            if row is None:
+                if live_queries.insert_lease(conn, source, holder, now, now + ttl_ms):
+                    return True, holder, now + ttl_ms
+                row = live_queries.get_lease(conn, source)
+            if row.holder == holder or row.expires_at <= now or stale(row.holder):
+                if live_queries.replace_lease(conn, source, row.holder, holder, now, now + ttl_ms):
+                    return True, holder, now + ttl_ms
+                row = live_queries.get_lease(conn, source)
+            return False, row.holder, row.expires_at
+
+    def renew_lease(self, source: str, holder: str, ttl_ms: int) -> int | None:
+        """Extend our lease; its new expiry (epoch ms), or None if it is not ours any more."""
+        expires = int(time.time() * 1000) + ttl_ms
+        with write_transaction(self.engine) as conn:
+            return expires if live_queries.renew_lease(conn, source, holder, expires) else None
+
+    def release_lease(self, source: str, holder: str) -> bool:
+        with write_transaction(self.engine) as conn:
+            return live_queries.release_lease(conn, source, holder)
+
+    def lease_of(self, source: str) -> tuple[str, int] | None:
+        """``(holder, expires_at)`` of ``source``'s lease, or None."""
+        with read_transaction(self.engine) as conn:
+            row = live_queries.get_lease(conn, source)
+        return None if row is None else (row.holder, row.expires_at)
 
     # -- checks --------------------------------------------------------------
 

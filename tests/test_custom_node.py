@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import socket
 import sqlite3
 import sys
 import threading
@@ -38,6 +39,12 @@ pytestmark = pytest.mark.timeout(90)
 
 PROMPT = load_capture("post_prompt_success.json")["request"]["body"]
 WAIT = 15.0  # bound of condition waits on the database (see test_follow.WAIT)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def run(coro, timeout: float = 60):
@@ -141,9 +148,10 @@ async def _true(value):
 
 @asynccontextmanager
 async def comfyui(db_url: str | None, *, executor=None, jobs_api: bool = True, max_history_size=None,
-                  before_start=None, wait_ready: bool = True, **node_options):
+                  before_start=None, wait_ready: bool = True, port: int = 0, **node_options):
     """ComfyUI's start-up order: PromptServer, custom nodes imported (``setup``), routes
-    added and server started, then the prompt worker thread."""
+    added and server started on ``port`` (0: any free one), then the prompt worker
+    thread. The node's source is then ``<host>:<port>`` unless given."""
     with comfy_modules_installed():
         server = PromptServer(asyncio.get_running_loop(), jobs_api=jobs_api, max_history_size=max_history_size)
         node = None
@@ -155,7 +163,7 @@ async def comfyui(db_url: str | None, *, executor=None, jobs_api: bool = True, m
             assert node is not None
         if before_start is not None:
             before_start(server)
-        await server.start()
+        await server.start(port=port)
         worker = run_worker(server.prompt_queue, executor)
         try:
             async with aiohttp.ClientSession() as session:
@@ -207,9 +215,10 @@ def test_a_restart_keeps_history_and_drops_the_job_that_was_running(db_url):
     still lists every finished job; the running and pending ones are gone, as ComfyUI
     forgot them (never in_progress forever)."""
     gate = Gate()
+    port = free_port()  # restarted on the same port: the same ComfyUI, the same source
 
     async def first_run():
-        async with comfyui(db_url, executor=gate) as comfy:
+        async with comfyui(db_url, executor=gate, port=port) as comfy:
             done = [await comfy.submit() for _ in range(3)]
             gate.release(3)
             await comfy.finished(3)
@@ -224,7 +233,7 @@ def test_a_restart_keeps_history_and_drops_the_job_that_was_running(db_url):
     done, crashed, queued = run(first_run())
 
     async def second_run():
-        async with comfyui(db_url) as comfy:
+        async with comfyui(db_url, port=port) as comfy:
             assert comfy.queue.history == {}
             assert await comfy.status_of(crashed) is None
             assert await comfy.status_of(queued) is None
@@ -286,11 +295,11 @@ def test_a_locked_database_never_blocks_the_worker_and_the_index_catches_up(db_u
                 # /api/jobs still answers: ComfyUI's in-memory handler, after wait_ms
                 assert await comfy.parity(comfy.builtin(), params_list=[{}, {"limit": "2"}], details=False) == []
                 assert comfy.node.writer.done_seq < comfy.node.writer.last_seq  # the index is behind
-                assert comfy.node.writer.stats["dropped"] > 0  # the bounded queue overflowed
+                assert comfy.node.writer.outbox.count() > 0  # changes wait in the outbox, not in the queue
             assert submitted < 3 and ran < 5, (submitted, ran)
             assert await comfy.parity() == []  # caught up: a resync repaired the dropped writes
             assert all([await comfy.status_of(job) == "completed" for job in ids])
-            assert comfy.node.writer.stats["resyncs"] >= 2
+            assert comfy.node.writer.outbox.count() == 0
 
     run(scenario())
 
@@ -414,7 +423,8 @@ def test_deletions_in_comfyui_are_followed(db_url):
             assert await comfy.status_of(ids[1]) == "completed"
             waiting = await comfy.submit()
             assert (await comfy.post("/history", {"clear": True}))[0] == 200
-            _, body = await comfy.get("/api/jobs?source=comfyui")
+            assert comfy.node.writer.source == f"{socket.gethostname()}:{comfy.server.port}"
+            _, body = await comfy.get(f"/api/jobs?source={comfy.node.writer.source}")
             assert [job["id"] for job in body["jobs"]] == [waiting]
             assert await comfy.status_of(waiting) in ("pending", "in_progress")
             _, body = await comfy.get("/api/jobs?source=other&limit=1")
@@ -496,7 +506,9 @@ def test_configuration_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.delitem(sys.modules, "folder_paths", raising=False)
     config = NodeConfig.from_env({}, comfyui_dir=tmp_path)
     assert config.db_url == f"sqlite:///{tmp_path.resolve()}/user/jobs-index/jobs.sqlite3"
-    assert (config.source, config.serve, config.follow_deletes) == ("comfyui", True, True)
+    assert (config.source, config.serve, config.follow_deletes) == (None, True, True)  # None: <host>:<port>
+    assert config.outbox == f"{tmp_path.resolve()}/user/jobs-index/outbox.sqlite3"
+    assert NodeConfig.from_env({"JOBS_INDEX_OUTBOX": "off"}, comfyui_dir=tmp_path).outbox is None
     config = NodeConfig.from_env({"JOBS_INDEX_DB": "postgresql+psycopg://u@h/db", "JOBS_INDEX_SOURCE": "gpu1",
                                   "JOBS_INDEX_SERVE": "0", "JOBS_INDEX_FOLLOW_DELETES": "no",
                                   "JOBS_INDEX_QUEUE_MAX": "10", "JOBS_INDEX_WAIT_MS": "50"})

@@ -26,7 +26,8 @@ from click.testing import CliRunner
 from jobs_index import JobsIndex
 from jobs_index.cli import cli
 from jobs_index.errors import ConfigError
-from jobs_index.follow import Backoff, Follower, Target, default_source, make_targets, normalize_url
+from jobs_index.errors import JobNotFound
+from jobs_index.follow import Backoff, Follower, SourceBusy, Target, default_source, make_targets, normalize_url
 from jobs_index.http import ServerConfig, create_app
 
 from .live_util import Oracle, eventually, get_json, mismatches
@@ -199,6 +200,37 @@ def test_forward_scan_survives_entries_evicted_under_it(db_url):
                     fake.after_history_page = None
                     _, body = await get_json(session, f"{api}/api/jobs")
                     assert sorted(job["id"] for job in body["jobs"]) == sorted(ids)
+
+    run(scenario())
+
+
+def test_forward_scan_under_steady_eviction_reads_every_entry_past_twenty_pages(db_url):
+    """ComfyUI at its cap evicts 2-3 entries between every two requests of a scan of
+    more than 20 pages: every entry is read (the scan steps back as often as needed),
+    and the watermark never passes an entry it did not read."""
+    async def scenario():
+        fake = RecordingFake(auto_execute=True)
+        async with running_fake_comfyui(fake=fake):
+            ids = [fake.submit() for _ in range(400)]
+            await settled(fake, 400)
+            evicted = []
+            turn = [0]
+
+            def evict_oldest_two_or_three():
+                turn[0] += 1
+                for prompt_id in list(fake.prompt_queue.history)[:2 + turn[0] % 2]:
+                    fake.evict(prompt_id)
+                    evicted.append(prompt_id)
+
+            fake.after_history_page = evict_oldest_two_or_three
+            with JobsIndex.open(db_url) as index:
+                follower = Follower(index, target(fake), page_size=10)
+                await follower.sync_once()
+                fake.after_history_page = None
+                stored = await in_thread(index.finished_ids, ids)
+                assert sorted(set(ids) - stored) == []  # every entry, evicted later or not
+                assert len(fake.history_requests()) > 40 and len(evicted) > 60  # > 20 pages, many shifts
+                assert follower.watermark == ids[-1]
 
     run(scenario())
 
@@ -439,6 +471,33 @@ def test_several_servers_feed_one_index_as_sources(db_url):
                     assert await total(session, api, "&workflow_id=shared") == 4
                     assert await total(session, api, "&source=nobody:1") == 0
                     assert await in_thread(index.counts_consistent)
+
+    run(scenario())
+
+
+def test_two_followers_of_one_source_name_never_write_it_at_once(db_url):
+    """Two machines each following their own ``localhost:8188`` would both be source
+    ``localhost:8188``: the second follower waits for the first's lease (saying who
+    holds it) instead of removing the first one's live jobs; once the first stops, the
+    second takes the source over."""
+    async def scenario():
+        async with running_fake_comfyui() as one, running_fake_comfyui() as two:
+            running, pending = one.submit(), one.submit()
+            one.start_next()
+            two.submit()
+            with JobsIndex.open(db_url) as index:
+                async with following(index, Target(one.url, "localhost:8188")) as (first,):
+                    assert await eventually(lambda: _true(first.stats.syncs > 0), WAIT)
+                    second = Follower(index, Target(two.url, "localhost:8188"))
+                    with pytest.raises(SourceBusy, match=first.holder):
+                        await second.sync_once()
+                    assert await in_thread(index.finished_ids, []) == set()
+                    assert (await in_thread(index.get_job, running))["status"] == "in_progress"
+                    assert (await in_thread(index.get_job, pending))["status"] == "pending"
+                assert await in_thread(index.lease_of, "localhost:8188") is None  # released on stop
+                await second.sync_once()
+                with pytest.raises(JobNotFound):
+                    await in_thread(index.get_job, running)  # one's live rows: the source is two's now
 
     run(scenario())
 

@@ -28,10 +28,21 @@ database is not open, fails, or is behind past that wait, ComfyUI's built-in han
 answers (from memory); on a ComfyUI without one, the index answers as it is (503 if it
 is not open).
 
+**Source.** This ComfyUI's rows carry ``jobs.source`` = ``<host>:<port>`` (the port
+ComfyUI listens on: ``--port``), so several ComfyUIs started from one install
+(``--port 8188`` / ``--port 8189``) and a fleet sharing one PostgreSQL never act on
+each other's rows; ``JOBS_INDEX_SOURCE`` names it explicitly. One process at a time
+writes a source (a lease in the database, see ``writer.py``). Rows recorded under the
+old default source ``comfyui`` stay as they are (they cannot be attributed: two
+ComfyUIs of one install both wrote them); only their pending/running rows, stale by
+definition, are removed once by the first writer that can take that source's lease.
+
 Explicit deletions are followed (``JOBS_INDEX_FOLLOW_DELETES=1``, the default): the
 panel shows the index, so a job deleted there, or "clear history", must disappear
-from it; clear removes every finished job of this source. Eviction at ComfyUI's
-10,000-entry cap is not a deletion: the index keeps those jobs.
+from it. Both act on this source's rows only: a job of another machine shown in the
+panel is not deleted by deleting it here, and clear removes this source's finished
+jobs in short transactions (as ``prune``). Rows are removed, not tombstoned. Eviction
+at ComfyUI's 10,000-entry cap is not a deletion: the index keeps those jobs.
 """
 from __future__ import annotations
 
@@ -40,6 +51,7 @@ import atexit
 import logging
 import os
 import re
+import socket
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -56,8 +68,8 @@ from .writer import CLEARED, DELETED, FINISHED, QUEUED, UNQUEUED, State, Writer,
 
 log = logging.getLogger("jobs_index.comfyui")
 
-DEFAULT_SOURCE = "comfyui"
-DB_DIRNAME, DB_FILENAME = "jobs-index", "jobs.sqlite3"
+LEGACY_SOURCE = "comfyui"  # the source of every node before sources were <host>:<port>
+DB_DIRNAME, DB_FILENAME, OUTBOX_FILENAME = "jobs-index", "jobs.sqlite3", "outbox.sqlite3"
 COMFYUI_DB = "comfyui.db"  # ComfyUI's own database: never ours
 LIST_PATHS = frozenset({"/api/jobs", "/api/api/jobs"})
 DETAIL_PATH = re.compile(r"/api(?:/api)?/jobs/([^/]+)")
@@ -80,13 +92,42 @@ def _comfy_user_directory() -> Path | None:
     return Path(get()) if callable(get) else None
 
 
-def default_db_url(comfyui_dir: str | os.PathLike | None = None) -> str:
-    """``<ComfyUI user directory>/jobs-index/jobs.sqlite3``: ComfyUI's
-    ``folder_paths.get_user_directory()`` if available, else ``<comfyui_dir>/user``."""
+def _user_directory(comfyui_dir: str | os.PathLike | None) -> Path:
     user_dir = _comfy_user_directory()
     if user_dir is None:
         user_dir = Path(comfyui_dir) / "user" if comfyui_dir else Path.cwd() / "user"
-    return f"sqlite:///{Path(user_dir).resolve() / DB_DIRNAME / DB_FILENAME}"
+    return Path(user_dir).resolve()
+
+
+def default_db_url(comfyui_dir: str | os.PathLike | None = None) -> str:
+    """``<ComfyUI user directory>/jobs-index/jobs.sqlite3``: ComfyUI's
+    ``folder_paths.get_user_directory()`` if available, else ``<comfyui_dir>/user``."""
+    return f"sqlite:///{_user_directory(comfyui_dir) / DB_DIRNAME / DB_FILENAME}"
+
+
+def default_outbox(comfyui_dir: str | os.PathLike | None = None) -> str:
+    """``<ComfyUI user directory>/jobs-index/outbox.sqlite3`` (whatever the database)."""
+    return str(_user_directory(comfyui_dir) / DB_DIRNAME / OUTBOX_FILENAME)
+
+
+def comfyui_port(server: Any) -> int | None:
+    """The port this ComfyUI listens on: the server's once it listens, else
+    ComfyUI's ``--port`` argument (known when custom nodes are imported)."""
+    port = getattr(server, "port", None)
+    if isinstance(port, int) and port > 0:
+        return port
+    try:
+        from comfy.cli_args import args  # ComfyUI's module; absent outside ComfyUI
+    except ImportError:
+        return None
+    port = getattr(args, "port", None)
+    return port if isinstance(port, int) and port > 0 else None
+
+
+def default_source(server: Any) -> str | None:
+    """``<host name>:<port>``: one running ComfyUI (None until the port is known)."""
+    port = comfyui_port(server)
+    return None if port is None else f"{socket.gethostname()}:{port}"
 
 
 @dataclass(frozen=True)
@@ -94,13 +135,16 @@ class NodeConfig:
     """Settings of the custom node (environment variables in brackets)."""
 
     db_url: str  # [JOBS_INDEX_DB] default: <ComfyUI user dir>/jobs-index/jobs.sqlite3
-    source: str = DEFAULT_SOURCE  # [JOBS_INDEX_SOURCE] the jobs.source of this ComfyUI's rows
+    source: str | None = None  # [JOBS_INDEX_SOURCE] the jobs.source of this ComfyUI's rows; None: <host>:<port>
     serve: bool = True  # [JOBS_INDEX_SERVE] answer /api/jobs from the index
     follow_deletes: bool = True  # [JOBS_INDEX_FOLLOW_DELETES] delete from the index what the user deletes
     queue_max: int = 1000  # [JOBS_INDEX_QUEUE_MAX] pending writes before dropping (then resync)
     wait_ms: int = 1000  # [JOBS_INDEX_WAIT_MS] how long a read waits for pending writes
     resync_interval: float = 600.0  # seconds between safety resyncs
     retry_cap: float = 30.0  # seconds, longest wait between retries of a failing database
+    outbox: str | None = None  # [JOBS_INDEX_OUTBOX] changes not yet written; "off": memory only
+    lease_ttl: float = 60.0  # seconds a source's lease lasts unless renewed (a dead holder's expires)
+    delete_batch: int = 1000  # rows per transaction of "clear history"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None,
@@ -112,7 +156,9 @@ class NodeConfig:
             wait_ms = int(env.get("JOBS_INDEX_WAIT_MS") or 1000)
         except ValueError as exc:
             raise ConfigError(f"JOBS_INDEX_QUEUE_MAX / JOBS_INDEX_WAIT_MS must be integers ({exc})") from exc
-        return cls(db_url=url, source=(env.get("JOBS_INDEX_SOURCE") or DEFAULT_SOURCE).strip(),
+        outbox = (env.get("JOBS_INDEX_OUTBOX") or "").strip() or default_outbox(comfyui_dir)
+        return cls(db_url=url, source=(env.get("JOBS_INDEX_SOURCE") or "").strip() or None,
+                   outbox=None if outbox.lower() in ("off", "0", "none") else outbox,
                    serve=_flag(env.get("JOBS_INDEX_SERVE"), True),
                    follow_deletes=_flag(env.get("JOBS_INDEX_FOLLOW_DELETES"), True),
                    queue_max=max(1, queue_max), wait_ms=max(0, wait_ms))
@@ -150,8 +196,11 @@ class JobsNode:
         if not _is_reentrant(self.mutex):
             raise ConfigError("ComfyUI's prompt queue mutex is not re-entrant; jobs-index cannot hook it")
         self.writer = Writer(open_index=self._open_index, read_state=self._read_state, mutex=self.mutex,
-                             source=config.source, max_queue=config.queue_max,
-                             resync_interval=config.resync_interval, retry_cap=config.retry_cap)
+                             source=config.source or (lambda: default_source(server)),
+                             max_queue=config.queue_max, resync_interval=config.resync_interval,
+                             retry_cap=config.retry_cap, outbox=config.outbox, lease_ttl=config.lease_ttl,
+                             legacy_source=LEGACY_SOURCE if config.source != LEGACY_SOURCE else None,
+                             delete_batch=config.delete_batch)
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="jobs-index-read")
         self.serving = config.serve
         self._originals: dict[str, Any] = {}
@@ -178,7 +227,9 @@ class JobsNode:
         self.writer.start()
         atexit.register(self.close)
         self._installed = True
-        log.info("jobs-index: recording ComfyUI jobs as source %r in %s%s", self.config.source,
+        source = self.config.source or default_source(self.server)
+        log.info("jobs-index: recording ComfyUI jobs as source %s in %s%s",
+                 repr(source) if source else "<host>:<port>",
                  self.config.db_url, "; serving /api/jobs from it" if self.serving else "")
         return self
 

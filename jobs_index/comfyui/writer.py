@@ -3,19 +3,34 @@ worker thread, never blocking it.
 
 ComfyUI threads (the prompt worker, the event loop) only ``submit`` small operations
 while they hold the prompt queue's mutex: a sequence number and a ``put_nowait`` on a
-bounded queue. One daemon thread normalises and writes them in batches. When the queue
-is full the operation is dropped and a *resync* is due; when a write fails (database
-locked past its busy timeout, unwritable, server down) the error is logged, the thread
-backs off and a resync is due. The job itself runs on regardless.
+bounded queue. One daemon thread takes them, normalises them and moves them into the
+**outbox** (``outbox.py``: a local SQLite file beside ComfyUI's user directory), then
+applies the outbox to the index in order and deletes what is applied. While the index
+is down, changes keep moving into the outbox (the bounded queue does not overflow), and
+what is there survives a crash or restart of ComfyUI: it is replayed first. When the
+queue is full anyway the operation is dropped and a *resync* is due; when a write
+fails (database locked past its busy timeout, unwritable, server down) the error is
+logged, the thread backs off (still moving changes into the outbox) and a resync is
+due. The job itself runs on regardless.
+
+**One writer per source.** Rows are written under one ``jobs.source`` (by default
+``<host>:<port>`` of this ComfyUI, see ``node.py``). Before writing, the writer takes
+the source's lease in the database (``JobsIndex.acquire_lease``), renews it while it
+runs and releases it when it stops. A second process configured with the same source
+logs who holds it and writes nothing until the lease is released or expires (a holder
+on this host whose process is gone is taken over at once). Destructive writes
+(reconcile, "clear history", deletes) check the lease in their own transaction and
+only ever touch rows of this source.
 
 **Resync** repairs any gap from ComfyUI's in-memory state: under the mutex it copies
 the history dict and the queue (references; ComfyUI never mutates an entry after
-storing it) and notes the last sequence number; then, outside the mutex, it applies the
-deletions submitted up to that number, writes the history entries the index does not
-yet hold as finished and the queue items, and removes this source's pending/running
-rows that are not queued any more. Operations up to that number are then covered; later
-ones are applied after it. A resync runs at start (backfill, and clean-up of live rows
-left by a previous run), after a drop or failure, and every ``resync_interval``.
+storing it) and notes the last sequence number; then, outside the mutex, it applies
+the outbox up to that number, writes the history entries this writer has not written
+(or found stored) before and the queue items, and removes this source's pending/running
+rows that are not queued any more. A job this writer wrote once and someone deleted
+since (``prune``, SQL) is not written again: deletion wins. A resync runs at start
+(backfill, and clean-up of live rows left by a previous run), after a drop, failure or
+lease gap, and every ``resync_interval``.
 
 **Read-your-writes.** ``done_seq`` is the highest sequence number whose operation and
 all before it are in the database (a dropped operation holds it back until a resync).
@@ -29,13 +44,16 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from ..normalize import IN_PROGRESS, PENDING, JobRecord, from_history, from_queue
+from ..errors import LeaseLost
+from ..leases import holder_is_gone, new_holder
+from ..normalize import IN_PROGRESS, PENDING, STAGE_HISTORY, JobRecord, from_history, from_queue
 from ..services import JobsIndex
+from .outbox import Entry, MemoryOutbox, OutboxFull, open_outbox
 
 log = logging.getLogger("jobs_index.comfyui")
 
@@ -83,37 +101,60 @@ class Writer:
     ``open_index`` opens (and migrates) the database, in the writer thread;
     ``read_state`` reads ComfyUI's state and is called with ``mutex`` held;
     ``submit`` must be called with ``mutex`` held, so sequence order = queue order =
-    the order of ComfyUI's changes.
+    the order of ComfyUI's changes. ``source`` is the source name or a callable
+    returning it (None while not known yet: the writer waits). ``outbox``: the outbox
+    file (None: in memory). ``lease_ttl``: seconds a lease lasts without renewal.
+    ``legacy_source``: a source whose pending/running rows this writer removes once
+    at start if it can take that source's lease (see ``node.LEGACY_SOURCE``).
     """
 
     def __init__(self, *, open_index: Callable[[], JobsIndex], read_state: Callable[[], State],
-                 mutex, source: str | None, max_queue: int = 1000, batch_size: int = 500,
-                 resync_interval: float = 600.0, retry_base: float = 0.25, retry_cap: float = 30.0) -> None:
+                 mutex, source: str | Callable[[], str | None] | None, max_queue: int = 1000,
+                 batch_size: int = 500, resync_interval: float = 600.0, retry_base: float = 0.25,
+                 retry_cap: float = 30.0, outbox: str | Path | None = None, lease_ttl: float = 60.0,
+                 legacy_source: str | None = None, delete_batch: int = 1000) -> None:
         self._open_index = open_index
         self._read_state = read_state
         self.mutex = mutex
-        self.source = source
+        self._identify = source if callable(source) else (lambda: source)
+        self.source: str | None = None
+        self.holder = new_holder()
+        self.outbox_path = outbox
+        self.outbox = None
+        self.lease_ttl = lease_ttl
+        self.legacy_source = legacy_source
+        self.delete_batch = delete_batch
         self.batch_size = batch_size
         self.resync_interval = resync_interval
         self.retry_base, self.retry_cap = retry_base, retry_cap
         self.index: JobsIndex | None = None
         self.ready = False  # the first resync is done: the index answers for ComfyUI
         self.failing: str | None = None  # the current error, while writes fail
+        self.waiting_for: str | None = None  # the other holder of our source's lease, while it holds it
         self.last_seq = 0  # assigned by submit (mutex held)
         self.done_seq = 0
-        self.covered_seq = 0  # upserts up to here are covered by the last resync
-        self.stats = {"written": 0, "dropped": 0, "resyncs": 0, "failures": 0, "rejected": 0}
+        self.stats = {"written": 0, "dropped": 0, "resyncs": 0, "failures": 0, "rejected": 0, "spooled": 0,
+                      "replayed": 0}
         self._ops: queue.Queue[Op | None] = queue.Queue(max(1, max_queue))
-        self._carry: deque[Op] = deque()  # taken from the queue, not yet applied
         self._lock = threading.Lock()  # guards the fields below and done_seq/waiters
-        self._deferred: list[Op] = []  # deletions that could not be queued or applied
+        self._deferred: list[Op] = []  # deletions that could not be queued
         self._drop_min: int | None = None  # lowest dropped seq not yet covered by a resync
         self._drop_max: int | None = None
         self._resync_due = True
+        self._pumped_seq = 0  # every op up to here is in the outbox (or was malformed)
+        self._written: set[str] = set()  # finished ids written or found stored (bounded by ComfyUI's history)
+        self._lease_until = 0.0  # monotonic time our lease must be renewed by
+        self._legacy_done = legacy_source is None
         self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future]] = []
         self._stop = threading.Event()
         self._idle = threading.Condition(self._lock)
         self._thread = threading.Thread(target=self._run, name="jobs-index-writer", daemon=True)
+        # The pump thread moves ops from the queue into the outbox, so that a database
+        # call blocking the writer thread (a busy timeout, a connect timeout) never
+        # lets the queue overflow. ``_pump_lock`` keeps the outbox in queue order.
+        self._pump_thread = threading.Thread(target=self._pump_loop, name="jobs-index-outbox", daemon=True)
+        self._pump_lock = threading.Lock()
+        self._pumped = threading.Event()  # set when the pump added entries (wakes the writer)
         self._next_resync = 0.0
         self._last_logged: tuple[str, float] = ("", 0.0)
 
@@ -178,18 +219,33 @@ class Writer:
         return True
 
     def close(self, flush_timeout: float = 5.0) -> None:
-        """Write what is pending (up to ``flush_timeout``), stop, close the database."""
-        if self._thread.is_alive() and self.index is not None and self.failing is None:
+        """Write what is pending (up to ``flush_timeout``), stop, release the lease,
+        close the database. What could not be written stays in the outbox."""
+        if self._thread.is_alive() and self.index is not None and self.failing is None and self.ready:
             self.flush(flush_timeout)
         self._stop.set()
+        self._pumped.set()  # wake the writer thread
         try:
-            self._ops.put_nowait(None)  # wake the thread
+            self._ops.put_nowait(None)  # wake the pump thread
         except queue.Full:
             pass
-        if self._thread.is_alive():
-            self._thread.join(flush_timeout + 5)
+        for thread in (self._thread, self._pump_thread):
+            if thread.is_alive():
+                thread.join(flush_timeout + 5)
+        if self.outbox is not None and not self._pump_thread.is_alive():
+            try:
+                self._pump()  # what arrived meanwhile waits in the outbox for the next start
+            except Exception as exc:
+                log.warning("jobs-index: could not keep the last changes in the outbox (%s)", exc)
         if self.index is not None:
+            if self._lease_until and self.source is not None:
+                try:
+                    self.index.release_lease(self.source, self.holder)
+                except Exception as exc:  # it expires by itself
+                    log.warning("jobs-index: could not release the lease of %r (%s)", self.source, exc)
             self.index.close()
+        if self.outbox is not None and not self._thread.is_alive():
+            self.outbox.close()
 
     # -- the thread -----------------------------------------------------------------
 
@@ -197,21 +253,38 @@ class Writer:
         attempt = 0
         while not self._stop.is_set():
             try:
+                if self.source is None:
+                    self.source = self._identify()
+                    if self.source is None:  # ComfyUI's port is not known yet
+                        self._stop.wait(0.05)
+                        continue
+                if self.outbox is None:
+                    self.outbox = open_outbox(self.outbox_path, self.source, self.holder)
+                    self._pump_thread.start()
                 if self.index is None:
                     self.index = self._open_index()
                     log.info("jobs-index: database %s open",
                              self.index.engine.url.render_as_string(hide_password=True))
+                if not self._hold_lease():
+                    self._stop.wait(min(5.0, self.lease_ttl / 4))
+                    continue
                 with self._lock:
                     due = self._resync_due or time.monotonic() >= self._next_resync
                 if due:
                     self._resync()
-                ops = self._take(timeout=min(0.5, max(0.0, self._next_resync - time.monotonic())))
-                if ops:
-                    self._apply(ops)
+                self._pumped.wait(min(0.5, max(0.0, self._next_resync - time.monotonic())))
+                self._pumped.clear()
+                self._apply_pending()
                 attempt = 0
                 if self.failing is not None:
                     log.warning("jobs-index: database writable again; caught up")
                     self.failing = None
+            except LeaseLost as exc:
+                log.error("jobs-index: lost the lease of source %r (%s); writing stops until it is "
+                          "taken again", self.source, exc.message)
+                self._lease_until = 0.0
+                self.ready = False
+                self.request_resync()
             except Exception as exc:  # never let the thread die: log, back off, resync
                 self._failed(exc)
                 delay = min(self.retry_cap, self.retry_base * 2 ** min(attempt, 16))
@@ -227,20 +300,72 @@ class Writer:
         last, when = self._last_logged
         if message != last or time.monotonic() - when > 60:  # do not flood ComfyUI's log
             log.error("jobs-index: cannot write to the jobs database (%s); ComfyUI runs on, "
-                      "the index catches up when the database is back", message)
+                      "changes wait in the outbox and the index catches up when the database is back", message)
             self._last_logged = (message, time.monotonic())
 
-    def _take(self, timeout: float) -> list[Op]:
-        ops = list(self._carry)
-        self._carry.clear()
-        if not ops:
+    def _outbox_failed(self, exc: Exception) -> None:
+        if self.outbox is not None and self.outbox.durable:
+            log.error("jobs-index: the outbox failed (%s: %s); changes wait in memory from now on",
+                      type(exc).__name__, exc)
+            self.outbox = MemoryOutbox(self.source, self.holder)
+            self.request_resync()
+
+    # -- the lease ------------------------------------------------------------------
+
+    def _hold_lease(self) -> bool:
+        """True while we hold our source's lease (renewed once a third of it has passed)."""
+        now = time.monotonic()
+        if self._lease_until - now > self.lease_ttl / 3 * 2:
+            return True
+        ttl_ms = int(self.lease_ttl * 1000)
+        had = self._lease_until > 0
+        if had and self.index.renew_lease(self.source, self.holder, ttl_ms) is not None:
+            self._lease_until = now + self.lease_ttl
+            return True
+        acquired, holder, expires_at = self.index.acquire_lease(self.source, self.holder, ttl_ms,
+                                                                stale=holder_is_gone)
+        if not acquired:
+            self._lease_until = 0.0
+            self.ready = False
+            if self.waiting_for != holder:
+                log.error("jobs-index: source %r is being recorded by another process (%s, lease until "
+                          "%s); this ComfyUI writes nothing to the index until that lease is released or "
+                          "expires. Give each ComfyUI its own JOBS_INDEX_SOURCE (the default is "
+                          "<host>:<port>).", self.source, holder,
+                          time.strftime("%H:%M:%S", time.localtime(expires_at / 1000)))
+                self.waiting_for = holder
+            return False
+        self._lease_until = now + self.lease_ttl
+        if self.waiting_for is not None or had:
+            log.warning("jobs-index: took the lease of source %r; catching up", self.source)
+        self.waiting_for = None
+        self.request_resync()  # whatever happened while we did not hold it
+        return True
+
+    # -- queue → outbox -------------------------------------------------------------
+
+    def _pump_loop(self) -> None:
+        while not self._stop.is_set():
             try:
-                first = self._ops.get(timeout=timeout)
+                self._pump(timeout=0.2)
+            except Exception as exc:  # never let the thread die
+                log.error("jobs-index: outbox pump failed (%s: %s)", type(exc).__name__, exc)
+                self._stop.wait(0.5)
+
+    def _pump(self, timeout: float = 0.0) -> int:
+        """Move queued ops into the outbox (waiting up to ``timeout`` for the first)."""
+        with self._pump_lock:  # held while waiting: an op taken is in the outbox before anyone looks
+            try:
+                first = self._ops.get(timeout=timeout) if timeout > 0 else self._ops.get_nowait()
             except queue.Empty:
-                return []
-            if first is None:
-                return []
-            ops.append(first)
+                return 0
+            count = self._pump_locked(first)
+        if count:
+            self._pumped.set()
+        return count
+
+    def _pump_locked(self, first: Op | None) -> int:
+        ops: list[Op] = [first] if first is not None else []
         while len(ops) < self.batch_size:
             try:
                 op = self._ops.get_nowait()
@@ -248,29 +373,76 @@ class Writer:
                 break
             if op is not None:
                 ops.append(op)
-        return ops
-
-    def _apply(self, ops: list[Op]) -> None:
-        """Apply ops in order: consecutive upserts in one ingest, deletions as they come."""
-        index = self.index
+        entries = []
+        for op in ops:
+            if op.kind in DELETIONS:
+                entries.append(Entry(op.seq, op.kind, op.payload))
+            elif (record := _record(op)) is not None:
+                entries.append(Entry(op.seq, op.kind, record))
         try:
-            records: list[JobRecord] = []
-            for op in ops:
-                if op.kind in DELETIONS:
-                    self._write(index, records)
-                    records = []
-                    self._delete(index, op)
-                elif op.seq > self.covered_seq:
-                    record = _record(op)
-                    if record is not None:
-                        records.append(record)
-            self._write(index, records)
-        except Exception:
-            with self._lock:  # deletions must survive (a resync cannot see them); upserts are covered by it
+            try:
+                self.outbox.append(entries)
+            except OutboxFull:
+                raise
+            except Exception as exc:
+                self._outbox_failed(exc)
+                self.outbox.append(entries)
+        except OutboxFull:  # in memory only, and full: dropped, as from a full queue (resync repairs)
+            with self._lock:
+                self.stats["dropped"] += len(ops)
                 self._deferred.extend(op for op in ops if op.kind in DELETIONS)
-                self._deferred.sort(key=lambda op: op.seq)
-            raise
-        self._advance(ops[-1].seq)
+                if ops:
+                    self._drop_min = ops[0].seq if self._drop_min is None else self._drop_min
+                    self._drop_max = ops[-1].seq
+                self._resync_due = True
+        if ops:
+            self._pumped_seq = max(self._pumped_seq, ops[-1].seq)
+        if self.failing is not None or not self.ready:
+            self.stats["spooled"] += len(entries)
+        return len(ops)
+
+    def _drain_into_outbox(self) -> None:
+        """Every op queued so far into the outbox (the pump thread may be holding some)."""
+        with self._pump_lock:
+            while True:
+                try:
+                    op = self._ops.get_nowait()
+                except queue.Empty:
+                    return
+                self._pump_locked(op)
+
+    # -- outbox → index -------------------------------------------------------------
+
+    def _apply_pending(self, upto: int | None = None) -> None:
+        """Apply the outbox in order (this run's entries up to seq ``upto``; all if None)."""
+        with self._pump_lock:
+            pumped = self._pumped_seq  # in the outbox before the reads below
+        while True:
+            entries = self.outbox.pending(self.batch_size, upto)
+            if not entries:
+                break
+            self._apply(entries)
+            self.outbox.ack(entries)
+            replayed = sum(not entry.current for entry in entries)
+            if replayed:
+                self.stats["replayed"] += replayed
+                log.info("jobs-index: replayed %d change(s) left in the outbox by an earlier run", replayed)
+            self._advance(max((entry.seq for entry in entries if entry.current), default=0))
+        if upto is None:
+            self._advance(pumped)
+
+    def _apply(self, entries: list[Entry]) -> None:
+        """Consecutive upserts in one ingest, deletions as they come."""
+        index = self.index
+        records: list[JobRecord] = []
+        for entry in entries:
+            if entry.kind in DELETIONS:
+                self._write(index, records)
+                records = []
+                self._delete(index, entry)
+            else:
+                records.append(entry.payload)
+        self._write(index, records)
 
     def _write(self, index: JobsIndex, records: list[JobRecord]) -> None:
         if records:
@@ -279,12 +451,16 @@ class Writer:
             self.stats["rejected"] += len(result.rejected)
             for job_id, reason in result.rejected:  # never dropped without a word
                 log.warning("jobs-index: job %r not recorded: %s", job_id, reason)
+            refused = {job_id for job_id, _ in result.rejected}
+            self._written.update(record.id for record in records
+                                 if record.stage == STAGE_HISTORY and record.id not in refused)
 
-    def _delete(self, index: JobsIndex, op: Op) -> None:
+    def _delete(self, index: JobsIndex, op: Entry | Op) -> None:
+        """A deletion in ComfyUI, for this source's rows only."""
         if op.kind == CLEARED:
-            index.delete_finished(source=self.source)
+            index.delete_finished(source=self.source, holder=self.holder, batch_size=self.delete_batch)
         elif op.payload:
-            index.delete_jobs(op.payload)
+            index.delete_jobs(op.payload, source=self.source, holder=self.holder)
 
     def _resync(self) -> None:
         with self.mutex:
@@ -294,19 +470,19 @@ class Writer:
                 deferred = [op for op in self._deferred if op.seq <= snap_seq]
                 drop_max = self._drop_max
                 self._resync_due = False
-        taken = list(self._carry) + self._drain()
-        self._carry = deque(taken)  # restored as is if the resync fails
         try:
-            earlier = sorted([op for op in taken if op.seq <= snap_seq and op.kind in DELETIONS] + deferred,
-                             key=lambda op: op.seq)
-            for op in earlier:  # deletions first: the snapshot already reflects them
+            self._drain_into_outbox()  # every op up to snap_seq is queued or dropped: into the outbox
+            for op in sorted(deferred, key=lambda op: op.seq):  # dropped deletions, in their place
+                self._apply_pending(upto=op.seq - 1)
                 self._delete(self.index, op)
+            self._apply_pending(upto=snap_seq)  # earlier runs' entries, then ours up to the snapshot
+            if not self._legacy_done:
+                self._clean_legacy()
             self._write_state(state)
         except Exception:
             with self._lock:
                 self._resync_due = True
             raise
-        self._carry = deque(op for op in taken if op.seq > snap_seq)
         with self._lock:
             done = {id(op) for op in deferred}
             self._deferred = [op for op in self._deferred if id(op) not in done]
@@ -315,30 +491,42 @@ class Writer:
                     self._drop_min = self._drop_max = None
                 else:
                     self._drop_min = snap_seq + 1  # a later drop: held back until the next resync
-            self.covered_seq = max(self.covered_seq, snap_seq)
             self.stats["resyncs"] += 1
         self._next_resync = time.monotonic() + self.resync_interval
         self.ready = True
         self._advance(snap_seq)
 
-    def _drain(self) -> list[Op]:
-        ops = []
-        while True:
+    def _clean_legacy(self) -> None:
+        """Remove the pending/running rows of the legacy source (a ComfyUI that used
+        it has stopped: nobody else writes it), once, if its lease is free."""
+        if not self.index.live_ids(self.legacy_source):  # the usual case: a read, no write lock
+            self._legacy_done = True
+            return
+        ttl_ms = int(self.lease_ttl * 1000)
+        acquired, _, _ = self.index.acquire_lease(self.legacy_source, self.holder, ttl_ms, stale=holder_is_gone)
+        if acquired:
             try:
-                op = self._ops.get_nowait()
-            except queue.Empty:
-                return ops
-            if op is not None:
-                ops.append(op)
+                removed = self.index.reconcile_live([], source=self.legacy_source, holder=self.holder)
+                if removed:
+                    log.info("jobs-index: removed %d pending/running job(s) left under the old source %r",
+                             removed, self.legacy_source)
+            finally:
+                self.index.release_lease(self.legacy_source, self.holder)
+        self._legacy_done = True
 
     def _write_state(self, state: State) -> None:
-        """Write what the index lacks of ``state``; remove live rows no longer queued."""
+        """Write what the index lacks of ``state``; remove live rows no longer queued.
+
+        A history entry this writer already wrote (or found stored) is not written
+        again: if its row is gone, someone deleted it (``prune``, SQL) and that wins."""
         index = self.index
-        stored = index.finished_ids(state.history.keys())
+        candidates = [prompt_id for prompt_id in state.history if prompt_id not in self._written]
+        stored = index.finished_ids(candidates) if candidates else set()
+        self._written.update(stored)
         records = []
-        for prompt_id, entry in state.history.items():
+        for prompt_id in candidates:
             if prompt_id not in stored:
-                records.append(_record(Op(0, FINISHED, (prompt_id, entry))))
+                records.append(_record(Op(0, FINISHED, (prompt_id, state.history[prompt_id]))))
         live = []
         for items, status in ((state.running, IN_PROGRESS), (state.pending, PENDING)):
             for item in items:
@@ -346,7 +534,8 @@ class Writer:
                 if isinstance(item, (list, tuple)) and len(item) > 1 and isinstance(item[1], str):
                     live.append(item[1])
         self._write(index, [record for record in records if record is not None])
-        removed = index.reconcile_live(live, source=self.source)
+        removed = index.reconcile_live(live, source=self.source, holder=self.holder)
+        self._written.intersection_update(state.history)  # ComfyUI forgot the others: they cannot come back
         if removed:
             log.info("jobs-index: removed %d pending/running job(s) that ComfyUI no longer holds", removed)
 
