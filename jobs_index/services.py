@@ -17,7 +17,7 @@ from sqlalchemy.exc import DataError, IntegrityError
 
 from . import queries, wire, write_queries
 from . import live_queries
-from .cursor import CURSOR_SORT_FIELD, encode_cursor
+from .cursor import CURSOR_SORT_FIELD, cursor_can_carry, encode_cursor
 from .database import open_engine, read_statement, read_transaction, write_transaction
 from .errors import JobNotFound, StorageError
 from .normalize import JobRecord, detail_dict
@@ -135,7 +135,11 @@ class JobStream:
         if not extra or self._remaining == 0:
             self._done = True
             self.has_more = extra and self._query.limit is not None
-            if self.has_more and self._query.sort_by == CURSOR_SORT_FIELD and self._last is not None:
+            # ComfyUI cannot mint a cursor that ends on an empty id or one longer than
+            # a cursor carries (it answers 400): the page is answered without one, and
+            # offset paging goes on past that job.
+            if (self.has_more and self._query.sort_by == CURSOR_SORT_FIELD and self._last is not None
+                    and cursor_can_carry(self._last[ROW_ID])):
                 self.next_cursor = encode_cursor(self._last[ROW_CREATE_TIME], self._last[ROW_ID],
                                                  self._query.sort_order)
         return [row[ROW_JOB_JSON] for row in page]

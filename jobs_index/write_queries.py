@@ -26,6 +26,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from decimal import Decimal
 from functools import lru_cache
 from operator import attrgetter
 
@@ -182,9 +183,30 @@ _COUNT_UPSERT = ("INSERT INTO job_counts (source, workflow_id, status, n) VALUES
 
 # -- the batch ----------------------------------------------------------------------
 
-def job_rows(records: Sequence[JobRecord], now: int) -> list[tuple]:
-    """The ``jobs`` rows of ``records`` (JOB_COLUMNS order), written at ``now``."""
-    return [_record_values(r) + (now,) for r in records]
+_PRIORITY = JOB_COLUMNS.index("priority")
+
+
+def pg_priority(priority, priority_json: str | None) -> Decimal:
+    """The PostgreSQL ``numeric`` of a queue number, exact, with a float's float-ness:
+    a float always has a fractional digit (``4.0``, ``10000000000000000.0``), so it
+    reads back as a float; an int has none."""
+    if priority_json is None:
+        return Decimal(priority)
+    value = Decimal(priority_json) if priority_json != "NaN" else Decimal("NaN")
+    if value.is_finite() and any(c in priority_json for c in ".eE") and value.as_tuple().exponent >= 0:
+        value = Decimal(f"{int(value)}.0")  # 1e+16: the float's integral value, as a float
+    return value
+
+
+def job_rows(records: Sequence[JobRecord], now: int, pg: bool = False) -> list[tuple]:
+    """The ``jobs`` rows of ``records`` (JOB_COLUMNS order), written at ``now``.
+    ``pg``: ``priority`` as PostgreSQL's numeric (``pg_priority``)."""
+    rows = [_record_values(r) + (now,) for r in records]
+    if pg:
+        i = _PRIORITY
+        rows = [row[:i] + (pg_priority(row[i], r.priority_json),) + row[i + 1:]
+                for row, r in zip(rows, records)]
+    return rows
 
 
 def side_rows(records: Sequence[JobRecord]) -> tuple[list[tuple], list[tuple]]:
@@ -205,7 +227,7 @@ def write_batch(conn: Connection, records: Sequence[JobRecord], existing: dict[s
         return
     pg = _pg(conn)
     records = sorted(records, key=attrgetter("id"))  # PostgreSQL: one lock order for job rows
-    rows = job_rows(records, now)
+    rows = job_rows(records, now, pg)
     replaced = [r.id for r in records if r.id in existing]
     if pg:
         _insert_many(conn, "jobs", JOB_COLUMNS, rows, _UPSERT_TAIL)
