@@ -199,6 +199,13 @@ def _write_records(conn: Connection, records: list[JobRecord], now: int) -> Inge
     return result
 
 
+def _row_refused(exc: StorageError) -> bool:
+    """A write that failed on one row's value, not on the database: PostgreSQL's
+    "program limit exceeded" (SQLSTATE class 54), e.g. an index entry too large."""
+    sqlstate = getattr(getattr(exc.__cause__, "orig", None), "sqlstate", None) or ""
+    return sqlstate.startswith("54")
+
+
 class JobsIndex:
     """A jobs index over one database (SQLite file or PostgreSQL)."""
 
@@ -290,7 +297,13 @@ class JobsIndex:
                 result = _write_records(conn, records, int(time.time() * 1000))
         except IntegrityError as exc:
             raise StorageError(f"rejected by the database: {exc.orig}") from exc
-        except DataError as exc:  # a value this database cannot hold (PostgreSQL: NUL in text)
+        except (DataError, StorageError) as exc:
+            # A value this database cannot hold (PostgreSQL: NUL in text; an id too long
+            # for a b-tree entry, ~2,700 bytes: a program-limit error)
+            if isinstance(exc, StorageError):
+                if not _row_refused(exc):
+                    raise
+                exc = exc.__cause__
             if len(records) > 1:  # write the batch row by row: only the refused rows are rejected
                 result = IngestResult()
                 for record in records:
