@@ -202,6 +202,8 @@ def upgrade() -> None:
     op.add_column("jobs", sa.Column("priority_json", sa.Text(), nullable=True))
     _rederive(bind, pg)
     op.execute(view_sql(dialect))
+    if pg:  # the rewrite dropped priority's statistics: give the planner fresh ones
+        op.execute("ANALYZE jobs")
 
 
 def downgrade() -> None:
