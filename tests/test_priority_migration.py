@@ -208,3 +208,29 @@ def reset(url: str) -> None:
                     conn.exec_driver_sql(f'DROP FUNCTION IF EXISTS "{name}" CASCADE')
     finally:
         engine.dispose()
+
+
+def test_downgrade_with_numbers_0005_cannot_hold_then_upgrade_restores_them(db_url):
+    """After 0006 an index holds numbers 0005's integer column cannot (2.5, NaN,
+    infinities, beyond 64 bits): the downgrade keeps every row (such numbers become
+    the nearest integer, or 0), and upgrading again restores each exactly from raw."""
+    numbers = [2.5, -0.5, float("nan"), float("inf"), float("-inf"), 10**30, -(2**63) - 1, 1e300, 4.0, 3]
+    records = [from_queue([n, f"n{i}", {}, {"create_time": i}, []], "pending") for i, n in enumerate(numbers)]
+    ids = [r.id for r in records]
+    engine = make_engine(db_url)
+    try:
+        migrate(engine)
+        index = JobsIndex(engine)
+        index.ingest(records)
+        before = answers(index, ids)
+        with write_transaction(engine) as conn:
+            command.downgrade(alembic_config(conn), REV_5)
+        with engine.connect() as conn:
+            kept = conn.execute(text("SELECT id, priority FROM jobs ORDER BY create_time")).all()
+        assert [row[0] for row in kept] == ids
+        assert all(float(p) == int(p) for _, p in kept)  # integers again
+        migrate(engine)
+        assert answers(index, ids) == before
+        assert [json.dumps(index.get_job(i)["priority"]) for i in ids] == [json.dumps(n) for n in numbers]
+    finally:
+        engine.dispose()
