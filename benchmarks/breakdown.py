@@ -110,6 +110,14 @@ def _old_encode_raw(item):
     return zlib.compress(data, 6), hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
+def _in_memory(item):
+    """The item as ComfyUI's memory holds it (what the custom node normalises): the
+    prompt (with its sixth, sensitive element) and each status message are tuples."""
+    status = dict(item.get("status") or {})
+    status["messages"] = [tuple(m) for m in status.get("messages", [])]
+    return {**item, "prompt": (*item["prompt"][:5], {}), "status": status}
+
+
 def _old_loads(text):
     return json.loads(text)
 
@@ -154,6 +162,8 @@ def cmd_normalise(args) -> None:
         normalize.encode_raw = original
     new_total = each(lambda kv: normalize.from_history(kv[0], kv[1], True), items)
     checked_total = each(lambda kv: normalize.from_history(*kv), items)
+    memory = [(job_id, _in_memory(item)) for job_id, item in items]
+    memory_total = each(lambda kv: normalize.from_history(*kv), memory)
     t_dumps = each(lambda raw: json.dumps(raw, separators=(",", ":"), ensure_ascii=False).encode(), raws)
     t_json_exact = each(lambda raw: normalize.json_bytes(raw, True), raws)
     t_json_checked = each(normalize.json_bytes, raws)
@@ -173,6 +183,7 @@ def cmd_normalise(args) -> None:
     row("from_history, old (json.dumps, zlib-6)", old_total, old_total)
     row("from_history, new, parsed item (exact: orjson, ISA-L-1)", new_total, old_total)
     row("from_history, new, in-process item (orjson text read back)", checked_total, old_total)
+    row("from_history, new, in-memory item (tuples: the custom node)", memory_total, old_total)
     row("  json.dumps of the raw item (old)", t_dumps, old_total)
     row("  orjson.dumps of the raw item (new, exact)", t_json_exact, old_total)
     row("  orjson.dumps + read back (new, in-process items)", t_json_checked, old_total)

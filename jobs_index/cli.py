@@ -6,6 +6,7 @@ as one line on stderr with a non-zero exit status, never as a traceback.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 
@@ -14,7 +15,7 @@ import click
 from . import __version__
 from .cli_toolbox import Duration, start_retention, stop_retention
 from .cli_toolbox import register as register_toolbox
-from .config import ENV_VAR, default_sqlite_path, resolve_url
+from .config import AUTO_MIGRATE_ENV, ENV_VAR, default_sqlite_path, resolve_url
 from .errors import JobsIndexError
 from .render import progress_bar
 from .cli_live import register as register_live
@@ -62,9 +63,13 @@ IMPORT_BATCH_SIZE = 10_000
 @click.group(cls=IndexGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--db", envvar=ENV_VAR, metavar="URL", help=DB_HELP)
 @click.option("-v", "--verbose", is_flag=True, help="Log more (SQL warnings, upgrades).")
+@click.option("--auto-migrate", is_flag=True, envvar=AUTO_MIGRATE_ENV,
+              help=f"Upgrade an older PostgreSQL schema when opening it (also ${AUTO_MIGRATE_ENV}=1). "
+                   "Without it a shared PostgreSQL database is upgraded only by `migrate`; "
+                   "a SQLite file is always upgraded on open, after a backup.")
 @click.version_option(__version__, prog_name="jobs-index")
 @click.pass_context
-def cli(ctx: click.Context, db: str | None, verbose: bool) -> None:
+def cli(ctx: click.Context, db: str | None, verbose: bool, auto_migrate: bool) -> None:
     """A persistent, SQL-backed index of ComfyUI jobs.
 
     \b
@@ -76,6 +81,8 @@ def cli(ctx: click.Context, db: str | None, verbose: bool) -> None:
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if auto_migrate:  # every open in this process (serve, follow, retention) sees it
+        os.environ[AUTO_MIGRATE_ENV] = "1"
     ctx.obj = Context(db)
 
 
@@ -206,9 +213,12 @@ def demo(ctx: Context, count: int, host: str, port: int) -> None:
 @click.option("--revision", default="head", show_default=True, help="Target revision.")
 @pass_ctx
 def migrate(ctx: Context, revision: str) -> None:
-    """Upgrade the database schema (done automatically whenever the index is opened).
+    """Upgrade the database schema.
 
-    A SQLite file is backed up before an upgrade, next to it.
+    A SQLite file is also upgraded whenever it is opened, and backed up before an
+    upgrade, next to it. A shared PostgreSQL database is upgraded only by this
+    command (or --auto-migrate): upgrade every jobs-index that uses it first.
+    A database upgraded by a newer jobs-index is refused, unchanged.
 
     \b
     Example:

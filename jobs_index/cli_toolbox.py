@@ -1,7 +1,7 @@
-"""The operator's toolbox commands: ``sql``, ``stats``, ``prune``, ``export``.
+"""The operator's toolbox commands: ``sql``, ``stats``, ``prune``, ``export``, ``check``.
 
 Registered on the ``jobs-index`` group by ``cli.py`` (``register(cli)``); like the
-other commands they parse and print only, the work is in ``adhoc`` and ``toolbox``.
+other commands they parse and print only, the work is in ``adhoc``, ``toolbox`` and ``check``.
 Bad input is one line on stderr (``Error: ...``) and exit status 2; a failed query
 or database error exits 1. Heavy modules are imported inside the commands, so
 ``jobs-index --help`` stays fast.
@@ -309,6 +309,71 @@ def export(obj, output: str, statuses: tuple[str, ...] | None, workflow_id: str 
     click.echo(f"exported {count} job(s)" + (f" to {output}" if output != "-" else ""), err=True)
 
 
+# -- check -----------------------------------------------------------------------
+
+def _counter_key(key: tuple[str, str, str]) -> str:
+    source, workflow_id, status = key
+    return (f"{status} (source {source or 'all'}, workflow {workflow_id or 'all'})")
+
+
+def _finding_line(label: str, finding, fixed: bool) -> str:
+    line = f"{label}: {finding.count}"
+    if finding.count:
+        line += f" (e.g. {'; '.join(finding.examples)})" + (" - repaired" if fixed else "")
+    return line
+
+
+@click.command()
+@click.option("--repair", is_flag=True,
+              help="Rewrite what differs from the rows: derived columns and side rows from raw, "
+                   "then job_counts from a recount. Unreadable raw is reported, never changed.")
+@click.option("--batch-size", default=1000, show_default=True, type=click.IntRange(1, 100_000),
+              help="Jobs per transaction.")
+@click.pass_obj
+def check(obj, repair: bool, batch_size: int) -> None:
+    """Verify job_counts, job_outputs/job_nodes and the columns derived from raw.
+
+    The rows of jobs are the truth: every job's raw item is read again (in
+    batches by id) and the columns and side rows it implies are compared with the
+    stored ones; side rows without their job are found; job_counts is compared with
+    a recount. Writes that bypass jobs-index (INSERT OR REPLACE in the sqlite3
+    shell, an UPDATE of raw) are what drift looks like. Exit status 1 when
+    something is wrong and was not repaired.
+
+    \b
+    Example:
+      jobs-index --db sqlite:///jobs.sqlite3 check
+      jobs-index --db sqlite:///jobs.sqlite3 check --repair
+    """
+    from .check import check as run_check
+
+    with _open_existing(obj) as index:
+        update, finish = progress_bar("checking" if not repair else "repairing", index.total())
+        try:
+            report = run_check(index, repair=repair, batch_size=batch_size, progress=update)
+        finally:
+            finish()
+    click.echo(f"checked {report.jobs} job(s)")
+    click.echo(_finding_line("jobs whose columns differ from raw", report.derived, repair))
+    click.echo(_finding_line("jobs whose job_outputs/job_nodes differ from raw", report.side_rows, repair))
+    click.echo(_finding_line("side rows without their job", report.orphans, repair))
+    wrong = sorted(report.counters.items())
+    line = f"job_counts rows that differ from a recount: {len(wrong)}"
+    if wrong:
+        shown = "; ".join(f"{_counter_key(k)}: {was} stored, {now} in jobs" for k, (was, now) in wrong[:EXAMPLES])
+        line += f" (e.g. {shown})" + (" - repaired" if repair else "")
+    click.echo(line)
+    click.echo(_finding_line("jobs whose raw cannot be read (left as they are)", report.unreadable, False))
+    if report.problems and not repair:
+        click.echo(f"{report.problems} problem(s) found; `jobs-index check --repair` fixes them", err=True)
+        sys.exit(1)
+    if report.unreadable.count:
+        sys.exit(1)
+
+
+EXAMPLES = 3
+
+
 # -- serve --retention ---------------------------------------------------------------
 
 def start_retention(url: str, older_than_ms: int | None, *, interval_s: float = 3600):
@@ -329,7 +394,7 @@ def stop_retention(worker) -> None:
         worker.stop()
 
 
-COMMANDS = (sql, stats, prune, export)
+COMMANDS = (sql, stats, prune, export, check)
 
 
 def register(group: click.Group) -> None:

@@ -23,3 +23,6 @@ def resolve_url(url: str | None) -> str:
             url = f"sqlite:///{Path(url).expanduser()}"
         return url
     return f"sqlite:///{default_sqlite_path()}"
+
+
+AUTO_MIGRATE_ENV = "JOBS_INDEX_AUTO_MIGRATE"  # "1": upgrade an older PostgreSQL schema on open

@@ -9,6 +9,17 @@
   page and its ``total`` come from one snapshot.
 * ``migrate``: upgrades to head on open; a file database that needs an upgrade is
   backed up first (``<file>.bak-<revision>``) with SQLite's online backup API.
+  A database at a revision this code does not know (written by a newer
+  jobs-index) is refused first, before any lock or backup: ``DatabaseTooNew``.
+  PostgreSQL, shared by a fleet, is created on open when empty but an older
+  schema is upgraded only by ``jobs-index migrate`` or ``--auto-migrate`` /
+  ``$JOBS_INDEX_AUTO_MIGRATE=1`` (else ``UpgradeRequired``): docs/postgresql.md.
+  Migrations run in one transaction (``BEGIN IMMEDIATE`` on SQLite) with SQLite's
+  foreign keys OFF (set before the transaction: the pragma is a no-op inside
+  one), so a migration that rebuilds ``jobs`` cannot cascade into its side tables;
+  ``PRAGMA foreign_key_check`` runs before the commit and fails the migration
+  (rolled back) if any row lost its parent. ``migrations/rebuild.py``,
+  docs/architecture.md "Migrations".
 """
 from __future__ import annotations
 
@@ -26,8 +37,8 @@ from sqlalchemy.dialects.sqlite.base import SQLiteCompiler
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
-from .config import APP_NAME, ENV_VAR, default_sqlite_path, resolve_url  # noqa: F401 (re-exported)
-from .errors import ConfigError, StorageError
+from .config import AUTO_MIGRATE_ENV, APP_NAME, ENV_VAR, default_sqlite_path, resolve_url  # noqa: F401 (re-exported)
+from .errors import ConfigError, DatabaseTooNew, ForeignKeyViolation, StorageError, UpgradeRequired  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -177,14 +188,76 @@ def read_statement(engine: Engine) -> Iterator[Connection]:
         conn.close()
 
 
+class HeldSnapshot:
+    """A read transaction held open across calls, for a listing read in chunks: every
+    statement run through ``run`` sees the snapshot of the first (SQLite: a WAL read
+    transaction; PostgreSQL: REPEATABLE READ).
+
+    Not for concurrent use: the caller runs one statement at a time (it may hop
+    threads between them: the SQLite connections allow it, psycopg's are thread-safe).
+    ``close`` ends the transaction and returns the connection to the pool; it is
+    idempotent. While it is open, SQLite cannot checkpoint the WAL past it and
+    PostgreSQL's vacuum cannot remove rows it may see: hold it only while a reader
+    reads."""
+
+    def __init__(self, engine: Engine) -> None:
+        conn = engine.connect()
+        try:
+            if engine.dialect.name == "postgresql":
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            self._transaction = conn.begin()
+        except OperationalError as exc:
+            conn.close()
+            raise StorageError(f"database read failed: {driver_message(exc)}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        self._conn: Connection | None = conn
+
+    @property
+    def closed(self) -> bool:
+        return self._conn is None
+
+    def run(self, fn, *args, **kwargs):
+        """``fn(connection, *args, **kwargs)`` in the snapshot. A driver error closes
+        the snapshot (its connection may be gone) and arrives as a StorageError."""
+        if self._conn is None:
+            raise StorageError("database read failed: the listing's snapshot is closed")
+        try:
+            return fn(self._conn, *args, **kwargs)
+        except DBAPIError as exc:
+            self.close(broken=True)
+            raise StorageError(f"database read failed: {driver_message(exc)}") from exc
+
+    def close(self, broken: bool = False) -> None:
+        """End the transaction and return the connection; a ``broken`` one (its last
+        statement failed: the server may have gone) is discarded instead."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            if broken:
+                conn.invalidate()
+            else:
+                self._transaction.rollback()  # nothing was written: ending it is all
+        except Exception as exc:  # the connection is already unusable: the pool discards it
+            log.debug("closing a read snapshot: %s", driver_message(exc))
+            conn.invalidate()
+        finally:
+            conn.close()
+
+
 # -- migrations ----------------------------------------------------------------
 
-def alembic_config(connection: Connection | None = None):
+def alembic_config(connection: Connection | None = None, script_location: str | Path | None = None):
+    """Alembic's config for our scripts (``script_location``: another copy of them,
+    e.g. a test's with a test-only revision added)."""
     from alembic.config import Config
 
-    script_location = resources.files("jobs_index") / "migrations"
-    if not script_location.is_dir():  # a source checkout without the package mapping
-        script_location = Path(__file__).resolve().parent.parent / "migrations"
+    if script_location is None:
+        script_location = resources.files("jobs_index") / "migrations"
+        if not script_location.is_dir():  # a source checkout without the package mapping
+            script_location = Path(__file__).resolve().parent.parent / "migrations"
     config = Config()
     config.set_main_option("script_location", str(script_location))
     config.set_main_option("path_separator", "os")
@@ -193,10 +266,37 @@ def alembic_config(connection: Connection | None = None):
     return config
 
 
-def head_revision() -> str:
+def head_revision(script_location: str | Path | None = None) -> str:
     from alembic.script import ScriptDirectory
 
-    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+    return ScriptDirectory.from_config(alembic_config(script_location=script_location)).get_current_head()
+
+
+def known_revisions(script_location: str | Path | None = None) -> set[str]:
+    """Every revision id this code's migration scripts define."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config(script_location=script_location))
+    return {rev.revision for rev in script.walk_revisions("base", "heads")}
+
+
+def check_revision(current: str | None, target: str, known: set[str], where: str, *,
+                   upgrade_existing: bool = True) -> None:
+    """Refuse a schema this code may not use or change: one written by a newer
+    jobs-index (``DatabaseTooNew``), or, unless ``upgrade_existing``, an older one
+    (``UpgradeRequired``). Called before any lock is taken or backup made."""
+    if current is not None and current not in known:
+        from . import __version__
+
+        raise DatabaseTooNew(
+            f"database {where} is at schema revision {current}, which jobs-index {__version__} does not know "
+            f"(its newest is {target}): it was upgraded by a newer jobs-index; upgrade jobs-index here "
+            "(nothing was changed)")
+    if current is not None and current != target and not upgrade_existing:
+        raise UpgradeRequired(
+            f"database {where} is at schema revision {current}; this jobs-index needs {target}: every "
+            f"jobs-index sharing it must be upgraded, then run `jobs-index migrate` once (or open with "
+            f"--auto-migrate / {AUTO_MIGRATE_ENV}=1)")
 
 
 def current_revision(connection: Connection) -> str | None:
@@ -225,43 +325,125 @@ def backup_sqlite(path: Path, suffix: str) -> Path:
     return target
 
 
-def migrate(engine: Engine, revision: str = "head") -> str | None:
+@contextmanager
+def sqlite_foreign_keys_off(conn: Connection) -> Iterator[Connection]:
+    """SQLite: ``PRAGMA foreign_keys=OFF`` on ``conn`` for the block, ON again after.
+
+    Must be entered before ``conn`` begins a transaction (inside one the pragma is a
+    silent no-op, which is checked here). The pragma goes to the driver connection
+    directly: through SQLAlchemy it would first autobegin. A connection whose
+    foreign keys cannot be turned back on is invalidated, never pooled."""
+    if conn.dialect.name != "sqlite":
+        yield conn
+        return
+    driver = conn.connection.driver_connection
+    if driver.in_transaction:
+        raise StorageError("foreign keys cannot be turned off inside a transaction")
+    driver.execute("PRAGMA foreign_keys=OFF")
+    if driver.execute("PRAGMA foreign_keys").fetchone()[0] != 0:
+        raise StorageError("SQLite refused PRAGMA foreign_keys=OFF")
+    try:
+        yield conn
+    finally:
+        try:
+            if conn.in_transaction():
+                conn.rollback()
+            driver.execute("PRAGMA foreign_keys=ON")
+        except Exception:  # noqa: BLE001 - never return a connection with them off to the pool
+            conn.invalidate()
+            raise
+
+
+def check_foreign_keys(conn: Connection) -> None:
+    """Before a migration commits: every row still has its parent (SQLite, where the
+    migration ran with foreign keys off; PostgreSQL enforces them all along)."""
+    if conn.dialect.name != "sqlite":
+        return
+    rows = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
+    if rows:
+        tables = sorted({row[0] for row in rows})
+        raise ForeignKeyViolation(f"migration rolled back: {len(rows)} row(s) in {', '.join(tables)} "
+                                  "lost their parent row (PRAGMA foreign_key_check)")
+
+
+@contextmanager
+def migration_transaction(engine: Engine) -> Iterator[Connection]:
+    """``write_transaction`` for migrations: on SQLite foreign keys are OFF (turned
+    off before ``BEGIN IMMEDIATE``, back on after); ``env.py`` runs
+    ``check_foreign_keys`` before the commit."""
+    conn = engine.connect()
+    try:
+        with sqlite_foreign_keys_off(conn):
+            if engine.dialect.name == "sqlite":
+                conn = conn.execution_options(sqlite_begin="IMMEDIATE")
+            with conn.begin():
+                if engine.dialect.name == "postgresql":
+                    conn.execute(text("SELECT pg_advisory_xact_lock(7250031)"))
+                yield conn
+    except OperationalError as exc:
+        raise StorageError(f"database write failed: {driver_message(exc)}") from exc
+    finally:
+        conn.close()
+
+
+def migrate(engine: Engine, revision: str = "head", *, script_location: str | Path | None = None,
+            upgrade_existing: bool = True) -> str | None:
     """Upgrade to ``revision`` atomically; back up a SQLite file first.
 
     Runs under the writers' lock, so two processes opening the same new database
-    do not both create it. Returns the backup path, if one was made.
+    do not both create it. Returns the backup path, if one was made. A database
+    at a revision these scripts do not know is refused before the lock or the
+    backup (``DatabaseTooNew``); ``upgrade_existing=False`` only creates an empty
+    database and refuses to upgrade an older one (``UpgradeRequired``).
     """
     from alembic import command
 
-    target = head_revision() if revision == "head" else revision
+    target = head_revision(script_location) if revision == "head" else revision
+    known = known_revisions(script_location)
     try:
         with engine.connect() as conn:
-            if current_revision(conn) == target:
-                return None
+            current = current_revision(conn)
     except DBAPIError as exc:  # unreachable server, bad credentials, unknown database...
         raise StorageError(f"cannot open database {_safe_url(engine)}: {driver_message(exc)}") from exc
+    if current == target:
+        return None
+    check_revision(current, target, known, _safe_url(engine), upgrade_existing=upgrade_existing)
     backup = None
     path = _sqlite_path(str(engine.url))
     try:
-        with write_transaction(engine) as conn:
+        with migration_transaction(engine) as conn:
             current = current_revision(conn)
             if current == target:
                 return None
+            # Again under the lock: another process may have upgraded it meanwhile.
+            check_revision(current, target, known, _safe_url(engine), upgrade_existing=upgrade_existing)
             if current is not None and path is not None:
                 backup = backup_sqlite(path, current)
                 log.warning("upgrading %s from %s; backup at %s", path, current, backup)
-            command.upgrade(alembic_config(conn), revision)
+            command.upgrade(alembic_config(conn, script_location), revision)
     except DBAPIError as exc:  # e.g. no right to create the tables
         raise StorageError(f"cannot upgrade database {_safe_url(engine)}: {driver_message(exc)}") from exc
     return str(backup) if backup else None
 
 
-def open_engine(url: str | None, *, pool_size: int = 5, upgrade: bool = True) -> Engine:
-    """Resolve the URL, create the engine and bring the schema to head."""
+def auto_migrate_default() -> bool:
+    return os.environ.get(AUTO_MIGRATE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def open_engine(url: str | None, *, pool_size: int = 5, upgrade: bool = True,
+                auto_migrate: bool | None = None) -> Engine:
+    """Resolve the URL, create the engine and bring the schema to head.
+
+    SQLite (one machine's file) is upgraded on open, after a backup. PostgreSQL
+    (shared by a fleet) is created on open when empty, but an older schema is
+    upgraded only with ``auto_migrate`` (default: ``$JOBS_INDEX_AUTO_MIGRATE``);
+    otherwise ``UpgradeRequired``. Either way a newer schema is ``DatabaseTooNew``."""
     engine = make_engine(resolve_url(url), pool_size=pool_size)
     if upgrade:
+        if auto_migrate is None:
+            auto_migrate = auto_migrate_default()
         try:
-            migrate(engine)
+            migrate(engine, upgrade_existing=engine.dialect.name != "postgresql" or auto_migrate)
         except StorageError:
             engine.dispose()
             raise

@@ -66,6 +66,28 @@ class StorageError(JobsIndexError):
     status = 503
 
 
+class ForeignKeyViolation(StorageError):
+    """A migration left rows whose parent is gone (``PRAGMA foreign_key_check``
+    before the commit); the whole migration was rolled back."""
+
+
+class SchemaVersionError(StorageError):
+    """The database's schema revision is not one this jobs-index may use as it is.
+
+    Nothing was written (no backup, no lock taken for long); retrying cannot help
+    until an operator acts, so a retry loop may stop on it (the custom node)."""
+
+
+class DatabaseTooNew(SchemaVersionError):
+    """The database was upgraded by a newer jobs-index (a downgrade, or a fleet
+    half upgraded): this version does not know its schema revision."""
+
+
+class UpgradeRequired(SchemaVersionError):
+    """A shared (PostgreSQL) database is at an older revision: it is upgraded only
+    by ``jobs-index migrate`` or an explicit ``--auto-migrate``."""
+
+
 class ConfigError(JobsIndexError):
     """A bad database URL or option."""
 

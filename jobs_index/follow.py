@@ -420,8 +420,8 @@ class Follower:
         dump = Dump(f"{self.target.url}/history", HISTORY, [(key, item, "") for key, item in entries.items()])
         result = self.index.ingest(records(dump, rejected), source=self.source)
         result.rejected.extend(rejected)
-        for job_id, reason in rejected:
-            log.warning("%s: rejected history item %s: %s", self.source, job_id, reason)
+        for job_id, reason in result.rejected:  # malformed, or refused by the database
+            log.warning("%s: rejected history item %r: %s", self.source, job_id, reason)
         return result
 
     def _write_queue(self, body: dict, finished: set[str]) -> IngestResult:
@@ -447,6 +447,10 @@ class Follower:
             self._live_ids = ids
         else:
             self._live_ids = None  # not reconciled: the next sync must
+        # Items met for the first time (a rejected one is in ``snapshot``, so not
+        # retried and not reported again): malformed, or refused by the database.
+        for job_id, reason in rejected[len(dump.rejected):] + result.rejected:
+            log.warning("%s: rejected queue item %r: %s", self.source, job_id, reason)
         result.rejected.extend(rejected)
         self._live_written = snapshot
         return result

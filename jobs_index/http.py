@@ -3,7 +3,10 @@
 Routes only parse and shape; the work is ``JobsIndex``'s, run in a thread pool so
 no database call blocks the event loop. Every error is a JSON body rendered by one
 middleware. Listings larger than one page (no ``limit``, or a huge one) are streamed
-in keyset chunks, so memory stays bounded whatever the history size. Like ComfyUI,
+in keyset chunks, so memory stays bounded whatever the history size, all read in
+one snapshot whose connection is released when the response ends or its client goes
+away; an error after such a response has begun closes the connection (the client
+sees an incomplete body at once, never a stalled 200). Like ComfyUI,
 the routes also answer under a doubled ``/api`` prefix (``/api/api/jobs``).
 """
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
@@ -27,6 +31,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 INLINE_PAGE_MAX = 1000  # pages up to this size are answered in one piece, larger ones streamed
+STREAM_STALL_TIMEOUT = 60.0  # seconds a streamed listing waits for a client that does not read
 JSON_CONTENT_TYPE = "application/json"
 
 
@@ -99,23 +104,103 @@ async def list_jobs(request: web.Request) -> web.StreamResponse:
 
 
 async def _stream_listing(request: web.Request, index: JobsIndex, query) -> web.StreamResponse:
-    stream = await _run(request, index.stream_jobs, query)
+    """A listing larger than one page, written chunk by chunk as it is read, in one
+    snapshot (``JobStream``). The snapshot's connection goes back to the pool when the
+    response ends, fails, or the client goes away; at most ``_stream_limit`` listings
+    of one index hold one at a time (the others wait here, not on a worker thread)."""
+    async with _stream_slot(index):
+        stream = await _run(request, index.stream_jobs, query)
+        try:
+            return await _send_stream(request, query, stream)
+        finally:
+            await _close_stream(request, stream)
+
+
+async def _send_stream(request: web.Request, query, stream) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": f"{JSON_CONTENT_TYPE}; charset=utf-8"})
     response.enable_chunked_encoding()
     await response.prepare(request)
-    await response.write(wire.jobs_array_open().encode("utf-8"))
-    first = True
-    while (chunk := await _run(request, stream.next_chunk)) is not None:
-        if not chunk:
-            continue
-        text = ", ".join(chunk)
-        await response.write((text if first else ", " + text).encode("utf-8"))
-        first = False
-    pagination = wire.pagination(query.offset, query.limit, stream.total, stream.has_more,
-                                 stream.next_cursor)
-    await response.write(wire.jobs_array_close(pagination).encode("utf-8"))
-    await response.write_eof()
+    # From here on the status line is sent: an error can no longer become an error
+    # response. It ends the connection instead, so the client sees an incomplete
+    # body at once (not a 200 that stalls until its own timeout).
+    try:
+        await _write(response, wire.jobs_array_open())
+        first = True
+        while (chunk := await _run(request, stream.next_chunk)) is not None:
+            if not chunk:
+                continue
+            text = ", ".join(chunk)
+            await _write(response, text if first else ", " + text)
+            first = False
+        pagination = wire.pagination(query.offset, query.limit, stream.total, stream.has_more,
+                                     stream.next_cursor)
+        await _write(response, wire.jobs_array_close(pagination))
+        await response.write_eof()
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        _break_connection(request, response, exc)
     return response
+
+
+async def _write(response: web.StreamResponse, text: str) -> None:
+    """Write, or give up on a client that has not taken the data for STREAM_STALL_TIMEOUT
+    (the listing holds a database snapshot meanwhile)."""
+    await asyncio.wait_for(response.write(text.encode("utf-8")), STREAM_STALL_TIMEOUT)
+
+
+def _break_connection(request: web.Request, response: web.StreamResponse, exc: Exception) -> None:
+    """End a response that has begun and cannot be finished: close its connection."""
+    response.force_close()
+    transport = request.transport
+    if isinstance(exc, ConnectionError):
+        log.debug("client of %s went away mid-listing", request.rel_url)
+    elif isinstance(exc, asyncio.TimeoutError):
+        log.warning("client of %s stopped reading a listing for %ss; connection closed",
+                    request.rel_url, STREAM_STALL_TIMEOUT)
+        if transport is not None:
+            transport.abort()  # what it has not read is dropped
+        return
+    elif isinstance(exc, JobsIndexError):
+        log.error("listing %s failed after its response began; connection closed: %s",
+                  request.rel_url, exc)
+    else:
+        log.error("listing %s failed after its response began; connection closed",
+                  request.rel_url, exc_info=exc)
+    if transport is not None:
+        transport.close()  # what was written is flushed, then the connection ends
+
+
+async def _close_stream(request: web.Request, stream) -> None:
+    """Close the listing's snapshot on a worker thread (it waits for a chunk being read
+    there); when the request is cancelled, the close still runs to its end."""
+    try:
+        closing = asyncio.get_running_loop().run_in_executor(_executor(request), stream.close)
+    except RuntimeError:  # the executor is shut down (the server is stopping)
+        stream.close()
+        return
+    await asyncio.shield(closing)
+
+
+# Streamed listings of one index holding a snapshot at a time: no more than its pool's
+# base size, so the pool's overflow always serves other requests and no worker thread
+# waits for a connection a stalled stream holds.
+_stream_slots: "weakref.WeakKeyDictionary[JobsIndex, tuple[asyncio.AbstractEventLoop, asyncio.Semaphore]]" = (
+    weakref.WeakKeyDictionary())
+
+
+def _stream_limit(index: JobsIndex) -> int:
+    size = getattr(index.engine.pool, "size", None)
+    return max(1, size()) if callable(size) else 4
+
+
+def _stream_slot(index: JobsIndex) -> asyncio.Semaphore:
+    loop = asyncio.get_running_loop()
+    held = _stream_slots.get(index)
+    if held is None or held[0] is not loop:
+        held = (loop, asyncio.Semaphore(_stream_limit(index)))
+        _stream_slots[index] = held
+    return held[1]
 
 
 async def get_job(request: web.Request) -> web.Response:

@@ -8,7 +8,7 @@ from sqlalchemy import Connection, Row, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from . import schema
-from .normalize import STAGE_HISTORY
+from .normalize import STAGE_HISTORY, answer_text, column_text
 from .queries import _chunks
 
 jobs = schema.Job.__table__
@@ -31,9 +31,9 @@ def save_followed(conn: Connection, source: str, url: str, watermark: str | None
 def finished_ids(conn: Connection, ids: Sequence[str]) -> set[str]:
     """The ids among ``ids`` whose row is a finished (history) job."""
     found: set[str] = set()
-    for chunk in _chunks(list(ids)):
+    for chunk in _chunks([column_text(job_id) for job_id in ids]):
         stmt = select(jobs.c.id).where(jobs.c.id.in_(chunk), jobs.c.stage == STAGE_HISTORY)
-        found.update(conn.execute(stmt).scalars())
+        found.update(answer_text(job_id) for job_id in conn.execute(stmt).scalars())
     return found
 
 

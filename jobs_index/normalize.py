@@ -99,6 +99,30 @@ _row_values = attrgetter(*_ROW_FIELDS)
 _all_values = attrgetter(*JobRecord.__slots__)
 
 
+# -- text columns that keep a value exactly ---------------------------------------
+#
+# PostgreSQL text cannot hold NUL, and every engine stores what every other stores:
+# ``jobs.id`` and ``jobs.workflow_id`` (the columns a job is answered and filtered by)
+# hold a NUL as "\x01\x01" and a "\x01" as "\x01\x02", on every engine. The mapping
+# keeps code point order (ids sort as ComfyUI sorts them), leaves any other string
+# unchanged, and is undone for every answer (``column_text`` / ``answer_text``; in SQL,
+# ``queries._job_json_sql``). ``raw`` keeps the item itself, NUL included.
+
+def column_text(value: str | None) -> str | None:
+    """A job id or workflow id as its column stores it (no NUL)."""
+    if value is None or ("\x00" not in value and "\x01" not in value):
+        return value
+    return value.replace("\x01", "\x01\x02").replace("\x00", "\x01\x01")
+
+
+def answer_text(value: str | None) -> str | None:
+    """The inverse of ``column_text``: the value ComfyUI answers with."""
+    if value is None or "\x01" not in value:
+        return value
+    # Left to right, "\x01" always starts a pair: NUL pairs first, then the rest.
+    return value.replace("\x01\x01", "\x00").replace("\x01\x02", "\x01")
+
+
 # -- small defensive helpers -------------------------------------------------
 
 def _as_dict(value: Any) -> dict:
@@ -131,26 +155,45 @@ _ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATAC
 
 
 def json_bytes(value: Any, exact: bool = False) -> bytes:
-    """Compact UTF-8 JSON of ``value`` that ``json.loads`` reads back as ``value``.
+    """Compact UTF-8 JSON of ``value`` that ``json.loads`` reads back as ``value``:
+    the canonical text of the JSON value ``value`` stands for, so its digest is the
+    same whatever Python types held it (a tuple or a list, a subclass or its base
+    type, an int key or its string) and whichever encoder wrote the JSON it came from.
 
-    orjson writes it where that is exact, else the standard library (NaN and
-    infinities, which orjson would write as ``null``; integers beyond 64 bits; lone
-    surrogates, non-string keys, tuples, other types, nesting deeper than 255).
-    ``exact=True`` says ``value`` came from ``orjson.loads`` of text without an
-    integer literal of 19 or more digits (``orjson_exact``): only JSON types, finite
-    floats and 64-bit integers, so orjson's text needs no check. Otherwise orjson's
-    text is read back and kept only if it equals ``value`` (a NaN never equals).
-    Both writers give the same text for the same value except for the exponent
-    form of some floats (``1e-07`` vs ``1e-7``), so a value's text (and digest)
-    depends only on the value.
+    orjson writes it where that is exact; otherwise (a tuple, a non-string key, a
+    subclass, or a value orjson cannot write) the value is written by the standard
+    library, read back (the plain JSON value: lists, string keys, base types) and
+    that is written by orjson if orjson writes it exactly. What orjson cannot write
+    (NaN and infinities, which it would write as ``null``; integers beyond 64 bits;
+    lone surrogates; nesting deeper than 255) keeps the standard library's text,
+    which then depends only on the value too. ``exact=True`` says ``value`` came from
+    ``orjson.loads`` of text without an integer literal of 19 or more digits
+    (``orjson_exact``): only JSON types, finite floats and 64-bit integers, so
+    orjson's text needs no check. Otherwise orjson's text is read back and kept only
+    if it equals ``value`` (a NaN never equals; a tuple never equals its list).
+    The two writers differ only in the form of some floats (``1e-05`` vs
+    ``0.00001``, ``1e-07`` vs ``1e-7``): without the second step a job held in
+    ComfyUI's memory (tuples) and the same job read from ``/history`` (lists) would
+    get two digests.
     """
+    data = _orjson_checked(value, exact)
+    if data is not None:
+        return data
+    text = _dumps(value).encode("utf-8")
+    plain, plain_exact = loads_exact(text)
+    data = _orjson_checked(plain, plain_exact)
+    return text if data is None else data
+
+
+def _orjson_checked(value: Any, exact: bool) -> bytes | None:
+    """orjson's text of ``value`` if it reads back as ``value`` (always, if ``exact``)."""
     try:
         data = orjson.dumps(value, option=_ORJSON_OPTIONS)
     except orjson.JSONEncodeError:
-        return _dumps(value).encode("utf-8")
+        return None
     if exact or orjson.loads(data) == value:
         return data
-    return _dumps(value).encode("utf-8")
+    return None
 
 
 def json_text(value: Any, exact: bool = False) -> str:
@@ -485,7 +528,7 @@ def from_history(job_id: Any, item: Any, exact: bool = False) -> JobRecord:
 
 def list_dict(row: Any) -> dict:
     """The ``GET /api/jobs`` dict of a row (attribute access), keys in ComfyUI's order."""
-    job: dict[str, Any] = {"id": row.id, "status": row.status, "priority": priority_value(row)}
+    job: dict[str, Any] = {"id": answer_text(row.id), "status": row.status, "priority": priority_value(row)}
     if not row.create_time_missing:
         job["create_time"] = row.create_time
     if row.execution_start_time is not None:
@@ -498,7 +541,7 @@ def list_dict(row: Any) -> dict:
     if row.preview_output is not None:
         job["preview_output"] = json.loads(row.preview_output)
     if row.workflow_id is not None:
-        job["workflow_id"] = row.workflow_id
+        job["workflow_id"] = answer_text(row.workflow_id)
     return job
 
 

@@ -16,6 +16,7 @@ docs/postgresql.md records the one stale-statistics case seen and its remedy.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -25,6 +26,7 @@ from sqlalchemy import (BigInteger, Connection, Integer, Row, Select, Text, bind
 
 from . import schema
 from .cursor import MAX_ID_LENGTH
+from .normalize import answer_text, column_text
 from .params import ListQuery
 
 jobs = schema.Job.__table__
@@ -64,6 +66,24 @@ _JOB_JSON_SQL = {
     "sqlite": _job_json_sql("json_quote({})", "{}"),
     "postgresql": _job_json_sql("to_json({})::text", "{}::text"),
 }
+
+# The id and workflow id columns hold ``normalize.column_text`` of ComfyUI's value,
+# which differs from it only if it has a "\x01" (the escape of NUL; both engines
+# write it "\u0001" in JSON). Such a rare job's text is completed here, in Python:
+# undoing the mapping in SQL cost PostgreSQL more planning time on every page.
+ESCAPED_IN_JSON = "\\u0001"
+
+
+def answered_job_json(text: str) -> str:
+    """A listing row's job JSON with its id and workflow id as ComfyUI answers them
+    (``text`` itself for every job whose columns hold no "\x01")."""
+    if ESCAPED_IN_JSON not in text:
+        return text
+    job = json.loads(text)
+    job["id"] = answer_text(job["id"])
+    if "workflow_id" in job:
+        job["workflow_id"] = answer_text(job["workflow_id"])
+    return json.dumps(job, ensure_ascii=False)
 
 
 def page_columns(dialect: str) -> tuple:
@@ -263,8 +283,9 @@ def _status_params(n: int) -> list:
 def _filter_values(query: ListQuery) -> dict:
     """The parameter values of a listing's filters (arms and total alike)."""
     values = {f"s{i}": status for i, status in enumerate(query.statuses)}
-    values.update(workflow=query.workflow_id, source=query.source,
-                  count_source=query.source or "", count_workflow=query.workflow_id or "")
+    workflow = column_text(query.workflow_id)
+    values.update(workflow=workflow, source=query.source,
+                  count_source=query.source or "", count_workflow=workflow or "")
     return values
 
 
@@ -278,7 +299,8 @@ def clamp_position(position: Position, descending: bool) -> Position | None | bo
 
 
 def _unstorable(conn: Connection, char: str) -> bool:
-    """A character no stored text can hold: a lone surrogate (not UTF-8), or NUL on PostgreSQL."""
+    """A character no stored text can hold: a lone surrogate (not UTF-8), or NUL on
+    PostgreSQL (an id or workflow id holds none: ``normalize.column_text``)."""
     return "\ud800" <= char <= "\udfff" or (char == "\x00" and conn.dialect.name == "postgresql")
 
 
@@ -312,11 +334,14 @@ def select_page(conn: Connection, query: ListQuery, *, limit: int | None, offset
                 after: Position | None = None, with_total: bool = False) -> list[tuple]:
     """Up to ``limit`` rows of ``query``, skipping ``offset`` rows or starting ``after``.
 
-    Rows are ``page_columns`` tuples (``ROW_*`` indexes). With ``with_total``
+    Rows are ``page_columns`` tuples (``ROW_*`` indexes; ``ROW_ID`` as the column
+    stores it, and ``after.id`` too: ``normalize.column_text``). With ``with_total``
     each row ends with the listing's ``total``, read by the same statement (one
     snapshot, one round trip); an empty page then carries no total (``count_total``).
     """
-    if not query.statuses or unmatchable(conn, query.workflow_id, query.source):
+    if not query.statuses or unmatchable(conn, column_text(query.workflow_id), query.source):
+        return []
+    if offset + (limit or 0) > _INT64_MAX:  # no table holds 2**63 rows; SQL cannot take the number
         return []
     if after is not None:
         clamped = clamp_position(after, query.descending)
@@ -340,15 +365,17 @@ def select_page(conn: Connection, query: ListQuery, *, limit: int | None, offset
 
 def count_total(conn: Connection, query: ListQuery) -> int:
     """Exact number of jobs passing the status/workflow/source filters (≤ 5 rows read)."""
-    if not query.statuses or unmatchable(conn, query.workflow_id, query.source):
+    if not query.statuses or unmatchable(conn, column_text(query.workflow_id), query.source):
         return 0
     return int(_count_sql(len(query.statuses), conn.dialect).run(conn, _filter_values(query)).scalar_one())
 
 
 def get_job(conn: Connection, job_id: str) -> Row | None:
-    if unmatchable(conn, job_id):
+    """The row of ComfyUI's job ``job_id`` (its columns as stored)."""
+    stored = column_text(job_id)
+    if unmatchable(conn, stored):
         return None
-    return conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
+    return conn.execute(select(jobs).where(jobs.c.id == stored)).first()
 
 
 def _chunks(items: Sequence, size: int = 900) -> Iterable[Sequence]:
@@ -360,12 +387,13 @@ def live_ids(conn: Connection, source: str | None) -> set[str]:
     """Ids of pending/in_progress rows of one source (None = rows with no source)."""
     stmt = select(jobs.c.id).where(
         jobs.c.status.in_(LIVE_STATUSES), jobs.c.source.is_not_distinct_from(source))
-    return set(conn.execute(stmt).scalars())
+    return {answer_text(job_id) for job_id in conn.execute(stmt).scalars()}
 
 
 def delete_jobs(conn: Connection, ids: Sequence[str]) -> int:
+    """Delete ComfyUI's jobs ``ids``; returns how many rows went."""
     deleted = 0
-    for chunk in _chunks(list(ids)):
+    for chunk in _chunks([column_text(job_id) for job_id in ids]):
         deleted += conn.execute(jobs.delete().where(jobs.c.id.in_(chunk))).rowcount
     return deleted
 
@@ -392,3 +420,39 @@ def stored_counts(conn: Connection) -> dict[tuple[str, str, str], int]:
     stmt = select(counts.c.source, counts.c.workflow_id, counts.c.status, counts.c.n).where(counts.c.n != 0)
     return {(s, w, st): n for s, w, st, n in conn.execute(stmt)}
 
+
+
+def count_rows(conn: Connection, query: ListQuery) -> int:
+    """Jobs passing the listing's filters, counted from the rows themselves (an index
+    scan, O(matching rows)): the truth ``count_total``'s counters must equal."""
+    workflow = column_text(query.workflow_id)
+    if not query.statuses or unmatchable(conn, workflow, query.source):
+        return 0
+    stmt = select(func.count()).select_from(jobs).where(jobs.c.status.in_(list(query.statuses)))
+    if workflow is not None:
+        stmt = stmt.where(jobs.c.workflow_id == workflow)
+    if query.source is not None:
+        stmt = stmt.where(jobs.c.source == query.source)
+    return int(conn.execute(stmt).scalar_one())
+
+
+def lock_jobs_for_recount(conn: Connection) -> None:
+    """PostgreSQL: block writes to ``jobs`` (SHARE mode: reads go on) until the
+    transaction ends, so a recount and the counters written from it are exact even
+    against ad-hoc SQL writers. SQLite's ``BEGIN IMMEDIATE`` already does."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("LOCK TABLE jobs IN SHARE MODE")
+
+
+def repair_counts(conn: Connection) -> dict[tuple[str, str, str], tuple[int, int]]:
+    """Make ``job_counts`` equal a recount of ``jobs``; returns the keys that were
+    wrong as ``{key: (stored, actual)}``. Call under ``lock_jobs_for_recount`` in a
+    writer's transaction."""
+    actual, stored = recount(conn), stored_counts(conn)
+    wrong = {key: (stored.get(key, 0), actual.get(key, 0))
+             for key in stored.keys() | actual.keys() if stored.get(key, 0) != actual.get(key, 0)}
+    for (source, workflow_id, status), (_, n) in sorted(wrong.items()):
+        key = (counts.c.source == source) & (counts.c.workflow_id == workflow_id) & (counts.c.status == status)
+        if conn.execute(counts.update().where(key).values(n=n)).rowcount == 0:
+            conn.execute(counts.insert().values(source=source, workflow_id=workflow_id, status=status, n=n))
+    return wrong

@@ -8,24 +8,30 @@ Every method is blocking; async callers run them in a thread.
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 from . import queries, wire, write_queries
 from . import live_queries
 from .cursor import CURSOR_SORT_FIELD, cursor_can_carry, encode_cursor
-from .database import open_engine, read_statement, read_transaction, write_transaction
+from .database import HeldSnapshot, open_engine, read_statement, read_transaction, write_transaction
 from .errors import JobNotFound, StorageError
-from .normalize import JobRecord, detail_dict
+from .normalize import JobRecord, answer_text, column_text, detail_dict
 from .params import ListQuery
 from .queries import ROW_CREATE_TIME, ROW_DURATION, ROW_ID, ROW_JOB_JSON, ROW_TOTAL, Position
 
+log = logging.getLogger(__name__)
+
 DEFAULT_BATCH_SIZE = 1000
 STREAM_CHUNK = 1000  # rows per query when a listing is larger than one page
+REPAIR_RETRY_S = 60.0  # after a failed counter repair, pages count their rows without retrying it
 
 
 @dataclass
@@ -78,36 +84,76 @@ class IngestResult:
 class JobStream:
     """A listing read in keyset chunks, for pages too large to hold in memory.
 
-    ``total`` and the first chunk come from one snapshot (for a first page or a
-    cursor page, one statement); later chunks continue from the last row's sort key,
-    so no row is repeated or skipped even while writers add jobs.
+    One listing, one snapshot: a listing of more than one chunk is read in one read
+    transaction held across the chunks (``HeldSnapshot``), so ``total`` and every
+    row come from the same state of the index: a job that finishes, is added or is
+    deleted while the listing is read is not repeated, skipped or counted apart from
+    its rows. A listing of at most one chunk is one statement (or, with an offset,
+    one transaction) as before. Later chunks continue from the last row's sort key.
     ``has_more``/``next_cursor`` are final once exhausted. Chunks are lists of job
     JSON texts (``queries.page_columns``).
+
+    The snapshot holds a pooled connection until the listing is exhausted or
+    ``close`` is called (the HTTP route calls it when the response ends or the client
+    goes away). ``next_chunk``/``close`` may be called from different threads, one
+    at a time or concurrently: a lock orders them, so ``close`` waits for a chunk
+    being read.
     """
 
     def __init__(self, index: "JobsIndex", query: ListQuery, chunk: int = STREAM_CHUNK) -> None:
         self._index, self._query, self._chunk = index, query, chunk
         self._remaining = query.limit  # None: no limit
-        self._after = Position(query.cursor.create_time, query.cursor.id) if query.cursor else None
+        # Positions are in the id column's terms (``normalize.column_text``: same order).
+        self._after = Position(query.cursor.create_time, column_text(query.cursor.id)) if query.cursor else None
         self._offset = 0 if query.cursor else query.offset
         self._done = False
         self._last = None
+        self._lock = threading.Lock()
+        self._snapshot: HeldSnapshot | None = None
         self.has_more = False
         self.next_cursor: str | None = None
         self.total = 0
-        if self._offset:  # offset mode: the total first, so a skip past the end reads no index
-            with read_transaction(index.engine) as conn:
-                self.total = queries.count_total(conn, query)
-                self._done = self.total == 0
-                self._first = self._fetch(conn)
+        if query.limit is not None and query.limit <= chunk:  # one chunk: one statement / transaction
+            if self._offset:
+                with read_transaction(index.engine) as conn:
+                    self._first = self._start(conn)
+            else:
+                with read_statement(index.engine) as conn:
+                    self._first = self._start(conn)
+            self._check_total()
             return
-        with read_statement(index.engine) as conn:  # page and total: one statement
-            want = self._want()
+        self._snapshot = HeldSnapshot(index.engine)
+        try:
+            self._first = self._snapshot.run(self._start)
+        except BaseException:
+            self.close()
+            raise
+        if self._done:  # all in the first chunk: the connection goes back now
+            self._snapshot.close()
+        self._check_total()
+
+    def _start(self, conn) -> list[str]:
+        """``total`` and the first chunk (from one snapshot). The rows are the truth:
+        the counter (total) never decides whether rows are read. An empty listing
+        answers like ComfyUI's early return for an empty filtered set (no cursor, no
+        has_more) because no rows were found."""
+        query, offset, want = self._query, self._offset, self._want()
+        if offset:  # offset mode: total and rows in one snapshot
+            self.total = queries.count_total(conn, query)
+            rows = queries.select_page(conn, query, limit=want + 1, offset=offset)
+        else:  # page and total: one statement
             rows = queries.select_page(conn, query, limit=want + 1, after=self._after, with_total=True)
             self.total = int(rows[0][ROW_TOTAL]) if rows else queries.count_total(conn, query)
-        # ComfyUI answers an empty filtered set early: no cursor, no has_more.
-        self._done = self.total == 0
-        self._first = [] if self._done else self._consume(rows, want)
+        first = self._consume(rows, want)
+        self._first_read = (offset, len(first), len(rows) > want, len(rows))
+        return first
+
+    def _check_total(self) -> None:
+        """After the first chunk: a counter the rows contradict is repaired, and the
+        listing answers the rows' count (read outside the listing's snapshot)."""
+        offset, found, more, read = self._first_read
+        if not _total_agrees(self.total, offset, found, more, self._query.cursor is not None):
+            self.total = self._index._counter_mismatch(self._query, self.total, offset, read)
 
     def _want(self) -> int:
         return self._chunk if self._remaining is None else min(self._chunk, self._remaining)
@@ -116,11 +162,7 @@ class JobStream:
         if self._done:
             return []
         want = self._want()
-        if self._after is None and self._offset >= self.total:
-            rows = []  # past the end: answer without walking the index
-        else:
-            rows = queries.select_page(conn, self._query, limit=want + 1,
-                                       offset=self._offset, after=self._after)
+        rows = queries.select_page(conn, self._query, limit=want + 1, offset=self._offset, after=self._after)
         return self._consume(rows, want)
 
     def _consume(self, rows: list, want: int) -> list[str]:
@@ -138,11 +180,14 @@ class JobStream:
             # ComfyUI cannot mint a cursor that ends on an empty id or one longer than
             # a cursor carries (it answers 400): the page is answered without one, and
             # offset paging goes on past that job.
-            if (self.has_more and self._query.sort_by == CURSOR_SORT_FIELD and self._last is not None
-                    and cursor_can_carry(self._last[ROW_ID])):
-                self.next_cursor = encode_cursor(self._last[ROW_CREATE_TIME], self._last[ROW_ID],
+            last_id = None if self._last is None else answer_text(self._last[ROW_ID])
+            if (self.has_more and self._query.sort_by == CURSOR_SORT_FIELD and last_id is not None
+                    and cursor_can_carry(last_id)):
+                self.next_cursor = encode_cursor(self._last[ROW_CREATE_TIME], last_id,
                                                  self._query.sort_order)
-        return [row[ROW_JOB_JSON] for row in page]
+        escaped = queries.ESCAPED_IN_JSON  # rare: a job whose id / workflow id holds NUL or "\x01"
+        return [text if escaped not in text else queries.answered_job_json(text)
+                for text in map(itemgetter(ROW_JOB_JSON), page)]
 
     def chunks(self) -> Iterator[list[str]]:
         """Job JSON texts, chunk by chunk (blocking: one query per chunk after the first)."""
@@ -151,14 +196,53 @@ class JobStream:
 
     def next_chunk(self) -> list[str] | None:
         """The next chunk, or None when exhausted (for callers that hop threads).
-        A later chunk is one statement, continuing from the last row's sort key."""
-        if self._first is not None:
-            first, self._first = self._first, None
-            return first
-        if self._done:
-            return None
-        with read_statement(self._index.engine) as conn:
-            return self._fetch(conn)
+        A later chunk is one statement in the listing's snapshot, continuing from the
+        last row's sort key; the snapshot is closed after the last one."""
+        with self._lock:
+            if self._first is not None:
+                first, self._first = self._first, None
+                return first
+            if self._done:
+                return None
+            if self._snapshot is None or self._snapshot.closed:
+                raise StorageError("database read failed: the listing was closed before its end")
+            chunk = self._snapshot.run(self._fetch)
+            if self._done:
+                self._snapshot.close()
+            return chunk
+
+    def close(self) -> None:
+        """End the listing's read transaction (idempotent; waits for a chunk being read)."""
+        with self._lock:
+            self._first = None
+            if self._snapshot is not None:
+                self._snapshot.close()
+
+    def __enter__(self) -> "JobStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _describe(query: ListQuery) -> str:
+    parts = [f"status in {','.join(query.statuses)}"]
+    if query.workflow_id is not None:
+        parts.append(f"workflow_id={query.workflow_id!r}")
+    if query.source is not None:
+        parts.append(f"source={query.source!r}")
+    return " ".join(parts)
+
+
+def _total_agrees(total: int, offset: int, found: int, more: bool, after_cursor: bool) -> bool:
+    """Can ``total`` (from the counters) be right, given what the first chunk found in
+    the same snapshot? ``found`` rows after skipping ``offset`` (or after a cursor),
+    ``more``: at least one row beyond them. Costs nothing: no extra SQL."""
+    if after_cursor:  # rows before the cursor are unknown: a lower bound only
+        return total >= found + more
+    if found or more:  # rows at the offset exist, so the offset rows before them do too
+        return total >= offset + found + 1 if more else total == offset + found
+    return total <= offset  # nothing at or past the offset
 
 
 def _batches(records: Iterable[JobRecord], source: str | None, size: int) -> Iterator[list[JobRecord]]:
@@ -211,11 +295,15 @@ class JobsIndex:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._repair_failed_at: float | None = None  # monotonic time of a counter repair that failed
 
     @classmethod
-    def open(cls, url: str | None = None, *, pool_size: int = 5) -> "JobsIndex":
-        """Open (and create or upgrade) the index at ``url`` (see ``resolve_url``)."""
-        return cls(open_engine(url, pool_size=pool_size))
+    def open(cls, url: str | None = None, *, pool_size: int = 5, auto_migrate: bool | None = None) -> "JobsIndex":
+        """Open (and create or upgrade) the index at ``url`` (see ``resolve_url``).
+
+        An older PostgreSQL schema is upgraded only with ``auto_migrate`` (default:
+        ``$JOBS_INDEX_AUTO_MIGRATE``); see ``database.open_engine``."""
+        return cls(open_engine(url, pool_size=pool_size, auto_migrate=auto_migrate))
 
     def close(self) -> None:
         self.engine.dispose()
@@ -230,11 +318,13 @@ class JobsIndex:
 
     def list_jobs(self, query: ListQuery) -> JobsPage:
         """One page of ``GET /api/jobs`` (the whole listing when ``limit`` is None)."""
-        stream = JobStream(self, query, chunk=min(query.limit or STREAM_CHUNK, STREAM_CHUNK))
-        texts = [text for chunk in stream.chunks() for text in chunk]
+        with JobStream(self, query, chunk=min(query.limit or STREAM_CHUNK, STREAM_CHUNK)) as stream:
+            texts = [text for chunk in stream.chunks() for text in chunk]
         return JobsPage(texts, stream.total, stream.has_more, stream.next_cursor)
 
     def stream_jobs(self, query: ListQuery, chunk: int = STREAM_CHUNK) -> JobStream:
+        """A listing read chunk by chunk in one snapshot; the caller must ``close`` it
+        (or read it to the end), else it holds a pooled connection."""
         return JobStream(self, query, chunk)
 
     def get_job(self, job_id: str) -> dict:
@@ -248,6 +338,36 @@ class JobsIndex:
     def total(self, query: ListQuery | None = None) -> int:
         with read_transaction(self.engine) as conn:
             return queries.count_total(conn, query or ListQuery())
+
+    def _counter_mismatch(self, query: ListQuery, total: int, offset: int, rows: int) -> int:
+        """A page found rows its counters say are not there, or fewer: count the rows
+        (they are the truth), repair ``job_counts`` and return the real total. A
+        repair that cannot run (a read-only role) is logged; ``jobs-index check
+        --repair`` does it later."""
+        with read_transaction(self.engine) as conn:
+            actual = queries.count_rows(conn, query)
+        failed_at = self._repair_failed_at
+        if failed_at is not None and time.monotonic() - failed_at < REPAIR_RETRY_S:
+            return actual  # a repair failed a moment ago (e.g. a read-only role): pages stay right, quietly
+        log.warning("jobs-index: job_counts says %d jobs for %s but the rows say %d (page at offset %d "
+                    "read %d rows): repairing the counters", total, _describe(query), actual, offset, rows)
+        try:
+            wrong = self.repair_counts()
+        except (StorageError, DBAPIError) as exc:
+            self._repair_failed_at = time.monotonic()
+            log.error("jobs-index: cannot repair job_counts (%s); run `jobs-index check --repair`",
+                      " ".join(str(exc).split())[:300])
+        else:
+            self._repair_failed_at = None
+            log.warning("jobs-index: job_counts repaired (%d counter rows were wrong)", len(wrong))
+        return actual
+
+    def repair_counts(self) -> dict[tuple[str, str, str], tuple[int, int]]:
+        """Rebuild ``job_counts`` from the rows (one writer's transaction; on PostgreSQL
+        writes to ``jobs`` wait meanwhile). Returns ``{key: (was, now)}`` of the wrong rows."""
+        with write_transaction(self.engine) as conn:
+            queries.lock_jobs_for_recount(conn)
+            return queries.repair_counts(conn)
 
     # -- writes --------------------------------------------------------------
 

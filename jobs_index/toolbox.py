@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from . import toolbox_queries as tq
 from .database import read_transaction, write_transaction
 from .errors import JobsIndexError
+from .normalize import answer_text
 from .services import JobsIndex
 from .transfer import export_line
 from .units import STATUS_ORDER, day_iso, iso_ms, now_ms
@@ -93,7 +94,7 @@ def stats(index: JobsIndex, since_ms: int | None, *, until_ms: int | None = None
     ranked = sorted(workflows.items(), key=lambda kv: (-sum(kv[1].values()), kv[0] is None, kv[0] or ""))
     if top_workflows:
         ranked = ranked[:top_workflows]
-    rows = [{"workflow_id": wid, "total": sum(c.values()), **c, "failure_rate": _failure_rate(c),
+    rows = [{"workflow_id": answer_text(wid), "total": sum(c.values()), **c, "failure_rate": _failure_rate(c),
              "duration_ms": _percentiles(per_wf.get(wid))} for wid, c in ranked]
     return Stats(since_ms, until_ms, ordered, [per_day[d] for d in sorted(per_day)],
                  _percentiles(overall[0] if overall else None), rows, len(workflows))

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, Row, and_, delete, false, func, literal, or_, select, true, tuple_
 
 from . import schema
+from .normalize import column_text
 from .queries import _chunks
 
 jobs = schema.Job.__table__
@@ -195,7 +196,7 @@ def _export_filtered(stmt, f: ExportFilter):
     if f.statuses is not None:
         stmt = stmt.where(jobs.c.status.in_(f.statuses))
     if f.workflow_id is not None:
-        stmt = stmt.where(jobs.c.workflow_id == f.workflow_id)
+        stmt = stmt.where(jobs.c.workflow_id == column_text(f.workflow_id))
     if f.since_ms is not None:
         stmt = stmt.where(jobs.c.create_time >= f.since_ms)
     return stmt

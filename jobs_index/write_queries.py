@@ -34,7 +34,7 @@ from sqlalchemy import Connection
 from sqlalchemy.dialects import postgresql
 
 from . import schema
-from .normalize import JobRecord
+from .normalize import JobRecord, answer_text, column_text
 
 JOB_COLUMNS = tuple(c.name for c in schema.Job.__table__.columns)
 _RECORD_COLUMNS = tuple(c for c in JOB_COLUMNS if c != "indexed_at")
@@ -74,8 +74,11 @@ def _for_ids(conn: Connection, sql: str, ids: Sequence[str]) -> Iterator:
 
 
 def read_existing(conn: Connection, ids: Sequence[str]) -> dict[str, Existing]:
+    """``{job id: Existing}`` of the stored rows among ``ids`` (ComfyUI's ids; the
+    ``Existing.workflow_id`` is as its column stores it)."""
     sql = "SELECT id, stage, raw_digest, status, workflow_id, source FROM jobs WHERE id "
-    return {row[0]: Existing(*row[1:]) for result in _for_ids(conn, sql, ids) for row in result}
+    return {answer_text(row[0]): Existing(*row[1:])
+            for result in _for_ids(conn, sql, [column_text(i) for i in ids]) for row in result}
 
 
 def newer(record: JobRecord, old: Existing) -> bool:
@@ -165,14 +168,15 @@ def _count_deltas(records: Sequence[JobRecord], existing: dict[str, Existing]) -
     for r in records:
         old = existing.get(r.id)
         source = r.source
+        workflow = column_text(r.workflow_id)  # keys are column values, as the triggers'
         if old is not None:
             if source is None:
                 source = old.source  # the upsert keeps a stored source (COALESCE)
-            if (old.status, old.workflow_id, old.source) == (r.status, r.workflow_id, source):
+            if (old.status, old.workflow_id, old.source) == (r.status, workflow, source):
                 continue
             for key in _count_keys(old.status, old.workflow_id, old.source):
                 deltas[key] -= 1
-        for key in _count_keys(r.status, r.workflow_id, source):
+        for key in _count_keys(r.status, workflow, source):
             deltas[key] += 1
     return deltas
 
@@ -183,6 +187,7 @@ _COUNT_UPSERT = ("INSERT INTO job_counts (source, workflow_id, status, n) VALUES
 
 # -- the batch ----------------------------------------------------------------------
 
+_ID, _WORKFLOW = JOB_COLUMNS.index("id"), JOB_COLUMNS.index("workflow_id")
 _PRIORITY = JOB_COLUMNS.index("priority")
 
 
@@ -199,12 +204,18 @@ def pg_priority(priority, priority_json: str | None) -> Decimal:
 
 
 def job_rows(records: Sequence[JobRecord], now: int, pg: bool = False) -> list[tuple]:
-    """The ``jobs`` rows of ``records`` (JOB_COLUMNS order), written at ``now``.
+    """The ``jobs`` rows of ``records`` (JOB_COLUMNS order), written at ``now``; the
+    id and workflow id as their columns store them (``normalize.column_text``).
     ``pg``: ``priority`` as PostgreSQL's numeric (``pg_priority``)."""
     rows = [_record_values(r) + (now,) for r in records]
+    for i, r in enumerate(records):
+        if column_text(r.id) is not r.id or column_text(r.workflow_id) is not r.workflow_id:
+            row = list(rows[i])
+            row[_ID], row[_WORKFLOW] = column_text(r.id), column_text(r.workflow_id)
+            rows[i] = tuple(row)
     if pg:
-        i = _PRIORITY
-        rows = [row[:i] + (pg_priority(row[i], r.priority_json),) + row[i + 1:]
+        p = _PRIORITY
+        rows = [row[:p] + (pg_priority(row[p], r.priority_json),) + row[p + 1:]
                 for row, r in zip(rows, records)]
     return rows
 
@@ -212,9 +223,9 @@ def job_rows(records: Sequence[JobRecord], now: int, pg: bool = False) -> list[t
 def side_rows(records: Sequence[JobRecord]) -> tuple[list[tuple], list[tuple]]:
     """The ``job_outputs`` rows (OUTPUT_COLUMNS order) and ``job_nodes`` rows
     (NODE_COLUMNS order) of ``records``."""
-    outputs = [(r.id, f["ordinal"], f["node_id"], f["media_type"], f["filename"], f["subfolder"], f["type"])
-               for r in records for f in r.output_files]
-    nodes = [(r.id, n["node_id"], n["class_type"]) for r in records for n in r.node_types]
+    outputs = [(column_text(r.id), f["ordinal"], f["node_id"], f["media_type"], f["filename"], f["subfolder"],
+                f["type"]) for r in records for f in r.output_files]
+    nodes = [(column_text(r.id), n["node_id"], n["class_type"]) for r in records for n in r.node_types]
     return outputs, nodes
 
 
@@ -228,7 +239,7 @@ def write_batch(conn: Connection, records: Sequence[JobRecord], existing: dict[s
     pg = _pg(conn)
     records = sorted(records, key=attrgetter("id"))  # PostgreSQL: one lock order for job rows
     rows = job_rows(records, now, pg)
-    replaced = [r.id for r in records if r.id in existing]
+    replaced = [column_text(r.id) for r in records if r.id in existing]
     if pg:
         _insert_many(conn, "jobs", JOB_COLUMNS, rows, _UPSERT_TAIL)
     else:

@@ -4,12 +4,18 @@ Used two ways: by ``jobs_index.database.migrate`` (which passes an open connecti
 ``config.attributes["connection"]``), and by the ``alembic`` command from the repo
 root (URL from ``-x db=URL``, ``JOBS_INDEX_DB`` or the default SQLite file).
 jobs-index keeps its own version table, so it can share a database with other tools.
+
+Both ways, migrations run with SQLite's foreign keys OFF (turned off before the
+transaction begins) and ``PRAGMA foreign_key_check`` runs before the commit, so a
+revision that rebuilds ``jobs`` (``migrations/rebuild.py``) cannot cascade into
+``job_outputs`` / ``job_nodes``; a leftover orphan rolls the whole upgrade back.
 """
 from __future__ import annotations
 
 from alembic import context
 
-from jobs_index.database import VERSION_TABLE, make_engine, resolve_url
+from jobs_index.database import (VERSION_TABLE, check_foreign_keys, make_engine, resolve_url,
+                                 sqlite_foreign_keys_off)
 from jobs_index.schema import Base
 
 config = context.config
@@ -37,18 +43,25 @@ def _configure(connection) -> None:
 
 def run_migrations_online() -> None:
     connection = config.attributes.get("connection")
-    if connection is not None:
+    if connection is not None:  # jobs_index.database.migrate: foreign keys already off, in BEGIN IMMEDIATE
         _configure(connection)
         with context.begin_transaction():
             context.run_migrations()
+            check_foreign_keys(connection)
         return
     url = context.get_x_argument(as_dictionary=True).get("db") or resolve_url(None)
     engine = make_engine(url, pool_size=1)  # also maps postgresql:// to psycopg 3
     try:
-        with engine.connect() as connection:
-            _configure(connection)
-            with context.begin_transaction():
-                context.run_migrations()
+        with engine.connect() as connection, sqlite_foreign_keys_off(connection):
+            if connection.dialect.name == "sqlite":
+                connection.execution_options(sqlite_begin="IMMEDIATE")  # as jobs_index.database.migrate
+            # One transaction for the whole upgrade, begun before alembic sees the
+            # connection (alembic would otherwise commit each SQLite revision alone).
+            with connection.begin():
+                _configure(connection)
+                with context.begin_transaction():
+                    context.run_migrations()
+                    check_foreign_keys(connection)
     finally:
         engine.dispose()
 

@@ -538,3 +538,37 @@ def test_configuration_from_the_environment(tmp_path, monkeypatch):
             assert server.app.middlewares == [] and "put" not in vars(server.prompt_queue)
 
     run(scenario())
+
+
+def test_a_database_error_mid_stream_closes_the_connection_not_handed_to_comfyui(index, db_url):
+    """Issue 18 item 4 inside ComfyUI: a streamed /api/jobs answer whose database
+    fails after the body began is cut off (the client sees an incomplete body at
+    once); the request is not handed to ComfyUI's own handler (which would write a
+    second response into the first)."""
+    from .bulkdata import bulk_load
+    from .test_stream_errors import PROMPT_S, read_broken_listing, record_checkouts
+    from .test_stream_snapshot import BIG
+
+    bulk_load(index, BIG)  # the node's database: a listing larger than the socket buffers
+    reached_comfyui: list[str] = []
+
+    def watch_builtin(server):
+        @web.middleware
+        async def inner(request, handler):  # runs only when the node passes a request on
+            reached_comfyui.append(request.path)
+            return await handler(request)
+
+        server.app.middlewares.append(inner)
+
+    async def scenario():
+        async with comfyui(db_url, before_start=watch_builtin) as comfy:
+            checkouts = record_checkouts(comfy.node.writer.index.engine)
+            async with comfy.session.get(comfy.url + "/api/jobs") as response:
+                body, took = await read_broken_listing(response, checkouts[-1], db_url)
+            assert took < PROMPT_S
+            assert body.startswith(b'{"jobs": [') and b'"pagination"' not in body
+            assert "/api/jobs" not in reached_comfyui
+            status, page = await comfy.get("/api/jobs?limit=2")  # the node still answers
+            assert status == 200 and page["pagination"]["total"] == BIG
+
+    run(scenario())

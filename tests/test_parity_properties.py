@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from jobs_index import JobsIndex, parse_list_query
 from jobs_index.errors import BadRequest
 from jobs_index.ingest import detect, import_dump
+from jobs_index.normalize import answer_text
 
 from .reference import Reference
 from .strategies import query_params, states
@@ -24,7 +25,7 @@ SETTINGS = settings(max_examples=60, deadline=None,
 def reset(index: JobsIndex, history: dict, running: list, pending: list) -> None:
     """Empty the index (exercising deletes and counters) and load one state."""
     with index.engine.connect() as conn:
-        ids = [row[0] for row in conn.exec_driver_sql("SELECT id FROM jobs")]
+        ids = [answer_text(row[0]) for row in conn.exec_driver_sql("SELECT id FROM jobs")]
     index.delete_jobs(ids)
     result = import_dump(index, detect("history", history))
     result.add(import_dump(index, detect("queue", {"queue_running": running, "queue_pending": pending})))

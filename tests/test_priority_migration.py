@@ -99,7 +99,7 @@ def test_upgrade_rederives_numbers_from_raw(db_url, tmp_path, backend):
     records = seed_records()
     ids = sorted(r.id for r in records)
     build_old_index(db_url, records)
-    with JobsIndex.open(db_url) as index:  # opening upgrades to head
+    with JobsIndex.open(db_url, auto_migrate=True) as index:  # opening upgrades to head
         with index.engine.connect() as conn:
             assert current_revision(conn) == REV_6
         migrated = answers(index, ids)

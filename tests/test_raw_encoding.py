@@ -147,7 +147,8 @@ class Tagged(str):
 ])
 def test_other_python_values_get_the_standard_library_verdict(value):
     """orjson writes some values json.dumps refuses (a datetime, a UUID, an Enum) or
-    writes differently: the stored text is always json.dumps's, or refused as before."""
+    writes differently: the stored text is json.dumps's (for these values, which hold
+    no float orjson writes in another form), or refused as before."""
     try:
         expected = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
     except TypeError:

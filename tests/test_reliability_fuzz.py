@@ -35,6 +35,7 @@ from jobs_index import JobsIndex
 from jobs_index.errors import InvalidDump
 from jobs_index.http import create_app
 from jobs_index.ingest import detect, import_dump
+from jobs_index.normalize import answer_text
 
 from .conftest import make_db_url
 from .fixtures_util import capture_queue, cursor_branch_history, snapshot_history
@@ -381,16 +382,10 @@ def expect_queue_valid(item) -> bool:
 
 
 def storable_on(backend: str, job_id: str, item) -> bool:
-    """PostgreSQL text cannot hold NUL: a NUL in the id or the workflow id (both
-    columns) gets the job rejected there; everywhere else it is kept in JSON."""
-    if backend != "postgresql":
-        return True
-    prompt = item.get("prompt") if isinstance(item, dict) else item
-    extra = prompt[3] if isinstance(prompt, list) and len(prompt) > 3 else None
-    workflow = extra.get("extra_pnginfo") if isinstance(extra, dict) else None
-    workflow = workflow.get("workflow") if isinstance(workflow, dict) else None
-    workflow_id = workflow.get("id") if isinstance(workflow, dict) else None
-    return "\x00" not in job_id and not (isinstance(workflow_id, str) and "\x00" in workflow_id)
+    """Every engine stores every valid job: a NUL in the id or the workflow id (which
+    PostgreSQL text cannot hold) is kept in the columns' own form
+    (``normalize.column_text``), and in JSON everywhere else."""
+    return True
 
 
 def check_import(index: JobsIndex, dump_data, valid: dict[str, bool], kind: str,
@@ -399,7 +394,7 @@ def check_import(index: JobsIndex, dump_data, valid: dict[str, bool], kind: str,
     dump = detect(kind, dump_data)
     result = import_dump(index, dump, source="fuzz")
     with index.engine.connect() as conn:
-        stored = {row[0] for row in conn.exec_driver_sql("SELECT id FROM jobs WHERE source = 'fuzz'")}
+        stored = {answer_text(row[0]) for row in conn.exec_driver_sql("SELECT id FROM jobs WHERE source = 'fuzz'")}
     valid_ids = {job_id for job_id, ok in valid.items() if ok}
     assert stored == valid_ids, (stored ^ valid_ids)
     invalid = len([1 for _, ok in valid.items() if not ok])
@@ -420,7 +415,7 @@ def item_index(db_url):
 
 def _clear(index: JobsIndex) -> None:
     with index.engine.connect() as conn:
-        ids = [row[0] for row in conn.exec_driver_sql("SELECT id FROM jobs")]
+        ids = [answer_text(row[0]) for row in conn.exec_driver_sql("SELECT id FROM jobs")]
     index.delete_jobs(ids)
 
 
@@ -471,9 +466,9 @@ def test_queue_items_of_every_wrong_shape(item_index, backend):
 
 def test_nul_in_text_fields(item_index, backend):
     """NUL in an exception message, node type, filename, workflow id or job id: the
-    import never fails. PostgreSQL text cannot hold NUL: a job whose id or workflow
-    id has one is rejected there (with the reason), the rest of its batch is stored;
-    a NUL anywhere else is kept losslessly in the served JSON."""
+    import never fails and every engine stores every job (PostgreSQL text cannot
+    hold NUL: an id or workflow id keeps it in the columns' own form,
+    ``normalize.column_text``); it is answered losslessly."""
     def item(job_id, workflow="wf", message="boom"):
         return {"prompt": [1, job_id, {"1": {"class_type": "X\x00Y"}},
                            {"create_time": 5, "extra_pnginfo": {"workflow": {"id": workflow}}}, ["1"]],
@@ -484,10 +479,9 @@ def test_nul_in_text_fields(item_index, backend):
     dump = {"message": item("message", message="bad\x00byte"), "clean": item("clean"),
             "work": item("work", workflow="w\x00f"), "a\x00b": item("a\x00b")}
     result = import_dump(item_index, detect("history", dump))
-    stored = {"message", "clean"} if backend == "postgresql" else set(dump)
-    assert result.inserted == len(stored)
-    assert {job_id for job_id, _ in result.rejected} == set(dump) - stored
-    assert all("NUL" in reason for _, reason in result.rejected)
+    assert result.inserted == len(dump) and result.rejected == []
+    assert item_index.get_job("a\x00b")["id"] == "a\x00b"
+    assert item_index.get_job("work")["workflow_id"] == "w\x00f"
     detail = item_index.get_job("message")
     assert detail["execution_error"]["exception_message"] == "bad\x00byte"
     assert detail["preview_output"]["filename"] == "a\x00.png"

@@ -102,7 +102,7 @@ class Writer:
         self.last_seq = 0  # assigned by submit (mutex held)
         self.done_seq = 0
         self.covered_seq = 0  # upserts up to here are covered by the last resync
-        self.stats = {"written": 0, "dropped": 0, "resyncs": 0, "failures": 0}
+        self.stats = {"written": 0, "dropped": 0, "resyncs": 0, "failures": 0, "rejected": 0}
         self._ops: queue.Queue[Op | None] = queue.Queue(max(1, max_queue))
         self._carry: deque[Op] = deque()  # taken from the queue, not yet applied
         self._lock = threading.Lock()  # guards the fields below and done_seq/waiters
@@ -276,6 +276,9 @@ class Writer:
         if records:
             result = index.ingest(records, source=self.source)
             self.stats["written"] += result.inserted + result.updated
+            self.stats["rejected"] += len(result.rejected)
+            for job_id, reason in result.rejected:  # never dropped without a word
+                log.warning("jobs-index: job %r not recorded: %s", job_id, reason)
 
     def _delete(self, index: JobsIndex, op: Op) -> None:
         if op.kind == CLEARED:

@@ -1,0 +1,159 @@
+"""``jobs-index check [--repair]``: verify everything derived against the rows.
+
+The rows of ``jobs`` are the truth, and each row's ``raw`` item is the truth about
+the row. Derived from them, and checked here (in keyset batches by id, each batch
+one transaction, on both engines):
+
+* the columns ``normalize`` derives from ``raw`` (status, times, error fields, ...);
+* the side rows (``job_outputs``, ``job_nodes``) of every job, and side rows whose
+  job is gone;
+* ``job_counts`` against a recount of ``jobs`` (one snapshot).
+
+Drift comes from writes that bypass jobs-index: ``INSERT OR REPLACE`` in the
+``sqlite3`` shell deletes the old row without firing the delete trigger, an
+``UPDATE`` of ``raw`` leaves the derived columns alone, a delete with foreign keys
+off... ``repair=True`` writes back what the rows say: derived columns and side rows
+batch by batch (a writer's transaction each; PostgreSQL locks the batch's rows),
+then the counters (``JobsIndex.repair_counts``). A ``raw`` that cannot be read or
+normalised is reported, never changed or deleted.
+"""
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import check_queries as cq
+from . import queries
+from .database import read_transaction, write_transaction
+from .errors import InvalidItem
+from .normalize import KIND_HISTORY, JobRecord, column_text, from_history, from_queue, loads_exact, raw_json
+from .services import JobsIndex
+
+BATCH_SIZE = 1000
+EXAMPLES = 5  # ids kept per kind of problem, for the report
+JSON_COLUMNS = ("preview_output", "execution_error")
+
+
+@dataclass
+class Finding:
+    """One kind of problem: how many, and a few examples."""
+
+    count: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    def add(self, example: str, n: int = 1) -> None:
+        self.count += n
+        if len(self.examples) < EXAMPLES:
+            self.examples.append(example)
+
+
+@dataclass
+class CheckReport:
+    jobs: int = 0
+    derived: Finding = field(default_factory=Finding)  # jobs whose derived columns differ from raw
+    side_rows: Finding = field(default_factory=Finding)  # jobs whose side rows differ from raw
+    orphans: Finding = field(default_factory=Finding)  # side rows whose job is gone
+    unreadable: Finding = field(default_factory=Finding)  # raw that cannot be read or normalised
+    counters: dict[tuple[str, str, str], tuple[int, int]] = field(default_factory=dict)  # key: (stored, actual)
+    repaired: bool = False
+
+    @property
+    def problems(self) -> int:
+        """Problems a repair fixes (unreadable raw is reported, never repaired)."""
+        return self.derived.count + self.side_rows.count + self.orphans.count + len(self.counters)
+
+    @property
+    def clean(self) -> bool:
+        return self.problems == 0 and self.unreadable.count == 0
+
+
+def derive(row) -> JobRecord:
+    """The record ``raw`` says this row is (raises on unreadable raw), its workflow id
+    as the column stores it (``normalize.column_text``)."""
+    item, exact = loads_exact(raw_json(row.raw))
+    if row.raw_kind == KIND_HISTORY:
+        record = from_history(row.id, item, exact)
+    else:
+        record = from_queue(item, row.status, exact)  # pending vs running is not in a queue item
+    record.workflow_id = column_text(record.workflow_id)
+    return record
+
+
+def _same(name: str, stored, derived) -> bool:
+    if stored == derived:
+        return True
+    if name in JSON_COLUMNS and stored is not None and derived is not None:
+        try:  # the same value written by another encoder (e.g. 1e-07 vs 1e-7)
+            return json.loads(stored) == json.loads(derived)
+        except ValueError:
+            return False
+    return False
+
+
+def _group(rows, columns: tuple[str, ...]) -> dict[str, list[tuple]]:
+    grouped: dict[str, list[tuple]] = {}
+    for row in rows:
+        grouped.setdefault(row.job_id, []).append(tuple(getattr(row, c) for c in columns))
+    return grouped
+
+
+def _check_batch(conn, after: str | None, size: int, repair: bool, report: CheckReport) -> str | None:
+    """Check (and repair) the jobs after ``after``; returns the last id, None at the end."""
+    rows = cq.job_batch(conn, after, size, for_update=repair)
+    last = rows[-1].id if rows else None
+    stored_outputs, stored_nodes = cq.side_rows_between(conn, after, last)
+    outputs, nodes = _group(stored_outputs, cq.OUTPUT_COLUMNS), _group(stored_nodes, cq.NODE_COLUMNS)
+    fix_side, new_outputs, new_nodes = [], [], []
+    for row in rows:
+        report.jobs += 1
+        outputs_of, nodes_of = outputs.pop(row.id, []), nodes.pop(row.id, [])
+        try:
+            record = derive(row)
+        except (InvalidItem, ValueError, zlib.error, TypeError) as exc:
+            report.unreadable.add(f"{row.id}: {type(exc).__name__}: {exc}"[:200])
+            continue
+        wrong = [name for name in cq.DERIVED_COLUMNS if not _same(name, getattr(row, name), getattr(record, name))]
+        if wrong:
+            report.derived.add(f"{row.id} ({', '.join(wrong)})")
+            if repair:
+                cq.update_derived(conn, row.id, {name: getattr(record, name) for name in cq.DERIVED_COLUMNS})
+        want_outputs = [tuple(o[c] for c in cq.OUTPUT_COLUMNS) for o in record.output_files]
+        want_nodes = sorted(tuple(n[c] for c in cq.NODE_COLUMNS) for n in record.node_types)
+        if outputs_of != want_outputs or sorted(nodes_of) != want_nodes:
+            report.side_rows.add(row.id)
+            fix_side.append(row.id)
+            new_outputs += [{**o, "job_id": row.id} for o in record.output_files]
+            new_nodes += [{**n, "job_id": row.id} for n in record.node_types]
+    orphan_ids = sorted(outputs.keys() | nodes.keys())  # side rows in this id range with no job
+    for job_id in orphan_ids:
+        report.orphans.add(job_id, len(outputs.get(job_id, ())) + len(nodes.get(job_id, ())))
+    if repair and (fix_side or orphan_ids):
+        cq.replace_side_rows(conn, fix_side + orphan_ids, new_outputs, new_nodes)
+    return last
+
+
+def check(index: JobsIndex, *, repair: bool = False, batch_size: int = BATCH_SIZE,
+          progress: Callable[[int], None] | None = None) -> CheckReport:
+    """Verify (and with ``repair`` rebuild) derived columns, side rows and counters."""
+    report = CheckReport(repaired=repair)
+    transaction = write_transaction if repair else read_transaction
+    after: str | None = None
+    while True:
+        before = report.jobs
+        with transaction(index.engine) as conn:
+            last = _check_batch(conn, after, batch_size, repair, report)
+        if progress is not None:
+            progress(report.jobs - before)
+        if last is None:
+            break
+        after = last
+    if repair:
+        report.counters = index.repair_counts()
+    else:
+        with read_transaction(index.engine) as conn:
+            actual, stored = queries.recount(conn), queries.stored_counts(conn)
+        report.counters = {key: (stored.get(key, 0), actual.get(key, 0)) for key in stored.keys() | actual.keys()
+                           if stored.get(key, 0) != actual.get(key, 0)}
+    return report
