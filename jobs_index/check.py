@@ -23,6 +23,7 @@ import json
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 from . import check_queries as cq
 from . import queries
@@ -30,6 +31,7 @@ from .database import read_transaction, write_transaction
 from .errors import InvalidItem
 from .normalize import KIND_HISTORY, JobRecord, column_text, from_history, from_queue, loads_exact, raw_json
 from .services import JobsIndex
+from .write_queries import pg_priority
 
 BATCH_SIZE = 1000
 EXAMPLES = 5  # ids kept per kind of problem, for the report
@@ -82,6 +84,8 @@ def derive(row) -> JobRecord:
 
 
 def _same(name: str, stored, derived) -> bool:
+    if isinstance(stored, Decimal):  # PostgreSQL's numeric priority: 4.0 is not 4, NaN is NaN
+        return isinstance(derived, Decimal) and str(stored) == str(derived)
     if stored == derived:
         return True
     if name in JSON_COLUMNS and stored is not None and derived is not None:
@@ -106,6 +110,7 @@ def _check_batch(conn, after: str | None, size: int, repair: bool, report: Check
     stored_outputs, stored_nodes = cq.side_rows_between(conn, after, last)
     outputs, nodes = _group(stored_outputs, cq.OUTPUT_COLUMNS), _group(stored_nodes, cq.NODE_COLUMNS)
     fix_side, new_outputs, new_nodes = [], [], []
+    pg = conn.dialect.name == "postgresql"
     for row in rows:
         report.jobs += 1
         outputs_of, nodes_of = outputs.pop(row.id, []), nodes.pop(row.id, [])
@@ -114,6 +119,8 @@ def _check_batch(conn, after: str | None, size: int, repair: bool, report: Check
         except (InvalidItem, ValueError, zlib.error, TypeError) as exc:
             report.unreadable.add(f"{row.id}: {type(exc).__name__}: {exc}"[:200])
             continue
+        if pg:  # the priority as PostgreSQL's numeric holds it (write_queries.job_rows)
+            record.priority = pg_priority(record.priority, record.priority_json)
         wrong = [name for name in cq.DERIVED_COLUMNS if not _same(name, getattr(row, name), getattr(record, name))]
         if wrong:
             report.derived.add(f"{row.id} ({', '.join(wrong)})")

@@ -22,7 +22,7 @@ job_nodes = schema.JobNode.__table__
 # The columns derived from ``raw`` (``normalize.from_history`` / ``from_queue``).
 # Not derived: id, source (the writer's), raw itself, raw_digest (change detection
 # of the item as received), indexed_at.
-DERIVED_COLUMNS = ("status", "stage", "priority", "create_time", "create_time_missing",
+DERIVED_COLUMNS = ("status", "stage", "priority", "priority_json", "create_time", "create_time_missing",
                    "execution_start_time", "execution_end_time", "execution_duration", "outputs_count",
                    "preview_output", "execution_error", "error_type", "error_message", "error_node_id",
                    "error_node_type", "workflow_id")

@@ -143,7 +143,8 @@ def import_(ctx: Context, files: tuple[str, ...], source: str | None, batch_size
     for error in errors:
         click.echo(f"Error: {error}", err=True)
     for job_id, reason in result.rejected[:20]:
-        click.echo(f"rejected {job_id}: {reason}", err=True)
+        shown = job_id if len(job_id) <= 80 else f"{job_id[:77]}... ({len(job_id):,} characters)"
+        click.echo(f"rejected {shown}: {reason}", err=True)
     if len(result.rejected) > 20:
         click.echo(f"... and {len(result.rejected) - 20} more rejected", err=True)
     click.echo(summary_line(result, len(files) - len(errors)))

@@ -30,6 +30,12 @@ class Cursor(NamedTuple):
     order: str
 
 
+def cursor_can_carry(job_id: str) -> bool:
+    """Can a cursor end on this job? Not on an empty id, nor on one longer than
+    MAX_ID_LENGTH: ComfyUI refuses to mint those (and to read them back)."""
+    return 0 < len(job_id) <= MAX_ID_LENGTH
+
+
 def encode_cursor(create_time: int, job_id: str, order: str) -> str:
     payload = {"s": CURSOR_SORT_FIELD, "v": str(create_time), "id": job_id, "o": order}
     raw = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)

@@ -307,17 +307,21 @@ def current_revision(connection: Connection) -> str | None:
 
 
 def backup_sqlite(path: Path, suffix: str) -> Path:
-    """Copy a live SQLite file consistently (online backup API)."""
+    """Copy a live SQLite file consistently (online backup API). The copy is written
+    under a temporary name and renamed when complete, so a process killed while
+    copying never leaves a partial file under the backup's name."""
     target = path.with_name(f"{path.name}.bak-{suffix}")
+    partial = target.with_name(f".{target.name}.partial")  # reused by the next backup if left
     source = sqlite3.connect(path)
     try:
-        dest = sqlite3.connect(target)
+        dest = sqlite3.connect(partial)
         try:
             source.backup(dest)
         finally:
             dest.close()
     finally:
         source.close()
+    os.replace(partial, target)
     return target
 
 

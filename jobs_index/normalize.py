@@ -10,8 +10,13 @@ ComfyUI's ``comfy_execution/jobs.py`` (see ``CONTRACT.md``):
 
 Where ComfyUI itself would raise on malformed data, we normalise defensively and
 keep the job; each such choice is marked "defensive" below. An item whose shape
-makes it meaningless (no prompt tuple, no string id, a non-integer queue number) is
-rejected with ``InvalidItem``.
+makes it meaningless (no prompt tuple, no string id, a queue number that is not a
+number) is rejected with ``InvalidItem``.
+
+Queue numbers are kept exactly as ComfyUI holds them (``POST /prompt`` with
+``"number"`` stores ``float(number)``): ``priority`` is the number for SQL and
+``priority_json`` its JSON text as ComfyUI's ``json.dumps`` writes it (``4.0``,
+``2.5``, ``NaN``, ``Infinity``), None for a 64-bit integer (``priority`` says it).
 """
 from __future__ import annotations
 
@@ -40,7 +45,6 @@ PENDING, IN_PROGRESS, COMPLETED, FAILED, CANCELLED = (
 STAGE_PENDING, STAGE_RUNNING, STAGE_HISTORY = 0, 1, 2
 KIND_HISTORY, KIND_QUEUE = "history", "queue"
 
-MAX_ID_LENGTH = 128  # longer ids could never be paged: ComfyUI refuses to mint their cursor
 PREVIEWABLE_MEDIA_TYPES = frozenset({"images", "video", "audio", "3d", "text"})
 THREE_D_EXTENSIONS = (".obj", ".fbx", ".gltf", ".glb", ".usdz")
 TEXT_PREVIEW_MAX_LENGTH = 1024
@@ -55,7 +59,7 @@ class JobRecord:
     id: str
     status: str
     stage: int
-    priority: int
+    priority: int | float | str  # the queue number for SQL (see ``priority_of``)
     create_time: int  # the sort key: ComfyUI's ``create_time or 0``
     create_time_missing: bool
     execution_start_time: int | None
@@ -72,6 +76,8 @@ class JobRecord:
     raw_kind: str
     raw: bytes  # zlib-format compressed JSON of the ComfyUI item, sensitive data removed
     raw_digest: str
+    # The queue number's JSON text when it is not a 64-bit integer (None: ``priority``).
+    priority_json: str | None = None
     source: str | None = None
     # Rows of the side tables ``job_outputs`` / ``job_nodes`` (not ``jobs`` columns).
     output_files: list[dict] = field(default_factory=list)
@@ -249,18 +255,39 @@ def _prompt_tuple(job_id: Any, prompt: Any) -> list:
     return list(prompt[:5])
 
 
-def _priority(job_id: str, number: Any) -> int:
-    priority = _as_int(number)
-    if priority is None:
-        raise InvalidItem(job_id, f"queue number must be an integer, got {number!r}")
-    return priority
+def priority_of(job_id: str, number: Any) -> tuple[int | float, str | None]:
+    """``(priority, priority_json)`` of a queue number, exactly as ComfyUI holds it.
+
+    An int stays an int and a float a float (``float(number)`` is what ``POST /prompt``
+    stores for a client's ``"number"``: ``4.0``, ``2.5``, ``nan``, ``inf``).
+    ``priority_json`` is the number as ComfyUI's ``json.dumps`` writes it (``4.0``,
+    ``NaN``, ``Infinity``, a 30-digit int), None when it is an integer that fits
+    ``priority`` (64 bits). ``priority`` is the SQL value: the number, a float for an
+    integer beyond 64 bits, the text ``'NaN'`` for a NaN. Anything that is not a number (a string, a bool, null)
+    is rejected: ComfyUI always stores an int or a float.
+    """
+    if isinstance(number, bool) or not isinstance(number, (int, float)):
+        raise InvalidItem(job_id, f"queue number must be a number, got {number!r}")
+    if isinstance(number, int):
+        number = int(number)  # an int subclass is stored as the int it is
+        if _INT64_MIN <= number <= _INT64_MAX:
+            return number, None
+        try:
+            value = float(number)
+        except OverflowError:
+            value = math.copysign(math.inf, number)
+        return value, str(number)
+    number = float(number)
+    # SQLite turns a NaN into NULL (and the column is NOT NULL): it is stored as the
+    # text 'NaN', which SQLite orders after every number, as PostgreSQL orders NaN.
+    return ("NaN" if number != number else number), json.dumps(number)
 
 
 def _check_id(job_id: Any) -> str:
-    if not isinstance(job_id, str) or not job_id:
-        raise InvalidItem(job_id, "prompt id must be a non-empty string")
-    if len(job_id) > MAX_ID_LENGTH:
-        raise InvalidItem(job_id[:40] + "...", f"prompt id longer than {MAX_ID_LENGTH} characters")
+    """Any string is a prompt id ComfyUI can list (``str(json["prompt_id"])``; the
+    empty string and ids longer than a cursor can carry included)."""
+    if not isinstance(job_id, str):
+        raise InvalidItem(job_id, "prompt id must be a string")
     return job_id
 
 
@@ -271,13 +298,14 @@ def _metadata(extra_data: Any) -> tuple[int | None, str | None]:
     return _as_int(extra.get("create_time")), _as_str(workflow.get("id"))
 
 
-def _base_record(job_id: str, status: str, stage: int, priority: int,
+def _base_record(job_id: str, status: str, stage: int, number: Any,
                  create_time: int | None, workflow_id: str | None,
                  raw_kind: str, raw_item: Any, exact: bool = False) -> JobRecord:
+    priority, priority_json = priority_of(job_id, number)
     raw, digest = encode_raw(raw_item, exact)
     return JobRecord(job_id, status, stage, priority, create_time or 0, create_time is None,
                      None, None, 0, 0, None, None, None, None, None, None,
-                     workflow_id, raw_kind, raw, digest)
+                     workflow_id, raw_kind, raw, digest, priority_json)
 
 
 def from_queue(item: Any, status: str, exact: bool = False) -> JobRecord:
@@ -287,7 +315,7 @@ def from_queue(item: Any, status: str, exact: bool = False) -> JobRecord:
     number, _, _, extra_data, _ = prompt = _prompt_tuple(job_id, item)
     create_time, workflow_id = _metadata(extra_data)
     stage = STAGE_RUNNING if status == IN_PROGRESS else STAGE_PENDING
-    record = _base_record(job_id, status, stage, _priority(job_id, number),
+    record = _base_record(job_id, status, stage, number,
                           create_time, workflow_id, KIND_QUEUE, prompt, exact)
     record.node_types = node_types(prompt[2])
     return record
@@ -473,7 +501,7 @@ def from_history(job_id: Any, item: Any, exact: bool = False) -> JobRecord:
     status_info = item.get("status", {})
     start, end, error, interrupted = _execution_events(status_info)
     count, preview, files = _outputs_walk(item.get("outputs", {}))
-    priority = _priority(job_id, number)
+    priority, priority_json = priority_of(job_id, number)
 
     raw_item = dict(item)
     raw_item["prompt"] = prompt
@@ -493,14 +521,14 @@ def from_history(job_id: Any, item: Any, exact: bool = False) -> JobRecord:
         create_time or 0, create_time is None, start, end, end - start if start and end else 0,
         count, json_text(preview, exact) if preview is not None else None,
         execution_error, error_type, error_message, error_node_id, error_node_type,
-        workflow_id, KIND_HISTORY, raw, digest, None, files, node_types(graph))
+        workflow_id, KIND_HISTORY, raw, digest, priority_json, None, files, node_types(graph))
 
 
 # -- rows back to job dicts ----------------------------------------------------
 
 def list_dict(row: Any) -> dict:
     """The ``GET /api/jobs`` dict of a row (attribute access), keys in ComfyUI's order."""
-    job: dict[str, Any] = {"id": answer_text(row.id), "status": row.status, "priority": row.priority}
+    job: dict[str, Any] = {"id": answer_text(row.id), "status": row.status, "priority": priority_value(row)}
     if not row.create_time_missing:
         job["create_time"] = row.create_time
     if row.execution_start_time is not None:
@@ -515,6 +543,13 @@ def list_dict(row: Any) -> dict:
     if row.workflow_id is not None:
         job["workflow_id"] = answer_text(row.workflow_id)
     return job
+
+
+def priority_value(row: Any) -> int | float:
+    """The queue number of a row as ComfyUI holds it (an int, or a float)."""
+    if row.priority_json is not None:
+        return json.loads(row.priority_json)  # NaN / Infinity: Python's json reads them
+    return int(row.priority)  # PostgreSQL's numeric arrives as a Decimal
 
 
 def detail_dict(row: Any) -> dict:

@@ -48,7 +48,8 @@ def _job_json_sql(quote: str, number: str) -> str:
     parts = [
         f"""'{{"id": ' || {q('id')}""",
         f"""', "status": ' || {q('status')}""",
-        f"""', "priority": ' || {n('priority')}""",
+        # the exact JSON of a float ("4.0", "NaN"), else the 64-bit integer (migration 0006)
+        f"""', "priority": ' || COALESCE(priority_json, {n('priority')})""",
         optional("create_time", "create_time", n("create_time"), missing="create_time_missing"),
         optional("execution_start_time", "execution_start_time", n("execution_start_time")),
         optional("execution_end_time", "execution_end_time", n("execution_end_time")),
@@ -97,6 +98,10 @@ SQLITE_PRIMARY_KEY_INDEX = "sqlite_autoindex_jobs_1"  # SQLite's own index of jo
 ROW_ID, ROW_CREATE_TIME, ROW_DURATION, ROW_JOB_JSON, ROW_TOTAL = 0, 1, 2, 3, -1
 LIVE_STATUSES = ("pending", "in_progress")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+# Stored ids this long and longer (ComfyUI accepts any prompt id) could sort wrongly
+# against a cursor id with a lone surrogate (``storable_position``): far beyond any id
+# a PostgreSQL index can hold (~2,700 bytes).
+SPLIT_ID_LENGTH = max(MAX_ID_LENGTH, 8192)
 
 
 @dataclass(frozen=True)
@@ -309,7 +314,8 @@ def storable_position(conn: Connection, position: Position, descending: bool) ->
 
     A cursor may carry an id that no row can have (see ``_unstorable``). Cut it at the
     first such character and use the storable string that splits every stored id
-    (at most MAX_ID_LENGTH characters) the same way.
+    (up to SPLIT_ID_LENGTH characters: ids longer than a cursor carries are stored
+    too, issue 11) the same way.
     """
     cut = next((i for i, c in enumerate(position.id) if _unstorable(conn, c)), None)
     if cut is None:
@@ -320,7 +326,7 @@ def storable_position(conn: Connection, position: Position, descending: bool) ->
     elif descending:  # a surrogate: ids below it are exactly the ids below U+E000
         bound = prefix + "\ue000"
     else:  # ids above it are exactly the ids above the largest one below U+E000
-        bound = prefix + "\ud7ff" + "\U0010ffff" * (MAX_ID_LENGTH - cut - 1)
+        bound = prefix + "\ud7ff" + "\U0010ffff" * (SPLIT_ID_LENGTH - cut - 1)
     return Position(position.value, bound)
 
 

@@ -20,11 +20,15 @@ def json_value(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
+        # JSON has no NaN or infinities: their names, spelt as json.dumps and
+        # PostgreSQL's numeric spell them, so both engines print the same.
+        return value if math.isfinite(value) else json.dumps(value)
     if isinstance(value, decimal.Decimal):
         if not value.is_finite():
             return str(value)
-        return int(value) if value == value.to_integral_value() else float(value)
+        # A numeric keeps its scale: 4.0 (a float's queue number, jobs.priority) stays a
+        # float, 4 an int (exact, however large).
+        return int(value) if value.as_tuple().exponent >= 0 else float(value)
     if isinstance(value, (bytes, bytearray, memoryview)):
         return "\\x" + bytes(value).hex()
     if isinstance(value, (dt.datetime, dt.date, dt.time)):

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    Numeric,
     SmallInteger,
     Text,
 )
@@ -35,6 +36,13 @@ NAMING_CONVENTION = {
 # default BINARY collation does that; PostgreSQL needs the "C" collation.
 IdText = Text().with_variant(Text(collation="C"), "postgresql")
 
+# ComfyUI's queue number: an int, or a float when a client chose it (``POST /prompt``
+# stores ``float(number)``). PostgreSQL: numeric holds every value exactly (4.0 keeps
+# its scale, NaN, Infinity, integers beyond 64 bits). SQLite keeps the 0001 column
+# (ints as integers, other floats as reals; 4.0 reads back as 4, NaN as NULL): the
+# exact spelling of every value that is not a 64-bit int is in ``priority_json``.
+PriorityNumber = BigInteger().with_variant(Numeric(), "postgresql")
+
 STATUS_VALUES = ("pending", "in_progress", "completed", "failed", "cancelled")
 
 
@@ -50,7 +58,7 @@ class Job(Base):
     id: Mapped[str] = mapped_column(IdText, primary_key=True)
     status: Mapped[str] = mapped_column(Text)
     stage: Mapped[int] = mapped_column(SmallInteger)  # 0 pending, 1 running, 2 history
-    priority: Mapped[int] = mapped_column(BigInteger)
+    priority: Mapped[int | float] = mapped_column(PriorityNumber)  # see PriorityNumber
     create_time: Mapped[int] = mapped_column(BigInteger)  # 0 when ComfyUI recorded none
     create_time_missing: Mapped[bool] = mapped_column(Boolean, default=False)
     execution_start_time: Mapped[int | None] = mapped_column(BigInteger)
@@ -68,6 +76,9 @@ class Job(Base):
     raw_kind: Mapped[str] = mapped_column(Text)  # 'history' or 'queue'
     raw: Mapped[bytes] = mapped_column(LargeBinary)  # zlib(JSON of the ComfyUI item)
     raw_digest: Mapped[str] = mapped_column(Text)  # blake2b-128 hex of that JSON
+    # The queue number as ComfyUI's json.dumps writes it ("4.0", "2.5", "NaN"), when it is
+    # not a 64-bit int; NULL when ``priority`` holds it as an integer (migration 0006).
+    priority_json: Mapped[str | None] = mapped_column(Text)
     indexed_at: Mapped[int] = mapped_column(BigInteger)  # when this version was written
 
     __table_args__ = (

@@ -20,7 +20,7 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 from . import queries, wire, write_queries
 from . import live_queries
-from .cursor import CURSOR_SORT_FIELD, encode_cursor
+from .cursor import CURSOR_SORT_FIELD, cursor_can_carry, encode_cursor
 from .database import HeldSnapshot, open_engine, read_statement, read_transaction, write_transaction
 from .errors import JobNotFound, LeaseLost, StorageError
 from .normalize import JobRecord, answer_text, column_text, detail_dict
@@ -177,8 +177,13 @@ class JobStream:
         if not extra or self._remaining == 0:
             self._done = True
             self.has_more = extra and self._query.limit is not None
-            if self.has_more and self._query.sort_by == CURSOR_SORT_FIELD and self._last is not None:
-                self.next_cursor = encode_cursor(self._last[ROW_CREATE_TIME], answer_text(self._last[ROW_ID]),
+            # ComfyUI cannot mint a cursor that ends on an empty id or one longer than
+            # a cursor carries (it answers 400): the page is answered without one, and
+            # offset paging goes on past that job.
+            last_id = None if self._last is None else answer_text(self._last[ROW_ID])
+            if (self.has_more and self._query.sort_by == CURSOR_SORT_FIELD and last_id is not None
+                    and cursor_can_carry(last_id)):
+                self.next_cursor = encode_cursor(self._last[ROW_CREATE_TIME], last_id,
                                                  self._query.sort_order)
         escaped = queries.ESCAPED_IN_JSON  # rare: a job whose id / workflow id holds NUL or "\x01"
         return [text if escaped not in text else queries.answered_job_json(text)
@@ -284,6 +289,13 @@ def _check_lease(conn: Connection, source: str | None, holder: str | None) -> No
     row = live_queries.get_lease(conn, source) if source is not None else None
     if row is None or row.holder != holder:
         raise LeaseLost(str(source), row.holder if row is not None else None)
+
+
+def _row_refused(exc: StorageError) -> bool:
+    """A write that failed on one row's value, not on the database: PostgreSQL's
+    "program limit exceeded" (SQLSTATE class 54), e.g. an index entry too large."""
+    sqlstate = getattr(getattr(exc.__cause__, "orig", None), "sqlstate", None) or ""
+    return sqlstate.startswith("54")
 
 
 class JobsIndex:
@@ -413,7 +425,13 @@ class JobsIndex:
                 result = _write_records(conn, records, int(time.time() * 1000))
         except IntegrityError as exc:
             raise StorageError(f"rejected by the database: {exc.orig}") from exc
-        except DataError as exc:  # a value this database cannot hold (PostgreSQL: NUL in text)
+        except (DataError, StorageError) as exc:
+            # A value this database cannot hold (PostgreSQL: NUL in text; an id too long
+            # for a b-tree entry, ~2,700 bytes: a program-limit error)
+            if isinstance(exc, StorageError):
+                if not _row_refused(exc):
+                    raise
+                exc = exc.__cause__
             if len(records) > 1:  # write the batch row by row: only the refused rows are rejected
                 result = IngestResult()
                 for record in records:

@@ -26,6 +26,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from decimal import Decimal
 from functools import lru_cache
 from operator import attrgetter
 
@@ -187,17 +188,35 @@ _COUNT_UPSERT = ("INSERT INTO job_counts (source, workflow_id, status, n) VALUES
 # -- the batch ----------------------------------------------------------------------
 
 _ID, _WORKFLOW = JOB_COLUMNS.index("id"), JOB_COLUMNS.index("workflow_id")
+_PRIORITY = JOB_COLUMNS.index("priority")
 
 
-def job_rows(records: Sequence[JobRecord], now: int) -> list[tuple]:
+def pg_priority(priority, priority_json: str | None) -> Decimal:
+    """The PostgreSQL ``numeric`` of a queue number, exact, with a float's float-ness:
+    a float always has a fractional digit (``4.0``, ``10000000000000000.0``), so it
+    reads back as a float; an int has none."""
+    if priority_json is None:
+        return Decimal(priority)
+    value = Decimal(priority_json) if priority_json != "NaN" else Decimal("NaN")
+    if value.is_finite() and any(c in priority_json for c in ".eE") and value.as_tuple().exponent >= 0:
+        value = Decimal(f"{int(value)}.0")  # 1e+16: the float's integral value, as a float
+    return value
+
+
+def job_rows(records: Sequence[JobRecord], now: int, pg: bool = False) -> list[tuple]:
     """The ``jobs`` rows of ``records`` (JOB_COLUMNS order), written at ``now``; the
-    id and workflow id as their columns store them (``normalize.column_text``)."""
+    id and workflow id as their columns store them (``normalize.column_text``).
+    ``pg``: ``priority`` as PostgreSQL's numeric (``pg_priority``)."""
     rows = [_record_values(r) + (now,) for r in records]
     for i, r in enumerate(records):
         if column_text(r.id) is not r.id or column_text(r.workflow_id) is not r.workflow_id:
             row = list(rows[i])
             row[_ID], row[_WORKFLOW] = column_text(r.id), column_text(r.workflow_id)
             rows[i] = tuple(row)
+    if pg:
+        p = _PRIORITY
+        rows = [row[:p] + (pg_priority(row[p], r.priority_json),) + row[p + 1:]
+                for row, r in zip(rows, records)]
     return rows
 
 
@@ -219,7 +238,7 @@ def write_batch(conn: Connection, records: Sequence[JobRecord], existing: dict[s
         return
     pg = _pg(conn)
     records = sorted(records, key=attrgetter("id"))  # PostgreSQL: one lock order for job rows
-    rows = job_rows(records, now)
+    rows = job_rows(records, now, pg)
     replaced = [column_text(r.id) for r in records if r.id in existing]
     if pg:
         _insert_many(conn, "jobs", JOB_COLUMNS, rows, _UPSERT_TAIL)

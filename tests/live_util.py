@@ -65,6 +65,11 @@ async def get_json(session: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
         return response.status, await response.json()
 
 
+def _exact(answer) -> str:
+    """Type-exact (a priority of 4.0 is not 4, as ComfyUI's JSON says), key order aside."""
+    return json.dumps(answer, sort_keys=True)
+
+
 async def mismatches(session: aiohttp.ClientSession, base_url: str, reference: Reference,
                      params_list: list[dict[str, str]] = PARITY_PARAMS, extra: dict[str, str] | None = None,
                      details: bool = True) -> list[str]:
@@ -75,13 +80,13 @@ async def mismatches(session: aiohttp.ClientSession, base_url: str, reference: R
         url = base_url + "/api/jobs" + ("?" + "&".join(f"{k}={v}" for k, v in query.items()) if query else "")
         got = await get_json(session, url)
         want = reference.list_jobs(params)
-        if got != want:
+        if _exact(got) != _exact(want):
             problems.append(f"{query}: got {got} want {want}")
     if details:
         _, everything = reference.list_jobs({})
         for job in everything["jobs"]:
             got = await get_json(session, f"{base_url}/api/jobs/{job['id']}")
             want = reference.get_job(job["id"])
-            if got != want:
+            if _exact(got) != _exact(want):
                 problems.append(f"detail {job['id']}: got {got} want {want}")
     return problems

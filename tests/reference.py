@@ -270,10 +270,14 @@ def _parse_int(text: str) -> int | None:
 
 
 class Reference:
-    def __init__(self, history: dict[str, dict], running: list[list], pending: list[list]):
+    def __init__(self, history: dict[str, dict], running: list[list], pending: list[list],
+                 comfyui_mint_errors: bool = False):
         self.history = history
         self.running = running
         self.pending = pending
+        # True: answer 400 where ComfyUI cannot mint a next_cursor (an empty id, or one
+        # over 128 characters, ends the page); False: jobs-index's page without a cursor.
+        self.comfyui_mint_errors = comfyui_mint_errors
 
     def get_job(self, job_id: str) -> tuple[int, dict]:
         if job_id in self.history:
@@ -361,6 +365,12 @@ class Reference:
             jobs = jobs[:limit]
         if sort_by == "created_at" and has_more:
             last = jobs[-1]
-            pagination["next_cursor"] = encode_cursor(
-                str(last.get("create_time") or 0), last["id"], sort_order)
+            if 0 < len(last["id"]) <= 128:
+                pagination["next_cursor"] = encode_cursor(
+                    str(last.get("create_time") or 0), last["id"], sort_order)
+            elif self.comfyui_mint_errors:
+                # ComfyUI's encoder refuses an empty id or one over 128 characters and
+                # the whole request answers 400. jobs-index answers the page without a
+                # cursor instead (README, "Jobs ComfyUI lists"): set False to model it.
+                return 400, dict(INVALID_CURSOR_BODY)
         return 200, {"jobs": jobs, "pagination": pagination}

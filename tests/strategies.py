@@ -2,6 +2,8 @@
 
 * `history_items(prompt_id)` one history item; `histories()` `{prompt_id: item}`.
 * `queue_items(exclude)` a running or pending list (unique ids, none in `exclude`).
+* `priorities` queue numbers: ints, integral and non-integral floats, NaN, infinities,
+  integers beyond 64 bits.
 * `states(allow_overlap=False)` `(history, running, pending)`, ids unique across all
   three unless `allow_overlap`.
 * `query_params(ids)` raw GET /api/jobs query dicts, valid and invalid, whose cursors
@@ -37,17 +39,36 @@ def _dict(**fields) -> dict:
 # --------------------------------------------------------------------------- ids
 
 ID_ALPHABET = "0aABé中"
-LONG_ID = "é" * 128  # the longest id allowed: 128 characters, 256 UTF-8 bytes
+LONG_ID = "é" * 128  # the longest id a cursor carries: 128 characters, 256 UTF-8 bytes
+# Ids ComfyUI lists but cannot end a cursor on (``str(json["prompt_id"])`` takes any
+# string): one character too long, and the empty id.
+LONGER_ID = "é" * 129
+ODD_IDS = (LONG_ID, LONGER_ID, "")
 job_ids = st.text(alphabet=ID_ALPHABET, min_size=1, max_size=3)
 
 
 @st.composite
 def unique_ids(draw, max_size=6, exclude=frozenset()):
-    """Distinct job ids not in `exclude`, sometimes including LONG_ID."""
+    """Distinct job ids not in `exclude`, sometimes including one of ODD_IDS."""
     ids = draw(st.lists(job_ids, unique=True, max_size=max_size))
     if draw(st.integers(0, 9)) == 0:
-        ids.append(LONG_ID)
-    return [i for i in ids if i not in exclude]
+        ids.append(draw(st.sampled_from(ODD_IDS)))
+    return list(dict.fromkeys(i for i in ids if i not in exclude))
+
+
+# ------------------------------------------------------------------- queue numbers
+
+# ComfyUI's queue number: its own counter (an int, negated by ``front``), or
+# ``float(number)`` of a client's ``"number"``: integral and non-integral floats,
+# negatives, huge values, and what float() makes of "nan", "inf", "1e400".
+ODD_PRIORITIES = st.one_of(
+    st.integers(-3, 5).map(float),
+    st.sampled_from([2.5, -0.5, -0.0, 0.1 + 0.2, 1e16, -1e300, 1e-07, float("nan"), float("inf"),
+                     float("-inf"), 2**63, -(2**63) - 1, 10**30, 2**63 - 1, float(2**63)]),
+    st.integers(-(2**70), 2**70),
+    st.floats(),
+)
+priorities = _mostly(st.integers(-3, 5), ODD_PRIORITIES, one_in=3)
 
 
 # ------------------------------------------------------------------ times, extra
@@ -170,7 +191,7 @@ def history_items(prompt_id: str | None = None):
     @st.composite
     def build(draw):
         pid = prompt_id if prompt_id is not None else draw(job_ids)
-        prompt = [draw(st.integers(-3, 5)), pid, {"1": {"class_type": "X"}}, draw(extra_data()), ["1"]]
+        prompt = [draw(priorities), pid, {"1": {"class_type": "X"}}, draw(extra_data()), ["1"]]
         return _dict(prompt=prompt,
                      outputs=draw(_mostly(outputs, st.sampled_from([None, MISSING]), one_in=10)),
                      status=draw(status_info),
@@ -185,7 +206,7 @@ def histories(draw, max_size=6, exclude=frozenset()):
 
 @st.composite
 def queue_items(draw, exclude=frozenset(), max_size=3):
-    return [[draw(st.integers(-3, 5)), i, {"1": {"class_type": "X"}}, draw(extra_data()), ["1"]]
+    return [[draw(priorities), i, {"1": {"class_type": "X"}}, draw(extra_data()), ["1"]]
             for i in draw(unique_ids(max_size, exclude))]
 
 

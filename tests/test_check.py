@@ -64,7 +64,7 @@ def make_drift(index, records) -> dict:
               f"INSERT OR REPLACE INTO jobs SELECT id, 'failed', stage, priority, create_time, create_time_missing, "
               f"execution_start_time, execution_end_time, execution_duration, outputs_count, preview_output, "
               f"execution_error, error_type, error_message, error_node_id, error_node_type, workflow_id, source, "
-              f"raw_kind, raw, raw_digest, indexed_at FROM jobs WHERE id = '{relabelled.id}'",
+              f"raw_kind, raw, raw_digest, indexed_at, priority_json FROM jobs WHERE id = '{relabelled.id}'",
               f"DELETE FROM job_nodes WHERE job_id = '{stripped.id}'",
               "INSERT INTO job_outputs (job_id, ordinal, node_id, media_type, filename) "
               "VALUES ('zzzz-gone', 0, '9', 'images', 'orphan.png')")
@@ -134,3 +134,23 @@ def test_unreadable_raw_is_reported_never_changed(filled):
     assert result.exit_code == 1
     assert f"jobs whose raw cannot be read (left as they are): 1 (e.g. {victim.id}" in result.stdout
     assert snapshot(index) == before
+
+
+def test_queue_numbers_as_comfyui_holds_them_are_clean_and_repaired(index):
+    """Client-chosen numbers (4.0, 2.5, NaN, infinities, beyond 64 bits) written by the
+    importer are clean; a priority flattened by hand (4.0 stored as 4, as before
+    revision 0006) is found and repaired from raw."""
+    import json
+
+    from jobs_index.normalize import from_queue
+
+    numbers = [4.0, 2.5, -0.5, float("nan"), float("inf"), 10**30, 1e16, 7]
+    index.ingest([from_queue([n, f"n{i}", {}, {"create_time": i}, []], "pending") for i, n in enumerate(numbers)])
+    assert check(index).clean
+    shell(index, "UPDATE jobs SET priority = 4, priority_json = NULL WHERE id = 'n0'")
+    report = check(index)
+    assert not report.clean and report.derived.count == 1
+    assert check(index, repair=True).derived.count == 1
+    assert check(index).clean
+    assert [json.dumps(index.get_job(f"n{i}")["priority"]) for i in range(len(numbers))] == \
+        [json.dumps(n) for n in numbers]

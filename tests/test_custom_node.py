@@ -94,8 +94,9 @@ class Comfy:
     def url(self) -> str:
         return self.server.url
 
-    async def submit(self) -> str:
-        async with self.session.post(self.url + "/prompt", json=PROMPT) as response:
+    async def submit(self, **fields) -> str:
+        """POST /prompt; ``fields`` are added to the body (``number=2.5``, ``front=True``)."""
+        async with self.session.post(self.url + "/prompt", json={**PROMPT, **fields}) as response:
             assert response.status == 200
             return (await response.json())["prompt_id"]
 
@@ -206,6 +207,32 @@ def test_answers_like_comfyui_reads_its_own_writes_and_keeps_evicted_jobs(db_url
             assert await comfy.parity() == []  # ... the index kept everything
             assert comfy.node.writer.stats["dropped"] == 0
             assert await asyncio.get_running_loop().run_in_executor(None, comfy.node.writer.index.counts_consistent)
+
+    run(scenario())
+
+
+def test_client_chosen_queue_numbers_are_kept_as_comfyui_holds_them(db_url):
+    """POST /prompt with "number" stores float(number): the node records those jobs
+    (none rejected) and the index answers their priorities as ComfyUI does, 4.0 as 4.0,
+    pending and finished."""
+    gate = Gate()
+
+    async def scenario():
+        async with comfyui(db_url, executor=gate) as comfy:
+            ids = [await comfy.submit()]  # runs first and holds the queue
+            assert await eventually(lambda: _true(gate.started == ids), WAIT)
+            for fields in ({"number": 2.5}, {"number": "7"}, {"number": 4}, {"front": True}, {}):
+                ids.append(await comfy.submit(**fields))
+            assert await comfy.parity() == []
+            _, body = await comfy.get("/api/jobs")
+            listed = {job["id"]: json.dumps(job["priority"]) for job in body["jobs"]}
+            assert [listed[i] for i in ids] == ["0", "2.5", "7.0", "4.0", "-1", "2"]
+            gate.release(len(ids))
+            await comfy.finished(len(ids))
+            assert await comfy.parity() == []
+            _, detail = await comfy.get(f"/api/jobs/{ids[1]}")
+            assert (detail["status"], json.dumps(detail["priority"])) == ("completed", "2.5")
+            assert comfy.node.writer.stats["failures"] == 0
 
     run(scenario())
 

@@ -8,6 +8,7 @@ and PostgreSQL (``db_url``).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -176,6 +177,31 @@ def test_backfill_pages_history_and_matches_comfyui(db_url):
             pages = fake.history_requests()
             assert pages and all(1 <= int(q["max_items"]) <= 40 for q in pages)  # never the whole history at once
             assert sum("offset" in q for q in pages) >= 250 // 40
+
+    run(scenario())
+
+
+def test_client_chosen_queue_numbers_backfilled_and_live(db_url):
+    """Jobs a client numbered (``float(number)``: 2.5, 7.0, 4.0) are followed like any
+    other, from the backfilled history and live, and answered as ComfyUI holds them."""
+    async def scenario():
+        fake = RecordingFake(auto_execute=True)
+        async with running_fake_comfyui(fake=fake):
+            done = [fake.submit(number=n) for n in (2.5, "7", 4)] + [fake.submit()]
+            await settled(fake, len(done))
+            fake.auto_execute = False
+            with JobsIndex.open(db_url) as index:
+                async with serving(index) as (session, api), following(index, target(fake)) as (follower,):
+                    await asyncio.wait_for(follower.synced.wait(), WAIT)
+                    oracle = Oracle()
+                    live = [fake.submit(number=-0.5), fake.submit(number=1e16), fake.submit(front=True)]
+                    assert await parity(session, api, fake, oracle) == []
+                    fake.finish(fake.start_next())
+                    assert await parity(session, api, fake, oracle) == []
+                    _, body = await get_json(session, f"{api}/api/jobs")
+                    listed = {job["id"]: json.dumps(job["priority"]) for job in body["jobs"]}
+                    assert [listed[i] for i in done + live] == ["2.5", "7.0", "4.0", "0", "-0.5", "1e+16", "-1"]
+                    assert follower.stats.rejected == 0
 
     run(scenario())
 

@@ -20,7 +20,7 @@ import pytest
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
-from sqlalchemy import insert, select, text
+from sqlalchemy import insert, inspect, select, text
 
 from jobs_index import JobsIndex
 from jobs_index.database import (ForeignKeyViolation, StorageError, current_revision, head_revision,
@@ -126,7 +126,10 @@ def populate(url: str, revision: str) -> list:
     engine = make_engine(url)
     try:
         with engine.begin() as conn:
-            conn.execute(insert(Job.__table__), [{**r.as_row(), "indexed_at": 1} for r in records])
+            # Only the columns ``revision`` has (priority_json came with 0006).
+            present = {column["name"] for column in inspect(conn).get_columns("jobs")}
+            conn.execute(insert(Job.__table__), [{k: v for k, v in {**r.as_row(), "indexed_at": 1}.items()
+                                                  if k in present} for r in records])
             if position >= REVISIONS.index("0002_sql_views_and_outputs"):
                 outputs = [{**o, "job_id": r.id} for r in records for o in r.output_files]
                 nodes = [{**n, "job_id": r.id} for r in records for n in r.node_types]

@@ -1,7 +1,10 @@
 """Golden parity: the index, served over real HTTP, answers every captured ComfyUI
-request with ComfyUI's status, content type and body (equal after parsing),
-on each backend."""
+request with ComfyUI's status, content type and body, on each backend. Bodies are
+compared type-exact (re-encoded by ``json.dumps``: ``4.0`` is not ``4``, as in
+ComfyUI's answer), not only equal after parsing."""
 from __future__ import annotations
+
+import json
 
 import pytest
 
@@ -39,6 +42,11 @@ CURSOR_BRANCH = [
 ]
 
 
+def exact(body) -> str:
+    """JSON text that tells an int from a float (``4`` vs ``4.0``), key order aside."""
+    return json.dumps(body, sort_keys=True)
+
+
 def load(index: JobsIndex, history: dict, running=(), pending=()) -> None:
     import_dump(index, detect("history", history))
     if running or pending:
@@ -52,6 +60,7 @@ def assert_answers(client, capture: dict) -> None:
     reply = client.get(capture["request"]["path"])
     assert reply.status == capture["status"]
     assert reply.body == capture["body"]
+    assert exact(reply.body) == exact(capture["body"])  # 4.0 stays 4.0
     if "content_type" in capture:
         assert reply.content_type == capture["content_type"]
 
@@ -119,3 +128,67 @@ def test_detail_of_queue_job_has_no_sensitive_element(index):
     job_id = request_job_id(load_capture("job_detail_running.json"))
     with live_server(index) as client:
         assert client.get(f"/api/jobs/{job_id}").body == load_capture("job_detail_running.json")["body"]
+
+
+# -- client-chosen queue numbers: floats (queue_numbers/, ComfyUI at the seed's commit) --
+
+QUEUE_NUMBERS = "queue_numbers/"
+WALK = [f"{QUEUE_NUMBERS}walk_{i}.json" for i in range(6)]
+
+
+def queue_numbers_history() -> dict:
+    return load_capture(f"{QUEUE_NUMBERS}history.json")["body"]
+
+
+def test_queue_numbers_while_running(index):
+    """`/queue` while the slow job ran: pending jobs numbered 2.5, 7.0, 4.0 (floats),
+    -1 (front) and 2, listed with their priorities exactly as ComfyUI holds them."""
+    queue = load_capture(f"{QUEUE_NUMBERS}queue_while_running.json")["body"]
+    result = import_dump(index, detect("queue", queue))
+    assert (result.inserted, result.rejected) == (6, [])
+    with live_server(index) as client:
+        assert_answers(client, load_capture(f"{QUEUE_NUMBERS}jobs_while_running.json"))
+
+
+@pytest.mark.parametrize("name", ["jobs_all.json", "jobs_asc.json", "jobs_by_duration.json",
+                                  "job_detail_number_float.json"])
+def test_queue_numbers_history(index, name):
+    """The queue drained into history: every listing, and the detail of the 2.5 job."""
+    queue = load_capture(f"{QUEUE_NUMBERS}queue_while_running.json")["body"]
+    import_dump(index, detect("queue", queue))
+    result = import_dump(index, detect("history", queue_numbers_history()))
+    assert (result.updated, result.rejected) == (6, [])
+    with live_server(index) as client:
+        assert_answers(client, load_capture(QUEUE_NUMBERS + name))
+
+
+def test_queue_numbers_cursor_walk(index):
+    """ComfyUI's `limit=1` walk, request by request: each page and its next_cursor,
+    byte-identical, over jobs with float priorities."""
+    load(index, queue_numbers_history())
+    with live_server(index) as client:
+        for name in WALK:
+            capture = load_capture(name)
+            assert_answers(client, capture)
+            raw = client.get(capture["request"]["path"])
+            cursor = raw.body["pagination"].get("next_cursor")
+            assert cursor == capture["body"]["pagination"].get("next_cursor")
+
+
+def test_queue_numbers_export_import_round_trip(index, tmp_path):
+    """export → import into a fresh index of the other engine's kind keeps 4.0 and 2.5."""
+    from jobs_index import parse_list_query
+    from jobs_index.ingest import import_paths
+    from jobs_index.toolbox import export_lines
+    from jobs_index.toolbox_queries import ExportFilter
+
+    load(index, queue_numbers_history())
+    out = tmp_path / "export.jsonl"
+    out.write_text("".join(line + "\n" for line in export_lines(index, ExportFilter())), encoding="utf-8")
+    with JobsIndex.open(f"sqlite:///{tmp_path / 'copy.sqlite3'}") as copy:
+        result, errors = import_paths(copy, [str(out)])
+        assert (result.inserted, result.rejected, errors) == (6, [], [])
+        query = parse_list_query({})
+        assert copy.list_jobs(query).body_text(query) == index.list_jobs(query).body_text(query)
+    with live_server(index) as client:
+        assert_answers(client, load_capture(f"{QUEUE_NUMBERS}jobs_all.json"))

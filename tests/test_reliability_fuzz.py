@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import math
 from collections import Counter
 from urllib.parse import quote
 
@@ -325,15 +324,13 @@ numbers = st.one_of(st.integers(-5, 5), st.integers(-(2**70), 2**70), st.floats(
 
 
 def valid_number(number) -> bool:
-    if isinstance(number, bool):
-        return False
-    if isinstance(number, float):
-        return math.isfinite(number) and number.is_integer() and -INT64 <= int(number) < INT64
-    return isinstance(number, int) and -INT64 <= number < INT64
+    """ComfyUI holds an int or a float (``float(number)``, NaN and infinities too)."""
+    return isinstance(number, (int, float)) and not isinstance(number, bool)
 
 
 def valid_id(job_id) -> bool:
-    return isinstance(job_id, str) and 0 < len(job_id) <= 128
+    """Any string (``str(json["prompt_id"])``): empty, and over 128 characters, too."""
+    return isinstance(job_id, str)
 
 
 def storable(value) -> bool:
@@ -457,7 +454,7 @@ def test_queue_items_of_every_wrong_shape(item_index, backend):
         for items in data.values():
             if isinstance(items, list):
                 for item in items:  # the last copy of an id wins, as in the importer
-                    if isinstance(item, list) and len(item) > 1 and isinstance(item[1], str) and item[1]:
+                    if isinstance(item, list) and len(item) > 1 and isinstance(item[1], str):
                         valid[item[1]] = valid.get(item[1], False) or (
                             expect_queue_valid(item) and storable_on(backend, item[1], item))
         _clear(item_index)

@@ -145,3 +145,22 @@ def test_as_a_real_process(sample, db_url):
                           capture_output=True, timeout=120)
     assert done.returncode == 1 and done.stderr.decode().startswith("Error: refused")
     assert b"Traceback" not in done.stderr
+
+
+def test_queue_numbers_read_as_comfyui_holds_them(index, db_url):
+    """jobs_v.priority and priority_json say a client's float number as a float (4.0,
+    2.5), NaN and infinities by name, the same on both engines, in every output form."""
+    from jobs_index.normalize import from_queue
+
+    numbers = {"int": 2, "front": -1, "four": 4.0, "half": 2.5, "nan": float("nan"), "inf": float("inf")}
+    index.ingest([from_queue([n, job_id, {}, {"create_time": i}, []], "pending")
+                  for i, (job_id, n) in enumerate(numbers.items())])
+    as_json = run_cli("sql", "--json", "SELECT v.id, v.priority, j.priority_json FROM jobs_v v "
+                      "JOIN jobs j ON j.id = v.id ORDER BY j.create_time", db=db_url)
+    assert as_json.exit_code == 0, as_json.stderr
+    rows = json.loads(as_json.stdout)
+    assert [json.dumps(r["priority"]) for r in rows] == ["2", "-1", "4.0", "2.5", '"NaN"', '"Infinity"']
+    assert [r["priority_json"] for r in rows] == [None, None, "4.0", "2.5", "NaN", "Infinity"]
+    as_csv = run_cli("sql", "--csv", "SELECT v.id, v.priority FROM jobs_v v ORDER BY v.create_time", db=db_url)
+    assert [r["priority"] for r in csv.DictReader(io.StringIO(as_csv.stdout))] == \
+        ["2", "-1", "4.0", "2.5", "NaN", "Infinity"]

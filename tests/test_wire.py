@@ -1,8 +1,9 @@
 """The job JSON a listing row carries is rendered by the database (``queries.page_columns``).
 It must say exactly what ``normalize.list_dict`` says of the same row, key for key
 and in the same key order, on each backend, including for strings JSON must escape
-(quotes, backslashes, control characters, non-ASCII) and for stored JSON that only
-Python's lenient JSON has (NaN)."""
+(quotes, backslashes, control characters, non-ASCII), for stored JSON that only
+Python's lenient JSON has (NaN), and for every queue number ComfyUI can hold
+(``float(number)`` of a client's number: 4.0, 2.5, NaN, infinities; huge ints)."""
 from __future__ import annotations
 
 import json
@@ -18,7 +19,7 @@ ODD_TEXT = st.text(alphabet=st.sampled_from('a"\\/\n\t\x01\x1f\x7fé中😀 <>&\
 
 
 def item(job_id: str, workflow_id: str | None, *, error_message: str = "boom", create_time=1_700_000_000_000,
-         status: str = "error", preview_name: str = "a.png") -> dict:
+         status: str = "error", preview_name: str = "a.png", number=7) -> dict:
     extra = {"extra_pnginfo": {"workflow": {"id": workflow_id}}} if workflow_id is not None else {}
     if create_time is not None:
         extra["create_time"] = create_time
@@ -29,7 +30,7 @@ def item(job_id: str, workflow_id: str | None, *, error_message: str = "boom", c
     else:
         messages.append(["execution_success", {"timestamp": 20}])
     return {
-        "prompt": [7, job_id, {"3": {"class_type": "KSampler"}}, extra, ["3"]],
+        "prompt": [number, job_id, {"3": {"class_type": "KSampler"}}, extra, ["3"]],
         "outputs": {"9": {"images": [{"filename": preview_name, "subfolder": "", "type": "output"}]}},
         "status": {"status_str": status, "completed": status != "error", "messages": messages},
     }
@@ -78,3 +79,32 @@ def test_rendered_json_matches_list_dict(index, ids, workflow, message):
     pairs = listed_vs_list_dict(index)
     assert sorted(listed["id"] for listed, _ in pairs) == sorted(ids)
     assert_same(pairs)
+
+
+NUMBERS = [2, -3, 0, 4.0, 7.0, -1.0, 2.5, -0.0, 0.1 + 0.2, 1e16, 1e-07, -1e300, float("nan"), float("inf"),
+           float("-inf"), 2**63 - 1, -(2**63), 2**63, -(2**63) - 1, 10**30]
+
+
+def test_every_queue_number_renders_as_comfyui_dumps_it(index):
+    """The page (JSON rendered by the database) and the detail say each number as
+    ComfyUI's json.dumps does: 4.0 stays 4.0, NaN is NaN, 10**30 all its digits."""
+    ids = [f"n{i:02d}" for i in range(len(NUMBERS))]
+    index.ingest([normalize.from_history(i, item(i, "wf", number=n, status="success")) for i, n in zip(ids, NUMBERS)])
+    pairs = listed_vs_list_dict(index)
+    assert_same(pairs)
+    texts = {json.loads(text)["id"]: text for text in index.list_jobs(parse_list_query({})).job_texts}
+    for job_id, number in zip(ids, NUMBERS):
+        assert f'"priority": {json.dumps(number)},' in texts[job_id]
+        assert json.dumps(index.get_job(job_id)["priority"]) == json.dumps(number)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(numbers=st.lists(st.one_of(st.integers(), st.floats()), min_size=1, max_size=4))
+def test_any_number_renders_exactly(index, numbers):
+    with write_transaction(index.engine) as conn:
+        conn.exec_driver_sql("DELETE FROM jobs")
+    ids = [f"n{i}" for i in range(len(numbers))]
+    index.ingest([normalize.from_queue([n, i, {}, {"create_time": 1}, []], "pending") for i, n in zip(ids, numbers)])
+    texts = {json.loads(text)["id"]: text for text in index.list_jobs(parse_list_query({})).job_texts}
+    for job_id, number in zip(ids, numbers):
+        assert f'"priority": {json.dumps(number)},' in texts[job_id]

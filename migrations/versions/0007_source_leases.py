@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007_source_leases"
-down_revision = "0005_filter_timeline_indexes"
+down_revision = "0006_priority_as_stored"
 branch_labels = None
 depends_on = None
 

@@ -247,9 +247,10 @@ class FakeComfyUI(PromptServer):
     @_on_loop
     def submit(self, prompt: Optional[dict] = None, *, prompt_id: Optional[str] = None,
                client_id: Optional[str] = None, extra_data: Optional[dict] = None,
-               front: bool = False, workflow_id: Optional[str] = None) -> str:
+               front: bool = False, workflow_id: Optional[str] = None, number: Any = None) -> str:
         """Queue a prompt exactly as ``POST /prompt`` would; returns its id.
-        ``workflow_id`` sets ``extra_data.extra_pnginfo.workflow.id``."""
+        ``workflow_id`` sets ``extra_data.extra_pnginfo.workflow.id``; ``number`` is
+        the client's queue number (ComfyUI stores ``float(number)``)."""
         body: dict[str, Any] = {"prompt": prompt if prompt is not None else sample_prompt()}
         extra = copy.deepcopy(extra_data) if extra_data is not None else {}
         if workflow_id is not None:
@@ -262,6 +263,8 @@ class FakeComfyUI(PromptServer):
             body["prompt_id"] = prompt_id
         if front:
             body["front"] = True
+        if number is not None:
+            body["number"] = number
         status, answer = self.queue_prompt(body)
         if status != 200:
             raise ValueError(f"ComfyUI would answer {status}: {answer}")
