@@ -17,7 +17,8 @@ started, the prompt worker has not started). It
   route added to ``PromptServer.instance.routes`` would lose: aiohttp resolves the
   first resource registered for a path, and ComfyUI's own come first. Everything
   else (``POST /api/jobs/{id}/cancel``, ``POST /api/jobs/cancel``, ...) passes through;
-* starts the writer thread, which opens (and migrates) the database and resyncs from
+* starts the writer thread, which opens the database (migrating it in a child process,
+  never with Alembic in ComfyUI's own process: see ``upgrade``) and resyncs from
   ComfyUI's memory: backfill, and removal of pending/running rows a previous run left
   (ComfyUI forgot those jobs when it stopped; they were never finished).
 
@@ -151,7 +152,8 @@ class JobsNode:
             raise ConfigError("ComfyUI's prompt queue mutex is not re-entrant; jobs-index cannot hook it")
         self.writer = Writer(open_index=self._open_index, read_state=self._read_state, mutex=self.mutex,
                              source=config.source, max_queue=config.queue_max,
-                             resync_interval=config.resync_interval, retry_cap=config.retry_cap)
+                             resync_interval=config.resync_interval, retry_cap=config.retry_cap,
+                             open_hint=self._open_hint)
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="jobs-index-read")
         self.serving = config.serve
         self._originals: dict[str, Any] = {}
@@ -201,9 +203,25 @@ class JobsNode:
         self.executor.shutdown(wait=False)
 
     def _open_index(self):
+        """Open the index; a schema upgrade runs in a child process, never in ComfyUI's
+        (Alembic's state is process-wide and ComfyUI migrates its own database with it
+        right after importing the custom nodes; see ``upgrade``)."""
+        from ..database import make_engine
         from ..services import JobsIndex
+        from .upgrade import ensure_schema
 
-        return JobsIndex.open(self.config.db_url)
+        engine = make_engine(self.config.db_url)
+        try:
+            ensure_schema(engine, self.config.db_url)
+        except BaseException:
+            engine.dispose()
+            raise
+        return JobsIndex(engine)
+
+    def _open_hint(self, exc: Exception) -> str:
+        from .upgrade import open_failure_hint
+
+        return open_failure_hint(exc, self.config.db_url)
 
     def _read_state(self) -> State:
         """ComfyUI's state (called with the mutex held): references, not copies."""
