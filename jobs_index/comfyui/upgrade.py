@@ -36,7 +36,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
 from ..config import ENV_VAR
-from ..database import current_revision, driver_message, head_revision, make_engine, migrate
+from ..database import current_revision, driver_message, make_engine, migrate
 from ..errors import JobsIndexError, StorageError
 
 log = logging.getLogger("jobs_index.comfyui")
@@ -61,13 +61,27 @@ def package_root() -> str:
 
 
 def is_at_head(engine: Engine) -> bool:
-    """True when the index's schema is this version's head (a read; no migration)."""
+    """True when the index's schema is this version's head, False when it is behind (a
+    read; no migration). A revision these scripts do not know (a newer jobs-index wrote
+    the index) is a ``StorageError``: retrying cannot help, so no child is started."""
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    from ..database import alembic_config
+
     try:
         with engine.connect() as conn:
             current = current_revision(conn)
     except DBAPIError as exc:
         raise StorageError(f"cannot open {_shown(engine)}: {driver_message(exc)}") from exc
-    return current == head_revision()
+    script = ScriptDirectory.from_config(alembic_config())
+    if current is not None:
+        try:
+            script.get_revision(current)
+        except CommandError as exc:
+            raise StorageError(f"{_shown(engine)} is at schema revision {current!r}, which this jobs-index "
+                               "does not know (a newer version wrote it)") from exc
+    return current == script.get_current_head()
 
 
 def ensure_schema(engine: Engine, url: str, *, timeout: float = CHILD_TIMEOUT) -> bool:
@@ -129,7 +143,7 @@ def open_failure_hint(exc: BaseException, url: str) -> str:
         where = parsed.database if parsed.get_backend_name() == "sqlite" else parsed.render_as_string(True)
     except Exception:
         pass
-    if "can't locate revision" in text or "newer" in text:
+    if "can't locate revision" in text or "newer version" in text:
         return (f"{where} was written by a newer jobs-index: update this node (git pull, or "
                 f"pip install -U jobs-index), or set {ENV_VAR} to another database")
     if "not a database" in text or "malformed" in text or "corrupt" in text:
