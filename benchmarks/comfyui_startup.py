@@ -185,6 +185,8 @@ def verify(args) -> None:
     from jobs_index.schema import Base
 
     head = comfyui_head(args)
+    commit = subprocess.run(["git", "-C", args.node, "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip() or "?"
     ours_expected = sorted(set(Base.metadata.tables) | {VERSION_TABLE})
     workflow = Path(args.workflow).read_bytes() if args.workflow else None
     extra = ("--enable-assets",) if args.enable_assets else ()
@@ -223,14 +225,14 @@ def verify(args) -> None:
                      and (workflow is None or (run.get("job_listed_completed_s") is not None and run["our_jobs"] == 1)))
         runs.append(run)
         log(f"start {attempt + 1}: {'ok' if run['ok'] else 'FAILED'} {json.dumps(run)}")
-    report = {"machine": machine(), "comfyui_head": head, "comfyui_tables": comfy_expected,
+    report = {"machine": machine(), "node_commit": commit, "comfyui_head": head, "comfyui_tables": comfy_expected,
               "our_tables": ours_expected, "enable_assets": args.enable_assets, "baseline_exit_code": baseline_code,
               "runs": runs, "ok": sum(run["ok"] for run in runs)}
-    name = "comfyui-verify" + ("-assets" if args.enable_assets else "")
+    name = "comfyui-verify" + ("-assets" if args.enable_assets else "") + (f"-{args.tag}" if args.tag else "")
     lines = [f"# jobs-index in a real ComfyUI: {args.starts} fresh starts{' with --enable-assets' if args.enable_assets else ''}",
              "", f"Measured {report['machine']['when']} on {report['machine']['cpus']} shared cores "
              f"(`benchmarks/comfyui_startup.py verify`). Node installed as `custom_nodes/jobs-index` "
-             f"({args.node}); each start on a new user directory.", "",
+             f"({args.node}, commit {commit}); each start on a new user directory.", "",
              f"ComfyUI's Alembic head: `{head}`; its tables (from a start without the node, exit code "
              f"{baseline_code}): {', '.join(comfy_expected)}.", "",
              f"**{report['ok']} of {len(runs)} starts ok.**", "",
@@ -370,6 +372,7 @@ def main() -> None:
     parser.add_argument("--node", default=str(ROOT), help="the custom node directory (default: this repository)")
     parser.add_argument("--starts", type=int, default=3, help="starts per case (verify: fresh starts)")
     parser.add_argument("--enable-assets", action="store_true", help="verify: start ComfyUI with --enable-assets")
+    parser.add_argument("--tag", help="verify: appended to the results file name (e.g. before-fix)")
     parser.add_argument("--workflow", help="verify: an API-format workflow to run once per start")
     parser.add_argument("--jobs", type=int, default=1_000_000, help="measure: jobs in the large index")
     parser.add_argument("--pg", help="measure: also a PostgreSQL index (base URL; a schema is created)")
