@@ -316,9 +316,13 @@ def page_series(args, label: str, env: dict, total: int) -> dict:
 
 def measure(args) -> None:
     series, pages = [], []
-    series.append(start_series(args, "without the node", node=False))
-    series.append(start_series(args, "with the node, new empty index (SQLite)", node=True, empty_index=True))
-    backends = [("SQLite", None)] + ([("PostgreSQL", args.pg)] if args.pg else [])
+    cases = args.cases.split(",")
+    if "without" in cases:
+        series.append(start_series(args, "without the node", node=False))
+    if "empty" in cases:
+        series.append(start_series(args, "with the node, new empty index (SQLite)", node=True, empty_index=True))
+    backends = ([("SQLite", None)] if "sqlite" in cases else []) + \
+        ([("PostgreSQL", args.pg)] if args.pg and "postgresql" in cases else [])
     for name, base in backends:
         target = large_index(args, base)
         env = {"JOBS_INDEX_DB": target.url}
@@ -347,7 +351,8 @@ def measure(args) -> None:
         for row in page["rows"]:
             lines.append(f"| {page['label']} | `{row['query']}` | {row['p50_ms']:.1f} | {row['p95_ms']:.1f} | "
                          f"{row['max_ms']:.1f} |")
-    write("comfyui-startup", "\n".join(lines) + "\n", report)
+    suffix = "" if set(cases) >= {"without", "empty", "sqlite", "postgresql"} else "-" + "-".join(cases)
+    write(f"comfyui-startup{suffix}", "\n".join(lines) + "\n", report)
 
 
 def _spread(values: list) -> str:
@@ -376,6 +381,8 @@ def main() -> None:
     parser.add_argument("--workflow", help="verify: an API-format workflow to run once per start")
     parser.add_argument("--jobs", type=int, default=1_000_000, help="measure: jobs in the large index")
     parser.add_argument("--pg", help="measure: also a PostgreSQL index (base URL; a schema is created)")
+    parser.add_argument("--cases", default="without,empty,sqlite,postgresql",
+                        help="measure: which of without,empty,sqlite,postgresql (default all)")
     parser.add_argument("--label", default="comfyui", help="measure: names the large index (<label>_<jobs>)")
     parser.add_argument("--requests", type=int, default=20, help="measure: timed requests per query")
     parser.add_argument("--warmup", type=int, default=3, help="measure: warm-up requests per query")
