@@ -261,33 +261,43 @@ def large_index(args, base: str | None):
     return target
 
 
-def start_series(args, label: str, *, node: bool, env: dict | None = None, until_index: int | None = None,
-                 empty_index: bool = False) -> dict:
+def one_start(args, case: dict) -> tuple[float | None, float | None]:
+    """One ComfyUI start: seconds to the first /api/jobs answer, and to the index answering."""
     from jobs_index.database import VERSION_TABLE, head_revision
 
-    head = head_revision()
-    firsts, indexed = [], []
-    for _ in range(args.starts):
-        comfy = Comfy(args, node=Path(args.node) if node else None, env=env)
-        try:
-            first = comfy.wait(lambda: comfy.answers() is not None)
-            firsts.append(first)
-            if until_index is not None:
-                indexed.append(comfy.wait(lambda: (comfy.answers() or {}).get("pagination", {}).get("total", 0)
-                                          >= until_index))
-            elif empty_index:
-                ours = comfy.user / "jobs-index" / "jobs.sqlite3"
+    comfy = Comfy(args, node=Path(args.node) if case["node"] else None, env=case.get("env"))
+    try:
+        first = comfy.wait(lambda: comfy.answers() is not None)
+        indexed = None
+        if case.get("until_index") is not None:
+            indexed = comfy.wait(lambda: (comfy.answers() or {}).get("pagination", {}).get("total", 0)
+                                 >= case["until_index"])
+        elif case.get("empty_index"):
+            ours, head = comfy.user / "jobs-index" / "jobs.sqlite3", head_revision()
 
-                def ready() -> bool:
-                    try:
-                        return scalar(ours, f"SELECT version_num FROM {VERSION_TABLE}") == head
-                    except sqlite3.Error:
-                        return False
-                indexed.append(comfy.wait(ready))
-        finally:
-            comfy.stop()
-        log(f"{label}: first answer {_s(firsts[-1])} s, index answering {_s(indexed[-1]) if indexed else '-'} s")
-    return {"label": label, "first_answer_s": firsts, "index_s": indexed}
+            def ready() -> bool:
+                try:
+                    return scalar(ours, f"SELECT version_num FROM {VERSION_TABLE}") == head
+                except sqlite3.Error:
+                    return False
+            indexed = comfy.wait(ready)
+    finally:
+        comfy.stop()
+    log(f"{case['label']}: first answer {_s(first)} s, index answering {_s(indexed)} s")
+    return first, indexed
+
+
+def start_series(args, cases: list[dict]) -> list[dict]:
+    """``args.starts`` rounds, each starting every case once (interleaved, so a change
+    in the machine's load hits every case alike)."""
+    results = [{"label": case["label"], "first_answer_s": [], "index_s": []} for case in cases]
+    for _ in range(args.starts):
+        for case, result in zip(cases, results):
+            first, indexed = one_start(args, case)
+            result["first_answer_s"].append(first)
+            if indexed is not None or case.get("until_index") is not None or case.get("empty_index"):
+                result["index_s"].append(indexed)
+    return results
 
 
 def page_series(args, label: str, env: dict, total: int) -> dict:
@@ -315,19 +325,23 @@ def page_series(args, label: str, env: dict, total: int) -> dict:
 
 
 def measure(args) -> None:
-    series, pages = [], []
+    pages, starts = [], []
     cases = args.cases.split(",")
     if "without" in cases:
-        series.append(start_series(args, "without the node", node=False))
+        starts.append({"label": "without the node", "node": False})
     if "empty" in cases:
-        series.append(start_series(args, "with the node, new empty index (SQLite)", node=True, empty_index=True))
+        starts.append({"label": "with the node, new empty index (SQLite)", "node": True, "empty_index": True})
     backends = ([("SQLite", None)] if "sqlite" in cases else []) + \
         ([("PostgreSQL", args.pg)] if args.pg and "postgresql" in cases else [])
+    large = []
     for name, base in backends:
         target = large_index(args, base)
         env = {"JOBS_INDEX_DB": target.url}
-        series.append(start_series(args, f"with the node, {args.jobs:,}-job index ({name})", node=True, env=env,
-                                   until_index=args.jobs))
+        large.append((name, env))
+        starts.append({"label": f"with the node, {args.jobs:,}-job index ({name})", "node": True, "env": env,
+                       "until_index": args.jobs})
+    series = start_series(args, starts)
+    for name, env in large:
         pages.append(page_series(args, f"{args.jobs:,} jobs, {name}", env, args.jobs))
     report = {"machine": machine(), "jobs": args.jobs, "starts": args.starts, "series": series, "pages": pages}
     lines = [f"# jobs-index in a real ComfyUI: start-up cost and the frontend's requests at {args.jobs:,} jobs", "",
