@@ -38,6 +38,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import signal
 import socket
 import sqlite3
@@ -283,6 +284,8 @@ def one_start(args, case: dict) -> tuple[float | None, float | None]:
             indexed = comfy.wait(ready)
     finally:
         comfy.stop()
+    imported = re.search(r"([0-9.]+) seconds(?: \(IMPORT FAILED\))?: \S*jobs-index", comfy.log_text())
+    case.setdefault("import_s", []).append(float(imported.group(1)) if imported else None)
     log(f"{case['label']}: first answer {_s(first)} s, index answering {_s(indexed)} s")
     return first, indexed
 
@@ -290,7 +293,8 @@ def one_start(args, case: dict) -> tuple[float | None, float | None]:
 def start_series(args, cases: list[dict]) -> list[dict]:
     """``args.starts`` rounds, each starting every case once (interleaved, so a change
     in the machine's load hits every case alike)."""
-    results = [{"label": case["label"], "first_answer_s": [], "index_s": []} for case in cases]
+    results = [{"label": case["label"], "first_answer_s": [], "index_s": [], "import_s": case.setdefault("import_s", [])}
+               for case in cases]
     for _ in range(args.starts):
         for case, result in zip(cases, results):
             first, indexed = one_start(args, case)
@@ -352,11 +356,12 @@ def measure(args) -> None:
              "## Start-up: process start to answers", "",
              "First `/api/jobs` answer: whoever answers (ComfyUI's built-in handler until the index is ready). "
              "Index answering: the large index's total is served, or (new index) its schema is created.", "",
-             "| case | starts | first /api/jobs, median (min-max) s | index answering, median (min-max) s |",
-             "|---|---|---|---|"]
+             "Node import: ComfyUI's own \"Import times for custom nodes\" line for jobs-index.", "",
+             "| case | starts | first /api/jobs, median (min-max) s | index answering, median (min-max) s | node import s |",
+             "|---|---|---|---|---|"]
     for item in series:
         lines.append(f"| {item['label']} | {len(item['first_answer_s'])} | {_spread(item['first_answer_s'])} | "
-                     f"{_spread(item['index_s'])} |")
+                     f"{_spread(item['index_s'])} | {_spread(item['import_s'])} |")
     lines += ["", "## The frontend's requests through ComfyUI (HTTP, one client, sequential)", "",
               f"`{QUEUE}` is the queue's request; `{FRONTEND.format('N')}` the history panel paging. "
               f"{args.requests} timed requests each after {args.warmup} warm-up.", "",
