@@ -35,6 +35,7 @@ Writes ``benchmarks/results/comfyui-<verify|startup>.md`` and a ``.json`` twin.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -89,14 +90,25 @@ def post(port: int, path: str, body: bytes) -> dict:
         return json.loads(response.read())
 
 
+def _default_sigint() -> None:
+    """A command started in the background by a non-interactive shell ignores SIGINT,
+    and Python then installs no KeyboardInterrupt handler: give ComfyUI its Ctrl-C back."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def base_directory(node: Path | None) -> Path:
-    """A ComfyUI base directory whose custom_nodes/ holds only jobs-index (or nothing)."""
-    base = WORK / ("base-with-node" if node else "base-without-node")
+    """A ComfyUI base directory whose custom_nodes/ holds only ``node`` as jobs-index
+    (or nothing): one per node directory."""
+    if node is None:
+        base = WORK / "base-without-node"
+    else:
+        node = node.resolve()
+        base = WORK / f"base-{node.name}-{hashlib.sha1(str(node).encode()).hexdigest()[:8]}"
     custom = base / "custom_nodes"
     custom.mkdir(parents=True, exist_ok=True)
     link = custom / "jobs-index"
     if node is not None and not link.exists():
-        link.symlink_to(node.resolve(), target_is_directory=True)
+        link.symlink_to(node, target_is_directory=True)
     return base
 
 
@@ -116,7 +128,7 @@ class Comfy:
         self.started = time.perf_counter()
         self.out = self.log_path.open("w")
         self.proc = subprocess.Popen(command, cwd=args.comfyui, env=environ, stdout=self.out,
-                                     stderr=subprocess.STDOUT)
+                                     stderr=subprocess.STDOUT, preexec_fn=_default_sigint)
 
     def wait(self, predicate, timeout: float = 300.0, interval: float = 0.02) -> float | None:
         """Seconds from the process start until ``predicate()`` holds (None: timeout/exit)."""

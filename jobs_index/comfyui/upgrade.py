@@ -7,8 +7,8 @@ time in a process: two upgrades on two threads use each other's connection and
 configuration (ComfyUI's tables end up in our file, its ``comfyui.db`` stays at its
 first revision, ``KeyError: 'config'``, even a segmentation fault). So the node
 
-* reads the schema revision in-process with plain SQL (``MigrationContext`` on our
-  own connection; no ``env.py``, no ``context``/``op`` proxies) and compares it with
+* reads the schema revision in-process with plain SQL (our version table, on our own
+  connection; no ``env.py``, no ``context``/``op`` proxies) and compares it with
   the head of this version's scripts (``ScriptDirectory``: parses our revision files,
   touches no global state);
 * when the index is behind (a new file, or an older jobs-index wrote it), runs
@@ -32,11 +32,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, inspect, text
 from sqlalchemy.exc import DBAPIError
 
 from ..config import ENV_VAR
-from ..database import current_revision, driver_message, make_engine, migrate
+from ..database import VERSION_TABLE, driver_message, make_engine, migrate
 from ..errors import JobsIndexError, StorageError
 
 log = logging.getLogger("jobs_index.comfyui")
@@ -71,7 +71,7 @@ def is_at_head(engine: Engine) -> bool:
 
     try:
         with engine.connect() as conn:
-            current = current_revision(conn)
+            current = stored_revision(conn)
     except DBAPIError as exc:
         raise StorageError(f"cannot open {_shown(engine)}: {driver_message(exc)}") from exc
     script = ScriptDirectory.from_config(alembic_config())
@@ -82,6 +82,14 @@ def is_at_head(engine: Engine) -> bool:
             raise StorageError(f"{_shown(engine)} is at schema revision {current!r}, which this jobs-index "
                                "does not know (a newer version wrote it)") from exc
     return current == script.get_current_head()
+
+
+def stored_revision(conn) -> str | None:
+    """The revision in our version table (None: no table yet), by plain SQL: Alembic's
+    ``MigrationContext`` would also log its "Context impl" lines into ComfyUI's log."""
+    if not inspect(conn).has_table(VERSION_TABLE):
+        return None
+    return conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
 
 
 def ensure_schema(engine: Engine, url: str, *, timeout: float = CHILD_TIMEOUT) -> bool:
