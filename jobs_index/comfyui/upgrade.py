@@ -18,8 +18,7 @@ first revision, ``KeyError: 'config'``, even a segmentation fault). So the node
   processes; Alembic's logging, ``sys.path`` and module state stay out of ComfyUI's.
 
 The URL reaches the child through ``JOBS_INDEX_DB`` in its environment (never on its
-command line, where ``ps`` would show a password). ``python -m jobs_index.comfyui.upgrade``
-is the child's entry point.
+command line, where ``ps`` would show a password).
 
 ``open_failure_hint`` turns why the index could not be opened into what to do, for
 the one log line the node writes when it runs without its index.
@@ -36,23 +35,36 @@ from sqlalchemy import Engine, inspect, text
 from sqlalchemy.exc import DBAPIError
 
 from ..config import ENV_VAR
-from ..database import VERSION_TABLE, driver_message, make_engine, migrate
-from ..errors import JobsIndexError, StorageError
+from ..database import VERSION_TABLE, driver_message
+from ..errors import StorageError
 
 log = logging.getLogger("jobs_index.comfyui")
 
 CHILD_TIMEOUT = 3600.0  # seconds: an upgrade of a large file (backup + DDL) is slow, not stuck
 # The child: import the jobs_index this process runs (a git clone in custom_nodes/ is
-# not on sys.path), without ComfyUI's working directory shadowing anything.
-_CHILD_CODE = (
-    "import sys\n"
-    "if sys.path and sys.path[0] in ('', '.'):\n"
-    "    del sys.path[0]\n"
-    "if sys.argv[1] not in sys.path:\n"
-    "    sys.path.insert(0, sys.argv[1])\n"
-    "from jobs_index.comfyui.upgrade import main\n"
-    "main()\n"
-)
+# not on sys.path), without ComfyUI's working directory shadowing anything, and only
+# what a migration needs (not this package, which imports aiohttp and the services).
+_CHILD_CODE = """
+import os, sys
+if sys.path and sys.path[0] in ('', '.'):
+    del sys.path[0]
+if sys.argv[1] not in sys.path:
+    sys.path.insert(0, sys.argv[1])
+import logging
+logging.basicConfig(level=logging.WARNING, format='%(message)s')  # this child's own logging
+from jobs_index.database import make_engine, migrate
+from jobs_index.errors import JobsIndexError
+try:
+    engine = make_engine(os.environ['JOBS_INDEX_DB'], pool_size=1)
+    try:
+        migrate(engine)
+    finally:
+        engine.dispose()
+except JobsIndexError as exc:
+    sys.exit('Error: ' + exc.message)
+except Exception as exc:  # Alembic's own errors
+    sys.exit('Error: %s: %s' % (type(exc).__name__, ' '.join(str(exc).split())))
+"""
 
 
 def package_root() -> str:
@@ -122,24 +134,6 @@ def upgrade_in_child(url: str, *, timeout: float = CHILD_TIMEOUT) -> None:
         raise StorageError(f"schema upgrade failed: {reason.removeprefix('Error: ')}")
 
 
-def main() -> None:
-    """The child: migrate ``$JOBS_INDEX_DB`` to head; ``Error: <why>`` and exit 1 on failure."""
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")  # this child's own logging
-    url = os.environ.get(ENV_VAR)
-    if not url:
-        sys.exit(f"Error: {ENV_VAR} is not set")
-    try:
-        engine = make_engine(url, pool_size=1)
-        try:
-            migrate(engine)
-        finally:
-            engine.dispose()
-    except JobsIndexError as exc:
-        sys.exit(f"Error: {exc.message}")
-    except Exception as exc:  # Alembic's own errors (e.g. an unknown, newer revision)
-        sys.exit(f"Error: {type(exc).__name__}: {' '.join(str(exc).split())}")
-
-
 def open_failure_hint(exc: BaseException, url: str) -> str:
     """What a user can do about ``exc``, raised while opening the index at ``url``."""
     text = str(exc).lower()
@@ -171,6 +165,3 @@ def open_failure_hint(exc: BaseException, url: str) -> str:
 def _shown(engine: Engine) -> str:
     return engine.url.render_as_string(hide_password=True)
 
-
-if __name__ == "__main__":
-    main()
