@@ -179,10 +179,15 @@ def tables(path: Path) -> list[str]:
 
 
 def scalar(path: Path, sql: str):
+    """The first value ``sql`` reads from ``path``, or None (no file, no such table...)."""
+    if not path.exists():
+        return None
     conn = sqlite3.connect(path)
     try:
         row = conn.execute(sql).fetchone()
         return row[0] if row else None
+    except sqlite3.Error:
+        return None
     finally:
         conn.close()
 
@@ -299,10 +304,7 @@ def one_start(args, case: dict) -> tuple[float | None, float | None]:
             ours, head = comfy.user / "jobs-index" / "jobs.sqlite3", head_revision()
 
             def ready() -> bool:
-                try:
-                    return scalar(ours, f"SELECT version_num FROM {VERSION_TABLE}") == head
-                except sqlite3.Error:
-                    return False
+                return scalar(ours, f"SELECT version_num FROM {VERSION_TABLE}") == head
             indexed = comfy.wait(ready)
     finally:
         comfy.stop()
