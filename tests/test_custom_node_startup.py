@@ -85,6 +85,7 @@ def test_comfyui_database_start_up_and_the_node_never_cross(tmp_path, caplog):
     for attempt in range(20):
         user = tmp_path / f"user{attempt}"
         ours, theirs = user / "jobs-index" / "jobs.sqlite3", user / "comfyui.db"
+        user.mkdir()  # ComfyUI's user directory exists before it starts
         loop = asyncio.new_event_loop()
         try:
             with comfy_modules_installed():
