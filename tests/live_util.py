@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.reference import Reference
+from .reference import Reference
 
 # Query strings every parity check runs (each also checked job by job for the detail).
 PARITY_PARAMS: list[dict[str, str]] = [

@@ -22,7 +22,7 @@ import json
 
 from hypothesis import strategies as st
 
-from tests.reference import STATUSES, encode_cursor
+from .reference import STATUSES, encode_cursor
 
 MISSING = object()  # marker: leave the key out
 

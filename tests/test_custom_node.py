@@ -169,8 +169,8 @@ async def comfyui(db_url: str | None, *, executor=None, jobs_api: bool = True, m
         try:
             async with aiohttp.ClientSession() as session:
                 comfy = Comfy(server, node, session)
-                if node is not None and wait_ready:
-                    assert await eventually(lambda: _true(node.writer.ready), WAIT)
+                if node is not None and wait_ready:  # a new index's schema: a child process, slow on a busy machine
+                    assert await eventually(lambda: _true(node.writer.ready), 4 * WAIT)
                 yield comfy
         finally:
             worker.stop()

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.fixtures_util import (
+from .fixtures_util import (
     FIXTURES,
     capture_history,
     capture_queue,
@@ -25,7 +25,7 @@ from tests.fixtures_util import (
     request_params,
     snapshot_history,
 )
-from tests.reference import (
+from .reference import (
     InvalidCursor,
     Reference,
     created_key,
@@ -33,7 +33,7 @@ from tests.reference import (
     duration_key,
     encode_cursor,
 )
-from tests.strategies import query_params, states
+from .strategies import query_params, states
 
 
 def final_state() -> Reference:

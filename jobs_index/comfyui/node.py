@@ -17,7 +17,8 @@ started, the prompt worker has not started). It
   route added to ``PromptServer.instance.routes`` would lose: aiohttp resolves the
   first resource registered for a path, and ComfyUI's own come first. Everything
   else (``POST /api/jobs/{id}/cancel``, ``POST /api/jobs/cancel``, ...) passes through;
-* starts the writer thread, which opens (and migrates) the database and resyncs from
+* starts the writer thread, which opens the database (migrating it in a child process,
+  never with Alembic in ComfyUI's own process: see ``upgrade``) and resyncs from
   ComfyUI's memory: backfill, and removal of pending/running rows a previous run left
   (ComfyUI forgot those jobs when it stopped; they were never finished).
 
@@ -62,8 +63,11 @@ from typing import Any
 from aiohttp import web
 
 from ..config import ENV_VAR, resolve_url
+from ..database import make_engine
 from ..errors import ConfigError, JobsIndexError, StorageError
 from ..normalize import IN_PROGRESS, PENDING
+from ..services import JobsIndex
+from .upgrade import ensure_schema, open_failure_hint
 from .writer import CLEARED, DELETED, FINISHED, QUEUED, UNQUEUED, State, Writer, queue_ids
 
 log = logging.getLogger("jobs_index.comfyui")
@@ -200,7 +204,7 @@ class JobsNode:
                              max_queue=config.queue_max, resync_interval=config.resync_interval,
                              retry_cap=config.retry_cap, outbox=config.outbox, lease_ttl=config.lease_ttl,
                              legacy_source=LEGACY_SOURCE if config.source != LEGACY_SOURCE else None,
-                             delete_batch=config.delete_batch)
+                             delete_batch=config.delete_batch, open_hint=self._open_hint)
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="jobs-index-read")
         self.serving = config.serve
         self._originals: dict[str, Any] = {}
@@ -252,9 +256,19 @@ class JobsNode:
         self.executor.shutdown(wait=False)
 
     def _open_index(self):
-        from ..services import JobsIndex
+        """Open the index; a schema upgrade runs in a child process, never in ComfyUI's
+        (Alembic's state is process-wide and ComfyUI migrates its own database with it
+        right after importing the custom nodes; see ``upgrade``)."""
+        engine = make_engine(self.config.db_url)
+        try:
+            ensure_schema(engine, self.config.db_url)
+        except BaseException:
+            engine.dispose()
+            raise
+        return JobsIndex(engine)
 
-        return JobsIndex.open(self.config.db_url)
+    def _open_hint(self, exc: Exception) -> str:
+        return open_failure_hint(exc, self.config.db_url)
 
     def _read_state(self) -> State:
         """ComfyUI's state (called with the mutex held): references, not copies."""

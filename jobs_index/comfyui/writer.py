@@ -98,7 +98,8 @@ def _record(op: Op) -> JobRecord | None:
 class Writer:
     """Bounded, failure-tolerant writer thread (see the module docstring).
 
-    ``open_index`` opens (and migrates) the database, in the writer thread;
+    ``open_index`` opens (and migrates) the database, in the writer thread; when it
+    fails, ``open_hint(exc)`` says what the user can do (logged once per reason);
     ``read_state`` reads ComfyUI's state and is called with ``mutex`` held;
     ``submit`` must be called with ``mutex`` held, so sequence order = queue order =
     the order of ComfyUI's changes. ``source`` is the source name or a callable
@@ -112,8 +113,10 @@ class Writer:
                  mutex, source: str | Callable[[], str | None] | None, max_queue: int = 1000,
                  batch_size: int = 500, resync_interval: float = 600.0, retry_base: float = 0.25,
                  retry_cap: float = 30.0, outbox: str | Path | None = None, lease_ttl: float = 60.0,
-                 legacy_source: str | None = None, delete_batch: int = 1000) -> None:
+                 legacy_source: str | None = None, delete_batch: int = 1000,
+                 open_hint: Callable[[Exception], str] | None = None) -> None:
         self._open_index = open_index
+        self._open_hint = open_hint
         self._read_state = read_state
         self.mutex = mutex
         self._identify = source if callable(source) else (lambda: source)
@@ -298,7 +301,14 @@ class Writer:
             self._resync_due = True
         self.failing = message
         last, when = self._last_logged
-        if message != last or time.monotonic() - when > 60:  # do not flood ComfyUI's log
+        if self.index is None:  # not open: one line per distinct reason, saying what to do
+            if message != last:
+                hint = self._open_hint(exc) if self._open_hint is not None else "see the error"
+                log.error("jobs-index: cannot open the jobs index (%s); ComfyUI answers /api/jobs from its "
+                          "own memory meanwhile. To fix: %s. The node retries and catches up from "
+                          "ComfyUI's memory once the index opens", message, hint)
+                self._last_logged = (message, time.monotonic())
+        elif message != last or time.monotonic() - when > 60:  # do not flood ComfyUI's log
             log.error("jobs-index: cannot write to the jobs database (%s); ComfyUI runs on, "
                       "changes wait in the outbox and the index catches up when the database is back", message)
             self._last_logged = (message, time.monotonic())

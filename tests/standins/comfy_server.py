@@ -52,7 +52,7 @@ from typing import Any, Callable, Iterator, List, Literal, NamedTuple, Optional
 import aiohttp
 from aiohttp import web
 
-from tests.reference import Reference
+from ..reference import Reference
 
 log = logging.getLogger(__name__)
 

@@ -48,8 +48,8 @@ import threading
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Callable, Optional
 
-from tests.fixtures_util import load_capture, snapshot_history
-from tests.reference import Reference
+from ..fixtures_util import load_capture, snapshot_history
+from ..reference import Reference
 
 from .comfy_server import (
     ExecutionRun,

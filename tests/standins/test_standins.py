@@ -19,7 +19,7 @@ from collections import defaultdict
 import aiohttp
 import pytest
 
-from tests.fixtures_util import capture_history, load_capture, snapshot_history
+from ..fixtures_util import capture_history, load_capture, snapshot_history
 
 from .comfy_server import (
     PromptQueue,
