@@ -51,8 +51,7 @@ log = logging.getLogger(__name__)
 
 # Execution-duration buckets, seconds: ComfyUI jobs run from under a second (cached)
 # to hours (video).
-DURATION_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
-                    7200.0)
+DURATION_BUCKETS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 MAX_ERROR_TYPES = 50  # distinct error_type label values per source
 MAX_ERROR_TYPE_LEN = 100
 OTHER = "other"
