@@ -55,6 +55,7 @@ FOLLOWERS_KEY = web.AppKey("followers", list)  # follow.Follower objects (``foll
 _RequestKey = getattr(web, "RequestKey", None)
 REQUEST_INDEX = _RequestKey("jobs_index", JobsIndex) if _RequestKey else "jobs_index.index"
 REQUEST_EXECUTOR = _RequestKey("jobs_index_executor", ThreadPoolExecutor) if _RequestKey else "jobs_index.executor"
+REQUEST_METRICS = _RequestKey("jobs_index_metrics", Metrics) if _RequestKey else "jobs_index.metrics"
 
 
 def _index(request: web.Request) -> JobsIndex:
@@ -131,7 +132,7 @@ async def get_job(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    metrics = request.app[METRICS_KEY]
+    metrics = request[REQUEST_METRICS] if REQUEST_METRICS in request else request.app[METRICS_KEY]
     body = await _run(request, metrics.scrape)
     return web.Response(body=body, headers={"Content-Type": metrics.content_type})
 
@@ -141,7 +142,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    ready, body = await _run(request, readiness, _index(request), request.app[FOLLOWERS_KEY])
+    ready, body = await _run(request, readiness, _index(request), request.app.get(FOLLOWERS_KEY, ()))
     return _json(body, status=200 if ready else 503)
 
 

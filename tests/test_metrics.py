@@ -299,3 +299,40 @@ def test_follower_metrics_follow_comfyui_going_away_and_coming_back(index):
                 await fake.stop()
 
     asyncio.run(asyncio.wait_for(main(), 120))
+
+
+# -- the custom node -----------------------------------------------------------
+
+def test_the_custom_node_serves_metrics_and_health_under_comfyuis_routes(db_url):
+    from .test_custom_node import comfyui, run
+
+    async def scenario():
+        async with comfyui(db_url) as comfy:
+            jobs_ = [await comfy.submit() for _ in range(3)]
+            assert await eventually(lambda: _true(all(job in comfy.queue.history for job in jobs_)), 30)
+            source = comfy.node.config.source
+            index = comfy.node.writer.index
+
+            async def scraped():
+                async with comfy.session.get(comfy.url + "/jobs-index/metrics") as response:
+                    assert response.status == 200 and response.content_type == "text/plain"
+                    m = samples(await response.text())
+                key = (HISTOGRAM + "_count", frozenset({("source", source), ("status", "completed")}))
+                return m if m.get(key) == 3 else None
+
+            metrics = await eventually(scraped, 30)
+            assert metrics, "the node's writes were observed"
+            counts = await asyncio.get_running_loop().run_in_executor(None, sql_counts, index)
+            assert by_labels(metrics, "jobs_index_jobs", "source", "status") == counts == {(source, "completed"): 3}
+            for path, expected in (("/jobs-index/healthz", {"status": "ok"}), ("/jobs-index/readyz", None)):
+                async with comfy.session.get(comfy.url + path) as response:
+                    assert response.status == 200, path
+                    body = await response.json()
+                    assert expected is None or body == expected
+            assert body["status"] == "ready" and body["database"] == "ok"
+
+    run(scenario(), timeout=120)
+
+
+async def _true(value):
+    return value
