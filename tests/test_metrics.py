@@ -336,3 +336,21 @@ def test_the_custom_node_serves_metrics_and_health_under_comfyuis_routes(db_url)
 
 async def _true(value):
     return value
+
+
+def test_error_type_labels_are_bounded_and_durations_land_in_their_bucket():
+    from jobs_index.metrics import MAX_ERROR_TYPES, FinishedJobs
+
+    finished = FinishedJobs()
+    finished.observe([("gpu1", "failed", None, f"Error{n}") for n in range(MAX_ERROR_TYPES + 10)])
+    finished.observe([("gpu1", "failed", 3.0, "Error0"), ("gpu1", "failed", 0.2, None),
+                      ("gpu1", "completed", 1.0, None), (None, "completed", 7200.0, None)])
+    durations, failures = finished.snapshot()
+    assert len({error_type for _, error_type in failures}) == MAX_ERROR_TYPES + 1  # the cap, then "other"
+    assert failures[("gpu1", "other")] == 11 and failures[("gpu1", "Error0")] == 2  # "unknown" went to other
+    assert sum(failures.values()) == MAX_ERROR_TYPES + 12
+    buckets, count, total = durations[("gpu1", "failed")]
+    assert count == 2 and total == pytest.approx(3.2)
+    assert buckets[0] == 1 and buckets[DURATION_BUCKETS.index(5.0)] == 1  # le=1 and le=5 (3 s)
+    assert durations[("gpu1", "completed")][0][0] == 1  # exactly 1.0 s is in le="1.0"
+    assert durations[("", "completed")][0][-1] == 1  # over the last bound: +Inf only
