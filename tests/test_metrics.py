@@ -310,7 +310,7 @@ def test_the_custom_node_serves_metrics_and_health_under_comfyuis_routes(db_url)
         async with comfyui(db_url) as comfy:
             jobs_ = [await comfy.submit() for _ in range(3)]
             assert await eventually(lambda: _true(all(job in comfy.queue.history for job in jobs_)), 30)
-            source = comfy.node.config.source
+            source = comfy.node.writer.source  # the source the node records its jobs under
             index = comfy.node.writer.index
 
             async def scraped():
@@ -320,8 +320,8 @@ def test_the_custom_node_serves_metrics_and_health_under_comfyuis_routes(db_url)
                 key = (HISTOGRAM + "_count", frozenset({("source", source), ("status", "completed")}))
                 return m if m.get(key) == 3 else None
 
-            metrics = await eventually(scraped, 30)
-            assert metrics, "the node's writes were observed"
+            assert await eventually(scraped, 30), "the node's writes were observed"
+            metrics = await scraped()  # the counts are read before the histograms: scrape again
             counts = await asyncio.get_running_loop().run_in_executor(None, sql_counts, index)
             assert by_labels(metrics, "jobs_index_jobs", "source", "status") == counts == {(source, "completed"): 3}
             for path, expected in (("/jobs-index/healthz", {"status": "ok"}), ("/jobs-index/readyz", None)):
