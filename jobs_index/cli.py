@@ -18,7 +18,9 @@ from .cli_toolbox import register as register_toolbox
 from .config import AUTO_MIGRATE_ENV, ENV_VAR, default_sqlite_path, resolve_url
 from .errors import JobsIndexError
 from .render import progress_bar
+from .cli_live import LOG_FORMAT_OPTION
 from .cli_live import register as register_live
+from .logformat import use_format
 
 DB_HELP = (
     "Database URL: sqlite:///path/jobs.sqlite3 or postgresql+psycopg://user@host/db "
@@ -162,8 +164,9 @@ def import_(ctx: Context, files: tuple[str, ...], source: str | None, batch_size
 @click.option("--retention", "retention_ms", type=Duration(), metavar="DURATION",
               help="Also prune finished jobs created longer ago than DURATION (e.g. 90d), "
                    "at start and then every hour.")
+@LOG_FORMAT_OPTION
 @pass_ctx
-def serve(ctx: Context, host: str, port: int, pool_size: int, retention_ms: int | None) -> None:
+def serve(ctx: Context, host: str, port: int, pool_size: int, retention_ms: int | None, log_format: str) -> None:
     """Serve GET /api/jobs and GET /api/jobs/{id} from the index, as ComfyUI does.
 
     \b
@@ -171,13 +174,14 @@ def serve(ctx: Context, host: str, port: int, pool_size: int, retention_ms: int 
       jobs-index --db sqlite:///jobs.sqlite3 serve --port 8189
       curl '127.0.0.1:8189/api/jobs?limit=50&status=failed'
       jobs-index serve --retention 90d   # and keep 90 days of finished jobs
+      curl 127.0.0.1:8189/metrics        # Prometheus; also /healthz, /readyz
     """
+    announce = use_format(log_format) or (lambda line: click.echo(line, err=True))  # before imports log
     from .http import ServerConfig
     from .http import serve as run
 
     retention = start_retention(ctx.url, retention_ms)
-    run(ServerConfig(db_url=ctx.url, host=host, port=port, pool_size=pool_size),
-        print_fn=lambda line: click.echo(line, err=True))
+    run(ServerConfig(db_url=ctx.url, host=host, port=port, pool_size=pool_size), print_fn=announce)
     stop_retention(retention)
 
 

@@ -7,6 +7,13 @@ import sys
 
 import click
 
+from .logformat import FORMATS, use_format
+
+
+LOG_FORMAT_OPTION = click.option(
+    "--log-format", type=click.Choice(FORMATS), default="text", show_default=True, envvar="JOBS_INDEX_LOG_FORMAT",
+    help="json: one JSON object per log event and line, on stderr (also $JOBS_INDEX_LOG_FORMAT).")
+
 
 def register(cli: click.Group) -> None:
     cli.add_command(follow)
@@ -23,9 +30,10 @@ def register(cli: click.Group) -> None:
 @click.option("--page-size", default=100, show_default=True, type=click.IntRange(2, 10_000),
               help="History entries per GET /history request.")
 @click.option("--once", is_flag=True, help="Sync each server once (history and queue), then exit.")
+@LOG_FORMAT_OPTION
 @click.pass_obj
 def follow(ctx, urls: tuple[str, ...], source: str | None, serve: bool, host: str, port: int,
-           page_size: int, once: bool) -> None:
+           page_size: int, once: bool, log_format: str) -> None:
     """Follow running ComfyUI servers: backfill, then stay current live.
 
     Reads each server's /history (paged) and /queue, then listens on its websocket
@@ -39,7 +47,9 @@ def follow(ctx, urls: tuple[str, ...], source: str | None, serve: bool, host: st
       jobs-index --db sqlite:///jobs.sqlite3 follow http://127.0.0.1:8188 --serve --port 8189
       jobs-index follow http://gpu1:8188 http://gpu2:8188
       curl '127.0.0.1:8189/api/jobs?source=gpu1:8188&limit=20'
+      curl 127.0.0.1:8189/metrics   # with --serve: Prometheus, follower status; /healthz, /readyz
     """
+    announce = use_format(log_format) or (lambda line: click.echo(line, err=True))  # before imports log
     from .follow import make_targets, run
     from .http import ServerConfig
 
@@ -47,7 +57,7 @@ def follow(ctx, urls: tuple[str, ...], source: str | None, serve: bool, host: st
     with ctx.open() as index:
         run(index, targets, page_size=page_size, once=once,
             serve=ServerConfig(host=host, port=port) if serve else None,
-            print_fn=lambda line: click.echo(line, err=True))
+            print_fn=announce)
 
 
 @click.command("install-comfyui")

@@ -213,6 +213,12 @@ class FollowStats:
     removed: int = 0  # live rows removed (no longer queued)
     rejected: int = 0
     last_error: str | None = None
+    # For /metrics and /readyz (``metrics.follower_status``); wall-clock seconds.
+    started_at: float = field(default_factory=time.time)
+    last_event_at: float | None = None  # the last websocket message
+    last_synced_at: float | None = None  # the last successful sync (the watermark was current)
+    last_sync_seconds: float | None = None  # how long that sync took
+    disconnects: int = 0  # connections lost or refused
     # The latest /history requests, (max_items, offset): bounded, for tests and debugging.
     history_requests: deque = field(default_factory=lambda: deque(maxlen=256))
 
@@ -297,6 +303,7 @@ class Follower:
             finally:
                 self.connected = False
             self.stats.last_error = reason
+            self.stats.disconnects += 1
             delay = self.backoff.delay(attempt)
             attempt += 1
             log.warning("%s: %s; reconnecting in %.1fs", self.source, reason, delay)
@@ -336,6 +343,7 @@ class Follower:
 
         async def read() -> None:
             async for message in ws:
+                self.stats.last_event_at = time.time()
                 if message.type == aiohttp.WSMsgType.TEXT:
                     try:
                         event = json.loads(message.data)
@@ -377,6 +385,7 @@ class Follower:
 
         The queue is read first: a job that finishes between the two reads appears in
         both (its history row wins), never in neither (which would remove its row)."""
+        started = time.perf_counter()
         other = await self._db(self._hold_lease)
         if other is not None:
             raise SourceBusy(f"source {self.source!r} is being written by another process ({other}); "
@@ -409,6 +418,8 @@ class Follower:
             await self._db(self.index.save_follow_state, self.source, self.target.url, self._watermark)
             self._saved_at = now
         self.stats.syncs += 1
+        self.stats.last_sync_seconds = time.perf_counter() - started
+        self.stats.last_synced_at = time.time()
         self.synced.set()
         if result.removed:
             log.info("%s: removed %d pending/running job(s) no longer queued", self.source, result.removed)
@@ -542,7 +553,7 @@ async def follow(index: JobsIndex, targets: Sequence[Target], *, serve=None, onc
                          f"{follower.stats.live_written} live written, {follower.stats.removed} removed")
             return
         if serve is not None:
-            runner = web.AppRunner(create_app(serve, index=index), access_log=None)
+            runner = web.AppRunner(create_app(serve, index=index, followers=followers), access_log=None)
             await runner.setup()
             await web.TCPSite(runner, serve.host, serve.port).start()
             print_fn(f"jobs-index serving http://{serve.host}:{serve.port}/api/jobs")

@@ -8,6 +8,10 @@ one snapshot whose connection is released when the response ends or its client g
 away; an error after such a response has begun closes the connection (the client
 sees an incomplete body at once, never a stalled 200). Like ComfyUI,
 the routes also answer under a doubled ``/api`` prefix (``/api/api/jobs``).
+
+For operators (``metrics``): ``GET /metrics`` (Prometheus text format), ``GET /healthz``
+(the process answers) and ``GET /readyz`` (database reachable and migrated, every
+follower connected; 503 otherwise), all JSON but ``/metrics``.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from . import wire
 from .errors import JobsIndexError
+from .metrics import Metrics, readiness
 from .params import parse_list_query
 from .services import JobsIndex
 
@@ -45,6 +50,8 @@ class ServerConfig:
 
 INDEX_KEY = web.AppKey("jobs_index", JobsIndex)
 EXECUTOR_KEY = web.AppKey("executor", ThreadPoolExecutor)
+METRICS_KEY = web.AppKey("metrics", Metrics)
+FOLLOWERS_KEY = web.AppKey("followers", list)  # follow.Follower objects (``follow --serve``)
 
 
 # An application that embeds these routes in its own aiohttp app (the ComfyUI custom
@@ -53,6 +60,7 @@ EXECUTOR_KEY = web.AppKey("executor", ThreadPoolExecutor)
 _RequestKey = getattr(web, "RequestKey", None)
 REQUEST_INDEX = _RequestKey("jobs_index", JobsIndex) if _RequestKey else "jobs_index.index"
 REQUEST_EXECUTOR = _RequestKey("jobs_index_executor", ThreadPoolExecutor) if _RequestKey else "jobs_index.executor"
+REQUEST_METRICS = _RequestKey("jobs_index_metrics", Metrics) if _RequestKey else "jobs_index.metrics"
 
 
 def _index(request: web.Request) -> JobsIndex:
@@ -208,6 +216,27 @@ async def get_job(request: web.Request) -> web.Response:
     return _json(job)
 
 
+async def metrics(request: web.Request) -> web.Response:
+    metrics = request[REQUEST_METRICS] if REQUEST_METRICS in request else request.app[METRICS_KEY]
+    body = await _run(request, metrics.scrape)
+    return web.Response(body=body, headers={"Content-Type": metrics.content_type})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return _json({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    ready, body = await _run(request, readiness, _index(request), request.app.get(FOLLOWERS_KEY, ()))
+    return _json(body, status=200 if ready else 503)
+
+
+def add_ops_routes(app: web.Application, prefix: str = "") -> None:
+    app.router.add_get(f"{prefix}/metrics", metrics)
+    app.router.add_get(f"{prefix}/healthz", healthz)
+    app.router.add_get(f"{prefix}/readyz", readyz)
+
+
 def add_routes(app: web.Application, prefixes: tuple[str, ...] = ("/api", "/api/api")) -> None:
     for prefix in prefixes:
         app.router.add_get(f"{prefix}/jobs", list_jobs)
@@ -216,12 +245,15 @@ def add_routes(app: web.Application, prefixes: tuple[str, ...] = ("/api", "/api/
         app.router.add_get(f"{prefix}/jobs/{{job_id:[^/]+}}", get_job)
 
 
-def create_app(config: ServerConfig | None = None, *, index: JobsIndex | None = None) -> web.Application:
+def create_app(config: ServerConfig | None = None, *, index: JobsIndex | None = None,
+               followers: list | tuple = ()) -> web.Application:
     """The API application. Pass ``index`` to serve an already open index (not closed
     on shutdown); otherwise the database of ``config.db_url`` is opened on start-up
-    and closed on cleanup."""
+    and closed on cleanup. ``followers`` (``follow --serve``) are reported by
+    ``/metrics`` and ``/readyz``."""
     config = config or ServerConfig()
     app = web.Application(middlewares=[error_middleware])
+    app[FOLLOWERS_KEY] = list(followers)
 
     async def lifetime(app: web.Application):
         executor = ThreadPoolExecutor(max_workers=config.pool_size, thread_name_prefix="jobs-index-db")
@@ -230,13 +262,16 @@ def create_app(config: ServerConfig | None = None, *, index: JobsIndex | None = 
         loop = asyncio.get_running_loop()
         app[INDEX_KEY] = index or await loop.run_in_executor(
             executor, lambda: JobsIndex.open(config.db_url, pool_size=config.pool_size))
+        app[METRICS_KEY] = Metrics(app[INDEX_KEY], app[FOLLOWERS_KEY])
         yield
+        app[METRICS_KEY].close()
         if owned:
             await loop.run_in_executor(executor, app[INDEX_KEY].close)
         executor.shutdown(wait=False)
 
     app.cleanup_ctx.append(lifetime)
     add_routes(app)
+    add_ops_routes(app)
     return app
 
 

@@ -23,7 +23,7 @@ from . import live_queries
 from .cursor import CURSOR_SORT_FIELD, cursor_can_carry, encode_cursor
 from .database import HeldSnapshot, open_engine, read_statement, read_transaction, write_transaction
 from .errors import JobNotFound, LeaseLost, StorageError
-from .normalize import JobRecord, answer_text, column_text, detail_dict
+from .normalize import STAGE_HISTORY, JobRecord, answer_text, column_text, detail_dict
 from .params import ListQuery
 from .queries import ROW_CREATE_TIME, ROW_DURATION, ROW_ID, ROW_JOB_JSON, ROW_TOTAL, Position
 
@@ -262,9 +262,32 @@ def _batches(records: Iterable[JobRecord], source: str | None, size: int) -> Ite
         yield list(batch.values())
 
 
-def _write_records(conn: Connection, records: list[JobRecord], now: int) -> IngestResult:
+def finished_transitions(written: list[JobRecord], existing: dict) -> list[tuple[str | None, str, float | None, str | None]]:
+    """``(source, status, seconds or None, error_type)`` of the records of a batch
+    written as history rows whose previous row (if any) was not one: the jobs the
+    batch finished, each once (a history row rewritten with other content is not a
+    second finish). What finished-job observers receive (``metrics.FinishedJobs``)."""
+    out = []
+    for record in written:
+        if record.stage != STAGE_HISTORY:
+            continue
+        old = existing.get(record.id)
+        if old is not None and old.stage == STAGE_HISTORY:
+            continue
+        seconds = None
+        if record.execution_start_time is not None and record.execution_end_time is not None:
+            seconds = max(0, record.execution_end_time - record.execution_start_time) / 1000.0
+        out.append((record.source if record.source is not None else (old.source if old else None),
+                    record.status, seconds, record.error_type))
+    return out
+
+
+def _write_records(conn: Connection, records: list[JobRecord], now: int,
+                   finished: list | None = None) -> IngestResult:
     """One batch inside the caller's write transaction: count what is new, newer or
-    unchanged, and write the new and newer rows (``write_queries.write_batch``)."""
+    unchanged, and write the new and newer rows (``write_queries.write_batch``).
+    ``finished``, if given, is extended with the jobs the batch finishes
+    (``finished_transitions``), to report once the transaction commits."""
     result = IngestResult()
     existing = write_queries.read_existing(conn, [r.id for r in records])
     written = []  # records whose row is inserted or replaced
@@ -280,6 +303,8 @@ def _write_records(conn: Connection, records: list[JobRecord], now: int) -> Inge
         written.append(record)
     # The rows, their job_outputs / job_nodes and (SQLite) counter deltas.
     write_queries.write_batch(conn, written, existing, now)
+    if finished is not None:
+        finished.extend(finished_transitions(written, existing))
     return result
 
 
@@ -304,6 +329,8 @@ class JobsIndex:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._repair_failed_at: float | None = None  # monotonic time of a counter repair that failed
+        # Called after each committed write with the jobs it finished (``metrics``).
+        self._finished_observers: list[Callable[[list], None]] = []
 
     @classmethod
     def open(cls, url: str | None = None, *, pool_size: int = 5, auto_migrate: bool | None = None) -> "JobsIndex":
@@ -379,6 +406,27 @@ class JobsIndex:
 
     # -- writes --------------------------------------------------------------
 
+    def add_finished_observer(self, observer: Callable[[list], None]) -> None:
+        """Call ``observer(transitions)`` after every committed write of this index
+        that finished jobs (``finished_transitions``); from the writing thread."""
+        self._finished_observers.append(observer)
+
+    def remove_finished_observer(self, observer: Callable[[list], None]) -> None:
+        if observer in self._finished_observers:
+            self._finished_observers.remove(observer)
+
+    def _collector(self) -> list | None:
+        return [] if self._finished_observers else None
+
+    def _report_finished(self, finished: list | None) -> None:
+        if not finished:
+            return
+        for observer in list(self._finished_observers):
+            try:
+                observer(finished)
+            except Exception:  # an observer never fails a committed write
+                log.exception("jobs-index: a finished-job observer failed")
+
     def ingest(self, records: Iterable[JobRecord], *, source: str | None = None,
                batch_size: int = DEFAULT_BATCH_SIZE, bulk: bool = False) -> IngestResult:
         """Write records in batches, one transaction per batch; idempotent.
@@ -408,21 +456,24 @@ class JobsIndex:
         if self.engine.dialect.name != "sqlite":
             return None
         result = IngestResult()
+        finished = self._collector()
         try:
             with write_transaction(self.engine) as conn:
                 if not write_queries.index_is_empty(conn):
                     return None
                 with write_queries.indexes_deferred(conn):
                     for batch in _batches(records, source, batch_size):
-                        result.add(_write_records(conn, batch, int(time.time() * 1000)))
+                        result.add(_write_records(conn, batch, int(time.time() * 1000), finished))
         except IntegrityError as exc:
             raise StorageError(f"rejected by the database: {exc.orig}") from exc
+        self._report_finished(finished)
         return result
 
     def _write_batch(self, records: list[JobRecord]) -> IngestResult:
+        finished = self._collector()
         try:
             with write_transaction(self.engine) as conn:
-                result = _write_records(conn, records, int(time.time() * 1000))
+                result = _write_records(conn, records, int(time.time() * 1000), finished)
         except IntegrityError as exc:
             raise StorageError(f"rejected by the database: {exc.orig}") from exc
         except (DataError, StorageError) as exc:
@@ -441,6 +492,7 @@ class JobsIndex:
             if "0x00" in reason and "NUL" not in reason:  # the server's words for a NUL in an array
                 reason += " (text cannot contain NUL)"
             return IngestResult(rejected=[(records[0].id, f"rejected by the database: {reason}")])
+        self._report_finished(finished)
         return result
 
     def reconcile_live(self, live_ids: Iterable[str], *, source: str | None = None,

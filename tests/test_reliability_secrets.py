@@ -106,7 +106,7 @@ def endpoint_targets(ids: list[str]) -> list[str]:
                     f"{prefix}/jobs?status=failed&sort_order=asc&limit=2", f"{prefix}/jobs?after=junk",
                     f"{prefix}/jobs/unknown-id", f"{prefix}/jobs?source=x"]
         targets += [f"{prefix}/jobs/{job_id}" for job_id in ids]
-    targets += ["/", "/api", "/history", "/queue", "/api/jobs/%2F"]
+    targets += ["/", "/api", "/history", "/queue", "/api/jobs/%2F", "/metrics", "/healthz", "/readyz"]
     return targets
 
 
@@ -179,6 +179,43 @@ def test_planted_api_key_is_never_stored_logged_or_served(tmp_path):
     for path in db_files:
         assert_clean(_inflate_all(path.read_bytes()), f"{path.name} (every zlib stream)")
     keeper.close()
+
+
+def test_planted_api_key_is_never_in_json_logs(tmp_path):
+    """``serve --log-format json`` at DEBUG (SQLAlchemy's statements and rows too):
+    every line of the log is one JSON event, and none holds the planted key."""
+    history, queue = planted_dumps()
+    url = f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
+    with JobsIndex.open(url) as index:
+        import_dump(index, detect("history.json", history))
+        import_dump(index, detect("queue.json", queue))
+    ids = list(history) + [item[1] for item in queue["queue_running"] + queue["queue_pending"][:-1]]
+    serve_log = tmp_path / "serve.log"
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-c", DEBUG_CLI, str(serve_log), "--db", url, "-v", "serve", "--port", str(port),
+         "--log-format", "json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    try:
+        client = RawClient(port)
+        _wait_for_port(port, server)
+        answers = b""
+        for target in endpoint_targets(ids):
+            reply = client.get(target)
+            assert reply.status < 500, (target, reply.status)
+            answers += reply.raw
+        client.close()
+    finally:
+        server.terminate()
+        out, err = server.communicate(timeout=30)
+    assert_clean(answers + out + err, "HTTP answers, serve stdout/stderr")
+    lines = serve_log.read_bytes().splitlines()
+    events = [json.loads(line) for line in lines]  # every line is one JSON event
+    assert all(set(event) >= {"time", "level", "logger", "message"} for event in events)
+    assert any(e["logger"].startswith("sqlalchemy.engine") and e["level"] == "DEBUG" for e in events)
+    assert any(e["message"].startswith("jobs-index serving http://127.0.0.1:") for e in events)
+    assert_clean(serve_log.read_bytes(), "serve JSON log")
+    for event in events:  # the key is not hidden by JSON escaping either
+        assert_clean(event["message"].encode("utf-8", "surrogatepass"), "a JSON log message")
 
 
 def test_planted_api_key_is_never_stored_on_postgresql(pg_url):

@@ -66,6 +66,7 @@ from ..config import ENV_VAR, resolve_url
 from ..database import make_engine
 from ..errors import ConfigError, JobsIndexError, StorageError
 from ..normalize import IN_PROGRESS, PENDING
+from ..metrics import Metrics
 from ..services import JobsIndex
 from .upgrade import ensure_schema, open_failure_hint
 from .writer import CLEARED, DELETED, FINISHED, QUEUED, UNQUEUED, State, Writer, queue_ids
@@ -77,6 +78,7 @@ DB_DIRNAME, DB_FILENAME, OUTBOX_FILENAME = "jobs-index", "jobs.sqlite3", "outbox
 COMFYUI_DB = "comfyui.db"  # ComfyUI's own database: never ours
 LIST_PATHS = frozenset({"/api/jobs", "/api/api/jobs"})
 DETAIL_PATH = re.compile(r"/api(?:/api)?/jobs/([^/]+)")
+OPS_PATHS = frozenset({"/jobs-index/metrics", "/jobs-index/healthz", "/jobs-index/readyz"})  # http.add_ops_routes
 HOOKED_METHODS = ("put", "get", "task_done", "delete_queue_item", "wipe_queue",
                   "delete_history_item", "wipe_history")
 
@@ -210,6 +212,7 @@ class JobsNode:
         self._originals: dict[str, Any] = {}
         self._local = threading.local()
         self._installed = False
+        self.metrics = None  # metrics.Metrics over the writer's index, once open
 
     # -- lifecycle
 
@@ -265,7 +268,9 @@ class JobsNode:
         except BaseException:
             engine.dispose()
             raise
-        return JobsIndex(engine)
+        index = JobsIndex(engine)
+        self.metrics = Metrics(index)  # observes the jobs this node writes as finished
+        return index
 
     def _open_hint(self, exc: Exception) -> str:
         return open_failure_hint(exc, self.config.db_url)
@@ -370,6 +375,8 @@ class JobsNode:
         if not self.serving or request.method != "GET":
             return await handler(request)
         path = request.path
+        if path in OPS_PATHS:
+            return await self._ops(request, path)
         if path in LIST_PATHS:
             job_id = None
         else:
@@ -403,6 +410,21 @@ class JobsNode:
             return _unavailable(exc.message)
         except JobsIndexError as exc:
             return web.json_response(exc.body(), status=exc.status)
+
+
+    async def _ops(self, request: web.Request, path: str) -> web.StreamResponse:
+        """``/jobs-index/metrics``, ``/healthz``, ``/readyz``: ``serve``'s handlers over this node's index."""
+        from .. import http
+
+        index, metrics = self.writer.index, self.metrics
+        if path.endswith("/healthz"):
+            return await http.healthz(request)
+        if not self.writer.ready or index is None or metrics is None or metrics.index is not index:
+            return _unavailable("the jobs index is starting")
+        request[http.REQUEST_INDEX] = index
+        request[http.REQUEST_EXECUTOR] = self.executor
+        request[http.REQUEST_METRICS] = metrics
+        return await (http.metrics if path.endswith("/metrics") else http.readyz)(request)
 
 
 def _unavailable(reason: str) -> web.Response:
