@@ -52,13 +52,18 @@ def test_upgrade_seed_write_adhoc_downgrade(db_url):
         migrate(engine, REV_3)
         seeded = records(40, seed=3)
         with write_transaction(engine) as conn:
-            conn.execute(insert(Job.__table__), [{**r.as_row(), "indexed_at": 1} for r in seeded])
+            # a row of this older revision: no priority_json (revision 0006)
+            conn.execute(insert(Job.__table__), [{k: v for k, v in {**r.as_row(), "indexed_at": 1}.items()
+                                                  if k != "priority_json"} for r in seeded])
         migrate(engine, REV_4)
         with engine.connect() as conn:
             assert current_revision(conn) == REV_4
         assert index.counts_consistent() and index.total() == 40
 
-        # The writer: new rows, a re-import (unchanged), a source change, new stages.
+        # The writer (today's, which needs today's columns: 0005 and 0006 leave the
+        # counting as 0004 made it): new rows, a re-import (unchanged), a source
+        # change, new stages.
+        migrate(engine)
         fresh = records(60, seed=4)
         assert index.ingest(fresh, source="a", batch_size=25).inserted == 60
         assert index.ingest(fresh, source="a").unchanged == 60
