@@ -146,6 +146,7 @@ def test_the_custom_nodes_writer_records_them_and_logs_what_it_cannot(index, db_
     for source, prefix in (("comfyui", ""), ("bad\x00source", "other-")):
         writer = Writer(open_index=lambda: index, read_state=lambda: State({}, [], []),
                         mutex=threading.RLock(), source=source)
+        writer.source = source  # named by the writer thread at its start; this test calls _write directly
         records = [_record(Op(n, FINISHED, (prefix + job_id, in_memory(prefix + job_id, entry))))
                    for n, (job_id, entry) in enumerate(history.items())]
         assert None not in records

@@ -130,6 +130,7 @@ def test_a_git_clone_in_custom_nodes_is_loaded_the_comfyui_way(tmp_path):
     shutil.copytree(ROOT, clone, ignore=shutil.ignore_patterns(".git", ".venv", "*.egg-info", "__pycache__",
                                                                ".hypothesis", ".pytest_cache", "results"))
     env = {key: value for key, value in os.environ.items() if key != "JOBS_INDEX_DB"}
+    env["JOBS_INDEX_SOURCE"] = "clone-test"  # the loader below starts no server, so no port names the source
     done = subprocess.run([sys.executable, "-c", LOAD_AS_COMFYUI, str(clone), str(ROOT)], cwd=comfyui,
                           capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr

@@ -44,7 +44,7 @@ from sqlalchemy.exc import DBAPIError
 
 from ..config import ENV_VAR
 from ..database import VERSION_TABLE, alembic_config, driver_message
-from ..errors import StorageError
+from ..errors import DatabaseTooNew, StorageError
 
 log = logging.getLogger("jobs_index.comfyui")
 
@@ -95,8 +95,8 @@ def is_at_head(engine: Engine) -> bool:
         try:
             script.get_revision(current)
         except CommandError as exc:
-            raise StorageError(f"{_shown(engine)} is at schema revision {current!r}, which this jobs-index "
-                               "does not know (a newer version wrote it)") from exc
+            raise DatabaseTooNew(f"{_shown(engine)} is at schema revision {current!r}, which this jobs-index "
+                                 "does not know (a newer version wrote it)") from exc
     return current == script.get_current_head()
 
 
