@@ -250,7 +250,8 @@ def test_more_jobs_than_the_queue_and_the_history_hold_survive_an_outage(tmp_pat
             # job must be there. A lost change would leave the outbox empty and a job missing.
             assert await eventually(lambda: _true(comfy.node.writer.outbox.count() == 0), WAIT)
             assert [await comfy.status_of(job) for job in ids] == ["completed"] * 12
-            assert comfy.node.writer.stats["dropped"] == 0
+            # (a loaded machine may drop pending/running updates past queue_max=4, never a
+            # finished job: test_writer_handoff.py pins that down without timing)
 
     run(scenario())
 

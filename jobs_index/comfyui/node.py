@@ -144,7 +144,7 @@ class NodeConfig:
     source: str | None = None  # [JOBS_INDEX_SOURCE] the jobs.source of this ComfyUI's rows; None: <host>:<port>
     serve: bool = True  # [JOBS_INDEX_SERVE] answer /api/jobs from the index
     follow_deletes: bool = True  # [JOBS_INDEX_FOLLOW_DELETES] delete from the index what the user deletes
-    queue_max: int = 1000  # [JOBS_INDEX_QUEUE_MAX] pending writes before dropping (then resync)
+    queue_max: int = 1000  # [JOBS_INDEX_QUEUE_MAX] waiting changes past which queue updates drop
     wait_ms: int = 1000  # [JOBS_INDEX_WAIT_MS] how long a read waits for pending writes
     resync_interval: float = 600.0  # seconds between safety resyncs
     retry_cap: float = 30.0  # seconds, longest wait between retries of a failing database

@@ -2,13 +2,19 @@
 worker thread, never blocking it.
 
 ComfyUI threads (the prompt worker, the event loop) only ``submit`` small operations
-while they hold the prompt queue's mutex: a sequence number and a ``put_nowait`` on a
-bounded queue. One daemon thread takes them, normalises them and moves them into the
-**outbox** (``outbox.py``: a local SQLite file beside ComfyUI's user directory), then
-applies the outbox to the index in order and deletes what is applied. While the index
-is down, changes keep moving into the outbox (the bounded queue does not overflow), and
-what is there survives a crash or restart of ComfyUI: it is replayed first. When the
-queue is full anyway the operation is dropped and a *resync* is due; when a write
+while they hold the prompt queue's mutex: a sequence number and an append to an
+in-memory hand-off. One daemon thread (the pump) takes them, normalises them and moves
+them into the **outbox** (``outbox.py``: a local SQLite file beside ComfyUI's user
+directory); the writer thread applies the outbox to the index in order and deletes what
+is applied. While the index is down, changes keep moving into the outbox, and what is
+there survives a crash or restart of ComfyUI: it is replayed first.
+
+**What may be dropped.** Only a change a resync can redo from ComfyUI's memory: past
+``max_queue`` waiting changes (the pump lags: a slow disk, a loaded machine) a
+pending/running update is dropped and a *resync* is due; ComfyUI holds that item until
+it finishes, and its finish is never dropped for lag. A finished job or a deletion is
+kept until ``hard_limit`` changes wait (the pump is stuck): ComfyUI may forget a
+finished job at any time (its history is capped), so dropping one would lose it. When a
 fails (database locked past its busy timeout, unwritable, server down) the error is
 logged, the thread backs off (still moving changes into the outbox) and a resync is
 due. The job itself runs on regardless.
@@ -41,9 +47,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +113,8 @@ class Writer:
     file (None: in memory). ``lease_ttl``: seconds a lease lasts without renewal.
     ``legacy_source``: a source whose pending/running rows this writer removes once
     at start if it can take that source's lease (see ``node.LEGACY_SOURCE``).
+    ``max_queue`` / ``hard_limit``: changes waiting for the pump past which
+    pending/running updates / all changes are dropped (see the module docstring).
     """
 
     def __init__(self, *, open_index: Callable[[], JobsIndex], read_state: Callable[[], State],
@@ -114,7 +122,7 @@ class Writer:
                  batch_size: int = 500, resync_interval: float = 600.0, retry_base: float = 0.25,
                  retry_cap: float = 30.0, outbox: str | Path | None = None, lease_ttl: float = 60.0,
                  legacy_source: str | None = None, delete_batch: int = 1000,
-                 open_hint: Callable[[Exception], str] | None = None) -> None:
+                 open_hint: Callable[[Exception], str] | None = None, hard_limit: int = 100_000) -> None:
         self._open_index = open_index
         self._open_hint = open_hint
         self._read_state = read_state
@@ -138,7 +146,10 @@ class Writer:
         self.done_seq = 0
         self.stats = {"written": 0, "dropped": 0, "resyncs": 0, "failures": 0, "rejected": 0, "spooled": 0,
                       "replayed": 0}
-        self._ops: queue.Queue[Op | None] = queue.Queue(max(1, max_queue))
+        self.max_queue = max(1, max_queue)
+        self.hard_limit = max(self.max_queue, hard_limit)
+        self._ops: deque[Op] = deque()  # appended under _lock (seq order), taken by the pump
+        self._submitted = threading.Event()  # set by submit: wakes the pump
         self._lock = threading.Lock()  # guards the fields below and done_seq/waiters
         self._deferred: list[Op] = []  # deletions that could not be queued
         self._drop_min: int | None = None  # lowest dropped seq not yet covered by a resync
@@ -168,17 +179,21 @@ class Writer:
         with self._lock:
             self.last_seq += 1
             op = Op(self.last_seq, kind, payload)
-        try:
-            self._ops.put_nowait(op)
-        except queue.Full:
-            with self._lock:
+            waiting = len(self._ops)
+            if waiting < self.hard_limit and (kind != QUEUED or waiting < self.max_queue):
+                self._ops.append(op)
+                op = None
+            else:  # a resync redoes it from ComfyUI's memory
                 self.stats["dropped"] += 1
                 if kind in DELETIONS:
                     self._deferred.append(op)  # a resync cannot see deletions: keep them (small)
                 self._drop_min = op.seq if self._drop_min is None else self._drop_min
                 self._drop_max = op.seq
                 self._resync_due = True
-        return op.seq
+            seq = self.last_seq
+        if op is None:
+            self._submitted.set()
+        return seq
 
     def request_resync(self) -> None:
         with self._lock:
@@ -228,10 +243,7 @@ class Writer:
             self.flush(flush_timeout)
         self._stop.set()
         self._pumped.set()  # wake the writer thread
-        try:
-            self._ops.put_nowait(None)  # wake the pump thread
-        except queue.Full:
-            pass
+        self._submitted.set()  # wake the pump thread
         for thread in (self._thread, self._pump_thread):
             if thread.is_alive():
                 thread.join(flush_timeout + 5)
@@ -363,26 +375,34 @@ class Writer:
                 self._stop.wait(0.5)
 
     def _pump(self, timeout: float = 0.0) -> int:
-        """Move queued ops into the outbox (waiting up to ``timeout`` for the first)."""
-        with self._pump_lock:  # held while waiting: an op taken is in the outbox before anyone looks
-            try:
-                first = self._ops.get(timeout=timeout) if timeout > 0 else self._ops.get_nowait()
-            except queue.Empty:
-                return 0
-            count = self._pump_locked(first)
+        """Move every waiting op into the outbox (waiting up to ``timeout`` for one)."""
+        if timeout > 0:
+            self._submitted.wait(timeout)
+        self._submitted.clear()  # before taking: an op appended after this sets it again
+        with self._pump_lock:  # an op taken is in the outbox before anyone else looks
+            count = self._pump_locked()
         if count:
             self._pumped.set()
         return count
 
-    def _pump_locked(self, first: Op | None) -> int:
-        ops: list[Op] = [first] if first is not None else []
-        while len(ops) < self.batch_size:
+    def _pump_locked(self) -> int:
+        """Every waiting op into the outbox, a batch at a time; the number moved."""
+        count = 0
+        while ops := self._take(self.batch_size):
+            self._spool(ops)
+            count += len(ops)
+        return count
+
+    def _take(self, limit: int) -> list[Op]:
+        ops: list[Op] = []
+        while len(ops) < limit:
             try:
-                op = self._ops.get_nowait()
-            except queue.Empty:
+                ops.append(self._ops.popleft())
+            except IndexError:
                 break
-            if op is not None:
-                ops.append(op)
+        return ops
+
+    def _spool(self, ops: list[Op]) -> None:
         entries = []
         for op in ops:
             if op.kind in DELETIONS:
@@ -409,17 +429,11 @@ class Writer:
             self._pumped_seq = max(self._pumped_seq, ops[-1].seq)
         if self.failing is not None or not self.ready:
             self.stats["spooled"] += len(entries)
-        return len(ops)
 
     def _drain_into_outbox(self) -> None:
-        """Every op queued so far into the outbox (the pump thread may be holding some)."""
+        """Every op submitted so far into the outbox (the pump thread may be moving some)."""
         with self._pump_lock:
-            while True:
-                try:
-                    op = self._ops.get_nowait()
-                except queue.Empty:
-                    return
-                self._pump_locked(op)
+            self._pump_locked()
 
     # -- outbox → index -------------------------------------------------------------
 
