@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from sqlalchemy import Connection, Row, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from . import schema
+from . import schema, search_queries
 from .normalize import STAGE_HISTORY
 from .queries import _chunks
 
@@ -39,6 +39,7 @@ def finished_ids(conn: Connection, ids: Sequence[str]) -> set[str]:
 
 def delete_finished(conn: Connection, source: str | None) -> int:
     """Delete every finished (history) row of one source (None = rows with no source)."""
-    stmt = jobs.delete().where(jobs.c.stage == STAGE_HISTORY, jobs.c.source.is_not_distinct_from(source))
-    return conn.execute(stmt).rowcount
+    condition = (jobs.c.stage == STAGE_HISTORY, jobs.c.source.is_not_distinct_from(source))
+    search_queries.store(conn).forget(conn, list(conn.execute(select(jobs.c.id).where(*condition)).scalars()))
+    return conn.execute(jobs.delete().where(*condition)).rowcount
 

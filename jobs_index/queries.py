@@ -71,6 +71,11 @@ def page_columns(dialect: str) -> tuple:
             literal_column(_JOB_JSON_SQL[dialect]).label("job_json"))
 
 
+def page_columns_sql(dialect: str) -> str:
+    """``page_columns`` as SQL text (for statements written as text: ``search_queries``)."""
+    return f"jobs.id, jobs.create_time, jobs.execution_duration, {_JOB_JSON_SQL[dialect]} AS job_json"
+
+
 SQLITE_PRIMARY_KEY_INDEX = "sqlite_autoindex_jobs_1"  # SQLite's own index of jobs.id
 
 # Positions in a listing row (``select_page``).

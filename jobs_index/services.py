@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DataError, IntegrityError
 
-from . import queries, wire, write_queries
+from . import queries, search_queries, wire, write_queries
 from . import live_queries
 from .cursor import CURSOR_SORT_FIELD, encode_cursor
 from .database import open_engine, read_statement, read_transaction, write_transaction
@@ -95,6 +95,16 @@ class JobStream:
         self.has_more = False
         self.next_cursor: str | None = None
         self.total = 0
+        self._plan = "matches"
+        if query.search is not None:  # total, plan and first chunk: one snapshot
+            with read_transaction(index.engine) as conn:
+                self.total = search_queries.count_matches(conn, query)
+                self._done = self.total == 0
+                if not self._done:
+                    walked = queries.count_total(conn, search_queries.walked_query(query))
+                    self._plan = search_queries.choose_plan(self.total, walked, self._want() + 1 + self._offset)
+                self._first = self._fetch(conn)
+            return
         if self._offset:  # offset mode: the total first, so a skip past the end reads no index
             with read_transaction(index.engine) as conn:
                 self.total = queries.count_total(conn, query)
@@ -118,6 +128,9 @@ class JobStream:
         want = self._want()
         if self._after is None and self._offset >= self.total:
             rows = []  # past the end: answer without walking the index
+        elif self._query.search is not None:
+            rows = search_queries.select_page(conn, self._query, plan=self._plan, limit=want + 1,
+                                              offset=self._offset, after=self._after)
         else:
             rows = queries.select_page(conn, self._query, limit=want + 1,
                                        offset=self._offset, after=self._after)
@@ -190,9 +203,15 @@ def _write_records(conn: Connection, records: list[JobRecord], now: int) -> Inge
             result.unchanged += 1
             continue
         written.append(record)
-    # The rows, their job_outputs / job_nodes and (SQLite) counter deltas.
+    # The rows, their job_outputs and search rows and (SQLite) counter deltas.
     write_queries.write_batch(conn, written, existing, now)
     return result
+
+
+def _delete(conn: Connection, ids: list[str]) -> int:
+    """Delete jobs and their search rows (the other side rows go by cascade)."""
+    search_queries.store(conn).forget(conn, ids)
+    return queries.delete_jobs(conn, ids)
 
 
 class JobsIndex:
@@ -304,12 +323,12 @@ class JobsIndex:
         (history) rows are never touched. Returns the number removed."""
         keep = set(live_ids)
         with write_transaction(self.engine) as conn:
-            stale = queries.live_ids(conn, source) - keep
-            return queries.delete_jobs(conn, sorted(stale)) if stale else 0
+            stale = sorted(queries.live_ids(conn, source) - keep)
+            return _delete(conn, stale) if stale else 0
 
     def delete_jobs(self, ids: Iterable[str]) -> int:
         with write_transaction(self.engine) as conn:
-            return queries.delete_jobs(conn, sorted(set(ids)))
+            return _delete(conn, sorted(set(ids)))
 
     # -- live ingestion (``follow``, the ComfyUI custom node) ---------------
 

@@ -1,0 +1,306 @@
+"""SQL of full-text search: the search rows of a batch, their removal, and search
+listings. Like ``queries``: connection first, never commits.
+
+The search structures are derived from ``jobs.raw`` (``search.document``; migration
+``0008_search`` builds them for an existing index). One ``SearchStore`` per engine
+holds every engine difference; callers ask ``store(conn)`` and never test the
+dialect themselves:
+
+* SQLite: ``job_search(docid, job_id, node_types, models, loras)`` and the FTS5
+  table ``job_search_fts(doc)``, contentless (the words are not stored twice), keyed
+  by ``docid`` (AUTOINCREMENT, never reused). A contentless FTS5 table forgets a
+  document only when told its words, so ``forget`` re-derives them from ``raw``
+  before the rows go: every jobs-index path that replaces or deletes a job calls it
+  in the same transaction. A job deleted by other SQL loses its ``job_search`` row
+  (trigger); its words stay in the FTS index, matching a ``docid`` nothing refers
+  to, so no listing or count ever sees them.
+* PostgreSQL: ``job_search(job_id, doc tsvector, node_types, models, loras)`` with a
+  GIN index on ``doc``; rows go with their job (``ON DELETE CASCADE``).
+
+A search listing has two plans, chosen per request from the exact total
+(``choose_plan``): *matches first* (every matching job, filtered, sorted: cost grows
+with the matches) or *timeline first* (walk the listing's own index and test each
+job: cost grows with how far the page is, divided by the share of jobs that match).
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+from sqlalchemy import Connection
+
+from . import schema
+from .normalize import decode_raw
+from .params import ListQuery
+from .queries import Position, clamp_position, page_columns_sql, storable_position, unmatchable
+from .search import Document, document, fts5_match, tsquery
+
+SQLITE_IN_CHUNK = 900
+# Relative costs of the two plans (measured, benchmarks/search.py): one match read
+# and sorted, against one job of the timeline tested.
+COST_MATCH, COST_PROBE = 1.0, 6.0
+
+
+def _json_list(values: Sequence[str]) -> str:
+    return json.dumps(list(values), ensure_ascii=False, separators=(",", ":"))
+
+
+def _row_extras(doc: Document) -> tuple[str, str, str]:
+    return _json_list(doc.node_types), _json_list(doc.models), _json_list(doc.loras)
+
+
+class SearchStore:
+    """The search rows of one engine."""
+
+    dialect = ""
+
+    def forget(self, conn: Connection, ids: Sequence[str]) -> None:
+        """Remove the search rows of ``ids`` (before their jobs rows change or go)."""
+        raise NotImplementedError
+
+    def add(self, conn: Connection, records: Sequence) -> None:
+        """Insert the search rows of ``records`` (``JobRecord``s with ``search``),
+        whose jobs have none (new, or ``forget`` called)."""
+        raise NotImplementedError
+
+    def match_value(self, query) -> str:
+        raise NotImplementedError
+
+    def matches_sql(self) -> str:
+        """SELECT of the matching job ids (parameter ``:m``)."""
+        raise NotImplementedError
+
+    def probe_sql(self) -> str:
+        """A condition on a ``jobs`` row: does it match ``:m``?"""
+        raise NotImplementedError
+
+
+class SqliteStore(SearchStore):
+    dialect = "sqlite"
+
+    def forget(self, conn: Connection, ids: Sequence[str]) -> None:
+        for start in range(0, len(ids), SQLITE_IN_CHUNK):
+            chunk = tuple(ids[start:start + SQLITE_IN_CHUNK])
+            marks = ", ".join("?" * len(chunk))
+            rows = conn.exec_driver_sql(
+                "SELECT s.docid, j.raw_kind, j.raw FROM job_search AS s JOIN jobs AS j ON j.id = s.job_id "
+                f"WHERE s.job_id IN ({marks})", chunk).fetchall()
+            deletes = []
+            for docid, raw_kind, raw in rows:
+                words = document(raw_kind, decode_raw(raw)).fts_text()
+                if words:
+                    deletes.append((docid, words))
+            if deletes:
+                conn.exec_driver_sql("INSERT INTO job_search_fts (job_search_fts, rowid, doc) "
+                                     "VALUES ('delete', ?, ?)", deletes)
+            conn.exec_driver_sql(f"DELETE FROM job_search WHERE job_id IN ({marks})", chunk)
+
+    def add(self, conn: Connection, records: Sequence) -> None:
+        if not records:
+            return
+        first = conn.exec_driver_sql(
+            "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'job_search'), 0), "
+            "coalesce((SELECT max(docid) FROM job_search), 0)) + 1").scalar()
+        rows, docs = [], []
+        for docid, record in enumerate(records, first):
+            rows.append((docid, record.id, *_row_extras(record.search)))
+            if record.search.words:
+                docs.append((docid, record.search.fts_text()))
+        conn.exec_driver_sql("INSERT INTO job_search (docid, job_id, node_types, models, loras) "
+                             "VALUES (?, ?, ?, ?, ?)", rows)
+        if docs:
+            conn.exec_driver_sql("INSERT INTO job_search_fts (rowid, doc) VALUES (?, ?)", docs)
+
+    def match_value(self, query) -> str:
+        return fts5_match(query)
+
+    def matches_sql(self) -> str:
+        return ("SELECT s.job_id FROM job_search_fts JOIN job_search AS s ON s.docid = job_search_fts.rowid "
+                "WHERE job_search_fts MATCH :m")
+
+    def probe_sql(self) -> str:
+        return ("EXISTS (SELECT 1 FROM job_search AS s JOIN job_search_fts ON job_search_fts.rowid = s.docid "
+                "WHERE s.job_id = jobs.id AND job_search_fts MATCH :m)")
+
+
+class PostgresStore(SearchStore):
+    dialect = "postgresql"
+
+    def forget(self, conn: Connection, ids: Sequence[str]) -> None:
+        if ids:
+            conn.exec_driver_sql("DELETE FROM job_search WHERE job_id = ANY(%s)", (list(ids),))
+
+    def add(self, conn: Connection, records: Sequence) -> None:
+        if not records:
+            return
+        columns: list[list] = [[], [], [], [], []]
+        for record in records:
+            for column, value in zip(columns, (record.id, record.search.tsvector_text(),
+                                               *_row_extras(record.search))):
+                column.append(value)
+        conn.exec_driver_sql(
+            "INSERT INTO job_search (job_id, doc, node_types, models, loras) "
+            "SELECT i, d::tsvector, n, m, l FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], "
+            "%s::text[]) AS u(i, d, n, m, l)", tuple(columns))
+
+    def match_value(self, query) -> str:
+        return tsquery(query)
+
+    def matches_sql(self) -> str:
+        return "SELECT s.job_id FROM job_search AS s WHERE s.doc @@ CAST(:m AS tsquery)"
+
+    def probe_sql(self) -> str:
+        # A scalar subquery, so the planner tests each walked job (it cannot turn the
+        # test into a join that reads every match first).
+        return "(SELECT s.doc @@ CAST(:m AS tsquery) FROM job_search AS s WHERE s.job_id = jobs.id)"
+
+
+_STORES = {"sqlite": SqliteStore(), "postgresql": PostgresStore()}
+
+
+def store(conn: Connection) -> SearchStore:
+    return _STORES[conn.dialect.name]
+
+
+# -- listings ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Shape:
+    dialect: str
+    plan: str  # "matches" or "timeline"
+    sort_by: str
+    descending: bool
+    statuses: int  # 0: every status (no condition)
+    workflow: bool
+    source: bool
+    after: bool
+    limit: bool
+    offset: bool
+
+
+def _timeline_index(shape: _Shape) -> str:
+    if shape.sort_by == "created_at":
+        if shape.workflow:
+            return schema.IX_WORKFLOW_CREATE_TIME
+        if shape.source:
+            return schema.IX_SOURCE_CREATE_TIME
+        return schema.IX_CREATE_TIME
+    return schema.IX_DURATION
+
+
+def _filters(shape: _Shape) -> list[str]:
+    where = []
+    if shape.statuses:
+        where.append(f"jobs.status IN ({', '.join(f':s{i}' for i in range(shape.statuses))})")
+    if shape.workflow:
+        where.append("jobs.workflow_id = :workflow")
+    if shape.source:
+        where.append("jobs.source = :source")
+    return where
+
+
+@lru_cache(maxsize=512)
+def _page_sql(shape: _Shape) -> str:
+    search = _STORES[shape.dialect]
+    sort = "jobs.create_time" if shape.sort_by == "created_at" else "jobs.execution_duration"
+    direction = "DESC" if shape.descending else "ASC"
+    where = _filters(shape)
+    if shape.after:
+        where.append(f"({sort}, jobs.id) {'<' if shape.descending else '>'} (:after_value, :after_id)")
+    tail = f" ORDER BY {sort} {direction}, jobs.id {direction}"
+    if shape.limit:
+        tail += " LIMIT :limit"
+    if shape.offset:
+        tail += (" OFFSET :offset" if shape.limit or shape.dialect == "postgresql"
+                 else " LIMIT -1 OFFSET :offset")
+    columns = page_columns_sql(shape.dialect)
+    if shape.plan == "timeline":
+        where.append(search.probe_sql())
+        hint = f" INDEXED BY {_timeline_index(shape)}" if shape.dialect == "sqlite" else ""
+        return f"SELECT {columns} FROM jobs{hint} WHERE {' AND '.join(where)}{tail}"
+    if shape.dialect == "sqlite":  # each match read by primary key, then sorted
+        where.insert(0, f"jobs.id IN ({search.matches_sql()})")
+        return f"SELECT {columns} FROM jobs INDEXED BY sqlite_autoindex_jobs_1 WHERE {' AND '.join(where)}{tail}"
+    where.insert(0, "TRUE")
+    return (f"WITH m AS MATERIALIZED ({search.matches_sql()}) "
+            f"SELECT {columns} FROM m JOIN jobs ON jobs.id = m.job_id WHERE {' AND '.join(where)}{tail}")
+
+
+@lru_cache(maxsize=64)
+def _count_sql(dialect: str, statuses: int, workflow: bool, source: bool) -> str:
+    search = _STORES[dialect]
+    shape = _Shape(dialect, "matches", "created_at", True, statuses, workflow, source, False, False, False)
+    where = _filters(shape)
+    if not where:
+        return f"SELECT count(*) FROM ({search.matches_sql()}) AS m"
+    return (f"SELECT count(*) FROM ({search.matches_sql()}) AS m JOIN jobs ON jobs.id = m.job_id "
+            f"WHERE {' AND '.join(where)}")
+
+
+def _values(conn: Connection, query: ListQuery) -> dict:
+    values = {"m": store(conn).match_value(query.search), "workflow": query.workflow_id, "source": query.source}
+    if not query.all_statuses:
+        values.update({f"s{i}": s for i, s in enumerate(query.statuses)})
+    return values
+
+
+def _run(conn: Connection, sql: str, values: dict):
+    """Run SQL text written with ``:name`` parameters (psycopg takes ``%(name)s``)."""
+    if conn.dialect.name == "postgresql":
+        sql = _pg_text(sql)
+    return conn.exec_driver_sql(sql, values)
+
+
+@lru_cache(maxsize=1024)
+def _pg_text(sql: str) -> str:
+    return re.sub(r"(?<![:\w]):([a-z_][a-z_0-9]*)", r"%(\1)s", sql)
+
+
+def count_matches(conn: Connection, query: ListQuery) -> int:
+    """The exact number of jobs matching ``query.search`` and its filters."""
+    if not query.statuses or unmatchable(conn, query.workflow_id, query.source):
+        return 0
+    sql = _count_sql(conn.dialect.name, 0 if query.all_statuses else len(query.statuses),
+                     query.workflow_id is not None, query.source is not None)
+    return int(_run(conn, sql, _values(conn, query)).scalar_one())
+
+
+def choose_plan(total: int, walked: int, want: int) -> str:
+    """``matches`` or ``timeline`` for a page of ``want`` rows (limit + offset) out
+    of ``total`` matches among the ``walked`` jobs of the timeline's index range."""
+    if total == 0 or walked == 0:
+        return "matches"
+    probes = min(walked, want * walked / total)
+    return "timeline" if probes * COST_PROBE < total * COST_MATCH else "matches"
+
+
+def walked_query(query: ListQuery) -> ListQuery:
+    """The listing whose jobs a timeline-first plan walks: the index's own filter."""
+    return ListQuery(workflow_id=query.workflow_id if query.sort_by == "created_at" else None,
+                     source=query.source if query.sort_by == "created_at" and query.workflow_id is None
+                     else None)
+
+
+def select_page(conn: Connection, query: ListQuery, *, plan: str, limit: int | None, offset: int = 0,
+                after: Position | None = None) -> list[tuple]:
+    """Up to ``limit`` rows (``queries.page_columns``) of a search listing, skipping
+    ``offset`` rows or starting ``after`` (as ``queries.select_page``)."""
+    if not query.statuses or unmatchable(conn, query.workflow_id, query.source):
+        return []
+    if after is not None:
+        clamped = clamp_position(after, query.descending)
+        if clamped is False:
+            return []
+        after = clamped and storable_position(conn, clamped, query.descending)
+    shape = _Shape(conn.dialect.name, plan, query.sort_by, query.descending,
+                   0 if query.all_statuses else len(query.statuses),
+                   query.workflow_id is not None, query.source is not None, after is not None,
+                   limit is not None, bool(offset))
+    values = _values(conn, query)
+    values.update(limit=limit, offset=offset)
+    if after is not None:
+        values.update(after_value=after.value, after_id=after.id)
+    return _run(conn, _page_sql(shape), values).fetchall()
