@@ -123,21 +123,44 @@ def _graph_texts(graph: Any, texts: list[str], node_types: set, models: set, lor
                 texts.append(str(value))
 
 
-def document(raw_kind: str, item: Any) -> Document:
-    """The search document of a stored ComfyUI item (``jobs.raw`` decoded): a history
-    item (``raw_kind == "history"``) or a queue item's first five elements."""
+def _collect(raw_kind: str, item: Any, node_types: set, models: set, loras: set) -> list[str]:
     texts: list[str] = []
-    node_types: set[str] = set()
-    models: set[str] = set()
-    loras: set[str] = set()
     history = raw_kind == "history"
     prompt = item.get("prompt") if history and isinstance(item, dict) else item
     graph = prompt[2] if isinstance(prompt, (list, tuple)) and len(prompt) > 2 else None
     _graph_texts(graph, texts, node_types, models, loras)
-    if history:
+    if history and isinstance(item, dict):
         _output_texts(item.get("outputs"), texts)
         _error_texts(item.get("status"), texts)
+    return texts
+
+
+def document(raw_kind: str, item: Any) -> Document:
+    """The search document of a stored ComfyUI item (``jobs.raw`` decoded): a history
+    item (``raw_kind == "history"``) or a queue item's first five elements."""
+    node_types: set[str] = set()
+    models: set[str] = set()
+    loras: set[str] = set()
+    texts = _collect(raw_kind, item, node_types, models, loras)
     return Document(_capped(texts), tuple(sorted(node_types)), tuple(sorted(models)), tuple(sorted(loras)))
+
+
+def snippet(raw_kind: str, item: Any, query: "SearchQuery", width: int = 100,
+            mark: tuple[str, str] = ("[", "]")) -> str:
+    """The first text of the job in which a searched word occurs, marked
+    (``highlight``), cut to about ``width`` characters around the first mark; ``""``
+    when the match spans texts (a phrase across two inputs)."""
+    for text in _collect(raw_kind, item, set(), set(), set()):
+        marked = highlight(text, query, mark)
+        if marked is None:
+            continue
+        marked = " ".join(marked.split())
+        if len(marked) <= width:
+            return marked
+        start = max(0, marked.index(mark[0]) - width // 3)
+        cut = marked[start:start + width]
+        return ("…" if start else "") + cut + ("…" if start + width < len(marked) else "")
+    return ""
 
 
 def _output_texts(outputs: Any, texts: list[str]) -> None:

@@ -304,3 +304,18 @@ def select_page(conn: Connection, query: ListQuery, *, plan: str, limit: int | N
     if after is not None:
         values.update(after_value=after.value, after_id=after.id)
     return _run(conn, _page_sql(shape), values).fetchall()
+
+
+def job_details(conn: Connection, ids: Sequence[str]) -> dict[str, tuple]:
+    """``{id: (source, raw_kind, raw, first output file name or None)}`` of ``ids``
+    (for showing search hits)."""
+    found: dict[str, tuple] = {}
+    pg = conn.dialect.name == "postgresql"
+    for start in range(0, len(ids), SQLITE_IN_CHUNK):
+        chunk = list(ids[start:start + SQLITE_IN_CHUNK])
+        condition = "= ANY(%s)" if pg else f"IN ({', '.join('?' * len(chunk))})"
+        sql = ("SELECT j.id, j.source, j.raw_kind, j.raw, (SELECT o.filename FROM job_outputs AS o "
+               "WHERE o.job_id = j.id ORDER BY o.ordinal LIMIT 1) FROM jobs AS j WHERE j.id " + condition)
+        for row in conn.exec_driver_sql(sql, (chunk,) if pg else tuple(chunk)):
+            found[row[0]] = tuple(row[1:])
+    return found

@@ -10,17 +10,18 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DataError, IntegrityError
 
 from . import queries, search_queries, wire, write_queries
 from . import live_queries
-from .cursor import CURSOR_SORT_FIELD, encode_cursor
+from .cursor import CURSOR_SORT_FIELD, decode_cursor, encode_cursor
 from .database import open_engine, read_statement, read_transaction, write_transaction
 from .errors import JobNotFound, StorageError
-from .normalize import JobRecord, detail_dict
+from .normalize import JobRecord, decode_raw, detail_dict
+from .search import snippet
 from .params import ListQuery
 from .queries import ROW_CREATE_TIME, ROW_DURATION, ROW_ID, ROW_JOB_JSON, ROW_TOTAL, Position
 
@@ -53,6 +54,18 @@ class JobsPage:
     def body_text(self, query: ListQuery) -> str:
         """``body`` as JSON text, assembled without re-encoding the jobs."""
         return wire.page_body(self.job_texts, self.pagination(query))
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One job found by ``JobsIndex.search``: what ``jobs-index search`` prints."""
+
+    create_time: int | None  # None when ComfyUI recorded none
+    status: str
+    source: str | None
+    id: str
+    output: str | None  # the first output file's name
+    text: str  # the first matching text, the matched words marked
 
 
 @dataclass
@@ -244,6 +257,35 @@ class JobsIndex:
 
     def stream_jobs(self, query: ListQuery, chunk: int = STREAM_CHUNK) -> JobStream:
         return JobStream(self, query, chunk)
+
+    def search(self, query: ListQuery, *, since_ms: int | None = None, page_size: int = 200,
+               mark: tuple[str, str] = ("[", "]")) -> Iterator[SearchHit]:
+        """The jobs matching ``query`` (which has ``search``), newest first, up to
+        ``query.limit`` (None: all) and created at or after ``since_ms``. Pages of
+        ``page_size`` by keyset cursor; each page's details in one read."""
+        remaining = query.limit
+        cursor = None
+        while remaining is None or remaining > 0:
+            size = page_size if remaining is None else min(page_size, remaining)
+            page_query = replace(query, sort_by="created_at", sort_order="desc", limit=size, offset=0,
+                                 cursor=cursor)
+            page = self.list_jobs(page_query)
+            jobs = page.jobs
+            if since_ms is not None:
+                jobs = [j for j in jobs if j.get("create_time", 0) >= since_ms]
+            with read_transaction(self.engine) as conn:
+                details = search_queries.job_details(conn, [j["id"] for j in jobs])
+            for job in jobs:
+                if job["id"] not in details:  # deleted since the page was read
+                    continue
+                source, raw_kind, raw, output = details[job["id"]]
+                text = snippet(raw_kind, decode_raw(raw), query.search, mark=mark)
+                yield SearchHit(job.get("create_time"), job["status"], source, job["id"], output, text)
+            if remaining is not None:
+                remaining -= len(page.jobs)
+            if not page.has_more or len(jobs) < len(page.jobs):
+                return
+            cursor = decode_cursor(page.next_cursor, "desc")
 
     def get_job(self, job_id: str) -> dict:
         """The ``GET /api/jobs/{id}`` dict; raises JobNotFound."""

@@ -404,3 +404,29 @@ def check_fts_integrity(index, backend):
 def test_bad_query_is_a_bad_request_in_the_library():
     with pytest.raises(BadRequest):
         parse_list_query({"q": '"open'})
+
+
+# -- the CLI ------------------------------------------------------------------------
+
+
+def test_cli_search_lines_json_csv_and_errors(index, db_url):
+    from .toolbox_util import run_cli
+
+    records = [from_history(k, v) for k, v in planted()]
+    index.ingest(records)
+    table = run_cli("search", "red fox", "--status", "completed", "--max-width", "0", db=db_url)
+    assert table.exit_code == 0
+    lines = table.stdout.splitlines()
+    assert lines[0].split(" | ")[0].strip() == "created_at" and len(lines) == 2 + 2
+    assert "planted-3" in lines[2] and "[red] snow [fox]" in lines[2]  # newest first, the match marked
+    assert "planted-0" in lines[3] and "a [red] [fox] in the snow" in lines[3]
+    as_json = json.loads(run_cli("search", "detail_tweaker", "--json", db=db_url).stdout)
+    assert [(h["id"], h["match"]) for h in as_json] == [
+        ("planted-3", "[detail]_[tweaker].safetensors"), ("planted-1", "portrait, <lora:[detail]_[tweaker]:0.7>")]
+    assert as_json[0]["output"] and as_json[0]["create_time"] == records[3].create_time
+    csv_out = run_cli("search", "8675309", "--csv", db=db_url).stdout.splitlines()
+    assert csv_out[0] == "created_at,status,source,id,output,match" and "planted-0" in csv_out[1]
+    assert run_cli("search", "fox", "--limit", "1", "--json", db=db_url).stdout.count('"id"') == 1
+    assert json.loads(run_cli("search", "fox", "--since", "1d", "--json", db=db_url).stdout) == []  # 2025 jobs
+    bad = run_cli("search", '"red fox', db=db_url)
+    assert bad.exit_code == 1 and bad.stderr.startswith("Error: Invalid search query: a quoted phrase is not closed")
