@@ -69,9 +69,10 @@ class SearchStore:
     def match_value(self, query) -> str:
         raise NotImplementedError
 
-    def matches_sql(self) -> str:
-        """SELECT of the matching job ids (parameter ``:m``)."""
-        raise NotImplementedError
+    # The matching documents: ``FROM <matches_from> <jobs_join> WHERE <match_condition>``
+    # (parameter ``:m``), ``s`` being ``job_search``. The order is fixed: the inverted
+    # index first, then each match's job by primary key.
+    matches_from = jobs_join = match_condition = ""
 
     def probe_sql(self) -> str:
         """A condition on a ``jobs`` row: does it match ``:m``?"""
@@ -117,9 +118,11 @@ class SqliteStore(SearchStore):
     def match_value(self, query) -> str:
         return fts5_match(query)
 
-    def matches_sql(self) -> str:
-        return ("SELECT s.job_id FROM job_search_fts JOIN job_search AS s ON s.docid = job_search_fts.rowid "
-                "WHERE job_search_fts MATCH :m")
+    # CROSS JOIN: SQLite keeps this join order (it would otherwise walk a status index
+    # and run the full-text query once per job).
+    matches_from = "job_search_fts CROSS JOIN job_search AS s ON s.docid = job_search_fts.rowid"
+    jobs_join = "CROSS JOIN jobs ON jobs.id = s.job_id"
+    match_condition = "job_search_fts MATCH :m"
 
     def probe_sql(self) -> str:
         return ("EXISTS (SELECT 1 FROM job_search AS s JOIN job_search_fts ON job_search_fts.rowid = s.docid "
@@ -149,8 +152,9 @@ class PostgresStore(SearchStore):
     def match_value(self, query) -> str:
         return tsquery(query)
 
-    def matches_sql(self) -> str:
-        return "SELECT s.job_id FROM job_search AS s WHERE s.doc @@ CAST(:m AS tsquery)"
+    matches_from = "job_search AS s"
+    jobs_join = "JOIN jobs ON jobs.id = s.job_id"
+    match_condition = "s.doc @@ CAST(:m AS tsquery)"
 
     def probe_sql(self) -> str:
         # A scalar subquery, so the planner tests each walked job (it cannot turn the
@@ -221,12 +225,8 @@ def _page_sql(shape: _Shape) -> str:
         where.append(search.probe_sql())
         hint = f" INDEXED BY {_timeline_index(shape)}" if shape.dialect == "sqlite" else ""
         return f"SELECT {columns} FROM jobs{hint} WHERE {' AND '.join(where)}{tail}"
-    if shape.dialect == "sqlite":  # each match read by primary key, then sorted
-        where.insert(0, f"jobs.id IN ({search.matches_sql()})")
-        return f"SELECT {columns} FROM jobs INDEXED BY sqlite_autoindex_jobs_1 WHERE {' AND '.join(where)}{tail}"
-    where.insert(0, "TRUE")
-    return (f"WITH m AS MATERIALIZED ({search.matches_sql()}) "
-            f"SELECT {columns} FROM m JOIN jobs ON jobs.id = m.job_id WHERE {' AND '.join(where)}{tail}")
+    where.insert(0, search.match_condition)  # matches first: each one's job by primary key, then sorted
+    return f"SELECT {columns} FROM {search.matches_from} {search.jobs_join} WHERE {' AND '.join(where)}{tail}"
 
 
 @lru_cache(maxsize=64)
@@ -234,10 +234,9 @@ def _count_sql(dialect: str, statuses: int, workflow: bool, source: bool) -> str
     search = _STORES[dialect]
     shape = _Shape(dialect, "matches", "created_at", True, statuses, workflow, source, False, False, False)
     where = _filters(shape)
-    if not where:
-        return f"SELECT count(*) FROM ({search.matches_sql()}) AS m"
-    return (f"SELECT count(*) FROM ({search.matches_sql()}) AS m JOIN jobs ON jobs.id = m.job_id "
-            f"WHERE {' AND '.join(where)}")
+    joined = f" {search.jobs_join}" if where else ""  # job_search rows exist only for existing jobs
+    return (f"SELECT count(*) FROM {search.matches_from}{joined} "
+            f"WHERE {' AND '.join([search.match_condition, *where])}")
 
 
 def _values(conn: Connection, query: ListQuery) -> dict:
