@@ -225,8 +225,14 @@ def _page_sql(shape: _Shape) -> str:
         where.append(search.probe_sql())
         hint = f" INDEXED BY {_timeline_index(shape)}" if shape.dialect == "sqlite" else ""
         return f"SELECT {columns} FROM jobs{hint} WHERE {' AND '.join(where)}{tail}"
-    where.insert(0, search.match_condition)  # matches first: each one's job by primary key, then sorted
-    return f"SELECT {columns} FROM {search.matches_from} {search.jobs_join} WHERE {' AND '.join(where)}{tail}"
+    # Matches first: each one's job by primary key, sorted by key; only the page's
+    # winners are then read again and rendered (a sort would render every match).
+    where.insert(0, search.match_condition)
+    winners = (f"SELECT jobs.id AS w_id, {sort} AS w_key FROM {search.matches_from} {search.jobs_join} "
+               f"WHERE {' AND '.join(where)}{tail}")
+    join = "CROSS JOIN" if shape.dialect == "sqlite" else "JOIN"
+    return (f"SELECT {columns} FROM ({winners}) AS w {join} jobs ON jobs.id = w.w_id "
+            f"ORDER BY w.w_key {direction}, w.w_id {direction}")
 
 
 @lru_cache(maxsize=64)
