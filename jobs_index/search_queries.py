@@ -48,6 +48,11 @@ def _json_list(values: Sequence[str]) -> str:
     return json.dumps(list(values), ensure_ascii=False, separators=(",", ":"))
 
 
+def _document(record) -> Document:
+    """A record's search document (derived from its raw item if it carries none)."""
+    return record.search if record.search is not None else document(record.raw_kind, decode_raw(record.raw))
+
+
 def _row_extras(doc: Document) -> tuple[str, str, str]:
     return _json_list(doc.node_types), _json_list(doc.models), _json_list(doc.loras)
 
@@ -62,8 +67,8 @@ class SearchStore:
         raise NotImplementedError
 
     def add(self, conn: Connection, records: Sequence) -> None:
-        """Insert the search rows of ``records`` (``JobRecord``s with ``search``),
-        whose jobs have none (new, or ``forget`` called)."""
+        """Insert the search rows of ``records`` (``JobRecord``s), whose jobs have
+        none (new, or ``forget`` called)."""
         raise NotImplementedError
 
     def match_value(self, query) -> str:
@@ -107,9 +112,10 @@ class SqliteStore(SearchStore):
             "coalesce((SELECT max(docid) FROM job_search), 0)) + 1").scalar()
         rows, docs = [], []
         for docid, record in enumerate(records, first):
-            rows.append((docid, record.id, *_row_extras(record.search)))
-            if record.search.words:
-                docs.append((docid, record.search.fts_text()))
+            doc = _document(record)
+            rows.append((docid, record.id, *_row_extras(doc)))
+            if doc.words:
+                docs.append((docid, doc.fts_text()))
         conn.exec_driver_sql("INSERT INTO job_search (docid, job_id, node_types, models, loras) "
                              "VALUES (?, ?, ?, ?, ?)", rows)
         if docs:
@@ -141,8 +147,8 @@ class PostgresStore(SearchStore):
             return
         columns: list[list] = [[], [], [], [], []]
         for record in records:
-            for column, value in zip(columns, (record.id, record.search.tsvector_text(),
-                                               *_row_extras(record.search))):
+            doc = _document(record)
+            for column, value in zip(columns, (record.id, doc.tsvector_text(), *_row_extras(doc))):
                 column.append(value)
         conn.exec_driver_sql(
             "INSERT INTO job_search (job_id, doc, node_types, models, loras) "
