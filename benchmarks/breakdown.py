@@ -487,7 +487,7 @@ def cmd_bulk_floor(args) -> None:
         indexes = write_queries.secondary_indexes(sa_conn)
     jobs = write_queries.job_rows(records, int(time.time() * 1000))
     outputs = write_queries.side_rows(records)
-    searched = [(docid, r.id, *search_queries._row_extras(r.search)) for docid, r in enumerate(records, 1)]
+    searched = [(docid, *search_queries._row_values(r, r.search, None)) for docid, r in enumerate(records, 1)]
     words = [(docid, r.search.fts_text()) for docid, r in enumerate(records, 1)]
     del records
     conn = sqlite3.connect(target.path, isolation_level=None)
@@ -501,7 +501,7 @@ def cmd_bulk_floor(args) -> None:
         conn.execute(f'DROP INDEX "{name}"')
     parts = [
         (f"driver: jobs rows ({len(jobs[0])} columns, zlib raw item)", "jobs", write_queries.JOB_COLUMNS, jobs),
-        ("driver: job_search rows", "job_search", ("docid", "job_id", "node_types", "models", "loras"), searched),
+        ("driver: job_search rows", "job_search", ("docid", *search_queries.ROW_COLUMNS), searched),
         ("driver: job_search_fts (FTS5) documents", "job_search_fts", ("rowid", "doc"), words),
         (f"driver: job_outputs rows ({len(outputs) / n:.1f} per job)", "job_outputs", write_queries.OUTPUT_COLUMNS,
          outputs),

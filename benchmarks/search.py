@@ -28,6 +28,7 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +42,7 @@ from bench import RESULTS, WORK, Case, Target, http_series, log, pct  # noqa: E4
 from jobs_index import queries, search_queries  # noqa: E402
 from jobs_index.cursor import encode_cursor  # noqa: E402
 from jobs_index.database import read_transaction  # noqa: E402
-from jobs_index.params import parse_list_query  # noqa: E402
+from jobs_index.params import ListQuery, parse_list_query  # noqa: E402
 from jobs_index.sample import RealisticVocabulary, realistic_history  # noqa: E402
 from jobs_index.services import JobsIndex  # noqa: E402
 
@@ -287,8 +288,10 @@ def main() -> None:
         with read_transaction(index.engine) as conn:
             for case in cases:
                 total = facts["totals"][case.name.replace(", deep cursor", "")]["total"]
-                walked = queries.count_total(conn, search_queries.walked_query(parse_list_query(case.params)))
-                case.plan = search_queries.choose_plan(total, walked, 51)
+                query = parse_list_query(case.params)
+                jobs = [queries.count_total(conn, q) for q in
+                        (search_queries.walked_query(query), replace(query, search=None), ListQuery())]
+                case.plan = search_queries.choose_plan(total, 51, *jobs)
     finally:
         index.close()
     facts["cases"] = [{"name": c.name, "params": c.params, "note": c.note, "plan": c.plan} for c in cases]

@@ -53,8 +53,17 @@ def _document(record) -> Document:
     return record.search if record.search is not None else document(record.raw_kind, decode_raw(record.raw))
 
 
-def _row_extras(doc: Document) -> tuple[str, str, str]:
-    return _json_list(doc.node_types), _json_list(doc.models), _json_list(doc.loras)
+def _row_values(record, doc: Document, sources: dict | None) -> tuple:
+    """(job_id, *LISTED, node_types, models, loras) of a ``job_search`` row."""
+    source = record.source if record.source is not None or not sources else sources.get(record.id)
+    return (record.id, record.create_time, record.execution_duration, record.status, record.workflow_id, source,
+            _json_list(doc.node_types), _json_list(doc.models), _json_list(doc.loras))
+
+
+# The job's listing columns, copied into job_search (migration 0008: a trigger
+# carries UPDATEs made by other SQL over).
+LISTED = ("create_time", "execution_duration", "status", "workflow_id", "source")
+ROW_COLUMNS = ("job_id", *LISTED, "node_types", "models", "loras")
 
 
 class SearchStore:
@@ -66,18 +75,19 @@ class SearchStore:
         """Remove the search rows of ``ids`` (before their jobs rows change or go)."""
         raise NotImplementedError
 
-    def add(self, conn: Connection, records: Sequence) -> None:
+    def add(self, conn: Connection, records: Sequence, sources: dict | None = None) -> None:
         """Insert the search rows of ``records`` (``JobRecord``s), whose jobs have
-        none (new, or ``forget`` called)."""
+        none (new, or ``forget`` called). ``sources``: the source a job's row keeps
+        when its record has none (the upsert's COALESCE), by id."""
         raise NotImplementedError
 
     def match_value(self, query) -> str:
         raise NotImplementedError
 
-    # The matching documents: ``FROM <matches_from> <jobs_join> WHERE <match_condition>``
-    # (parameter ``:m``), ``s`` being ``job_search``. The order is fixed: the inverted
-    # index first, then each match's job by primary key.
-    matches_from = jobs_join = match_condition = ""
+    # The matching documents: ``FROM <matches_from> WHERE <match_condition>`` (parameter
+    # ``:m``), ``s`` being ``job_search``: the inverted index first, then each match's
+    # job_search row.
+    matches_from = match_condition = ""
 
     def probe_sql(self) -> str:
         """A condition on a ``jobs`` row: does it match ``:m``?"""
@@ -104,7 +114,7 @@ class SqliteStore(SearchStore):
                                      "VALUES ('delete', ?, ?)", deletes)
             conn.exec_driver_sql(f"DELETE FROM job_search WHERE job_id IN ({marks})", chunk)
 
-    def add(self, conn: Connection, records: Sequence) -> None:
+    def add(self, conn: Connection, records: Sequence, sources: dict | None = None) -> None:
         if not records:
             return
         first = conn.exec_driver_sql(
@@ -113,21 +123,20 @@ class SqliteStore(SearchStore):
         rows, docs = [], []
         for docid, record in enumerate(records, first):
             doc = _document(record)
-            rows.append((docid, record.id, *_row_extras(doc)))
+            rows.append((docid, *_row_values(record, doc, sources)))
             if doc.words:
                 docs.append((docid, doc.fts_text()))
-        conn.exec_driver_sql("INSERT INTO job_search (docid, job_id, node_types, models, loras) "
-                             "VALUES (?, ?, ?, ?, ?)", rows)
+        conn.exec_driver_sql(f"INSERT INTO job_search (docid, {', '.join(ROW_COLUMNS)}) "
+                             f"VALUES (?{', ?' * len(ROW_COLUMNS)})", rows)
         if docs:
             conn.exec_driver_sql("INSERT INTO job_search_fts (rowid, doc) VALUES (?, ?)", docs)
 
     def match_value(self, query) -> str:
         return fts5_match(query)
 
-    # CROSS JOIN: SQLite keeps this join order (it would otherwise walk a status index
-    # and run the full-text query once per job).
+    # CROSS JOIN: SQLite keeps this join order (it could otherwise run the full-text
+    # query once per job of some other index).
     matches_from = "job_search_fts CROSS JOIN job_search AS s ON s.docid = job_search_fts.rowid"
-    jobs_join = "CROSS JOIN jobs ON jobs.id = s.job_id"
     match_condition = "job_search_fts MATCH :m"
 
     def probe_sql(self) -> str:
@@ -142,24 +151,26 @@ class PostgresStore(SearchStore):
         if ids:
             conn.exec_driver_sql("DELETE FROM job_search WHERE job_id = ANY(%s)", (list(ids),))
 
-    def add(self, conn: Connection, records: Sequence) -> None:
+    def add(self, conn: Connection, records: Sequence, sources: dict | None = None) -> None:
         if not records:
             return
-        columns: list[list] = [[], [], [], [], []]
+        columns: list[list] = [[] for _ in range(len(ROW_COLUMNS) + 1)]
         for record in records:
             doc = _document(record)
-            for column, value in zip(columns, (record.id, doc.tsvector_text(), *_row_extras(doc))):
+            for column, value in zip(columns, (*_row_values(record, doc, sources), doc.tsvector_text())):
                 column.append(value)
+        types = ["text", "bigint", "bigint", "text", "text", "text", "text", "text", "text", "text"]
+        arrays = ", ".join(f"%s::{t}[]" for t in types)
+        names = ", ".join(f"c{i}" for i in range(len(types)))
+        picked = ", ".join(f"c{i}" for i in range(len(types) - 1))
         conn.exec_driver_sql(
-            "INSERT INTO job_search (job_id, doc, node_types, models, loras) "
-            "SELECT i, d::tsvector, n, m, l FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], "
-            "%s::text[]) AS u(i, d, n, m, l)", tuple(columns))
+            f"INSERT INTO job_search ({', '.join(ROW_COLUMNS)}, doc) "
+            f"SELECT {picked}, c{len(types) - 1}::tsvector FROM unnest({arrays}) AS u({names})", tuple(columns))
 
     def match_value(self, query) -> str:
         return tsquery(query)
 
     matches_from = "job_search AS s"
-    jobs_join = "JOIN jobs ON jobs.id = s.job_id"
     match_condition = "s.doc @@ CAST(:m AS tsquery)"
 
     def probe_sql(self) -> str:
@@ -201,42 +212,52 @@ def _timeline_index(shape: _Shape) -> str:
     return schema.IX_DURATION
 
 
-def _filters(shape: _Shape) -> list[str]:
+def _filters(shape: _Shape, table: str) -> list[str]:
+    """The listing's filters on ``table`` (``jobs``, or ``s``: job_search's copies)."""
     where = []
     if shape.statuses:
-        where.append(f"jobs.status IN ({', '.join(f':s{i}' for i in range(shape.statuses))})")
+        where.append(f"{table}.status IN ({', '.join(f':s{i}' for i in range(shape.statuses))})")
     if shape.workflow:
-        where.append("jobs.workflow_id = :workflow")
+        where.append(f"{table}.workflow_id = :workflow")
     if shape.source:
-        where.append("jobs.source = :source")
+        where.append(f"{table}.source = :source")
     return where
 
 
-@lru_cache(maxsize=512)
-def _page_sql(shape: _Shape) -> str:
-    search = _STORES[shape.dialect]
-    sort = "jobs.create_time" if shape.sort_by == "created_at" else "jobs.execution_duration"
+def _order_tail(shape: _Shape, table: str, id_column: str) -> tuple[str, list[str]]:
+    """(ORDER BY ... LIMIT ... OFFSET ..., [keyset condition]) on ``table``'s columns."""
+    sort = f"{table}.create_time" if shape.sort_by == "created_at" else f"{table}.execution_duration"
     direction = "DESC" if shape.descending else "ASC"
-    where = _filters(shape)
+    where = []
     if shape.after:
-        where.append(f"({sort}, jobs.id) {'<' if shape.descending else '>'} (:after_value, :after_id)")
-    tail = f" ORDER BY {sort} {direction}, jobs.id {direction}"
+        where.append(f"({sort}, {id_column}) {'<' if shape.descending else '>'} (:after_value, :after_id)")
+    tail = f" ORDER BY {sort} {direction}, {id_column} {direction}"
     if shape.limit:
         tail += " LIMIT :limit"
     if shape.offset:
         tail += (" OFFSET :offset" if shape.limit or shape.dialect == "postgresql"
                  else " LIMIT -1 OFFSET :offset")
+    return tail, where
+
+
+@lru_cache(maxsize=512)
+def _page_sql(shape: _Shape) -> str:
+    search = _STORES[shape.dialect]
     columns = page_columns_sql(shape.dialect)
     if shape.plan == "timeline":
-        where.append(search.probe_sql())
+        tail, keyset = _order_tail(shape, "jobs", "jobs.id")
+        where = [*_filters(shape, "jobs"), *keyset, search.probe_sql()]
         hint = f" INDEXED BY {_timeline_index(shape)}" if shape.dialect == "sqlite" else ""
         return f"SELECT {columns} FROM jobs{hint} WHERE {' AND '.join(where)}{tail}"
-    # Matches first: each one's job by primary key, sorted by key; only the page's
-    # winners are then read again and rendered (a sort would render every match).
-    where.insert(0, search.match_condition)
-    winners = (f"SELECT jobs.id AS w_id, {sort} AS w_key FROM {search.matches_from} {search.jobs_join} "
-               f"WHERE {' AND '.join(where)}{tail}")
+    # Matches first: filtered and sorted on job_search's copies of the listing
+    # columns (small rows, no jobs row read per match); only the page's winners are
+    # then read from jobs and rendered.
+    tail, keyset = _order_tail(shape, "s", "s.job_id")
+    where = [search.match_condition, *_filters(shape, "s"), *keyset]
+    sort = "s.create_time" if shape.sort_by == "created_at" else "s.execution_duration"
+    winners = f"SELECT s.job_id AS w_id, {sort} AS w_key FROM {search.matches_from} WHERE {' AND '.join(where)}{tail}"
     join = "CROSS JOIN" if shape.dialect == "sqlite" else "JOIN"
+    direction = "DESC" if shape.descending else "ASC"
     return (f"SELECT {columns} FROM ({winners}) AS w {join} jobs ON jobs.id = w.w_id "
             f"ORDER BY w.w_key {direction}, w.w_id {direction}")
 
@@ -245,10 +266,8 @@ def _page_sql(shape: _Shape) -> str:
 def _count_sql(dialect: str, statuses: int, workflow: bool, source: bool) -> str:
     search = _STORES[dialect]
     shape = _Shape(dialect, "matches", "created_at", True, statuses, workflow, source, False, False, False)
-    where = _filters(shape)
-    joined = f" {search.jobs_join}" if where else ""  # job_search rows exist only for existing jobs
-    return (f"SELECT count(*) FROM {search.matches_from}{joined} "
-            f"WHERE {' AND '.join([search.match_condition, *where])}")
+    where = [search.match_condition, *_filters(shape, "s")]
+    return f"SELECT count(*) FROM {search.matches_from} WHERE {' AND '.join(where)}"
 
 
 def _values(conn: Connection, query: ListQuery) -> dict:
@@ -279,13 +298,19 @@ def count_matches(conn: Connection, query: ListQuery) -> int:
     return int(_run(conn, sql, _values(conn, query)).scalar_one())
 
 
-def choose_plan(total: int, walked: int, want: int) -> str:
-    """``matches`` or ``timeline`` for a page of ``want`` rows (limit + offset) out
-    of ``total`` matches among the ``walked`` jobs of the timeline's index range."""
+def choose_plan(total: int, want: int, walked: int, filtered: int, everything: int) -> str:
+    """``matches`` or ``timeline`` for a page of ``want`` rows (limit + offset).
+
+    ``total``: the matches passing the filters; ``walked``: the jobs in the index
+    range a timeline walk reads; ``filtered`` / ``everything``: the jobs passing the
+    filters / all jobs (``job_counts``). Matches first reads every match of the
+    words before the filters apply (estimated as ``total`` scaled by how much the
+    filters keep); timeline first tests about ``want * walked / total`` jobs."""
     if total == 0 or walked == 0:
         return "matches"
+    scanned = total * everything / filtered if 0 < filtered < everything else total
     probes = min(walked, want * walked / total)
-    return "timeline" if probes * COST_PROBE < total * COST_MATCH else "matches"
+    return "timeline" if probes * COST_PROBE < scanned * COST_MATCH else "matches"
 
 
 def walked_query(query: ListQuery) -> ListQuery:

@@ -114,8 +114,9 @@ class JobStream:
                 self.total = search_queries.count_matches(conn, query)
                 self._done = self.total == 0
                 if not self._done:
-                    walked = queries.count_total(conn, search_queries.walked_query(query))
-                    self._plan = search_queries.choose_plan(self.total, walked, self._want() + 1 + self._offset)
+                    jobs = [queries.count_total(conn, q) for q in
+                            (search_queries.walked_query(query), replace(query, search=None), ListQuery())]
+                    self._plan = search_queries.choose_plan(self.total, self._want() + 1 + self._offset, *jobs)
                 self._first = self._fetch(conn)
             return
         if self._offset:  # offset mode: the total first, so a skip past the end reads no index

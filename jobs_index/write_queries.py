@@ -218,7 +218,8 @@ def write_batch(conn: Connection, records: Sequence[JobRecord], existing: dict[s
     if replaced:
         _delete_side_rows(conn, replaced)
     _insert_many(conn, "job_outputs", OUTPUT_COLUMNS, side_rows(records))
-    search.add(conn, records)
+    kept = {r.id: existing[r.id].source for r in records if r.source is None and r.id in existing}
+    search.add(conn, records, kept)
 
 
 # -- bulk load (SQLite, an empty index) ---------------------------------------------

@@ -391,8 +391,33 @@ def test_a_job_deleted_by_hand_is_not_found(index, backend):
     assert index.list_jobs(parse_list_query({"q": "fox", "limit": "5"})).total == 1
 
 
-def ids_of(index, text: str) -> list[str]:
-    return [job["id"] for job in index.list_jobs(parse_list_query({"q": text})).jobs]
+def test_search_filters_follow_updates_made_by_other_sql(index, backend):
+    """job_search keeps a copy of each job's listing columns; a trigger carries an
+    UPDATE of jobs by hand over, and a re-import without a source keeps the stored one."""
+    records = [from_history(k, v) for k, v in planted()]
+    index.ingest(records, source="studio")
+    assert ids_of(index, "fox", status="failed") == []
+    with index.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE jobs SET status = 'failed', source = 'attic', workflow_id = 'w1' "
+                             "WHERE id = 'planted-0'")
+    assert ids_of(index, "fox", status="failed") == ["planted-0"]
+    assert ids_of(index, "fox", source="attic", workflow_id="w1") == ["planted-0"]
+    assert ids_of(index, "fox", source="studio") == ["planted-3"]
+    changed = copy.deepcopy(dict(planted())["planted-3"])
+    changed["outputs"] = {}
+    assert index.ingest([from_history("planted-3", changed)]).updated == 1  # no source given: "studio" stays
+    assert ids_of(index, "fox", source="studio") == ["planted-3"]
+    for plan in ("matches", "timeline"):  # both plans see the same copies
+        from jobs_index import search_queries
+        from jobs_index.database import read_transaction
+        with read_transaction(index.engine) as conn:
+            rows = search_queries.select_page(conn, parse_list_query({"q": "fox", "source": "studio"}), plan=plan,
+                                              limit=None)
+        assert [r[0] for r in rows] == ["planted-3"]
+
+
+def ids_of(index, text: str, **filters) -> list[str]:
+    return [job["id"] for job in index.list_jobs(parse_list_query({"q": text, **filters})).jobs]
 
 
 def check_fts_integrity(index, backend):

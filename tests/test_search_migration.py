@@ -48,7 +48,8 @@ def seed_at_0005(engine, recs) -> list[tuple]:
 def search_rows(engine) -> list[tuple]:
     with engine.connect() as conn:
         return sorted(tuple(r) for r in conn.execute(text(
-            "SELECT job_id, node_types, models, loras FROM job_search")))
+            "SELECT job_id, create_time, execution_duration, status, workflow_id, source, node_types, models, loras "
+            "FROM job_search")))
 
 
 def test_upgrade_builds_what_ingest_writes_and_downgrade_brings_job_nodes_back(db_url, tmp_path, backend):

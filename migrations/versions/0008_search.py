@@ -11,6 +11,10 @@ next open runs it again. ``jobs`` itself is not rebuilt.
   arrive already folded and split by ``jobs_index.search``). The jobs delete
   trigger now removes ``job_outputs`` and ``job_search`` rows.
 * PostgreSQL: ``job_search`` (job_id primary key, ``doc tsvector``) with a GIN index.
+* Both: ``job_search`` copies its job's listing columns (create_time,
+  execution_duration, status, workflow_id, source), so a search filters and sorts
+  its matches without reading the wide ``jobs`` rows; a trigger carries other
+  UPDATEs of them over (``trg_jobs_update_search``).
 
 ``job_nodes`` (7 rows and two B-trees per job: 29 % of a SQLite file) is dropped:
 ``job_search.node_types`` (a JSON array) answers its questions (docs/queries.md,
@@ -45,6 +49,11 @@ SQLITE_TABLES = [
     """CREATE TABLE job_search (
     docid INTEGER PRIMARY KEY AUTOINCREMENT,
     job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    create_time BIGINT NOT NULL,
+    execution_duration BIGINT NOT NULL,
+    status TEXT NOT NULL,
+    workflow_id TEXT,
+    source TEXT,
     node_types TEXT NOT NULL,
     models TEXT NOT NULL,
     loras TEXT NOT NULL
@@ -55,12 +64,39 @@ SQLITE_TABLES = [
 PG_TABLES = [
     """CREATE TABLE job_search (
     job_id TEXT COLLATE "C" PRIMARY KEY REFERENCES jobs (id) ON DELETE CASCADE,
+    create_time BIGINT NOT NULL,
+    execution_duration BIGINT NOT NULL,
+    status TEXT NOT NULL,
+    workflow_id TEXT,
+    source TEXT,
     doc TSVECTOR NOT NULL,
     node_types TEXT NOT NULL,
     models TEXT NOT NULL,
     loras TEXT NOT NULL
 )""",
     "CREATE INDEX ix_job_search_doc ON job_search USING gin (doc)",
+]
+
+# job_search copies the listing columns of its job (so a search filters and sorts
+# without reading the wide jobs rows); these triggers carry any other UPDATE of them
+# over. jobs-index's own writer rewrites the search rows of every row it writes (on
+# SQLite the trigger stands aside while jobs_index_writer has its row).
+FOLLOWED = ("create_time", "execution_duration", "status", "workflow_id", "source")
+_SET = ", ".join(f"{c} = NEW.{c}" for c in FOLLOWED)
+SQLITE_FOLLOW = f"""CREATE TRIGGER trg_jobs_update_search AFTER UPDATE OF {', '.join(FOLLOWED)} ON jobs
+WHEN NOT EXISTS (SELECT 1 FROM jobs_index_writer)
+BEGIN
+    UPDATE job_search SET {_SET} WHERE job_id = NEW.id;
+END"""
+PG_FOLLOW = [
+    f"""CREATE FUNCTION jobs_index_search_follow() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE job_search SET {_SET} WHERE job_id = NEW.id;
+    RETURN NULL;
+END $$""",
+    f"""CREATE TRIGGER trg_jobs_update_search AFTER UPDATE OF {', '.join(FOLLOWED)} ON jobs FOR EACH ROW
+WHEN ({' OR '.join(f'OLD.{c} IS DISTINCT FROM NEW.{c}' for c in FOLLOWED)})
+EXECUTE FUNCTION jobs_index_search_follow()""",
 ]
 
 
@@ -91,23 +127,22 @@ class _Progress:
             sys.stderr.write("\n")
 
 
-def _batches(bind, what: str):
-    """(id, raw_kind, item) of every job, in batches of BATCH, by id."""
+def _batches(bind, what: str, columns: str = ""):
+    """(id, raw_kind, item, *columns) of every job, in batches of BATCH, by id."""
     total = bind.exec_driver_sql("SELECT count(*) FROM jobs").scalar()
     progress = _Progress(what, total)
-    pg = bind.dialect.name == "postgresql"
+    mark = "%s" if bind.dialect.name == "postgresql" else "?"
     last = None
     while True:
+        select = f"SELECT id, raw_kind, raw{columns} FROM jobs"
         if last is None:
-            rows = bind.exec_driver_sql(f"SELECT id, raw_kind, raw FROM jobs ORDER BY id LIMIT {BATCH}").all()
+            rows = bind.exec_driver_sql(f"{select} ORDER BY id LIMIT {BATCH}").all()
         else:
-            mark = "%s" if pg else "?"
-            rows = bind.exec_driver_sql(f"SELECT id, raw_kind, raw FROM jobs WHERE id > {mark} ORDER BY id "
-                                        f"LIMIT {BATCH}", (last,)).all()
+            rows = bind.exec_driver_sql(f"{select} WHERE id > {mark} ORDER BY id LIMIT {BATCH}", (last,)).all()
         if not rows:
             progress.close()
             return
-        yield [(job_id, raw_kind, json.loads(zlib.decompress(raw))) for job_id, raw_kind, raw in rows]
+        yield [(row[0], row[1], json.loads(zlib.decompress(row[2])), *row[3:]) for row in rows]
         progress.add(len(rows))
         last = rows[-1][0]
 
@@ -117,24 +152,25 @@ def _backfill(bind) -> None:
 
     pg = bind.dialect.name == "postgresql"
     docid = 0
-    for batch in _batches(bind, "building the search index"):
+    names = "job_id, create_time, execution_duration, status, workflow_id, source, node_types, models, loras"
+    for batch in _batches(bind, "building the search index", "".join(f", {c}" for c in FOLLOWED)):
         rows, fts = [], []
-        for job_id, raw_kind, item in batch:
+        for job_id, raw_kind, item, *listed in batch:
             doc = document(raw_kind, item)
-            extras = (_json_list(doc.node_types), _json_list(doc.models), _json_list(doc.loras))
+            values = (job_id, *listed, _json_list(doc.node_types), _json_list(doc.models), _json_list(doc.loras))
             if pg:
-                rows.append((job_id, doc.tsvector_text(), *extras))
+                rows.append((*values, doc.tsvector_text()))
             else:
                 docid += 1
-                rows.append((docid, job_id, *extras))
+                rows.append((docid, *values))
                 if doc.words:
                     fts.append((docid, doc.fts_text()))
         if pg:
-            bind.exec_driver_sql("INSERT INTO job_search (job_id, doc, node_types, models, loras) "
-                                 "VALUES (%s, %s::tsvector, %s, %s, %s)", rows)
+            bind.exec_driver_sql(f"INSERT INTO job_search ({names}, doc) VALUES "
+                                 f"(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s::tsvector)", rows)
         else:
-            bind.exec_driver_sql("INSERT INTO job_search (docid, job_id, node_types, models, loras) "
-                                 "VALUES (?, ?, ?, ?, ?)", rows)
+            bind.exec_driver_sql(f"INSERT INTO job_search (docid, {names}) VALUES "
+                                 "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
             if fts:
                 bind.exec_driver_sql("INSERT INTO job_search_fts (rowid, doc) VALUES (?, ?)", fts)
 
@@ -146,7 +182,10 @@ def upgrade() -> None:
         op.execute(sql)
     _backfill(bind)
     if sqlite:
-        for sql in _sqlite_trigger(("job_outputs", "job_search")):
+        for sql in [*_sqlite_trigger(("job_outputs", "job_search")), SQLITE_FOLLOW]:
+            op.execute(sql)
+    else:
+        for sql in PG_FOLLOW:
             op.execute(sql)
     op.drop_index("ix_job_nodes_class_type_job_id", table_name="job_nodes")
     op.drop_table("job_nodes")
@@ -183,7 +222,7 @@ def downgrade() -> None:
     )
     mark = "?" if sqlite else "%s"
     for batch in _batches(bind, "rebuilding job_nodes"):
-        rows = [(job_id, node_id, class_type) for job_id, raw_kind, item in batch
+        rows = [(job_id, node_id, class_type) for job_id, raw_kind, item, *_ in batch
                 for node_id, class_type in _node_rows(raw_kind, item)]
         if rows:
             bind.exec_driver_sql(f"INSERT INTO job_nodes (job_id, node_id, class_type) "
@@ -192,5 +231,9 @@ def downgrade() -> None:
     if sqlite:
         for sql in _sqlite_trigger(("job_outputs", "job_nodes")):
             op.execute(sql)
+        op.execute("DROP TRIGGER trg_jobs_update_search")
         op.execute("DROP TABLE job_search_fts")
+    else:
+        op.execute("DROP TRIGGER trg_jobs_update_search ON jobs")
+        op.execute("DROP FUNCTION jobs_index_search_follow()")
     op.execute("DROP TABLE job_search")
