@@ -291,7 +291,7 @@ def main() -> None:
                 query = parse_list_query(case.params)
                 jobs = [queries.count_total(conn, q) for q in
                         (search_queries.walked_query(query), replace(query, search=None), ListQuery())]
-                case.plan = search_queries.choose_plan(total, 51, *jobs)
+                case.plan = search_queries.choose_plan(query, total, 51, *jobs)
     finally:
         index.close()
     facts["cases"] = [{"name": c.name, "params": c.params, "note": c.note, "plan": c.plan} for c in cases]

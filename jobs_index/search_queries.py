@@ -39,9 +39,11 @@ from .queries import Position, clamp_position, page_columns_sql, storable_positi
 from .search import Document, document, fts5_match, tsquery
 
 SQLITE_IN_CHUNK = 900
-# Relative costs of the two plans (measured, benchmarks/search.py): one match read
-# and sorted, against one job of the timeline tested.
-COST_MATCH, COST_PROBE = 1.0, 6.0
+# Relative costs of the two plans, measured on SQLite at 100k realistic jobs
+# (benchmarks/results/search-*.md): reading and sorting one match costs 1.6-4 us;
+# testing one job of the timeline against the query ~60-120 us for one word, more
+# per word, and ~30x more with a prefix (FTS5 expands it again for every job).
+COST_MATCH, COST_PROBE, PREFIX_PROBE = 1.0, 40.0, 30.0
 
 
 def _json_list(values: Sequence[str]) -> str:
@@ -298,19 +300,22 @@ def count_matches(conn: Connection, query: ListQuery) -> int:
     return int(_run(conn, sql, _values(conn, query)).scalar_one())
 
 
-def choose_plan(total: int, want: int, walked: int, filtered: int, everything: int) -> str:
+def choose_plan(query: ListQuery, total: int, want: int, walked: int, filtered: int, everything: int) -> str:
     """``matches`` or ``timeline`` for a page of ``want`` rows (limit + offset).
 
     ``total``: the matches passing the filters; ``walked``: the jobs in the index
     range a timeline walk reads; ``filtered`` / ``everything``: the jobs passing the
     filters / all jobs (``job_counts``). Matches first reads every match of the
     words before the filters apply (estimated as ``total`` scaled by how much the
-    filters keep); timeline first tests about ``want * walked / total`` jobs."""
+    filters keep); timeline first tests about ``want * walked / total`` jobs, each
+    test costing more the more words (and prefixes) the query has."""
     if total == 0 or walked == 0:
         return "matches"
     scanned = total * everything / filtered if 0 < filtered < everything else total
     probes = min(walked, want * walked / total)
-    return "timeline" if probes * COST_PROBE < scanned * COST_MATCH else "matches"
+    terms = query.search.terms
+    probe = COST_PROBE * sum(len(t.words) for t in terms) * (PREFIX_PROBE if any(t.prefix for t in terms) else 1)
+    return "timeline" if probes * probe < scanned * COST_MATCH else "matches"
 
 
 def walked_query(query: ListQuery) -> ListQuery:

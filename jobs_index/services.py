@@ -116,7 +116,8 @@ class JobStream:
                 if not self._done:
                     jobs = [queries.count_total(conn, q) for q in
                             (search_queries.walked_query(query), replace(query, search=None), ListQuery())]
-                    self._plan = search_queries.choose_plan(self.total, self._want() + 1 + self._offset, *jobs)
+                    want = self._want() + 1 + self._offset
+                    self._plan = search_queries.choose_plan(query, self.total, want, *jobs)
                 self._first = self._fetch(conn)
             return
         if self._offset:  # offset mode: the total first, so a skip past the end reads no index
