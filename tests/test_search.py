@@ -455,3 +455,58 @@ def test_cli_search_lines_json_csv_and_errors(index, db_url):
     assert json.loads(run_cli("search", "fox", "--since", "1d", "--json", db=db_url).stdout) == []  # 2025 jobs
     bad = run_cli("search", '"red fox', db=db_url)
     assert bad.exit_code == 1 and bad.stderr.startswith("Error: Invalid search query: a quoted phrase is not closed")
+
+
+# -- random histories and random queries ------------------------------------------------
+
+VOCABULARY = ["Fox", "fox", "FOX", "red", "Café", "CAFE", "snow", "Straße", "strasse", "naïve", "ǅemal",
+              "juggernautXL_v9.safetensors", "<lora:detail_tweaker:0.7>", "8675309", "v9", "fo", "foxes",
+              "中文", "x", "a-b_c", "KSampler", "1.5"]
+
+
+def random_item(rng, n: int) -> tuple[str, dict]:
+    job_id = f"r{n:04d}"
+    graph = {}
+    for node in range(rng.randint(1, 4)):
+        text = " ".join(rng.choice(VOCABULARY) + rng.choice(["", ",", "!", " ", "."]) for _ in range(rng.randint(0, 8)))
+        graph[str(node)] = {"class_type": rng.choice(["KSampler", "CLIPTextEncode", "Note", "LoraLoader"]),
+                            "inputs": {"text": text, "seed": rng.choice([1, 7, 8675309, 42]), "link": ["0", 0]}}
+    status = rng.choice(["success", "error"])
+    item = {"prompt": [n, job_id, graph, {"create_time": 1_000 + rng.randrange(50)}, []],
+            "outputs": {}, "status": {"status_str": status, "completed": status == "success", "messages": []}}
+    return job_id, item
+
+
+def random_query(rng) -> str:
+    terms = []
+    for i in range(rng.randint(1, 3)):
+        words_ = [w for w in words(rng.choice(VOCABULARY) + " " + rng.choice(VOCABULARY)) if w][:rng.randint(1, 2)]
+        body = " ".join(words_)
+        if rng.random() < 0.3:
+            body = body[:max(1, len(body) - 2)].rstrip() + "*"
+            if not body[-2:-1].isalnum():
+                body = words_[0] + "*"
+        term = f'"{body}"' if " " in body or rng.random() < 0.2 else body
+        terms.append(("-" if i and rng.random() < 0.3 else "") + term)
+    return " ".join(terms)
+
+
+def test_random_histories_and_queries_match_the_reference(index):
+    import random
+
+    rng = random.Random(14)
+    records = [from_history(*random_item(rng, n)) for n in range(250)]
+    index.ingest(records, batch_size=60)
+    asked = 0
+    for _ in range(60):
+        text = random_query(rng)
+        try:
+            parse(text)
+        except SearchSyntaxError:
+            continue
+        asked += 1
+        expected = reference(records, text)
+        assert walk(index, {"q": text}, limit=rng.choice([1, 3, 17])) == (expected, len(expected)), text
+        status = rng.choice(["completed", "failed"])
+        assert walk(index, {"q": text, "status": status}, limit=5)[0] == reference(records, text, statuses=[status])
+    assert asked >= 40
