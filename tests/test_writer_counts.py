@@ -57,6 +57,7 @@ def test_upgrade_seed_write_adhoc_downgrade(db_url):
         with engine.connect() as conn:
             assert current_revision(conn) == REV_4
         assert index.counts_consistent() and index.total() == 40
+        migrate(engine)  # this code's writer also writes job_search (0008_search)
 
         # The writer: new rows, a re-import (unchanged), a source change, new stages.
         fresh = records(60, seed=4)
