@@ -52,11 +52,14 @@ def test_upgrade_seed_write_adhoc_downgrade(db_url):
         migrate(engine, REV_3)
         seeded = records(40, seed=3)
         with write_transaction(engine) as conn:
-            conn.execute(insert(Job.__table__), [{**r.as_row(), "indexed_at": 1} for r in seeded])
+            # Revision 0003's columns (priority_json came with 0006).
+            conn.execute(insert(Job.__table__), [{**{k: v for k, v in r.as_row().items() if k != "priority_json"},
+                                                  "indexed_at": 1} for r in seeded])
         migrate(engine, REV_4)
         with engine.connect() as conn:
             assert current_revision(conn) == REV_4
         assert index.counts_consistent() and index.total() == 40
+        migrate(engine)  # this code's writer also writes job_search (0008_search)
 
         # The writer: new rows, a re-import (unchanged), a source change, new stages.
         fresh = records(60, seed=4)
