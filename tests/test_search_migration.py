@@ -17,7 +17,7 @@ from jobs_index.search import document, matches, parse
 
 from .fixtures_util import capture_history, capture_queue
 
-BEFORE, REVISION = "0005_filter_timeline_indexes", "0008_search"
+BEFORE, REVISION = "0007_source_leases", "0008_search"  # 0008 follows main's head
 
 
 def records() -> list:

@@ -77,7 +77,9 @@ def test_upgrade_backfills_from_raw_then_downgrade_and_again(db_url):
         migrate(engine, REV_1)
         records = seed_records()
         with write_transaction(engine) as conn:
-            conn.execute(insert(Job.__table__), [{**r.as_row(), "indexed_at": 1} for r in records])
+            # Revision 0001's columns (priority_json came with 0006).
+            conn.execute(insert(Job.__table__), [{**{k: v for k, v in r.as_row().items() if k != "priority_json"},
+                                                  "indexed_at": 1} for r in records])
         assert "job_outputs" not in tables_and_views(engine)[0]
 
         migrate(engine, REV_2)  # 0001 -> 0002 with data
