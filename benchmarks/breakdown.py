@@ -296,8 +296,11 @@ def _old_write_batch(self, records):
     from jobs_index.database import write_transaction
     from jobs_index.services import IngestResult
 
-    jobs, outputs_t, nodes_t = (schema.Job.__table__, schema.JobOutput.__table__,
-                                schema.JobNode.__table__)
+    from sqlalchemy import column, table
+
+    jobs, outputs_t = schema.Job.__table__, schema.JobOutput.__table__
+    # job_nodes as it was before revision 0008 (no model any more)
+    nodes_t = table("job_nodes", column("job_id"), column("node_id"), column("class_type"))
     chunks = lambda ids: (ids[i:i + 900] for i in range(0, len(ids), 900))  # noqa: E731
     result = IngestResult()
     now = int(time.time() * 1000)
@@ -333,12 +336,21 @@ def _old_write_batch(self, records):
             conn.execute(delete(outputs_t).where(outputs_t.c.job_id.in_(chunk)))
             conn.execute(delete(nodes_t).where(nodes_t.c.job_id.in_(chunk)))
         outputs = [{**row, "job_id": r.id} for r in written for row in r.output_files]
-        nodes = [{**row, "job_id": r.id} for r in written for row in r.node_types]
+        nodes = [{"job_id": r.id, "node_id": node_id, "class_type": class_type}
+                 for r in written for node_id, class_type in _graph_nodes(r)]
         if outputs:
             conn.execute(insert(outputs_t), outputs)
         if nodes:
             conn.execute(insert(nodes_t), nodes)
     return result
+
+
+def _graph_nodes(record) -> list[tuple[str, str]]:
+    """(node_id, class_type) of a record's prompt graph: the job_nodes rows before 0008."""
+    item = normalize.decode_raw(record.raw)
+    graph = (item["prompt"] if record.raw_kind == "history" else item)[2]
+    return [(str(k), v["class_type"]) for k, v in graph.items()
+            if isinstance(v, dict) and isinstance(v.get("class_type"), str)]
 
 
 def _preload_records(n: int) -> list:
@@ -360,7 +372,7 @@ def _preload_records(n: int) -> list:
             r, id=str(uuid.UUID(int=rng.getrandbits(128), version=4)), create_time=r.create_time - shift,
             execution_start_time=r.execution_start_time and r.execution_start_time - shift,
             execution_end_time=r.execution_end_time and r.execution_end_time - shift,
-            output_files=list(r.output_files), node_types=list(r.node_types)))
+            output_files=list(r.output_files)))
     return out
 
 
@@ -456,7 +468,7 @@ def cmd_bulk_floor(args) -> None:
     import os
     import sqlite3
 
-    from jobs_index import write_queries
+    from jobs_index import search_queries, write_queries
 
     n = args.jobs
     started = time.perf_counter()
@@ -485,7 +497,9 @@ def cmd_bulk_floor(args) -> None:
     with JobsIndex.open(target.url) as index, index.engine.connect() as sa_conn:  # the schema, at head
         indexes = write_queries.secondary_indexes(sa_conn)
     jobs = write_queries.job_rows(records, int(time.time() * 1000))
-    outputs, nodes = write_queries.side_rows(records)
+    outputs = write_queries.side_rows(records)
+    searched = [(docid, *search_queries._row_values(r, r.search, None)) for docid, r in enumerate(records, 1)]
+    words = [(docid, r.search.fts_text()) for docid, r in enumerate(records, 1)]
     del records
     conn = sqlite3.connect(target.path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -498,7 +512,8 @@ def cmd_bulk_floor(args) -> None:
         conn.execute(f'DROP INDEX "{name}"')
     parts = [
         (f"driver: jobs rows ({len(jobs[0])} columns, zlib raw item)", "jobs", write_queries.JOB_COLUMNS, jobs),
-        (f"driver: job_nodes rows ({len(nodes) / n:.1f} per job)", "job_nodes", write_queries.NODE_COLUMNS, nodes),
+        ("driver: job_search rows", "job_search", ("docid", *search_queries.ROW_COLUMNS), searched),
+        ("driver: job_search_fts (FTS5) documents", "job_search_fts", ("rowid", "doc"), words),
         (f"driver: job_outputs rows ({len(outputs) / n:.1f} per job)", "job_outputs", write_queries.OUTPUT_COLUMNS,
          outputs),
     ]

@@ -36,8 +36,9 @@ class SqlError(JobsIndexError):
 
 
 # PRAGMAs that only read. Any other PRAGMA, or one of these given a value, is refused.
+# (``data_version`` is read by SQLite's FTS5 module itself: ``job_search_fts MATCH``.)
 READ_PRAGMAS = frozenset({
-    "application_id", "collation_list", "compile_options", "database_list", "encoding",
+    "application_id", "collation_list", "compile_options", "data_version", "database_list", "encoding",
     "foreign_key_check", "foreign_key_list", "freelist_count", "function_list",
     "index_info", "index_list", "index_xinfo", "integrity_check", "journal_mode",
     "module_list", "page_count", "page_size", "pragma_list", "quick_check",

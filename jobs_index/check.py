@@ -5,8 +5,8 @@ the row. Derived from them, and checked here (in keyset batches by id, each batc
 one transaction, on both engines):
 
 * the columns ``normalize`` derives from ``raw`` (status, times, error fields, ...);
-* the side rows (``job_outputs``, ``job_nodes``) of every job, and side rows whose
-  job is gone;
+* the side rows (``job_outputs``, ``job_search``: its copies of the listing columns
+  and the search document's names) of every job, and side rows whose job is gone;
 * ``job_counts`` against a recount of ``jobs`` (one snapshot).
 
 Drift comes from writes that bypass jobs-index: ``INSERT OR REPLACE`` in the
@@ -22,14 +22,16 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
 from . import check_queries as cq
 from . import queries
 from .database import read_transaction, write_transaction
 from .errors import InvalidItem
-from .normalize import KIND_HISTORY, JobRecord, column_text, from_history, from_queue, loads_exact, raw_json
+from .normalize import (KIND_HISTORY, JobRecord, answer_text, column_text, decode_raw, from_history, from_queue,
+                        loads_exact, raw_json)
+from .search import document
 from .services import JobsIndex
 from .write_queries import pg_priority
 
@@ -103,17 +105,32 @@ def _group(rows, columns: tuple[str, ...]) -> dict[str, list[tuple]]:
     return grouped
 
 
+def _json_list(values) -> str:
+    return json.dumps(list(values), ensure_ascii=False, separators=(",", ":"))
+
+
+def _search_row(row, record: JobRecord, copies_from_row: bool) -> tuple:
+    """The ``job_search`` row (``cq.SEARCH_COLUMNS``) a job should have: the listing
+    columns as its ``jobs`` row holds them (``copies_from_row``) or as ``raw`` says
+    (the row's own columns being wrong: a repair rewrites them, and the copies
+    follow), and the search document's name lists."""
+    doc = record.search if record.search is not None else document(row.raw_kind, decode_raw(row.raw))
+    listed = tuple(getattr(row if copies_from_row or name == "source" else record, name)
+                   for name in cq.SEARCH_LISTED)
+    return (*listed, _json_list(doc.node_types), _json_list(doc.models), _json_list(doc.loras))
+
+
 def _check_batch(conn, after: str | None, size: int, repair: bool, report: CheckReport) -> str | None:
     """Check (and repair) the jobs after ``after``; returns the last id, None at the end."""
     rows = cq.job_batch(conn, after, size, for_update=repair)
     last = rows[-1].id if rows else None
-    stored_outputs, stored_nodes = cq.side_rows_between(conn, after, last)
-    outputs, nodes = _group(stored_outputs, cq.OUTPUT_COLUMNS), _group(stored_nodes, cq.NODE_COLUMNS)
-    fix_side, new_outputs, new_nodes = [], [], []
+    stored_outputs, stored_search = cq.side_rows_between(conn, after, last)
+    outputs, searches = _group(stored_outputs, cq.OUTPUT_COLUMNS), _group(stored_search, cq.SEARCH_COLUMNS)
+    fix_side, new_outputs, new_search = [], [], []
     pg = conn.dialect.name == "postgresql"
     for row in rows:
         report.jobs += 1
-        outputs_of, nodes_of = outputs.pop(row.id, []), nodes.pop(row.id, [])
+        outputs_of, search_of = outputs.pop(row.id, []), searches.pop(row.id, [])
         try:
             record = derive(row)
         except (InvalidItem, ValueError, zlib.error, TypeError) as exc:
@@ -127,17 +144,23 @@ def _check_batch(conn, after: str | None, size: int, repair: bool, report: Check
             if repair:
                 cq.update_derived(conn, row.id, {name: getattr(record, name) for name in cq.DERIVED_COLUMNS})
         want_outputs = [tuple(o[c] for c in cq.OUTPUT_COLUMNS) for o in record.output_files]
-        want_nodes = sorted(tuple(n[c] for c in cq.NODE_COLUMNS) for n in record.node_types)
-        if outputs_of != want_outputs or sorted(nodes_of) != want_nodes:
+        # A row whose own columns are wrong: its copies may hold either the row's values
+        # (PostgreSQL's trigger followed an UPDATE) or raw's (SQLite's INSERT OR REPLACE
+        # fires no trigger); the repair's UPDATE of the row carries raw's over.
+        want_search = {_search_row(row, record, copies) for copies in ((True, False) if wrong else (True,))}
+        if outputs_of != want_outputs or len(search_of) != 1 or search_of[0] not in want_search:
             report.side_rows.add(row.id)
             fix_side.append(row.id)
             new_outputs += [{**o, "job_id": row.id} for o in record.output_files]
-            new_nodes += [{**n, "job_id": row.id} for n in record.node_types]
-    orphan_ids = sorted(outputs.keys() | nodes.keys())  # side rows in this id range with no job
+            # The search row is written from ComfyUI's values (search_queries maps them
+            # to the column form) and the row's source, as the row will be after repair.
+            new_search.append(replace(record, id=answer_text(row.id), workflow_id=answer_text(record.workflow_id),
+                                      source=row.source))
+    orphan_ids = sorted(outputs.keys() | searches.keys())  # side rows in this id range with no job
     for job_id in orphan_ids:
-        report.orphans.add(job_id, len(outputs.get(job_id, ())) + len(nodes.get(job_id, ())))
+        report.orphans.add(job_id, len(outputs.get(job_id, ())) + len(searches.get(job_id, ())))
     if repair and (fix_side or orphan_ids):
-        cq.replace_side_rows(conn, fix_side + orphan_ids, new_outputs, new_nodes)
+        cq.replace_side_rows(conn, fix_side + orphan_ids, new_outputs, new_search)
     return last
 
 

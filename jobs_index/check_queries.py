@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import Connection, Row, delete, select
+from sqlalchemy import Connection, Row, delete, select, text
 
-from . import schema
+from . import schema, search_queries
 from .queries import _chunks
 
 jobs = schema.Job.__table__
 job_outputs = schema.JobOutput.__table__
-job_nodes = schema.JobNode.__table__
 
 # The columns derived from ``raw`` (``normalize.from_history`` / ``from_queue``).
 # Not derived: id, source (the writer's), raw itself, raw_digest (change detection
@@ -27,7 +26,11 @@ DERIVED_COLUMNS = ("status", "stage", "priority", "priority_json", "create_time"
                    "preview_output", "execution_error", "error_type", "error_message", "error_node_id",
                    "error_node_type", "workflow_id")
 OUTPUT_COLUMNS = ("ordinal", "node_id", "media_type", "filename", "subfolder", "type")
-NODE_COLUMNS = ("node_id", "class_type")
+# job_search (migration 0008): the listing columns it copies from the job's row, and
+# the search document's name lists (JSON text); the full-text part (SQLite's
+# contentless FTS5, PostgreSQL's tsvector) is rewritten with the row on repair.
+SEARCH_LISTED = ("create_time", "execution_duration", "status", "workflow_id", "source")
+SEARCH_COLUMNS = (*SEARCH_LISTED, "node_types", "models", "loras")
 
 
 def job_batch(conn: Connection, after: str | None, limit: int, *, for_update: bool = False) -> list[Row]:
@@ -35,7 +38,8 @@ def job_batch(conn: Connection, after: str | None, limit: int, *, for_update: bo
     raw and the derived columns. ``for_update``: PostgreSQL locks them until the
     transaction ends (a repair then writes what their current raw says; SQLite's
     writer transaction holds the database's only write lock anyway)."""
-    stmt = (select(jobs.c.id, jobs.c.raw_kind, jobs.c.raw, *(jobs.c[name] for name in DERIVED_COLUMNS))
+    stmt = (select(jobs.c.id, jobs.c.raw_kind, jobs.c.raw, jobs.c.source,
+                   *(jobs.c[name] for name in DERIVED_COLUMNS))
             .order_by(jobs.c.id).limit(limit))
     if after is not None:
         stmt = stmt.where(jobs.c.id > after)
@@ -44,37 +48,45 @@ def job_batch(conn: Connection, after: str | None, limit: int, *, for_update: bo
     return conn.execute(stmt).all()
 
 
-def _in_range(table, after: str | None, last: str | None):
-    conditions = []
+def _in_range(column: str, after: str | None, last: str | None) -> tuple[str, list]:
+    """SQL condition on ``column`` for ids in ``(after, last]`` and its parameters."""
+    conditions, params = [], []
     if after is not None:
-        conditions.append(table.c.job_id > after)
+        conditions.append(f"{column} > :after")
+        params.append(("after", after))
     if last is not None:
-        conditions.append(table.c.job_id <= last)
-    return conditions
+        conditions.append(f"{column} <= :last")
+        params.append(("last", last))
+    return " AND ".join(conditions) or "1 = 1", params
 
 
 def side_rows_between(conn: Connection, after: str | None, last: str | None) -> tuple[list[Row], list[Row]]:
-    """(job_outputs rows, job_nodes rows) whose job_id is in ``(after, last]``
+    """(job_outputs rows, job_search rows) whose job_id is in ``(after, last]``
     (None: unbounded), ordered like the writer writes them."""
+    bounds = [job_outputs.c.job_id > after] if after is not None else []
+    if last is not None:
+        bounds.append(job_outputs.c.job_id <= last)
     outputs = conn.execute(select(job_outputs.c.job_id, *(job_outputs.c[c] for c in OUTPUT_COLUMNS))
-                           .where(*_in_range(job_outputs, after, last))
+                           .where(*bounds)
                            .order_by(job_outputs.c.job_id, job_outputs.c.ordinal)).all()
-    nodes = conn.execute(select(job_nodes.c.job_id, *(job_nodes.c[c] for c in NODE_COLUMNS))
-                         .where(*_in_range(job_nodes, after, last))
-                         .order_by(job_nodes.c.job_id, job_nodes.c.node_id)).all()
-    return outputs, nodes
+    where, params = _in_range("job_id", after, last)
+    search = conn.execute(text(f"SELECT job_id, {', '.join(SEARCH_COLUMNS)} FROM job_search WHERE {where} "
+                               "ORDER BY job_id"), dict(params)).all()
+    return outputs, search
 
 
 def update_derived(conn: Connection, job_id: str, values: dict) -> None:
     conn.execute(jobs.update().where(jobs.c.id == job_id).values(**values))
 
 
-def replace_side_rows(conn: Connection, job_ids: Sequence[str], outputs: list[dict], nodes: list[dict]) -> None:
-    """Delete every side row of ``job_ids`` (jobs or orphans) and insert the given ones."""
+def replace_side_rows(conn: Connection, job_ids: Sequence[str], outputs: list[dict], records: list) -> None:
+    """Delete every side row of ``job_ids`` (jobs or orphans, column form) and insert
+    the given ``job_outputs`` rows and the search rows of ``records`` (``JobRecord``s
+    with ComfyUI's id and workflow id and the row's source)."""
+    search = search_queries.store(conn)
     for chunk in _chunks(list(job_ids)):
         conn.execute(delete(job_outputs).where(job_outputs.c.job_id.in_(chunk)))
-        conn.execute(delete(job_nodes).where(job_nodes.c.job_id.in_(chunk)))
+        search.forget(conn, chunk)
     if outputs:
         conn.execute(job_outputs.insert(), outputs)
-    if nodes:
-        conn.execute(job_nodes.insert(), nodes)
+    search.add(conn, records)

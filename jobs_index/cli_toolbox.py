@@ -331,7 +331,7 @@ def _finding_line(label: str, finding, fixed: bool) -> str:
               help="Jobs per transaction.")
 @click.pass_obj
 def check(obj, repair: bool, batch_size: int) -> None:
-    """Verify job_counts, job_outputs/job_nodes and the columns derived from raw.
+    """Verify job_counts, job_outputs/job_search and the columns derived from raw.
 
     The rows of jobs are the truth: every job's raw item is read again (in
     batches by id) and the columns and side rows it implies are compared with the
@@ -355,7 +355,7 @@ def check(obj, repair: bool, batch_size: int) -> None:
             finish()
     click.echo(f"checked {report.jobs} job(s)")
     click.echo(_finding_line("jobs whose columns differ from raw", report.derived, repair))
-    click.echo(_finding_line("jobs whose job_outputs/job_nodes differ from raw", report.side_rows, repair))
+    click.echo(_finding_line("jobs whose job_outputs/job_search differ from raw", report.side_rows, repair))
     click.echo(_finding_line("side rows without their job", report.orphans, repair))
     wrong = sorted(report.counters.items())
     line = f"job_counts rows that differ from a recount: {len(wrong)}"
@@ -372,6 +372,72 @@ def check(obj, repair: bool, batch_size: int) -> None:
 
 
 EXAMPLES = 3
+
+
+# -- search ----------------------------------------------------------------------
+
+SEARCH_COLUMNS = ("created_at", "status", "source", "id", "output", "match")
+
+
+@click.command()
+@click.argument("query", metavar="QUERY")
+@click.option("--status", "statuses", type=Statuses(), metavar="STATUS[,STATUS...]",
+              help="Only jobs with these statuses.")
+@click.option("--source", metavar="NAME", help="Only jobs from this source.")
+@click.option("--workflow-id", metavar="ID", help="Only jobs of this workflow.")
+@click.option("--since", "since_ms", type=Duration(), metavar="DURATION",
+              help=f"Only jobs created in the last DURATION, {DURATION_HELP}.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(0),
+              help="Print at most this many jobs (0: all).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of objects (created_at in ms too).")
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV with a header row.")
+@click.option("--max-width", default=60, show_default=True, type=click.IntRange(0),
+              help="Cut table cells longer than this (0: never). JSON and CSV are never cut.")
+@click.pass_obj
+def search(obj, query: str, statuses: tuple[str, ...] | None, source: str | None, workflow_id: str | None,
+           since_ms: int | None, limit: int, as_json: bool, as_csv: bool, max_width: int) -> None:
+    """Find jobs by prompt text, model and LoRA names, seeds, node types, output
+    file names and errors: newest first, one line per job with the matching text
+    (the matched words in [brackets]).
+
+    \b
+    QUERY syntax (the same as GET /api/jobs?q=; case and accents do not matter):
+      red fox            both words, anywhere in the job
+      "red fox"          the phrase
+      jugg*              a word starting with jugg
+      -blurry            without this word (or -"phrase", -prefix*)
+    Names are split into words: juggernautXL_v9 finds juggernautXL_v9.safetensors.
+
+    \b
+    Example:
+      jobs-index search "red fox" --status completed
+      jobs-index search juggernautXL_v9 --since 30d
+      jobs-index search detail_tweaker --json
+      jobs-index search 8675309
+    """
+    from .params import STATUSES, ListQuery
+    from .render import format_table, write_csv, write_json
+    from .search import parse
+    from .units import iso_ms, now_ms
+
+    if as_json and as_csv:
+        raise BadInput("choose one of --json and --csv")
+    listing = ListQuery(statuses=statuses or STATUSES, workflow_id=workflow_id or None, source=source or None,
+                        limit=limit or None, search=parse(query))
+    since = None if since_ms is None else now_ms() - since_ms
+    with _open_existing(obj) as index, _reader_may_leave():
+        hits = list(index.search(listing, since_ms=since))
+    out = click.get_text_stream("stdout")
+    if as_json:
+        write_json(out, ("create_time", *SEARCH_COLUMNS),
+                   [(h.create_time, iso_ms(h.create_time), h.status, h.source, h.id, h.output, h.text)
+                    for h in hits])
+        return
+    rows = [(iso_ms(h.create_time), h.status, h.source, h.id, h.output, h.text) for h in hits]
+    if as_csv:
+        write_csv(out, SEARCH_COLUMNS, rows)
+    else:
+        out.write(format_table(SEARCH_COLUMNS, rows, max_width=max_width, footer=False))
 
 
 # -- serve --retention ---------------------------------------------------------------
@@ -394,7 +460,7 @@ def stop_retention(worker) -> None:
         worker.stop()
 
 
-COMMANDS = (sql, stats, prune, export, check)
+COMMANDS = (sql, stats, prune, export, check, search)
 
 
 def register(group: click.Group) -> None:

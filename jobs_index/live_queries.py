@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from sqlalchemy import Connection, Row, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from . import schema
+from . import schema, search_queries
 from .normalize import STAGE_HISTORY, answer_text, column_text
 from .queries import _chunks
 
@@ -50,7 +50,10 @@ def finished_batch(conn: Connection, source: str | None, limit: int) -> list[str
 def delete_of_source(conn: Connection, ids: Sequence[str], source: str | None) -> int:
     """Delete the rows among ``ids`` that belong to ``source``; others stay."""
     deleted = 0
+    search = search_queries.store(conn)
     for chunk in _chunks([column_text(job_id) for job_id in ids]):
+        owned = select(jobs.c.id).where(jobs.c.id.in_(chunk), jobs.c.source.is_not_distinct_from(source))
+        search.forget(conn, list(conn.execute(owned).scalars()))  # before the rows go (SQLite's FTS5)
         stmt = jobs.delete().where(jobs.c.id.in_(chunk), jobs.c.source.is_not_distinct_from(source))
         deleted += conn.execute(stmt).rowcount
     return deleted

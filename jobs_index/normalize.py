@@ -31,6 +31,7 @@ from typing import Any
 import orjson
 
 from .errors import InvalidItem
+from .search import Document, document
 
 try:  # ISA-L writes the same zlib format (any zlib reads it) 3-4x faster than zlib itself
     from isal.isal_zlib import compress as _compress
@@ -79,9 +80,9 @@ class JobRecord:
     # The queue number's JSON text when it is not a 64-bit integer (None: ``priority``).
     priority_json: str | None = None
     source: str | None = None
-    # Rows of the side tables ``job_outputs`` / ``job_nodes`` (not ``jobs`` columns).
+    # Rows of the side tables ``job_outputs`` / ``job_search`` (not ``jobs`` columns).
     output_files: list[dict] = field(default_factory=list)
-    node_types: list[dict] = field(default_factory=list)
+    search: Document | None = None  # the search document (``search.document``)
 
     def as_row(self) -> dict[str, Any]:
         """The ``jobs`` row (side-table rows excluded)."""
@@ -93,7 +94,7 @@ class JobRecord:
         return JobRecord, _all_values(self)
 
 
-_SIDE_TABLE_FIELDS = frozenset({"output_files", "node_types"})
+_SIDE_TABLE_FIELDS = frozenset({"output_files", "search"})
 _ROW_FIELDS = tuple(name for name in JobRecord.__slots__ if name not in _SIDE_TABLE_FIELDS)
 _row_values = attrgetter(*_ROW_FIELDS)
 _all_values = attrgetter(*JobRecord.__slots__)
@@ -317,7 +318,7 @@ def from_queue(item: Any, status: str, exact: bool = False) -> JobRecord:
     stage = STAGE_RUNNING if status == IN_PROGRESS else STAGE_PENDING
     record = _base_record(job_id, status, stage, number,
                           create_time, workflow_id, KIND_QUEUE, prompt, exact)
-    record.node_types = node_types(prompt[2])
+    record.search = document(KIND_QUEUE, prompt)
     return record
 
 
@@ -459,25 +460,6 @@ def output_files(outputs: Any) -> list[dict]:
     return _outputs_walk(outputs)[2]
 
 
-def node_types(prompt_graph: Any) -> list[dict]:
-    """``(node_id, class_type)`` of each node of a prompt graph: rows of ``job_nodes``.
-
-    Nodes that are not objects or have no string ``class_type`` are skipped (so is a
-    NUL in either, as in ``output_files``).
-    """
-    rows: list[dict] = []
-    if not isinstance(prompt_graph, dict):
-        return rows
-    for node_id, node in prompt_graph.items():
-        if isinstance(node, dict):
-            class_type = node.get("class_type")
-            if isinstance(class_type, str) and "\x00" not in class_type:
-                node_id = str(node_id)
-                if "\x00" not in node_id:
-                    rows.append({"node_id": node_id, "class_type": class_type})
-    return rows
-
-
 def _side_text(value: Any) -> str | None:
     """A string fit for a side-table text column, else None (defensive: no NUL)."""
     return value if isinstance(value, str) and "\x00" not in value else None
@@ -496,7 +478,7 @@ def from_history(job_id: Any, item: Any, exact: bool = False) -> JobRecord:
     job_id = _check_id(job_id)
     if not isinstance(item, dict):
         raise InvalidItem(job_id, "history item must be an object")
-    number, _, graph, extra_data, _ = prompt = _prompt_tuple(job_id, item.get("prompt"))
+    number, _, _, extra_data, _ = prompt = _prompt_tuple(job_id, item.get("prompt"))
     create_time, workflow_id = _metadata(extra_data)
     status_info = item.get("status", {})
     start, end, error, interrupted = _execution_events(status_info)
@@ -521,7 +503,7 @@ def from_history(job_id: Any, item: Any, exact: bool = False) -> JobRecord:
         create_time or 0, create_time is None, start, end, end - start if start and end else 0,
         count, json_text(preview, exact) if preview is not None else None,
         execution_error, error_type, error_message, error_node_id, error_node_type,
-        workflow_id, KIND_HISTORY, raw, digest, priority_json, None, files, node_types(graph))
+        workflow_id, KIND_HISTORY, raw, digest, priority_json, None, files, document(KIND_HISTORY, raw_item))
 
 
 # -- rows back to job dicts ----------------------------------------------------

@@ -2,6 +2,8 @@
 
 Validation order and error bodies follow ComfyUI's ``server.py``; the first failing
 parameter wins. The result is a ``ListQuery`` that the query layer turns into SQL.
+Extensions (ComfyUI ignores them): ``source=`` and ``q=`` (full-text search,
+``search.parse``; a malformed one is a 400 after ComfyUI's own checks).
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from dataclasses import dataclass
 
 from .cursor import CURSOR_SORT_FIELD, Cursor, decode_cursor
 from .errors import BadRequest
+from .search import SearchQuery, parse as parse_search
 
 STATUSES = ("pending", "in_progress", "completed", "failed", "cancelled")
 SORT_FIELDS = ("created_at", "execution_duration")
@@ -27,6 +30,7 @@ class ListQuery:
     limit: int | None = None
     offset: int = 0
     cursor: Cursor | None = None  # set only when sort_by is created_at
+    search: SearchQuery | None = None  # ``q=``, jobs-index extension (``search.parse``)
 
     @property
     def descending(self) -> bool:
@@ -87,7 +91,11 @@ def parse_list_query(query: Mapping[str, str]) -> ListQuery:
     if after is not None and sort_by == CURSOR_SORT_FIELD:
         cursor = decode_cursor(after, sort_order)
 
+    q = query.get("q")  # checked last: ComfyUI's own parameters keep their error order
+    search = parse_search(q) if q and q.strip() else None
+
     return ListQuery(
+        search=search,
         statuses=statuses,
         workflow_id=workflow_id,
         source=source,

@@ -92,6 +92,11 @@ def page_columns(dialect: str) -> tuple:
             literal_column(_JOB_JSON_SQL[dialect]).label("job_json"))
 
 
+def page_columns_sql(dialect: str) -> str:
+    """``page_columns`` as SQL text (for statements written as text: ``search_queries``)."""
+    return f"jobs.id, jobs.create_time, jobs.execution_duration, {_JOB_JSON_SQL[dialect]} AS job_json"
+
+
 SQLITE_PRIMARY_KEY_INDEX = "sqlite_autoindex_jobs_1"  # SQLite's own index of jobs.id
 
 # Positions in a listing row (``select_page``).
@@ -392,8 +397,11 @@ def live_ids(conn: Connection, source: str | None) -> set[str]:
 
 def delete_jobs(conn: Connection, ids: Sequence[str]) -> int:
     """Delete ComfyUI's jobs ``ids``; returns how many rows went."""
+    from . import search_queries  # (it imports this module)
     deleted = 0
+    search = search_queries.store(conn)
     for chunk in _chunks([column_text(job_id) for job_id in ids]):
+        search.forget(conn, chunk)  # before the rows go (SQLite's contentless FTS5 needs their words)
         deleted += conn.execute(jobs.delete().where(jobs.c.id.in_(chunk))).rowcount
     return deleted
 

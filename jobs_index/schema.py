@@ -6,6 +6,10 @@ Counters in ``job_counts`` are maintained by database triggers (created by the
 migrations), so every write path, including ad-hoc SQL, keeps them exact; on
 SQLite jobs-index's own writer switches them off inside its transaction and
 applies the batch's deltas itself (``JobsIndexWriter``, migration ``0004``).
+
+The search tables (``job_search``, SQLite's FTS5 ``job_search_fts``; migration
+``0008_search``) differ between the engines and are not models here: their SQL is
+in ``search_queries``, and ``alembic check`` leaves them aside (``DERIVED_TABLES``).
 """
 from __future__ import annotations
 
@@ -146,21 +150,6 @@ class JobOutput(Base):
     __table_args__ = (Index(None, "filename"), {"sqlite_with_rowid": False})
 
 
-class JobNode(Base):
-    """One node of a job's prompt graph: its id and ``class_type`` (node type).
-
-    Derived from ``jobs.raw`` at ingest (``normalize.node_types``), like ``JobOutput``.
-    """
-
-    __tablename__ = "job_nodes"
-
-    job_id: Mapped[str] = mapped_column(IdText, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
-    node_id: Mapped[str] = mapped_column(Text, primary_key=True)
-    class_type: Mapped[str] = mapped_column(Text)
-
-    __table_args__ = (Index(None, "class_type", "job_id"), {"sqlite_with_rowid": False})
-
-
 class FollowedSource(Base):
     """A ComfyUI server followed live (``jobs-index follow``): where, and how far its
     ``/history`` was read (migration ``0003``)."""
@@ -186,6 +175,12 @@ class SourceLease(Base):
     acquired_at: Mapped[int] = mapped_column(BigInteger)  # epoch ms
     expires_at: Mapped[int] = mapped_column(BigInteger)  # epoch ms (holder's clock); renewed while alive
 
+
+# Tables derived from ``jobs.raw`` whose SQL lives outside these models (SQLite's FTS5
+# shadow tables start with the same name): ``alembic check`` does not compare them.
+DERIVED_TABLES = ("job_search",)
+
+
 # Index names, used to pin query plans (SQLite ``INDEXED BY``).
 IX_CREATE_TIME = "ix_jobs_create_time_id"
 IX_STATUS_CREATE_TIME = "ix_jobs_status_create_time_id"
@@ -196,4 +191,3 @@ IX_SOURCE_CREATE_TIME = "ix_jobs_source_create_time_id"
 IX_DURATION = "ix_jobs_execution_duration_id"
 IX_STATUS_DURATION = "ix_jobs_status_execution_duration_id"
 IX_OUTPUTS_FILENAME = "ix_job_outputs_filename"
-IX_NODES_CLASS_TYPE = "ix_job_nodes_class_type_job_id"

@@ -12,18 +12,19 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from operator import itemgetter
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
-from . import queries, wire, write_queries
+from . import queries, search_queries, wire, write_queries
 from . import live_queries
-from .cursor import CURSOR_SORT_FIELD, cursor_can_carry, encode_cursor
+from .cursor import CURSOR_SORT_FIELD, cursor_can_carry, decode_cursor, encode_cursor
 from .database import HeldSnapshot, open_engine, read_statement, read_transaction, write_transaction
 from .errors import JobNotFound, LeaseLost, StorageError
-from .normalize import STAGE_HISTORY, JobRecord, answer_text, column_text, detail_dict
+from .normalize import STAGE_HISTORY, JobRecord, answer_text, column_text, decode_raw, detail_dict
+from .search import snippet
 from .params import ListQuery
 from .queries import ROW_CREATE_TIME, ROW_DURATION, ROW_ID, ROW_JOB_JSON, ROW_TOTAL, Position
 
@@ -59,6 +60,18 @@ class JobsPage:
     def body_text(self, query: ListQuery) -> str:
         """``body`` as JSON text, assembled without re-encoding the jobs."""
         return wire.page_body(self.job_texts, self.pagination(query))
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One job found by ``JobsIndex.search``: what ``jobs-index search`` prints."""
+
+    create_time: int | None  # None when ComfyUI recorded none
+    status: str
+    source: str | None
+    id: str
+    output: str | None  # the first output file's name
+    text: str  # the first matching text, the matched words marked
 
 
 @dataclass
@@ -113,8 +126,9 @@ class JobStream:
         self.has_more = False
         self.next_cursor: str | None = None
         self.total = 0
+        self._plan = "matches"
         if query.limit is not None and query.limit <= chunk:  # one chunk: one statement / transaction
-            if self._offset:
+            if self._offset or query.search is not None:
                 with read_transaction(index.engine) as conn:
                     self._first = self._start(conn)
             else:
@@ -138,7 +152,14 @@ class JobStream:
         answers like ComfyUI's early return for an empty filtered set (no cursor, no
         has_more) because no rows were found."""
         query, offset, want = self._query, self._offset, self._want()
-        if offset:  # offset mode: total and rows in one snapshot
+        if query.search is not None:  # the exact total of the matches, the plan, the first rows
+            self.total = search_queries.count_matches(conn, query)
+            if self.total:
+                jobs = [queries.count_total(conn, q) for q in
+                        (search_queries.walked_query(query), replace(query, search=None), ListQuery())]
+                self._plan = search_queries.choose_plan(query, self.total, want + 1 + offset, *jobs)
+            rows = self._select(conn, want + 1) if self.total else []
+        elif offset:  # offset mode: total and rows in one snapshot
             self.total = queries.count_total(conn, query)
             rows = queries.select_page(conn, query, limit=want + 1, offset=offset)
         else:  # page and total: one statement
@@ -148,9 +169,18 @@ class JobStream:
         self._first_read = (offset, len(first), len(rows) > want, len(rows))
         return first
 
+    def _select(self, conn, limit: int) -> list:
+        """Up to ``limit`` rows from the current position (a search: its own SQL)."""
+        if self._query.search is not None:
+            return search_queries.select_page(conn, self._query, plan=self._plan, limit=limit,
+                                              offset=self._offset, after=self._after)
+        return queries.select_page(conn, self._query, limit=limit, offset=self._offset, after=self._after)
+
     def _check_total(self) -> None:
         """After the first chunk: a counter the rows contradict is repaired, and the
         listing answers the rows' count (read outside the listing's snapshot)."""
+        if self._query.search is not None:  # counted from the search rows themselves, not counters
+            return
         offset, found, more, read = self._first_read
         if not _total_agrees(self.total, offset, found, more, self._query.cursor is not None):
             self.total = self._index._counter_mismatch(self._query, self.total, offset, read)
@@ -162,7 +192,7 @@ class JobStream:
         if self._done:
             return []
         want = self._want()
-        rows = queries.select_page(conn, self._query, limit=want + 1, offset=self._offset, after=self._after)
+        rows = self._select(conn, want + 1)
         return self._consume(rows, want)
 
     def _consume(self, rows: list, want: int) -> list[str]:
@@ -301,7 +331,7 @@ def _write_records(conn: Connection, records: list[JobRecord], now: int,
             result.unchanged += 1
             continue
         written.append(record)
-    # The rows, their job_outputs / job_nodes and (SQLite) counter deltas.
+    # The rows, their job_outputs and search rows and (SQLite) counter deltas.
     write_queries.write_batch(conn, written, existing, now)
     if finished is not None:
         finished.extend(finished_transitions(written, existing))
@@ -361,6 +391,35 @@ class JobsIndex:
         """A listing read chunk by chunk in one snapshot; the caller must ``close`` it
         (or read it to the end), else it holds a pooled connection."""
         return JobStream(self, query, chunk)
+
+    def search(self, query: ListQuery, *, since_ms: int | None = None, page_size: int = 200,
+               mark: tuple[str, str] = ("[", "]")) -> Iterator[SearchHit]:
+        """The jobs matching ``query`` (which has ``search``), newest first, up to
+        ``query.limit`` (None: all) and created at or after ``since_ms``. Pages of
+        ``page_size`` by keyset cursor; each page's details in one read."""
+        remaining = query.limit
+        cursor = None
+        while remaining is None or remaining > 0:
+            size = page_size if remaining is None else min(page_size, remaining)
+            page_query = replace(query, sort_by="created_at", sort_order="desc", limit=size, offset=0,
+                                 cursor=cursor)
+            page = self.list_jobs(page_query)
+            jobs = page.jobs
+            if since_ms is not None:
+                jobs = [j for j in jobs if j.get("create_time", 0) >= since_ms]
+            with read_transaction(self.engine) as conn:
+                details = search_queries.job_details(conn, [j["id"] for j in jobs])
+            for job in jobs:
+                if job["id"] not in details:  # deleted since the page was read
+                    continue
+                source, raw_kind, raw, output = details[job["id"]]
+                text = snippet(raw_kind, decode_raw(raw), query.search, mark=mark)
+                yield SearchHit(job.get("create_time"), job["status"], source, job["id"], output, text)
+            if remaining is not None:
+                remaining -= len(page.jobs)
+            if not page.has_more or len(jobs) < len(page.jobs):
+                return
+            cursor = decode_cursor(page.next_cursor, "desc")
 
     def get_job(self, job_id: str) -> dict:
         """The ``GET /api/jobs/{id}`` dict; raises JobNotFound."""

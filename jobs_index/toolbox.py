@@ -130,7 +130,8 @@ def prune(index: JobsIndex, selection: tq.PruneFilter, *, dry_run: bool = False,
           progress: Callable[[int], None] | None = None) -> PruneResult:
     """Delete the selected jobs in short transactions of ``batch_size`` (oldest first
     within each status), so readers and other writers wait at most one batch. Counts
-    stay exact (triggers); job_outputs/job_nodes rows go with their job (cascade)."""
+    stay exact (triggers); job_outputs rows go with their job (cascade), search rows too
+    (``search_queries.store(conn).forget``)."""
     result = PruneResult(dry_run=dry_run)
     if dry_run:
         with read_transaction(index.engine) as conn:

@@ -10,13 +10,12 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, Row, and_, delete, false, func, literal, or_, select, true, tuple_
 
-from . import schema
+from . import schema, search_queries
 from .normalize import column_text
 from .queries import _chunks
 
 jobs = schema.Job.__table__
 job_outputs = schema.JobOutput.__table__
-job_nodes = schema.JobNode.__table__
 
 FINISHED_STATUSES = ("completed", "failed", "cancelled")
 DAY_MS = 86_400_000
@@ -163,6 +162,7 @@ def prune_batch(conn: Connection, f: PruneFilter, limit: int) -> dict[str, int]:
         if found:
             removed[status] = len(found)
             ids.extend(found)
+    search_queries.store(conn).forget(conn, ids)
     for chunk in _chunks(ids):
         conn.execute(delete(jobs).where(jobs.c.id.in_(chunk)))
     return removed

@@ -7,8 +7,8 @@ driver errors still arrive as SQLAlchemy's ``DataError``/``IntegrityError``).
 
 * ``read_existing`` — ``{id: Existing}`` of the batch's ids already stored.
 * ``write_batch`` — upsert the rows with the "newer version wins" guard in SQL
-  (``ON CONFLICT (id) DO UPDATE ... WHERE``), their ``job_outputs``/``job_nodes``,
-  and on SQLite the ``job_counts`` deltas.
+  (``ON CONFLICT (id) DO UPDATE ... WHERE``), their ``job_outputs`` and search rows
+  (``search_queries.store``), and on SQLite the ``job_counts`` deltas.
 
 Counters. On SQLite the count triggers stand aside while ``jobs_index_writer`` has
 a row (migration 0004); the writer inserts it, writes, adds the batch's deltas
@@ -33,14 +33,13 @@ from operator import attrgetter
 from sqlalchemy import Connection
 from sqlalchemy.dialects import postgresql
 
-from . import schema
+from . import schema, search_queries
 from .normalize import JobRecord, answer_text, column_text
 
 JOB_COLUMNS = tuple(c.name for c in schema.Job.__table__.columns)
 _RECORD_COLUMNS = tuple(c for c in JOB_COLUMNS if c != "indexed_at")
 _record_values = attrgetter(*_RECORD_COLUMNS)
 OUTPUT_COLUMNS = ("job_id", "ordinal", "node_id", "media_type", "filename", "subfolder", "type")
-NODE_COLUMNS = ("job_id", "node_id", "class_type")
 SQLITE_IN_CHUNK = 900  # bound parameters per IN list
 PG_MAX_PARAMS = 60_000
 PG_ROWS = 1000  # rows per multi-row INSERT
@@ -148,9 +147,8 @@ def _insert_many(conn: Connection, table: str, columns: tuple[str, ...], rows: l
 
 
 def _delete_side_rows(conn: Connection, ids: list[str]) -> None:
-    for table in ("job_outputs", "job_nodes"):
-        for _ in _for_ids(conn, f"DELETE FROM {table} WHERE job_id ", ids):
-            pass
+    for _ in _for_ids(conn, "DELETE FROM job_outputs WHERE job_id ", ids):
+        pass
 
 
 # -- counters (SQLite) --------------------------------------------------------------
@@ -220,13 +218,10 @@ def job_rows(records: Sequence[JobRecord], now: int, pg: bool = False) -> list[t
     return rows
 
 
-def side_rows(records: Sequence[JobRecord]) -> tuple[list[tuple], list[tuple]]:
-    """The ``job_outputs`` rows (OUTPUT_COLUMNS order) and ``job_nodes`` rows
-    (NODE_COLUMNS order) of ``records``."""
-    outputs = [(column_text(r.id), f["ordinal"], f["node_id"], f["media_type"], f["filename"], f["subfolder"],
-                f["type"]) for r in records for f in r.output_files]
-    nodes = [(column_text(r.id), n["node_id"], n["class_type"]) for r in records for n in r.node_types]
-    return outputs, nodes
+def side_rows(records: Sequence[JobRecord]) -> list[tuple]:
+    """The ``job_outputs`` rows (OUTPUT_COLUMNS order) of ``records`` (job ids in column form)."""
+    return [(column_text(r.id), f["ordinal"], f["node_id"], f["media_type"], f["filename"], f["subfolder"],
+             f["type"]) for r in records for f in r.output_files]
 
 
 def write_batch(conn: Connection, records: Sequence[JobRecord], existing: dict[str, Existing],
@@ -240,6 +235,9 @@ def write_batch(conn: Connection, records: Sequence[JobRecord], existing: dict[s
     records = sorted(records, key=attrgetter("id"))  # PostgreSQL: one lock order for job rows
     rows = job_rows(records, now, pg)
     replaced = [column_text(r.id) for r in records if r.id in existing]
+    search = search_queries.store(conn)
+    if replaced:  # before the rows change: SQLite re-derives the old words from raw
+        search.forget(conn, replaced)
     if pg:
         _insert_many(conn, "jobs", JOB_COLUMNS, rows, _UPSERT_TAIL)
     else:
@@ -249,17 +247,17 @@ def write_batch(conn: Connection, records: Sequence[JobRecord], existing: dict[s
         if changed:
             conn.exec_driver_sql(_COUNT_UPSERT, changed)
         conn.exec_driver_sql("DELETE FROM jobs_index_writer")
-    # job_outputs / job_nodes follow their job's row, in its transaction.
+    # job_outputs and the search rows follow their job's row, in its transaction.
     if replaced:
         _delete_side_rows(conn, replaced)
-    outputs, nodes = side_rows(records)
-    _insert_many(conn, "job_outputs", OUTPUT_COLUMNS, outputs)
-    _insert_many(conn, "job_nodes", NODE_COLUMNS, nodes)
+    _insert_many(conn, "job_outputs", OUTPUT_COLUMNS, side_rows(records))
+    kept = {r.id: existing[r.id].source for r in records if r.source is None and r.id in existing}
+    search.add(conn, records, kept)
 
 
 # -- bulk load (SQLite, an empty index) ---------------------------------------------
 
-BULK_TABLES = ("jobs", "job_outputs", "job_nodes")
+BULK_TABLES = ("jobs", "job_outputs", "job_search")
 
 
 def index_is_empty(conn: Connection) -> bool:

@@ -16,7 +16,7 @@ from alembic import context
 
 from jobs_index.database import (VERSION_TABLE, check_foreign_keys, make_engine, resolve_url,
                                  sqlite_foreign_keys_off)
-from jobs_index.schema import Base
+from jobs_index.schema import DERIVED_TABLES, Base
 
 config = context.config
 target_metadata = Base.metadata
@@ -31,6 +31,12 @@ def _compare_type(migration_context, inspected_column, metadata_column, inspecte
     return None  # otherwise alembic's own comparison
 
 
+def _include_name(name, type_, parent_names) -> bool:
+    """The search tables (and SQLite's FTS5 shadow tables) are kept by raw SQL
+    (``jobs_index/search_queries.py``), not by the models: not compared."""
+    return not (type_ == "table" and name and name.startswith(DERIVED_TABLES))
+
+
 def _configure(connection) -> None:
     context.configure(
         connection=connection,
@@ -38,6 +44,7 @@ def _configure(connection) -> None:
         version_table=VERSION_TABLE,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=_compare_type,
+        include_name=_include_name,
     )
 
 

@@ -34,7 +34,9 @@ from .reliability_support import JOBS_INDEX, check_sqlite_file, session_dir, wri
 CONTENT = {
     "jobs": "SELECT * FROM jobs ORDER BY id",
     "job_outputs": "SELECT * FROM job_outputs ORDER BY job_id, ordinal",
-    "job_nodes": "SELECT * FROM job_nodes ORDER BY job_id, node_id",
+    "job_search": "SELECT * FROM job_search ORDER BY job_id",
+    # every (word, docid, position) of the FTS5 index (read through a temp fts5vocab table)
+    "job_search_fts": "SELECT term, doc, col, \"offset\" FROM temp.fts_words ORDER BY 1, 2, 4",
     "job_counts": "SELECT * FROM job_counts WHERE n <> 0 ORDER BY source, workflow_id, status",
 }
 
@@ -48,6 +50,7 @@ def schema_and_content(path) -> dict:
     try:
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         out = {"schema": conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall()}
+        conn.execute("CREATE VIRTUAL TABLE temp.fts_words USING fts5vocab(main, job_search_fts, instance)")
         for table, sql in CONTENT.items():
             rows = conn.execute(sql).fetchall()
             if table == "jobs":  # indexed_at is the time of writing

@@ -16,6 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from jobs_index.check import check
+from jobs_index.search_queries import _document
 
 from .test_toolbox_migration import seed_records
 from .toolbox_util import run_cli, side_rows, snapshot
@@ -32,9 +33,11 @@ def filled(index, db_url):
 
 
 def expected_side_rows(records):
+    """(job_outputs rows, job_search rows as ``toolbox_util.side_rows`` reads them)."""
+    search = [{"job_id": r.id, "node_types": list(doc.node_types), "models": list(doc.models),
+               "loras": list(doc.loras)} for r in records for doc in [_document(r)]]
     return ([{**o, "job_id": r.id} for r in records for o in r.output_files],
-            sorted(({**n, "job_id": r.id} for r in records for n in r.node_types),
-                   key=lambda n: (n["job_id"], n["node_id"])))
+            sorted(search, key=lambda n: n["job_id"]))
 
 
 def shell(index, *statements: str) -> None:
@@ -65,14 +68,14 @@ def make_drift(index, records) -> dict:
               f"execution_start_time, execution_end_time, execution_duration, outputs_count, preview_output, "
               f"execution_error, error_type, error_message, error_node_id, error_node_type, workflow_id, source, "
               f"raw_kind, raw, raw_digest, indexed_at, priority_json FROM jobs WHERE id = '{relabelled.id}'",
-              f"DELETE FROM job_nodes WHERE job_id = '{stripped.id}'",
+              f"DELETE FROM job_search WHERE job_id = '{stripped.id}'",
               "INSERT INTO job_outputs (job_id, ordinal, node_id, media_type, filename) "
               "VALUES ('zzzz-gone', 0, '9', 'images', 'orphan.png')")
     else:  # no INSERT OR REPLACE; a counter bumped, a column and side rows changed by hand
         shell(index,
               "UPDATE job_counts SET n = n + 1 WHERE source = '' AND workflow_id = '' AND status = 'completed'",
               f"UPDATE jobs SET status = 'failed' WHERE id = '{relabelled.id}'",
-              f"DELETE FROM job_nodes WHERE job_id = '{stripped.id}'")
+              f"DELETE FROM job_search WHERE job_id = '{stripped.id}'")
     return {"relabelled": relabelled, "stripped": stripped}
 
 
@@ -92,7 +95,7 @@ def test_check_finds_the_drift_and_changes_nothing(filled):
     assert result.exit_code == 1, result.output
     out = result.stdout
     assert "jobs whose columns differ from raw: 1" in out
-    assert "jobs whose job_outputs/job_nodes differ from raw: 1" in out
+    assert "jobs whose job_outputs/job_search differ from raw: 1" in out
     assert "job_counts rows that differ from a recount: 0" not in out
     if index.engine.dialect.name == "sqlite":
         assert "side rows without their job: 1 (e.g. zzzz-gone)" in out
@@ -114,10 +117,10 @@ def test_check_repair_fixes_the_drift(filled):
         status = conn.execute(text("SELECT status FROM jobs WHERE id = :id"),
                               {"id": drift["relabelled"].id}).scalar_one()
     assert status == drift["relabelled"].status == "completed"
-    outputs, nodes = side_rows(index)
-    want_outputs, want_nodes = expected_side_rows(records)
+    outputs, search = side_rows(index)
+    want_outputs, want_search = expected_side_rows(records)
     assert [{k: o[k] for k in want_outputs[0]} for o in outputs] == want_outputs
-    assert [{k: n[k] for k in want_nodes[0]} for n in nodes] == want_nodes
+    assert sorted(search, key=lambda n: n["job_id"]) == want_search
     again = run_cli("check", db=url)
     assert again.exit_code == 0, again.output
     assert check(index).clean

@@ -25,9 +25,11 @@ from sqlalchemy import insert, inspect, select, text
 from jobs_index import JobsIndex
 from jobs_index.database import (ForeignKeyViolation, StorageError, current_revision, head_revision,
                                  make_engine, migrate)
-from jobs_index.schema import FollowedSource, Job, JobNode, JobOutput
+from jobs_index.schema import FollowedSource, Job, JobOutput
+from jobs_index.search_queries import _document, store
 
 from .test_toolbox_migration import seed_records
+from .test_toolbox_migration import record_nodes
 from .toolbox_util import side_rows
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,9 +134,12 @@ def populate(url: str, revision: str) -> list:
                                                   if k in present} for r in records])
             if position >= REVISIONS.index("0002_sql_views_and_outputs"):
                 outputs = [{**o, "job_id": r.id} for r in records for o in r.output_files]
-                nodes = [{**n, "job_id": r.id} for r in records for n in r.node_types]
                 conn.execute(insert(JobOutput.__table__), outputs)
-                conn.execute(insert(JobNode.__table__), nodes)
+            if REVISIONS.index("0002_sql_views_and_outputs") <= position < REVISIONS.index("0008_search"):
+                nodes = [{"a": r.id, "b": n["node_id"], "c": n["class_type"]} for r in records for n in record_nodes(r)]
+                conn.execute(text("INSERT INTO job_nodes (job_id, node_id, class_type) VALUES (:a, :b, :c)"), nodes)
+            if position >= REVISIONS.index("0008_search"):  # job_search replaced job_nodes
+                store(conn).add(conn, records)
             if position >= REVISIONS.index("0003_followed_sources"):
                 conn.execute(insert(FollowedSource.__table__),
                              [{"source": "machine-a", "url": "http://a:8188", "history_watermark": "x",
@@ -197,19 +202,19 @@ def expected_rows(records: list) -> list[tuple]:
 def expected_side_rows(records: list) -> tuple[list, list]:
     ordered = sorted(records, key=lambda r: r.id)
     return ([{**o, "job_id": r.id} for r in ordered for o in r.output_files],
-            sorted(({**n, "job_id": r.id} for r in ordered for n in r.node_types),
-                   key=lambda n: (n["job_id"], n["node_id"])))
+            [{"job_id": r.id, "node_types": list(doc.node_types), "models": list(doc.models),
+              "loras": list(doc.loras)} for r in ordered for doc in [_document(r)]])
 
 
 def assert_intact(url: str, reference_url: str, records: list) -> None:
     assert schema_objects(url) == schema_objects(reference_url)
     with JobsIndex(make_engine(url)) as index:
         assert job_rows(index) == expected_rows(records)
-        outputs, nodes = side_rows(index)
-        want_outputs, want_nodes = expected_side_rows(records)
+        outputs, search = side_rows(index)
+        want_outputs, want_search = expected_side_rows(records)
         assert [{k: o[k] for k in want_outputs[0]} for o in outputs] == want_outputs
-        assert [{k: n[k] for k in want_nodes[0]} for n in nodes] == want_nodes
-        assert len(outputs) > 100 and len(nodes) > 1000
+        assert sorted(search, key=lambda n: n["job_id"]) == want_search
+        assert len(outputs) > 100 and len(search) == len(records)
         assert index.counts_consistent()
         assert index.total() == len(records)
         with index.engine.connect() as conn:
@@ -312,8 +317,7 @@ def test_rebuild_refuses_to_run_with_sqlite_foreign_keys_on(sqlite_url, tmp_path
                 command.upgrade(alembic_config(conn, root / "migrations"), REBUILD)
         with engine.connect() as conn:
             assert current_revision(conn) == head_revision()
-            assert conn.execute(text("SELECT count(*) FROM job_nodes")).scalar() == \
-                sum(len(r.node_types) for r in records)
+            assert conn.execute(text("SELECT count(*) FROM job_search")).scalar() == len(records)
     finally:
         engine.dispose()
 
@@ -356,7 +360,6 @@ def test_rebuild_that_breaks_a_view_is_rolled_back(backend, db_url, tmp_path):
         with engine.connect() as conn:
             assert current_revision(conn) == head_revision()
             assert conn.execute(text("SELECT count(*) FROM my_errors")).scalar() == len(records)
-            assert conn.execute(text("SELECT count(*) FROM job_nodes")).scalar() == \
-                sum(len(r.node_types) for r in records)
+            assert conn.execute(text("SELECT count(*) FROM job_search")).scalar() == len(records)
     finally:
         engine.dispose()

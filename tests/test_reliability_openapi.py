@@ -99,7 +99,7 @@ def test_documented_error_bodies_are_comfyuis(sample_server):
     spec = yaml.safe_load(SPEC_PATH.read_text())
     examples = spec["paths"]["/api/jobs"]["get"]["responses"]["400"]["content"]["application/json"]["examples"]
     requests = {"status": "status=done", "sort_by": "sort_by=name", "sort_order": "sort_order=up",
-                "limit": "limit=0", "offset": "offset=x", "cursor": "after=junk"}
+                "limit": "limit=0", "offset": "offset=x", "cursor": "after=junk", "q": "q=%22red%20fox"}
     assert set(requests) == set(examples)
     for name, query in requests.items():
         reply = client.get(f"/api/jobs?{query}")
@@ -115,7 +115,7 @@ def test_spec_documents_every_parameter_and_both_paths():
     assert spec["openapi"].startswith("3.")
     assert set(spec["paths"]) == {"/api/jobs", "/api/jobs/{job_id}"}
     params = {p["name"] for p in spec["paths"]["/api/jobs"]["get"]["parameters"]}
-    assert params == {"status", "sort_by", "sort_order", "limit", "offset", "workflow_id", "after", "source"}
+    assert params == {"status", "sort_by", "sort_order", "limit", "offset", "workflow_id", "after", "source", "q"}
     source = next(p for p in spec["paths"]["/api/jobs"]["get"]["parameters"] if p["name"] == "source")
     assert source["x-jobs-index-extension"] is True
     job_keys = list(spec["components"]["schemas"]["Job"]["properties"])

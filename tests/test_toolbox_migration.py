@@ -1,6 +1,7 @@
 """Migration 0002 (jobs_v, job_outputs, job_nodes) on each backend: upgrade from
-0001 with data backfills the side tables from ``raw`` exactly as ingest fills them;
-downgrade removes them and leaves the jobs intact; ``alembic check`` stays clean."""
+0001 with data backfills the side tables from ``raw`` exactly as ingest filled them
+(``job_nodes`` until 0008 replaced it); downgrade removes them and leaves the jobs
+intact; ``alembic check`` stays clean at head."""
 from __future__ import annotations
 
 import importlib.util
@@ -11,14 +12,14 @@ from alembic import command
 from sqlalchemy import inspect, insert, text
 
 from jobs_index import JobsIndex
-from jobs_index.database import (alembic_config, current_revision, head_revision, make_engine, migrate,
+from jobs_index.database import (alembic_config, current_revision, make_engine, migrate,
                                  write_transaction)
-from jobs_index.normalize import from_history, from_queue, node_types, output_files
+from jobs_index.normalize import decode_raw, from_history, from_queue, output_files
 from jobs_index.sample import synthetic_history
 from jobs_index.schema import Job
 
 from .fixtures_util import capture_history, capture_queue, cursor_branch_history
-from .toolbox_util import recent_records, side_rows
+from .toolbox_util import recent_records
 
 MIGRATION = Path(__file__).resolve().parent.parent / "migrations" / "versions" / "0002_sql_views_and_outputs.py"
 REV_1, REV_2 = "0001_create_jobs", "0002_sql_views_and_outputs"
@@ -29,6 +30,27 @@ def load_migration():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def node_types(graph) -> list[dict]:
+    """``job_nodes`` rows of a prompt graph as ingest derived them before 0008."""
+    return [{"node_id": str(k), "class_type": v["class_type"]} for k, v in (graph if isinstance(graph, dict) else {}).items()
+            if isinstance(v, dict) and isinstance(v.get("class_type"), str) and "\x00" not in v["class_type"]
+            and "\x00" not in str(k)]
+
+
+def record_nodes(record) -> list[dict]:
+    item = decode_raw(record.raw)
+    prompt = item["prompt"] if record.raw_kind == "history" else item
+    return node_types(prompt[2])
+
+
+def side_rows(engine) -> tuple[list, list]:
+    """(job_outputs rows, job_nodes rows) as dicts, ordered (at revision 0002)."""
+    with engine.connect() as conn:
+        outputs = conn.execute(text("SELECT * FROM job_outputs ORDER BY job_id, ordinal")).mappings().all()
+        nodes = conn.execute(text("SELECT * FROM job_nodes ORDER BY job_id, node_id")).mappings().all()
+    return [dict(r) for r in outputs], [dict(r) for r in nodes]
 
 
 def seed_records() -> list:
@@ -60,14 +82,14 @@ def test_upgrade_backfills_from_raw_then_downgrade_and_again(db_url):
                                                   if k != "priority_json"} for r in records])
         assert "job_outputs" not in tables_and_views(engine)[0]
 
-        migrate(engine)  # 0001 -> 0002 with data
+        migrate(engine, REV_2)  # 0001 -> 0002 with data
         with engine.connect() as conn:
-            assert current_revision(conn) == head_revision()
+            assert current_revision(conn) == REV_2
         index = JobsIndex(engine)
         expected_outputs = [{**o, "job_id": r.id} for r in sorted(records, key=lambda r: r.id)
                             for o in r.output_files]
-        expected_nodes = sorted(((r.id, n["node_id"], n["class_type"]) for r in records for n in r.node_types))
-        outputs, nodes = side_rows(index)
+        expected_nodes = sorted(((r.id, n["node_id"], n["class_type"]) for r in records for n in record_nodes(r)))
+        outputs, nodes = side_rows(engine)
         assert sorted(outputs, key=lambda o: (o["job_id"], o["ordinal"])) == \
             sorted(expected_outputs, key=lambda o: (o["job_id"], o["ordinal"]))
         assert sorted((n["job_id"], n["node_id"], n["class_type"]) for n in nodes) == expected_nodes
@@ -87,8 +109,8 @@ def test_upgrade_backfills_from_raw_then_downgrade_and_again(db_url):
                 assert "trg_jobs_delete_side_rows" not in triggers
         assert index.counts_consistent()
 
-        migrate(engine)  # and up again: the same rows
-        assert side_rows(index) == (outputs, nodes)
+        migrate(engine, REV_2)  # and up again: the same rows
+        assert side_rows(engine) == (outputs, nodes)
     finally:
         engine.dispose()
 
@@ -135,10 +157,9 @@ def test_frozen_backfill_functions_match_normalize(source):
                                       "2": [], "3": {"animated": [True], "video": [{"filename": "v.mp4"}]}}})]
     for job_id, item in items:
         record = from_history(job_id, item)
-        assert migration.side_rows("history", record.raw) == (record.output_files, record.node_types)
+        assert migration.side_rows("history", record.raw) == (record.output_files, record_nodes(record))
         assert record.output_files == output_files(item.get("outputs"))
-        assert record.node_types == node_types(item["prompt"][2])
     running, pending = capture_queue()
     for item, status in ((running[0], "in_progress"), (pending[0], "pending")):
         record = from_queue(item, status)
-        assert migration.side_rows("queue", record.raw) == ([], record.node_types)
+        assert migration.side_rows("queue", record.raw) == ([], record_nodes(record))

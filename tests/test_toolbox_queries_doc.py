@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 
 from jobs_index.adhoc import readonly_query
+from jobs_index.normalize import from_history
+from jobs_index.sample import realistic_history
+from jobs_index.units import now_ms
 
 from .toolbox_util import build_recent, run_cli
 
@@ -66,6 +69,9 @@ def recent_indexes(tmp_path_factory):
         generators.append(generator)
         with JobsIndex.open(url) as index:
             build_recent(index, 400, hours_ago=20)
+            # prompt graphs with LoRAs and many node types (the job_search examples)
+            start = now_ms() - 19 * 3_600_000
+            index.ingest([from_history(k, v) for k, v in realistic_history(150, seed=3, start_ms=start)])
         made[backend] = url
     yield made
     for generator in generators:

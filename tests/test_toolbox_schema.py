@@ -1,4 +1,4 @@
-"""The SQL surface for people: job_outputs / job_nodes filled with their job, and
+"""The SQL surface for people: job_outputs / job_search filled with their job, and
 the jobs_v view, on each backend."""
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import sqlite3
 from sqlalchemy import text
 
 from jobs_index.ingest import detect, import_dump
-from jobs_index.normalize import from_history, from_queue, node_types, output_files
+from jobs_index.normalize import from_history, from_queue, output_files
+from jobs_index.search import document
 from jobs_index.units import iso_ms
 
 from .fixtures_util import capture_history, capture_queue
@@ -36,23 +37,26 @@ def test_output_files_lists_file_items_in_order():
     assert output_files(None) == [] and output_files([1, 2]) == []
 
 
+def node_types(graph) -> list[str]:
+    return document("queue", [0, "x", graph, {}, []]).node_types
+
+
 def test_node_types_of_a_prompt_graph():
     graph = {"3": {"class_type": "KSampler", "inputs": {}}, "4": {"inputs": {}}, "5": "junk",
-             "6": {"class_type": 7}, "7:1": {"class_type": "SaveImage"}}
-    assert node_types(graph) == [{"node_id": "3", "class_type": "KSampler"},
-                                 {"node_id": "7:1", "class_type": "SaveImage"}]
-    assert node_types(None) == []
+             "6": {"class_type": 7}, "7:1": {"class_type": "SaveImage"}, "8": {"class_type": "KSampler"}}
+    assert node_types(graph) == ("KSampler", "SaveImage")  # distinct, sorted
+    assert node_types(None) == ()
 
 
 def test_records_carry_side_rows_but_as_row_is_the_jobs_row():
     job_id, item = next(iter(capture_history().items()))
     record = from_history(job_id, item)
     row = record.as_row()
-    assert "output_files" not in row and "node_types" not in row
-    assert record.node_types and all(set(n) == {"node_id", "class_type"} for n in record.node_types)
+    assert "output_files" not in row and "search" not in row
+    assert record.search.node_types and record.search.words
     running, _ = capture_queue()
     queued = from_queue(running[0], "in_progress")
-    assert queued.output_files == [] and queued.node_types
+    assert queued.output_files == [] and queued.search.node_types
 
 
 # -- written with the job ------------------------------------------------------
@@ -64,15 +68,14 @@ def test_side_tables_follow_ingest_update_and_delete(index):
     job_id = pending[0][1]
     outputs, nodes = side_rows(index, job_id)
     assert outputs == []  # a pending job has written nothing yet
-    assert [n["class_type"] for n in nodes] == [n["class_type"] for n in node_types(pending[0][2])]
+    assert [n["node_types"] for n in nodes] == [list(node_types(pending[0][2]))]
 
     import_dump(index, detect("h", history))  # the job finishes: its rows are replaced
     for hid, item in history.items():
         expected = from_history(hid, item)
         outputs, nodes = side_rows(index, hid)
         assert [{k: v for k, v in o.items() if k != "job_id"} for o in outputs] == expected.output_files
-        assert sorted((n["node_id"], n["class_type"]) for n in nodes) == \
-            sorted((n["node_id"], n["class_type"]) for n in expected.node_types)
+        assert [n["node_types"] for n in nodes] == [list(expected.search.node_types)]
 
     # A new version with different outputs replaces the rows, leaving none behind.
     hid = next(h for h in history if history[h].get("outputs"))

@@ -51,7 +51,7 @@ def test_json_and_csv(sample, db_url):
 def test_empty_result_and_query_from_stdin(sample, db_url):
     result = run_cli("sql", "--json", "SELECT id FROM jobs WHERE id = 'nope'", db=db_url)
     assert result.exit_code == 0 and json.loads(result.stdout) == []
-    result = run_cli("sql", "--csv", "-", db=db_url, input="SELECT count(*) AS n FROM job_nodes\n")
+    result = run_cli("sql", "--csv", "-", db=db_url, input="SELECT count(*) AS n FROM job_search\n")
     assert result.exit_code == 0 and result.stdout.splitlines()[0] == "n"
     assert int(result.stdout.splitlines()[1]) > 0
 

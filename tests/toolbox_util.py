@@ -1,6 +1,7 @@
 """Helpers for the toolbox tests: a recent sample index and CLI invocation."""
 from __future__ import annotations
 
+import json
 import random
 import uuid
 
@@ -10,7 +11,7 @@ from sqlalchemy import select
 from jobs_index.cli import cli
 from jobs_index.normalize import IN_PROGRESS, PENDING, from_history, from_queue
 from jobs_index.sample import queue_item, synthetic_history
-from jobs_index.schema import Job, JobCount, JobNode, JobOutput
+from jobs_index.schema import Job, JobCount, JobOutput
 from jobs_index.units import now_ms
 
 HOUR_MS = 3_600_000
@@ -41,6 +42,9 @@ def run_cli(*args: str, db: str, input: str | None = None):
     return CliRunner().invoke(cli, ["--db", db, *args], input=input, catch_exceptions=False)
 
 
+SEARCH_ROWS = "SELECT job_id, node_types, models, loras FROM job_search ORDER BY job_id"
+
+
 def snapshot(index) -> dict:
     """Everything a write could change: every row of every table (raw as digest)."""
     with index.engine.connect() as conn:
@@ -50,16 +54,19 @@ def snapshot(index) -> dict:
                 select(*[c for c in jobs.columns if c.name != "raw"]))),
             "counts": sorted(tuple(r) for r in conn.execute(select(JobCount.__table__))),
             "outputs": sorted(tuple(r) for r in conn.execute(select(JobOutput.__table__))),
-            "nodes": sorted(tuple(r) for r in conn.execute(select(JobNode.__table__))),
+            "search": sorted(tuple(r) for r in conn.exec_driver_sql(SEARCH_ROWS)),
         }
 
 
 def side_rows(index, job_id: str | None = None) -> tuple[list, list]:
-    """(job_outputs rows, job_nodes rows) as dicts without job_id, ordered; one job or all."""
-    outputs, nodes = JobOutput.__table__, JobNode.__table__
+    """(job_outputs rows, job_search rows) as dicts, ordered; one job or all. Search
+    rows are ``job_id`` and the decoded ``node_types``/``models``/``loras`` lists."""
+    outputs = JobOutput.__table__
     with index.engine.connect() as conn:
         o = select(outputs).order_by(outputs.c.job_id, outputs.c.ordinal)
-        n = select(nodes).order_by(nodes.c.job_id, nodes.c.node_id)
         if job_id is not None:
-            o, n = o.where(outputs.c.job_id == job_id), n.where(nodes.c.job_id == job_id)
-        return ([dict(r._mapping) for r in conn.execute(o)], [dict(r._mapping) for r in conn.execute(n)])
+            o = o.where(outputs.c.job_id == job_id)
+        search = [{"job_id": r[0], "node_types": json.loads(r[1]), "models": json.loads(r[2]),
+                   "loras": json.loads(r[3])}
+                  for r in conn.exec_driver_sql(SEARCH_ROWS) if job_id is None or r[0] == job_id]
+        return [dict(r._mapping) for r in conn.execute(o)], search

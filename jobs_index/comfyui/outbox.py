@@ -51,6 +51,9 @@ def _encode(kind: str, payload: Any) -> str:
     if kind in UPSERT_KINDS:
         fields = {name: getattr(payload, name) for name in JobRecord.__slots__}
         fields["raw"] = base64.b64encode(fields["raw"]).decode("ascii")
+        # The search document is derived from raw again when the entry is written
+        # (search_queries._document), so the outbox does not store it.
+        fields["search"] = None
         return json.dumps(fields, separators=(",", ":"))
     return json.dumps(payload, separators=(",", ":"))
 

@@ -1,0 +1,350 @@
+"""Full-text search, the pure part: what a job's search document is, and the query
+syntax. No database here; ``search_queries`` stores documents and runs queries.
+
+**Words.** Text is folded (Unicode case folding, compatibility decomposition,
+combining marks dropped: ``Café`` → ``cafe``) and cut into runs of letters and
+digits; everything else separates words. So ``juggernautXL_v9.safetensors`` is the
+words ``juggernautxl v9 safetensors`` and ``<lora:detail_tweaker:0.7>`` is ``lora
+detail tweaker 0 7``. Both engines index exactly these words, made here: SQLite's
+FTS5 gets them space-separated (its ``ascii`` tokenizer splits on nothing else),
+PostgreSQL a ``tsvector`` literal with the same positions. So a query means the
+same on both.
+
+**A job's document** (``document``): for each node of the prompt graph in order, its
+``class_type``, its ``_meta.title``, then every string input (prompt text, model,
+LoRA, VAE, upscaler, ControlNet and input file names) and every integer input
+(seeds, steps, sizes); then the output file names; then the error type and message.
+At most ``MAX_POSITIONS`` words are indexed, and at most ``MAX_OCCURRENCES`` of any
+one word (PostgreSQL keeps no more per word); a later occurrence, and a word longer
+than ``MAX_WORD_LENGTH``, keeps its position but matches nothing (``FILLER``), on
+both engines.
+
+**Query syntax** (``parse``)::
+
+    red fox              both words (in any order, anywhere in the job)
+    "red fox"            the phrase: these words next to each other, in this order
+    jugg*                a word starting with jugg
+    juggernautXL_v9      a word that is several words is their phrase
+    -blurry  -"low res"  without this word / phrase / prefix
+
+At least one term must not be excluded. Malformed queries raise ``SearchSyntaxError``
+(HTTP 400) saying what is wrong.
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import BadRequest
+
+MAX_POSITIONS = 16383  # PostgreSQL's largest tsvector position
+MAX_OCCURRENCES = 256  # PostgreSQL keeps at most 256 positions per lexeme
+MAX_WORD_LENGTH = 200  # longer "words" (base64 blobs, hashes) are not indexed (PostgreSQL: 2,047 bytes)
+FILLER = "\u00b7"  # holds a position, never a query word (not a letter or digit)
+MAX_QUERY_LENGTH = 1000
+MAX_TERMS = 32
+
+_WORD = re.compile(r"[^\W_]+")
+MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf", ".sft", ".onnx")
+_LORA_TAG = re.compile(r"<lora:([^:>]+)(?::[^>]*)?>", re.IGNORECASE)
+
+
+def fold(text: str) -> str:
+    """Case-folded, accents removed (NFKD, combining marks dropped)."""
+    if text.isascii():
+        return text.lower()
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
+def words(text: str) -> list[str]:
+    """The searchable words of ``text``, in order."""
+    return _WORD.findall(fold(text))
+
+
+# -- documents -----------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """What a job contributes to search: its words (positions = list order, a
+    ``FILLER`` holding a position that matches nothing) and, for SQL users, its node
+    types, model names and LoRA names (sorted, distinct)."""
+
+    words: tuple[str, ...]
+    node_types: tuple[str, ...]
+    models: tuple[str, ...]
+    loras: tuple[str, ...]
+
+    def fts_text(self) -> str:
+        """SQLite FTS5: the words, space-separated."""
+        return " ".join(self.words)
+
+    def tsvector_text(self) -> str:
+        """PostgreSQL: a tsvector literal with the same words at the same positions."""
+        positions: dict[str, list[str]] = {}
+        for position, word in enumerate(self.words, 1):
+            if word != FILLER:
+                positions.setdefault(word, []).append(str(position))
+        return " ".join(f"'{word}':{','.join(p)}" for word, p in positions.items())
+
+
+def _graph_texts(graph: Any, texts: list[str], node_types: set, models: set, loras: set) -> None:
+    if not isinstance(graph, dict):
+        return
+    for node in graph.values():
+        if not isinstance(node, dict):
+            continue
+        class_type = node.get("class_type")
+        if isinstance(class_type, str):
+            texts.append(class_type)
+            if "\x00" not in class_type:
+                node_types.add(class_type)
+        meta = node.get("_meta")
+        if isinstance(meta, dict) and isinstance(meta.get("title"), str):
+            texts.append(meta["title"])
+        inputs = node.get("inputs")
+        if not isinstance(inputs, dict):
+            continue
+        for key, value in inputs.items():
+            if isinstance(value, str):
+                texts.append(value)
+                if "\x00" in value:
+                    continue
+                if isinstance(key, str) and "lora" in key.lower() and value:
+                    loras.add(value)
+                elif value.lower().endswith(MODEL_EXTENSIONS):
+                    models.add(value)
+                for tag in _LORA_TAG.findall(value):
+                    loras.add(tag.strip())
+            elif isinstance(value, int) and not isinstance(value, bool):
+                texts.append(str(value))
+
+
+def _collect(raw_kind: str, item: Any, node_types: set, models: set, loras: set) -> list[str]:
+    texts: list[str] = []
+    history = raw_kind == "history"
+    prompt = item.get("prompt") if history and isinstance(item, dict) else item
+    graph = prompt[2] if isinstance(prompt, (list, tuple)) and len(prompt) > 2 else None
+    _graph_texts(graph, texts, node_types, models, loras)
+    if history and isinstance(item, dict):
+        _output_texts(item.get("outputs"), texts)
+        _error_texts(item.get("status"), texts)
+    return texts
+
+
+def document(raw_kind: str, item: Any) -> Document:
+    """The search document of a stored ComfyUI item (``jobs.raw`` decoded): a history
+    item (``raw_kind == "history"``) or a queue item's first five elements."""
+    node_types: set[str] = set()
+    models: set[str] = set()
+    loras: set[str] = set()
+    texts = _collect(raw_kind, item, node_types, models, loras)
+    return Document(_capped(texts), tuple(sorted(node_types)), tuple(sorted(models)), tuple(sorted(loras)))
+
+
+def snippet(raw_kind: str, item: Any, query: "SearchQuery", width: int = 100,
+            mark: tuple[str, str] = ("[", "]")) -> str:
+    """The first text of the job in which a searched word occurs, marked
+    (``highlight``), cut to about ``width`` characters around the first mark; ``""``
+    when the match spans texts (a phrase across two inputs)."""
+    for text in _collect(raw_kind, item, set(), set(), set()):
+        marked = highlight(text, query, mark)
+        if marked is None:
+            continue
+        marked = " ".join(marked.split())
+        if len(marked) <= width:
+            return marked
+        start = max(0, marked.index(mark[0]) - width // 3)
+        cut = marked[start:start + width]
+        return ("…" if start else "") + cut + ("…" if start + width < len(marked) else "")
+    return ""
+
+
+def _output_texts(outputs: Any, texts: list[str]) -> None:
+    if not isinstance(outputs, dict):
+        return
+    for node_outputs in outputs.values():
+        if not isinstance(node_outputs, dict):
+            continue
+        for media_type, items in node_outputs.items():
+            if media_type == "animated" or not isinstance(items, list):
+                continue
+            for entry in items:
+                if isinstance(entry, dict) and isinstance(entry.get("filename"), str):
+                    texts.append(entry["filename"])
+                elif isinstance(entry, str) and media_type != "text":
+                    texts.append(entry)  # a 3D file name given as a string
+
+
+def _error_texts(status: Any, texts: list[str]) -> None:
+    messages = status.get("messages") if isinstance(status, dict) else None
+    for entry in messages if isinstance(messages, list) else ():
+        if (isinstance(entry, (list, tuple)) and len(entry) >= 2 and entry[0] == "execution_error"
+                and isinstance(entry[1], dict)):
+            for key in ("exception_type", "exception_message"):
+                if isinstance(entry[1].get(key), str):
+                    texts.append(entry[1][key])
+
+
+def _capped(texts: Iterable[str]) -> tuple[str, ...]:
+    out: list[str] = []
+    seen: dict[str, int] = {}
+    for text in texts:
+        for word in words(text):
+            n = seen.get(word, 0) + 1
+            seen[word] = n
+            out.append(word if n <= MAX_OCCURRENCES and len(word) <= MAX_WORD_LENGTH else FILLER)
+            if len(out) >= MAX_POSITIONS:
+                return tuple(out)
+    return tuple(out)
+
+
+# -- queries -------------------------------------------------------------------
+
+class SearchSyntaxError(BadRequest):
+    """A malformed ``q`` (HTTP 400, ``{"error": ..., "code": "INVALID_SEARCH"}``)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"Invalid search query: {reason}", code="INVALID_SEARCH")
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Term:
+    """A phrase of one or more words (one word is a phrase too); ``prefix``: its
+    last word is a prefix; ``excluded``: jobs that match it are left out."""
+
+    words: tuple[str, ...]
+    prefix: bool = False
+    excluded: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SearchQuery:
+    text: str
+    terms: tuple[Term, ...]
+
+    @property
+    def included(self) -> tuple[Term, ...]:
+        return tuple(t for t in self.terms if not t.excluded)
+
+    @property
+    def excluded(self) -> tuple[Term, ...]:
+        return tuple(t for t in self.terms if t.excluded)
+
+
+_TOKEN = re.compile(r'\s*(-?)(?:"([^"]*)("?)|([^\s"]+))')
+
+
+def _raw_terms(text: str) -> Iterator[tuple[bool, str, bool]]:
+    """(excluded, body, quoted) of each term, in order."""
+    position = 0
+    while position < len(text):
+        if text[position:].strip() == "":
+            return
+        match = _TOKEN.match(text, position)
+        if match is None:  # a quote right after a word, e.g. fox"
+            raise SearchSyntaxError(f"unexpected '\"' at position {position + 1}")
+        minus, quoted, closing, bare = match.groups()
+        if quoted is not None:
+            if not closing:
+                raise SearchSyntaxError("a quoted phrase is not closed (missing '\"')")
+            yield bool(minus), quoted, True
+        else:
+            yield bool(minus), bare, False
+        position = match.end()
+        if position < len(text) and not text[position].isspace():
+            raise SearchSyntaxError(f"put a space before '{text[position]}' at position {position + 1}")
+
+
+def parse(text: str) -> SearchQuery:
+    """Parse ``q``; raises SearchSyntaxError. Case and accents do not matter."""
+    if len(text) > MAX_QUERY_LENGTH:
+        raise SearchSyntaxError(f"longer than {MAX_QUERY_LENGTH} characters")
+    terms = []
+    for excluded, body, quoted in _raw_terms(text):
+        prefix = False
+        star = body.find("*")
+        if star != -1:
+            if star != len(body) - 1 and not (quoted and body.rstrip().endswith("*")
+                                              and body.count("*") == 1):
+                raise SearchSyntaxError(f"'*' may only end a word: {body!r}")
+            body, prefix = body.rstrip()[:-1], True
+            if quoted and body != body.rstrip():  # "red fox *": the star is no prefix of fox
+                raise SearchSyntaxError(f"'*' must follow a word directly: {body!r}")
+            if body and not _WORD.match(fold(body[-1])):
+                raise SearchSyntaxError(f"'*' must follow a letter or digit: {body + '*'!r}")
+        found = tuple(words(body))
+        if not found:
+            what = f'"{body}"' if quoted else body + ("*" if prefix else "")
+            if excluded and not what:
+                raise SearchSyntaxError("'-' must be followed by a word or a quoted phrase")
+            raise SearchSyntaxError(f"no letters or digits to search for in {what!r}")
+        terms.append(Term(found, prefix, excluded))
+    if len(terms) > MAX_TERMS:
+        raise SearchSyntaxError(f"more than {MAX_TERMS} terms")
+    if not terms:
+        raise SearchSyntaxError("empty query")
+    if all(t.excluded for t in terms):
+        raise SearchSyntaxError("every term is excluded: say what to find as well as what to leave out")
+    return SearchQuery(text, tuple(terms))
+
+
+def fts5_match(query: SearchQuery) -> str:
+    """The SQLite FTS5 MATCH expression of ``query`` (every word quoted)."""
+    def phrase(term: Term) -> str:
+        return '"' + " ".join(term.words) + '"' + (" *" if term.prefix else "")
+
+    expr = " AND ".join(phrase(t) for t in query.included)
+    if query.excluded:
+        expr = f"({expr})" + "".join(f" NOT {phrase(t)}" for t in query.excluded)
+    return expr
+
+
+def tsquery(query: SearchQuery) -> str:
+    """The PostgreSQL tsquery literal of ``query`` (same words, same meaning)."""
+    def phrase(term: Term) -> str:
+        last = len(term.words) - 1
+        parts = [f"'{w}'" + (":*" if term.prefix and i == last else "") for i, w in enumerate(term.words)]
+        return "(" + " <-> ".join(parts) + ")"
+
+    return " & ".join([phrase(t) for t in query.included] + [f"!{phrase(t)}" for t in query.excluded])
+
+
+def matches(query: SearchQuery, doc_words: tuple[str, ...]) -> bool:
+    """The reference: does a document (``Document.words``) match ``query``? The
+    database answers the same (tests compare them over random histories)."""
+    def found(term: Term) -> bool:
+        n = len(term.words)
+        for start in range(len(doc_words) - n + 1):
+            window = doc_words[start:start + n]
+            if window[:-1] != term.words[:-1]:
+                continue
+            last = window[-1]
+            if last == term.words[-1] or (term.prefix and last != FILLER and last.startswith(term.words[-1])):
+                return True
+        return False
+
+    return all(found(t) for t in query.included) and not any(found(t) for t in query.excluded)
+
+
+def highlight(text: str, query: SearchQuery, mark: tuple[str, str] = ("[", "]")) -> str | None:
+    """``text`` with each occurrence of a searched (not excluded) word marked, or None
+    when no word of the query occurs in it. For showing why a job matched."""
+    wanted = {w for t in query.included for w in t.words[:-1]}
+    last = {(t.words[-1], t.prefix) for t in query.included}
+    hits = []
+    for m in _WORD.finditer(text):
+        word = fold(m.group())
+        if word in wanted or any(word == w or (p and word.startswith(w)) for w, p in last):
+            hits.append(m.span())
+    if not hits:
+        return None
+    out, at = [], 0
+    for start, end in hits:
+        out.append(text[at:start] + mark[0] + text[start:end] + mark[1])
+        at = end
+    return "".join(out) + text[at:]

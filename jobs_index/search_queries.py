@@ -1,0 +1,367 @@
+"""SQL of full-text search: the search rows of a batch, their removal, and search
+listings. Like ``queries``: connection first, never commits.
+
+The search structures are derived from ``jobs.raw`` (``search.document``; migration
+``0008_search`` builds them for an existing index). One ``SearchStore`` per engine
+holds every engine difference; callers ask ``store(conn)`` and never test the
+dialect themselves:
+
+* SQLite: ``job_search(docid, job_id, node_types, models, loras)`` and the FTS5
+  table ``job_search_fts(doc)``, contentless (the words are not stored twice), keyed
+  by ``docid`` (AUTOINCREMENT, never reused). A contentless FTS5 table forgets a
+  document only when told its words, so ``forget`` re-derives them from ``raw``
+  before the rows go: every jobs-index path that replaces or deletes a job calls it
+  in the same transaction. A job deleted by other SQL loses its ``job_search`` row
+  (trigger); its words stay in the FTS index, matching a ``docid`` nothing refers
+  to, so no listing or count ever sees them.
+* PostgreSQL: ``job_search(job_id, doc tsvector, node_types, models, loras)`` with a
+  GIN index on ``doc``; rows go with their job (``ON DELETE CASCADE``).
+
+A search listing has two plans, chosen per request from the exact total
+(``choose_plan``): *matches first* (every matching job, filtered, sorted: cost grows
+with the matches) or *timeline first* (walk the listing's own index and test each
+job: cost grows with how far the page is, divided by the share of jobs that match).
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+from sqlalchemy import Connection
+
+from . import schema
+from .normalize import answer_text, column_text, decode_raw
+from .params import ListQuery
+from .queries import Position, clamp_position, page_columns_sql, storable_position, unmatchable
+from .search import Document, document, fts5_match, tsquery
+
+SQLITE_IN_CHUNK = 900
+# Relative costs of the two plans, measured on SQLite at 100k realistic jobs
+# (benchmarks/results/search-*.md): reading and sorting one match costs 1.6-4 us;
+# testing one job of the timeline against the query ~60-120 us for one word, more
+# per word, and ~30x more with a prefix (FTS5 expands it again for every job).
+COST_MATCH, COST_PROBE, PREFIX_PROBE = 1.0, 40.0, 30.0
+
+
+def _json_list(values: Sequence[str]) -> str:
+    return json.dumps(list(values), ensure_ascii=False, separators=(",", ":"))
+
+
+def _document(record) -> Document:
+    """A record's search document (derived from its raw item if it carries none)."""
+    return record.search if record.search is not None else document(record.raw_kind, decode_raw(record.raw))
+
+
+def _row_values(record, doc: Document, sources: dict | None) -> tuple:
+    """(job_id, *LISTED, node_types, models, loras) of a ``job_search`` row: the id and
+    workflow id in their columns' form (``normalize.column_text``), as ``jobs`` stores them."""
+    source = record.source if record.source is not None or not sources else sources.get(record.id)
+    return (column_text(record.id), record.create_time, record.execution_duration, record.status,
+            column_text(record.workflow_id), source,
+            _json_list(doc.node_types), _json_list(doc.models), _json_list(doc.loras))
+
+
+# The job's listing columns, copied into job_search (migration 0008: a trigger
+# carries UPDATEs made by other SQL over).
+LISTED = ("create_time", "execution_duration", "status", "workflow_id", "source")
+ROW_COLUMNS = ("job_id", *LISTED, "node_types", "models", "loras")
+
+
+class SearchStore:
+    """The search rows of one engine."""
+
+    dialect = ""
+
+    def forget(self, conn: Connection, ids: Sequence[str]) -> None:
+        """Remove the search rows of ``ids`` (before their jobs rows change or go)."""
+        raise NotImplementedError
+
+    def add(self, conn: Connection, records: Sequence, sources: dict | None = None) -> None:
+        """Insert the search rows of ``records`` (``JobRecord``s), whose jobs have
+        none (new, or ``forget`` called). ``sources``: the source a job's row keeps
+        when its record has none (the upsert's COALESCE), by id."""
+        raise NotImplementedError
+
+    def match_value(self, query) -> str:
+        raise NotImplementedError
+
+    # The matching documents: ``FROM <matches_from> WHERE <match_condition>`` (parameter
+    # ``:m``), ``s`` being ``job_search``: the inverted index first, then each match's
+    # job_search row.
+    matches_from = match_condition = ""
+
+    def probe_sql(self) -> str:
+        """A condition on a ``jobs`` row: does it match ``:m``?"""
+        raise NotImplementedError
+
+
+class SqliteStore(SearchStore):
+    dialect = "sqlite"
+
+    def forget(self, conn: Connection, ids: Sequence[str]) -> None:
+        for start in range(0, len(ids), SQLITE_IN_CHUNK):
+            chunk = tuple(ids[start:start + SQLITE_IN_CHUNK])
+            marks = ", ".join("?" * len(chunk))
+            rows = conn.exec_driver_sql(
+                "SELECT s.docid, j.raw_kind, j.raw FROM job_search AS s JOIN jobs AS j ON j.id = s.job_id "
+                f"WHERE s.job_id IN ({marks})", chunk).fetchall()
+            deletes = []
+            for docid, raw_kind, raw in rows:
+                words = document(raw_kind, decode_raw(raw)).fts_text()
+                if words:
+                    deletes.append((docid, words))
+            if deletes:
+                conn.exec_driver_sql("INSERT INTO job_search_fts (job_search_fts, rowid, doc) "
+                                     "VALUES ('delete', ?, ?)", deletes)
+            conn.exec_driver_sql(f"DELETE FROM job_search WHERE job_id IN ({marks})", chunk)
+
+    def add(self, conn: Connection, records: Sequence, sources: dict | None = None) -> None:
+        if not records:
+            return
+        first = conn.exec_driver_sql(
+            "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'job_search'), 0), "
+            "coalesce((SELECT max(docid) FROM job_search), 0)) + 1").scalar()
+        rows, docs = [], []
+        for docid, record in enumerate(records, first):
+            doc = _document(record)
+            rows.append((docid, *_row_values(record, doc, sources)))
+            if doc.words:
+                docs.append((docid, doc.fts_text()))
+        conn.exec_driver_sql(f"INSERT INTO job_search (docid, {', '.join(ROW_COLUMNS)}) "
+                             f"VALUES (?{', ?' * len(ROW_COLUMNS)})", rows)
+        if docs:
+            conn.exec_driver_sql("INSERT INTO job_search_fts (rowid, doc) VALUES (?, ?)", docs)
+
+    def match_value(self, query) -> str:
+        return fts5_match(query)
+
+    # CROSS JOIN: SQLite keeps this join order (it could otherwise run the full-text
+    # query once per job of some other index).
+    matches_from = "job_search_fts CROSS JOIN job_search AS s ON s.docid = job_search_fts.rowid"
+    match_condition = "job_search_fts MATCH :m"
+
+    def probe_sql(self) -> str:
+        return ("EXISTS (SELECT 1 FROM job_search AS s JOIN job_search_fts ON job_search_fts.rowid = s.docid "
+                "WHERE s.job_id = jobs.id AND job_search_fts MATCH :m)")
+
+
+class PostgresStore(SearchStore):
+    dialect = "postgresql"
+
+    def forget(self, conn: Connection, ids: Sequence[str]) -> None:
+        if ids:
+            conn.exec_driver_sql("DELETE FROM job_search WHERE job_id = ANY(%s)", (list(ids),))
+
+    def add(self, conn: Connection, records: Sequence, sources: dict | None = None) -> None:
+        if not records:
+            return
+        columns: list[list] = [[] for _ in range(len(ROW_COLUMNS) + 1)]
+        for record in records:
+            doc = _document(record)
+            for column, value in zip(columns, (*_row_values(record, doc, sources), doc.tsvector_text())):
+                column.append(value)
+        types = ["text", "bigint", "bigint", "text", "text", "text", "text", "text", "text", "text"]
+        arrays = ", ".join(f"%s::{t}[]" for t in types)
+        names = ", ".join(f"c{i}" for i in range(len(types)))
+        picked = ", ".join(f"c{i}" for i in range(len(types) - 1))
+        conn.exec_driver_sql(
+            f"INSERT INTO job_search ({', '.join(ROW_COLUMNS)}, doc) "
+            f"SELECT {picked}, c{len(types) - 1}::tsvector FROM unnest({arrays}) AS u({names})", tuple(columns))
+
+    def match_value(self, query) -> str:
+        return tsquery(query)
+
+    matches_from = "job_search AS s"
+    match_condition = "s.doc @@ CAST(:m AS tsquery)"
+
+    def probe_sql(self) -> str:
+        # A scalar subquery, so the planner tests each walked job (it cannot turn the
+        # test into a join that reads every match first).
+        return "(SELECT s.doc @@ CAST(:m AS tsquery) FROM job_search AS s WHERE s.job_id = jobs.id)"
+
+
+_STORES = {"sqlite": SqliteStore(), "postgresql": PostgresStore()}
+
+
+def store(conn: Connection) -> SearchStore:
+    return _STORES[conn.dialect.name]
+
+
+# -- listings ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Shape:
+    dialect: str
+    plan: str  # "matches" or "timeline"
+    sort_by: str
+    descending: bool
+    statuses: int  # 0: every status (no condition)
+    workflow: bool
+    source: bool
+    after: bool
+    limit: bool
+    offset: bool
+
+
+def _timeline_index(shape: _Shape) -> str:
+    if shape.sort_by == "created_at":
+        if shape.workflow:
+            return schema.IX_WORKFLOW_CREATE_TIME
+        if shape.source:
+            return schema.IX_SOURCE_CREATE_TIME
+        return schema.IX_CREATE_TIME
+    return schema.IX_DURATION
+
+
+def _filters(shape: _Shape, table: str) -> list[str]:
+    """The listing's filters on ``table`` (``jobs``, or ``s``: job_search's copies)."""
+    where = []
+    if shape.statuses:
+        where.append(f"{table}.status IN ({', '.join(f':s{i}' for i in range(shape.statuses))})")
+    if shape.workflow:
+        where.append(f"{table}.workflow_id = :workflow")
+    if shape.source:
+        where.append(f"{table}.source = :source")
+    return where
+
+
+def _order_tail(shape: _Shape, table: str, id_column: str) -> tuple[str, list[str]]:
+    """(ORDER BY ... LIMIT ... OFFSET ..., [keyset condition]) on ``table``'s columns."""
+    sort = f"{table}.create_time" if shape.sort_by == "created_at" else f"{table}.execution_duration"
+    direction = "DESC" if shape.descending else "ASC"
+    where = []
+    if shape.after:
+        where.append(f"({sort}, {id_column}) {'<' if shape.descending else '>'} (:after_value, :after_id)")
+    tail = f" ORDER BY {sort} {direction}, {id_column} {direction}"
+    if shape.limit:
+        tail += " LIMIT :limit"
+    if shape.offset:
+        tail += (" OFFSET :offset" if shape.limit or shape.dialect == "postgresql"
+                 else " LIMIT -1 OFFSET :offset")
+    return tail, where
+
+
+@lru_cache(maxsize=512)
+def _page_sql(shape: _Shape) -> str:
+    search = _STORES[shape.dialect]
+    columns = page_columns_sql(shape.dialect)
+    if shape.plan == "timeline":
+        tail, keyset = _order_tail(shape, "jobs", "jobs.id")
+        where = [*_filters(shape, "jobs"), *keyset, search.probe_sql()]
+        hint = f" INDEXED BY {_timeline_index(shape)}" if shape.dialect == "sqlite" else ""
+        return f"SELECT {columns} FROM jobs{hint} WHERE {' AND '.join(where)}{tail}"
+    # Matches first: filtered and sorted on job_search's copies of the listing
+    # columns (small rows, no jobs row read per match); only the page's winners are
+    # then read from jobs and rendered.
+    tail, keyset = _order_tail(shape, "s", "s.job_id")
+    where = [search.match_condition, *_filters(shape, "s"), *keyset]
+    sort = "s.create_time" if shape.sort_by == "created_at" else "s.execution_duration"
+    winners = f"SELECT s.job_id AS w_id, {sort} AS w_key FROM {search.matches_from} WHERE {' AND '.join(where)}{tail}"
+    join = "CROSS JOIN" if shape.dialect == "sqlite" else "JOIN"
+    direction = "DESC" if shape.descending else "ASC"
+    return (f"SELECT {columns} FROM ({winners}) AS w {join} jobs ON jobs.id = w.w_id "
+            f"ORDER BY w.w_key {direction}, w.w_id {direction}")
+
+
+@lru_cache(maxsize=64)
+def _count_sql(dialect: str, statuses: int, workflow: bool, source: bool) -> str:
+    search = _STORES[dialect]
+    shape = _Shape(dialect, "matches", "created_at", True, statuses, workflow, source, False, False, False)
+    where = [search.match_condition, *_filters(shape, "s")]
+    return f"SELECT count(*) FROM {search.matches_from} WHERE {' AND '.join(where)}"
+
+
+def _values(conn: Connection, query: ListQuery) -> dict:
+    values = {"m": store(conn).match_value(query.search), "workflow": column_text(query.workflow_id),
+              "source": query.source}
+    if not query.all_statuses:
+        values.update({f"s{i}": s for i, s in enumerate(query.statuses)})
+    return values
+
+
+def _run(conn: Connection, sql: str, values: dict):
+    """Run SQL text written with ``:name`` parameters (psycopg takes ``%(name)s``)."""
+    if conn.dialect.name == "postgresql":
+        sql = _pg_text(sql)
+    return conn.exec_driver_sql(sql, values)
+
+
+@lru_cache(maxsize=1024)
+def _pg_text(sql: str) -> str:
+    return re.sub(r"(?<![:\w]):([a-z_][a-z_0-9]*)", r"%(\1)s", sql)
+
+
+def count_matches(conn: Connection, query: ListQuery) -> int:
+    """The exact number of jobs matching ``query.search`` and its filters."""
+    if not query.statuses or unmatchable(conn, column_text(query.workflow_id), query.source):
+        return 0
+    sql = _count_sql(conn.dialect.name, 0 if query.all_statuses else len(query.statuses),
+                     query.workflow_id is not None, query.source is not None)
+    return int(_run(conn, sql, _values(conn, query)).scalar_one())
+
+
+def choose_plan(query: ListQuery, total: int, want: int, walked: int, filtered: int, everything: int) -> str:
+    """``matches`` or ``timeline`` for a page of ``want`` rows (limit + offset).
+
+    ``total``: the matches passing the filters; ``walked``: the jobs in the index
+    range a timeline walk reads; ``filtered`` / ``everything``: the jobs passing the
+    filters / all jobs (``job_counts``). Matches first reads every match of the
+    words before the filters apply (estimated as ``total`` scaled by how much the
+    filters keep); timeline first tests about ``want * walked / total`` jobs, each
+    test costing more the more words (and prefixes) the query has."""
+    if total == 0 or walked == 0:
+        return "matches"
+    scanned = total * everything / filtered if 0 < filtered < everything else total
+    probes = min(walked, want * walked / total)
+    terms = query.search.terms
+    probe = COST_PROBE * sum(len(t.words) for t in terms) * (PREFIX_PROBE if any(t.prefix for t in terms) else 1)
+    return "timeline" if probes * probe < scanned * COST_MATCH else "matches"
+
+
+def walked_query(query: ListQuery) -> ListQuery:
+    """The listing whose jobs a timeline-first plan walks: the index's own filter."""
+    return ListQuery(workflow_id=query.workflow_id if query.sort_by == "created_at" else None,
+                     source=query.source if query.sort_by == "created_at" and query.workflow_id is None
+                     else None)
+
+
+def select_page(conn: Connection, query: ListQuery, *, plan: str, limit: int | None, offset: int = 0,
+                after: Position | None = None) -> list[tuple]:
+    """Up to ``limit`` rows (``queries.page_columns``) of a search listing, skipping
+    ``offset`` rows or starting ``after`` (as ``queries.select_page``)."""
+    if not query.statuses or unmatchable(conn, column_text(query.workflow_id), query.source):
+        return []
+    if offset + (limit or 0) > 2**63 - 1:  # as queries.select_page: SQL cannot take the number
+        return []
+    if after is not None:
+        clamped = clamp_position(after, query.descending)
+        if clamped is False:
+            return []
+        after = clamped and storable_position(conn, clamped, query.descending)
+    shape = _Shape(conn.dialect.name, plan, query.sort_by, query.descending,
+                   0 if query.all_statuses else len(query.statuses),
+                   query.workflow_id is not None, query.source is not None, after is not None,
+                   limit is not None, bool(offset))
+    values = _values(conn, query)
+    values.update(limit=limit, offset=offset)
+    if after is not None:
+        values.update(after_value=after.value, after_id=after.id)
+    return _run(conn, _page_sql(shape), values).fetchall()
+
+
+def job_details(conn: Connection, ids: Sequence[str]) -> dict[str, tuple]:
+    """``{id: (source, raw_kind, raw, first output file name or None)}`` of ``ids``
+    (for showing search hits): ComfyUI's ids in and out (``normalize.column_text``)."""
+    found: dict[str, tuple] = {}
+    pg = conn.dialect.name == "postgresql"
+    for start in range(0, len(ids), SQLITE_IN_CHUNK):
+        chunk = [column_text(job_id) for job_id in ids[start:start + SQLITE_IN_CHUNK]]
+        condition = "= ANY(%s)" if pg else f"IN ({', '.join('?' * len(chunk))})"
+        sql = ("SELECT j.id, j.source, j.raw_kind, j.raw, (SELECT o.filename FROM job_outputs AS o "
+               "WHERE o.job_id = j.id ORDER BY o.ordinal LIMIT 1) FROM jobs AS j WHERE j.id " + condition)
+        for row in conn.exec_driver_sql(sql, (chunk,) if pg else tuple(chunk)):
+            found[answer_text(row[0])] = tuple(row[1:])
+    return found
