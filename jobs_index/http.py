@@ -1,4 +1,7 @@
-"""The HTTP API: ``GET /api/jobs`` and ``GET /api/jobs/{job_id}``, as ComfyUI answers them.
+"""The HTTP API: ``GET /api/jobs`` and ``GET /api/jobs/{job_id}``, as ComfyUI answers them,
+two small extensions for the history page (``/api/jobs-index/counts``: exact counts
+per status; ``/api/jobs-index/sources``: sources, their ComfyUI URLs, the source of
+given jobs), and the page itself (``jobs_index.web``, under ``/ui/``).
 
 Routes only parse and shape; the work is ``JobsIndex``'s, run in a thread pool so
 no database call blocks the event loop. Every error is a JSON body rendered by one
@@ -19,7 +22,7 @@ from aiohttp import http_exceptions, web
 from aiohttp.web_protocol import RequestHandler
 
 from . import wire
-from .errors import JobsIndexError
+from .errors import BadRequest, JobsIndexError
 from .params import parse_list_query
 from .services import JobsIndex
 
@@ -118,6 +121,27 @@ async def _stream_listing(request: web.Request, index: JobsIndex, query) -> web.
     return response
 
 
+MAX_SOURCE_IDS = 500  # ids per /api/jobs-index/sources request
+
+
+async def status_counts(request: web.Request) -> web.Response:
+    """``{"counts": {status: n}, "total": n}`` for the listing's source/workflow_id/q
+    filters (its ``status`` is ignored): exact, from ``job_counts`` or the search index."""
+    query = parse_list_query(request.rel_url.query)
+    counts = await _run(request, _index(request).status_counts, query)
+    return _json({"counts": counts, "total": sum(counts.values())})
+
+
+async def sources(request: web.Request) -> web.Response:
+    """``{"sources": [{"source", "url", "jobs"}], "job_sources": {id: source}}`` for the
+    jobs named by repeated ``id=`` parameters (at most ``MAX_SOURCE_IDS``)."""
+    ids = request.rel_url.query.getall("id", [])
+    if len(ids) > MAX_SOURCE_IDS:
+        raise BadRequest(f"at most {MAX_SOURCE_IDS} id parameters")
+    listed, of_jobs = await _run(request, _index(request).sources, ids)
+    return _json({"sources": listed, "job_sources": of_jobs})
+
+
 async def get_job(request: web.Request) -> web.Response:
     job = await _run(request, _index(request).get_job, request.match_info["job_id"])
     return _json(job)
@@ -129,6 +153,8 @@ def add_routes(app: web.Application, prefixes: tuple[str, ...] = ("/api", "/api/
         # Any id without a '/' (aiohttp's default pattern also refuses '{' and '}', so
         # such an id would miss the route and never get the contract's 404 body).
         app.router.add_get(f"{prefix}/jobs/{{job_id:[^/]+}}", get_job)
+    app.router.add_get(f"{prefixes[0]}/jobs-index/counts", status_counts)
+    app.router.add_get(f"{prefixes[0]}/jobs-index/sources", sources)
 
 
 def create_app(config: ServerConfig | None = None, *, index: JobsIndex | None = None) -> web.Application:
@@ -152,7 +178,25 @@ def create_app(config: ServerConfig | None = None, *, index: JobsIndex | None = 
 
     app.cleanup_ctx.append(lifetime)
     add_routes(app)
+    add_page(app)
     return app
+
+
+def add_page(app: web.Application, path: str = "/ui/") -> None:
+    """Mount the history page (``jobs_index.web``) at ``path``, with redirects from
+    ``/`` and from ``path`` without its slash. The page reaches the API at ``../api/``
+    (relative URLs), so it works under any prefix whose parent serves ``/api/jobs``."""
+    from .web import page_app
+
+    app.add_subapp(path, page_app())
+    bare = path.rstrip("/")
+
+    async def to_page(request: web.Request) -> web.Response:
+        query = request.rel_url.query_string
+        raise web.HTTPFound(path + (f"?{query}" if query else ""))
+
+    app.router.add_get(bare, to_page)
+    app.router.add_get("/", to_page)
 
 
 # Requests aiohttp cannot parse never reach a route or the middleware: aiohttp answers
@@ -211,7 +255,7 @@ def serve(config: ServerConfig, *, print_fn: Callable[[str], None] = print) -> N
 
     def announce() -> None:
         index = app[INDEX_KEY]
-        url = f"http://{config.host}:{config.port}/api/jobs"
+        url = f"http://{config.host}:{config.port}/api/jobs (page: /ui/)"
         scope = "loopback only" if config.host in ("127.0.0.1", "localhost", "::1") else "reachable from the network"
         print_fn(f"jobs-index serving {url} ({scope}) from {index.engine.url.render_as_string(hide_password=True)}")
 

@@ -43,3 +43,8 @@ def delete_finished(conn: Connection, source: str | None) -> int:
     search_queries.store(conn).forget(conn, list(conn.execute(select(jobs.c.id).where(*condition)).scalars()))
     return conn.execute(jobs.delete().where(*condition)).rowcount
 
+
+
+def followed_urls(conn: Connection) -> dict[str, str]:
+    """``{source: url}`` of every followed ComfyUI server."""
+    return {source: url for source, url in conn.execute(select(followed.c.source, followed.c.url))}

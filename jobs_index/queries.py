@@ -391,3 +391,20 @@ def stored_counts(conn: Connection) -> dict[tuple[str, str, str], int]:
     stmt = select(counts.c.source, counts.c.workflow_id, counts.c.status, counts.c.n).where(counts.c.n != 0)
     return {(s, w, st): n for s, w, st, n in conn.execute(stmt)}
 
+
+
+def source_counts(conn: Connection) -> dict[str, int]:
+    """Each source that has jobs, with its exact number of jobs (``job_counts``)."""
+    stmt = (select(counts.c.source, func.sum(counts.c.n))
+            .where(counts.c.workflow_id == "", counts.c.source != "", counts.c.n != 0)
+            .group_by(counts.c.source))
+    return {source: int(n) for source, n in conn.execute(stmt)}
+
+
+def job_sources(conn: Connection, ids: Sequence[str]) -> dict[str, str | None]:
+    """``{id: source}`` of the stored jobs among ``ids`` (by primary key)."""
+    found: dict[str, str | None] = {}
+    storable = [i for i in ids if not unmatchable(conn, i)]
+    for chunk in _chunks(storable):
+        found.update((i, s) for i, s in conn.execute(select(jobs.c.id, jobs.c.source).where(jobs.c.id.in_(chunk))))
+    return found

@@ -22,7 +22,7 @@ from .database import open_engine, read_statement, read_transaction, write_trans
 from .errors import JobNotFound, StorageError
 from .normalize import JobRecord, decode_raw, detail_dict
 from .search import snippet
-from .params import ListQuery
+from .params import STATUSES, ListQuery
 from .queries import ROW_CREATE_TIME, ROW_DURATION, ROW_ID, ROW_JOB_JSON, ROW_TOTAL, Position
 
 DEFAULT_BATCH_SIZE = 1000
@@ -295,6 +295,26 @@ class JobsIndex:
         if row is None:
             raise JobNotFound(job_id)
         return detail_dict(row)
+
+    def status_counts(self, query: ListQuery) -> dict[str, int]:
+        """The exact number of jobs of each status passing ``query``'s other filters
+        (source, workflow, search); its own statuses are ignored. One snapshot."""
+        with read_transaction(self.engine) as conn:
+            count = queries.count_total if query.search is None else search_queries.count_matches
+            return {status: count(conn, replace(query, statuses=(status,))) for status in STATUSES}
+
+    def sources(self, job_ids: Iterable[str] = ()) -> tuple[list[dict], dict[str, str | None]]:
+        """The sources (``{"source", "url", "jobs"}``: each source with jobs or
+        followed, its ComfyUI URL when ``follow`` knows it), and ``{id: source}`` of
+        the stored jobs among ``job_ids``. One snapshot."""
+        ids = sorted(set(job_ids))
+        with read_transaction(self.engine) as conn:
+            jobs = queries.source_counts(conn)
+            urls = live_queries.followed_urls(conn)
+            of_jobs = queries.job_sources(conn, ids) if ids else {}
+        listed = [{"source": name, "url": urls.get(name), "jobs": jobs.get(name, 0)}
+                  for name in sorted(set(jobs) | set(urls))]
+        return listed, of_jobs
 
     def total(self, query: ListQuery | None = None) -> int:
         with read_transaction(self.engine) as conn:
