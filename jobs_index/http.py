@@ -255,9 +255,10 @@ def serve(config: ServerConfig, *, print_fn: Callable[[str], None] = print) -> N
 
     def announce() -> None:
         index = app[INDEX_KEY]
-        url = f"http://{config.host}:{config.port}/api/jobs (page: /ui/)"
+        url = f"http://{config.host}:{config.port}/api/jobs"
         scope = "loopback only" if config.host in ("127.0.0.1", "localhost", "::1") else "reachable from the network"
-        print_fn(f"jobs-index serving {url} ({scope}) from {index.engine.url.render_as_string(hide_password=True)}")
+        print_fn(f"jobs-index serving {url} ({scope}) from {index.engine.url.render_as_string(hide_password=True)}; "
+                 f"history page http://{config.host}:{config.port}/ui/")
 
     try:
         asyncio.run(_serve_forever(app, config, announce))

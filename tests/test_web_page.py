@@ -345,8 +345,10 @@ def test_detail_outputs_link_to_the_source_comfyui_and_thumbnails(site, page, sh
                        if site.records[k].preview_output and "images" in site.records[k].preview_output)
     row = page.locator(f'#rows tr[data-id="{unreachable}"]')
     row.scroll_into_view_if_needed()
-    row.locator(".ph").wait_for()
-    assert "gpu-b unreachable" in row.locator(".ph").inner_text()
+    row.locator(".ph.broken").wait_for()
+    assert "offline" in row.locator(".ph").inner_text()
+    assert "gpu-b unreachable" in row.locator(".ph").get_attribute("title")
+    assert row.locator("img").count() == 0  # no broken image left behind
     page.screenshot(path=str(shots / f"{site.backend}-detail-outputs.png"))
 
 

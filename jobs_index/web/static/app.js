@@ -91,9 +91,11 @@
     if (isNaN(d)) return "—";
     return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
   }
-  function timeCell(ms) { // the list shows month-day and time; the full date is its tooltip
+  const THIS_YEAR = String(new Date().getFullYear());
+  function timeCell(ms) { // this year's times without the year, older ones without seconds; the tooltip has all
     const full = fmtTime(ms);
-    return el("td", { className: "time", title: full }, full === "—" ? full : full.slice(5));
+    const short = full === "—" ? full : full.startsWith(THIS_YEAR) ? full.slice(5) : full.slice(0, 16);
+    return el("td", { className: "time", title: full }, short);
   }
   function fmtDuration(job) {
     const start = job.execution_start_time, end = job.execution_end_time;
@@ -151,8 +153,12 @@
     if (!src) return placeholder("no preview", big);
     const source = state.jobSource.get(jobId);
     const img = el("img", { className: big ? "" : "thumb", loading: "lazy", alt: str(file.filename), src, referrerPolicy: "no-referrer" });
-    img.addEventListener("error", () => {
-      img.replaceWith(placeholder(`preview unavailable${source ? " (" + source + " unreachable)" : ""}`, big));
+    img.addEventListener("error", () => { // the source is down, unreachable from here, or the file is gone
+      const why = `preview unavailable: ${source ? source + " unreachable" : "no ComfyUI here"} or file gone`;
+      const ph = placeholder(big ? why : "⚠ offline", big);
+      ph.classList.add("broken");
+      ph.title = why;
+      img.replaceWith(ph);
     }, { once: true });
     return img;
   }
