@@ -1,5 +1,5 @@
 """The HTTP API: ``GET /api/jobs`` and ``GET /api/jobs/{job_id}``, as ComfyUI answers them,
-two small extensions for the history page (``/api/jobs-index/counts``: exact counts
+extensions for the history page (``include=source`` on listings; ``/api/jobs-index/counts``: exact counts
 per status; ``/api/jobs-index/sources``: sources, their ComfyUI URLs, the source of
 given jobs), and the page itself (``jobs_index.web``, under ``/ui/``).
 
@@ -95,6 +95,12 @@ async def error_middleware(request: web.Request, handler):
 async def list_jobs(request: web.Request) -> web.StreamResponse:
     index = _index(request)
     query = parse_list_query(request.rel_url.query)
+    includes = {name.strip() for value in request.rel_url.query.getall("include", []) for name in value.split(",")}
+    if "source" in includes and query.limit is not None and query.limit <= INLINE_PAGE_MAX:
+        # Extension for the history page (ComfyUI ignores ``include``): the page's jobs'
+        # sources, ``"job_sources": {id: source}`` after ``pagination``, in the same answer.
+        page, of_jobs = await _run(request, index.list_jobs_with_sources, query)
+        return _json_text(page.body_text(query, {"job_sources": of_jobs}))
     if query.limit is not None and query.limit <= INLINE_PAGE_MAX:
         page = await _run(request, index.list_jobs, query)
         return _json_text(page.body_text(query))
@@ -125,11 +131,13 @@ MAX_SOURCE_IDS = 500  # ids per /api/jobs-index/sources request
 
 
 async def status_counts(request: web.Request) -> web.Response:
-    """``{"counts": {status: n}, "total": n}`` for the listing's source/workflow_id/q
-    filters (its ``status`` is ignored): exact, from ``job_counts`` or the search index."""
+    """``{"counts": {status: n}, "total": n, "sources": [{"source", "url", "jobs"}]}``:
+    exact counts for the listing's source/workflow_id/q filters (its ``status`` is
+    ignored), from ``job_counts`` or the search index, and every source (``sources``)."""
     query = parse_list_query(request.rel_url.query)
-    counts = await _run(request, _index(request).status_counts, query)
-    return _json({"counts": counts, "total": sum(counts.values())})
+    index = _index(request)
+    counts, (listed, _) = await _run(request, lambda: (index.status_counts(query), index.sources()))
+    return _json({"counts": counts, "total": sum(counts.values()), "sources": listed})
 
 
 async def sources(request: web.Request) -> web.Response:

@@ -51,9 +51,10 @@ class JobsPage:
         """The exact ``GET /api/jobs`` response body."""
         return {"jobs": self.jobs, "pagination": self.pagination(query)}
 
-    def body_text(self, query: ListQuery) -> str:
-        """``body`` as JSON text, assembled without re-encoding the jobs."""
-        return wire.page_body(self.job_texts, self.pagination(query))
+    def body_text(self, query: ListQuery, extra: dict | None = None) -> str:
+        """``body`` as JSON text, assembled without re-encoding the jobs (``extra``:
+        more top-level keys, after ``pagination``)."""
+        return wire.page_body(self.job_texts, self.pagination(query), extra)
 
 
 @dataclass(frozen=True)
@@ -255,6 +256,21 @@ class JobsIndex:
         stream = JobStream(self, query, chunk=min(query.limit or STREAM_CHUNK, STREAM_CHUNK))
         texts = [text for chunk in stream.chunks() for text in chunk]
         return JobsPage(texts, stream.total, stream.has_more, stream.next_cursor)
+
+    def list_jobs_with_sources(self, query: ListQuery) -> tuple[JobsPage, dict[str, str | None]]:
+        """``list_jobs`` and ``{id: source}`` of its jobs (a job deleted in between is
+        left out of the map): the history page's list request, one round trip."""
+        page = self.list_jobs(query)
+        ids = [json.loads(text)["id"] for text in page.job_texts]
+        return page, self.job_sources(ids)
+
+    def job_sources(self, job_ids: Iterable[str]) -> dict[str, str | None]:
+        """``{id: source}`` of the stored jobs among ``job_ids``."""
+        ids = sorted(set(job_ids))
+        if not ids:
+            return {}
+        with read_transaction(self.engine) as conn:
+            return queries.job_sources(conn, ids)
 
     def stream_jobs(self, query: ListQuery, chunk: int = STREAM_CHUNK) -> JobStream:
         return JobStream(self, query, chunk)

@@ -384,7 +384,15 @@ def test_hostile_strings_render_as_text(site, page, shots):
 def test_page_endpoints_and_headers(site):
     client = Client(site.base)
     body = client.get("/api/jobs-index/counts?source=gpu-b&status=failed").body
-    assert body == {"counts": site.counts("gpu-b"), "total": sum(site.counts("gpu-b").values())}
+    assert body["counts"] == site.counts("gpu-b") and body["total"] == sum(site.counts("gpu-b").values())
+    assert [s["source"] for s in body["sources"]] == sorted(set(site.sources.values()))
+
+    # include=source: the listing exactly as without it, plus each job's source
+    plain = client.get("/api/jobs?limit=20&status=completed,failed").body
+    page = client.get("/api/jobs?limit=20&status=completed,failed&include=source").body
+    assert page.pop("job_sources") == {job["id"]: site.sources[job["id"]] for job in plain["jobs"]}
+    assert page == plain and len(plain["jobs"]) == 20
+    assert "job_sources" not in client.get("/api/jobs?include=source").body  # no limit: streamed as ComfyUI's
     ids = ["ded0128e-d015-4548-bf52-3192e6804d72", HOSTILE_ID, "no-such-job"]
     from urllib.parse import urlencode
     body = client.get("/api/jobs-index/sources?" + urlencode([("id", i) for i in ids])).body

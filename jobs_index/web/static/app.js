@@ -197,12 +197,18 @@
     return ta !== tb ? ta > tb : ia > ib;
   }
 
-  async function learnSources(jobs) {
-    const ids = jobs.map((job) => job.id).filter((id) => !state.jobSource.has(id));
-    const body = await api("jobs-index/sources", ids.map((id) => ["id", id]));
-    for (const s of body.sources) if (s.url) state.sourceUrl.set(s.source, s.url); else state.sourceUrl.delete(s.source);
-    for (const id of ids) state.jobSource.set(id, Object.prototype.hasOwnProperty.call(body.job_sources, id) ? body.job_sources[id] : null);
-    fillSources(body.sources);
+  const own = (object, key) => Boolean(object) && Object.prototype.hasOwnProperty.call(object, key);
+  function noteSources(sources) { // [{source, url, jobs}]: the source filter and each source's ComfyUI URL
+    for (const s of sources) if (s.url) state.sourceUrl.set(s.source, s.url); else state.sourceUrl.delete(s.source);
+    fillSources(sources);
+  }
+  function noteJobSources(jobs, map) { // a listing's "job_sources" (include=source)
+    for (const job of jobs) state.jobSource.set(job.id, own(map, job.id) ? map[job.id] : null);
+  }
+  async function learnSources(jobs) { // for a job not from a listing (a linked detail)
+    const body = await api("jobs-index/sources", jobs.map((job) => ["id", job.id]));
+    noteSources(body.sources);
+    noteJobSources(jobs, body.job_sources);
   }
 
   function fillSources(sources) {
@@ -243,21 +249,21 @@
     rowsEl.replaceChildren();
     showError("");
     syncControls();
-    refreshCounts(gen);
-    await loadPage(gen, null);
+    const counts = refreshCounts(gen); // sent alongside; its sources' URLs are needed for thumbnails
+    await loadPage(gen, null, counts);
   }
 
-  async function loadPage(gen, after) {
+  async function loadPage(gen, after, before) {
     if (state.loading && after) return;
     state.loading = true; updateMore();
     try {
       const params = filterParams();
-      params.push(["limit", String(PAGE)]);
+      params.push(["limit", String(PAGE)], ["include", "source"]);
       if (after) params.push(["after", after]);
       const body = await api("jobs", params);
+      if (before) await before;
       if (gen !== state.gen) return;
-      await learnSources(body.jobs);
-      if (gen !== state.gen) return;
+      noteJobSources(body.jobs, body.job_sources);
       appendJobs(body.jobs);
       state.cursor = body.pagination.next_cursor || null;
       state.hasMore = Boolean(body.pagination.has_more && state.cursor);
@@ -279,6 +285,7 @@
     const params = filterParams().filter(([k]) => k !== "status");
     try {
       const body = await api("jobs-index/counts", params);
+      noteSources(body.sources);
       if (gen === state.gen) renderCounts(body);
     } catch (error) { /* the list shows the error */ }
   }
@@ -302,7 +309,7 @@
     const gen = state.gen;
     try {
       const params = filterParams();
-      params.push(["limit", String(PAGE)]);
+      params.push(["limit", String(PAGE)], ["include", "source"]);
       const body = await api("jobs", params);
       if (gen !== state.gen) return;
       const fresh = body.jobs.filter((job) => !state.rows.has(job.id));
@@ -311,8 +318,7 @@
         await reset(); // more new jobs than a page: start over rather than leave a gap
         return;
       }
-      if (fresh.length) await learnSources(fresh);
-      if (gen !== state.gen) return;
+      noteJobSources(fresh, body.job_sources);
       for (const job of body.jobs) {
         const row = state.rows.get(job.id);
         if (row && JSON.stringify(row.job) !== JSON.stringify(job)) { // status/times changed
