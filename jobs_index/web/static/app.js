@@ -363,9 +363,10 @@
   function kv(pairs) {
     return el("dl", { className: "kv" }, pairs.filter(Boolean).flatMap(([k, v]) => [el("dt", null, k), el("dd", null, v)]));
   }
-  function promptFacts(prompt) {
-    const texts = [], models = new Set(), types = new Map();
-    if (!prompt || typeof prompt !== "object") return { texts, models, types };
+  const TEXT_INPUT = /(text|prompt|positive|negative|caption|string|expression|note|tags|wildcard)/i;
+  function promptFacts(prompt) { // text inputs (prose), settings (short values), models, node types
+    const texts = [], settings = [], models = new Set(), types = new Map();
+    if (!prompt || typeof prompt !== "object") return { texts, settings, models, types };
     const ids = Object.keys(prompt).sort((a, b) => (Number(a) - Number(b)) || (a < b ? -1 : a > b ? 1 : 0));
     for (const id of ids) {
       const node = prompt[id];
@@ -374,12 +375,14 @@
       types.set(type, (types.get(type) || 0) + 1);
       const inputs = node.inputs && typeof node.inputs === "object" ? node.inputs : {};
       for (const [name, value] of Object.entries(inputs)) {
+        if (typeof value === "number" || typeof value === "boolean") settings.push({ id, type, name, value: String(value) });
         if (typeof value !== "string" || value === "") continue;
         if (MODEL_FILE.test(value) || MODEL_INPUT.test(name)) models.add(value);
-        else texts.push({ id, type, name, value });
+        else if (TEXT_INPUT.test(name) || /\s/.test(value.trim()) || value.length > 40) texts.push({ id, type, name, value });
+        else settings.push({ id, type, name, value });
       }
     }
-    return { texts, models, types };
+    return { texts, settings, models, types };
   }
   function downloadButton(label, data, filename) {
     const button = el("button", { type: "button", className: "download" }, label);
@@ -445,6 +448,10 @@
     if (facts.texts.length) {
       parts.push(...section("Text inputs", facts.texts.map((t) => el("div", null,
         el("div", { className: "input-name" }, `${t.type} #${t.id} · ${t.name}`), el("pre", null, t.value)))));
+    }
+    if (facts.settings.length) {
+      parts.push(...section("Settings", el("dl", { className: "kv settings" }, facts.settings.flatMap((t) => [
+        el("dt", null, `${t.type} #${t.id} · ${t.name}`), el("dd", { className: "mono" }, t.value)]))));
     }
     if (facts.models.size) parts.push(...section("Models and LoRAs", el("ul", { className: "plain mono" }, [...facts.models].map((m) => el("li", null, m)))));
     if (facts.types.size) {
