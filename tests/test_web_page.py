@@ -352,6 +352,26 @@ def test_detail_outputs_link_to_the_source_comfyui_and_thumbnails(site, page, sh
     page.screenshot(path=str(shots / f"{site.backend}-detail-outputs.png"))
 
 
+def test_keyboard_moves_opens_and_closes(site, page):
+    page.goto(site.url)
+    wait_rows(page, PAGE)
+    order = site.expected_order()
+    page.keyboard.press("j")
+    page.keyboard.press("j")
+    page.keyboard.press("j")
+    page.keyboard.press("k")
+    assert page.evaluate("document.activeElement.dataset.id") == order[1]
+    page.keyboard.press("Enter")
+    page.wait_for_function("id => document.querySelector('#detail h2') && document.querySelector('#detail h2').textContent.includes(id)",
+                           arg=order[1])
+    assert page.url.endswith("?job=" + __import__("urllib.parse").parse.quote(order[1], safe=""))
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#detail", state="hidden")
+    assert page.evaluate("document.activeElement.dataset.id") == order[1]  # back where the user was
+    page.keyboard.press("/")
+    assert page.evaluate("document.activeElement.id") == "q"
+
+
 def test_hostile_strings_render_as_text(site, page, shots):
     page.goto(site.url)
     wait_rows(page, PAGE)
