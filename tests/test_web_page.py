@@ -246,6 +246,16 @@ def test_scrolling_loads_every_job_once_in_order(site, page):
     assert ids == site.expected_order(), "a job is missing or out of order"
     assert page.locator("#more").inner_text() == f"All {total} jobs shown"
 
+    # open a job far down, then Back: the detail closes, the list stays as it was
+    deep = ids[-3]
+    page.click(f'#rows tr[data-id="{deep}"]')
+    page.wait_for_function("id => document.querySelector('#detail h2') && document.querySelector('#detail h2').textContent.includes(id)",
+                           arg=deep)
+    page.go_back()
+    page.wait_for_selector("#detail", state="hidden")
+    page.wait_for_timeout(300)
+    assert row_ids(page) == ids
+
 
 def test_status_and_source_filters_update_url_counts_and_survive_reload(site, page, shots):
     page.goto(site.url)

@@ -523,8 +523,10 @@
   $("source").addEventListener("change", () => { state.view.source = $("source").value; writeView(true); reset(); });
 
   window.addEventListener("popstate", () => {
+    const before = state.view;
     state.view = readView();
-    reset();
+    // Back/Forward between jobs of the same list keeps the list (and where it was scrolled to)
+    if (["status", "source", "workflow_id", "q"].some((key) => before[key] !== state.view[key])) reset();
     if (state.view.job) openJob(state.view.job, false); else closeDetail(false);
   });
 
