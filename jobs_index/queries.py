@@ -16,12 +16,13 @@ docs/postgresql.md records the one stale-statistics case seen and its remedy.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
 from sqlalchemy import (BigInteger, Connection, Integer, Row, Select, Text, bindparam, func,
-                        literal_column, select, tuple_, union_all)
+                        literal_column, select, text, tuple_, union_all)
 
 from . import schema
 from .cursor import MAX_ID_LENGTH
@@ -401,10 +402,28 @@ def source_counts(conn: Connection) -> dict[str, int]:
     return {source: int(n) for source, n in conn.execute(stmt)}
 
 
+def _storable_text(value: str, postgresql: bool) -> bool:
+    """``not unmatchable(conn, value)``, at C speed (a lone surrogate fails to encode)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return not (postgresql and "\x00" in value)
+
+
+# One statement of one shape for any number of ids (no IN list to expand and compile):
+# a primary-key probe per id.
+_JOB_SOURCES_SQL = {
+    "sqlite": text("SELECT id, source FROM jobs WHERE id IN (SELECT value FROM json_each(:ids))"),
+    "postgresql": text("SELECT id, source FROM jobs WHERE id = ANY(CAST(:ids AS text[]))"),
+}
+
+
 def job_sources(conn: Connection, ids: Sequence[str]) -> dict[str, str | None]:
-    """``{id: source}`` of the stored jobs among ``ids`` (by primary key)."""
-    found: dict[str, str | None] = {}
-    storable = [i for i in ids if not unmatchable(conn, i)]
-    for chunk in _chunks(storable):
-        found.update((i, s) for i, s in conn.execute(select(jobs.c.id, jobs.c.source).where(jobs.c.id.in_(chunk))))
-    return found
+    """``{id: source}`` of the stored jobs among ``ids`` (by primary key), one statement."""
+    pg = conn.dialect.name == "postgresql"
+    storable = [i for i in ids if _storable_text(i, pg)]
+    if not storable:
+        return {}
+    value = json.dumps(storable) if conn.dialect.name == "sqlite" else storable
+    return {i: s for i, s in conn.execute(_JOB_SOURCES_SQL[conn.dialect.name], {"ids": value})}

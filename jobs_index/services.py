@@ -25,6 +25,8 @@ from .search import snippet
 from .params import STATUSES, ListQuery
 from .queries import ROW_CREATE_TIME, ROW_DURATION, ROW_ID, ROW_JOB_JSON, ROW_TOTAL, Position
 
+ID_OFFSET = len('{"id": ')  # where the id string starts in a job's JSON text (``queries._job_json_sql``)
+_ID_DECODER = json.JSONDecoder()
 DEFAULT_BATCH_SIZE = 1000
 STREAM_CHUNK = 1000  # rows per query when a listing is larger than one page
 
@@ -38,6 +40,12 @@ class JobsPage:
     total: int
     has_more: bool
     next_cursor: str | None
+
+    @property
+    def ids(self) -> list[str]:
+        """The jobs' ids, in page order (each job's text starts ``{"id": "...``: only
+        that string is decoded)."""
+        return [_ID_DECODER.raw_decode(text, ID_OFFSET)[0] for text in self.job_texts]
 
     @property
     def jobs(self) -> list[dict]:
@@ -261,15 +269,14 @@ class JobsIndex:
         """``list_jobs`` and ``{id: source}`` of its jobs (a job deleted in between is
         left out of the map): the history page's list request, one round trip."""
         page = self.list_jobs(query)
-        ids = [json.loads(text)["id"] for text in page.job_texts]
-        return page, self.job_sources(ids)
+        return page, self.job_sources(page.ids)
 
     def job_sources(self, job_ids: Iterable[str]) -> dict[str, str | None]:
         """``{id: source}`` of the stored jobs among ``job_ids``."""
         ids = sorted(set(job_ids))
         if not ids:
             return {}
-        with read_transaction(self.engine) as conn:
+        with read_statement(self.engine) as conn:  # one statement: one snapshot
             return queries.job_sources(conn, ids)
 
     def stream_jobs(self, query: ListQuery, chunk: int = STREAM_CHUNK) -> JobStream:

@@ -21,7 +21,7 @@ import struct
 import threading
 import zlib
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 from aiohttp import web
@@ -431,6 +431,8 @@ def test_page_endpoints_and_headers(site):
     assert by_name["gpu-a"]["jobs"] == len(capture_history())
     assert by_name["gpu-b"]["url"] == site.index.follow_state("gpu-b")[0]
     assert by_name['<b>evil</b> "source"']["url"] is None
+    odd = client.get("/api/jobs-index/sources?id=a%00b&id=%F0%9F%98%80&id=" + quote(HOSTILE_ID, safe=""))
+    assert odd.status == 200 and odd.body["job_sources"] == {HOSTILE_ID: '<b>evil</b> "source"'}
     too_many = client.get("/api/jobs-index/sources?" + urlencode([("id", str(i)) for i in range(501)]))
     assert too_many.status == 400 and "at most 500" in too_many.body["error"]
     bad = client.get("/api/jobs-index/counts?q=%22open")
