@@ -44,7 +44,6 @@ def delete_finished(conn: Connection, source: str | None) -> int:
     return conn.execute(jobs.delete().where(*condition)).rowcount
 
 
-
 def followed_urls(conn: Connection) -> dict[str, str]:
     """``{source: url}`` of every followed ComfyUI server."""
     return {source: url for source, url in conn.execute(select(followed.c.source, followed.c.url))}

@@ -393,7 +393,6 @@ def stored_counts(conn: Connection) -> dict[tuple[str, str, str], int]:
     return {(s, w, st): n for s, w, st, n in conn.execute(stmt)}
 
 
-
 def source_counts(conn: Connection) -> dict[str, int]:
     """Each source that has jobs, with its exact number of jobs (``job_counts``)."""
     stmt = (select(counts.c.source, func.sum(counts.c.n))
