@@ -136,7 +136,7 @@ async def status_counts(request: web.Request) -> web.Response:
     ignored), from ``job_counts`` or the search index, and every source (``sources``)."""
     query = parse_list_query(request.rel_url.query)
     index = _index(request)
-    counts, (listed, _) = await _run(request, lambda: (index.status_counts(query), index.sources()))
+    counts, listed = await _run(request, index.page_counts, query)
     return _json({"counts": counts, "total": sum(counts.values()), "sources": listed})
 
 

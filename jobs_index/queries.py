@@ -26,7 +26,7 @@ from sqlalchemy import (BigInteger, Connection, Integer, Row, Select, Text, bind
 
 from . import schema
 from .cursor import MAX_ID_LENGTH
-from .params import ListQuery
+from .params import STATUSES as LISTED_STATUSES, ListQuery
 
 jobs = schema.Job.__table__
 counts = schema.JobCount.__table__
@@ -391,6 +391,20 @@ def recount(conn: Connection) -> dict[tuple[str, str, str], int]:
 def stored_counts(conn: Connection) -> dict[tuple[str, str, str], int]:
     stmt = select(counts.c.source, counts.c.workflow_id, counts.c.status, counts.c.n).where(counts.c.n != 0)
     return {(s, w, st): n for s, w, st, n in conn.execute(stmt)}
+
+
+def status_counts(conn: Connection, query: ListQuery) -> dict[str, int]:
+    """Exact number of jobs of each status passing the workflow/source filters (its
+    statuses are ignored): the ``job_counts`` rows of that key, one statement."""
+    found = {row_status: 0 for row_status in LISTED_STATUSES}
+    if unmatchable(conn, query.workflow_id, query.source):
+        return found
+    stmt = select(counts.c.status, counts.c.n).where(counts.c.source == (query.source or ""),
+                                                     counts.c.workflow_id == (query.workflow_id or ""))
+    for row_status, n in conn.execute(stmt):
+        if row_status in found:
+            found[row_status] = int(n)
+    return found
 
 
 def source_counts(conn: Connection) -> dict[str, int]:

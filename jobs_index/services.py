@@ -321,10 +321,19 @@ class JobsIndex:
 
     def status_counts(self, query: ListQuery) -> dict[str, int]:
         """The exact number of jobs of each status passing ``query``'s other filters
-        (source, workflow, search); its own statuses are ignored. One snapshot."""
+        (source, workflow, search); its own statuses are ignored. One snapshot (without
+        a search: one statement on ``job_counts``)."""
+        if query.search is None:
+            with read_statement(self.engine) as conn:
+                return queries.status_counts(conn, query)
         with read_transaction(self.engine) as conn:
-            count = queries.count_total if query.search is None else search_queries.count_matches
-            return {status: count(conn, replace(query, statuses=(status,))) for status in STATUSES}
+            return {status: search_queries.count_matches(conn, replace(query, statuses=(status,)))
+                    for status in STATUSES}
+
+    def page_counts(self, query: ListQuery) -> tuple[dict[str, int], list[dict]]:
+        """``status_counts(query)`` and the sources list of ``sources()``: the history
+        page's counts request (two reads; the counts are one snapshot)."""
+        return self.status_counts(query), self.sources()[0]
 
     def sources(self, job_ids: Iterable[str] = ()) -> tuple[list[dict], dict[str, str | None]]:
         """The sources (``{"source", "url", "jobs"}``: each source with jobs or

@@ -416,6 +416,18 @@ def test_page_endpoints_and_headers(site):
     body = client.get("/api/jobs-index/counts?source=gpu-b&status=failed").body
     assert body["counts"] == site.counts("gpu-b") and body["total"] == sum(site.counts("gpu-b").values())
     assert [s["source"] for s in body["sources"]] == sorted(set(site.sources.values()))
+    workflow = "11111111-2222-4333-8444-555555555555"  # the captured jobs' (and the hostile failure's)
+    for params, keep in (
+            (f"workflow_id={workflow}", lambda r: r.workflow_id == workflow),
+            (f"workflow_id={workflow}&source=gpu-a", lambda r: r.workflow_id == workflow and site.sources[r.id] == "gpu-a"),
+            ("q=ComfyMathExpression", lambda r: any(isinstance(n, dict) and n.get("class_type") == "ComfyMathExpression"
+                                                    for n in site.items[r.id]["prompt"][2].values())),
+            ("source=nowhere", lambda r: False)):
+        want = dict.fromkeys(("pending", "in_progress", "completed", "failed", "cancelled"), 0)
+        for record in site.records.values():
+            if keep(record):
+                want[record.status] += 1
+        assert client.get("/api/jobs-index/counts?" + params).body["counts"] == want, params
 
     # include=source: the listing exactly as without it, plus each job's source
     plain = client.get("/api/jobs?limit=20&status=completed,failed").body
