@@ -350,6 +350,13 @@ def test_detail_outputs_link_to_the_source_comfyui_and_thumbnails(site, page, sh
                            arg=job_id)
     assert any(v.get("filename") == files[0]["filename"] for v in site.views)
 
+    # the workflow, to drag back into ComfyUI: exactly the one the job ran with
+    with page.expect_download() as download:
+        page.click("#detail button.download >> text=Workflow")
+    saved = Path(download.value.path()).read_text(encoding="utf-8")
+    assert json.loads(saved) == item["prompt"][3]["extra_pnginfo"]["workflow"]
+    assert download.value.suggested_filename == f"workflow-{job_id}.json"
+
     # a source the browser cannot reach: a clear placeholder, not a broken image
     unreachable = next(k for k in site.expected_order(source="gpu-b")[:PAGE - 15]
                        if site.records[k].preview_output and "images" in site.records[k].preview_output)
