@@ -154,8 +154,10 @@
     const source = state.jobSource.get(jobId);
     const img = el("img", { className: big ? "" : "thumb", loading: "lazy", alt: str(file.filename), src, referrerPolicy: "no-referrer" });
     img.addEventListener("error", () => { // the source is down, unreachable from here, or the file is gone
-      const why = `preview unavailable: ${source ? source + " unreachable" : "no ComfyUI here"} or file gone`;
-      const ph = placeholder(big ? why : "⚠ offline", big);
+      const why = !source ? "preview unavailable: no ComfyUI here, or the file is gone"
+        : state.sourceUrl.has(source) ? `preview unavailable: ${source} unreachable, or the file is gone`
+        : `preview unavailable: no ComfyUI URL known for ${source} (not followed)`;
+      const ph = placeholder(big ? why : source && !state.sourceUrl.has(source) ? "⚠ no URL" : "⚠ offline", big);
       ph.classList.add("broken");
       ph.title = why;
       img.replaceWith(ph);
