@@ -26,20 +26,33 @@ HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
            "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"}
 
 
+_KINDS = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
+
+
+def page_response(subpath: str) -> web.Response | None:
+    """The answer for ``subpath`` below the page's mount point (``/`` is the page,
+    ``/static/NAME`` its files), or None when there is no such file. For hosts that
+    route by hand (the ComfyUI custom node's middleware)."""
+    if subpath == "/":
+        return web.Response(body=(STATIC / "index.html").read_bytes(), content_type="text/html",
+                            charset="utf-8", headers=HEADERS)
+    name = subpath[len("/static/"):] if subpath.startswith("/static/") else ""
+    path = STATIC / name
+    kind = _KINDS.get(path.suffix)
+    if not name or "/" in name or "\\" in name or name.startswith(".") or kind is None or not path.is_file():
+        return None
+    return web.Response(body=path.read_bytes(), content_type=kind, headers=HEADERS)
+
+
 async def _index(request: web.Request) -> web.Response:
-    return web.Response(body=(STATIC / "index.html").read_bytes(), content_type="text/html",
-                        charset="utf-8", headers=HEADERS)
+    return page_response("/")
 
 
 async def _static(request: web.Request) -> web.Response:
-    name = request.match_info["name"]
-    path = STATIC / name
-    if "/" in name or name.startswith(".") or name == "index.html" or not path.is_file():
+    response = page_response("/static/" + request.match_info["name"])
+    if response is None:
         raise web.HTTPNotFound()
-    kind = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}.get(path.suffix)
-    if kind is None:
-        raise web.HTTPNotFound()
-    return web.Response(body=path.read_bytes(), content_type=kind, headers=HEADERS)
+    return response
 
 
 def page_app() -> web.Application:
