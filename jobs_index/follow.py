@@ -556,7 +556,8 @@ async def follow(index: JobsIndex, targets: Sequence[Target], *, serve=None, onc
             runner = web.AppRunner(create_app(serve, index=index, followers=followers), access_log=None)
             await runner.setup()
             await web.TCPSite(runner, serve.host, serve.port).start()
-            print_fn(f"jobs-index serving http://{serve.host}:{serve.port}/api/jobs")
+            print_fn(f"jobs-index serving http://{serve.host}:{serve.port}/api/jobs; "
+                     f"history page http://{serve.host}:{serve.port}/ui/")
         for follower in followers:
             print_fn(f"following {follower.target.url} as source {follower.source!r}")
         await asyncio.gather(*(follower.run() for follower in followers))

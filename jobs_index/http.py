@@ -1,4 +1,7 @@
-"""The HTTP API: ``GET /api/jobs`` and ``GET /api/jobs/{job_id}``, as ComfyUI answers them.
+"""The HTTP API: ``GET /api/jobs`` and ``GET /api/jobs/{job_id}``, as ComfyUI answers them,
+extensions for the history page (``include=source`` on listings; ``/api/jobs-index/counts``: exact counts
+per status; ``/api/jobs-index/sources``: sources, their ComfyUI URLs, the source of
+given jobs), and the page itself (``jobs_index.web``, under ``/ui/``).
 
 Routes only parse and shape; the work is ``JobsIndex``'s, run in a thread pool so
 no database call blocks the event loop. Every error is a JSON body rendered by one
@@ -27,7 +30,7 @@ from aiohttp import http_exceptions, web
 from aiohttp.web_protocol import RequestHandler
 
 from . import wire
-from .errors import JobsIndexError
+from .errors import BadRequest, JobsIndexError
 from .metrics import Metrics, readiness
 from .params import parse_list_query
 from .services import JobsIndex
@@ -105,6 +108,12 @@ async def error_middleware(request: web.Request, handler):
 async def list_jobs(request: web.Request) -> web.StreamResponse:
     index = _index(request)
     query = parse_list_query(request.rel_url.query)
+    includes = {name.strip() for value in request.rel_url.query.getall("include", []) for name in value.split(",")}
+    if "source" in includes and query.limit is not None and query.limit <= INLINE_PAGE_MAX:
+        # Extension for the history page (ComfyUI ignores ``include``): the page's jobs'
+        # sources, ``"job_sources": {id: source}`` after ``pagination``, in the same answer.
+        page, of_jobs = await _run(request, index.list_jobs_with_sources, query)
+        return _json_text(page.body_text(query, {"job_sources": of_jobs}))
     if query.limit is not None and query.limit <= INLINE_PAGE_MAX:
         page = await _run(request, index.list_jobs, query)
         return _json_text(page.body_text(query))
@@ -211,6 +220,29 @@ def _stream_slot(index: JobsIndex) -> asyncio.Semaphore:
     return held[1]
 
 
+MAX_SOURCE_IDS = 500  # ids per /api/jobs-index/sources request
+
+
+async def status_counts(request: web.Request) -> web.Response:
+    """``{"counts": {status: n}, "total": n, "sources": [{"source", "url", "jobs"}]}``:
+    exact counts for the listing's source/workflow_id/q filters (its ``status`` is
+    ignored), from ``job_counts`` or the search index, and every source (``sources``)."""
+    query = parse_list_query(request.rel_url.query)
+    index = _index(request)
+    counts, listed = await _run(request, index.page_counts, query)
+    return _json({"counts": counts, "total": sum(counts.values()), "sources": listed})
+
+
+async def sources(request: web.Request) -> web.Response:
+    """``{"sources": [{"source", "url", "jobs"}], "job_sources": {id: source}}`` for the
+    jobs named by repeated ``id=`` parameters (at most ``MAX_SOURCE_IDS``)."""
+    ids = request.rel_url.query.getall("id", [])
+    if len(ids) > MAX_SOURCE_IDS:
+        raise BadRequest(f"at most {MAX_SOURCE_IDS} id parameters")
+    listed, of_jobs = await _run(request, _index(request).sources, ids)
+    return _json({"sources": listed, "job_sources": of_jobs})
+
+
 async def get_job(request: web.Request) -> web.Response:
     job = await _run(request, _index(request).get_job, request.match_info["job_id"])
     return _json(job)
@@ -243,6 +275,8 @@ def add_routes(app: web.Application, prefixes: tuple[str, ...] = ("/api", "/api/
         # Any id without a '/' (aiohttp's default pattern also refuses '{' and '}', so
         # such an id would miss the route and never get the contract's 404 body).
         app.router.add_get(f"{prefix}/jobs/{{job_id:[^/]+}}", get_job)
+    app.router.add_get(f"{prefixes[0]}/jobs-index/counts", status_counts)
+    app.router.add_get(f"{prefixes[0]}/jobs-index/sources", sources)
 
 
 def create_app(config: ServerConfig | None = None, *, index: JobsIndex | None = None,
@@ -272,7 +306,25 @@ def create_app(config: ServerConfig | None = None, *, index: JobsIndex | None = 
     app.cleanup_ctx.append(lifetime)
     add_routes(app)
     add_ops_routes(app)
+    add_page(app)
     return app
+
+
+def add_page(app: web.Application, path: str = "/ui/") -> None:
+    """Mount the history page (``jobs_index.web``) at ``path``, with redirects from
+    ``/`` and from ``path`` without its slash. The page reaches the API at ``../api/``
+    (relative URLs), so it works under any prefix whose parent serves ``/api/jobs``."""
+    from .web import page_app
+
+    app.add_subapp(path, page_app())
+    bare = path.rstrip("/")
+
+    async def to_page(request: web.Request) -> web.Response:
+        query = request.rel_url.query_string
+        raise web.HTTPFound(path + (f"?{query}" if query else ""))
+
+    app.router.add_get(bare, to_page)
+    app.router.add_get("/", to_page)
 
 
 # Requests aiohttp cannot parse never reach a route or the middleware: aiohttp answers
@@ -333,7 +385,8 @@ def serve(config: ServerConfig, *, print_fn: Callable[[str], None] = print) -> N
         index = app[INDEX_KEY]
         url = f"http://{config.host}:{config.port}/api/jobs"
         scope = "loopback only" if config.host in ("127.0.0.1", "localhost", "::1") else "reachable from the network"
-        print_fn(f"jobs-index serving {url} ({scope}) from {index.engine.url.render_as_string(hide_password=True)}")
+        print_fn(f"jobs-index serving {url} ({scope}) from {index.engine.url.render_as_string(hide_password=True)}; "
+                 f"history page http://{config.host}:{config.port}/ui/")
 
     try:
         asyncio.run(_serve_forever(app, config, announce))

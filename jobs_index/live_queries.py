@@ -87,3 +87,8 @@ def renew_lease(conn: Connection, source: str, holder: str, expires_at: int) -> 
 def release_lease(conn: Connection, source: str, holder: str) -> bool:
     stmt = delete(leases).where(leases.c.source == source, leases.c.holder == holder)
     return conn.execute(stmt).rowcount == 1
+
+
+def followed_urls(conn: Connection) -> dict[str, str]:
+    """``{source: url}`` of every followed ComfyUI server."""
+    return {source: url for source, url in conn.execute(select(followed.c.source, followed.c.url))}

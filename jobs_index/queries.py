@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from sqlalchemy import (BigInteger, Connection, Integer, Row, Select, Text, bindparam, func,
-                        literal_column, select, tuple_, union_all)
+                        literal_column, select, text, tuple_, union_all)
 
 from . import schema
 from .cursor import MAX_ID_LENGTH
 from .normalize import answer_text, column_text
-from .params import ListQuery
+from .params import STATUSES as LISTED_STATUSES, ListQuery
 
 jobs = schema.Job.__table__
 counts = schema.JobCount.__table__
@@ -464,3 +464,53 @@ def repair_counts(conn: Connection) -> dict[tuple[str, str, str], tuple[int, int
         if conn.execute(counts.update().where(key).values(n=n)).rowcount == 0:
             conn.execute(counts.insert().values(source=source, workflow_id=workflow_id, status=status, n=n))
     return wrong
+
+
+def status_counts(conn: Connection, query: ListQuery) -> dict[str, int]:
+    """Exact number of jobs of each status passing the workflow/source filters (its
+    statuses are ignored): the ``job_counts`` rows of that key, one statement."""
+    found = {row_status: 0 for row_status in LISTED_STATUSES}
+    workflow = column_text(query.workflow_id)
+    if unmatchable(conn, workflow, query.source):
+        return found
+    stmt = select(counts.c.status, counts.c.n).where(counts.c.source == (query.source or ""),
+                                                     counts.c.workflow_id == (workflow or ""))
+    for row_status, n in conn.execute(stmt):
+        if row_status in found:
+            found[row_status] = int(n)
+    return found
+
+
+def source_counts(conn: Connection) -> dict[str, int]:
+    """Each source that has jobs, with its exact number of jobs (``job_counts``)."""
+    stmt = (select(counts.c.source, func.sum(counts.c.n))
+            .where(counts.c.workflow_id == "", counts.c.source != "", counts.c.n != 0)
+            .group_by(counts.c.source))
+    return {source: int(n) for source, n in conn.execute(stmt)}
+
+
+def _storable_text(value: str) -> bool:
+    """``not unmatchable(conn, column_text(value))``, at C speed (a lone surrogate
+    fails to encode; a NUL is stored as ``column_text`` spells it)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+# One statement of one shape for any number of ids (no IN list to expand and compile):
+# a primary-key probe per id.
+_JOB_SOURCES_SQL = {
+    "sqlite": text("SELECT id, source FROM jobs WHERE id IN (SELECT value FROM json_each(:ids))"),
+    "postgresql": text("SELECT id, source FROM jobs WHERE id = ANY(CAST(:ids AS text[]))"),
+}
+
+
+def job_sources(conn: Connection, ids: Sequence[str]) -> dict[str, str | None]:
+    """``{id: source}`` of the stored jobs among ``ids`` (by primary key), one statement."""
+    storable = [column_text(i) for i in ids if _storable_text(i)]
+    if not storable:
+        return {}
+    value = json.dumps(storable) if conn.dialect.name == "sqlite" else storable
+    return {answer_text(i): s for i, s in conn.execute(_JOB_SOURCES_SQL[conn.dialect.name], {"ids": value})}

@@ -25,11 +25,13 @@ from .database import HeldSnapshot, open_engine, read_statement, read_transactio
 from .errors import JobNotFound, LeaseLost, StorageError
 from .normalize import STAGE_HISTORY, JobRecord, answer_text, column_text, decode_raw, detail_dict
 from .search import snippet
-from .params import ListQuery
+from .params import STATUSES, ListQuery
 from .queries import ROW_CREATE_TIME, ROW_DURATION, ROW_ID, ROW_JOB_JSON, ROW_TOTAL, Position
 
 log = logging.getLogger(__name__)
 
+ID_OFFSET = len('{"id": ')  # where the id string starts in a job's JSON text (``queries._job_json_sql``)
+_ID_DECODER = json.JSONDecoder()
 DEFAULT_BATCH_SIZE = 1000
 STREAM_CHUNK = 1000  # rows per query when a listing is larger than one page
 REPAIR_RETRY_S = 60.0  # after a failed counter repair, pages count their rows without retrying it
@@ -46,6 +48,12 @@ class JobsPage:
     next_cursor: str | None
 
     @property
+    def ids(self) -> list[str]:
+        """The jobs' ids, in page order (each job's text starts ``{"id": "...``: only
+        that string is decoded)."""
+        return [_ID_DECODER.raw_decode(text, ID_OFFSET)[0] for text in self.job_texts]
+
+    @property
     def jobs(self) -> list[dict]:
         """The job dicts (parsed from their JSON text)."""
         return [json.loads(text) for text in self.job_texts]
@@ -57,9 +65,10 @@ class JobsPage:
         """The exact ``GET /api/jobs`` response body."""
         return {"jobs": self.jobs, "pagination": self.pagination(query)}
 
-    def body_text(self, query: ListQuery) -> str:
-        """``body`` as JSON text, assembled without re-encoding the jobs."""
-        return wire.page_body(self.job_texts, self.pagination(query))
+    def body_text(self, query: ListQuery, extra: dict | None = None) -> str:
+        """``body`` as JSON text, assembled without re-encoding the jobs (``extra``:
+        more top-level keys, after ``pagination``)."""
+        return wire.page_body(self.job_texts, self.pagination(query), extra)
 
 
 @dataclass(frozen=True)
@@ -387,6 +396,20 @@ class JobsIndex:
             texts = [text for chunk in stream.chunks() for text in chunk]
         return JobsPage(texts, stream.total, stream.has_more, stream.next_cursor)
 
+    def list_jobs_with_sources(self, query: ListQuery) -> tuple[JobsPage, dict[str, str | None]]:
+        """``list_jobs`` and ``{id: source}`` of its jobs (a job deleted in between is
+        left out of the map): the history page's list request, one round trip."""
+        page = self.list_jobs(query)
+        return page, self.job_sources(page.ids)
+
+    def job_sources(self, job_ids: Iterable[str]) -> dict[str, str | None]:
+        """``{id: source}`` of the stored jobs among ``job_ids``."""
+        ids = sorted(set(job_ids))
+        if not ids:
+            return {}
+        with read_statement(self.engine) as conn:  # one statement: one snapshot
+            return queries.job_sources(conn, ids)
+
     def stream_jobs(self, query: ListQuery, chunk: int = STREAM_CHUNK) -> JobStream:
         """A listing read chunk by chunk in one snapshot; the caller must ``close`` it
         (or read it to the end), else it holds a pooled connection."""
@@ -428,6 +451,35 @@ class JobsIndex:
         if row is None:
             raise JobNotFound(job_id)
         return detail_dict(row)
+
+    def status_counts(self, query: ListQuery) -> dict[str, int]:
+        """The exact number of jobs of each status passing ``query``'s other filters
+        (source, workflow, search); its own statuses are ignored. One snapshot (without
+        a search: one statement on ``job_counts``)."""
+        if query.search is None:
+            with read_statement(self.engine) as conn:
+                return queries.status_counts(conn, query)
+        with read_transaction(self.engine) as conn:
+            return {status: search_queries.count_matches(conn, replace(query, statuses=(status,)))
+                    for status in STATUSES}
+
+    def page_counts(self, query: ListQuery) -> tuple[dict[str, int], list[dict]]:
+        """``status_counts(query)`` and the sources list of ``sources()``: the history
+        page's counts request (two reads; the counts are one snapshot)."""
+        return self.status_counts(query), self.sources()[0]
+
+    def sources(self, job_ids: Iterable[str] = ()) -> tuple[list[dict], dict[str, str | None]]:
+        """The sources (``{"source", "url", "jobs"}``: each source with jobs or
+        followed, its ComfyUI URL when ``follow`` knows it), and ``{id: source}`` of
+        the stored jobs among ``job_ids``. One snapshot."""
+        ids = sorted(set(job_ids))
+        with read_transaction(self.engine) as conn:
+            jobs = queries.source_counts(conn)
+            urls = live_queries.followed_urls(conn)
+            of_jobs = queries.job_sources(conn, ids) if ids else {}
+        listed = [{"source": name, "url": urls.get(name), "jobs": jobs.get(name, 0)}
+                  for name in sorted(set(jobs) | set(urls))]
+        return listed, of_jobs
 
     def total(self, query: ListQuery | None = None) -> int:
         with read_transaction(self.engine) as conn:

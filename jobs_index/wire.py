@@ -25,10 +25,13 @@ def jobs_array_open() -> str:
     return '{"jobs": ['
 
 
-def jobs_array_close(pagination_object: dict) -> str:
-    return f'], "pagination": {json.dumps(pagination_object)}}}'
+def jobs_array_close(pagination_object: dict, extra: dict | None = None) -> str:
+    """The body's end; ``extra`` keys (jobs-index extensions a client asked for) follow
+    ``pagination``."""
+    tail = "".join(f", {json.dumps(key)}: {json.dumps(value)}" for key, value in (extra or {}).items())
+    return f'], "pagination": {json.dumps(pagination_object)}{tail}}}'
 
 
-def page_body(jobs: Iterable[str], pagination_object: dict) -> str:
-    """The whole response body: ``{"jobs": [...], "pagination": {...}}``."""
-    return jobs_array_open() + ", ".join(jobs) + jobs_array_close(pagination_object)
+def page_body(jobs: Iterable[str], pagination_object: dict, extra: dict | None = None) -> str:
+    """The whole response body: ``{"jobs": [...], "pagination": {...}}`` (+ ``extra``)."""
+    return jobs_array_open() + ", ".join(jobs) + jobs_array_close(pagination_object, extra)

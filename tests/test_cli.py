@@ -104,6 +104,10 @@ def test_serve_answers_on_loopback(sqlite_url, dumps):
                     raise
                 time.sleep(0.1)
         assert body["pagination"]["total"] == 7 and len(body["jobs"]) == 2
+        assert f"history page http://127.0.0.1:{port}/ui/" in line
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/?status=failed", timeout=5) as reply:  # redirected
+            assert reply.url == f"http://127.0.0.1:{port}/ui/?status=failed"
+            assert reply.headers.get_content_type() == "text/html" and b"static/app.js" in reply.read()
     finally:
         server.terminate()
         server.wait(10)

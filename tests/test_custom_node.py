@@ -399,6 +399,65 @@ def test_a_comfyui_without_jobs_routes_gets_them_from_the_index(db_url):
     run(scenario())
 
 
+def test_the_history_page_is_served_under_jobs_index(db_url):
+    """The page at /jobs-index/ of ComfyUI itself, and the API calls it makes (relative
+    ``../api/...``: this ComfyUI's /api/jobs, answered from the index)."""
+    async def scenario():
+        async with comfyui(db_url) as comfy:
+            job = await comfy.submit()
+            await comfy.finished(1)
+            async with comfy.session.get(comfy.url + "/jobs-index?status=completed") as response:
+                assert response.status == 200 and response.url.path == "/jobs-index/"
+                assert response.url.query_string == "status=completed"
+                assert "Content-Security-Policy" in response.headers
+                assert '<script src="static/app.js"' in await response.text()
+            async with comfy.session.get(comfy.url + "/jobs-index/static/app.js") as response:
+                assert response.status == 200 and response.content_type == "text/javascript"
+                assert 'new URL("../api/", document.baseURI)' in await response.text()
+            async with comfy.session.get(comfy.url + "/jobs-index/static/..%2f__init__.py") as response:
+                assert response.status == 404
+            status, body = await comfy.get("/api/jobs-index/counts")
+            assert status == 200 and body["counts"]["completed"] == 1 and body["total"] == 1
+            status, body = await comfy.get("/api/jobs?limit=5&include=source")
+            assert status == 200 and body["job_sources"] == {job: comfy.node.config.source}
+            assert (await comfy.get(f"/api/jobs-index/sources?id={job}"))[1]["job_sources"] == {job: comfy.node.config.source}
+            seen = await asyncio.get_running_loop().run_in_executor(None, _browse_page, comfy.url + "/jobs-index/", job)
+            if seen is not None:  # a browser is installed: the page works under this prefix
+                assert seen == {"rows": [job], "detail": True, "counts": "1"}
+
+    run(scenario())
+
+
+def _browse_page(url: str, job: str) -> dict | None:
+    """What headless Chromium shows at ``url`` (None without Playwright or chromium:
+    tests/test_web_page.py says why it skips)."""
+    import shutil
+
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return None
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        return None
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--no-first-run"])
+        try:
+            page = browser.new_page()
+            page.goto(url)
+            page.wait_for_selector("#rows tr", timeout=15_000)
+            page.click("#rows tr")
+            page.wait_for_selector("#detail h2", timeout=15_000)
+            page.wait_for_function("() => document.querySelector('#statuses button .count').textContent !== ''")
+            return {"rows": page.eval_on_selector_all("#rows tr", "rows => rows.map(r => r.dataset.id)"),
+                    "detail": job in page.inner_text("#detail h2"),
+                    "counts": page.inner_text('#statuses button[data-status="completed"] .count')}
+        finally:
+            browser.close()
+
+
 def test_cancel_endpoints_and_queue_edits_still_work(db_url):
     gate = Gate()
 

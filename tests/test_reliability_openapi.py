@@ -113,9 +113,11 @@ def test_documented_error_bodies_are_comfyuis(sample_server):
 def test_spec_documents_every_parameter_and_both_paths():
     spec = yaml.safe_load(SPEC_PATH.read_text())
     assert spec["openapi"].startswith("3.")
-    assert set(spec["paths"]) == {"/api/jobs", "/api/jobs/{job_id}"}
+    assert set(spec["paths"]) == {"/api/jobs", "/api/jobs/{job_id}",
+                                  "/api/jobs-index/counts", "/api/jobs-index/sources"}  # the last two: the page's
     params = {p["name"] for p in spec["paths"]["/api/jobs"]["get"]["parameters"]}
-    assert params == {"status", "sort_by", "sort_order", "limit", "offset", "workflow_id", "after", "source", "q"}
+    assert params == {"status", "sort_by", "sort_order", "limit", "offset", "workflow_id", "after", "source", "q",
+                      "include"}
     source = next(p for p in spec["paths"]["/api/jobs"]["get"]["parameters"] if p["name"] == "source")
     assert source["x-jobs-index-extension"] is True
     job_keys = list(spec["components"]["schemas"]["Job"]["properties"])

@@ -16,7 +16,10 @@ started, the prompt worker has not started). It
   routes whatever their registration order, and works on a ComfyUI without them. A
   route added to ``PromptServer.instance.routes`` would lose: aiohttp resolves the
   first resource registered for a path, and ComfyUI's own come first. Everything
-  else (``POST /api/jobs/{id}/cancel``, ``POST /api/jobs/cancel``, ...) passes through;
+  else (``POST /api/jobs/{id}/cancel``, ``POST /api/jobs/cancel``, ...) passes through.
+  The same middleware serves the history page (``jobs_index.web``) at ``/jobs-index/``
+  and its ``/api/jobs-index/counts`` and ``/sources``: the page's relative ``../api/``
+  URLs then reach this ComfyUI, whose ``/api/view`` gives the thumbnails;
 * starts the writer thread, which opens the database (migrating it in a child process,
   never with Alembic in ComfyUI's own process: see ``upgrade``) and resyncs from
   ComfyUI's memory: backfill, and removal of pending/running rows a previous run left
@@ -77,6 +80,8 @@ LEGACY_SOURCE = "comfyui"  # the source of every node before sources were <host>
 DB_DIRNAME, DB_FILENAME, OUTBOX_FILENAME = "jobs-index", "jobs.sqlite3", "outbox.sqlite3"
 COMFYUI_DB = "comfyui.db"  # ComfyUI's own database: never ours
 LIST_PATHS = frozenset({"/api/jobs", "/api/api/jobs"})
+PAGE_PREFIX = "/jobs-index"  # the history page (``jobs_index.web``); it calls ../api/...
+PAGE_API_PATHS = frozenset({"/api/jobs-index/counts", "/api/jobs-index/sources"})
 DETAIL_PATH = re.compile(r"/api(?:/api)?/jobs/([^/]+)")
 OPS_PATHS = frozenset({"/jobs-index/metrics", "/jobs-index/healthz", "/jobs-index/readyz"})  # http.add_ops_routes
 HOOKED_METHODS = ("put", "get", "task_done", "delete_queue_item", "wipe_queue",
@@ -377,6 +382,10 @@ class JobsNode:
         path = request.path
         if path in OPS_PATHS:
             return await self._ops(request, path)
+        if path == PAGE_PREFIX or path.startswith(PAGE_PREFIX + "/"):
+            return await self._page(request, handler, path[len(PAGE_PREFIX):])
+        if path in PAGE_API_PATHS:
+            return await self._answer(request, handler, None, page_api=path)
         if path in LIST_PATHS:
             job_id = None
         else:
@@ -386,7 +395,19 @@ class JobsNode:
             job_id = match.group(1)
         return await self._answer(request, handler, job_id)
 
-    async def _answer(self, request: web.Request, handler, job_id: str | None) -> web.StreamResponse:
+    async def _page(self, request: web.Request, handler, subpath: str) -> web.StreamResponse:
+        """The history page at ``/jobs-index/`` (its API calls go to ``/api/...`` of
+        this ComfyUI, so thumbnails come from this ComfyUI's ``/api/view``)."""
+        from ..web import page_response
+
+        if subpath == "":
+            query = request.rel_url.query_string
+            raise web.HTTPFound(PAGE_PREFIX + "/" + (f"?{query}" if query else ""))
+        response = page_response(subpath)
+        return response if response is not None else await handler(request)
+
+    async def _answer(self, request: web.Request, handler, job_id: str | None,
+                      page_api: str | None = None) -> web.StreamResponse:
         from .. import http
 
         builtin = getattr(request.match_info, "http_exception", None) is None
@@ -401,6 +422,8 @@ class JobsNode:
             if job_id is None:
                 request[http.REQUEST_INDEX] = index
                 request[http.REQUEST_EXECUTOR] = self.executor
+                if page_api is not None:
+                    return await (http.status_counts if page_api.endswith("/counts") else http.sources)(request)
                 return await http.list_jobs(request)
             job = await asyncio.get_running_loop().run_in_executor(self.executor, index.get_job, job_id)
             return web.json_response(job)
