@@ -16,6 +16,7 @@ imports this file at start-up, after creating its server. It then
 
 Outside ComfyUI (pytest collecting this repository, ``pip install .``) it does nothing.
 """
+
 import importlib.util
 import logging
 import os
@@ -40,7 +41,8 @@ def _load_jobs_index():
         return sys.modules["jobs_index"]
     package_dir = os.path.join(_HERE, "jobs_index")
     spec = importlib.util.spec_from_file_location(
-        "jobs_index", os.path.join(package_dir, "__init__.py"), submodule_search_locations=[package_dir])
+        "jobs_index", os.path.join(package_dir, "__init__.py"), submodule_search_locations=[package_dir]
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules["jobs_index"] = module
     try:
@@ -58,6 +60,10 @@ if _in_comfyui():
     except ImportError as _exc:  # a requirement missing from ComfyUI's Python
         logging.getLogger("jobs_index").error(
             "jobs-index: not enabled (%s); install its requirements into the Python that runs ComfyUI: "
-            "%s -m pip install -r %s", _exc, sys.executable, os.path.join(_HERE, "requirements.txt"))
+            "%s -m pip install -r %s",
+            _exc,
+            sys.executable,
+            os.path.join(_HERE, "requirements.txt"),
+        )
     else:
         _setup(comfyui_dir=os.path.dirname(os.path.dirname(_HERE)))

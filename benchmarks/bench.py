@@ -30,6 +30,7 @@ Usage::
 SQLite databases live under ``benchmarks/_work/`` (git-ignored). With a PostgreSQL URL
 every index gets its own schema (``bench_<n>``, dropped and re-created) in that database.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -81,6 +82,7 @@ def log(msg: str) -> None:
 
 # --------------------------------------------------------------------------- stats
 
+
 def pct(values: list[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100)."""
     ordered = sorted(values)
@@ -105,6 +107,7 @@ def rate(count: float, seconds: float) -> str:
 
 
 # ------------------------------------------------------------------------ databases
+
 
 def backend_of(url: str) -> str:
     return "postgresql" if url.startswith("postgresql") else "sqlite"
@@ -166,6 +169,7 @@ class Target:
 
 
 # --------------------------------------------------------------------- synthetic jobs
+
 
 def live_items(after_ms: int, running: int, pending: int) -> tuple[list, list]:
     """Queue items (raw ComfyUI shape) newer than the history: the running job first."""
@@ -234,14 +238,19 @@ def run_import(url: str, path: Path, *options: str) -> tuple[float, float, str]:
     return wall, cpu, (done.stdout.strip().splitlines() or [""])[-1]
 
 
-def build_index(target: Target, n: int, running: int, pending: int, *, quiet: bool = False,
-                no_bulk: bool = False) -> ImportStats:
+def build_index(
+    target: Target, n: int, running: int, pending: int, *, quiet: bool = False, no_bulk: bool = False
+) -> ImportStats:
     """Import n history jobs as a user does (``jobs-index import history.json``, a
     separate process with its default worker processes), then the live (queue) jobs."""
     target.reset()
     path, generate_s = dump_file(n)
-    stats = ImportStats(n=n, generate_s=generate_s, dump_bytes=path.stat().st_size,
-                        measured_at=dt.datetime.now().isoformat(timespec="seconds"))
+    stats = ImportStats(
+        n=n,
+        generate_s=generate_s,
+        dump_bytes=path.stat().st_size,
+        measured_at=dt.datetime.now().isoformat(timespec="seconds"),
+    )
     if not quiet:
         log(f"  jobs-index import {path.name} ({stats.dump_bytes / 2**20:,.0f} MiB)")
     stats.import_s, stats.cpu_s, stats.summary = run_import(target.url, path)
@@ -259,8 +268,9 @@ def build_index(target: Target, n: int, running: int, pending: int, *, quiet: bo
         with index.engine.connect() as conn:
             last = int(conn.execute(text("SELECT MAX(create_time) FROM jobs")).scalar_one())
         run, pend = live_items(last, running, pending)
-        live = ([normalize.from_queue(i, normalize.IN_PROGRESS) for i in run]
-                + [normalize.from_queue(i, normalize.PENDING) for i in pend])
+        live = [normalize.from_queue(i, normalize.IN_PROGRESS) for i in run] + [
+            normalize.from_queue(i, normalize.PENDING) for i in pend
+        ]
         index.ingest(live)
         stats.live_running, stats.live_pending, stats.last_create_time = running, pending, last
         if target.backend == "postgresql":
@@ -271,8 +281,9 @@ def build_index(target: Target, n: int, running: int, pending: int, *, quiet: bo
     return stats
 
 
-def get_or_build(target: Target, n: int, running: int, pending: int, reuse: bool,
-                 no_bulk: bool = False) -> tuple[ImportStats, bool]:
+def get_or_build(
+    target: Target, n: int, running: int, pending: int, reuse: bool, no_bulk: bool = False
+) -> tuple[ImportStats, bool]:
     sidecar = target.sidecar()
     if reuse and sidecar.exists() and target.exists_with(n + running + pending):
         data = json.loads(sidecar.read_text())
@@ -287,6 +298,7 @@ def get_or_build(target: Target, n: int, running: int, pending: int, reuse: bool
 
 
 # -------------------------------------------------------------------------- server
+
 
 def _server_main(url: str, conn) -> None:
     from aiohttp import web
@@ -330,8 +342,7 @@ class Server:
             self.process.join(10)
 
 
-async def _http_series(base: str, cases: list["Case"], warmup: int, requests: int,
-                       rounds: int) -> dict[str, dict]:
+async def _http_series(base: str, cases: list["Case"], warmup: int, requests: int, rounds: int) -> dict[str, dict]:
     """Sequential requests on one keep-alive connection. The timed requests of each
     query are split into ``rounds`` blocks, round-robin over the queries, so a burst
     of load from elsewhere on the machine hits every query alike."""
@@ -391,6 +402,7 @@ def in_process_series(index: JobsIndex, cases: list["Case"], requests: int) -> d
 
 # --------------------------------------------------------------------------- cases
 
+
 @dataclass
 class Case:
     name: str
@@ -403,17 +415,21 @@ def _mid_row(index: JobsIndex, where: str = "", args: dict | None = None) -> tup
     """(create_time, id, rows above it) of the row half-way down the created_at desc order."""
     with index.engine.connect() as conn:
         count = conn.execute(text(f"SELECT COUNT(*) FROM jobs {where}"), args or {}).scalar_one()
-        row = conn.execute(text(f"SELECT create_time, id FROM jobs {where} "
-                                "ORDER BY create_time DESC, id DESC LIMIT 1 OFFSET :k"),
-                           {**(args or {}), "k": count // 2}).one()
+        row = conn.execute(
+            text(f"SELECT create_time, id FROM jobs {where} ORDER BY create_time DESC, id DESC LIMIT 1 OFFSET :k"),
+            {**(args or {}), "k": count // 2},
+        ).one()
     return int(row[0]), str(row[1]), count // 2
 
 
 def busiest_workflow(index: JobsIndex) -> tuple[str, int]:
     with index.engine.connect() as conn:
-        row = conn.execute(text(
-            "SELECT workflow_id, SUM(n) FROM job_counts WHERE source = '' AND workflow_id <> '' "
-            "GROUP BY workflow_id ORDER BY SUM(n) DESC, workflow_id LIMIT 1")).one()
+        row = conn.execute(
+            text(
+                "SELECT workflow_id, SUM(n) FROM job_counts WHERE source = '' AND workflow_id <> '' "
+                "GROUP BY workflow_id ORDER BY SUM(n) DESC, workflow_id LIMIT 1"
+            )
+        ).one()
     return str(row[0]), int(row[1])
 
 
@@ -423,14 +439,21 @@ def make_cases(index: JobsIndex, n_total: int, offset_requests: int) -> tuple[li
     workflow, wcount = busiest_workflow(index)
     cases = [
         Case("first page", {"limit": "50"}),
-        Case("deep cursor page", {"limit": "50", "after": encode_cursor(ct, job_id, "desc")},
-             note=f"{depth:,} rows deep"),
-        Case("deep offset page", {"limit": "50", "offset": str(depth)}, requests=offset_requests,
-             note=f"offset={depth:,} (OFFSET, not keyset)"),
+        Case(
+            "deep cursor page", {"limit": "50", "after": encode_cursor(ct, job_id, "desc")}, note=f"{depth:,} rows deep"
+        ),
+        Case(
+            "deep offset page",
+            {"limit": "50", "offset": str(depth)},
+            requests=offset_requests,
+            note=f"offset={depth:,} (OFFSET, not keyset)",
+        ),
         Case("status=completed", {"limit": "50", "status": "completed"}),
-        Case("status=completed, deep cursor",
-             {"limit": "50", "status": "completed", "after": encode_cursor(cct, cid, "desc")},
-             note=f"{cdepth:,} completed rows deep"),
+        Case(
+            "status=completed, deep cursor",
+            {"limit": "50", "status": "completed", "after": encode_cursor(cct, cid, "desc")},
+            note=f"{cdepth:,} completed rows deep",
+        ),
         Case("status=pending", {"limit": "50", "status": "pending"}, note="rare"),
         Case("status=pending,in_progress", {"limit": "50", "status": "pending,in_progress"}),
         Case("workflow_id filter", {"limit": "50", "workflow_id": workflow}, note=f"{wcount:,} jobs"),
@@ -440,6 +463,7 @@ def make_cases(index: JobsIndex, n_total: int, offset_requests: int) -> tuple[li
 
 
 # ---------------------------------------------------------------------- measurements
+
 
 def measure_pages(target: Target, args, offset_requests: int) -> dict:
     index = JobsIndex.open(target.url)
@@ -457,15 +481,23 @@ def measure_pages(target: Target, args, offset_requests: int) -> dict:
     for case in cases:
         h = http[case.name]
         body = h["body"]
-        rows.append({
-            "name": case.name, "params": case.params, "note": case.note,
-            "requests": len(h["times"]),
-            "http_p50": pct(h["times"], 50), "http_p99": pct(h["times"], 99), "http_min": min(h["times"]),
-            "http_mean": statistics.fmean(h["times"]),
-            "inproc_p50": pct(direct[case.name], 50), "inproc_min": min(direct[case.name]),
-            "jobs": len(body["jobs"]), "total": body["pagination"]["total"],
-            "bytes": h["bytes"],
-        })
+        rows.append(
+            {
+                "name": case.name,
+                "params": case.params,
+                "note": case.note,
+                "requests": len(h["times"]),
+                "http_p50": pct(h["times"], 50),
+                "http_p99": pct(h["times"], 99),
+                "http_min": min(h["times"]),
+                "http_mean": statistics.fmean(h["times"]),
+                "inproc_p50": pct(direct[case.name], 50),
+                "inproc_min": min(direct[case.name]),
+                "jobs": len(body["jobs"]),
+                "total": body["pagination"]["total"],
+                "bytes": h["bytes"],
+            }
+        )
     return {"rows": rows, "meta": meta, "cases": cases, "bodies": {k: v["body"] for k, v in http.items()}}
 
 
@@ -475,8 +507,12 @@ def measure_totals(target: Target, workflow: str, repeats: int = 200, count_repe
         ("all jobs", {}, "", {}),
         ("status=completed", {"status": "completed"}, "WHERE status = :s", {"s": "completed"}),
         ("status=pending", {"status": "pending"}, "WHERE status = :s", {"s": "pending"}),
-        ("status=pending,in_progress", {"status": "pending,in_progress"},
-         "WHERE status IN ('pending', 'in_progress')", {}),
+        (
+            "status=pending,in_progress",
+            {"status": "pending,in_progress"},
+            "WHERE status IN ('pending', 'in_progress')",
+            {},
+        ),
         ("workflow_id filter", {"workflow_id": workflow}, "WHERE workflow_id = :w", {"w": workflow}),
     ]
     rows = []
@@ -498,8 +534,15 @@ def measure_totals(target: Target, workflow: str, repeats: int = 200, count_repe
                 conn.rollback()
             if counted != value:
                 raise AssertionError(f"total {value} != COUNT(*) {counted} for {name}")
-            rows.append({"name": name, "value": value, "total_p50": pct(times, 50),
-                         "total_p99": pct(times, 99), "count_p50": pct(counts, 50)})
+            rows.append(
+                {
+                    "name": name,
+                    "value": value,
+                    "total_p50": pct(times, 50),
+                    "total_p99": pct(times, 99),
+                    "count_p50": pct(counts, 50),
+                }
+            )
     finally:
         index.close()
     return rows
@@ -516,12 +559,17 @@ def measure_disk(target: Target, jobs: int) -> dict:
                 q = lambda sql: int(conn.execute(text(sql)).scalar_one())  # noqa: E731
                 out["total"] = q("SELECT pg_total_relation_size('jobs') + pg_total_relation_size('job_counts')")
                 heap = q("SELECT pg_relation_size('jobs')")
-                toast = q("SELECT COALESCE(pg_total_relation_size(reltoastrelid), 0) FROM pg_class "
-                          "WHERE oid = 'jobs'::regclass")
+                toast = q(
+                    "SELECT COALESCE(pg_total_relation_size(reltoastrelid), 0) FROM pg_class "
+                    "WHERE oid = 'jobs'::regclass"
+                )
                 parts = [("jobs (heap)", heap), ("jobs (TOAST)", toast)]
-                for (name,) in conn.execute(text(
+                for (name,) in conn.execute(
+                    text(
                         "SELECT indexname FROM pg_indexes WHERE tablename = 'jobs' "
-                        "AND schemaname = current_schema() ORDER BY indexname")):
+                        "AND schemaname = current_schema() ORDER BY indexname"
+                    )
+                ):
                     parts.append((name, q(f"SELECT pg_relation_size('\"{name}\"')")))
                 parts.append(("job_counts (all)", q("SELECT pg_total_relation_size('job_counts')")))
                 out["parts"] = sorted(parts, key=lambda p: -p[1])
@@ -553,6 +601,7 @@ def measure_disk(target: Target, jobs: int) -> dict:
 
 # ------------------------------------------------------------------ in-memory baseline
 
+
 def reference_class():
     from tests.reference import Reference  # noqa: WPS433 (the contract's in-memory oracle)
 
@@ -583,6 +632,7 @@ def check_against_reference(ref, bodies: dict, cases: list[Case]) -> list[tuple[
 
 # --------------------------------------------------------------------------- writers
 
+
 def _writer_main(url: str, seed: int, count: int, skip: int, start_ms: int, barrier, results) -> None:
     index = JobsIndex.open(url)
     items = list(islice(synthetic_history(skip + count, seed=seed, start_ms=start_ms), skip, None))
@@ -593,7 +643,7 @@ def _writer_main(url: str, seed: int, count: int, skip: int, start_ms: int, barr
     inserted = updated = unchanged = 0
     for i in range(0, len(items), 1000):
         t0 = time.perf_counter()
-        records = [normalize.from_history(j, it) for j, it in items[i:i + 1000]]
+        records = [normalize.from_history(j, it) for j, it in items[i : i + 1000]]
         t1 = time.perf_counter()
         r = index.ingest(records)
         write += time.perf_counter() - t1
@@ -601,9 +651,20 @@ def _writer_main(url: str, seed: int, count: int, skip: int, start_ms: int, barr
         inserted, updated, unchanged = inserted + r.inserted, updated + r.updated, unchanged + r.unchanged
     t_end = time.monotonic()
     index.close()
-    results.put({"seed": seed, "skip": skip, "offered": len(items), "start": t_start, "end": t_end,
-                 "normalise_s": norm, "write_s": write,
-                 "inserted": inserted, "updated": updated, "unchanged": unchanged})
+    results.put(
+        {
+            "seed": seed,
+            "skip": skip,
+            "offered": len(items),
+            "start": t_start,
+            "end": t_end,
+            "normalise_s": norm,
+            "write_s": write,
+            "inserted": inserted,
+            "updated": updated,
+            "unchanged": unchanged,
+        }
+    )
 
 
 def run_writers(url: str, k: int, per_writer: int, mode: str, run_no: int) -> dict:
@@ -625,13 +686,23 @@ def run_writers(url: str, k: int, per_writer: int, mode: str, run_no: int) -> di
     wall = max(r["end"] for r in out) - min(r["start"] for r in out)
     offered = sum(r["offered"] for r in out)
     written = sum(r["inserted"] + r["updated"] for r in out)
-    return {"mode": mode, "writers": k, "per_writer": per_writer, "wall": wall, "offered": offered,
-            "written": written, "unchanged": sum(r["unchanged"] for r in out),
-            "normalise_s": sum(r["normalise_s"] for r in out), "write_s": sum(r["write_s"] for r in out),
-            "offered_rate": offered / wall, "written_rate": written / wall}
+    return {
+        "mode": mode,
+        "writers": k,
+        "per_writer": per_writer,
+        "wall": wall,
+        "offered": offered,
+        "written": written,
+        "unchanged": sum(r["unchanged"] for r in out),
+        "normalise_s": sum(r["normalise_s"] for r in out),
+        "write_s": sum(r["write_s"] for r in out),
+        "offered_rate": offered / wall,
+        "written_rate": written / wall,
+    }
 
 
 # ---------------------------------------------------------------------- machine facts
+
 
 def machine_facts(url: str) -> dict:
     import aiohttp
@@ -677,6 +748,7 @@ def machine_facts(url: str) -> dict:
 
 # ---------------------------------------------------------------------------- report
 
+
 def render(args, facts, imp: ImportStats, reused: bool, pages, totals, disk, baseline, checks, writers) -> str:
     n = imp.n
     backend = backend_of(args.db or "sqlite")
@@ -696,42 +768,64 @@ def render(args, facts, imp: ImportStats, reused: bool, pages, totals, disk, bas
         out.append("")
     out.append("| jobs | dump file | `jobs-index import` wall | jobs/s | CPU (all processes) | CPU µs/job |")
     out.append("| ---: | ---: | ---: | ---: | ---: | ---: |")
-    out.append(f"| {n:,} | {imp.dump_bytes / 2**20:,.0f} MiB | {imp.import_s:,.1f} s | **{rate(n, imp.import_s)}** | "
-               f"{imp.cpu_s:,.1f} s | {1e6 * imp.cpu_s / n:,.0f} |")
+    out.append(
+        f"| {n:,} | {imp.dump_bytes / 2**20:,.0f} MiB | {imp.import_s:,.1f} s | **{rate(n, imp.import_s)}** | "
+        f"{imp.cpu_s:,.1f} s | {1e6 * imp.cpu_s / n:,.0f} |"
+    )
     if imp.no_bulk_s:
-        out.append(f"| {n:,} with `--no-bulk` | | {imp.no_bulk_s:,.1f} s | {rate(n, imp.no_bulk_s)} | "
-                   f"{imp.no_bulk_cpu_s:,.1f} s | {1e6 * imp.no_bulk_cpu_s / n:,.0f} |")
+        out.append(
+            f"| {n:,} with `--no-bulk` | | {imp.no_bulk_s:,.1f} s | {rate(n, imp.no_bulk_s)} | "
+            f"{imp.no_bulk_cpu_s:,.1f} s | {1e6 * imp.no_bulk_cpu_s / n:,.0f} |"
+        )
     out.append("")
-    how = ("a bulk load into the empty index: one transaction, secondary indexes dropped and built again "
-           "at the end" if imp.bulk else "batch by batch, 10,000 jobs per transaction")
-    out.append(f"What a user runs: `jobs-index --db URL import history-{n}.json` in its own process, with "
-               "its default worker processes (all cores but the writer's) normalising while the main "
-               f"process writes ({how}); timed from start to exit. CPU covers that process and its "
-               f"workers. The command said: `{imp.summary}`."
-               + (" The `--no-bulk` row is the same command committing batch by batch into a scratch "
-                  "file (deleted after)." if imp.no_bulk_s else ""))
+    how = (
+        "a bulk load into the empty index: one transaction, secondary indexes dropped and built again at the end"
+        if imp.bulk
+        else "batch by batch, 10,000 jobs per transaction"
+    )
+    out.append(
+        f"What a user runs: `jobs-index --db URL import history-{n}.json` in its own process, with "
+        "its default worker processes (all cores but the writer's) normalising while the main "
+        f"process writes ({how}); timed from start to exit. CPU covers that process and its "
+        f"workers. The command said: `{imp.summary}`."
+        + (
+            " The `--no-bulk` row is the same command committing batch by batch into a scratch file (deleted after)."
+            if imp.no_bulk_s
+            else ""
+        )
+    )
     out.append("")
     if imp.generate_s:
-        out.append(f"Writing the dump file (`GET /history` shape, ComfyUI's JSON encoding) took a further "
-                   f"{imp.generate_s:,.1f} s; not counted.")
+        out.append(
+            f"Writing the dump file (`GET /history` shape, ComfyUI's JSON encoding) took a further "
+            f"{imp.generate_s:,.1f} s; not counted."
+        )
         out.append("")
 
-    out.append(f"## GET /api/jobs over HTTP (limit=50; {args.warmup} warm-up + {args.requests} sequential "
-               f"keep-alive requests each, in {args.rounds} round-robin rounds)")
+    out.append(
+        f"## GET /api/jobs over HTTP (limit=50; {args.warmup} warm-up + {args.requests} sequential "
+        f"keep-alive requests each, in {args.rounds} round-robin rounds)"
+    )
     out.append("")
-    out.append("| query | HTTP p50 ms | HTTP p99 ms | HTTP min ms | in-process p50 ms | in-process min ms | jobs | total "
-               "| note |")
+    out.append(
+        "| query | HTTP p50 ms | HTTP p99 ms | HTTP min ms | in-process p50 ms | in-process min ms | jobs | total "
+        "| note |"
+    )
     out.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for r in pages["rows"]:
         note = r["note"] + (f"; {r['requests']} requests" if r["requests"] != args.requests else "")
-        out.append(f"| {r['name']} | **{ms(r['http_p50'])}** | {ms(r['http_p99'])} | {ms(r['http_min'])} | "
-                   f"{ms(r['inproc_p50'])} | {ms(r['inproc_min'])} | "
-                   f"{r['jobs']} | {r['total']:,} | {note} |")
+        out.append(
+            f"| {r['name']} | **{ms(r['http_p50'])}** | {ms(r['http_p99'])} | {ms(r['http_min'])} | "
+            f"{ms(r['inproc_p50'])} | {ms(r['inproc_min'])} | "
+            f"{r['jobs']} | {r['total']:,} | {note} |"
+        )
     out.append("")
-    out.append("In-process = `parse_list_query` + `JobsIndex.list_jobs` + `body_text` in the client process "
-               "(no HTTP); HTTP = aiohttp client → `create_app` served by `AppRunner`/`TCPSite` in a separate "
-               "process on 127.0.0.1. min = the fastest request: what the code costs when nothing else "
-               "wants the CPU (see the load table below).")
+    out.append(
+        "In-process = `parse_list_query` + `JobsIndex.list_jobs` + `body_text` in the client process "
+        "(no HTTP); HTTP = aiohttp client → `create_app` served by `AppRunner`/`TCPSite` in a separate "
+        "process on 127.0.0.1. min = the fastest request: what the code costs when nothing else "
+        "wants the CPU (see the load table below)."
+    )
     out.append("")
 
     out.append("## Cost of `total`")
@@ -739,8 +833,10 @@ def render(args, facts, imp: ImportStats, reused: bool, pages, totals, disk, bas
     out.append("| filter | total | `JobsIndex.total()` p50 ms | p99 ms | `SELECT COUNT(*)` p50 ms | COUNT / total() |")
     out.append("| --- | ---: | ---: | ---: | ---: | ---: |")
     for r in totals:
-        out.append(f"| {r['name']} | {r['value']:,} | {ms(r['total_p50'])} | {ms(r['total_p99'])} | "
-                   f"{ms(r['count_p50'])} | {ratio(r['count_p50'] / r['total_p50'])} |")
+        out.append(
+            f"| {r['name']} | {r['value']:,} | {ms(r['total_p50'])} | {ms(r['total_p99'])} | "
+            f"{ms(r['count_p50'])} | {ratio(r['count_p50'] / r['total_p50'])} |"
+        )
     out.append("")
 
     out.append("## Disk")
@@ -748,13 +844,17 @@ def render(args, facts, imp: ImportStats, reused: bool, pages, totals, disk, bas
     if backend == "sqlite":
         files = disk["files"]
         free = f" - {disk['free']:,} B of free pages" if disk.get("free") else ""
-        out.append(f"SQLite file {files['db']:,} B + WAL {files['-wal']:,} B (after `wal_checkpoint(TRUNCATE)`){free} "
-                   f"= **{disk['total'] / 2**20:,.0f} MiB, {disk['per_job']:,.0f} B/job** "
-                   f"({disk['jobs']:,} jobs; zlib raw item averages {disk['raw_avg']:,.0f} B).")
+        out.append(
+            f"SQLite file {files['db']:,} B + WAL {files['-wal']:,} B (after `wal_checkpoint(TRUNCATE)`){free} "
+            f"= **{disk['total'] / 2**20:,.0f} MiB, {disk['per_job']:,.0f} B/job** "
+            f"({disk['jobs']:,} jobs; zlib raw item averages {disk['raw_avg']:,.0f} B)."
+        )
     else:
-        out.append(f"`pg_total_relation_size(jobs) + pg_total_relation_size(job_counts)` = "
-                   f"**{disk['total'] / 2**20:,.0f} MiB, {disk['per_job']:,.0f} B/job** "
-                   f"({disk['jobs']:,} jobs; zlib raw item averages {disk['raw_avg']:,.0f} B).")
+        out.append(
+            f"`pg_total_relation_size(jobs) + pg_total_relation_size(job_counts)` = "
+            f"**{disk['total'] / 2**20:,.0f} MiB, {disk['per_job']:,.0f} B/job** "
+            f"({disk['jobs']:,} jobs; zlib raw item averages {disk['raw_avg']:,.0f} B)."
+        )
     if disk.get("parts"):
         out.append("")
         out.append("| part | MiB | B/job |")
@@ -765,49 +865,64 @@ def render(args, facts, imp: ImportStats, reused: bool, pages, totals, disk, bas
 
     out.append("## ComfyUI's in-memory approach (baseline)")
     out.append("")
-    out.append("`tests/reference.py` `Reference(history, running, pending).list_jobs({'limit': '50'})`, called "
-               "directly (no HTTP): normalise every item, filter, sort by (key, id), slice - what ComfyUI does "
-               "on every request.")
+    out.append(
+        "`tests/reference.py` `Reference(history, running, pending).list_jobs({'limit': '50'})`, called "
+        "directly (no HTTP): normalise every item, filter, sort by (key, id), slice - what ComfyUI does "
+        "on every request."
+    )
     out.append("")
     first_p50 = pages["rows"][0]["http_p50"]
-    out.append(f"| jobs | in-memory p50 ms | index HTTP p50 ms (same N) | in-memory / index | "
-               f"in-memory / index at N={n:,} |")
+    out.append(
+        f"| jobs | in-memory p50 ms | index HTTP p50 ms (same N) | in-memory / index | in-memory / index at N={n:,} |"
+    )
     out.append("| ---: | ---: | ---: | ---: | ---: |")
     for b in baseline:
-        out.append(f"| {b['n']:,} | {ms(b['p50'])} | {ms(b['index_p50'])} | {ratio(b['p50'] / b['index_p50'])} | "
-                   f"{ratio(b['p50'] / first_p50)} |")
+        out.append(
+            f"| {b['n']:,} | {ms(b['p50'])} | {ms(b['index_p50'])} | {ratio(b['p50'] / b['index_p50'])} | "
+            f"{ratio(b['p50'] / first_p50)} |"
+        )
     if baseline:
         big = max(baseline, key=lambda b: b["n"])
         if big["n"] < n:
             est = big["p50"] * n / big["n"]
             out.append("")
-            out.append(f"Linear extrapolation of the in-memory approach to {n:,} jobs: ~{est:,.1f} s per "
-                       f"request (~{est / first_p50:,.0f}x the index's first page); not measured "
-                       f"(the history alone would need ~{12.5 * n / 1e6:,.0f} GB of Python objects).")
+            out.append(
+                f"Linear extrapolation of the in-memory approach to {n:,} jobs: ~{est:,.1f} s per "
+                f"request (~{est / first_p50:,.0f}x the index's first page); not measured "
+                f"(the history alone would need ~{12.5 * n / 1e6:,.0f} GB of Python objects)."
+            )
     if checks:
         ok = sum(1 for _, good in checks if good)
         out.append("")
-        out.append(f"Correctness check at {min(b['n'] for b in baseline):,} jobs: the index's HTTP body equals "
-                   f"the reference's for {ok}/{len(checks)} benchmarked queries"
-                   + ("." if ok == len(checks) else
-                      f" (mismatch: {', '.join(name for name, good in checks if not good)})."))
+        out.append(
+            f"Correctness check at {min(b['n'] for b in baseline):,} jobs: the index's HTTP body equals "
+            f"the reference's for {ok}/{len(checks)} benchmarked queries"
+            + ("." if ok == len(checks) else f" (mismatch: {', '.join(name for name, good in checks if not good)}).")
+        )
     out.append("")
 
     if writers:
-        out.append(f"## Concurrent writers ({writers[0]['per_writer']:,} jobs offered per writer, into the "
-                   f"{n:,}-job index)")
+        out.append(
+            f"## Concurrent writers ({writers[0]['per_writer']:,} jobs offered per writer, into the {n:,}-job index)"
+        )
         out.append("")
-        out.append("Each writer is a process: items generated beforehand, then after a barrier "
-                   "`from_history` + `JobsIndex.ingest` in batches of 1000. *disjoint*: distinct jobs per writer; "
-                   "*overlapping*: each job offered by two writers (half-shifted windows of the same jobs).")
+        out.append(
+            "Each writer is a process: items generated beforehand, then after a barrier "
+            "`from_history` + `JobsIndex.ingest` in batches of 1000. *disjoint*: distinct jobs per writer; "
+            "*overlapping*: each job offered by two writers (half-shifted windows of the same jobs)."
+        )
         out.append("")
-        out.append("| writers | mode | wall s | jobs offered | rows written | offered jobs/s (total) | "
-                   "written rows/s | normalise / write time (sum over writers) |")
+        out.append(
+            "| writers | mode | wall s | jobs offered | rows written | offered jobs/s (total) | "
+            "written rows/s | normalise / write time (sum over writers) |"
+        )
         out.append("| ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |")
         for w in writers:
-            out.append(f"| {w['writers']} | {w['mode']} | {w['wall']:,.1f} | {w['offered']:,} | {w['written']:,} | "
-                       f"**{w['offered_rate']:,.0f}** | {w['written_rate']:,.0f} | "
-                       f"{w['normalise_s']:,.1f} s / {w['write_s']:,.1f} s |")
+            out.append(
+                f"| {w['writers']} | {w['mode']} | {w['wall']:,.1f} | {w['offered']:,} | {w['written']:,} | "
+                f"**{w['offered_rate']:,.0f}** | {w['written_rate']:,.0f} | "
+                f"{w['normalise_s']:,.1f} s / {w['write_s']:,.1f} s |"
+            )
         out.append("")
 
     out.append("## Machine load during the run")
@@ -823,39 +938,59 @@ def render(args, facts, imp: ImportStats, reused: bool, pages, totals, disk, bas
     out.append("## Targets (issue)")
     out.append("")
     deep = next(r for r in pages["rows"] if r["name"] == "deep cursor page")
-    out.append(f"* page p50 over HTTP < 2 ms: first page {ms(first_p50)} ms, deep cursor {ms(deep['http_p50'])} ms"
-               f" -> {'met' if max(first_p50, deep['http_p50']) < 0.002 else 'MISSED'}")
+    out.append(
+        f"* page p50 over HTTP < 2 ms: first page {ms(first_p50)} ms, deep cursor {ms(deep['http_p50'])} ms"
+        f" -> {'met' if max(first_p50, deep['http_p50']) < 0.002 else 'MISSED'}"
+    )
     flat = deep["http_p50"] / first_p50
     out.append(f"* flat from first to deepest cursor page: deep/first = {flat:.2f}")
-    out.append(f"* import > 20,000 jobs/s: {rate(n, imp.import_s)} jobs/s -> "
-               f"{'met' if n / imp.import_s > 20_000 else 'MISSED'}")
+    out.append(
+        f"* import > 20,000 jobs/s: {rate(n, imp.import_s)} jobs/s -> "
+        f"{'met' if n / imp.import_s > 20_000 else 'MISSED'}"
+    )
     out.append("")
     return "\n".join(out)
 
 
 # ------------------------------------------------------------------------------ main
 
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--jobs", type=int, default=1_000_000, help="history jobs in the index (default 1,000,000)")
-    ap.add_argument("--db", default=None,
-                    help="database URL (default: SQLite file under benchmarks/_work/); a PostgreSQL URL "
-                         "gets one schema per index")
+    ap.add_argument(
+        "--db",
+        default=None,
+        help="database URL (default: SQLite file under benchmarks/_work/); a PostgreSQL URL gets one schema per index",
+    )
     ap.add_argument("--writers", type=int, default=0, help="also measure K concurrent writer processes")
     ap.add_argument("--writer-jobs", type=int, default=20_000, help="jobs offered per writer (default 20,000)")
     ap.add_argument("--requests", type=int, default=300, help="timed requests per query (default 300)")
     ap.add_argument("--warmup", type=int, default=30, help="warm-up requests per query (default 30)")
-    ap.add_argument("--rounds", type=int, default=3,
-                    help="split each query's timed requests into this many round-robin blocks (default 3)")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="split each query's timed requests into this many round-robin blocks (default 3)",
+    )
     ap.add_argument("--offset-requests", type=int, default=20, help="timed requests for the deep OFFSET page")
-    ap.add_argument("--baseline-sizes", default="10000,100000",
-                    help="in-memory baseline sizes (comma list; sizes above --jobs are dropped)")
+    ap.add_argument(
+        "--baseline-sizes",
+        default="10000,100000",
+        help="in-memory baseline sizes (comma list; sizes above --jobs are dropped)",
+    )
     ap.add_argument("--running", type=int, default=1, help="running (in_progress) queue jobs to add")
     ap.add_argument("--pending", type=int, default=20, help="pending queue jobs to add")
-    ap.add_argument("--also-no-bulk", action="store_true",
-                    help="SQLite: also time the import with --no-bulk (batch by batch) into a scratch file")
-    ap.add_argument("--reuse", action="store_true",
-                    help="reuse an index built by an earlier run with the same N (import numbers from then)")
+    ap.add_argument(
+        "--also-no-bulk",
+        action="store_true",
+        help="SQLite: also time the import with --no-bulk (batch by batch) into a scratch file",
+    )
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="reuse an index built by an earlier run with the same N (import numbers from then)",
+    )
     ap.add_argument("--no-write", action="store_true", help="print only; do not write benchmarks/results/")
     args = ap.parse_args()
 
@@ -883,8 +1018,9 @@ def main() -> None:
             continue
         target = Target(args.db, size, label=f"{size}")
         get_or_build(target, size, args.running, args.pending, args.reuse)
-        small = measure_pages(target, argparse.Namespace(**{**vars(args), "requests": min(args.requests, 100)}),
-                              offset_requests=5)
+        small = measure_pages(
+            target, argparse.Namespace(**{**vars(args), "requests": min(args.requests, 100)}), offset_requests=5
+        )
         if size == sizes[0]:
             checks = check_against_reference(ref["ref"], small["bodies"], small["cases"])
         baseline.append({**ref, "index_p50": small["rows"][0]["http_p50"]})
@@ -936,9 +1072,17 @@ def main() -> None:
         RESULTS.mkdir(parents=True, exist_ok=True)
         stem = RESULTS / f"{backend}-{n}"
         stem.with_suffix(".md").write_text(report + "\n")
-        data = {"facts": facts, "args": vars(args), "import": {**asdict(imp), "reused": reused},
-                "pages": [{k: v for k, v in r.items()} for r in pages["rows"]], "totals": totals,
-                "disk": disk, "baseline": baseline, "checks": checks, "writers": writers}
+        data = {
+            "facts": facts,
+            "args": vars(args),
+            "import": {**asdict(imp), "reused": reused},
+            "pages": [{k: v for k, v in r.items()} for r in pages["rows"]],
+            "totals": totals,
+            "disk": disk,
+            "baseline": baseline,
+            "checks": checks,
+            "writers": writers,
+        }
         stem.with_suffix(".json").write_text(json.dumps(data, indent=1, default=str) + "\n")
         log(f"wrote {stem}.md and .json")
 

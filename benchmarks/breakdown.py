@@ -30,6 +30,7 @@
 
 Nothing here is part of the bench's numbers; it only explains them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -100,6 +101,7 @@ def row(name: str, times: tuple[float, float], base: tuple[float, float] | None 
 
 # ----------------------------------------------------------------------------- normalise
 
+
 def _normalise_chunk(items):
     return [normalize.from_history(job_id, item) for job_id, item in items]
 
@@ -141,8 +143,10 @@ def cmd_normalise(args) -> None:
     texts = [json.dumps(item).encode() for _, item in items]  # as in a /history dump
     raws = [{**item, "prompt": list(item["prompt"][:5])} for _, item in items]
     datas = [normalize.json_bytes(raw, True) for raw in raws]
-    print(f"{n:,} jobs; item JSON {sum(map(len, texts)) / n:,.0f} B/job (dump), "
-          f"{sum(map(len, datas)) / n:,.0f} B/job (stored, compact)\n")
+    print(
+        f"{n:,} jobs; item JSON {sum(map(len, texts)) / n:,.0f} B/job (dump), "
+        f"{sum(map(len, datas)) / n:,.0f} B/job (stored, compact)\n"
+    )
 
     def each(fn, seq, repeat=3):
         """(fastest wall, fastest CPU) per item of ``fn`` over ``seq``."""
@@ -171,13 +175,17 @@ def cmd_normalise(args) -> None:
     t_zlib1 = each(lambda d: zlib.compress(d, 1), datas)
     t_isal = each(lambda d: isal_zlib.compress(d, 1), datas)
     t_hash = each(lambda d: hashlib.blake2b(d, digest_size=16).hexdigest(), datas)
-    t_walk = (new_total[0] - t_json_exact[0] - t_isal[0] - t_hash[0],
-              new_total[1] - t_json_exact[1] - t_isal[1] - t_hash[1])
+    t_walk = (
+        new_total[0] - t_json_exact[0] - t_isal[0] - t_hash[0],
+        new_total[1] - t_json_exact[1] - t_isal[1] - t_hash[1],
+    )
     t_parse_old = each(_old_loads, texts)
     t_parse_new = each(normalize.loads_exact, texts)
-    sizes = {"zlib-6": sum(len(zlib.compress(d, 6)) for d in datas) / n,
-             "zlib-1": sum(len(zlib.compress(d, 1)) for d in datas) / n,
-             "ISA-L-1": sum(len(isal_zlib.compress(d, 1)) for d in datas) / n}
+    sizes = {
+        "zlib-6": sum(len(zlib.compress(d, 6)) for d in datas) / n,
+        "zlib-1": sum(len(zlib.compress(d, 1)) for d in datas) / n,
+        "ISA-L-1": sum(len(isal_zlib.compress(d, 1)) for d in datas) / n,
+    }
 
     print(HEADER)
     row("from_history, old (json.dumps, zlib-6)", old_total, old_total)
@@ -197,16 +205,16 @@ def cmd_normalise(args) -> None:
 
         compressor = zstandard.ZstdCompressor(level=1)
         size = sum(len(compressor.compress(d)) for d in datas) / n
-        row(f"  alternative: zstd level 1 (another format; {size:,.0f} B)", each(compressor.compress, datas),
-            old_total)
+        row(f"  alternative: zstd level 1 (another format; {size:,.0f} B)", each(compressor.compress, datas), old_total)
     except ImportError:
         pass
     row("parse one item, old (json.loads)", t_parse_old, old_total)
     row("parse one item, new (loads_exact: orjson)", t_parse_new, old_total)
 
     # The streamed reader over a whole /history dump (the main process's share).
-    dump = b"{" + b", ".join(json.dumps(job_id).encode() + b": " + text
-                             for (job_id, _), text in zip(items, texts)) + b"}"
+    dump = (
+        b"{" + b", ".join(json.dumps(job_id).encode() + b": " + text for (job_id, _), text in zip(items, texts)) + b"}"
+    )
     with Clock(n) as t_stream:
         count = sum(1 for _ in ObjectItems("dump", io.BytesIO(dump)).spans())
     assert count == n
@@ -228,21 +236,28 @@ def cmd_normalise(args) -> None:
     row("pickle round trip of parsed items (old: sent to workers)", t_obj.pair, old_total)
     del records
 
-    chunks = [items[i:i + 1000] for i in range(0, n, 1000)]
+    chunks = [items[i : i + 1000] for i in range(0, n, 1000)]
     with mp.get_context("fork").Pool(2) as pool:
         with Clock(n) as t_pool:
             out = [r for chunk in pool.imap(_normalise_chunk, chunks) for r in chunk]
     assert len(out) == n
-    print(f"\nfrom_history (in-process items) in 2 processes (pickling both ways): {t_pool.wall * 1e6:,.1f} "
-          f"µs/job wall ({1 / t_pool.wall:,.0f} jobs/s) vs {checked_total[0] * 1e6:,.1f} in one")
+    print(
+        f"\nfrom_history (in-process items) in 2 processes (pickling both ways): {t_pool.wall * 1e6:,.1f} "
+        f"µs/job wall ({1 / t_pool.wall:,.0f} jobs/s) vs {checked_total[0] * 1e6:,.1f} in one"
+    )
     print("CPU time is this process's; minima of 3 runs (the machine is shared: wall times wander).")
 
 
 # --------------------------------------------------------------------------------- write
 
-SECONDARY_INDEXES = ("ix_jobs_create_time_id", "ix_jobs_status_create_time_id",
-                     "ix_jobs_workflow_id_status_create_time_id", "ix_jobs_source_status_create_time_id",
-                     "ix_jobs_execution_duration_id", "ix_jobs_status_execution_duration_id")
+SECONDARY_INDEXES = (
+    "ix_jobs_create_time_id",
+    "ix_jobs_status_create_time_id",
+    "ix_jobs_workflow_id_status_create_time_id",
+    "ix_jobs_source_status_create_time_id",
+    "ix_jobs_execution_duration_id",
+    "ix_jobs_status_execution_duration_id",
+)
 
 
 def _drop(index: JobsIndex, triggers: bool, indexes: bool) -> None:
@@ -275,7 +290,7 @@ def _raw_insert(index: JobsIndex, records, batch: int = 1000) -> None:
         for i in range(0, len(rows), batch):
             if not pg:
                 cur.execute("BEGIN IMMEDIATE")
-            cur.executemany(sql, rows[i:i + batch])
+            cur.executemany(sql, rows[i : i + batch])
             raw.commit() if pg else cur.execute("COMMIT")
     finally:
         raw.close()
@@ -301,7 +316,7 @@ def _old_write_batch(self, records):
     jobs, outputs_t = schema.Job.__table__, schema.JobOutput.__table__
     # job_nodes as it was before revision 0008 (no model any more)
     nodes_t = table("job_nodes", column("job_id"), column("node_id"), column("class_type"))
-    chunks = lambda ids: (ids[i:i + 900] for i in range(0, len(ids), 900))  # noqa: E731
+    chunks = lambda ids: (ids[i : i + 900] for i in range(0, len(ids), 900))  # noqa: E731
     result = IngestResult()
     now = int(time.time() * 1000)
     with write_transaction(self.engine) as conn:
@@ -328,16 +343,21 @@ def _old_write_batch(self, records):
             updates = {c.name: stmt.excluded[c.name] for c in jobs.columns if c.name != "id"}
             updates["source"] = func.coalesce(stmt.excluded.source, jobs.c.source)
             stmt = stmt.on_conflict_do_update(
-                index_elements=[jobs.c.id], set_=updates,
+                index_elements=[jobs.c.id],
+                set_=updates,
                 where=(stmt.excluded.stage > jobs.c.stage)
-                | ((stmt.excluded.stage == jobs.c.stage) & (stmt.excluded.raw_digest != jobs.c.raw_digest)))
+                | ((stmt.excluded.stage == jobs.c.stage) & (stmt.excluded.raw_digest != jobs.c.raw_digest)),
+            )
             conn.execute(stmt, rows)
         for chunk in chunks([r.id for r in written]):
             conn.execute(delete(outputs_t).where(outputs_t.c.job_id.in_(chunk)))
             conn.execute(delete(nodes_t).where(nodes_t.c.job_id.in_(chunk)))
         outputs = [{**row, "job_id": r.id} for r in written for row in r.output_files]
-        nodes = [{"job_id": r.id, "node_id": node_id, "class_type": class_type}
-                 for r in written for node_id, class_type in _graph_nodes(r)]
+        nodes = [
+            {"job_id": r.id, "node_id": node_id, "class_type": class_type}
+            for r in written
+            for node_id, class_type in _graph_nodes(r)
+        ]
         if outputs:
             conn.execute(insert(outputs_t), outputs)
         if nodes:
@@ -349,8 +369,11 @@ def _graph_nodes(record) -> list[tuple[str, str]]:
     """(node_id, class_type) of a record's prompt graph: the job_nodes rows before 0008."""
     item = normalize.decode_raw(record.raw)
     graph = (item["prompt"] if record.raw_kind == "history" else item)[2]
-    return [(str(k), v["class_type"]) for k, v in graph.items()
-            if isinstance(v, dict) and isinstance(v.get("class_type"), str)]
+    return [
+        (str(k), v["class_type"])
+        for k, v in graph.items()
+        if isinstance(v, dict) and isinstance(v.get("class_type"), str)
+    ]
 
 
 def _preload_records(n: int) -> list:
@@ -368,11 +391,16 @@ def _preload_records(n: int) -> list:
     for i in range(n):
         r = base[i % len(base)]
         shift = span * (n // len(base) - i // len(base))  # copy k lies k spans back
-        out.append(dataclasses.replace(
-            r, id=str(uuid.UUID(int=rng.getrandbits(128), version=4)), create_time=r.create_time - shift,
-            execution_start_time=r.execution_start_time and r.execution_start_time - shift,
-            execution_end_time=r.execution_end_time and r.execution_end_time - shift,
-            output_files=list(r.output_files)))
+        out.append(
+            dataclasses.replace(
+                r,
+                id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                create_time=r.create_time - shift,
+                execution_start_time=r.execution_start_time and r.execution_start_time - shift,
+                execution_end_time=r.execution_end_time and r.execution_end_time - shift,
+                output_files=list(r.output_files),
+            )
+        )
     return out
 
 
@@ -392,7 +420,7 @@ def _prepared(target, revision: str, preload: list, template: dict) -> JobsIndex
     migrate(index.engine)  # head
     if preload and not (target.backend == "sqlite" and "path" in template):
         for i in range(0, len(preload), 10_000):
-            index.ingest(preload[i:i + 10_000])
+            index.ingest(preload[i : i + 10_000])
         if target.backend == "sqlite":
             index.engine.dispose()
             template["path"] = target.path.with_name(target.path.stem + "-template.sqlite3")
@@ -416,19 +444,39 @@ def cmd_write(args) -> None:
     preload = _preload_records(args.preload) if args.preload else []
     backend = bench.backend_of(args.db or "sqlite")
     print(f"{n:,} pre-normalised jobs into a fresh index holding {len(preload):,} jobs, each time ({backend})\n")
-    print("| variant | wall µs/job | CPU µs/job (this process) | CPU vs old | jobs/s by CPU |\n"
-          "| --- | ---: | ---: | ---: | ---: |")
+    print(
+        "| variant | wall µs/job | CPU µs/job (this process) | CPU vs old | jobs/s by CPU |\n"
+        "| --- | ---: | ---: | ---: | ---: |"
+    )
     # (name, revision, drop triggers, drop indexes, how, batch size)
     variants = [
-        ("old: JobsIndex.ingest before 0004 (SQLAlchemy, row-level count triggers)", OLD_REVISION, False, False,
-         "old", 1000),
+        (
+            "old: JobsIndex.ingest before 0004 (SQLAlchemy, row-level count triggers)",
+            OLD_REVISION,
+            False,
+            False,
+            "old",
+            1000,
+        ),
         ("old, count triggers dropped", OLD_REVISION, True, False, "old", 1000),
         ("old, 6 secondary indexes dropped", OLD_REVISION, False, True, "old", 1000),
-        ("driver executemany INSERT of jobs rows only (no pre-read, no side rows)", OLD_REVISION, False, False,
-         "raw", 1000),
+        (
+            "driver executemany INSERT of jobs rows only (no pre-read, no side rows)",
+            OLD_REVISION,
+            False,
+            False,
+            "raw",
+            1000,
+        ),
         ("driver executemany INSERT, no triggers, no secondary indexes", OLD_REVISION, True, True, "raw", 1000),
-        ("**new: JobsIndex.ingest** (0004: writer's set-wise counts, driver SQL, batch 1000)", "head", False,
-         False, "ingest", 1000),
+        (
+            "**new: JobsIndex.ingest** (0004: writer's set-wise counts, driver SQL, batch 1000)",
+            "head",
+            False,
+            False,
+            "ingest",
+            1000,
+        ),
         ("new, batch 5000", "head", False, False, "ingest", 5000),
         ("new, a second time (all unchanged: pre-read only)", "head", False, False, "again", 1000),
     ]
@@ -446,11 +494,11 @@ def cmd_write(args) -> None:
             _drop(index, triggers, indexes)
             if how == "again":
                 for i in range(0, n, 10_000):
-                    index.ingest(records[i:i + 10_000], batch_size=batch)
+                    index.ingest(records[i : i + 10_000], batch_size=batch)
             with Clock(n) as clock:
                 if how in ("ingest", "old", "again"):
                     for i in range(0, n, 10_000):
-                        index.ingest(records[i:i + 10_000], batch_size=batch)
+                        index.ingest(records[i : i + 10_000], batch_size=batch)
                 else:
                     _raw_insert(index, records)
             if how != "raw" and not triggers:
@@ -473,13 +521,18 @@ def cmd_bulk_floor(args) -> None:
     n = args.jobs
     started = time.perf_counter()
     records = _preload_records(n)  # n distinct ids, 10,000 sample jobs' content
-    print(f"bulk load of {n:,} pre-normalised jobs into a new SQLite file "
-          f"(records prepared in {time.perf_counter() - started:.0f} s, not counted)\n")
-    print("| part | wall s | CPU s (this process) | µs/job by CPU | jobs/s by CPU |\n| --- | ---: | ---: | ---: | ---: |")
+    print(
+        f"bulk load of {n:,} pre-normalised jobs into a new SQLite file "
+        f"(records prepared in {time.perf_counter() - started:.0f} s, not counted)\n"
+    )
+    print(
+        "| part | wall s | CPU s (this process) | µs/job by CPU | jobs/s by CPU |\n| --- | ---: | ---: | ---: | ---: |"
+    )
 
     def show(name: str, wall: float, cpu: float) -> None:
-        print(f"| {name} | {wall:,.1f} | {cpu:,.1f} | {1e6 * cpu / n:,.1f} | {n / cpu if cpu else 0:,.0f} |",
-              flush=True)
+        print(
+            f"| {name} | {wall:,.1f} | {cpu:,.1f} | {1e6 * cpu / n:,.1f} | {n / cpu if cpu else 0:,.0f} |", flush=True
+        )
 
     target = bench.Target(None, n, label=f"bulk_floor_{n}")
     target.reset()
@@ -487,8 +540,11 @@ def cmd_bulk_floor(args) -> None:
     try:
         t0, c0 = time.perf_counter(), time.process_time()
         result = index.bulk_load(records, batch_size=10_000)
-        show("`JobsIndex.bulk_load` (batches of 10,000, set-wise counts, index builds, COMMIT)",
-             time.perf_counter() - t0, time.process_time() - c0)
+        show(
+            "`JobsIndex.bulk_load` (batches of 10,000, set-wise counts, index builds, COMMIT)",
+            time.perf_counter() - t0,
+            time.process_time() - c0,
+        )
         assert result is not None and result.inserted == n and index.counts_consistent()
     finally:
         index.close()
@@ -514,15 +570,19 @@ def cmd_bulk_floor(args) -> None:
         (f"driver: jobs rows ({len(jobs[0])} columns, zlib raw item)", "jobs", write_queries.JOB_COLUMNS, jobs),
         ("driver: job_search rows", "job_search", ("docid", *search_queries.ROW_COLUMNS), searched),
         ("driver: job_search_fts (FTS5) documents", "job_search_fts", ("rowid", "doc"), words),
-        (f"driver: job_outputs rows ({len(outputs) / n:.1f} per job)", "job_outputs", write_queries.OUTPUT_COLUMNS,
-         outputs),
+        (
+            f"driver: job_outputs rows ({len(outputs) / n:.1f} per job)",
+            "job_outputs",
+            write_queries.OUTPUT_COLUMNS,
+            outputs,
+        ),
     ]
     total_wall = total_cpu = 0.0
     for name, table, columns, rows in parts:
         sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
         t0, c0 = time.perf_counter(), time.process_time()
         for i in range(0, len(rows), 10_000):
-            conn.executemany(sql, rows[i:i + 10_000])
+            conn.executemany(sql, rows[i : i + 10_000])
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         total_wall, total_cpu = total_wall + wall, total_cpu + cpu
         show(name, wall, cpu)
@@ -539,13 +599,13 @@ def cmd_bulk_floor(args) -> None:
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     total_wall, total_cpu = total_wall + wall, total_cpu + cpu
     show("driver: COMMIT and checkpoint", wall, cpu)
-    show("**driver: all of it** (the writer's floor: no counts, no pre-read, no Python per job)",
-         total_wall, total_cpu)
+    show("**driver: all of it** (the writer's floor: no counts, no pre-read, no Python per job)", total_wall, total_cpu)
     conn.close()
     target.reset()
 
 
 # ---------------------------------------------------------------------------------- page
+
 
 def cmd_page(args) -> None:
     """A first page as the route computes it, split into its parts."""
@@ -565,8 +625,9 @@ def cmd_page(args) -> None:
             return queries.select_page(conn, query, limit=51, with_total=True)
 
     rows = statement()
-    shape = queries._Shape(index.engine.dialect.name, "created_at", True, 5, "all",
-                           False, False, False, True, False, True)
+    shape = queries._Shape(
+        index.engine.dialect.name, "created_at", True, 5, "all", False, False, False, True, False, True
+    )
     compiled = queries._page_sql(shape, index.engine.dialect)
     sql = compiled.sql
     values = {**compiled.constants, **queries._filter_values(query), "limit": 51}
@@ -583,9 +644,10 @@ def cmd_page(args) -> None:
 
     texts = [r[queries.ROW_JOB_JSON] for r in rows[:50]]
     pagination = {"offset": 0, "limit": 50, "total": 1, "has_more": True, "next_cursor": "x" * 80}
-    print(f"first page (limit=50) of {index.total():,} jobs, in-process; wall = fastest of {repeat}, "
-          f"CPU = mean\n")
-    print("| part | wall µs (min) | CPU µs (this process) | CPU share | pages/s by CPU |\n| --- | ---: | ---: | ---: | ---: |")
+    print(f"first page (limit=50) of {index.total():,} jobs, in-process; wall = fastest of {repeat}, CPU = mean\n")
+    print(
+        "| part | wall µs (min) | CPU µs (this process) | CPU share | pages/s by CPU |\n| --- | ---: | ---: | ---: | ---: |"
+    )
     row("list_jobs + body_text (what the route does)", full, full)
     row("  pooled connection, no statement (read_statement)", timeit(checkout_only, repeat), full)
     row("  the page statement (rows, job JSON, total) with checkout", timeit(statement, repeat), full)
@@ -596,6 +658,7 @@ def cmd_page(args) -> None:
 
 
 # ---------------------------------------------------------------------------- http floor
+
 
 def _floor_server(conn, size: int) -> None:
     from concurrent.futures import ThreadPoolExecutor
@@ -614,6 +677,7 @@ def _floor_server(conn, size: int) -> None:
 
     async def run():
         app = web.Application()
+
         async def route(request):
             return await (threaded if request.query.get("h") == "threaded" else inline)(request)
 
@@ -644,8 +708,10 @@ def cmd_http_floor(args) -> None:
         out = bench.http_series(f"http://127.0.0.1:{port}/", cases, 30, args.requests, rounds=3)
         for case in cases:
             times = out[case.name]["times"]
-            print(f"| {case.name} | {bench.pct(times, 50) * 1000:.2f} | {bench.pct(times, 99) * 1000:.2f} | "
-                  f"{min(times) * 1000:.2f} |")
+            print(
+                f"| {case.name} | {bench.pct(times, 50) * 1000:.2f} | {bench.pct(times, 99) * 1000:.2f} | "
+                f"{min(times) * 1000:.2f} |"
+            )
     finally:
         parent.send("stop")
         proc.join(10)
@@ -670,8 +736,13 @@ def main() -> None:
     p.add_argument("--size", type=int, default=11_000, help="body bytes (a 50-job page is ~11 KB)")
     p.add_argument("--requests", type=int, default=300)
     args = ap.parse_args()
-    {"normalise": cmd_normalise, "write": cmd_write, "page": cmd_page,
-     "http-floor": cmd_http_floor, "bulk-floor": cmd_bulk_floor}[args.cmd](args)
+    {
+        "normalise": cmd_normalise,
+        "write": cmd_write,
+        "page": cmd_page,
+        "http-floor": cmd_http_floor,
+        "bulk-floor": cmd_bulk_floor,
+    }[args.cmd](args)
 
 
 if __name__ == "__main__":

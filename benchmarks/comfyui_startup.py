@@ -32,6 +32,7 @@ Usage::
 
 Writes ``benchmarks/results/comfyui-<verify|startup>.md`` and a ``.json`` twin.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -84,8 +85,9 @@ def get(port: int, path: str, timeout: float = 30.0) -> tuple[int, dict | None]:
 
 
 def post(port: int, path: str, body: bytes) -> dict:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=body, headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
 
@@ -120,15 +122,34 @@ class Comfy:
         self.user = WORK / "users" / uuid.uuid4().hex[:12]
         self.user.mkdir(parents=True)
         self.log_path = self.user.with_suffix(".log")
-        command = [args.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-                   "--base-directory", str(base_directory(node)), "--user-directory", str(self.user),
-                   "--database-url", f"sqlite:///{self.user / 'comfyui.db'}", *extra]
+        command = [
+            args.python,
+            "main.py",
+            "--cpu",
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--base-directory",
+            str(base_directory(node)),
+            "--user-directory",
+            str(self.user),
+            "--database-url",
+            f"sqlite:///{self.user / 'comfyui.db'}",
+            *extra,
+        ]
         environ = {key: value for key, value in os.environ.items() if not key.startswith("JOBS_INDEX_")}
         environ.update(env or {})
         self.started = time.perf_counter()
         self.out = self.log_path.open("w")
-        self.proc = subprocess.Popen(command, cwd=args.comfyui, env=environ, stdout=self.out,
-                                     stderr=subprocess.STDOUT, preexec_fn=_default_sigint)
+        self.proc = subprocess.Popen(
+            command,
+            cwd=args.comfyui,
+            env=environ,
+            stdout=self.out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_default_sigint,
+        )
 
     def wait(self, predicate, timeout: float = 300.0, interval: float = 0.02) -> float | None:
         """Seconds from the process start until ``predicate()`` holds (None: timeout/exit)."""
@@ -172,8 +193,12 @@ class Comfy:
 def tables(path: Path) -> list[str]:
     conn = sqlite3.connect(path)
     try:
-        return sorted(name for (name,) in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"))
+        return sorted(
+            name
+            for (name,) in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            )
+        )
     finally:
         conn.close()
 
@@ -193,27 +218,39 @@ def scalar(path: Path, sql: str):
 
 
 def comfyui_head(args) -> str:
-    code = ("from alembic.config import Config; from alembic.script import ScriptDirectory; c = Config(); "
-            "c.set_main_option('script_location', 'alembic_db'); "
-            "print(ScriptDirectory.from_config(c).get_current_head())")
-    return subprocess.run([args.python, "-c", code], cwd=args.comfyui, capture_output=True, text=True,
-                          check=True).stdout.strip()
+    code = (
+        "from alembic.config import Config; from alembic.script import ScriptDirectory; c = Config(); "
+        "c.set_main_option('script_location', 'alembic_db'); "
+        "print(ScriptDirectory.from_config(c).get_current_head())"
+    )
+    return subprocess.run(
+        [args.python, "-c", code], cwd=args.comfyui, capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def machine() -> dict:
-    return {"cpus": os.cpu_count(), "platform": platform.platform(), "load_1m": round(os.getloadavg()[0], 2),
-            "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "load_1m": round(os.getloadavg()[0], 2),
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
 
 
 # ---------------------------------------------------------------------------- verify
+
 
 def verify(args) -> None:
     from jobs_index.database import VERSION_TABLE, head_revision
     from jobs_index.schema import Base
 
     head = comfyui_head(args)
-    commit = subprocess.run(["git", "-C", args.node, "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip() or "?"
+    commit = (
+        subprocess.run(
+            ["git", "-C", args.node, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        or "?"
+    )
     ours_expected = sorted(set(Base.metadata.tables) | {VERSION_TABLE})
     workflow = Path(args.workflow).read_bytes() if args.workflow else None
     extra = ("--enable-assets",) if args.enable_assets else ()
@@ -234,42 +271,75 @@ def verify(args) -> None:
             def listed() -> bool:
                 jobs = (comfy.answers("limit=5") or {}).get("jobs") or [{}]
                 return jobs[0].get("id") == job and jobs[0].get("status") == "completed"
+
             run["job_listed_completed_s"] = comfy.wait(listed, timeout=120)
         run["exit_code"] = comfy.stop()
         text = comfy.log_text()
         theirs = comfy.user / "comfyui.db"
-        run["comfyui_db_revision"] = scalar(theirs, "SELECT version_num FROM alembic_version") if theirs.exists() else None
+        run["comfyui_db_revision"] = (
+            scalar(theirs, "SELECT version_num FROM alembic_version") if theirs.exists() else None
+        )
         run["comfyui_db_tables_ok"] = theirs.exists() and tables(theirs) == comfy_expected
         run["our_tables_ok"] = ours.exists() and tables(ours) == ours_expected
-        run["our_revision_ok"] = ours.exists() and scalar(ours, f"SELECT version_num FROM {VERSION_TABLE}") == head_revision()
+        run["our_revision_ok"] = (
+            ours.exists() and scalar(ours, f"SELECT version_num FROM {VERSION_TABLE}") == head_revision()
+        )
         run["our_jobs"] = scalar(ours, "SELECT COUNT(*) FROM jobs") if run["our_tables_ok"] else None
         run["comfy_db_error"] = "Failed to initialize database" in text or "Error upgrading database" in text
-        run["node_errors"] = [line for line in text.splitlines() if "jobs-index" in line and "ERROR" in line.upper()
-                              and ("cannot" in line or "failed" in line or "not enabled" in line)]
-        run["ok"] = (run["exit_code"] == 0 and run["comfyui_db_revision"] == head and run["comfyui_db_tables_ok"]
-                     and run["our_tables_ok"] and run["our_revision_ok"] and not run["comfy_db_error"]
-                     and not run["node_errors"] and run["first_answer_s"] is not None
-                     and (workflow is None or (run.get("job_listed_completed_s") is not None and run["our_jobs"] == 1)))
+        run["node_errors"] = [
+            line
+            for line in text.splitlines()
+            if "jobs-index" in line
+            and "ERROR" in line.upper()
+            and ("cannot" in line or "failed" in line or "not enabled" in line)
+        ]
+        run["ok"] = (
+            run["exit_code"] == 0
+            and run["comfyui_db_revision"] == head
+            and run["comfyui_db_tables_ok"]
+            and run["our_tables_ok"]
+            and run["our_revision_ok"]
+            and not run["comfy_db_error"]
+            and not run["node_errors"]
+            and run["first_answer_s"] is not None
+            and (workflow is None or (run.get("job_listed_completed_s") is not None and run["our_jobs"] == 1))
+        )
         runs.append(run)
         log(f"start {attempt + 1}: {'ok' if run['ok'] else 'FAILED'} {json.dumps(run)}")
-    report = {"machine": machine(), "node_commit": commit, "comfyui_head": head, "comfyui_tables": comfy_expected,
-              "our_tables": ours_expected, "enable_assets": args.enable_assets, "baseline_exit_code": baseline_code,
-              "runs": runs, "ok": sum(run["ok"] for run in runs)}
+    report = {
+        "machine": machine(),
+        "node_commit": commit,
+        "comfyui_head": head,
+        "comfyui_tables": comfy_expected,
+        "our_tables": ours_expected,
+        "enable_assets": args.enable_assets,
+        "baseline_exit_code": baseline_code,
+        "runs": runs,
+        "ok": sum(run["ok"] for run in runs),
+    }
     name = "comfyui-verify" + ("-assets" if args.enable_assets else "") + (f"-{args.tag}" if args.tag else "")
-    lines = [f"# jobs-index in a real ComfyUI: {args.starts} fresh starts{' with --enable-assets' if args.enable_assets else ''}",
-             "", f"Measured {report['machine']['when']} on {report['machine']['cpus']} shared cores "
-             f"(`benchmarks/comfyui_startup.py verify`). Node installed as `custom_nodes/jobs-index` "
-             f"({args.node}, commit {commit}); each start on a new user directory.", "",
-             f"ComfyUI's Alembic head: `{head}`; its tables (from a start without the node, exit code "
-             f"{baseline_code}): {', '.join(comfy_expected)}.", "",
-             f"**{report['ok']} of {len(runs)} starts ok.**", "",
-             "| start | first /api/jobs (s) | job listed completed (s) | exit | comfyui.db revision | its tables | our tables | our jobs | errors |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# jobs-index in a real ComfyUI: {args.starts} fresh starts{' with --enable-assets' if args.enable_assets else ''}",
+        "",
+        f"Measured {report['machine']['when']} on {report['machine']['cpus']} shared cores "
+        f"(`benchmarks/comfyui_startup.py verify`). Node installed as `custom_nodes/jobs-index` "
+        f"({args.node}, commit {commit}); each start on a new user directory.",
+        "",
+        f"ComfyUI's Alembic head: `{head}`; its tables (from a start without the node, exit code "
+        f"{baseline_code}): {', '.join(comfy_expected)}.",
+        "",
+        f"**{report['ok']} of {len(runs)} starts ok.**",
+        "",
+        "| start | first /api/jobs (s) | job listed completed (s) | exit | comfyui.db revision | its tables | our tables | our jobs | errors |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for run in runs:
-        lines.append(f"| {run['start']} | {_s(run['first_answer_s'])} | {_s(run.get('job_listed_completed_s'))} | "
-                     f"{run['exit_code']} | {run['comfyui_db_revision']} | {run['comfyui_db_tables_ok']} | "
-                     f"{run['our_tables_ok'] and run['our_revision_ok']} | {run['our_jobs']} | "
-                     f"{'db' if run['comfy_db_error'] else ''}{len(run['node_errors']) or ''} |")
+        lines.append(
+            f"| {run['start']} | {_s(run['first_answer_s'])} | {_s(run.get('job_listed_completed_s'))} | "
+            f"{run['exit_code']} | {run['comfyui_db_revision']} | {run['comfyui_db_tables_ok']} | "
+            f"{run['our_tables_ok'] and run['our_revision_ok']} | {run['our_jobs']} | "
+            f"{'db' if run['comfy_db_error'] else ''}{len(run['node_errors']) or ''} |"
+        )
     write(name, "\n".join(lines) + "\n", report)
 
 
@@ -278,6 +348,7 @@ def _s(value) -> str:
 
 
 # --------------------------------------------------------------------------- measure
+
 
 def large_index(args, base: str | None):
     import bench
@@ -298,13 +369,15 @@ def one_start(args, case: dict) -> tuple[float | None, float | None]:
         case.setdefault("cpu_s", []).append(comfy.cpu_s())
         indexed = None
         if case.get("until_index") is not None:
-            indexed = comfy.wait(lambda: (comfy.answers() or {}).get("pagination", {}).get("total", 0)
-                                 >= case["until_index"])
+            indexed = comfy.wait(
+                lambda: (comfy.answers() or {}).get("pagination", {}).get("total", 0) >= case["until_index"]
+            )
         elif case.get("empty_index"):
             ours, head = comfy.user / "jobs-index" / "jobs.sqlite3", head_revision()
 
             def ready() -> bool:
                 return scalar(ours, f"SELECT version_num FROM {VERSION_TABLE}") == head
+
             indexed = comfy.wait(ready)
     finally:
         comfy.stop()
@@ -317,8 +390,16 @@ def one_start(args, case: dict) -> tuple[float | None, float | None]:
 def start_series(args, cases: list[dict]) -> list[dict]:
     """``args.starts`` rounds, each starting every case once (interleaved, so a change
     in the machine's load hits every case alike)."""
-    results = [{"label": case["label"], "first_answer_s": [], "index_s": [], "import_s": case.setdefault("import_s", []),
-                "cpu_s": case.setdefault("cpu_s", [])} for case in cases]
+    results = [
+        {
+            "label": case["label"],
+            "first_answer_s": [],
+            "index_s": [],
+            "import_s": case.setdefault("import_s", []),
+            "cpu_s": case.setdefault("cpu_s", []),
+        }
+        for case in cases
+    ]
     for _ in range(args.starts):
         for case, result in zip(cases, results):
             first, indexed = one_start(args, case)
@@ -343,9 +424,16 @@ def page_series(args, label: str, env: dict, total: int) -> dict:
                 status, body = get(comfy.port, f"/api/jobs?{query}", timeout=120)
                 times.append(time.perf_counter() - started)
                 assert status == 200 and body is not None, (query, status)
-            rows.append({"query": query, "n": len(times), "p50_ms": statistics.median(times) * 1000,
-                         "p95_ms": sorted(times)[max(0, int(len(times) * 0.95) - 1)] * 1000,
-                         "max_ms": max(times) * 1000, "jobs": len(body["jobs"])})
+            rows.append(
+                {
+                    "query": query,
+                    "n": len(times),
+                    "p50_ms": statistics.median(times) * 1000,
+                    "p95_ms": sorted(times)[max(0, int(len(times) * 0.95) - 1)] * 1000,
+                    "max_ms": max(times) * 1000,
+                    "jobs": len(body["jobs"]),
+                }
+            )
             log(f"{label} {query}: p50 {rows[-1]['p50_ms']:.1f} ms")
         return {"label": label, "rows": rows}
     finally:
@@ -359,44 +447,69 @@ def measure(args) -> None:
         starts.append({"label": "without the node", "node": False})
     if "empty" in cases:
         starts.append({"label": "with the node, new empty index (SQLite)", "node": True, "empty_index": True})
-    backends = ([("SQLite", None)] if "sqlite" in cases else []) + \
-        ([("PostgreSQL", args.pg)] if args.pg and "postgresql" in cases else [])
+    backends = ([("SQLite", None)] if "sqlite" in cases else []) + (
+        [("PostgreSQL", args.pg)] if args.pg and "postgresql" in cases else []
+    )
     large = []
     for name, base in backends:
         target = large_index(args, base)
         env = {"JOBS_INDEX_DB": target.url}
         large.append((name, env))
-        starts.append({"label": f"with the node, {args.jobs:,}-job index ({name})", "node": True, "env": env,
-                       "until_index": args.jobs})
+        starts.append(
+            {
+                "label": f"with the node, {args.jobs:,}-job index ({name})",
+                "node": True,
+                "env": env,
+                "until_index": args.jobs,
+            }
+        )
     series = start_series(args, starts)
     for name, env in large:
         pages.append(page_series(args, f"{args.jobs:,} jobs, {name}", env, args.jobs))
     report = {"machine": machine(), "jobs": args.jobs, "starts": args.starts, "series": series, "pages": pages}
-    lines = [f"# jobs-index in a real ComfyUI: start-up cost and the frontend's requests at {args.jobs:,} jobs", "",
-             f"Measured {report['machine']['when']} on {report['machine']['cpus']} cores shared with other work "
-             f"(1-minute load {report['machine']['load_1m']}), `benchmarks/comfyui_startup.py measure`. "
-             f"ComfyUI `--cpu`, a new user directory per start (ComfyUI migrates a new comfyui.db each time, "
-             f"with or without the node); node installed as `custom_nodes/jobs-index`.", "",
-             "## Start-up: process start to answers", "",
-             "First `/api/jobs` answer: whoever answers (ComfyUI's built-in handler until the index is ready). "
-             "Index answering: the large index's total is served, or (new index) its schema is created.", "",
-             "Node import: ComfyUI's own \"Import times for custom nodes\" line for jobs-index.", "",
-             "CPU: ComfyUI's CPU seconds (user + system, the node's migration child included) at its first "
-             "answer: on a busy shared machine the wall times mostly measure the other work.", "",
-             "| case | starts | first /api/jobs, median (min-max) s | CPU at first answer, median (min-max) s | "
-             "index answering, median (min-max) s | node import s |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"# jobs-index in a real ComfyUI: start-up cost and the frontend's requests at {args.jobs:,} jobs",
+        "",
+        f"Measured {report['machine']['when']} on {report['machine']['cpus']} cores shared with other work "
+        f"(1-minute load {report['machine']['load_1m']}), `benchmarks/comfyui_startup.py measure`. "
+        f"ComfyUI `--cpu`, a new user directory per start (ComfyUI migrates a new comfyui.db each time, "
+        f"with or without the node); node installed as `custom_nodes/jobs-index`.",
+        "",
+        "## Start-up: process start to answers",
+        "",
+        "First `/api/jobs` answer: whoever answers (ComfyUI's built-in handler until the index is ready). "
+        "Index answering: the large index's total is served, or (new index) its schema is created.",
+        "",
+        'Node import: ComfyUI\'s own "Import times for custom nodes" line for jobs-index.',
+        "",
+        "CPU: ComfyUI's CPU seconds (user + system, the node's migration child included) at its first "
+        "answer: on a busy shared machine the wall times mostly measure the other work.",
+        "",
+        "| case | starts | first /api/jobs, median (min-max) s | CPU at first answer, median (min-max) s | "
+        "index answering, median (min-max) s | node import s |",
+        "|---|---|---|---|---|---|",
+    ]
     for item in series:
-        lines.append(f"| {item['label']} | {len(item['first_answer_s'])} | {_spread(item['first_answer_s'])} | "
-                     f"{_spread(item['cpu_s'])} | {_spread(item['index_s'])} | {_spread(item['import_s'])} |")
-    lines += ["", "## The frontend's requests through ComfyUI (HTTP, one client, sequential)", "",
-              f"`{QUEUE}` is the queue's request; `{FRONTEND.format('N')}` the history panel paging. "
-              f"{args.requests} timed requests each after {args.warmup} warm-up.", "",
-              "| index | query | p50 ms | p95 ms | max ms |", "|---|---|---|---|---|"]
+        lines.append(
+            f"| {item['label']} | {len(item['first_answer_s'])} | {_spread(item['first_answer_s'])} | "
+            f"{_spread(item['cpu_s'])} | {_spread(item['index_s'])} | {_spread(item['import_s'])} |"
+        )
+    lines += [
+        "",
+        "## The frontend's requests through ComfyUI (HTTP, one client, sequential)",
+        "",
+        f"`{QUEUE}` is the queue's request; `{FRONTEND.format('N')}` the history panel paging. "
+        f"{args.requests} timed requests each after {args.warmup} warm-up.",
+        "",
+        "| index | query | p50 ms | p95 ms | max ms |",
+        "|---|---|---|---|---|",
+    ]
     for page in pages:
         for row in page["rows"]:
-            lines.append(f"| {page['label']} | `{row['query']}` | {row['p50_ms']:.1f} | {row['p95_ms']:.1f} | "
-                         f"{row['max_ms']:.1f} |")
+            lines.append(
+                f"| {page['label']} | `{row['query']}` | {row['p50_ms']:.1f} | {row['p95_ms']:.1f} | "
+                f"{row['max_ms']:.1f} |"
+            )
     suffix = "" if set(cases) >= {"without", "empty", "sqlite", "postgresql"} else "-" + "-".join(cases)
     write(f"comfyui-startup{suffix}", "\n".join(lines) + "\n", report)
 
@@ -427,8 +540,11 @@ def main() -> None:
     parser.add_argument("--workflow", help="verify: an API-format workflow to run once per start")
     parser.add_argument("--jobs", type=int, default=1_000_000, help="measure: jobs in the large index")
     parser.add_argument("--pg", help="measure: also a PostgreSQL index (base URL; a schema is created)")
-    parser.add_argument("--cases", default="without,empty,sqlite,postgresql",
-                        help="measure: which of without,empty,sqlite,postgresql (default all)")
+    parser.add_argument(
+        "--cases",
+        default="without,empty,sqlite,postgresql",
+        help="measure: which of without,empty,sqlite,postgresql (default all)",
+    )
     parser.add_argument("--label", default="comfyui", help="measure: names the large index (<label>_<jobs>)")
     parser.add_argument("--requests", type=int, default=20, help="measure: timed requests per query")
     parser.add_argument("--warmup", type=int, default=3, help="measure: warm-up requests per query")

@@ -9,6 +9,7 @@ Run it on two checkouts (e.g. ``PYTHONPATH=<old tree>``) to compare; it prints a
 table and, with ``--out``, appends it to FILE. Times are the fastest of the repeats
 (wall) and the mean CPU of this process; the machine is shared.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,9 @@ def main() -> None:
     import jobs_index
 
     code = Path(jobs_index.__file__).resolve().parent.parent
-    commit = subprocess.run(["git", "-C", str(code), "log", "-1", "--format=%h"], capture_output=True,
-                            text=True).stdout.strip() or str(code)
+    commit = subprocess.run(
+        ["git", "-C", str(code), "log", "-1", "--format=%h"], capture_output=True, text=True
+    ).stdout.strip() or str(code)
     with tempfile.TemporaryDirectory() as tmp:
         url = args.db or f"sqlite:///{tmp}/bench.sqlite3"
         with JobsIndex.open(url) as index:
@@ -59,11 +61,16 @@ def main() -> None:
             page = measure(lambda: index.list_jobs(first_page), 300)
             assert len(index.list_jobs(everything).job_texts) == args.jobs
             dialect = index.engine.dialect.name
-    lines = [f"### {dialect}, {args.jobs:,} jobs, code at {commit} (`{code}`)", "",
-             "| listing | wall ms (min) | CPU ms (mean) | µs/job (wall) |", "| --- | ---: | ---: | ---: |",
-             f"| whole listing, chunks of 1,000 | {whole[0] * 1e3:,.1f} | {whole[1] * 1e3:,.1f} | "
-             f"{whole[0] / args.jobs * 1e6:.2f} |",
-             f"| first page, limit=50 | {page[0] * 1e3:,.3f} | {page[1] * 1e3:,.3f} | {page[0] / 50 * 1e6:.2f} |", ""]
+    lines = [
+        f"### {dialect}, {args.jobs:,} jobs, code at {commit} (`{code}`)",
+        "",
+        "| listing | wall ms (min) | CPU ms (mean) | µs/job (wall) |",
+        "| --- | ---: | ---: | ---: |",
+        f"| whole listing, chunks of 1,000 | {whole[0] * 1e3:,.1f} | {whole[1] * 1e3:,.1f} | "
+        f"{whole[0] / args.jobs * 1e6:.2f} |",
+        f"| first page, limit=50 | {page[0] * 1e3:,.3f} | {page[1] * 1e3:,.3f} | {page[0] / 50 * 1e6:.2f} |",
+        "",
+    ]
     print("\n".join(lines))
     if args.out:
         with open(args.out, "a") as out:

@@ -9,6 +9,7 @@ and checks the counters by arithmetic): run it on the same index with the code
 before and after (``PYTHONPATH=<old checkout>``) and compare. Prints a markdown
 table; ``--out FILE`` appends it to FILE.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,9 +57,12 @@ def main() -> None:
     index = JobsIndex.open(args.db)
     with index.engine.connect() as conn:
         workflow = conn.exec_driver_sql("SELECT workflow_id FROM jobs WHERE workflow_id IS NOT NULL LIMIT 1").scalar()
-    lines = [f"### {args.label or 'run'}: {index.total():,} jobs, {index.engine.dialect.name}, "
-             f"median / min of {args.repeat} (µs, in-process)\n",
-             "| listing | median µs | min µs | jobs |", "| --- | ---: | ---: | ---: |"]
+    lines = [
+        f"### {args.label or 'run'}: {index.total():,} jobs, {index.engine.dialect.name}, "
+        f"median / min of {args.repeat} (µs, in-process)\n",
+        "| listing | median µs | min µs | jobs |",
+        "| --- | ---: | ---: | ---: |",
+    ]
     for name, params in SHAPES:
         params = params if params is not None else {"workflow_id": workflow, "limit": "50"}
         query = parse_list_query(params)

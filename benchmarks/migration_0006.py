@@ -22,6 +22,7 @@ Usage::
 SQLite files live under ``benchmarks/_work/``; a PostgreSQL URL gets a fresh schema
 ``mig0006_<n>`` (dropped and re-created). Results: ``benchmarks/results/migration-0006-<backend>-<n>.md``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,10 +53,30 @@ from jobs_index.sample import synthetic_history  # noqa: E402
 REV_5 = "0005_filter_timeline_indexes"
 WORK = ROOT / "benchmarks" / "_work"
 RESULTS = ROOT / "benchmarks" / "results"
-OLD_COLUMNS = ("id", "status", "stage", "priority", "create_time", "create_time_missing",
-               "execution_start_time", "execution_end_time", "execution_duration", "outputs_count",
-               "preview_output", "execution_error", "error_type", "error_message", "error_node_id",
-               "error_node_type", "workflow_id", "source", "raw_kind", "raw", "raw_digest", "indexed_at")
+OLD_COLUMNS = (
+    "id",
+    "status",
+    "stage",
+    "priority",
+    "create_time",
+    "create_time_missing",
+    "execution_start_time",
+    "execution_end_time",
+    "execution_duration",
+    "outputs_count",
+    "preview_output",
+    "execution_error",
+    "error_type",
+    "error_message",
+    "error_node_id",
+    "error_node_type",
+    "workflow_id",
+    "source",
+    "raw_kind",
+    "raw",
+    "raw_digest",
+    "indexed_at",
+)
 BATCH = 5000
 
 
@@ -113,8 +134,9 @@ def run_migrate(url: str) -> tuple[float, float, str]:
     """``jobs-index migrate`` in its own process: (wall s, CPU s of the process, stderr)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "jobs_index", "--db", url, "migrate"],
-                          capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, "-m", "jobs_index", "--db", url, "migrate"], capture_output=True, text=True, cwd=ROOT
+    )
     wall = time.monotonic() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
@@ -135,7 +157,7 @@ def page_p50s(url: str, dialect: str, pages: int, before: bool = False) -> tuple
     assert old_sql != new_sql
     query = parse_list_query({"limit": "50"})
     timings = {"new": [], "old": []}
-    with (JobsIndex(make_engine(url)) if before else JobsIndex.open(url)) as index:
+    with JobsIndex(make_engine(url)) if before else JobsIndex.open(url) as index:
         for i in range(pages * 2):
             which = "new" if i % 2 == 0 else "old"
             if before and which == "new":
@@ -187,7 +209,9 @@ def main() -> None:
         "",
         "| what | value |",
         "| --- | --- |",
-        f"| jobs in the index | {args.jobs:,} ({size / 1e9:.2f} GB) |" if size else f"| jobs in the index | {args.jobs:,} |",
+        f"| jobs in the index | {args.jobs:,} ({size / 1e9:.2f} GB) |"
+        if size
+        else f"| jobs in the index | {args.jobs:,} |",
         f"| rows with an integral float number (flattened before 0006) | {floats:,} |",
         f"| `jobs-index migrate` wall time | {wall:.1f} s |",
         f"| its CPU time | {cpu:.1f} s |",
@@ -199,8 +223,11 @@ def main() -> None:
         "",
     ]
     if backend == "sqlite":
-        lines += ["On SQLite the wall time includes the backup copy `migrate` makes of the file "
-                  "before any upgrade (`<file>.bak-0005_filter_timeline_indexes`).", ""]
+        lines += [
+            "On SQLite the wall time includes the backup copy `migrate` makes of the file "
+            "before any upgrade (`<file>.bak-0005_filter_timeline_indexes`).",
+            "",
+        ]
     lines += ["Progress as logged:", "", "```", *progress, "```", ""]
     report = "\n".join(lines)
     print(report)

@@ -28,6 +28,7 @@ Usage (from the repo root):
   .venv/bin/python benchmarks/pg_counter_designs.py PG_URL live row 4
   .venv/bin/python benchmarks/pg_counter_designs.py PG_URL import stmt 4 4000
 """
+
 from __future__ import annotations
 
 import multiprocessing
@@ -109,7 +110,8 @@ def patch(variant: str) -> None:
         updates = {c.name: stmt.excluded[c.name] for c in queries.jobs.columns if c.name != "id"}
         updates["source"] = func.coalesce(stmt.excluded.source, queries.jobs.c.source)
         stmt = stmt.on_conflict_do_update(
-            index_elements=[queries.jobs.c.id], set_=updates,
+            index_elements=[queries.jobs.c.id],
+            set_=updates,
             where=(stmt.excluded.stage > queries.jobs.c.stage)
             | ((stmt.excluded.stage == queries.jobs.c.stage) & (stmt.excluded.raw_digest != queries.jobs.c.raw_digest)),
         ).returning(queries.jobs.c.id)
@@ -123,6 +125,7 @@ def patch(variant: str) -> None:
 
 def _nolock(services, DBAPIError):
     """Write transactions without the advisory lock; a deadlocked batch is retried."""
+
     @contextmanager
     def write_transaction(engine):
         conn = engine.connect()
@@ -161,6 +164,7 @@ def records_for(workload: str, writer: int, n: int):
     # live: overlapping jobs, stages in writer-specific order
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from tests.test_concurrency import version, writer_plan
+
     return [version(i, s) for i, s in writer_plan(writer)]
 
 
@@ -168,13 +172,14 @@ def worker(url, variant, workload, writer, n, start, results):
     try:
         patch(variant)
         from jobs_index import JobsIndex
+
         recs = records_for(workload, writer, n)
         batch = 7 if workload == "live" else 1000
         with JobsIndex.open(url) as index:
             start.wait()
             t = time.perf_counter()
             for off in range(0, len(recs), batch):
-                index.ingest(recs[off:off + batch], source=f"host-{writer % 2}", batch_size=batch)
+                index.ingest(recs[off : off + batch], source=f"host-{writer % 2}", batch_size=batch)
             results.put((writer, time.perf_counter() - t, len(recs), STATS["retries"], None))
     except Exception:
         results.put((writer, 0, 0, 0, traceback.format_exc()))
@@ -193,15 +198,24 @@ def txn_size(base: str, variants: list[str], sizes: list[int]) -> None:
                             c.exec_driver_sql(sql)
                 timings = {}
                 for step, sql, params in (
-                        ("insert", _bulk_insert_sql("postgresql", n), {"t0": T0, "step": STEP, "raw": _RAW, "digest": _DIGEST}),
-                        ("update", "UPDATE jobs SET source = 'moved'", {}),
-                        ("delete", "DELETE FROM jobs", {})):
+                    (
+                        "insert",
+                        _bulk_insert_sql("postgresql", n),
+                        {"t0": T0, "step": STEP, "raw": _RAW, "digest": _DIGEST},
+                    ),
+                    ("update", "UPDATE jobs SET source = 'moved'", {}),
+                    ("delete", "DELETE FROM jobs", {}),
+                ):
                     with index.engine.begin() as c:
                         t = time.perf_counter()
                         c.execute(text(sql), params)
                         timings[step] = time.perf_counter() - t
-                print(f"{variant:12s} rows={n:6d} " + " ".join(f"{k}={v:7.2f}s" for k, v in timings.items())
-                      + f" consistent={index.counts_consistent()}", flush=True)
+                print(
+                    f"{variant:12s} rows={n:6d} "
+                    + " ".join(f"{k}={v:7.2f}s" for k, v in timings.items())
+                    + f" consistent={index.counts_consistent()}",
+                    flush=True,
+                )
 
 
 @contextmanager
@@ -228,8 +242,9 @@ def writers_run(base: str, variant: str, workload: str, writers: int, n: int) ->
                     for sql in STMT_TRIGGERS:
                         c.exec_driver_sql(sql)
         start, results = SPAWN.Barrier(writers), SPAWN.Queue()
-        procs = [SPAWN.Process(target=worker, args=(url, variant, workload, w, n, start, results))
-                 for w in range(writers)]
+        procs = [
+            SPAWN.Process(target=worker, args=(url, variant, workload, w, n, start, results)) for w in range(writers)
+        ]
         for p in procs:
             p.start()
         outs = [results.get(timeout=3600) for _ in procs]
@@ -240,9 +255,12 @@ def writers_run(base: str, variant: str, workload: str, writers: int, n: int) ->
         rows = sum(o[2] for o in outs)
         with JobsIndex.open(url) as index:
             ok, total = index.counts_consistent(), index.total()
-        print(f"{variant:12s} {workload:6s} writers={writers} rows={rows} wall={wall:.2f}s "
-              f"rows/s={rows / wall:.0f} deadlocks_retried={sum(o[3] for o in outs)} consistent={ok} "
-              f"total={total} errors={len(errs)}", flush=True)
+        print(
+            f"{variant:12s} {workload:6s} writers={writers} rows={rows} wall={wall:.2f}s "
+            f"rows/s={rows / wall:.0f} deadlocks_retried={sum(o[3] for o in outs)} consistent={ok} "
+            f"total={total} errors={len(errs)}",
+            flush=True,
+        )
         for e in errs[:2]:
             print(e)
 

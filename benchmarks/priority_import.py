@@ -15,6 +15,7 @@ Usage::
 
 Results: ``benchmarks/results/priority-import-<backend>-<n>.md``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,8 +66,9 @@ print(json.dumps({"normalise": normalise, "ingest": ingest}))
 
 def measure(tree: Path, jobs: int, url: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    done = subprocess.run([sys.executable, "-c", MEASURE, str(jobs), url], capture_output=True,
-                          text=True, env=env, cwd=tree)
+    done = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(jobs), url], capture_output=True, text=True, env=env, cwd=tree
+    )
     if done.returncode != 0:
         raise SystemExit(done.stderr)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -112,8 +114,12 @@ def main() -> None:
     for name in trees:
         lines.append(f"| {name} 0006 | {rate(name, 'normalise'):,.0f} | {rate(name, 'ingest'):,.0f} |")
     change = [100 * (rate("after", p) / rate("before", p) - 1) for p in ("normalise", "ingest")]
-    lines += ["", f"Change: normalise {change[0]:+.1f} %, write {change[1]:+.1f} % "
-                  "(positive is faster; the machine is shared, so a few % is noise).", ""]
+    lines += [
+        "",
+        f"Change: normalise {change[0]:+.1f} %, write {change[1]:+.1f} % "
+        "(positive is faster; the machine is shared, so a few % is noise).",
+        "",
+    ]
     report = "\n".join(lines)
     print(report)
     RESULTS.mkdir(parents=True, exist_ok=True)

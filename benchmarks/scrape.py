@@ -18,6 +18,7 @@ the worst case for a table keyed by workflow) and times the same again.
     .venv/bin/python benchmarks/scrape.py --jobs 100000
     .venv/bin/python benchmarks/scrape.py --jobs 100000 --db postgresql+psycopg://postgres@127.0.0.1:5432/test
 """
+
 from __future__ import annotations
 
 import argparse
@@ -85,8 +86,11 @@ def timed(fn, repeats: int) -> list[float]:
 
 def summary(times: list[float]) -> dict:
     ordered = sorted(times)
-    return {"p50": statistics.median(ordered), "p99": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
-            "min": ordered[0]}
+    return {
+        "p50": statistics.median(ordered),
+        "p99": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
+        "min": ordered[0],
+    }
 
 
 class Served:
@@ -105,6 +109,7 @@ class Served:
             self.runner = AppRunner(self.app, access_log=None)
             await self.runner.setup()
             from aiohttp import web
+
             site = web.TCPSite(self.runner, "127.0.0.1", 0)
             await site.start()
             self.port = site._server.sockets[0].getsockname()[1]
@@ -133,8 +138,11 @@ def measure(index: JobsIndex, metrics: Metrics, repeats: int) -> tuple[dict, int
         with read_transaction(index.engine) as conn:
             conn.execute(text("SELECT source, status, n FROM job_counts WHERE workflow_id = ''")).all()
 
-    out = {"counts SQL": summary(timed(counts, repeats)), "naive SQL": summary(timed(naive, repeats)),
-           "scrape in-process": summary(timed(metrics.scrape, repeats))}
+    out = {
+        "counts SQL": summary(timed(counts, repeats)),
+        "naive SQL": summary(timed(naive, repeats)),
+        "scrape in-process": summary(timed(metrics.scrape, repeats)),
+    }
     with Served(index) as served:
         served.app[METRICS_KEY].finished = metrics.finished  # the same histograms as the writer's
         served.app[METRICS_KEY].registry = metrics.registry
@@ -158,13 +166,23 @@ def measure(index: JobsIndex, metrics: Metrics, repeats: int) -> tuple[dict, int
 
 def render(args, backend: str, n: int, build_s: float, phases: list[tuple[str, dict, int, int]]) -> str:
     load = os.getloadavg()
-    lines = [f"# Scrape cost at {n:,} jobs ({backend}, {args.sources} sources)", "",
-             f"`benchmarks/scrape.py --jobs {n} --sources {args.sources} --repeats {args.repeats}`"
-             f"{' --db <postgresql>' if backend == 'postgresql' else ''}; index built in {build_s:.0f} s.",
-             "Times in ms over sequential calls (p50 / p99 / fastest). Target (issue 17): a scrape under 5 ms.", ""]
+    lines = [
+        f"# Scrape cost at {n:,} jobs ({backend}, {args.sources} sources)",
+        "",
+        f"`benchmarks/scrape.py --jobs {n} --sources {args.sources} --repeats {args.repeats}`"
+        f"{' --db <postgresql>' if backend == 'postgresql' else ''}; index built in {build_s:.0f} s.",
+        "Times in ms over sequential calls (p50 / p99 / fastest). Target (issue 17): a scrape under 5 ms.",
+        "",
+    ]
     for title, results, rows, size in phases:
-        lines += [f"## {title}", "", f"`job_counts` rows: {rows:,}; exposition: {size:,} bytes", "",
-                  "| measured | p50 ms | p99 ms | min ms |", "|---|---:|---:|---:|"]
+        lines += [
+            f"## {title}",
+            "",
+            f"`job_counts` rows: {rows:,}; exposition: {size:,} bytes",
+            "",
+            "| measured | p50 ms | p99 ms | min ms |",
+            "|---|---:|---:|---:|",
+        ]
         for name, s in results.items():
             lines.append(f"| {name} | {s['p50'] * 1e3:.2f} | {s['p99'] * 1e3:.2f} | {s['min'] * 1e3:.2f} |")
         lines.append("")
@@ -177,8 +195,9 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=100_000)
     ap.add_argument("--sources", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=300)
-    ap.add_argument("--no-workflow-phase", action="store_true",
-                    help="skip the second phase (every job its own workflow)")
+    ap.add_argument(
+        "--no-workflow-phase", action="store_true", help="skip the second phase (every job its own workflow)"
+    )
     ap.add_argument("--db", default=None, help="PostgreSQL base URL (default: a SQLite file in _work/)")
     args = ap.parse_args()
     backend, url = target_url(args.db, args.jobs)

@@ -20,6 +20,7 @@ Usage::
     .venv/bin/python benchmarks/search.py --jobs 100000
     .venv/bin/python benchmarks/search.py --jobs 100000 --db postgresql+psycopg://postgres@127.0.0.1:5432/jobs_bench
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,16 +72,28 @@ def base_tree(commit: str) -> Path:
     tree = WORK / f"base-{commit}"
     if not (tree / "jobs_index").exists():
         tree.mkdir(parents=True, exist_ok=True)
-        archive = subprocess.run(["git", "archive", commit, "jobs_index", "migrations", "alembic.ini"],
-                                 cwd=ROOT, check=True, capture_output=True).stdout
+        archive = subprocess.run(
+            ["git", "archive", commit, "jobs_index", "migrations", "alembic.ini"],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        ).stdout
         subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
     return tree
 
 
 def run_import(url: str, path: Path, cwd: Path) -> tuple[float, str]:
-    command = [sys.executable, "-c", "import sys, jobs_index.cli as c; sys.argv[0] = 'jobs-index'; "
-               "assert c.__file__.startswith(sys.argv[1]), c.__file__; del sys.argv[1]; c.cli()",
-               str(cwd), "--db", url, "import", str(path)]
+    command = [
+        sys.executable,
+        "-c",
+        "import sys, jobs_index.cli as c; sys.argv[0] = 'jobs-index'; "
+        "assert c.__file__.startswith(sys.argv[1]), c.__file__; del sys.argv[1]; c.cli()",
+        str(cwd),
+        "--db",
+        url,
+        "import",
+        str(path),
+    ]
     started = time.perf_counter()
     done = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
     wall = time.perf_counter() - started
@@ -100,8 +113,10 @@ def disk(target: Target, n: int) -> dict:
             raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             page_size = raw.execute("PRAGMA page_size").fetchone()[0]
             free = raw.execute("PRAGMA freelist_count").fetchone()[0] * page_size
-            parts = [(str(a), int(b)) for a, b in
-                     raw.execute("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC")]
+            parts = [
+                (str(a), int(b))
+                for a, b in raw.execute("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC")
+            ]
         finally:
             raw.close()
         total = target.path.stat().st_size - free
@@ -109,10 +124,13 @@ def disk(target: Target, n: int) -> dict:
     engine = create_engine(target.url)
     try:
         with engine.connect() as conn:
-            names = [r[0] for r in conn.execute(text(
-                "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"))]
-            parts = [(name, int(conn.execute(text(f"SELECT pg_total_relation_size('\"{name}\"')")).scalar_one()))
-                     for name in names]
+            names = [
+                r[0] for r in conn.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"))
+            ]
+            parts = [
+                (name, int(conn.execute(text(f"SELECT pg_total_relation_size('\"{name}\"')")).scalar_one()))
+                for name in names
+            ]
     finally:
         engine.dispose()
     total = sum(p[1] for p in parts)
@@ -139,6 +157,7 @@ def count(index: JobsIndex, q: str, status: str | None = None) -> int:
 
 def pick_terms(index: JobsIndex, n: int, vocab: RealisticVocabulary, dataset: str) -> dict[str, str]:
     """Terms whose match counts fit the issue's bands, found by counting."""
+
     def band(lo: float, hi: float, candidates) -> str:
         for word in candidates:
             c = count(index, word)
@@ -149,8 +168,14 @@ def pick_terms(index: JobsIndex, n: int, vocab: RealisticVocabulary, dataset: st
     if dataset == "synthetic":
         with index.engine.connect() as conn:
             seed = conn.execute(text("SELECT id FROM jobs ORDER BY id LIMIT 1")).scalar_one()
-        return {"rare": seed.split("-")[0], "1%": "ComfyUI_0000*", "50%": "euler", "two words": "watercolor fox",
-                "phrase": '"neon city rain"', "prefix": "cast*"}
+        return {
+            "rare": seed.split("-")[0],
+            "1%": "ComfyUI_0000*",
+            "50%": "euler",
+            "two words": "watercolor fox",
+            "phrase": '"neon city rain"',
+            "prefix": "cast*",
+        }
     words = vocab.words
     return {
         "rare": band(min(20, n // 1000), 99, (words[i] for i in range(200, len(words), 97))),
@@ -182,8 +207,11 @@ def search_cases(index: JobsIndex, terms: dict[str, str]) -> tuple[list[Case], d
 
 
 def listing_cases() -> list[Case]:
-    return [Case("first page", {"limit": "50"}), Case("status=completed", {"limit": "50", "status": "completed"}),
-            Case("status=failed", {"limit": "50", "status": "failed"})]
+    return [
+        Case("first page", {"limit": "50"}),
+        Case("status=completed", {"limit": "50", "status": "completed"}),
+        Case("status=failed", {"limit": "50", "status": "failed"}),
+    ]
 
 
 def series(url: str, cases: list[Case], args, cwd: Path = ROOT) -> dict:
@@ -195,8 +223,18 @@ def series(url: str, cases: list[Case], args, cwd: Path = ROOT) -> dict:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    command = [sys.executable, "-c", "import sys, jobs_index.cli as c; sys.argv[0] = 'jobs-index'; c.cli()",
-               "--db", url, "serve", "--host", "127.0.0.1", "--port", str(port)]
+    command = [
+        sys.executable,
+        "-c",
+        "import sys, jobs_index.cli as c; sys.argv[0] = 'jobs-index'; c.cli()",
+        "--db",
+        url,
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     server = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}/api/jobs"
     try:
@@ -210,25 +248,44 @@ def series(url: str, cases: list[Case], args, cwd: Path = ROOT) -> dict:
     finally:
         server.terminate()
         server.wait(30)
-    return {name: {"p50": pct(r["times"], 50) * 1000, "p99": pct(r["times"], 99) * 1000,
-                   "jobs": len(r["body"]["jobs"]), "total": r["body"]["pagination"]["total"]}
-            for name, r in results.items()}
+    return {
+        name: {
+            "p50": pct(r["times"], 50) * 1000,
+            "p99": pct(r["times"], 99) * 1000,
+            "jobs": len(r["body"]["jobs"]),
+            "total": r["body"]["pagination"]["total"],
+        }
+        for name, r in results.items()
+    }
 
 
 def render(args, facts: dict) -> str:
     n, b = args.jobs, facts["build"]
-    lines = [f"# Search benchmark: {facts['backend']}, {args.dataset} dataset, N = {n:,}", "",
-             f"`benchmarks/search.py --jobs {n} --dataset {args.dataset}`, {facts['date']}, git {facts['git']}; "
-             f"base = `{args.base}` (before search: `job_nodes`, no `job_search`). 2 shared cores: "
-             "other sessions ran on the machine (load average in the JSON twin).", "",
-             "## Import (`jobs-index import <dump>` in its own process) and disk", "",
-             "| code | wall s | jobs/s | bytes/job | summary |", "| --- | ---: | ---: | ---: | --- |"]
+    lines = [
+        f"# Search benchmark: {facts['backend']}, {args.dataset} dataset, N = {n:,}",
+        "",
+        f"`benchmarks/search.py --jobs {n} --dataset {args.dataset}`, {facts['date']}, git {facts['git']}; "
+        f"base = `{args.base}` (before search: `job_nodes`, no `job_search`). 2 shared cores: "
+        "other sessions ran on the machine (load average in the JSON twin).",
+        "",
+        "## Import (`jobs-index import <dump>` in its own process) and disk",
+        "",
+        "| code | wall s | jobs/s | bytes/job | summary |",
+        "| --- | ---: | ---: | ---: | --- |",
+    ]
     for label in ("base", "search"):
         r = b[label]
-        lines.append(f"| {label} | {r['wall_s']:.1f} | **{r['jobs_per_s']:,.0f}** | **{r['disk']['per_job']:,.0f}** "
-                     f"| {r['summary']} |")
-    lines += ["", "Bytes per job by table and index (largest first):", "",
-              "| part | base B/job | search B/job |", "| --- | ---: | ---: |"]
+        lines.append(
+            f"| {label} | {r['wall_s']:.1f} | **{r['jobs_per_s']:,.0f}** | **{r['disk']['per_job']:,.0f}** "
+            f"| {r['summary']} |"
+        )
+    lines += [
+        "",
+        "Bytes per job by table and index (largest first):",
+        "",
+        "| part | base B/job | search B/job |",
+        "| --- | ---: | ---: |",
+    ]
     parts = {}
     for label in ("base", "search"):
         for name, size in b[label]["disk"]["parts"]:
@@ -236,19 +293,29 @@ def render(args, facts: dict) -> str:
     for name, sizes in sorted(parts.items(), key=lambda kv: -max(kv[1].values())):
         if max(sizes.values()) >= 1:
             lines.append(f"| {name} | {sizes.get('base', 0):,.0f} | {sizes.get('search', 0):,.0f} |")
-    lines += ["", f"## Search pages over HTTP (limit=50; {args.warmup} warm-up + {args.requests} requests each, "
-              "3 round-robin rounds)", "",
-              "| query | p50 ms | p99 ms | jobs | total | exact total alone, in-process ms | plan | note |",
-              "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
+    lines += [
+        "",
+        f"## Search pages over HTTP (limit=50; {args.warmup} warm-up + {args.requests} requests each, "
+        "3 round-robin rounds)",
+        "",
+        "| query | p50 ms | p99 ms | jobs | total | exact total alone, in-process ms | plan | note |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+    ]
     for case in facts["cases"]:
         r = facts["search"][case["name"]]
         base_name = case["name"].replace(", deep cursor", "")
         cost = facts["totals"][base_name]["count_ms"]
-        lines.append(f"| {case['name']} | **{r['p50']:.2f}** | {r['p99']:.2f} | {r['jobs']} | {r['total']:,} "
-                     f"| {cost:.2f} | {case['plan']} | {case['note']} |")
-    lines += ["", "## Plain listing pages over HTTP (same code path; only the database differs)", "",
-              "| query | base index p50 ms | search index p50 ms | base p99 | search p99 |",
-              "| --- | ---: | ---: | ---: | ---: |"]
+        lines.append(
+            f"| {case['name']} | **{r['p50']:.2f}** | {r['p99']:.2f} | {r['jobs']} | {r['total']:,} "
+            f"| {cost:.2f} | {case['plan']} | {case['note']} |"
+        )
+    lines += [
+        "",
+        "## Plain listing pages over HTTP (same code path; only the database differs)",
+        "",
+        "| query | base index p50 ms | search index p50 ms | base p99 | search p99 |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
     for name in facts["listing"]["search"]:
         a, s = facts["listing"]["base"][name], facts["listing"]["search"][name]
         lines.append(f"| {name} | {a['p50']:.2f} | {s['p50']:.2f} | {a['p99']:.2f} | {s['p99']:.2f} |")
@@ -268,8 +335,10 @@ def main() -> None:
     args = ap.parse_args()
     n = args.jobs
     path = dump(args.dataset, n)
-    targets = {"base": Target(args.db, n, label=f"{args.dataset}-{n}-base"),
-               "search": Target(args.db, n, label=f"{args.dataset}-{n}-search")}
+    targets = {
+        "base": Target(args.db, n, label=f"{args.dataset}-{n}-base"),
+        "search": Target(args.db, n, label=f"{args.dataset}-{n}-search"),
+    }
     cwd = {"base": base_tree(args.base), "search": ROOT}
     sidecar = WORK / f"search-{targets['search'].backend}-{args.dataset}-{n}.build.json"
     if args.reuse and sidecar.exists():
@@ -277,9 +346,15 @@ def main() -> None:
     else:
         built = {label: build(targets[label], path, cwd[label], n) for label in ("base", "search")}
         sidecar.write_text(json.dumps(built))
-    facts = {"backend": targets["search"].backend, "date": dt.datetime.now().isoformat(timespec="seconds"),
-             "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                   text=True).stdout.strip(), "build": built, "load": []}
+    facts = {
+        "backend": targets["search"].backend,
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "git": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip(),
+        "build": built,
+        "load": [],
+    }
     index = JobsIndex.open(targets["search"].url)
     try:
         terms = pick_terms(index, n, RealisticVocabulary(), args.dataset)
@@ -289,16 +364,19 @@ def main() -> None:
             for case in cases:
                 total = facts["totals"][case.name.replace(", deep cursor", "")]["total"]
                 query = parse_list_query(case.params)
-                jobs = [queries.count_total(conn, q) for q in
-                        (search_queries.walked_query(query), replace(query, search=None), ListQuery())]
+                jobs = [
+                    queries.count_total(conn, q)
+                    for q in (search_queries.walked_query(query), replace(query, search=None), ListQuery())
+                ]
                 case.plan = search_queries.choose_plan(query, total, 51, *jobs)
     finally:
         index.close()
     facts["cases"] = [{"name": c.name, "params": c.params, "note": c.note, "plan": c.plan} for c in cases]
     log(f"  {len(cases)} search cases over HTTP")
     facts["search"] = series(targets["search"].url, cases, args)
-    facts["listing"] = {label: series(targets[label].url, listing_cases(), args, cwd[label])
-                        for label in ("base", "search")}
+    facts["listing"] = {
+        label: series(targets[label].url, listing_cases(), args, cwd[label]) for label in ("base", "search")
+    }
     report = render(args, facts)
     print(report)
     if not args.no_write:

@@ -24,6 +24,7 @@ Usage::
     .venv/bin/python benchmarks/web_page.py --jobs 100000 --reuse
     .venv/bin/python benchmarks/web_page.py --jobs 100000 --db postgresql+psycopg://postgres@127.0.0.1:5432/jobs_bench
 """
+
 from __future__ import annotations
 
 import argparse
@@ -98,11 +99,17 @@ async def measure(base: str, cursor: str, requests: int) -> tuple[dict, dict]:
         async def api_failed() -> float:
             return (await get("/api/jobs", {"limit": "50", "status": "failed"}))[0]
 
-        cases = {"api page (first)": api_first, "page first list": first_list,
-                 "api page (cursor, half-way)": api_cursor, "page scroll (cursor, half-way)": scroll,
-                 "api page (status=failed)": api_failed, "page status=failed list": failed_view,
-                 "page counts (sent alongside)": counts, "page counts, status=failed": failed_counts,
-                 "page poll (list + counts)": poll}
+        cases = {
+            "api page (first)": api_first,
+            "page first list": first_list,
+            "api page (cursor, half-way)": api_cursor,
+            "page scroll (cursor, half-way)": scroll,
+            "api page (status=failed)": api_failed,
+            "page status=failed list": failed_view,
+            "page counts (sent alongside)": counts,
+            "page counts, status=failed": failed_counts,
+            "page poll (list + counts)": poll,
+        }
         times: dict[str, list[float]] = {name: [] for name in cases}
         for fn in cases.values():  # warm-up
             for _ in range(5):
@@ -132,21 +139,39 @@ def main() -> None:
 
     p50 = {name: bench.pct(t, 50) for name, t in times.items()}
     p99 = {name: bench.pct(t, 99) for name, t in times.items()}
-    pairs = [("page first list", "api page (first)"), ("page scroll (cursor, half-way)", "api page (cursor, half-way)"),
-             ("page status=failed list", "api page (status=failed)"),
-             ("page counts (sent alongside)", "api page (first)")]
-    lines = [f"# History page, {target.backend}, {total:,} jobs", "",
-             f"Measured {dt.datetime.now().isoformat(timespec='seconds')} by `benchmarks/web_page.py"
-             f" --jobs {args.jobs}`; {args.requests} sequential requests per case, one keep-alive connection.", "",
-             "## First load: the page's files", "", "| file | bytes sent | gzipped |", "|---|---:|---:|"]
+    pairs = [
+        ("page first list", "api page (first)"),
+        ("page scroll (cursor, half-way)", "api page (cursor, half-way)"),
+        ("page status=failed list", "api page (status=failed)"),
+        ("page counts (sent alongside)", "api page (first)"),
+    ]
+    lines = [
+        f"# History page, {target.backend}, {total:,} jobs",
+        "",
+        f"Measured {dt.datetime.now().isoformat(timespec='seconds')} by `benchmarks/web_page.py"
+        f" --jobs {args.jobs}`; {args.requests} sequential requests per case, one keep-alive connection.",
+        "",
+        "## First load: the page's files",
+        "",
+        "| file | bytes sent | gzipped |",
+        "|---|---:|---:|",
+    ]
     for path, size in files.items():
         lines.append(f"| `{path}` | {size['bytes']:,} | {size['gzip']:,} |")
-    lines.append(f"| **total** | **{sum(s['bytes'] for s in files.values()):,}** | "
-                 f"**{sum(s['gzip'] for s in files.values()):,}** |")
-    lines += ["", "## Requests", "",
-              "A page list is `GET /api/jobs?limit=50&include=source` (its jobs' sources in the same answer);",
-              "the counts request is sent alongside the first list and with each poll.", "",
-              "| case | p50 | p99 |", "|---|---:|---:|"]
+    lines.append(
+        f"| **total** | **{sum(s['bytes'] for s in files.values()):,}** | "
+        f"**{sum(s['gzip'] for s in files.values()):,}** |"
+    )
+    lines += [
+        "",
+        "## Requests",
+        "",
+        "A page list is `GET /api/jobs?limit=50&include=source` (its jobs' sources in the same answer);",
+        "the counts request is sent alongside the first list and with each poll.",
+        "",
+        "| case | p50 | p99 |",
+        "|---|---:|---:|",
+    ]
     for name in times:
         lines.append(f"| {name} | {bench.ms(p50[name])} | {bench.ms(p99[name])} |")
     lines += ["", "| page view / its API page (p50) | ratio |", "|---|---:|"]
@@ -157,8 +182,9 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"web_page-{target.backend}-{args.jobs}"
     stem.with_suffix(".md").write_text(text)
-    stem.with_suffix(".json").write_text(json.dumps(
-        {"jobs": total, "files": files, "p50_s": p50, "p99_s": p99, "requests": args.requests}, indent=1))
+    stem.with_suffix(".json").write_text(
+        json.dumps({"jobs": total, "files": files, "p50_s": p50, "p99_s": p99, "requests": args.requests}, indent=1)
+    )
 
 
 if __name__ == "__main__":

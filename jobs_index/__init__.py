@@ -6,6 +6,7 @@
 
 Exports are loaded on first use, so ``jobs-index --help`` does not import SQLAlchemy.
 """
+
 from __future__ import annotations
 
 from importlib import import_module

@@ -1,4 +1,5 @@
 """``python -m jobs_index``: the ``jobs-index`` command."""
+
 from .cli import main
 
 main()

@@ -16,6 +16,7 @@ Read-only is enforced by the database connection, never by reading the SQL text:
 
 Rows are streamed (never all in memory); values are Python values from the driver.
 """
+
 from __future__ import annotations
 
 import sqlite3
@@ -37,18 +38,50 @@ class SqlError(JobsIndexError):
 
 # PRAGMAs that only read. Any other PRAGMA, or one of these given a value, is refused.
 # (``data_version`` is read by SQLite's FTS5 module itself: ``job_search_fts MATCH``.)
-READ_PRAGMAS = frozenset({
-    "application_id", "collation_list", "compile_options", "data_version", "database_list", "encoding",
-    "foreign_key_check", "foreign_key_list", "freelist_count", "function_list",
-    "index_info", "index_list", "index_xinfo", "integrity_check", "journal_mode",
-    "module_list", "page_count", "page_size", "pragma_list", "quick_check",
-    "schema_version", "table_info", "table_list", "table_xinfo", "user_version",
-})
+READ_PRAGMAS = frozenset(
+    {
+        "application_id",
+        "collation_list",
+        "compile_options",
+        "data_version",
+        "database_list",
+        "encoding",
+        "foreign_key_check",
+        "foreign_key_list",
+        "freelist_count",
+        "function_list",
+        "index_info",
+        "index_list",
+        "index_xinfo",
+        "integrity_check",
+        "journal_mode",
+        "module_list",
+        "page_count",
+        "page_size",
+        "pragma_list",
+        "quick_check",
+        "schema_version",
+        "table_info",
+        "table_list",
+        "table_xinfo",
+        "user_version",
+    }
+)
 # These take an argument that names what to read (a table, an index), not a new value.
-PRAGMAS_WITH_ARGUMENT = frozenset({
-    "foreign_key_check", "foreign_key_list", "index_info", "index_list", "index_xinfo",
-    "integrity_check", "quick_check", "table_info", "table_list", "table_xinfo",
-})
+PRAGMAS_WITH_ARGUMENT = frozenset(
+    {
+        "foreign_key_check",
+        "foreign_key_list",
+        "index_info",
+        "index_list",
+        "index_xinfo",
+        "integrity_check",
+        "quick_check",
+        "table_info",
+        "table_list",
+        "table_xinfo",
+    }
+)
 
 
 @dataclass
@@ -70,6 +103,7 @@ def _sqlite_authorizer(refusals: list[str]):
                 refusals.append(f"PRAGMA {name} is not allowed in read-only SQL (only reading pragmas are)")
                 return sqlite3.SQLITE_DENY
         return sqlite3.SQLITE_OK
+
     return authorize
 
 

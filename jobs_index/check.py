@@ -17,6 +17,7 @@ batch by batch (a writer's transaction each; PostgreSQL locks the batch's rows),
 then the counters (``JobsIndex.repair_counts``). A ``raw`` that cannot be read or
 normalised is reported, never changed or deleted.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,17 @@ from . import check_queries as cq
 from . import queries
 from .database import read_transaction, write_transaction
 from .errors import InvalidItem
-from .normalize import (KIND_HISTORY, JobRecord, answer_text, column_text, decode_raw, from_history, from_queue,
-                        loads_exact, raw_json)
+from .normalize import (
+    KIND_HISTORY,
+    JobRecord,
+    answer_text,
+    column_text,
+    decode_raw,
+    from_history,
+    from_queue,
+    loads_exact,
+    raw_json,
+)
 from .search import document
 from .services import JobsIndex
 from .write_queries import pg_priority
@@ -115,8 +125,7 @@ def _search_row(row, record: JobRecord, copies_from_row: bool) -> tuple:
     (the row's own columns being wrong: a repair rewrites them, and the copies
     follow), and the search document's name lists."""
     doc = record.search if record.search is not None else document(row.raw_kind, decode_raw(row.raw))
-    listed = tuple(getattr(row if copies_from_row or name == "source" else record, name)
-                   for name in cq.SEARCH_LISTED)
+    listed = tuple(getattr(row if copies_from_row or name == "source" else record, name) for name in cq.SEARCH_LISTED)
     return (*listed, _json_list(doc.node_types), _json_list(doc.models), _json_list(doc.loras))
 
 
@@ -154,8 +163,9 @@ def _check_batch(conn, after: str | None, size: int, repair: bool, report: Check
             new_outputs += [{**o, "job_id": row.id} for o in record.output_files]
             # The search row is written from ComfyUI's values (search_queries maps them
             # to the column form) and the row's source, as the row will be after repair.
-            new_search.append(replace(record, id=answer_text(row.id), workflow_id=answer_text(record.workflow_id),
-                                      source=row.source))
+            new_search.append(
+                replace(record, id=answer_text(row.id), workflow_id=answer_text(record.workflow_id), source=row.source)
+            )
     orphan_ids = sorted(outputs.keys() | searches.keys())  # side rows in this id range with no job
     for job_id in orphan_ids:
         report.orphans.add(job_id, len(outputs.get(job_id, ())) + len(searches.get(job_id, ())))
@@ -164,8 +174,13 @@ def _check_batch(conn, after: str | None, size: int, repair: bool, report: Check
     return last
 
 
-def check(index: JobsIndex, *, repair: bool = False, batch_size: int = BATCH_SIZE,
-          progress: Callable[[int], None] | None = None) -> CheckReport:
+def check(
+    index: JobsIndex,
+    *,
+    repair: bool = False,
+    batch_size: int = BATCH_SIZE,
+    progress: Callable[[int], None] | None = None,
+) -> CheckReport:
     """Verify (and with ``repair`` rebuild) derived columns, side rows and counters."""
     report = CheckReport(repaired=repair)
     transaction = write_transaction if repair else read_transaction
@@ -184,6 +199,9 @@ def check(index: JobsIndex, *, repair: bool = False, batch_size: int = BATCH_SIZ
     else:
         with read_transaction(index.engine) as conn:
             actual, stored = queries.recount(conn), queries.stored_counts(conn)
-        report.counters = {key: (stored.get(key, 0), actual.get(key, 0)) for key in stored.keys() | actual.keys()
-                           if stored.get(key, 0) != actual.get(key, 0)}
+        report.counters = {
+            key: (stored.get(key, 0), actual.get(key, 0))
+            for key in stored.keys() | actual.keys()
+            if stored.get(key, 0) != actual.get(key, 0)
+        }
     return report

@@ -6,6 +6,7 @@ transactions belong to ``check`` (the service). A batch is the jobs with ids in
 ``(after, last]``; side rows are read by the same id range, so side rows whose job
 is gone (orphans) are found batch by batch too.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -21,10 +22,25 @@ job_outputs = schema.JobOutput.__table__
 # The columns derived from ``raw`` (``normalize.from_history`` / ``from_queue``).
 # Not derived: id, source (the writer's), raw itself, raw_digest (change detection
 # of the item as received), indexed_at.
-DERIVED_COLUMNS = ("status", "stage", "priority", "priority_json", "create_time", "create_time_missing",
-                   "execution_start_time", "execution_end_time", "execution_duration", "outputs_count",
-                   "preview_output", "execution_error", "error_type", "error_message", "error_node_id",
-                   "error_node_type", "workflow_id")
+DERIVED_COLUMNS = (
+    "status",
+    "stage",
+    "priority",
+    "priority_json",
+    "create_time",
+    "create_time_missing",
+    "execution_start_time",
+    "execution_end_time",
+    "execution_duration",
+    "outputs_count",
+    "preview_output",
+    "execution_error",
+    "error_type",
+    "error_message",
+    "error_node_id",
+    "error_node_type",
+    "workflow_id",
+)
 OUTPUT_COLUMNS = ("ordinal", "node_id", "media_type", "filename", "subfolder", "type")
 # job_search (migration 0008): the listing columns it copies from the job's row, and
 # the search document's name lists (JSON text); the full-text part (SQLite's
@@ -38,9 +54,11 @@ def job_batch(conn: Connection, after: str | None, limit: int, *, for_update: bo
     raw and the derived columns. ``for_update``: PostgreSQL locks them until the
     transaction ends (a repair then writes what their current raw says; SQLite's
     writer transaction holds the database's only write lock anyway)."""
-    stmt = (select(jobs.c.id, jobs.c.raw_kind, jobs.c.raw, jobs.c.source,
-                   *(jobs.c[name] for name in DERIVED_COLUMNS))
-            .order_by(jobs.c.id).limit(limit))
+    stmt = (
+        select(jobs.c.id, jobs.c.raw_kind, jobs.c.raw, jobs.c.source, *(jobs.c[name] for name in DERIVED_COLUMNS))
+        .order_by(jobs.c.id)
+        .limit(limit)
+    )
     if after is not None:
         stmt = stmt.where(jobs.c.id > after)
     if for_update and conn.dialect.name == "postgresql":
@@ -66,12 +84,15 @@ def side_rows_between(conn: Connection, after: str | None, last: str | None) -> 
     bounds = [job_outputs.c.job_id > after] if after is not None else []
     if last is not None:
         bounds.append(job_outputs.c.job_id <= last)
-    outputs = conn.execute(select(job_outputs.c.job_id, *(job_outputs.c[c] for c in OUTPUT_COLUMNS))
-                           .where(*bounds)
-                           .order_by(job_outputs.c.job_id, job_outputs.c.ordinal)).all()
+    outputs = conn.execute(
+        select(job_outputs.c.job_id, *(job_outputs.c[c] for c in OUTPUT_COLUMNS))
+        .where(*bounds)
+        .order_by(job_outputs.c.job_id, job_outputs.c.ordinal)
+    ).all()
     where, params = _in_range("job_id", after, last)
-    search = conn.execute(text(f"SELECT job_id, {', '.join(SEARCH_COLUMNS)} FROM job_search WHERE {where} "
-                               "ORDER BY job_id"), dict(params)).all()
+    search = conn.execute(
+        text(f"SELECT job_id, {', '.join(SEARCH_COLUMNS)} FROM job_search WHERE {where} ORDER BY job_id"), dict(params)
+    ).all()
     return outputs, search
 
 

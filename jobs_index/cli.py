@@ -3,6 +3,7 @@
 Every command takes the global ``--db`` (or ``JOBS_INDEX_DB``); errors are printed
 as one line on stderr with a non-zero exit status, never as a traceback.
 """
+
 from __future__ import annotations
 
 import logging
@@ -65,10 +66,14 @@ IMPORT_BATCH_SIZE = 10_000
 @click.group(cls=IndexGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--db", envvar=ENV_VAR, metavar="URL", help=DB_HELP)
 @click.option("-v", "--verbose", is_flag=True, help="Log more (SQL warnings, upgrades).")
-@click.option("--auto-migrate", is_flag=True, envvar=AUTO_MIGRATE_ENV,
-              help=f"Upgrade an older PostgreSQL schema when opening it (also ${AUTO_MIGRATE_ENV}=1). "
-                   "Without it a shared PostgreSQL database is upgraded only by `migrate`; "
-                   "a SQLite file is always upgraded on open, after a backup.")
+@click.option(
+    "--auto-migrate",
+    is_flag=True,
+    envvar=AUTO_MIGRATE_ENV,
+    help=f"Upgrade an older PostgreSQL schema when opening it (also ${AUTO_MIGRATE_ENV}=1). "
+    "Without it a shared PostgreSQL database is upgraded only by `migrate`; "
+    "a SQLite file is always upgraded on open, after a backup.",
+)
 @click.version_option(__version__, prog_name="jobs-index")
 @click.pass_context
 def cli(ctx: click.Context, db: str | None, verbose: bool, auto_migrate: bool) -> None:
@@ -81,8 +86,9 @@ def cli(ctx: click.Context, db: str | None, verbose: bool, auto_migrate: bool) -
       jobs-index --db sqlite:///jobs.sqlite3 import history.json queue.json
       jobs-index --db sqlite:///jobs.sqlite3 serve --port 8189
     """
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     if auto_migrate:  # every open in this process (serve, follow, retention) sees it
         os.environ[AUTO_MIGRATE_ENV] = "1"
     ctx.obj = Context(db)
@@ -99,18 +105,31 @@ def summary_line(result, files: int) -> str:
 @cli.command("import")
 @click.argument("files", nargs=-1, required=True, metavar="FILE...")
 @click.option("--source", metavar="NAME", help="Record NAME as the source of these jobs (e.g. the ComfyUI host).")
-@click.option("--batch-size", default=IMPORT_BATCH_SIZE, show_default=True,
-              help="Jobs per transaction. Large batches write each index page once for many jobs "
-                   "(a killed import keeps every batch committed before it).")
-@click.option("--workers", type=click.IntRange(0, 64), default=None,
-              help="Processes normalising a large dump while this one writes (default: cores - 1; 0: none).")
-@click.option("--bulk/--no-bulk", default=True, show_default=True,
-              help="Into an empty SQLite index: load in one transaction and build the indexes once at "
-                   "the end (several times faster for a large history; all or nothing). --no-bulk commits "
-                   "batch by batch, so a server sees the jobs arrive and a killed import keeps them.")
+@click.option(
+    "--batch-size",
+    default=IMPORT_BATCH_SIZE,
+    show_default=True,
+    help="Jobs per transaction. Large batches write each index page once for many jobs "
+    "(a killed import keeps every batch committed before it).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(0, 64),
+    default=None,
+    help="Processes normalising a large dump while this one writes (default: cores - 1; 0: none).",
+)
+@click.option(
+    "--bulk/--no-bulk",
+    default=True,
+    show_default=True,
+    help="Into an empty SQLite index: load in one transaction and build the indexes once at "
+    "the end (several times faster for a large history; all or nothing). --no-bulk commits "
+    "batch by batch, so a server sees the jobs arrive and a killed import keeps them.",
+)
 @pass_ctx
-def import_(ctx: Context, files: tuple[str, ...], source: str | None, batch_size: int,
-            workers: int | None, bulk: bool) -> None:
+def import_(
+    ctx: Context, files: tuple[str, ...], source: str | None, batch_size: int, workers: int | None, bulk: bool
+) -> None:
     """Import ComfyUI /history and /queue dumps (JSON files, or - for stdin).
 
     The kind of each file is detected from its shape. Importing is idempotent; a
@@ -136,9 +155,15 @@ def import_(ctx: Context, files: tuple[str, ...], source: str | None, batch_size
 
     with ctx.open() as index:
         try:
-            result, errors = import_paths(index, files, source=source, batch_size=batch_size,
-                                          on_dump=on_dump, bulk=bulk,
-                                          workers=default_workers() if workers is None else workers)
+            result, errors = import_paths(
+                index,
+                files,
+                source=source,
+                batch_size=batch_size,
+                on_dump=on_dump,
+                bulk=bulk,
+                workers=default_workers() if workers is None else workers,
+            )
         finally:
             for finish in finishers:
                 finish()
@@ -156,14 +181,27 @@ def import_(ctx: Context, files: tuple[str, ...], source: str | None, batch_size
 
 
 @cli.command()
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to bind. The default answers only this machine; 0.0.0.0 exposes the API.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to bind. The default answers only this machine; 0.0.0.0 exposes the API.",
+)
 @click.option("--port", default=8189, show_default=True, type=click.IntRange(0, 65535))
-@click.option("--pool-size", default=8, show_default=True, type=click.IntRange(1, 256),
-              help="Database connections (and worker threads) of this server process.")
-@click.option("--retention", "retention_ms", type=Duration(), metavar="DURATION",
-              help="Also prune finished jobs created longer ago than DURATION (e.g. 90d), "
-                   "at start and then every hour.")
+@click.option(
+    "--pool-size",
+    default=8,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    help="Database connections (and worker threads) of this server process.",
+)
+@click.option(
+    "--retention",
+    "retention_ms",
+    type=Duration(),
+    metavar="DURATION",
+    help="Also prune finished jobs created longer ago than DURATION (e.g. 90d), at start and then every hour.",
+)
 @LOG_FORMAT_OPTION
 @pass_ctx
 def serve(ctx: Context, host: str, port: int, pool_size: int, retention_ms: int | None, log_format: str) -> None:
@@ -186,8 +224,14 @@ def serve(ctx: Context, host: str, port: int, pool_size: int, retention_ms: int 
 
 
 @cli.command()
-@click.option("--jobs", "count", default=500, show_default=True, type=click.IntRange(1, 1_000_000),
-              help="How many sample jobs to generate.")
+@click.option(
+    "--jobs",
+    "count",
+    default=500,
+    show_default=True,
+    type=click.IntRange(1, 1_000_000),
+    help="How many sample jobs to generate.",
+)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8189, show_default=True, type=click.IntRange(0, 65535))
 @pass_ctx

@@ -1,6 +1,7 @@
 """Live-ingestion commands: ``follow`` (out of process) and ``install-comfyui`` (the
 custom node). Registered on the ``jobs-index`` group by ``cli.py``; heavy imports
 happen inside the commands, so ``jobs-index --help`` stays fast."""
+
 from __future__ import annotations
 
 import sys
@@ -11,8 +12,13 @@ from .logformat import FORMATS, use_format
 
 
 LOG_FORMAT_OPTION = click.option(
-    "--log-format", type=click.Choice(FORMATS), default="text", show_default=True, envvar="JOBS_INDEX_LOG_FORMAT",
-    help="json: one JSON object per log event and line, on stderr (also $JOBS_INDEX_LOG_FORMAT).")
+    "--log-format",
+    type=click.Choice(FORMATS),
+    default="text",
+    show_default=True,
+    envvar="JOBS_INDEX_LOG_FORMAT",
+    help="json: one JSON object per log event and line, on stderr (also $JOBS_INDEX_LOG_FORMAT).",
+)
 
 
 def register(cli: click.Group) -> None:
@@ -22,18 +28,35 @@ def register(cli: click.Group) -> None:
 
 @click.command()
 @click.argument("urls", nargs=-1, required=True, metavar="URL...")
-@click.option("--source", metavar="NAME",
-              help="Source name recorded on this server's jobs (one URL only). Default: host:port of the URL.")
+@click.option(
+    "--source",
+    metavar="NAME",
+    help="Source name recorded on this server's jobs (one URL only). Default: host:port of the URL.",
+)
 @click.option("--serve", is_flag=True, help="Also serve GET /api/jobs from the index, in this process.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address --serve binds.")
 @click.option("--port", default=8189, show_default=True, type=click.IntRange(0, 65535), help="Port --serve binds.")
-@click.option("--page-size", default=100, show_default=True, type=click.IntRange(2, 10_000),
-              help="History entries per GET /history request.")
+@click.option(
+    "--page-size",
+    default=100,
+    show_default=True,
+    type=click.IntRange(2, 10_000),
+    help="History entries per GET /history request.",
+)
 @click.option("--once", is_flag=True, help="Sync each server once (history and queue), then exit.")
 @LOG_FORMAT_OPTION
 @click.pass_obj
-def follow(ctx, urls: tuple[str, ...], source: str | None, serve: bool, host: str, port: int,
-           page_size: int, once: bool, log_format: str) -> None:
+def follow(
+    ctx,
+    urls: tuple[str, ...],
+    source: str | None,
+    serve: bool,
+    host: str,
+    port: int,
+    page_size: int,
+    once: bool,
+    log_format: str,
+) -> None:
     """Follow running ComfyUI servers: backfill, then stay current live.
 
     Reads each server's /history (paged) and /queue, then listens on its websocket
@@ -55,9 +78,14 @@ def follow(ctx, urls: tuple[str, ...], source: str | None, serve: bool, host: st
 
     targets = make_targets(urls, source)
     with ctx.open() as index:
-        run(index, targets, page_size=page_size, once=once,
+        run(
+            index,
+            targets,
+            page_size=page_size,
+            once=once,
             serve=ServerConfig(host=host, port=port) if serve else None,
-            print_fn=announce)
+            print_fn=announce,
+        )
 
 
 @click.command("install-comfyui")
@@ -86,6 +114,8 @@ def install_comfyui(comfyui_dir: str, uninstall: bool) -> None:
         return
     shim = install(comfyui_dir)
     click.echo(f"installed {shim}")
-    click.echo("Restart ComfyUI. jobs-index must be installed in ComfyUI's Python, e.g.\n"
-               "  <ComfyUI's python> -m pip install jobs-index\n"
-               f"(this jobs-index runs on {sys.executable})")
+    click.echo(
+        "Restart ComfyUI. jobs-index must be installed in ComfyUI's Python, e.g.\n"
+        "  <ComfyUI's python> -m pip install jobs-index\n"
+        f"(this jobs-index runs on {sys.executable})"
+    )

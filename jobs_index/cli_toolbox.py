@@ -6,6 +6,7 @@ Bad input is one line on stderr (``Error: ...``) and exit status 2; a failed que
 or database error exits 1. Heavy modules are imported inside the commands, so
 ``jobs-index --help`` stays fast.
 """
+
 from __future__ import annotations
 
 import json
@@ -99,12 +100,18 @@ def _open_existing(obj):
 
 # -- sql -------------------------------------------------------------------------
 
+
 @click.command()
 @click.argument("query", metavar="SQL")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of row objects.")
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV with a header row.")
-@click.option("--max-width", default=60, show_default=True, type=click.IntRange(0),
-              help="Cut table cells longer than this (0: never). JSON and CSV are never cut.")
+@click.option(
+    "--max-width",
+    default=60,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Cut table cells longer than this (0: never). JSON and CSV are never cut.",
+)
 @click.pass_obj
 def sql(obj, query: str, as_json: bool, as_csv: bool, max_width: int) -> None:
     """Run one read-only SQL query (or - to read it from stdin) and print the rows.
@@ -142,6 +149,7 @@ def sql(obj, query: str, as_json: bool, as_csv: bool, max_width: int) -> None:
 
 # -- stats -----------------------------------------------------------------------
 
+
 def _seconds(ms) -> str:
     return "" if ms is None else f"{ms / 1000:.1f}"
 
@@ -155,10 +163,22 @@ def _percent(rate) -> str:
 
 
 @click.command()
-@click.option("--since", "since_ms", default="7d", show_default=True, type=Duration(allow_all=True),
-              help=f"Window: jobs created in the last DURATION, {DURATION_HELP}; or 'all'.")
-@click.option("--workflows", "top", default=20, show_default=True, type=click.IntRange(0),
-              help="Show the N workflows with the most jobs (0: all).")
+@click.option(
+    "--since",
+    "since_ms",
+    default="7d",
+    show_default=True,
+    type=Duration(allow_all=True),
+    help=f"Window: jobs created in the last DURATION, {DURATION_HELP}; or 'all'.",
+)
+@click.option(
+    "--workflows",
+    "top",
+    default=20,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Show the N workflows with the most jobs (0: all).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (durations in ms).")
 @click.pass_obj
 def stats(obj, since_ms: int | None, top: int, as_json: bool) -> None:
@@ -180,8 +200,7 @@ def stats(obj, since_ms: int | None, top: int, as_json: bool) -> None:
 
     now = now_ms()
     with _open_existing(obj) as index:
-        report = compute(index, None if since_ms is None else now - since_ms, until_ms=now,
-                         top_workflows=top or None)
+        report = compute(index, None if since_ms is None else now - since_ms, until_ms=now, top_workflows=top or None)
     if as_json:
         click.echo(json.dumps(report.as_json(), indent=2))
         return
@@ -190,25 +209,45 @@ def stats(obj, since_ms: int | None, top: int, as_json: bool) -> None:
     lines.append(format_table(["status", "jobs"], [[s, n] for s, n in report.counts.items()], footer=False))
     d = report.duration
     lines.append(f"failure rate: {_percent(report.failure_rate) or 'n/a'} (failed / finished)")
-    lines.append(f"duration of completed jobs: n={d['n']}  p50 {_seconds(d['p50']) or '-'} s  "
-                 f"p95 {_seconds(d['p95']) or '-'} s  mean {_seconds(d['mean']) or '-'} s")
+    lines.append(
+        f"duration of completed jobs: n={d['n']}  p50 {_seconds(d['p50']) or '-'} s  "
+        f"p95 {_seconds(d['p95']) or '-'} s  mean {_seconds(d['mean']) or '-'} s"
+    )
     lines.append("")
     statuses = list(report.counts)
-    lines.append(format_table(["day (UTC)", "total", *statuses],
-                              [[day["day"], day["total"], *(day[s] for s in statuses)] for day in report.per_day],
-                              footer=False))
+    lines.append(
+        format_table(
+            ["day (UTC)", "total", *statuses],
+            [[day["day"], day["total"], *(day[s] for s in statuses)] for day in report.per_day],
+            footer=False,
+        )
+    )
     shown = len(report.workflows)
     lines.append(f"workflows: {shown} shown of {report.workflows_total}")
-    lines.append(format_table(
-        ["workflow_id", "total", "completed", "failed", "cancelled", "fail rate", "p50 s", "p95 s"],
-        [[w["workflow_id"] if w["workflow_id"] is not None else "(none)", w["total"], w["completed"],
-          w["failed"], w["cancelled"], _percent(w["failure_rate"]), _seconds_value(w["duration_ms"]["p50"]),
-          _seconds_value(w["duration_ms"]["p95"])] for w in report.workflows],
-        footer=False))
+    lines.append(
+        format_table(
+            ["workflow_id", "total", "completed", "failed", "cancelled", "fail rate", "p50 s", "p95 s"],
+            [
+                [
+                    w["workflow_id"] if w["workflow_id"] is not None else "(none)",
+                    w["total"],
+                    w["completed"],
+                    w["failed"],
+                    w["cancelled"],
+                    _percent(w["failure_rate"]),
+                    _seconds_value(w["duration_ms"]["p50"]),
+                    _seconds_value(w["duration_ms"]["p95"]),
+                ]
+                for w in report.workflows
+            ],
+            footer=False,
+        )
+    )
     click.echo("\n".join(lines).rstrip("\n"))
 
 
 # -- prune -----------------------------------------------------------------------
+
 
 def _by_status(removed: dict[str, int]) -> str:
     from .units import STATUS_ORDER
@@ -218,19 +257,39 @@ def _by_status(removed: dict[str, int]) -> str:
 
 
 @click.command()
-@click.option("--older-than", "older_than_ms", type=Duration(), metavar="DURATION",
-              help=f"Remove jobs created longer ago than DURATION, {DURATION_HELP}.")
-@click.option("--keep", type=click.IntRange(0), metavar="N",
-              help="Keep only the newest N jobs (by create_time) of the selected statuses.")
-@click.option("--status", "statuses", type=Statuses(), metavar="STATUS[,STATUS...]",
-              help="Only these statuses [default: completed,failed,cancelled]; pending and "
-                   "in_progress jobs are pruned only when named here.")
+@click.option(
+    "--older-than",
+    "older_than_ms",
+    type=Duration(),
+    metavar="DURATION",
+    help=f"Remove jobs created longer ago than DURATION, {DURATION_HELP}.",
+)
+@click.option(
+    "--keep",
+    type=click.IntRange(0),
+    metavar="N",
+    help="Keep only the newest N jobs (by create_time) of the selected statuses.",
+)
+@click.option(
+    "--status",
+    "statuses",
+    type=Statuses(),
+    metavar="STATUS[,STATUS...]",
+    help="Only these statuses [default: completed,failed,cancelled]; pending and "
+    "in_progress jobs are pruned only when named here.",
+)
 @click.option("--dry-run", is_flag=True, help="Report what would be removed; change nothing.")
-@click.option("--batch-size", default=1000, show_default=True, type=click.IntRange(1, 100_000),
-              help="Jobs deleted per transaction (readers and writers wait at most one batch).")
+@click.option(
+    "--batch-size",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(1, 100_000),
+    help="Jobs deleted per transaction (readers and writers wait at most one batch).",
+)
 @click.pass_obj
-def prune(obj, older_than_ms: int | None, keep: int | None, statuses: tuple[str, ...] | None,
-          dry_run: bool, batch_size: int) -> None:
+def prune(
+    obj, older_than_ms: int | None, keep: int | None, statuses: tuple[str, ...] | None, dry_run: bool, batch_size: int
+) -> None:
     """Remove old jobs from the index: by age, by count, or by status.
 
     With both --older-than and --keep, a job goes if either says so; --status narrows
@@ -263,17 +322,29 @@ def prune(obj, older_than_ms: int | None, keep: int | None, statuses: tuple[str,
 
 # -- export ----------------------------------------------------------------------
 
+
 @click.command()
-@click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default="-",
-              show_default=True, help="Write to this file (- for stdout).")
-@click.option("--status", "statuses", type=Statuses(), metavar="STATUS[,STATUS...]",
-              help="Only jobs with these statuses.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    default="-",
+    show_default=True,
+    help="Write to this file (- for stdout).",
+)
+@click.option(
+    "--status", "statuses", type=Statuses(), metavar="STATUS[,STATUS...]", help="Only jobs with these statuses."
+)
 @click.option("--workflow-id", metavar="ID", help="Only jobs of this workflow.")
-@click.option("--since", "since_ms", type=Duration(), metavar="DURATION",
-              help=f"Only jobs created in the last DURATION, {DURATION_HELP}.")
+@click.option(
+    "--since",
+    "since_ms",
+    type=Duration(),
+    metavar="DURATION",
+    help=f"Only jobs created in the last DURATION, {DURATION_HELP}.",
+)
 @click.pass_obj
-def export(obj, output: str, statuses: tuple[str, ...] | None, workflow_id: str | None,
-           since_ms: int | None) -> None:
+def export(obj, output: str, statuses: tuple[str, ...] | None, workflow_id: str | None, since_ms: int | None) -> None:
     """Export jobs as JSONL (one job per line, oldest first), for backup or moving
     an index between SQLite and PostgreSQL; 'jobs-index import' reads it back.
 
@@ -311,9 +382,10 @@ def export(obj, output: str, statuses: tuple[str, ...] | None, workflow_id: str 
 
 # -- check -----------------------------------------------------------------------
 
+
 def _counter_key(key: tuple[str, str, str]) -> str:
     source, workflow_id, status = key
-    return (f"{status} (source {source or 'all'}, workflow {workflow_id or 'all'})")
+    return f"{status} (source {source or 'all'}, workflow {workflow_id or 'all'})"
 
 
 def _finding_line(label: str, finding, fixed: bool) -> str:
@@ -324,11 +396,15 @@ def _finding_line(label: str, finding, fixed: bool) -> str:
 
 
 @click.command()
-@click.option("--repair", is_flag=True,
-              help="Rewrite what differs from the rows: derived columns and side rows from raw, "
-                   "then job_counts from a recount. Unreadable raw is reported, never changed.")
-@click.option("--batch-size", default=1000, show_default=True, type=click.IntRange(1, 100_000),
-              help="Jobs per transaction.")
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Rewrite what differs from the rows: derived columns and side rows from raw, "
+    "then job_counts from a recount. Unreadable raw is reported, never changed.",
+)
+@click.option(
+    "--batch-size", default=1000, show_default=True, type=click.IntRange(1, 100_000), help="Jobs per transaction."
+)
 @click.pass_obj
 def check(obj, repair: bool, batch_size: int) -> None:
     """Verify job_counts, job_outputs/job_search and the columns derived from raw.
@@ -381,21 +457,43 @@ SEARCH_COLUMNS = ("created_at", "status", "source", "id", "output", "match")
 
 @click.command()
 @click.argument("query", metavar="QUERY")
-@click.option("--status", "statuses", type=Statuses(), metavar="STATUS[,STATUS...]",
-              help="Only jobs with these statuses.")
+@click.option(
+    "--status", "statuses", type=Statuses(), metavar="STATUS[,STATUS...]", help="Only jobs with these statuses."
+)
 @click.option("--source", metavar="NAME", help="Only jobs from this source.")
 @click.option("--workflow-id", metavar="ID", help="Only jobs of this workflow.")
-@click.option("--since", "since_ms", type=Duration(), metavar="DURATION",
-              help=f"Only jobs created in the last DURATION, {DURATION_HELP}.")
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(0),
-              help="Print at most this many jobs (0: all).")
+@click.option(
+    "--since",
+    "since_ms",
+    type=Duration(),
+    metavar="DURATION",
+    help=f"Only jobs created in the last DURATION, {DURATION_HELP}.",
+)
+@click.option(
+    "--limit", default=50, show_default=True, type=click.IntRange(0), help="Print at most this many jobs (0: all)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of objects (created_at in ms too).")
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV with a header row.")
-@click.option("--max-width", default=60, show_default=True, type=click.IntRange(0),
-              help="Cut table cells longer than this (0: never). JSON and CSV are never cut.")
+@click.option(
+    "--max-width",
+    default=60,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Cut table cells longer than this (0: never). JSON and CSV are never cut.",
+)
 @click.pass_obj
-def search(obj, query: str, statuses: tuple[str, ...] | None, source: str | None, workflow_id: str | None,
-           since_ms: int | None, limit: int, as_json: bool, as_csv: bool, max_width: int) -> None:
+def search(
+    obj,
+    query: str,
+    statuses: tuple[str, ...] | None,
+    source: str | None,
+    workflow_id: str | None,
+    since_ms: int | None,
+    limit: int,
+    as_json: bool,
+    as_csv: bool,
+    max_width: int,
+) -> None:
     """Find jobs by prompt text, model and LoRA names, seeds, node types, output
     file names and errors: newest first, one line per job with the matching text
     (the matched words in [brackets]).
@@ -422,16 +520,23 @@ def search(obj, query: str, statuses: tuple[str, ...] | None, source: str | None
 
     if as_json and as_csv:
         raise BadInput("choose one of --json and --csv")
-    listing = ListQuery(statuses=statuses or STATUSES, workflow_id=workflow_id or None, source=source or None,
-                        limit=limit or None, search=parse(query))
+    listing = ListQuery(
+        statuses=statuses or STATUSES,
+        workflow_id=workflow_id or None,
+        source=source or None,
+        limit=limit or None,
+        search=parse(query),
+    )
     since = None if since_ms is None else now_ms() - since_ms
     with _open_existing(obj) as index, _reader_may_leave():
         hits = list(index.search(listing, since_ms=since))
     out = click.get_text_stream("stdout")
     if as_json:
-        write_json(out, ("create_time", *SEARCH_COLUMNS),
-                   [(h.create_time, iso_ms(h.create_time), h.status, h.source, h.id, h.output, h.text)
-                    for h in hits])
+        write_json(
+            out,
+            ("create_time", *SEARCH_COLUMNS),
+            [(h.create_time, iso_ms(h.create_time), h.status, h.source, h.id, h.output, h.text) for h in hits],
+        )
         return
     rows = [(iso_ms(h.create_time), h.status, h.source, h.id, h.output, h.text) for h in hits]
     if as_csv:
@@ -442,6 +547,7 @@ def search(obj, query: str, statuses: tuple[str, ...] | None, source: str | None
 
 # -- serve --retention ---------------------------------------------------------------
 
+
 def start_retention(url: str, older_than_ms: int | None, *, interval_s: float = 3600):
     """Start pruning finished jobs older than ``older_than_ms`` in the background of
     ``serve`` (None: no retention). Returns the worker, for ``stop_retention``."""
@@ -449,8 +555,7 @@ def start_retention(url: str, older_than_ms: int | None, *, interval_s: float = 
         return None
     from .toolbox import RetentionWorker
 
-    worker = RetentionWorker(url, older_than_ms, interval_s=interval_s,
-                             report=lambda line: click.echo(line, err=True))
+    worker = RetentionWorker(url, older_than_ms, interval_s=interval_s, report=lambda line: click.echo(line, err=True))
     worker.start()
     return worker
 

@@ -1,5 +1,6 @@
 """Where the index lives: the database URL and its default. No heavy imports here,
 so the CLI starts fast."""
+
 from __future__ import annotations
 
 import os

@@ -6,6 +6,7 @@ written, ``ensure_ascii=False``). Decoding deliberately uses the same lenient
 standard-library primitives ComfyUI uses (``urlsafe_b64decode``, ``json.loads`` on
 bytes, ``int()``), so exactly the same cursors are accepted and rejected.
 """
+
 from __future__ import annotations
 
 import base64

@@ -21,6 +21,7 @@
   (rolled back) if any row lost its parent. ``migrations/rebuild.py``,
   docs/architecture.md "Migrations".
 """
+
 from __future__ import annotations
 
 import logging
@@ -98,8 +99,7 @@ def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> Engine:
         raise ConfigError(f"not a database URL: {shown!r} ({exc})") from exc
     backend = parsed.get_backend_name()
     if backend in ("sqlite", "postgresql") and parsed.drivername not in SQLITE_DRIVERS + PG_DRIVERS:
-        raise ConfigError(f"unsupported database driver {parsed.drivername!r}: "
-                          "use sqlite:/// or postgresql+psycopg://")
+        raise ConfigError(f"unsupported database driver {parsed.drivername!r}: use sqlite:/// or postgresql+psycopg://")
     if backend == "sqlite":
         path = _sqlite_path(url)
         if path is not None:
@@ -108,7 +108,10 @@ def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> Engine:
             except OSError as exc:
                 raise ConfigError(f"cannot create the directory of {path}: {exc.strerror}") from exc
         engine = create_engine(
-            url, echo=echo, pool_size=pool_size, max_overflow=pool_size * 2,
+            url,
+            echo=echo,
+            pool_size=pool_size,
+            max_overflow=pool_size * 2,
             connect_args={"check_same_thread": False, "timeout": 30},
         )
         _setup_sqlite(engine)
@@ -123,8 +126,12 @@ def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> Engine:
         if "connect_timeout" not in parsed.query:  # fail fast on an unreachable host
             connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT
         return create_engine(
-            parsed, echo=echo, pool_size=pool_size, max_overflow=pool_size * 2,
-            pool_pre_ping=True, connect_args=connect_args,
+            parsed,
+            echo=echo,
+            pool_size=pool_size,
+            max_overflow=pool_size * 2,
+            pool_pre_ping=True,
+            connect_args=connect_args,
         )
     raise ConfigError(f"unsupported database {backend!r}: use sqlite:/// or postgresql+psycopg://")
 
@@ -146,8 +153,7 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
             conn = conn.execution_options(sqlite_begin="IMMEDIATE")
         with conn.begin():
             if engine.dialect.name == "postgresql":
-                conn.execute(text("SELECT pg_advisory_xact_lock(7250031), "
-                                  "set_config('plan_cache_mode', 'auto', true)"))
+                conn.execute(text("SELECT pg_advisory_xact_lock(7250031), set_config('plan_cache_mode', 'auto', true)"))
             yield conn
     except OperationalError as exc:
         raise StorageError(f"database write failed: {driver_message(exc)}") from exc
@@ -249,6 +255,7 @@ class HeldSnapshot:
 
 # -- migrations ----------------------------------------------------------------
 
+
 def alembic_config(connection: Connection | None = None, script_location: str | Path | None = None):
     """Alembic's config for our scripts (``script_location``: another copy of them,
     e.g. a test's with a test-only revision added)."""
@@ -280,8 +287,9 @@ def known_revisions(script_location: str | Path | None = None) -> set[str]:
     return {rev.revision for rev in script.walk_revisions("base", "heads")}
 
 
-def check_revision(current: str | None, target: str, known: set[str], where: str, *,
-                   upgrade_existing: bool = True) -> None:
+def check_revision(
+    current: str | None, target: str, known: set[str], where: str, *, upgrade_existing: bool = True
+) -> None:
     """Refuse a schema this code may not use or change: one written by a newer
     jobs-index (``DatabaseTooNew``), or, unless ``upgrade_existing``, an older one
     (``UpgradeRequired``). Called before any lock is taken or backup made."""
@@ -291,12 +299,14 @@ def check_revision(current: str | None, target: str, known: set[str], where: str
         raise DatabaseTooNew(
             f"database {where} is at schema revision {current}, which jobs-index {__version__} does not know "
             f"(its newest is {target}): it was upgraded by a newer jobs-index; upgrade jobs-index here "
-            "(nothing was changed)")
+            "(nothing was changed)"
+        )
     if current is not None and current != target and not upgrade_existing:
         raise UpgradeRequired(
             f"database {where} is at schema revision {current}; this jobs-index needs {target}: every "
             f"jobs-index sharing it must be upgraded, then run `jobs-index migrate` once (or open with "
-            f"--auto-migrate / {AUTO_MIGRATE_ENV}=1)")
+            f"--auto-migrate / {AUTO_MIGRATE_ENV}=1)"
+        )
 
 
 def current_revision(connection: Connection) -> str | None:
@@ -362,8 +372,10 @@ def check_foreign_keys(conn: Connection) -> None:
     rows = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
     if rows:
         tables = sorted({row[0] for row in rows})
-        raise ForeignKeyViolation(f"migration rolled back: {len(rows)} row(s) in {', '.join(tables)} "
-                                  "lost their parent row (PRAGMA foreign_key_check)")
+        raise ForeignKeyViolation(
+            f"migration rolled back: {len(rows)} row(s) in {', '.join(tables)} "
+            "lost their parent row (PRAGMA foreign_key_check)"
+        )
 
 
 @contextmanager
@@ -386,8 +398,9 @@ def migration_transaction(engine: Engine) -> Iterator[Connection]:
         conn.close()
 
 
-def migrate(engine: Engine, revision: str = "head", *, script_location: str | Path | None = None,
-            upgrade_existing: bool = True) -> str | None:
+def migrate(
+    engine: Engine, revision: str = "head", *, script_location: str | Path | None = None, upgrade_existing: bool = True
+) -> str | None:
     """Upgrade to ``revision`` atomically; back up a SQLite file first.
 
     Runs under the writers' lock, so two processes opening the same new database
@@ -430,8 +443,9 @@ def auto_migrate_default() -> bool:
     return os.environ.get(AUTO_MIGRATE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def open_engine(url: str | None, *, pool_size: int = 5, upgrade: bool = True,
-                auto_migrate: bool | None = None) -> Engine:
+def open_engine(
+    url: str | None, *, pool_size: int = 5, upgrade: bool = True, auto_migrate: bool | None = None
+) -> Engine:
     """Resolve the URL, create the engine and bring the schema to head.
 
     SQLite (one machine's file) is upgraded on open, after a backup. PostgreSQL

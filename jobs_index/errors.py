@@ -4,6 +4,7 @@ The HTTP layer renders every ``JobsIndexError`` with one middleware; the CLI pri
 ``str(error)`` and exits non-zero. Storage code turns driver errors into these
 (``raise StorageError(...) from exc``) so callers never see a driver exception.
 """
+
 from __future__ import annotations
 
 

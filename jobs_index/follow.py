@@ -46,6 +46,7 @@ SQL or ``prune``). Pending/running rows of a source that are in neither its newe
 queue snapshot nor its history are removed, so the job that was running when ComfyUI
 crashed disappears (as in ComfyUI) instead of staying ``in_progress`` forever.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -80,8 +81,9 @@ SAVE_INTERVAL = 5.0  # seconds between stores of a moving watermark
 # Events after which the queue or the history may have changed. Only ``status`` (and
 # ``execution_interrupted`` of a prompt without client) reach a client that did not
 # queue the prompt; the others arrive for prompts queued with our client id.
-TRIGGER_EVENTS = frozenset({"status", "execution_start", "execution_success", "execution_error",
-                            "execution_interrupted", "executing"})
+TRIGGER_EVENTS = frozenset(
+    {"status", "execution_start", "execution_success", "execution_error", "execution_interrupted", "executing"}
+)
 
 
 class FollowError(JobsIndexError):
@@ -97,6 +99,7 @@ class SourceBusy(FollowError):
 
 
 # -- targets -------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Target:
@@ -131,21 +134,23 @@ def make_targets(urls: Sequence[str], source: str | None = None) -> list[Target]
     if not urls:
         raise ConfigError("give at least one ComfyUI URL")
     if source is not None and len(urls) > 1:
-        raise ConfigError("--source names one server: follow several URLs with their default "
-                          "names (host:port), or run one follow per URL")
+        raise ConfigError(
+            "--source names one server: follow several URLs with their default "
+            "names (host:port), or run one follow per URL"
+        )
     if source is not None and not source.strip():
         raise ConfigError("--source must not be empty")
     targets = [Target(normalize_url(url), source or default_source(url)) for url in urls]
     seen: dict[str, str] = {}
     for target in targets:
         if target.source in seen:
-            raise ConfigError(f"{seen[target.source]} and {target.url} would both be source "
-                              f"{target.source!r}")
+            raise ConfigError(f"{seen[target.source]} and {target.url} would both be source {target.source!r}")
         seen[target.source] = target.url
     return targets
 
 
 # -- backoff -------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Backoff:
@@ -163,6 +168,7 @@ class Backoff:
 
 
 # -- ComfyUI client ------------------------------------------------------------
+
 
 class ComfyClient:
     """The few ComfyUI endpoints a follower reads, with shape checks."""
@@ -198,11 +204,13 @@ class ComfyClient:
         return body
 
     async def websocket(self, client_id: str, heartbeat: float) -> aiohttp.ClientWebSocketResponse:
-        return await self.session.ws_connect(self.base_url + "/ws", params={"clientId": client_id},
-                                             heartbeat=heartbeat, max_msg_size=0)
+        return await self.session.ws_connect(
+            self.base_url + "/ws", params={"clientId": client_id}, heartbeat=heartbeat, max_msg_size=0
+        )
 
 
 # -- the follower --------------------------------------------------------------
+
 
 @dataclass
 class FollowStats:
@@ -230,10 +238,20 @@ class Follower:
     Database calls run on ``executor`` (never on the event loop).
     """
 
-    def __init__(self, index: JobsIndex, target: Target, *, executor: ThreadPoolExecutor | None = None,
-                 page_size: int = DEFAULT_PAGE_SIZE, backoff: Backoff = Backoff(),
-                 heartbeat: float = 20.0, poll_interval: float = 30.0, request_timeout: float = 120.0,
-                 client_id: str | None = None, lease_ttl: float = 60.0) -> None:
+    def __init__(
+        self,
+        index: JobsIndex,
+        target: Target,
+        *,
+        executor: ThreadPoolExecutor | None = None,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        backoff: Backoff = Backoff(),
+        heartbeat: float = 20.0,
+        poll_interval: float = 30.0,
+        request_timeout: float = 120.0,
+        client_id: str | None = None,
+        lease_ttl: float = 60.0,
+    ) -> None:
         if page_size < 2:
             raise ConfigError("page size must be at least 2")
         self.index = index
@@ -322,8 +340,9 @@ class Follower:
         now = time.monotonic()
         if self._lease_until - now > self.lease_ttl * 2 / 3:
             return None
-        acquired, holder, _ = self.index.acquire_lease(self.source, self.holder, int(self.lease_ttl * 1000),
-                                                       stale=holder_is_gone)
+        acquired, holder, _ = self.index.acquire_lease(
+            self.source, self.holder, int(self.lease_ttl * 1000), stale=holder_is_gone
+        )
         self._lease_until = now + self.lease_ttl if acquired else 0.0
         return None if acquired else holder
 
@@ -388,9 +407,11 @@ class Follower:
         started = time.perf_counter()
         other = await self._db(self._hold_lease)
         if other is not None:
-            raise SourceBusy(f"source {self.source!r} is being written by another process ({other}); "
-                             f"not following {self.target.url} until its lease is released or expires "
-                             f"(give this follower its own --source)")
+            raise SourceBusy(
+                f"source {self.source!r} is being written by another process ({other}); "
+                f"not following {self.target.url} until its lease is released or expires "
+                f"(give this follower its own --source)"
+            )
         if not self._state_loaded:
             state = await self._db(self.index.follow_state, self.source)
             self._watermark = state[1] if state is not None else None
@@ -434,7 +455,7 @@ class Follower:
                 tail = await client.history(max_items=size)
                 keys = list(tail)
                 if watermark in tail:
-                    new = keys[keys.index(watermark) + 1:]
+                    new = keys[keys.index(watermark) + 1 :]
                     if new:
                         yield {key: tail[key] for key in new}, new[-1]
                     return
@@ -483,8 +504,10 @@ class Follower:
             if len(keys) < size:
                 return
             offset += len(keys) - 1
-        raise FollowError(f"{self.target.url}/history changes faster than it can be read "
-                          f"({MAX_SCAN_REQUESTS} requests); reading it again")
+        raise FollowError(
+            f"{self.target.url}/history changes faster than it can be read "
+            f"({MAX_SCAN_REQUESTS} requests); reading it again"
+        )
 
     # -- database side (run on the executor)
 
@@ -506,11 +529,24 @@ class Follower:
         as finished. Only a cancelled pending job (or a restart) needs it."""
         dump = detect(f"{self.target.url}/queue", body)
         assert dump.kind == QUEUE
-        snapshot = {(item[1], status) for _, item, status in dump.items
-                    if isinstance(item, (list, tuple)) and len(item) > 1 and isinstance(item[1], str)}
-        fresh = Dump(dump.name, QUEUE, [entry for entry in dump.items
-                                        if not (isinstance(entry[1], (list, tuple)) and len(entry[1]) > 1
-                                                and (entry[1][1], entry[2]) in self._live_written)])
+        snapshot = {
+            (item[1], status)
+            for _, item, status in dump.items
+            if isinstance(item, (list, tuple)) and len(item) > 1 and isinstance(item[1], str)
+        }
+        fresh = Dump(
+            dump.name,
+            QUEUE,
+            [
+                entry
+                for entry in dump.items
+                if not (
+                    isinstance(entry[1], (list, tuple))
+                    and len(entry[1]) > 1
+                    and (entry[1][1], entry[2]) in self._live_written
+                )
+            ],
+        )
         rejected: list[tuple[str, str]] = list(dump.rejected)
         result = self.index.ingest(records(fresh, rejected), source=self.source)
         ids = live_ids(dump)
@@ -522,7 +558,7 @@ class Follower:
             self._live_ids = None  # not reconciled: the next sync must
         # Items met for the first time (a rejected one is in ``snapshot``, so not
         # retried and not reported again): malformed, or refused by the database.
-        for job_id, reason in rejected[len(dump.rejected):] + result.rejected:
+        for job_id, reason in rejected[len(dump.rejected) :] + result.rejected:
             log.warning("%s: rejected queue item %r: %s", self.source, job_id, reason)
         result.rejected.extend(rejected)
         self._live_written = snapshot
@@ -531,33 +567,45 @@ class Follower:
 
 # -- the command ---------------------------------------------------------------
 
-async def follow(index: JobsIndex, targets: Sequence[Target], *, serve=None, once: bool = False,
-                 page_size: int = DEFAULT_PAGE_SIZE, print_fn: Callable[[str], None] = print,
-                 **follower_options: Any) -> None:
+
+async def follow(
+    index: JobsIndex,
+    targets: Sequence[Target],
+    *,
+    serve=None,
+    once: bool = False,
+    page_size: int = DEFAULT_PAGE_SIZE,
+    print_fn: Callable[[str], None] = print,
+    **follower_options: Any,
+) -> None:
     """Follow ``targets`` concurrently until cancelled (``once``: one sync each, then
     return). ``serve`` (an ``http.ServerConfig``) also serves the API in this loop."""
     from aiohttp import web
 
     from .http import create_app
 
-    executor = ThreadPoolExecutor(max_workers=max(2, min(8, 2 * len(targets))),
-                                  thread_name_prefix="jobs-index-follow")
-    followers = [Follower(index, target, executor=executor, page_size=page_size, **follower_options)
-                 for target in targets]
+    executor = ThreadPoolExecutor(max_workers=max(2, min(8, 2 * len(targets))), thread_name_prefix="jobs-index-follow")
+    followers = [
+        Follower(index, target, executor=executor, page_size=page_size, **follower_options) for target in targets
+    ]
     runner = None
     try:
         if once:
             for follower in followers:
                 await follower.sync_once()
-                print_fn(f"{follower.source}: {follower.stats.history_written} history, "
-                         f"{follower.stats.live_written} live written, {follower.stats.removed} removed")
+                print_fn(
+                    f"{follower.source}: {follower.stats.history_written} history, "
+                    f"{follower.stats.live_written} live written, {follower.stats.removed} removed"
+                )
             return
         if serve is not None:
             runner = web.AppRunner(create_app(serve, index=index, followers=followers), access_log=None)
             await runner.setup()
             await web.TCPSite(runner, serve.host, serve.port).start()
-            print_fn(f"jobs-index serving http://{serve.host}:{serve.port}/api/jobs; "
-                     f"history page http://{serve.host}:{serve.port}/ui/")
+            print_fn(
+                f"jobs-index serving http://{serve.host}:{serve.port}/api/jobs; "
+                f"history page http://{serve.host}:{serve.port}/ui/"
+            )
         for follower in followers:
             print_fn(f"following {follower.target.url} as source {follower.source!r}")
         await asyncio.gather(*(follower.run() for follower in followers))

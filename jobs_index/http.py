@@ -16,6 +16,7 @@ For operators (``metrics``): ``GET /metrics`` (Prometheus text format), ``GET /h
 (the process answers) and ``GET /readyz`` (database reachable and migrated, every
 follower connected; 503 otherwise), all JSON but ``/metrics``.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -149,8 +150,7 @@ async def _send_stream(request: web.Request, query, stream) -> web.StreamRespons
             text = ", ".join(chunk)
             await _write(response, text if first else ", " + text)
             first = False
-        pagination = wire.pagination(query.offset, query.limit, stream.total, stream.has_more,
-                                     stream.next_cursor)
+        pagination = wire.pagination(query.offset, query.limit, stream.total, stream.has_more, stream.next_cursor)
         await _write(response, wire.jobs_array_close(pagination))
         await response.write_eof()
     except asyncio.CancelledError:
@@ -173,17 +173,16 @@ def _break_connection(request: web.Request, response: web.StreamResponse, exc: E
     if isinstance(exc, ConnectionError):
         log.debug("client of %s went away mid-listing", request.rel_url)
     elif isinstance(exc, asyncio.TimeoutError):
-        log.warning("client of %s stopped reading a listing for %ss; connection closed",
-                    request.rel_url, STREAM_STALL_TIMEOUT)
+        log.warning(
+            "client of %s stopped reading a listing for %ss; connection closed", request.rel_url, STREAM_STALL_TIMEOUT
+        )
         if transport is not None:
             transport.abort()  # what it has not read is dropped
         return
     elif isinstance(exc, JobsIndexError):
-        log.error("listing %s failed after its response began; connection closed: %s",
-                  request.rel_url, exc)
+        log.error("listing %s failed after its response began; connection closed: %s", request.rel_url, exc)
     else:
-        log.error("listing %s failed after its response began; connection closed",
-                  request.rel_url, exc_info=exc)
+        log.error("listing %s failed after its response began; connection closed", request.rel_url, exc_info=exc)
     if transport is not None:
         transport.close()  # what was written is flushed, then the connection ends
 
@@ -203,7 +202,8 @@ async def _close_stream(request: web.Request, stream) -> None:
 # base size, so the pool's overflow always serves other requests and no worker thread
 # waits for a connection a stalled stream holds.
 _stream_slots: "weakref.WeakKeyDictionary[JobsIndex, tuple[asyncio.AbstractEventLoop, asyncio.Semaphore]]" = (
-    weakref.WeakKeyDictionary())
+    weakref.WeakKeyDictionary()
+)
 
 
 def _stream_limit(index: JobsIndex) -> int:
@@ -279,8 +279,9 @@ def add_routes(app: web.Application, prefixes: tuple[str, ...] = ("/api", "/api/
     app.router.add_get(f"{prefixes[0]}/jobs-index/sources", sources)
 
 
-def create_app(config: ServerConfig | None = None, *, index: JobsIndex | None = None,
-               followers: list | tuple = ()) -> web.Application:
+def create_app(
+    config: ServerConfig | None = None, *, index: JobsIndex | None = None, followers: list | tuple = ()
+) -> web.Application:
     """The API application. Pass ``index`` to serve an already open index (not closed
     on shutdown); otherwise the database of ``config.db_url`` is opened on start-up
     and closed on cleanup. ``followers`` (``follow --serve``) are reported by
@@ -295,7 +296,8 @@ def create_app(config: ServerConfig | None = None, *, index: JobsIndex | None = 
         owned = index is None
         loop = asyncio.get_running_loop()
         app[INDEX_KEY] = index or await loop.run_in_executor(
-            executor, lambda: JobsIndex.open(config.db_url, pool_size=config.pool_size))
+            executor, lambda: JobsIndex.open(config.db_url, pool_size=config.pool_size)
+        )
         app[METRICS_KEY] = Metrics(app[INDEX_KEY], app[FOLLOWERS_KEY])
         yield
         app[METRICS_KEY].close()
@@ -385,8 +387,10 @@ def serve(config: ServerConfig, *, print_fn: Callable[[str], None] = print) -> N
         index = app[INDEX_KEY]
         url = f"http://{config.host}:{config.port}/api/jobs"
         scope = "loopback only" if config.host in ("127.0.0.1", "localhost", "::1") else "reachable from the network"
-        print_fn(f"jobs-index serving {url} ({scope}) from {index.engine.url.render_as_string(hide_password=True)}; "
-                 f"history page http://{config.host}:{config.port}/ui/")
+        print_fn(
+            f"jobs-index serving {url} ({scope}) from {index.engine.url.render_as_string(hide_password=True)}; "
+            f"history page http://{config.host}:{config.port}/ui/"
+        )
 
     try:
         asyncio.run(_serve_forever(app, config, announce))

@@ -20,6 +20,7 @@ the standard library's own JSON scanner, so the items are exactly ``json.load``'
 item is sent to them as its JSON text and parsed there. Damage found part-way (a truncated download) is reported as an error for
 that file after the items before it were imported.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -119,7 +120,9 @@ _PLAIN_PAIR_HEAD = re.compile(rb'[ \t\n\r]*"([^"\\\x00-\x1f]*)"[ \t\n\r]*:')
 # an object that starts with "prompt" (ComfyUI's key order). A guess, checked by
 # parsing exactly the bytes up to it: a JSON value is never a proper prefix of
 # another, so the bytes parse as one value only if they are the whole value.
-_NEXT_ITEM = re.compile(rb'\}[ \t\n\r]*,[ \t\n\r]*"[^"\\\x00-\x1f]*"[ \t\n\r]*:[ \t\n\r]*\{[ \t\n\r]*"prompt"[ \t\n\r]*:')
+_NEXT_ITEM = re.compile(
+    rb'\}[ \t\n\r]*,[ \t\n\r]*"[^"\\\x00-\x1f]*"[ \t\n\r]*:[ \t\n\r]*\{[ \t\n\r]*"prompt"[ \t\n\r]*:'
+)
 
 
 class ObjectItems:
@@ -154,8 +157,10 @@ class ObjectItems:
     def error(self) -> str | None:
         if self.exception is None:
             return None
-        return (f"{self.name}: not valid JSON ({self.exception}) after {self.count} item(s); "
-                "the items before it were imported")
+        return (
+            f"{self.name}: not valid JSON ({self.exception}) after {self.count} item(s); "
+            "the items before it were imported"
+        )
 
     def _more(self, at_least: int = 0) -> bool:
         """Append the next chunk to the buffer; False at the end of the stream."""
@@ -175,14 +180,15 @@ class ObjectItems:
     def _text(self, at: int, end: int) -> str:
         """The buffer's bytes from ``at`` decoded, up to ``end`` or a whole character before."""
         return codecs.getincrementaldecoder("utf-8")("surrogatepass").decode(
-            self._buf[at:end], final=end >= len(self._buf) and self._eof)
+            self._buf[at:end], final=end >= len(self._buf) and self._eof
+        )
 
     def _error(self, message: str) -> json.JSONDecodeError:
         return json.JSONDecodeError(message, self._text(self._pos, self._pos + 64), 0)
 
     def _punctuation(self, allowed: bytes) -> int:
         self._skip_whitespace()
-        char = self._buf[self._pos:self._pos + 1]
+        char = self._buf[self._pos : self._pos + 1]
         if not char or char not in allowed:
             expected = " or ".join(repr(chr(c)) for c in allowed)
             raise self._error(f"Expecting {expected}")
@@ -214,7 +220,7 @@ class ObjectItems:
 
     def _key(self) -> str:
         self._skip_whitespace()
-        if self._buf[self._pos:self._pos + 1] != b'"':
+        if self._buf[self._pos : self._pos + 1] != b'"':
             raise self._error("Expecting property name enclosed in double quotes")
         match = _PLAIN_KEY.match(self._buf, self._pos)
         if match is not None:
@@ -231,9 +237,9 @@ class ObjectItems:
         """(value, its bytes when it was read by orjson, exact): see ``loads_exact``."""
         self._skip_whitespace()
         if self._pos > self.CHUNK:  # drop what was consumed (between values only)
-            self._buf, self._pos = self._buf[self._pos:], 0
+            self._buf, self._pos = self._buf[self._pos :], 0
         start = self._pos
-        if self._buf[start:start + 1] == b"{":
+        if self._buf[start : start + 1] == b"{":
             # Look as far as twice the previous value's length: enough for the items of
             # a dump, and a dump of another shape costs little and does not read ahead.
             limit = start + self._window
@@ -399,8 +405,9 @@ def default_workers() -> int:
     return max(0, (os.cpu_count() or 1) - 1)
 
 
-def records(dump: Dump, rejected: list[tuple[str, str]],
-            progress: Callable[[int], None] | None = None, *, workers: int = 0) -> Iterator[JobRecord]:
+def records(
+    dump: Dump, rejected: list[tuple[str, str]], progress: Callable[[int], None] | None = None, *, workers: int = 0
+) -> Iterator[JobRecord]:
     """Normalise a dump's items, in order; failures go to ``rejected`` as (id, reason).
 
     With ``workers`` > 0 a large /history dump is normalised by that many other
@@ -438,8 +445,9 @@ def _chunks(dump: Dump, size: int, texts: bool = False) -> Iterator[tuple[list, 
         return
     if texts:  # the items orjson reads are only checked here, parsed by the workers
         dump.items.keep_values(False)
-        for chunk in _chunked(((key, value if text is None else text, "")
-                               for key, value, text, _ in dump.items.entries()), size):
+        for chunk in _chunked(
+            ((key, value if text is None else text, "") for key, value, text, _ in dump.items.entries()), size
+        ):
             yield chunk, False
         return
     for entries in _chunked(dump.items.entries(), size):
@@ -452,10 +460,12 @@ def _worker_start() -> None:
     gc.disable()
 
 
-def _parallel_records(dump: Dump, rejected: list[tuple[str, str]],
-                      progress: Callable[[int], None] | None, workers: int) -> Iterator[JobRecord]:
+def _parallel_records(
+    dump: Dump, rejected: list[tuple[str, str]], progress: Callable[[int], None] | None, workers: int
+) -> Iterator[JobRecord]:
     in_flight: deque = deque()
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_start) as pool:
+
         def drain():
             size, future = in_flight.popleft()
             done, failed = future.result()
@@ -472,8 +482,9 @@ def _parallel_records(dump: Dump, rejected: list[tuple[str, str]],
             yield from drain()
 
 
-def _export_records(dump: Dump, rejected: list[tuple[str, str]],
-                    progress: Callable[[int], None] | None) -> Iterator[JobRecord]:
+def _export_records(
+    dump: Dump, rejected: list[tuple[str, str]], progress: Callable[[int], None] | None
+) -> Iterator[JobRecord]:
     for key, item, _ in dump.items:
         try:
             if isinstance(item, InvalidItem):
@@ -496,24 +507,39 @@ def live_ids(dump: Dump) -> set[str]:
     return ids
 
 
-def import_dump(index: JobsIndex, dump: Dump, *, source: str | None = None,
-                batch_size: int = 1000, progress: Callable[[int], None] | None = None,
-                workers: int = 0, bulk: bool = False) -> IngestResult:
+def import_dump(
+    index: JobsIndex,
+    dump: Dump,
+    *,
+    source: str | None = None,
+    batch_size: int = 1000,
+    progress: Callable[[int], None] | None = None,
+    workers: int = 0,
+    bulk: bool = False,
+) -> IngestResult:
     """Write one dump; a queue dump then reconciles the live rows of ``source``.
     ``workers``: normalising processes for a large dump (see ``records``);
     ``bulk``: load it in one transaction if the index is empty (``JobsIndex.bulk_load``)."""
     rejected: list[tuple[str, str]] = list(dump.rejected)
-    result = index.ingest(records(dump, rejected, progress, workers=workers),
-                          source=source, batch_size=batch_size, bulk=bulk)
+    result = index.ingest(
+        records(dump, rejected, progress, workers=workers), source=source, batch_size=batch_size, bulk=bulk
+    )
     if dump.kind == QUEUE and not any(key in QUEUE_KEYS for key, _ in dump.rejected):
         result.removed += index.reconcile_live(live_ids(dump), source=source)
     result.rejected.extend(rejected)
     return result
 
 
-def import_paths(index: JobsIndex, paths: Iterable[str], *, source: str | None = None,
-                 batch_size: int = 1000, on_dump: Callable[[Dump], Callable[[int], None] | None] | None = None,
-                 workers: int = 0, bulk: bool = False) -> tuple[IngestResult, list[str]]:
+def import_paths(
+    index: JobsIndex,
+    paths: Iterable[str],
+    *,
+    source: str | None = None,
+    batch_size: int = 1000,
+    on_dump: Callable[[Dump], Callable[[int], None] | None] | None = None,
+    workers: int = 0,
+    bulk: bool = False,
+) -> tuple[IngestResult, list[str]]:
     """Import files in order. Returns the summed result and the per-file errors."""
     total, errors = IngestResult(), []
     for path in paths:
@@ -530,8 +556,11 @@ def import_paths(index: JobsIndex, paths: Iterable[str], *, source: str | None =
                 errors.append(exc.message)
                 continue
             progress = on_dump(dump) if on_dump else None
-            total.add(import_dump(index, dump, source=source, batch_size=batch_size, progress=progress,
-                                  workers=workers, bulk=bulk))
+            total.add(
+                import_dump(
+                    index, dump, source=source, batch_size=batch_size, progress=progress, workers=workers, bulk=bulk
+                )
+            )
             if dump.error:
                 errors.append(dump.error)
     return total, errors

@@ -5,6 +5,7 @@ A holder is ``host/pid/token``: the host name, the process id and a random token
 (one process may hold several leases under one name). The lease itself lives in the
 database (``source_leases``, ``JobsIndex.acquire_lease``).
 """
+
 from __future__ import annotations
 
 import os

@@ -1,5 +1,6 @@
 """SQL for live ingestion (``follow`` and the ComfyUI custom node). Like ``queries``:
 connection first, never commits; transactions belong to ``services``."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -24,9 +25,12 @@ def save_followed(conn: Connection, source: str, url: str, watermark: str | None
     """Insert or update one followed source."""
     insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(followed)
     values = {"source": source, "url": url, "history_watermark": watermark, "synced_at": synced_at}
-    conn.execute(insert.values(values).on_conflict_do_update(
-        index_elements=[followed.c.source],
-        set_={"url": url, "history_watermark": watermark, "synced_at": synced_at}))
+    conn.execute(
+        insert.values(values).on_conflict_do_update(
+            index_elements=[followed.c.source],
+            set_={"url": url, "history_watermark": watermark, "synced_at": synced_at},
+        )
+    )
 
 
 def finished_ids(conn: Connection, ids: Sequence[str]) -> set[str]:
@@ -41,9 +45,12 @@ def finished_ids(conn: Connection, ids: Sequence[str]) -> set[str]:
 def finished_batch(conn: Connection, source: str | None, limit: int) -> list[str]:
     """Up to ``limit`` ids (ComfyUI's) of finished (history) rows of one source (None = rows with
     no source), oldest first: one seek on ``(source, status, create_time, id)``."""
-    stmt = (select(jobs.c.id)
-            .where(jobs.c.source.is_not_distinct_from(source), jobs.c.stage == STAGE_HISTORY)
-            .order_by(jobs.c.create_time, jobs.c.id).limit(limit))
+    stmt = (
+        select(jobs.c.id)
+        .where(jobs.c.source.is_not_distinct_from(source), jobs.c.stage == STAGE_HISTORY)
+        .order_by(jobs.c.create_time, jobs.c.id)
+        .limit(limit)
+    )
     return [answer_text(job_id) for job_id in conn.execute(stmt).scalars()]
 
 
@@ -61,6 +68,7 @@ def delete_of_source(conn: Connection, ids: Sequence[str], source: str | None) -
 
 # -- source leases (migration 0007) ------------------------------------------
 
+
 def get_lease(conn: Connection, source: str) -> Row | None:
     return conn.execute(select(leases).where(leases.c.source == source)).first()
 
@@ -74,8 +82,11 @@ def insert_lease(conn: Connection, source: str, holder: str, now: int, expires_a
 
 def replace_lease(conn: Connection, source: str, old_holder: str, holder: str, now: int, expires_at: int) -> bool:
     """Take over ``old_holder``'s lease (compare and set); False if it changed meanwhile."""
-    stmt = (update(leases).where(leases.c.source == source, leases.c.holder == old_holder)
-            .values(holder=holder, acquired_at=now, expires_at=expires_at))
+    stmt = (
+        update(leases)
+        .where(leases.c.source == source, leases.c.holder == old_holder)
+        .values(holder=holder, acquired_at=now, expires_at=expires_at)
+    )
     return conn.execute(stmt).rowcount == 1
 
 

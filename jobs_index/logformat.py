@@ -7,6 +7,7 @@ the log call gave it: jobs-index never logs prompt text, workflows or the sensit
 sixth element of a queue item (``tests/test_reliability_secrets.py`` plants a key and
 searches the logs of both formats for it).
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         event = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-                    + f".{int(record.msecs):03d}Z",
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),

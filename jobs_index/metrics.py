@@ -28,6 +28,7 @@ Label values stay bounded: source names (one per machine) and statuses; error ty
 are ComfyUI exception class names, capped at ``MAX_ERROR_TYPES`` per source (the
 rest are counted as ``other``). No job or workflow id is ever a label.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -58,6 +59,7 @@ OTHER = "other"
 
 
 # -- incremental observations --------------------------------------------------
+
 
 class _Histogram:
     __slots__ = ("buckets", "total", "sum")
@@ -115,6 +117,7 @@ class FinishedJobs:
 
 # -- the collector -------------------------------------------------------------
 
+
 class IndexCollector(Collector):
     """Reads the index and the followers at scrape time (runs on a worker thread)."""
 
@@ -144,11 +147,13 @@ class IndexCollector(Collector):
 
     @staticmethod
     def _counts(counts: dict[tuple[str, str], int]):
-        jobs = GaugeMetricFamily("jobs_index_jobs", "Jobs in the index by source and status (exact, from "
-                                 "job_counts); source=\"\" are jobs recorded without a source",
-                                 labels=["source", "status"])
-        total = GaugeMetricFamily("jobs_index_jobs_all", "Jobs in the index by status, all sources",
-                                  labels=["status"])
+        jobs = GaugeMetricFamily(
+            "jobs_index_jobs",
+            "Jobs in the index by source and status (exact, from "
+            'job_counts); source="" are jobs recorded without a source',
+            labels=["source", "status"],
+        )
+        total = GaugeMetricFamily("jobs_index_jobs_all", "Jobs in the index by status, all sources", labels=["status"])
         named: dict[str, int] = {}
         for (source, status), n in sorted(counts.items()):
             if source:
@@ -167,7 +172,8 @@ class IndexCollector(Collector):
         histogram = HistogramMetricFamily(
             "jobs_index_job_execution_seconds",
             "Execution time of jobs this process wrote as finished, by source and status",
-            labels=["source", "status"])
+            labels=["source", "status"],
+        )
         for (source, status), (buckets, count, total) in sorted(durations.items()):
             cumulative, running = [], 0
             for bound, n in zip(DURATION_BUCKETS + (float("inf"),), buckets):
@@ -175,9 +181,11 @@ class IndexCollector(Collector):
                 cumulative.append(("+Inf" if bound == float("inf") else repr(bound), running))
             histogram.add_metric([source, status], cumulative, total)
         yield histogram
-        failed = CounterMetricFamily("jobs_index_job_failures",
-                                     "Jobs this process wrote as failed, by source and ComfyUI error type",
-                                     labels=["source", "error_type"])
+        failed = CounterMetricFamily(
+            "jobs_index_job_failures",
+            "Jobs this process wrote as failed, by source and ComfyUI error type",
+            labels=["source", "error_type"],
+        )
         for (source, error_type), n in sorted(failures.items()):
             failed.add_metric([source, error_type], n)
         yield failed
@@ -187,18 +195,25 @@ class IndexCollector(Collector):
         if not followers:
             return
         now = time.time()
-        up = GaugeMetricFamily("jobs_index_follow_up", "1 while the follower is connected to its ComfyUI",
-                               labels=["source"])
-        since_event = GaugeMetricFamily("jobs_index_follow_seconds_since_last_event",
-                                        "Seconds since the last websocket message from ComfyUI "
-                                        "(since start if none yet)", labels=["source"])
-        reconnects = CounterMetricFamily("jobs_index_follow_reconnects",
-                                         "Connections lost or refused since start", labels=["source"])
-        sync_seconds = GaugeMetricFamily("jobs_index_follow_last_sync_seconds",
-                                         "Duration of the last successful sync", labels=["source"])
-        lag = GaugeMetricFamily("jobs_index_follow_watermark_lag_seconds",
-                                "Seconds since the history watermark was last current (the last "
-                                "successful sync; since start if none yet)", labels=["source"])
+        up = GaugeMetricFamily(
+            "jobs_index_follow_up", "1 while the follower is connected to its ComfyUI", labels=["source"]
+        )
+        since_event = GaugeMetricFamily(
+            "jobs_index_follow_seconds_since_last_event",
+            "Seconds since the last websocket message from ComfyUI (since start if none yet)",
+            labels=["source"],
+        )
+        reconnects = CounterMetricFamily(
+            "jobs_index_follow_reconnects", "Connections lost or refused since start", labels=["source"]
+        )
+        sync_seconds = GaugeMetricFamily(
+            "jobs_index_follow_last_sync_seconds", "Duration of the last successful sync", labels=["source"]
+        )
+        lag = GaugeMetricFamily(
+            "jobs_index_follow_watermark_lag_seconds",
+            "Seconds since the history watermark was last current (the last successful sync; since start if none yet)",
+            labels=["source"],
+        )
         syncs = CounterMetricFamily("jobs_index_follow_syncs", "Successful syncs since start", labels=["source"])
         for follower in followers:
             status = follower_status(follower, now)
@@ -218,11 +233,15 @@ def follower_status(follower: Any, now: float | None = None) -> dict:
     stats = follower.stats
     last_event = stats.last_event_at or stats.started_at
     synced = stats.last_synced_at or stats.started_at
-    return {"source": follower.source, "up": bool(follower.connected),
-            "seconds_since_last_event": max(0.0, now - last_event),
-            "reconnects": stats.disconnects, "syncs": stats.syncs,
-            "last_sync_seconds": stats.last_sync_seconds,
-            "watermark_lag_seconds": max(0.0, now - synced)}
+    return {
+        "source": follower.source,
+        "up": bool(follower.connected),
+        "seconds_since_last_event": max(0.0, now - last_event),
+        "reconnects": stats.disconnects,
+        "syncs": stats.syncs,
+        "last_sync_seconds": stats.last_sync_seconds,
+        "watermark_lag_seconds": max(0.0, now - synced),
+    }
 
 
 class Metrics:

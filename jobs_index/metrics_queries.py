@@ -8,6 +8,7 @@ primary key starts with ``source``, so a recursive query hops from one source to
 next (one index seek each) and reads each source's five ``workflow_id = ''`` rows by
 seek: O(sources x log rows), whatever the history size or the number of workflows.
 """
+
 from __future__ import annotations
 
 from sqlalchemy import Connection, text

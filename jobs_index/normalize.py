@@ -18,6 +18,7 @@ Queue numbers are kept exactly as ComfyUI holds them (``POST /prompt`` with
 ``priority_json`` its JSON text as ComfyUI's ``json.dumps`` writes it (``4.0``,
 ``2.5``, ``NaN``, ``Infinity``), None for a 64-bit integer (``priority`` says it).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -35,12 +36,12 @@ from .search import Document, document
 
 try:  # ISA-L writes the same zlib format (any zlib reads it) 3-4x faster than zlib itself
     from isal.isal_zlib import compress as _compress
+
     _LEVEL = 1  # ISA-L level 1: about zlib-6's size
 except ImportError:  # pragma: no cover - isal is a dependency; zlib keeps the format
     _compress, _LEVEL = zlib.compress, 6
 
-PENDING, IN_PROGRESS, COMPLETED, FAILED, CANCELLED = (
-    "pending", "in_progress", "completed", "failed", "cancelled")
+PENDING, IN_PROGRESS, COMPLETED, FAILED, CANCELLED = ("pending", "in_progress", "completed", "failed", "cancelled")
 
 # How far a job has come; a newer stage replaces an older one on re-ingest.
 STAGE_PENDING, STAGE_RUNNING, STAGE_HISTORY = 0, 1, 2
@@ -109,6 +110,7 @@ _all_values = attrgetter(*JobRecord.__slots__)
 # unchanged, and is undone for every answer (``column_text`` / ``answer_text``; in SQL,
 # ``queries._job_json_sql``). ``raw`` keeps the item itself, NUL included.
 
+
 def column_text(value: str | None) -> str | None:
     """A job id or workflow id as its column stores it (no NUL)."""
     if value is None or ("\x00" not in value and "\x01" not in value):
@@ -125,6 +127,7 @@ def answer_text(value: str | None) -> str | None:
 
 
 # -- small defensive helpers -------------------------------------------------
+
 
 def _as_dict(value: Any) -> dict:
     return value if isinstance(value, dict) else {}
@@ -249,6 +252,7 @@ def decode_raw(blob: bytes) -> Any:
 
 # -- metadata shared by queue and history items -------------------------------
 
+
 def _prompt_tuple(job_id: Any, prompt: Any) -> list:
     if not isinstance(prompt, (list, tuple)) or len(prompt) < 5:
         raise InvalidItem(job_id, "prompt must be a list [number, prompt_id, prompt, extra_data, outputs_to_execute]")
@@ -299,14 +303,42 @@ def _metadata(extra_data: Any) -> tuple[int | None, str | None]:
     return _as_int(extra.get("create_time")), _as_str(workflow.get("id"))
 
 
-def _base_record(job_id: str, status: str, stage: int, number: Any,
-                 create_time: int | None, workflow_id: str | None,
-                 raw_kind: str, raw_item: Any, exact: bool = False) -> JobRecord:
+def _base_record(
+    job_id: str,
+    status: str,
+    stage: int,
+    number: Any,
+    create_time: int | None,
+    workflow_id: str | None,
+    raw_kind: str,
+    raw_item: Any,
+    exact: bool = False,
+) -> JobRecord:
     priority, priority_json = priority_of(job_id, number)
     raw, digest = encode_raw(raw_item, exact)
-    return JobRecord(job_id, status, stage, priority, create_time or 0, create_time is None,
-                     None, None, 0, 0, None, None, None, None, None, None,
-                     workflow_id, raw_kind, raw, digest, priority_json)
+    return JobRecord(
+        job_id,
+        status,
+        stage,
+        priority,
+        create_time or 0,
+        create_time is None,
+        None,
+        None,
+        0,
+        0,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        workflow_id,
+        raw_kind,
+        raw,
+        digest,
+        priority_json,
+    )
 
 
 def from_queue(item: Any, status: str, exact: bool = False) -> JobRecord:
@@ -316,13 +348,13 @@ def from_queue(item: Any, status: str, exact: bool = False) -> JobRecord:
     number, _, _, extra_data, _ = prompt = _prompt_tuple(job_id, item)
     create_time, workflow_id = _metadata(extra_data)
     stage = STAGE_RUNNING if status == IN_PROGRESS else STAGE_PENDING
-    record = _base_record(job_id, status, stage, number,
-                          create_time, workflow_id, KIND_QUEUE, prompt, exact)
+    record = _base_record(job_id, status, stage, number, create_time, workflow_id, KIND_QUEUE, prompt, exact)
     record.search = document(KIND_QUEUE, prompt)
     return record
 
 
 # -- history items -----------------------------------------------------------
+
 
 def _execution_events(status_info: Any) -> tuple[int | None, int | None, dict | None, bool]:
     """Walk status.messages: (start, end, execution_error event, interrupted)."""
@@ -405,11 +437,16 @@ def _outputs_walk(outputs: Any) -> tuple[int, dict | None, list[dict]]:
                 if listed:
                     filename = item.get("filename")
                     if isinstance(filename, str) and "\x00" not in filename:
-                        files.append({
-                            "ordinal": len(files), "node_id": file_node, "media_type": media_type,
-                            "filename": filename, "subfolder": _side_text(item.get("subfolder")),
-                            "type": _side_text(item.get("type")),
-                        })
+                        files.append(
+                            {
+                                "ordinal": len(files),
+                                "node_id": file_node,
+                                "media_type": media_type,
+                                "filename": filename,
+                                "subfolder": _side_text(item.get("subfolder")),
+                                "type": _side_text(item.get("type")),
+                            }
+                        )
                 if preview is not None or not _is_previewable(media_type, item):
                     continue
                 enriched = {**item, "nodeId": node_id}
@@ -442,7 +479,8 @@ def normalize_outputs(outputs: Any) -> dict:
                 continue
             node[media_type] = [
                 _three_d_output(item) if isinstance(item, str) and _has_3d_extension(item) else item
-                for item in items if item is not None
+                for item in items
+                if item is not None
             ]
         result[node_id] = node
     return result
@@ -499,14 +537,35 @@ def from_history(job_id: Any, item: Any, exact: bool = False) -> JobRecord:
         error_node_id = _side_text(error.get("node_id"))
         error_node_type = _side_text(error.get("node_type"))
     return JobRecord(
-        job_id, _history_status(status_info, interrupted), STAGE_HISTORY, priority,
-        create_time or 0, create_time is None, start, end, end - start if start and end else 0,
-        count, json_text(preview, exact) if preview is not None else None,
-        execution_error, error_type, error_message, error_node_id, error_node_type,
-        workflow_id, KIND_HISTORY, raw, digest, priority_json, None, files, document(KIND_HISTORY, raw_item))
+        job_id,
+        _history_status(status_info, interrupted),
+        STAGE_HISTORY,
+        priority,
+        create_time or 0,
+        create_time is None,
+        start,
+        end,
+        end - start if start and end else 0,
+        count,
+        json_text(preview, exact) if preview is not None else None,
+        execution_error,
+        error_type,
+        error_message,
+        error_node_id,
+        error_node_type,
+        workflow_id,
+        KIND_HISTORY,
+        raw,
+        digest,
+        priority_json,
+        None,
+        files,
+        document(KIND_HISTORY, raw_item),
+    )
 
 
 # -- rows back to job dicts ----------------------------------------------------
+
 
 def list_dict(row: Any) -> dict:
     """The ``GET /api/jobs`` dict of a row (attribute access), keys in ComfyUI's order."""
@@ -547,8 +606,9 @@ def detail_dict(row: Any) -> dict:
     return job
 
 
-def normalise_items(kind: str, items: list[tuple[Any, Any, str]],
-                    exact: bool = False) -> tuple[list[JobRecord], list[tuple[str, str]]]:
+def normalise_items(
+    kind: str, items: list[tuple[Any, Any, str]], exact: bool = False
+) -> tuple[list[JobRecord], list[tuple[str, str]]]:
     """Normalise ``(key, item, status)`` triples of a ``history`` or ``queue`` dump.
 
     An item given as ``bytes`` is its JSON text, parsed here (``loads_exact``);
@@ -562,8 +622,9 @@ def normalise_items(kind: str, items: list[tuple[Any, Any, str]],
             item_exact = exact
             if isinstance(item, bytes):
                 item, item_exact = loads_exact(item)
-            records.append(from_queue(item, status, item_exact) if kind == KIND_QUEUE
-                           else from_history(key, item, item_exact))
+            records.append(
+                from_queue(item, status, item_exact) if kind == KIND_QUEUE else from_history(key, item, item_exact)
+            )
         except InvalidItem as exc:
             rejected.append((str(exc.job_id), exc.reason))
         except (TypeError, ValueError, RecursionError) as exc:  # unserialisable or absurd data

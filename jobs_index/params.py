@@ -5,6 +5,7 @@ parameter wins. The result is a ``ListQuery`` that the query layer turns into SQ
 Extensions (ComfyUI ignores them): ``source=`` and ``q=`` (full-text search,
 ``search.parse``; a malformed one is a 400 after ComfyUI's own checks).
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -59,10 +60,7 @@ def parse_list_query(query: Mapping[str, str]) -> ListQuery:
         requested = [s.strip().lower() for s in status_param.split(",") if s.strip()]
         invalid = [s for s in requested if s not in STATUSES]
         if invalid:
-            raise BadRequest(
-                f"Invalid status value(s): {', '.join(invalid)}. "
-                f"Valid values: {', '.join(STATUSES)}"
-            )
+            raise BadRequest(f"Invalid status value(s): {', '.join(invalid)}. Valid values: {', '.join(STATUSES)}")
         statuses = tuple(s for s in STATUSES if s in requested)
 
     sort_by = query.get("sort_by", "created_at").lower()

@@ -14,6 +14,7 @@ gathers can turn it into a table walk. PostgreSQL has no hints: every query gets
 custom plan for its actual values, which picks these indexes (tests/test_plans.py);
 docs/postgresql.md records the one stale-statistics case seen and its remedy.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,21 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from sqlalchemy import (BigInteger, Connection, Integer, Row, Select, Text, bindparam, func,
-                        literal_column, select, text, tuple_, union_all)
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Integer,
+    Row,
+    Select,
+    Text,
+    bindparam,
+    func,
+    literal_column,
+    select,
+    text,
+    tuple_,
+    union_all,
+)
 
 from . import schema
 from .cursor import MAX_ID_LENGTH
@@ -31,6 +45,7 @@ from .params import STATUSES as LISTED_STATUSES, ListQuery
 
 jobs = schema.Job.__table__
 counts = schema.JobCount.__table__
+
 
 # A job of ``GET /api/jobs`` as JSON text, rendered by the database from the row's
 # columns: keys in ComfyUI's order, optional keys left out as ComfyUI leaves them out,
@@ -42,19 +57,18 @@ def _job_json_sql(quote: str, number: str) -> str:
     q, n = quote.format, number.format
 
     def optional(key: str, column: str, value: str, missing: str | None = None) -> str:
-        return (f"CASE WHEN {missing or column + ' IS NULL'} THEN '' "
-                f"ELSE ', \"{key}\": ' || {value} END")
+        return f"CASE WHEN {missing or column + ' IS NULL'} THEN '' ELSE ', \"{key}\": ' || {value} END"
 
     parts = [
-        f"""'{{"id": ' || {q('id')}""",
-        f"""', "status": ' || {q('status')}""",
+        f"""'{{"id": ' || {q("id")}""",
+        f"""', "status": ' || {q("status")}""",
         # the exact JSON of a float ("4.0", "NaN"), else the 64-bit integer (migration 0006)
-        f"""', "priority": ' || COALESCE(priority_json, {n('priority')})""",
+        f"""', "priority": ' || COALESCE(priority_json, {n("priority")})""",
         optional("create_time", "create_time", n("create_time"), missing="create_time_missing"),
         optional("execution_start_time", "execution_start_time", n("execution_start_time")),
         optional("execution_end_time", "execution_end_time", n("execution_end_time")),
         optional("execution_error", "execution_error", "execution_error"),
-        f"""', "outputs_count": ' || {n('outputs_count')}""",
+        f"""', "outputs_count": ' || {n("outputs_count")}""",
         optional("preview_output", "preview_output", "preview_output"),
         optional("workflow_id", "workflow_id", q("workflow_id")),
         "'}'",
@@ -88,8 +102,12 @@ def answered_job_json(text: str) -> str:
 
 def page_columns(dialect: str) -> tuple:
     """The columns of a listing row: the keyset key, and the job's JSON text."""
-    return (jobs.c.id, jobs.c.create_time, jobs.c.execution_duration,
-            literal_column(_JOB_JSON_SQL[dialect]).label("job_json"))
+    return (
+        jobs.c.id,
+        jobs.c.create_time,
+        jobs.c.execution_duration,
+        literal_column(_JOB_JSON_SQL[dialect]).label("job_json"),
+    )
 
 
 def page_columns_sql(dialect: str) -> str:
@@ -180,8 +198,10 @@ def _arm(shape: _Shape, status, limit, columns: tuple) -> Select:
         lead = jobs.c.workflow_id if shape.workflow else jobs.c.source
     if status is not None:
         stmt = stmt.where(jobs.c.status == status)
-    for flag, column, name in ((shape.workflow, jobs.c.workflow_id, "workflow"),
-                               (shape.source, jobs.c.source, "source")):
+    for flag, column, name in (
+        (shape.workflow, jobs.c.workflow_id, "workflow"),
+        (shape.source, jobs.c.source, "source"),
+    ):
         if not flag:
             continue
         value = bindparam(name, type_=Text)
@@ -202,11 +222,16 @@ def _arm(shape: _Shape, status, limit, columns: tuple) -> Select:
 
 def _total_column(statuses: list):
     """``total`` as a scalar subquery: the sum of at most five ``job_counts`` rows."""
-    return (select(func.coalesce(func.sum(counts.c.n), 0))
-            .where(counts.c.source == bindparam("count_source", type_=Text),
-                   counts.c.workflow_id == bindparam("count_workflow", type_=Text),
-                   counts.c.status.in_(statuses))
-            .scalar_subquery().label("total"))
+    return (
+        select(func.coalesce(func.sum(counts.c.n), 0))
+        .where(
+            counts.c.source == bindparam("count_source", type_=Text),
+            counts.c.workflow_id == bindparam("count_workflow", type_=Text),
+            counts.c.status.in_(statuses),
+        )
+        .scalar_subquery()
+        .label("total")
+    )
 
 
 def _page_select(shape: _Shape) -> Select:
@@ -236,11 +261,18 @@ def _winners_page(shape: _Shape, statuses: list, limit, offset) -> Select:
         window = bindparam("window", type_=Integer) if shape.limit else None  # each arm may feed the skip
         arms = [select(_arm(shape, s, window, keys).subquery()) for s in statuses]
         merged = union_all(*arms).subquery()
-        winners = (select(merged).order_by(*_order(shape.descending, merged.c.w_key, merged.c.w_id))
-                   .limit(limit).offset(offset).subquery("winners"))
-    stmt = (select(*page_columns(shape.dialect))
-            .select_from(winners.join(jobs, jobs.c.id == winners.c.w_id))
-            .order_by(*_order(shape.descending, winners.c.w_key, winners.c.w_id)))
+        winners = (
+            select(merged)
+            .order_by(*_order(shape.descending, merged.c.w_key, merged.c.w_id))
+            .limit(limit)
+            .offset(offset)
+            .subquery("winners")
+        )
+    stmt = (
+        select(*page_columns(shape.dialect))
+        .select_from(winners.join(jobs, jobs.c.id == winners.c.w_id))
+        .order_by(*_order(shape.descending, winners.c.w_key, winners.c.w_id))
+    )
     if shape.dialect == "sqlite":  # the winners are read by primary key, whatever ANALYZE says
         stmt = stmt.with_hint(jobs, f"INDEXED BY {SQLITE_PRIMARY_KEY_INDEX}", "sqlite")
     return stmt
@@ -289,8 +321,9 @@ def _filter_values(query: ListQuery) -> dict:
     """The parameter values of a listing's filters (arms and total alike)."""
     values = {f"s{i}": status for i, status in enumerate(query.statuses)}
     workflow = column_text(query.workflow_id)
-    values.update(workflow=workflow, source=query.source,
-                  count_source=query.source or "", count_workflow=workflow or "")
+    values.update(
+        workflow=workflow, source=query.source, count_source=query.source or "", count_workflow=workflow or ""
+    )
     return values
 
 
@@ -335,8 +368,15 @@ def storable_position(conn: Connection, position: Position, descending: bool) ->
     return Position(position.value, bound)
 
 
-def select_page(conn: Connection, query: ListQuery, *, limit: int | None, offset: int = 0,
-                after: Position | None = None, with_total: bool = False) -> list[tuple]:
+def select_page(
+    conn: Connection,
+    query: ListQuery,
+    *,
+    limit: int | None,
+    offset: int = 0,
+    after: Position | None = None,
+    with_total: bool = False,
+) -> list[tuple]:
     """Up to ``limit`` rows of ``query``, skipping ``offset`` rows or starting ``after``.
 
     Rows are ``page_columns`` tuples (``ROW_*`` indexes; ``ROW_ID`` as the column
@@ -358,9 +398,19 @@ def select_page(conn: Connection, query: ListQuery, *, limit: int | None, offset
         arms = "all"  # one seek: the timeline, or a workflow's / source's timeline
     else:
         arms = "one" if len(query.statuses) == 1 else "union"
-    shape = _Shape(conn.dialect.name, query.sort_by, query.descending, len(query.statuses), arms,
-                   query.workflow_id is not None, query.source is not None, after is not None,
-                   limit is not None, bool(offset), with_total)
+    shape = _Shape(
+        conn.dialect.name,
+        query.sort_by,
+        query.descending,
+        len(query.statuses),
+        arms,
+        query.workflow_id is not None,
+        query.source is not None,
+        after is not None,
+        limit is not None,
+        bool(offset),
+        with_total,
+    )
     values = _filter_values(query)
     values.update(limit=limit, offset=offset, window=None if limit is None else limit + offset)
     if after is not None:
@@ -385,19 +435,19 @@ def get_job(conn: Connection, job_id: str) -> Row | None:
 
 def _chunks(items: Sequence, size: int = 900) -> Iterable[Sequence]:
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]
 
 
 def live_ids(conn: Connection, source: str | None) -> set[str]:
     """Ids of pending/in_progress rows of one source (None = rows with no source)."""
-    stmt = select(jobs.c.id).where(
-        jobs.c.status.in_(LIVE_STATUSES), jobs.c.source.is_not_distinct_from(source))
+    stmt = select(jobs.c.id).where(jobs.c.status.in_(LIVE_STATUSES), jobs.c.source.is_not_distinct_from(source))
     return {answer_text(job_id) for job_id in conn.execute(stmt).scalars()}
 
 
 def delete_jobs(conn: Connection, ids: Sequence[str]) -> int:
     """Delete ComfyUI's jobs ``ids``; returns how many rows went."""
     from . import search_queries  # (it imports this module)
+
     deleted = 0
     search = search_queries.store(conn)
     for chunk in _chunks([column_text(job_id) for job_id in ids]):
@@ -429,7 +479,6 @@ def stored_counts(conn: Connection) -> dict[tuple[str, str, str], int]:
     return {(s, w, st): n for s, w, st, n in conn.execute(stmt)}
 
 
-
 def count_rows(conn: Connection, query: ListQuery) -> int:
     """Jobs passing the listing's filters, counted from the rows themselves (an index
     scan, O(matching rows)): the truth ``count_total``'s counters must equal."""
@@ -457,8 +506,11 @@ def repair_counts(conn: Connection) -> dict[tuple[str, str, str], tuple[int, int
     wrong as ``{key: (stored, actual)}``. Call under ``lock_jobs_for_recount`` in a
     writer's transaction."""
     actual, stored = recount(conn), stored_counts(conn)
-    wrong = {key: (stored.get(key, 0), actual.get(key, 0))
-             for key in stored.keys() | actual.keys() if stored.get(key, 0) != actual.get(key, 0)}
+    wrong = {
+        key: (stored.get(key, 0), actual.get(key, 0))
+        for key in stored.keys() | actual.keys()
+        if stored.get(key, 0) != actual.get(key, 0)
+    }
     for (source, workflow_id, status), (_, n) in sorted(wrong.items()):
         key = (counts.c.source == source) & (counts.c.workflow_id == workflow_id) & (counts.c.status == status)
         if conn.execute(counts.update().where(key).values(n=n)).rowcount == 0:
@@ -473,8 +525,9 @@ def status_counts(conn: Connection, query: ListQuery) -> dict[str, int]:
     workflow = column_text(query.workflow_id)
     if unmatchable(conn, workflow, query.source):
         return found
-    stmt = select(counts.c.status, counts.c.n).where(counts.c.source == (query.source or ""),
-                                                     counts.c.workflow_id == (workflow or ""))
+    stmt = select(counts.c.status, counts.c.n).where(
+        counts.c.source == (query.source or ""), counts.c.workflow_id == (workflow or "")
+    )
     for row_status, n in conn.execute(stmt):
         if row_status in found:
             found[row_status] = int(n)
@@ -483,9 +536,11 @@ def status_counts(conn: Connection, query: ListQuery) -> dict[str, int]:
 
 def source_counts(conn: Connection) -> dict[str, int]:
     """Each source that has jobs, with its exact number of jobs (``job_counts``)."""
-    stmt = (select(counts.c.source, func.sum(counts.c.n))
-            .where(counts.c.workflow_id == "", counts.c.source != "", counts.c.n != 0)
-            .group_by(counts.c.source))
+    stmt = (
+        select(counts.c.source, func.sum(counts.c.n))
+        .where(counts.c.workflow_id == "", counts.c.source != "", counts.c.n != 0)
+        .group_by(counts.c.source)
+    )
     return {source: int(n) for source, n in conn.execute(stmt)}
 
 

@@ -3,6 +3,7 @@
 No database code: values come from the drivers (``int``, ``float``, ``str``,
 ``bytes``, ``Decimal``, ``datetime``, dicts for PostgreSQL json, ...).
 """
+
 from __future__ import annotations
 
 import csv
@@ -93,7 +94,7 @@ def write_csv(out: TextIO, columns: Sequence[str], rows: Iterable[Sequence]) -> 
 def _cell(value: Any, max_width: int) -> str:
     text = text_value(value).replace("\r", "\\r").replace("\n", "\\n").replace("\t", " ")
     if max_width and len(text) > max_width:
-        text = text[:max_width - 1] + "…"
+        text = text[: max_width - 1] + "…"
     return text
 
 
@@ -101,8 +102,7 @@ def _numeric(value: Any) -> bool:
     return isinstance(value, (int, float, decimal.Decimal)) and not isinstance(value, bool)
 
 
-def format_table(columns: Sequence[str], rows: Iterable[Sequence], *, max_width: int = 60,
-                 footer: bool = True) -> str:
+def format_table(columns: Sequence[str], rows: Iterable[Sequence], *, max_width: int = 60, footer: bool = True) -> str:
     """An aligned text table (numbers right-aligned), like psql's, with a row count."""
     data = [[(_cell(v, max_width), _numeric(v)) for v in row] for row in rows]
     headers = [str(c) for c in columns]
@@ -110,11 +110,11 @@ def format_table(columns: Sequence[str], rows: Iterable[Sequence], *, max_width:
     for row in data:
         for i, (text, _) in enumerate(row):
             widths[i] = max(widths[i], len(text))
-    lines = [" | ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip(),
-             "-+-".join("-" * w for w in widths)]
+    lines = [" | ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip(), "-+-".join("-" * w for w in widths)]
     for row in data:
-        lines.append(" | ".join(text.rjust(w) if numeric else text.ljust(w)
-                                for (text, numeric), w in zip(row, widths)).rstrip())
+        lines.append(
+            " | ".join(text.rjust(w) if numeric else text.ljust(w) for (text, numeric), w in zip(row, widths)).rstrip()
+        )
     if footer:
         lines.append(f"({len(data)} row{'s' if len(data) != 1 else ''})")
     return "\n".join(lines) + "\n"

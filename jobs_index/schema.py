@@ -11,6 +11,7 @@ The search tables (``job_search``, SQLite's FTS5 ``job_search_fts``; migration
 ``0008_search``) differ between the engines and are not models here: their SQL is
 in ``search_queries``, and ``alembic check`` leaves them aside (``DERIVED_TABLES``).
 """
+
 from __future__ import annotations
 
 from sqlalchemy import (
@@ -161,7 +162,6 @@ class FollowedSource(Base):
     # Newest /history id read with every entry before it (None: read from the start).
     history_watermark: Mapped[str | None] = mapped_column(Text)
     synced_at: Mapped[int | None] = mapped_column(BigInteger)  # epoch ms of the last sync
-
 
 
 class SourceLease(Base):

@@ -30,6 +30,7 @@ both engines.
 At least one term must not be excluded. Malformed queries raise ``SearchSyntaxError``
 (HTTP 400) saying what is wrong.
 """
+
 from __future__ import annotations
 
 import re
@@ -66,6 +67,7 @@ def words(text: str) -> list[str]:
 
 
 # -- documents -----------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class Document:
@@ -145,8 +147,9 @@ def document(raw_kind: str, item: Any) -> Document:
     return Document(_capped(texts), tuple(sorted(node_types)), tuple(sorted(models)), tuple(sorted(loras)))
 
 
-def snippet(raw_kind: str, item: Any, query: "SearchQuery", width: int = 100,
-            mark: tuple[str, str] = ("[", "]")) -> str:
+def snippet(
+    raw_kind: str, item: Any, query: "SearchQuery", width: int = 100, mark: tuple[str, str] = ("[", "]")
+) -> str:
     """The first text of the job in which a searched word occurs, marked
     (``highlight``), cut to about ``width`` characters around the first mark; ``""``
     when the match spans texts (a phrase across two inputs)."""
@@ -158,7 +161,7 @@ def snippet(raw_kind: str, item: Any, query: "SearchQuery", width: int = 100,
         if len(marked) <= width:
             return marked
         start = max(0, marked.index(mark[0]) - width // 3)
-        cut = marked[start:start + width]
+        cut = marked[start : start + width]
         return ("…" if start else "") + cut + ("…" if start + width < len(marked) else "")
     return ""
 
@@ -182,8 +185,12 @@ def _output_texts(outputs: Any, texts: list[str]) -> None:
 def _error_texts(status: Any, texts: list[str]) -> None:
     messages = status.get("messages") if isinstance(status, dict) else None
     for entry in messages if isinstance(messages, list) else ():
-        if (isinstance(entry, (list, tuple)) and len(entry) >= 2 and entry[0] == "execution_error"
-                and isinstance(entry[1], dict)):
+        if (
+            isinstance(entry, (list, tuple))
+            and len(entry) >= 2
+            and entry[0] == "execution_error"
+            and isinstance(entry[1], dict)
+        ):
             for key in ("exception_type", "exception_message"):
                 if isinstance(entry[1].get(key), str):
                     texts.append(entry[1][key])
@@ -203,6 +210,7 @@ def _capped(texts: Iterable[str]) -> tuple[str, ...]:
 
 
 # -- queries -------------------------------------------------------------------
+
 
 class SearchSyntaxError(BadRequest):
     """A malformed ``q`` (HTTP 400, ``{"error": ..., "code": "INVALID_SEARCH"}``)."""
@@ -269,8 +277,7 @@ def parse(text: str) -> SearchQuery:
         prefix = False
         star = body.find("*")
         if star != -1:
-            if star != len(body) - 1 and not (quoted and body.rstrip().endswith("*")
-                                              and body.count("*") == 1):
+            if star != len(body) - 1 and not (quoted and body.rstrip().endswith("*") and body.count("*") == 1):
                 raise SearchSyntaxError(f"'*' may only end a word: {body!r}")
             body, prefix = body.rstrip()[:-1], True
             if quoted and body != body.rstrip():  # "red fox *": the star is no prefix of fox
@@ -295,6 +302,7 @@ def parse(text: str) -> SearchQuery:
 
 def fts5_match(query: SearchQuery) -> str:
     """The SQLite FTS5 MATCH expression of ``query`` (every word quoted)."""
+
     def phrase(term: Term) -> str:
         return '"' + " ".join(term.words) + '"' + (" *" if term.prefix else "")
 
@@ -306,6 +314,7 @@ def fts5_match(query: SearchQuery) -> str:
 
 def tsquery(query: SearchQuery) -> str:
     """The PostgreSQL tsquery literal of ``query`` (same words, same meaning)."""
+
     def phrase(term: Term) -> str:
         last = len(term.words) - 1
         parts = [f"'{w}'" + (":*" if term.prefix and i == last else "") for i, w in enumerate(term.words)]
@@ -317,10 +326,11 @@ def tsquery(query: SearchQuery) -> str:
 def matches(query: SearchQuery, doc_words: tuple[str, ...]) -> bool:
     """The reference: does a document (``Document.words``) match ``query``? The
     database answers the same (tests compare them over random histories)."""
+
     def found(term: Term) -> bool:
         n = len(term.words)
         for start in range(len(doc_words) - n + 1):
-            window = doc_words[start:start + n]
+            window = doc_words[start : start + n]
             if window[:-1] != term.words[:-1]:
                 continue
             last = window[-1]

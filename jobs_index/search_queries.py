@@ -22,6 +22,7 @@ A search listing has two plans, chosen per request from the exact total
 with the matches) or *timeline first* (walk the listing's own index and test each
 job: cost grows with how far the page is, divided by the share of jobs that match).
 """
+
 from __future__ import annotations
 
 import json
@@ -59,9 +60,17 @@ def _row_values(record, doc: Document, sources: dict | None) -> tuple:
     """(job_id, *LISTED, node_types, models, loras) of a ``job_search`` row: the id and
     workflow id in their columns' form (``normalize.column_text``), as ``jobs`` stores them."""
     source = record.source if record.source is not None or not sources else sources.get(record.id)
-    return (column_text(record.id), record.create_time, record.execution_duration, record.status,
-            column_text(record.workflow_id), source,
-            _json_list(doc.node_types), _json_list(doc.models), _json_list(doc.loras))
+    return (
+        column_text(record.id),
+        record.create_time,
+        record.execution_duration,
+        record.status,
+        column_text(record.workflow_id),
+        source,
+        _json_list(doc.node_types),
+        _json_list(doc.models),
+        _json_list(doc.loras),
+    )
 
 
 # The job's listing columns, copied into job_search (migration 0008: a trigger
@@ -103,19 +112,22 @@ class SqliteStore(SearchStore):
 
     def forget(self, conn: Connection, ids: Sequence[str]) -> None:
         for start in range(0, len(ids), SQLITE_IN_CHUNK):
-            chunk = tuple(ids[start:start + SQLITE_IN_CHUNK])
+            chunk = tuple(ids[start : start + SQLITE_IN_CHUNK])
             marks = ", ".join("?" * len(chunk))
             rows = conn.exec_driver_sql(
                 "SELECT s.docid, j.raw_kind, j.raw FROM job_search AS s JOIN jobs AS j ON j.id = s.job_id "
-                f"WHERE s.job_id IN ({marks})", chunk).fetchall()
+                f"WHERE s.job_id IN ({marks})",
+                chunk,
+            ).fetchall()
             deletes = []
             for docid, raw_kind, raw in rows:
                 words = document(raw_kind, decode_raw(raw)).fts_text()
                 if words:
                     deletes.append((docid, words))
             if deletes:
-                conn.exec_driver_sql("INSERT INTO job_search_fts (job_search_fts, rowid, doc) "
-                                     "VALUES ('delete', ?, ?)", deletes)
+                conn.exec_driver_sql(
+                    "INSERT INTO job_search_fts (job_search_fts, rowid, doc) VALUES ('delete', ?, ?)", deletes
+                )
             conn.exec_driver_sql(f"DELETE FROM job_search WHERE job_id IN ({marks})", chunk)
 
     def add(self, conn: Connection, records: Sequence, sources: dict | None = None) -> None:
@@ -123,15 +135,17 @@ class SqliteStore(SearchStore):
             return
         first = conn.exec_driver_sql(
             "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'job_search'), 0), "
-            "coalesce((SELECT max(docid) FROM job_search), 0)) + 1").scalar()
+            "coalesce((SELECT max(docid) FROM job_search), 0)) + 1"
+        ).scalar()
         rows, docs = [], []
         for docid, record in enumerate(records, first):
             doc = _document(record)
             rows.append((docid, *_row_values(record, doc, sources)))
             if doc.words:
                 docs.append((docid, doc.fts_text()))
-        conn.exec_driver_sql(f"INSERT INTO job_search (docid, {', '.join(ROW_COLUMNS)}) "
-                             f"VALUES (?{', ?' * len(ROW_COLUMNS)})", rows)
+        conn.exec_driver_sql(
+            f"INSERT INTO job_search (docid, {', '.join(ROW_COLUMNS)}) VALUES (?{', ?' * len(ROW_COLUMNS)})", rows
+        )
         if docs:
             conn.exec_driver_sql("INSERT INTO job_search_fts (rowid, doc) VALUES (?, ?)", docs)
 
@@ -144,8 +158,10 @@ class SqliteStore(SearchStore):
     match_condition = "job_search_fts MATCH :m"
 
     def probe_sql(self) -> str:
-        return ("EXISTS (SELECT 1 FROM job_search AS s JOIN job_search_fts ON job_search_fts.rowid = s.docid "
-                "WHERE s.job_id = jobs.id AND job_search_fts MATCH :m)")
+        return (
+            "EXISTS (SELECT 1 FROM job_search AS s JOIN job_search_fts ON job_search_fts.rowid = s.docid "
+            "WHERE s.job_id = jobs.id AND job_search_fts MATCH :m)"
+        )
 
 
 class PostgresStore(SearchStore):
@@ -169,7 +185,9 @@ class PostgresStore(SearchStore):
         picked = ", ".join(f"c{i}" for i in range(len(types) - 1))
         conn.exec_driver_sql(
             f"INSERT INTO job_search ({', '.join(ROW_COLUMNS)}, doc) "
-            f"SELECT {picked}, c{len(types) - 1}::tsvector FROM unnest({arrays}) AS u({names})", tuple(columns))
+            f"SELECT {picked}, c{len(types) - 1}::tsvector FROM unnest({arrays}) AS u({names})",
+            tuple(columns),
+        )
 
     def match_value(self, query) -> str:
         return tsquery(query)
@@ -191,6 +209,7 @@ def store(conn: Connection) -> SearchStore:
 
 
 # -- listings ------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class _Shape:
@@ -239,8 +258,7 @@ def _order_tail(shape: _Shape, table: str, id_column: str) -> tuple[str, list[st
     if shape.limit:
         tail += " LIMIT :limit"
     if shape.offset:
-        tail += (" OFFSET :offset" if shape.limit or shape.dialect == "postgresql"
-                 else " LIMIT -1 OFFSET :offset")
+        tail += " OFFSET :offset" if shape.limit or shape.dialect == "postgresql" else " LIMIT -1 OFFSET :offset"
     return tail, where
 
 
@@ -262,8 +280,10 @@ def _page_sql(shape: _Shape) -> str:
     winners = f"SELECT s.job_id AS w_id, {sort} AS w_key FROM {search.matches_from} WHERE {' AND '.join(where)}{tail}"
     join = "CROSS JOIN" if shape.dialect == "sqlite" else "JOIN"
     direction = "DESC" if shape.descending else "ASC"
-    return (f"SELECT {columns} FROM ({winners}) AS w {join} jobs ON jobs.id = w.w_id "
-            f"ORDER BY w.w_key {direction}, w.w_id {direction}")
+    return (
+        f"SELECT {columns} FROM ({winners}) AS w {join} jobs ON jobs.id = w.w_id "
+        f"ORDER BY w.w_key {direction}, w.w_id {direction}"
+    )
 
 
 @lru_cache(maxsize=64)
@@ -275,8 +295,11 @@ def _count_sql(dialect: str, statuses: int, workflow: bool, source: bool) -> str
 
 
 def _values(conn: Connection, query: ListQuery) -> dict:
-    values = {"m": store(conn).match_value(query.search), "workflow": column_text(query.workflow_id),
-              "source": query.source}
+    values = {
+        "m": store(conn).match_value(query.search),
+        "workflow": column_text(query.workflow_id),
+        "source": query.source,
+    }
     if not query.all_statuses:
         values.update({f"s{i}": s for i, s in enumerate(query.statuses)})
     return values
@@ -298,8 +321,12 @@ def count_matches(conn: Connection, query: ListQuery) -> int:
     """The exact number of jobs matching ``query.search`` and its filters."""
     if not query.statuses or unmatchable(conn, column_text(query.workflow_id), query.source):
         return 0
-    sql = _count_sql(conn.dialect.name, 0 if query.all_statuses else len(query.statuses),
-                     query.workflow_id is not None, query.source is not None)
+    sql = _count_sql(
+        conn.dialect.name,
+        0 if query.all_statuses else len(query.statuses),
+        query.workflow_id is not None,
+        query.source is not None,
+    )
     return int(_run(conn, sql, _values(conn, query)).scalar_one())
 
 
@@ -323,13 +350,15 @@ def choose_plan(query: ListQuery, total: int, want: int, walked: int, filtered: 
 
 def walked_query(query: ListQuery) -> ListQuery:
     """The listing whose jobs a timeline-first plan walks: the index's own filter."""
-    return ListQuery(workflow_id=query.workflow_id if query.sort_by == "created_at" else None,
-                     source=query.source if query.sort_by == "created_at" and query.workflow_id is None
-                     else None)
+    return ListQuery(
+        workflow_id=query.workflow_id if query.sort_by == "created_at" else None,
+        source=query.source if query.sort_by == "created_at" and query.workflow_id is None else None,
+    )
 
 
-def select_page(conn: Connection, query: ListQuery, *, plan: str, limit: int | None, offset: int = 0,
-                after: Position | None = None) -> list[tuple]:
+def select_page(
+    conn: Connection, query: ListQuery, *, plan: str, limit: int | None, offset: int = 0, after: Position | None = None
+) -> list[tuple]:
     """Up to ``limit`` rows (``queries.page_columns``) of a search listing, skipping
     ``offset`` rows or starting ``after`` (as ``queries.select_page``)."""
     if not query.statuses or unmatchable(conn, column_text(query.workflow_id), query.source):
@@ -341,10 +370,18 @@ def select_page(conn: Connection, query: ListQuery, *, plan: str, limit: int | N
         if clamped is False:
             return []
         after = clamped and storable_position(conn, clamped, query.descending)
-    shape = _Shape(conn.dialect.name, plan, query.sort_by, query.descending,
-                   0 if query.all_statuses else len(query.statuses),
-                   query.workflow_id is not None, query.source is not None, after is not None,
-                   limit is not None, bool(offset))
+    shape = _Shape(
+        conn.dialect.name,
+        plan,
+        query.sort_by,
+        query.descending,
+        0 if query.all_statuses else len(query.statuses),
+        query.workflow_id is not None,
+        query.source is not None,
+        after is not None,
+        limit is not None,
+        bool(offset),
+    )
     values = _values(conn, query)
     values.update(limit=limit, offset=offset)
     if after is not None:
@@ -358,10 +395,12 @@ def job_details(conn: Connection, ids: Sequence[str]) -> dict[str, tuple]:
     found: dict[str, tuple] = {}
     pg = conn.dialect.name == "postgresql"
     for start in range(0, len(ids), SQLITE_IN_CHUNK):
-        chunk = [column_text(job_id) for job_id in ids[start:start + SQLITE_IN_CHUNK]]
+        chunk = [column_text(job_id) for job_id in ids[start : start + SQLITE_IN_CHUNK]]
         condition = "= ANY(%s)" if pg else f"IN ({', '.join('?' * len(chunk))})"
-        sql = ("SELECT j.id, j.source, j.raw_kind, j.raw, (SELECT o.filename FROM job_outputs AS o "
-               "WHERE o.job_id = j.id ORDER BY o.ordinal LIMIT 1) FROM jobs AS j WHERE j.id " + condition)
+        sql = (
+            "SELECT j.id, j.source, j.raw_kind, j.raw, (SELECT o.filename FROM job_outputs AS o "
+            "WHERE o.job_id = j.id ORDER BY o.ordinal LIMIT 1) FROM jobs AS j WHERE j.id " + condition
+        )
         for row in conn.exec_driver_sql(sql, (chunk,) if pg else tuple(chunk)):
             found[answer_text(row[0])] = tuple(row[1:])
     return found

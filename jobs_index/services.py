@@ -5,6 +5,7 @@ custom node: list and get jobs with ComfyUI's semantics, ingest job rows in batc
 transactions, and reconcile live (pending/running) rows with a queue snapshot.
 Every method is blocking; async callers run them in a thread.
 """
+
 from __future__ import annotations
 
 import json
@@ -164,8 +165,10 @@ class JobStream:
         if query.search is not None:  # the exact total of the matches, the plan, the first rows
             self.total = search_queries.count_matches(conn, query)
             if self.total:
-                jobs = [queries.count_total(conn, q) for q in
-                        (search_queries.walked_query(query), replace(query, search=None), ListQuery())]
+                jobs = [
+                    queries.count_total(conn, q)
+                    for q in (search_queries.walked_query(query), replace(query, search=None), ListQuery())
+                ]
                 self._plan = search_queries.choose_plan(query, self.total, want + 1 + offset, *jobs)
             rows = self._select(conn, want + 1) if self.total else []
         elif offset:  # offset mode: total and rows in one snapshot
@@ -181,8 +184,9 @@ class JobStream:
     def _select(self, conn, limit: int) -> list:
         """Up to ``limit`` rows from the current position (a search: its own SQL)."""
         if self._query.search is not None:
-            return search_queries.select_page(conn, self._query, plan=self._plan, limit=limit,
-                                              offset=self._offset, after=self._after)
+            return search_queries.select_page(
+                conn, self._query, plan=self._plan, limit=limit, offset=self._offset, after=self._after
+            )
         return queries.select_page(conn, self._query, limit=limit, offset=self._offset, after=self._after)
 
     def _check_total(self) -> None:
@@ -220,13 +224,18 @@ class JobStream:
             # a cursor carries (it answers 400): the page is answered without one, and
             # offset paging goes on past that job.
             last_id = None if self._last is None else answer_text(self._last[ROW_ID])
-            if (self.has_more and self._query.sort_by == CURSOR_SORT_FIELD and last_id is not None
-                    and cursor_can_carry(last_id)):
-                self.next_cursor = encode_cursor(self._last[ROW_CREATE_TIME], last_id,
-                                                 self._query.sort_order)
+            if (
+                self.has_more
+                and self._query.sort_by == CURSOR_SORT_FIELD
+                and last_id is not None
+                and cursor_can_carry(last_id)
+            ):
+                self.next_cursor = encode_cursor(self._last[ROW_CREATE_TIME], last_id, self._query.sort_order)
         escaped = queries.ESCAPED_IN_JSON  # rare: a job whose id / workflow id holds NUL or "\x01"
-        return [text if escaped not in text else queries.answered_job_json(text)
-                for text in map(itemgetter(ROW_JOB_JSON), page)]
+        return [
+            text if escaped not in text else queries.answered_job_json(text)
+            for text in map(itemgetter(ROW_JOB_JSON), page)
+        ]
 
     def chunks(self) -> Iterator[list[str]]:
         """Job JSON texts, chunk by chunk (blocking: one query per chunk after the first)."""
@@ -301,7 +310,9 @@ def _batches(records: Iterable[JobRecord], source: str | None, size: int) -> Ite
         yield list(batch.values())
 
 
-def finished_transitions(written: list[JobRecord], existing: dict) -> list[tuple[str | None, str, float | None, str | None]]:
+def finished_transitions(
+    written: list[JobRecord], existing: dict
+) -> list[tuple[str | None, str, float | None, str | None]]:
     """``(source, status, seconds or None, error_type)`` of the records of a batch
     written as history rows whose previous row (if any) was not one: the jobs the
     batch finished, each once (a history row rewritten with other content is not a
@@ -316,13 +327,18 @@ def finished_transitions(written: list[JobRecord], existing: dict) -> list[tuple
         seconds = None
         if record.execution_start_time is not None and record.execution_end_time is not None:
             seconds = max(0, record.execution_end_time - record.execution_start_time) / 1000.0
-        out.append((record.source if record.source is not None else (old.source if old else None),
-                    record.status, seconds, record.error_type))
+        out.append(
+            (
+                record.source if record.source is not None else (old.source if old else None),
+                record.status,
+                seconds,
+                record.error_type,
+            )
+        )
     return out
 
 
-def _write_records(conn: Connection, records: list[JobRecord], now: int,
-                   finished: list | None = None) -> IngestResult:
+def _write_records(conn: Connection, records: list[JobRecord], now: int, finished: list | None = None) -> IngestResult:
     """One batch inside the caller's write transaction: count what is new, newer or
     unchanged, and write the new and newer rows (``write_queries.write_batch``).
     ``finished``, if given, is extended with the jobs the batch finishes
@@ -415,8 +431,9 @@ class JobsIndex:
         (or read it to the end), else it holds a pooled connection."""
         return JobStream(self, query, chunk)
 
-    def search(self, query: ListQuery, *, since_ms: int | None = None, page_size: int = 200,
-               mark: tuple[str, str] = ("[", "]")) -> Iterator[SearchHit]:
+    def search(
+        self, query: ListQuery, *, since_ms: int | None = None, page_size: int = 200, mark: tuple[str, str] = ("[", "]")
+    ) -> Iterator[SearchHit]:
         """The jobs matching ``query`` (which has ``search``), newest first, up to
         ``query.limit`` (None: all) and created at or after ``since_ms``. Pages of
         ``page_size`` by keyset cursor; each page's details in one read."""
@@ -424,8 +441,7 @@ class JobsIndex:
         cursor = None
         while remaining is None or remaining > 0:
             size = page_size if remaining is None else min(page_size, remaining)
-            page_query = replace(query, sort_by="created_at", sort_order="desc", limit=size, offset=0,
-                                 cursor=cursor)
+            page_query = replace(query, sort_by="created_at", sort_order="desc", limit=size, offset=0, cursor=cursor)
             page = self.list_jobs(page_query)
             jobs = page.jobs
             if since_ms is not None:
@@ -460,8 +476,9 @@ class JobsIndex:
             with read_statement(self.engine) as conn:
                 return queries.status_counts(conn, query)
         with read_transaction(self.engine) as conn:
-            return {status: search_queries.count_matches(conn, replace(query, statuses=(status,)))
-                    for status in STATUSES}
+            return {
+                status: search_queries.count_matches(conn, replace(query, statuses=(status,))) for status in STATUSES
+            }
 
     def page_counts(self, query: ListQuery) -> tuple[dict[str, int], list[dict]]:
         """``status_counts(query)`` and the sources list of ``sources()``: the history
@@ -477,8 +494,9 @@ class JobsIndex:
             jobs = queries.source_counts(conn)
             urls = live_queries.followed_urls(conn)
             of_jobs = queries.job_sources(conn, ids) if ids else {}
-        listed = [{"source": name, "url": urls.get(name), "jobs": jobs.get(name, 0)}
-                  for name in sorted(set(jobs) | set(urls))]
+        listed = [
+            {"source": name, "url": urls.get(name), "jobs": jobs.get(name, 0)} for name in sorted(set(jobs) | set(urls))
+        ]
         return listed, of_jobs
 
     def total(self, query: ListQuery | None = None) -> int:
@@ -495,14 +513,23 @@ class JobsIndex:
         failed_at = self._repair_failed_at
         if failed_at is not None and time.monotonic() - failed_at < REPAIR_RETRY_S:
             return actual  # a repair failed a moment ago (e.g. a read-only role): pages stay right, quietly
-        log.warning("jobs-index: job_counts says %d jobs for %s but the rows say %d (page at offset %d "
-                    "read %d rows): repairing the counters", total, _describe(query), actual, offset, rows)
+        log.warning(
+            "jobs-index: job_counts says %d jobs for %s but the rows say %d (page at offset %d "
+            "read %d rows): repairing the counters",
+            total,
+            _describe(query),
+            actual,
+            offset,
+            rows,
+        )
         try:
             wrong = self.repair_counts()
         except (StorageError, DBAPIError) as exc:
             self._repair_failed_at = time.monotonic()
-            log.error("jobs-index: cannot repair job_counts (%s); run `jobs-index check --repair`",
-                      " ".join(str(exc).split())[:300])
+            log.error(
+                "jobs-index: cannot repair job_counts (%s); run `jobs-index check --repair`",
+                " ".join(str(exc).split())[:300],
+            )
         else:
             self._repair_failed_at = None
             log.warning("jobs-index: job_counts repaired (%d counter rows were wrong)", len(wrong))
@@ -538,8 +565,14 @@ class JobsIndex:
             except Exception:  # an observer never fails a committed write
                 log.exception("jobs-index: a finished-job observer failed")
 
-    def ingest(self, records: Iterable[JobRecord], *, source: str | None = None,
-               batch_size: int = DEFAULT_BATCH_SIZE, bulk: bool = False) -> IngestResult:
+    def ingest(
+        self,
+        records: Iterable[JobRecord],
+        *,
+        source: str | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        bulk: bool = False,
+    ) -> IngestResult:
         """Write records in batches, one transaction per batch; idempotent.
 
         A killed ingest leaves every committed batch in place and the counts exact;
@@ -555,8 +588,9 @@ class JobsIndex:
             result.add(self._write_batch(batch))
         return result
 
-    def bulk_load(self, records: Iterable[JobRecord], *, source: str | None = None,
-                  batch_size: int = DEFAULT_BATCH_SIZE) -> IngestResult | None:
+    def bulk_load(
+        self, records: Iterable[JobRecord], *, source: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> IngestResult | None:
         """A first import into an empty SQLite index, as one transaction: the
         secondary indexes are dropped, the rows written in batches of ``batch_size``,
         and the indexes built again by one sort each (``write_queries.indexes_deferred``).
@@ -606,8 +640,7 @@ class JobsIndex:
         self._report_finished(finished)
         return result
 
-    def reconcile_live(self, live_ids: Iterable[str], *, source: str | None = None,
-                       holder: str | None = None) -> int:
+    def reconcile_live(self, live_ids: Iterable[str], *, source: str | None = None, holder: str | None = None) -> int:
         """Apply a queue snapshot: pending/running rows of ``source`` that are not in
         it are removed, as ComfyUI forgets a job cancelled while pending. Finished
         (history) rows are never touched. Returns the number removed.
@@ -651,8 +684,9 @@ class JobsIndex:
         with read_transaction(self.engine) as conn:
             return live_queries.finished_ids(conn, sorted(set(ids)))
 
-    def delete_finished(self, *, source: str | None, holder: str | None = None,
-                        batch_size: int = DEFAULT_BATCH_SIZE) -> int:
+    def delete_finished(
+        self, *, source: str | None, holder: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> int:
         """Delete every finished job of ``source`` (ComfyUI's "clear history");
         pending/running rows and other sources stay. In short transactions of
         ``batch_size`` rows, oldest first (as ``prune``), so other writers wait at most
@@ -670,8 +704,9 @@ class JobsIndex:
 
     # -- source leases ---------------------------------------------------------
 
-    def acquire_lease(self, source: str, holder: str, ttl_ms: int,
-                      stale: Callable[[str], bool] = lambda holder: False) -> tuple[bool, str, int]:
+    def acquire_lease(
+        self, source: str, holder: str, ttl_ms: int, stale: Callable[[str], bool] = lambda holder: False
+    ) -> tuple[bool, str, int]:
         """Take (or renew) ``source``'s lease for ``ttl_ms``: free, expired, already
         ours, or held by a holder ``stale(holder)`` says is dead. Returns
         ``(acquired, holder now, its expiry in epoch ms)``."""

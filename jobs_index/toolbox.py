@@ -4,6 +4,7 @@ Services over a ``JobsIndex``: each function owns its transactions (SQL lives in
 ``toolbox_queries``; ad-hoc SQL in ``adhoc``; import of an export in ``ingest``).
 Times are epoch milliseconds; windows are "the last N units" ending now.
 """
+
 from __future__ import annotations
 
 import threading
@@ -23,6 +24,7 @@ PERCENTS = (50, 95)
 
 
 # -- stats ---------------------------------------------------------------------
+
 
 @dataclass
 class Stats:
@@ -44,8 +46,12 @@ class Stats:
 
     def as_json(self) -> dict:
         return {
-            "window": {"since": iso_ms(self.since_ms), "until": iso_ms(self.until_ms),
-                       "since_ms": self.since_ms, "until_ms": self.until_ms},
+            "window": {
+                "since": iso_ms(self.since_ms),
+                "until": iso_ms(self.until_ms),
+                "since_ms": self.since_ms,
+                "until_ms": self.until_ms,
+            },
             "total": self.total,
             "counts": self.counts,
             "failure_rate": self.failure_rate,
@@ -69,8 +75,9 @@ def _percentiles(entry) -> dict:
     return {"n": n, "p50": values.get(50), "p95": values.get(95), "mean": round(mean)}
 
 
-def stats(index: JobsIndex, since_ms: int | None, *, until_ms: int | None = None,
-          top_workflows: int | None = 20) -> Stats:
+def stats(
+    index: JobsIndex, since_ms: int | None, *, until_ms: int | None = None, top_workflows: int | None = 20
+) -> Stats:
     """Counts by status, jobs per UTC day, failure rate, and nearest-rank p50/p95 of
     completed jobs' durations, overall and per workflow, for jobs created since
     ``since_ms`` (None: all). One read transaction (one snapshot on PostgreSQL)."""
@@ -94,13 +101,29 @@ def stats(index: JobsIndex, since_ms: int | None, *, until_ms: int | None = None
     ranked = sorted(workflows.items(), key=lambda kv: (-sum(kv[1].values()), kv[0] is None, kv[0] or ""))
     if top_workflows:
         ranked = ranked[:top_workflows]
-    rows = [{"workflow_id": answer_text(wid), "total": sum(c.values()), **c, "failure_rate": _failure_rate(c),
-             "duration_ms": _percentiles(per_wf.get(wid))} for wid, c in ranked]
-    return Stats(since_ms, until_ms, ordered, [per_day[d] for d in sorted(per_day)],
-                 _percentiles(overall[0] if overall else None), rows, len(workflows))
+    rows = [
+        {
+            "workflow_id": answer_text(wid),
+            "total": sum(c.values()),
+            **c,
+            "failure_rate": _failure_rate(c),
+            "duration_ms": _percentiles(per_wf.get(wid)),
+        }
+        for wid, c in ranked
+    ]
+    return Stats(
+        since_ms,
+        until_ms,
+        ordered,
+        [per_day[d] for d in sorted(per_day)],
+        _percentiles(overall[0] if overall else None),
+        rows,
+        len(workflows),
+    )
 
 
 # -- retention -----------------------------------------------------------------
+
 
 @dataclass
 class PruneResult:
@@ -113,8 +136,14 @@ class PruneResult:
         return sum(self.removed.values())
 
 
-def prune_filter(index: JobsIndex, *, older_than_ms: int | None = None, keep: int | None = None,
-                 statuses: Sequence[str] | None = None, now: int | None = None) -> tq.PruneFilter:
+def prune_filter(
+    index: JobsIndex,
+    *,
+    older_than_ms: int | None = None,
+    keep: int | None = None,
+    statuses: Sequence[str] | None = None,
+    now: int | None = None,
+) -> tq.PruneFilter:
     """What to prune. ``statuses`` defaults to the finished ones: pending and running
     jobs go only when named. The ``keep`` boundary is fixed once, here."""
     statuses = tuple(statuses) if statuses else FINISHED
@@ -126,8 +155,14 @@ def prune_filter(index: JobsIndex, *, older_than_ms: int | None = None, keep: in
     return tq.PruneFilter(statuses, before_ms, keep, boundary)
 
 
-def prune(index: JobsIndex, selection: tq.PruneFilter, *, dry_run: bool = False, batch_size: int = 1000,
-          progress: Callable[[int], None] | None = None) -> PruneResult:
+def prune(
+    index: JobsIndex,
+    selection: tq.PruneFilter,
+    *,
+    dry_run: bool = False,
+    batch_size: int = 1000,
+    progress: Callable[[int], None] | None = None,
+) -> PruneResult:
     """Delete the selected jobs in short transactions of ``batch_size`` (oldest first
     within each status), so readers and other writers wait at most one batch. Counts
     stay exact (triggers); job_outputs rows go with their job (cascade), search rows too
@@ -156,6 +191,7 @@ def count_prunable(index: JobsIndex, selection: tq.PruneFilter) -> int:
 
 # -- export --------------------------------------------------------------------
 
+
 def export_count(index: JobsIndex, selection: tq.ExportFilter) -> int:
     with read_transaction(index.engine) as conn:
         return tq.export_count(conn, selection)
@@ -177,14 +213,22 @@ def export_lines(index: JobsIndex, selection: tq.ExportFilter, *, chunk: int = 5
 
 # -- retention while serving -----------------------------------------------------
 
+
 class RetentionWorker(threading.Thread):
     """Applies ``prune --older-than`` now and then every ``interval_s`` seconds, in
     the background of ``serve --retention``: finished jobs older than ``older_than_ms``
     go, in short batches, so the API keeps answering while it runs. Pending and
     running jobs are never touched. Errors are reported and retried next round."""
 
-    def __init__(self, url: str, older_than_ms: int, *, interval_s: float = 3600,
-                 batch_size: int = 1000, report: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        url: str,
+        older_than_ms: int,
+        *,
+        interval_s: float = 3600,
+        batch_size: int = 1000,
+        report: Callable[[str], None] = print,
+    ) -> None:
         super().__init__(name="jobs-index-retention", daemon=True)
         self.url, self.older_than_ms, self.interval_s = url, older_than_ms, interval_s
         self.batch_size, self.report = batch_size, report
@@ -195,8 +239,7 @@ class RetentionWorker(threading.Thread):
         result = prune(index, prune_filter(index, older_than_ms=self.older_than_ms), batch_size=self.batch_size)
         self.rounds += 1
         if result.total:
-            self.report(f"retention: removed {result.total} job(s) created over "
-                        f"{self.older_than_ms // 1000}s ago")
+            self.report(f"retention: removed {result.total} job(s) created over {self.older_than_ms // 1000}s ago")
         return result
 
     def run(self) -> None:

@@ -3,6 +3,7 @@
 Like ``queries``: every function takes an open connection first and never commits;
 transactions belong to the services (``services``, ``toolbox``). Times are epoch ms.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ DAY_MS = 86_400_000
 
 # -- stats ---------------------------------------------------------------------
 
+
 def _window(since_ms: int | None):
     """Jobs created in the window (jobs without a create_time have 0: never inside a
     bounded window). None: every job."""
@@ -37,27 +39,38 @@ def status_counts(conn: Connection, since_ms: int | None) -> dict[str, int]:
 def per_day(conn: Connection, since_ms: int | None) -> list[tuple[int, str, int]]:
     """``(day number since the epoch (UTC), status, jobs)`` for days with jobs."""
     day = (jobs.c.create_time // DAY_MS).label("day")  # floor division: the UTC day
-    stmt = (select(day, jobs.c.status, func.count())
-            .where(_window(since_ms), jobs.c.create_time_missing == false())
-            .group_by(day, jobs.c.status).order_by(day))
+    stmt = (
+        select(day, jobs.c.status, func.count())
+        .where(_window(since_ms), jobs.c.create_time_missing == false())
+        .group_by(day, jobs.c.status)
+        .order_by(day)
+    )
     return [(int(d), status, n) for d, status, n in conn.execute(stmt)]
 
 
 def per_workflow(conn: Connection, since_ms: int | None) -> list[Row]:
     """``(workflow_id, status, jobs)`` for the window."""
-    stmt = (select(jobs.c.workflow_id, jobs.c.status, func.count())
-            .where(_window(since_ms)).group_by(jobs.c.workflow_id, jobs.c.status))
+    stmt = (
+        select(jobs.c.workflow_id, jobs.c.status, func.count())
+        .where(_window(since_ms))
+        .group_by(jobs.c.workflow_id, jobs.c.status)
+    )
     return conn.execute(stmt).all()
 
 
 def _timed(since_ms: int | None):
     """Completed jobs of the window whose start and end are both known (non-zero)."""
-    return and_(_window(since_ms), jobs.c.status == "completed",
-                jobs.c.execution_start_time != 0, jobs.c.execution_end_time != 0)
+    return and_(
+        _window(since_ms),
+        jobs.c.status == "completed",
+        jobs.c.execution_start_time != 0,
+        jobs.c.execution_end_time != 0,
+    )
 
 
-def duration_percentiles(conn: Connection, since_ms: int | None, percents: Sequence[int],
-                         by_workflow: bool) -> list[tuple[str | None, int, dict[int, int], float]]:
+def duration_percentiles(
+    conn: Connection, since_ms: int | None, percents: Sequence[int], by_workflow: bool
+) -> list[tuple[str | None, int, dict[int, int], float]]:
     """Nearest-rank percentiles of ``execution_duration`` (ms) over completed jobs.
 
     One query for every group: each group's durations are numbered in order by a
@@ -69,12 +82,17 @@ def duration_percentiles(conn: Connection, since_ms: int | None, percents: Seque
     duration = jobs.c.execution_duration
     partition = [jobs.c.workflow_id] if by_workflow else []
     group = jobs.c.workflow_id if by_workflow else literal(None)
-    ranked = select(
-        group.label("grp"), duration.label("ms"),
-        func.row_number().over(partition_by=partition, order_by=[duration, jobs.c.id]).label("rn"),
-        func.count().over(partition_by=partition).label("n"),
-        func.avg(duration).over(partition_by=partition).label("mean"),
-    ).where(_timed(since_ms)).subquery()
+    ranked = (
+        select(
+            group.label("grp"),
+            duration.label("ms"),
+            func.row_number().over(partition_by=partition, order_by=[duration, jobs.c.id]).label("rn"),
+            func.count().over(partition_by=partition).label("n"),
+            func.avg(duration).over(partition_by=partition).label("mean"),
+        )
+        .where(_timed(since_ms))
+        .subquery()
+    )
     # ceil(p * n / 100) in integer arithmetic, portable to both engines.
     ranks = [(p * ranked.c.n + 99) // 100 for p in percents]
     stmt = select(ranked).where(or_(*(ranked.c.rn == r for r in ranks)))
@@ -88,6 +106,7 @@ def duration_percentiles(conn: Connection, since_ms: int | None, percents: Seque
 
 
 # -- retention -----------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class PruneFilter:
@@ -131,8 +150,13 @@ def keep_boundary(conn: Connection, statuses: Sequence[str], keep: int) -> tuple
     """``(create_time, id)`` of the ``keep``-th newest job of ``statuses`` (None: fewer)."""
     if keep <= 0:
         return None
-    stmt = (select(jobs.c.create_time, jobs.c.id).where(jobs.c.status.in_(statuses))
-            .order_by(jobs.c.create_time.desc(), jobs.c.id.desc()).offset(keep - 1).limit(1))
+    stmt = (
+        select(jobs.c.create_time, jobs.c.id)
+        .where(jobs.c.status.in_(statuses))
+        .order_by(jobs.c.create_time.desc(), jobs.c.id.desc())
+        .offset(keep - 1)
+        .limit(1)
+    )
     row = conn.execute(stmt).first()
     return (row.create_time, row.id) if row else None
 
@@ -156,8 +180,12 @@ def prune_batch(conn: Connection, f: PruneFilter, limit: int) -> dict[str, int]:
     for status in f.statuses:
         if len(ids) >= limit:
             break
-        stmt = (select(jobs.c.id).where(jobs.c.status == status, condition)
-                .order_by(jobs.c.create_time, jobs.c.id).limit(limit - len(ids)))
+        stmt = (
+            select(jobs.c.id)
+            .where(jobs.c.status == status, condition)
+            .order_by(jobs.c.create_time, jobs.c.id)
+            .limit(limit - len(ids))
+        )
         found = list(conn.execute(stmt).scalars())
         if found:
             removed[status] = len(found)
@@ -170,6 +198,7 @@ def prune_batch(conn: Connection, f: PruneFilter, limit: int) -> dict[str, int]:
 
 # -- export --------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class ExportFilter:
     statuses: tuple[str, ...] | None = None
@@ -177,8 +206,7 @@ class ExportFilter:
     since_ms: int | None = None
 
 
-def export_chunk(conn: Connection, f: ExportFilter, after: tuple[int, str] | None,
-                 limit: int) -> Sequence[Row]:
+def export_chunk(conn: Connection, f: ExportFilter, after: tuple[int, str] | None, limit: int) -> Sequence[Row]:
     """Full rows in ``(create_time, id)`` order, strictly after ``after`` (keyset)."""
     stmt = _export_filtered(select(jobs), f)
     if after is not None:
@@ -203,7 +231,16 @@ def _export_filtered(stmt, f: ExportFilter):
 
 
 __all__ = [
-    "FINISHED_STATUSES", "ExportFilter", "PruneFilter", "duration_percentiles", "export_chunk",
-    "export_count", "keep_boundary", "per_day", "per_workflow", "prune_batch", "prune_counts",
+    "FINISHED_STATUSES",
+    "ExportFilter",
+    "PruneFilter",
+    "duration_percentiles",
+    "export_chunk",
+    "export_count",
+    "keep_boundary",
+    "per_day",
+    "per_workflow",
+    "prune_batch",
+    "prune_counts",
     "status_counts",
 ]

@@ -13,6 +13,7 @@ rebuilt row has the same ``raw_digest`` and answers the same. A queue item does
 not say whether it was running or pending, so ``job.status`` does, and ``job.id``
 keys a history item. See docs/queries.md ("Moving an index").
 """
+
 from __future__ import annotations
 
 import json
@@ -37,14 +38,20 @@ def export_line(row: Any) -> str:
     escapes newlines in strings), so it is neither parsed nor re-encoded.
     """
     raw_text = zlib.decompress(row.raw).decode("utf-8")
-    return (f'{{"job":{_compact(detail_dict(row))},"raw_kind":{_compact(row.raw_kind)},'
-            f'"raw":{raw_text},"source":{_compact(row.source)}}}')
+    return (
+        f'{{"job":{_compact(detail_dict(row))},"raw_kind":{_compact(row.raw_kind)},'
+        f'"raw":{raw_text},"source":{_compact(row.source)}}}'
+    )
 
 
 def is_export_line(value: Any) -> bool:
     """Does this parsed JSON look like a line of an export (and not a /history dump)?"""
-    return (isinstance(value, dict) and EXPORT_KEYS <= value.keys()
-            and isinstance(value.get("job"), dict) and value.get("raw_kind") in (KIND_HISTORY, KIND_QUEUE))
+    return (
+        isinstance(value, dict)
+        and EXPORT_KEYS <= value.keys()
+        and isinstance(value.get("job"), dict)
+        and value.get("raw_kind") in (KIND_HISTORY, KIND_QUEUE)
+    )
 
 
 def record_from_export(key: str, line: Any) -> JobRecord:

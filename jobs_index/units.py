@@ -2,6 +2,7 @@
 
 Kept free of heavy imports so the CLI can validate options before loading SQLAlchemy.
 """
+
 from __future__ import annotations
 
 import re

@@ -6,14 +6,14 @@ SQL; here a page is one ``join``. The body equals ComfyUI's after parsing; spaci
 follows ``json.dumps`` except inside the embedded ``preview_output`` and
 ``execution_error`` objects, which keep their stored compact form.
 """
+
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable
 
 
-def pagination(offset: int, limit: int | None, total: int, has_more: bool,
-               next_cursor: str | None) -> dict:
+def pagination(offset: int, limit: int | None, total: int, has_more: bool, next_cursor: str | None) -> dict:
     """The ``pagination`` object, keys in ComfyUI's order."""
     result = {"offset": offset, "limit": limit, "total": total, "has_more": has_more}
     if next_cursor is not None:

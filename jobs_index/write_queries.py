@@ -18,6 +18,7 @@ it replaces, and no other connection ever sees the row. On PostgreSQL the
 statement-level triggers keep the counters (exact under concurrent writers of any
 kind); the writer sends each batch as one multi-row ``INSERT`` so they fire once.
 """
+
 from __future__ import annotations
 
 import os
@@ -68,7 +69,7 @@ def _for_ids(conn: Connection, sql: str, ids: Sequence[str]) -> Iterator:
         yield conn.exec_driver_sql(sql + "= ANY(%s)", (list(ids),))
         return
     for start in range(0, len(ids), SQLITE_IN_CHUNK):
-        chunk = tuple(ids[start:start + SQLITE_IN_CHUNK])
+        chunk = tuple(ids[start : start + SQLITE_IN_CHUNK])
         yield conn.exec_driver_sql(sql + f"IN ({', '.join('?' * len(chunk))})", chunk)
 
 
@@ -76,8 +77,11 @@ def read_existing(conn: Connection, ids: Sequence[str]) -> dict[str, Existing]:
     """``{job id: Existing}`` of the stored rows among ``ids`` (ComfyUI's ids; the
     ``Existing.workflow_id`` is as its column stores it)."""
     sql = "SELECT id, stage, raw_digest, status, workflow_id, source FROM jobs WHERE id "
-    return {answer_text(row[0]): Existing(*row[1:])
-            for result in _for_ids(conn, sql, [column_text(i) for i in ids]) for row in result}
+    return {
+        answer_text(row[0]): Existing(*row[1:])
+        for result in _for_ids(conn, sql, [column_text(i) for i in ids])
+        for row in result
+    }
 
 
 def newer(record: JobRecord, old: Existing) -> bool:
@@ -90,7 +94,9 @@ def newer(record: JobRecord, old: Existing) -> bool:
 _GUARD = "excluded.stage > jobs.stage OR (excluded.stage = jobs.stage AND excluded.raw_digest <> jobs.raw_digest)"
 _SET = ", ".join(
     f"{c} = COALESCE(excluded.source, jobs.source)" if c == "source" else f"{c} = excluded.{c}"
-    for c in JOB_COLUMNS if c != "id")
+    for c in JOB_COLUMNS
+    if c != "id"
+)
 _UPSERT_TAIL = f" ON CONFLICT (id) DO UPDATE SET {_SET} WHERE {_GUARD}"
 
 
@@ -116,15 +122,15 @@ def _unnest_sql(table: str, columns: tuple[str, ...], tail: str) -> str:
     need not parse a 20,000-placeholder VALUES list, and statement-level triggers
     fire once."""
     dialect = postgresql.dialect()
-    types = {c.name: c.type.compile(dialect=dialect).split(" COLLATE")[0].lower()
-             for c in schema.Base.metadata.tables[table].columns}
+    types = {
+        c.name: c.type.compile(dialect=dialect).split(" COLLATE")[0].lower()
+        for c in schema.Base.metadata.tables[table].columns
+    }
     arrays = ", ".join(f"%b::{types[c]}[]" for c in columns)
-    return (f"INSERT INTO {table} ({', '.join(columns)}) "
-            f"SELECT * FROM unnest({arrays}){tail}")
+    return f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM unnest({arrays}){tail}"
 
 
-def _insert_many(conn: Connection, table: str, columns: tuple[str, ...], rows: list[tuple],
-                 tail: str = "") -> None:
+def _insert_many(conn: Connection, table: str, columns: tuple[str, ...], rows: list[tuple], tail: str = "") -> None:
     """INSERT ``rows``. SQLite: ``jobs`` as multi-row ``VALUES`` statements of a fixed
     size (the same SQL each time, prepared once) — one statement for many rows
     journals each touched page once per statement (a statement with triggers keeps
@@ -141,7 +147,7 @@ def _insert_many(conn: Connection, table: str, columns: tuple[str, ...], rows: l
         sql = _values_sql(table, columns, per, tail)
         flat = [value for row in rows[:full] for value in row]
         step = per * len(columns)
-        conn.exec_driver_sql(sql, [tuple(flat[i:i + step]) for i in range(0, len(flat), step)])
+        conn.exec_driver_sql(sql, [tuple(flat[i : i + step]) for i in range(0, len(flat), step)])
     if full < len(rows):
         conn.exec_driver_sql(_values_sql(table, columns, 1, tail), rows[full:])
 
@@ -152,6 +158,7 @@ def _delete_side_rows(conn: Connection, ids: list[str]) -> None:
 
 
 # -- counters (SQLite) --------------------------------------------------------------
+
 
 def _count_keys(status: str, workflow_id: str | None, source: str | None) -> set[tuple[str, str, str]]:
     """The job_counts keys a job counts under (as migration 0001's ``_KEYS``)."""
@@ -179,8 +186,10 @@ def _count_deltas(records: Sequence[JobRecord], existing: dict[str, Existing]) -
     return deltas
 
 
-_COUNT_UPSERT = ("INSERT INTO job_counts (source, workflow_id, status, n) VALUES (?, ?, ?, ?) "
-                 "ON CONFLICT (source, workflow_id, status) DO UPDATE SET n = n + excluded.n")
+_COUNT_UPSERT = (
+    "INSERT INTO job_counts (source, workflow_id, status, n) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (source, workflow_id, status) DO UPDATE SET n = n + excluded.n"
+)
 
 
 # -- the batch ----------------------------------------------------------------------
@@ -213,19 +222,20 @@ def job_rows(records: Sequence[JobRecord], now: int, pg: bool = False) -> list[t
             rows[i] = tuple(row)
     if pg:
         p = _PRIORITY
-        rows = [row[:p] + (pg_priority(row[p], r.priority_json),) + row[p + 1:]
-                for row, r in zip(rows, records)]
+        rows = [row[:p] + (pg_priority(row[p], r.priority_json),) + row[p + 1 :] for row, r in zip(rows, records)]
     return rows
 
 
 def side_rows(records: Sequence[JobRecord]) -> list[tuple]:
     """The ``job_outputs`` rows (OUTPUT_COLUMNS order) of ``records`` (job ids in column form)."""
-    return [(column_text(r.id), f["ordinal"], f["node_id"], f["media_type"], f["filename"], f["subfolder"],
-             f["type"]) for r in records for f in r.output_files]
+    return [
+        (column_text(r.id), f["ordinal"], f["node_id"], f["media_type"], f["filename"], f["subfolder"], f["type"])
+        for r in records
+        for f in r.output_files
+    ]
 
 
-def write_batch(conn: Connection, records: Sequence[JobRecord], existing: dict[str, Existing],
-                now: int) -> None:
+def write_batch(conn: Connection, records: Sequence[JobRecord], existing: dict[str, Existing], now: int) -> None:
     """Write ``records`` (each new or ``newer`` than ``existing``), their side rows,
     and (SQLite) their counter deltas. ``existing`` must come from ``read_existing``
     in this transaction."""
@@ -268,9 +278,13 @@ def secondary_indexes(conn: Connection) -> list[tuple[str, str]]:
     """``(name, CREATE INDEX statement)`` of the explicit indexes on the tables an
     import writes, as stored in this SQLite file (primary keys are not among them)."""
     tables = ", ".join(f"'{t}'" for t in BULK_TABLES)
-    return [(name, sql) for name, sql in conn.exec_driver_sql(
-        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL "
-        f"AND tbl_name IN ({tables}) ORDER BY name")]
+    return [
+        (name, sql)
+        for name, sql in conn.exec_driver_sql(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL "
+            f"AND tbl_name IN ({tables}) ORDER BY name"
+        )
+    ]
 
 
 @contextmanager

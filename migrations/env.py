@@ -10,12 +10,12 @@ transaction begins) and ``PRAGMA foreign_key_check`` runs before the commit, so 
 revision that rebuilds ``jobs`` (``migrations/rebuild.py``) cannot cascade into
 ``job_outputs`` / ``job_nodes``; a leftover orphan rolls the whole upgrade back.
 """
+
 from __future__ import annotations
 
 from alembic import context
 
-from jobs_index.database import (VERSION_TABLE, check_foreign_keys, make_engine, resolve_url,
-                                 sqlite_foreign_keys_off)
+from jobs_index.database import VERSION_TABLE, check_foreign_keys, make_engine, resolve_url, sqlite_foreign_keys_off
 from jobs_index.schema import DERIVED_TABLES, Base
 
 config = context.config

@@ -24,6 +24,7 @@ still has every index and trigger it had. A migration that changes a view or a
 trigger passes its new SQL in ``replace`` (name -> statement, or ``None`` to drop
 it for good); one that drops an index on purpose names it in ``dropped_indexes``.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -52,20 +53,27 @@ def _sqlite_dependents(bind) -> list[Dependent]:
     # every trigger on jobs, in creation order (rowid of sqlite_master).
     rows = bind.exec_driver_sql(
         "SELECT type, name, sql FROM sqlite_master "
-        "WHERE (type = 'view') OR (type = 'trigger' AND tbl_name = 'jobs') ORDER BY rowid").all()
+        "WHERE (type = 'view') OR (type = 'trigger' AND tbl_name = 'jobs') ORDER BY rowid"
+    ).all()
     return [Dependent(kind, name, sql, f'DROP {kind.upper()} "{name}"') for kind, name, sql in rows]
 
 
 def _postgresql_dependents(bind) -> list[Dependent]:
-    views = bind.execute(sa.text(
-        "SELECT c.relname, pg_get_viewdef(c.oid) FROM pg_class c "
-        "WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind = 'v' ORDER BY c.oid")).all()
-    triggers = bind.execute(sa.text(
-        "SELECT t.tgname, pg_get_triggerdef(t.oid) FROM pg_trigger t "
-        "WHERE t.tgrelid = to_regclass('jobs') AND NOT t.tgisinternal ORDER BY t.oid")).all()
-    return ([Dependent("view", name, f'CREATE VIEW "{name}" AS {body}', f'DROP VIEW "{name}"')
-             for name, body in views]
-            + [Dependent("trigger", name, sql, f'DROP TRIGGER "{name}" ON jobs') for name, sql in triggers])
+    views = bind.execute(
+        sa.text(
+            "SELECT c.relname, pg_get_viewdef(c.oid) FROM pg_class c "
+            "WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind = 'v' ORDER BY c.oid"
+        )
+    ).all()
+    triggers = bind.execute(
+        sa.text(
+            "SELECT t.tgname, pg_get_triggerdef(t.oid) FROM pg_trigger t "
+            "WHERE t.tgrelid = to_regclass('jobs') AND NOT t.tgisinternal ORDER BY t.oid"
+        )
+    ).all()
+    return [
+        Dependent("view", name, f'CREATE VIEW "{name}" AS {body}', f'DROP VIEW "{name}"') for name, body in views
+    ] + [Dependent("trigger", name, sql, f'DROP TRIGGER "{name}" ON jobs') for name, sql in triggers]
 
 
 def dependents(bind) -> list[Dependent]:
@@ -101,17 +109,20 @@ def create_dependents(bind, found: list[Dependent], replace: dict[str, str | Non
 
 
 @contextmanager
-def rebuilding_jobs(op, *, replace: dict[str, str | None] | None = None,
-                    dropped_indexes: tuple[str, ...] = ()) -> Iterator[None]:
+def rebuilding_jobs(
+    op, *, replace: dict[str, str | None] | None = None, dropped_indexes: tuple[str, ...] = ()
+) -> Iterator[None]:
     """Around a rebuild of ``jobs``: drop views and triggers, recreate them after,
     and fail the migration if ``jobs`` lost an index or a trigger it had."""
     bind = op.get_bind()
     if bind.dialect.name == "sqlite":
         foreign_keys = bind.exec_driver_sql("PRAGMA foreign_keys").scalar()
         if foreign_keys:  # jobs_index.database turns them off before BEGIN; never rebuild with them on
-            raise RebuildError("rebuilding jobs with PRAGMA foreign_keys=ON would empty job_outputs and "
-                               "job_nodes: run migrations through jobs-index (jobs_index.database.migrate "
-                               "or the repo's alembic.ini), which turns them off before the transaction")
+            raise RebuildError(
+                "rebuilding jobs with PRAGMA foreign_keys=ON would empty job_outputs and "
+                "job_nodes: run migrations through jobs-index (jobs_index.database.migrate "
+                "or the repo's alembic.ini), which turns them off before the transaction"
+            )
     indexes = jobs_indexes(bind)
     found = drop_dependents(bind)
     yield

@@ -14,6 +14,7 @@ Data shape: ids ``job-0000000``.., create_time one second apart (unique),
 statuses ~90 % completed / ~7 % failed / ~3 % cancelled, 50 workflows (every 10th
 job has none), 4 sources, durations spread over 0..10 min.
 """
+
 from __future__ import annotations
 
 from sqlalchemy import text
@@ -30,9 +31,11 @@ SOURCES = 4
 _RAW, _DIGEST = encode_raw({"prompt": [0, "bulk", {}, {}, []], "outputs": {}, "status": None})
 
 # One expression list for both engines: only operators both understand.
-_COLUMNS = ("id, status, stage, priority, create_time, create_time_missing, execution_start_time, "
-            "execution_end_time, execution_duration, outputs_count, workflow_id, source, raw_kind, "
-            "raw, raw_digest, indexed_at")
+_COLUMNS = (
+    "id, status, stage, priority, create_time, create_time_missing, execution_start_time, "
+    "execution_end_time, execution_duration, outputs_count, workflow_id, source, raw_kind, "
+    "raw, raw_digest, indexed_at"
+)
 _VALUES = """
     {id_expr},
     CASE WHEN i % 13 = 0 THEN 'failed' WHEN i % 37 = 0 THEN 'cancelled' ELSE 'completed' END,
@@ -53,21 +56,28 @@ def create_time(i: int) -> int:
 
 def _bulk_insert_sql(dialect: str, n: int) -> str:
     if dialect == "sqlite":
-        values = _VALUES.format(id_expr="printf('job-%07d', i)", false="0",
-                                wf_expr="printf('wf-%02d', (i * 31) % 50)",
-                                src_expr="printf('host-%d', i % 4)")
-        return (f"WITH RECURSIVE seq(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM seq WHERE i < {n - 1}) "
-                f"INSERT INTO jobs ({_COLUMNS}) SELECT {values} FROM seq")
-    values = _VALUES.format(id_expr="'job-' || lpad(i::text, 7, '0')", false="false",
-                            wf_expr="'wf-' || lpad(((i * 31) % 50)::text, 2, '0')",
-                            src_expr="'host-' || (i % 4)::text")
+        values = _VALUES.format(
+            id_expr="printf('job-%07d', i)",
+            false="0",
+            wf_expr="printf('wf-%02d', (i * 31) % 50)",
+            src_expr="printf('host-%d', i % 4)",
+        )
+        return (
+            f"WITH RECURSIVE seq(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM seq WHERE i < {n - 1}) "
+            f"INSERT INTO jobs ({_COLUMNS}) SELECT {values} FROM seq"
+        )
+    values = _VALUES.format(
+        id_expr="'job-' || lpad(i::text, 7, '0')",
+        false="false",
+        wf_expr="'wf-' || lpad(((i * 31) % 50)::text, 2, '0')",
+        src_expr="'host-' || (i % 4)::text",
+    )
     return f"INSERT INTO jobs ({_COLUMNS}) SELECT {values} FROM generate_series(0, {n - 1}::bigint) AS i"
 
 
 def _rebuild_counts(conn) -> None:
     conn.execute(queries.counts.delete())
-    rows = [{"source": s, "workflow_id": w, "status": st, "n": n}
-            for (s, w, st), n in queries.recount(conn).items()]
+    rows = [{"source": s, "workflow_id": w, "status": st, "n": n} for (s, w, st), n in queries.recount(conn).items()]
     if rows:
         conn.execute(queries.counts.insert(), rows)
 
@@ -82,7 +92,8 @@ def bulk_load(index: JobsIndex, n: int) -> None:
             # Indexes are rebuilt after the load too (faster than row-by-row upkeep).
             saved = conn.exec_driver_sql(
                 "SELECT type, name, sql FROM sqlite_master WHERE tbl_name = 'jobs' "
-                "AND type IN ('trigger', 'index') AND sql IS NOT NULL").all()
+                "AND type IN ('trigger', 'index') AND sql IS NOT NULL"
+            ).all()
             for kind, name, _ in saved:
                 conn.exec_driver_sql(f'DROP {kind.upper()} "{name}"')
             conn.execute(text(_bulk_insert_sql("sqlite", n)), params)
@@ -92,7 +103,8 @@ def bulk_load(index: JobsIndex, n: int) -> None:
             # Transaction-scoped: ALTER TABLE holds an exclusive lock until commit.
             indexes = conn.exec_driver_sql(
                 "SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid) FROM pg_index i "
-                "WHERE i.indrelid = 'jobs'::regclass AND NOT i.indisprimary").all()
+                "WHERE i.indrelid = 'jobs'::regclass AND NOT i.indisprimary"
+            ).all()
             conn.exec_driver_sql("SET LOCAL maintenance_work_mem = '256MB'")
             conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
             conn.exec_driver_sql("ALTER TABLE jobs DISABLE TRIGGER USER")
@@ -122,5 +134,4 @@ def add_live(index: JobsIndex, positions: list[int], status: str, *, source: str
 def analyze(index: JobsIndex) -> None:
     """Fresh planner statistics (SQLite: a full ANALYZE; PostgreSQL: our two tables)."""
     with index.engine.begin() as conn:
-        conn.exec_driver_sql("ANALYZE jobs, job_counts" if index.engine.dialect.name == "postgresql"
-                             else "ANALYZE")
+        conn.exec_driver_sql("ANALYZE jobs, job_counts" if index.engine.dialect.name == "postgresql" else "ANALYZE")

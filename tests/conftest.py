@@ -4,6 +4,7 @@
 * ``postgresql``: a fresh schema in the database named by ``JOBS_INDEX_TEST_PG``
   (``.ci/run`` sets it). Without that variable these cases are skipped, saying why.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,10 @@ from sqlalchemy import create_engine, text
 from jobs_index import JobsIndex
 
 PG_ENV = "JOBS_INDEX_TEST_PG"
-PG_SKIP = (f"PostgreSQL backend not configured: set {PG_ENV}=postgresql+psycopg://postgres@127.0.0.1:5432/test "
-           "(.ci/run does) to run this case against PostgreSQL")
+PG_SKIP = (
+    f"PostgreSQL backend not configured: set {PG_ENV}=postgresql+psycopg://postgres@127.0.0.1:5432/test "
+    "(.ci/run does) to run this case against PostgreSQL"
+)
 BACKENDS = ("sqlite", "postgresql")
 
 

@@ -75,9 +75,10 @@ def cursor_branch_history() -> dict[str, dict]:
         jid = job["id"]
         history[jid] = {
             "prompt": [
-                job["priority"], jid, {},
-                {"create_time": job["create_time"],
-                 "extra_pnginfo": {"workflow": {"id": job["workflow_id"]}}},
+                job["priority"],
+                jid,
+                {},
+                {"create_time": job["create_time"], "extra_pnginfo": {"workflow": {"id": job["workflow_id"]}}},
                 [preview["nodeId"]],
             ],
             "outputs": {preview["nodeId"]: {preview["mediaType"]: [image]}},

@@ -1,5 +1,6 @@
 """A real jobs-index HTTP server on a loopback port, run in a background thread,
 plus a tiny synchronous client, for tests that speak HTTP like a real client."""
+
 from __future__ import annotations
 
 import asyncio

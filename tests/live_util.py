@@ -1,5 +1,6 @@
 """Helpers for the live-ingestion tests (``test_follow``, ``test_custom_node``):
 condition waits, an accumulating oracle, and JSON comparison of /api/jobs answers."""
+
 from __future__ import annotations
 
 import asyncio
@@ -70,9 +71,14 @@ def _exact(answer) -> str:
     return json.dumps(answer, sort_keys=True)
 
 
-async def mismatches(session: aiohttp.ClientSession, base_url: str, reference: Reference,
-                     params_list: list[dict[str, str]] = PARITY_PARAMS, extra: dict[str, str] | None = None,
-                     details: bool = True) -> list[str]:
+async def mismatches(
+    session: aiohttp.ClientSession,
+    base_url: str,
+    reference: Reference,
+    params_list: list[dict[str, str]] = PARITY_PARAMS,
+    extra: dict[str, str] | None = None,
+    details: bool = True,
+) -> list[str]:
     """Differences between ``base_url``'s /api/jobs and the reference (empty = equal)."""
     problems = []
     for params in params_list:

@@ -218,18 +218,20 @@ def normalize_history_item(prompt_id: str, item: dict, detail: bool = False) -> 
     else:
         status = "completed"  # "success", missing or anything else
 
-    job = _prune({
-        "id": prompt_id,
-        "status": status,
-        "priority": priority,
-        "create_time": create_time,
-        "execution_start_time": start,
-        "execution_end_time": end,
-        "execution_error": error,
-        "outputs_count": count,
-        "preview_output": preview,
-        "workflow_id": workflow_id,
-    })
+    job = _prune(
+        {
+            "id": prompt_id,
+            "status": status,
+            "priority": priority,
+            "create_time": create_time,
+            "execution_start_time": start,
+            "execution_end_time": end,
+            "execution_error": error,
+            "outputs_count": count,
+            "preview_output": preview,
+            "workflow_id": workflow_id,
+        }
+    )
     if detail:
         job["outputs"] = normalize_outputs(outputs)
         job["execution_status"] = status_info
@@ -240,14 +242,16 @@ def normalize_history_item(prompt_id: str, item: dict, detail: bool = False) -> 
 def normalize_queue_item(item: list, status: str) -> dict:
     priority, prompt_id, _, extra_data = item[:4]
     create_time, workflow_id = _metadata(extra_data)
-    return _prune({
-        "id": prompt_id,
-        "status": status,
-        "priority": priority,
-        "create_time": create_time,
-        "outputs_count": 0,
-        "workflow_id": workflow_id,
-    })
+    return _prune(
+        {
+            "id": prompt_id,
+            "status": status,
+            "priority": priority,
+            "create_time": create_time,
+            "outputs_count": 0,
+            "workflow_id": workflow_id,
+        }
+    )
 
 
 # ------------------------------------------------------------------------ listing
@@ -270,8 +274,9 @@ def _parse_int(text: str) -> int | None:
 
 
 class Reference:
-    def __init__(self, history: dict[str, dict], running: list[list], pending: list[list],
-                 comfyui_mint_errors: bool = False):
+    def __init__(
+        self, history: dict[str, dict], running: list[list], pending: list[list], comfyui_mint_errors: bool = False
+    ):
         self.history = history
         self.running = running
         self.pending = pending
@@ -309,8 +314,7 @@ class Reference:
             statuses = [s.strip().lower() for s in params["status"].split(",") if s.strip()]
             bad = [s for s in statuses if s not in STATUSES]
             if bad:
-                return 400, {"error": f"Invalid status value(s): {', '.join(bad)}. "
-                                      f"Valid values: {', '.join(STATUSES)}"}
+                return 400, {"error": f"Invalid status value(s): {', '.join(bad)}. Valid values: {', '.join(STATUSES)}"}
         sort_by = params.get("sort_by", "created_at").lower()
         if sort_by not in ("created_at", "execution_duration"):
             return 400, {"error": "sort_by must be 'created_at' or 'execution_duration'"}
@@ -366,8 +370,7 @@ class Reference:
         if sort_by == "created_at" and has_more:
             last = jobs[-1]
             if 0 < len(last["id"]) <= 128:
-                pagination["next_cursor"] = encode_cursor(
-                    str(last.get("create_time") or 0), last["id"], sort_order)
+                pagination["next_cursor"] = encode_cursor(str(last.get("create_time") or 0), last["id"], sort_order)
             elif self.comfyui_mint_errors:
                 # ComfyUI's encoder refuses an empty id or one over 128 characters and
                 # the whole request answers 400. jobs-index answers the page without a

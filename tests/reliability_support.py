@@ -11,6 +11,7 @@
   written once and cached per test session.
 * SQLite checks used after crashes: integrity, duplicates, ids.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -25,7 +26,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
-
 
 
 from .live_server import served  # noqa: F401 (re-exported for the reliability tests)
@@ -106,14 +106,24 @@ def free_port() -> int:
 class ServeProcess:
     """``jobs-index --db URL serve`` in a subprocess (stderr captured to a file)."""
 
-    def __init__(self, db_url: str, workdir: Path, *, extra_args: tuple[str, ...] = (),
-                 global_args: tuple[str, ...] = (), port: int | None = None, env: dict | None = None) -> None:
+    def __init__(
+        self,
+        db_url: str,
+        workdir: Path,
+        *,
+        extra_args: tuple[str, ...] = (),
+        global_args: tuple[str, ...] = (),
+        port: int | None = None,
+        env: dict | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.stderr_path = workdir / f"serve-{self.port}.stderr"
         self._stderr = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen(
             [*JOBS_INDEX, "--db", db_url, *global_args, "serve", "--port", str(self.port), *extra_args],
-            stdout=subprocess.DEVNULL, stderr=self._stderr, cwd=workdir,
+            stdout=subprocess.DEVNULL,
+            stderr=self._stderr,
+            cwd=workdir,
             env={**os.environ, **(env or {})},
         )
 
@@ -198,7 +208,7 @@ def session_dir(tmp_path_factory) -> Path:
 
 def sqlite_file(url: str) -> Path:
     assert url.startswith("sqlite:///"), url
-    return Path(url[len("sqlite:///"):])
+    return Path(url[len("sqlite:///") :])
 
 
 def check_sqlite_file(path: Path) -> set[str]:
@@ -215,7 +225,8 @@ def check_sqlite_file(path: Path) -> set[str]:
         (distinct,) = conn.execute("SELECT count(DISTINCT id) FROM jobs").fetchone()
         assert rows == distinct == len(ids) == len(set(ids)), (rows, distinct, len(ids))
         (total,) = conn.execute(
-            "SELECT coalesce(sum(n), 0) FROM job_counts WHERE source = '' AND workflow_id = ''").fetchone()
+            "SELECT coalesce(sum(n), 0) FROM job_counts WHERE source = '' AND workflow_id = ''"
+        ).fetchone()
         assert total == rows, (total, rows)
         return set(ids)
     finally:

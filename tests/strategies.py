@@ -63,8 +63,25 @@ def unique_ids(draw, max_size=6, exclude=frozenset()):
 # negatives, huge values, and what float() makes of "nan", "inf", "1e400".
 ODD_PRIORITIES = st.one_of(
     st.integers(-3, 5).map(float),
-    st.sampled_from([2.5, -0.5, -0.0, 0.1 + 0.2, 1e16, -1e300, 1e-07, float("nan"), float("inf"),
-                     float("-inf"), 2**63, -(2**63) - 1, 10**30, 2**63 - 1, float(2**63)]),
+    st.sampled_from(
+        [
+            2.5,
+            -0.5,
+            -0.0,
+            0.1 + 0.2,
+            1e16,
+            -1e300,
+            1e-07,
+            float("nan"),
+            float("inf"),
+            float("-inf"),
+            2**63,
+            -(2**63) - 1,
+            10**30,
+            2**63 - 1,
+            float(2**63),
+        ]
+    ),
     st.integers(-(2**70), 2**70),
     st.floats(),
 )
@@ -82,11 +99,15 @@ WORKFLOW_IDS = ["wf-1", "wf-2", "WF-1", "wé", ""]
 
 @st.composite
 def extra_data(draw):
-    workflow = draw(_mostly(
-        st.builds(lambda wid: _dict(id=wid, nodes=[]),
-                  _mostly(st.sampled_from(WORKFLOW_IDS), st.sampled_from([MISSING, None]))),
-        st.sampled_from([MISSING, None, {}, "not-a-dict"]),
-    ))
+    workflow = draw(
+        _mostly(
+            st.builds(
+                lambda wid: _dict(id=wid, nodes=[]),
+                _mostly(st.sampled_from(WORKFLOW_IDS), st.sampled_from([MISSING, None])),
+            ),
+            st.sampled_from([MISSING, None, {}, "not-a-dict"]),
+        )
+    )
     pnginfo = draw(_mostly(st.just(_dict(workflow=workflow)), st.sampled_from([MISSING, None, {}])))
     data = _dict(create_time=draw(times), extra_pnginfo=pnginfo, client_id="c")
     return draw(_mostly(st.just(data), st.sampled_from([None, {}]), one_in=10))
@@ -97,16 +118,18 @@ def extra_data(draw):
 FILENAMES = ["a.png", "b.mp4", "Model.GLB", "scene.gltf", "x.usdz", "noext", "tri.obj.txt"]
 
 file_items = st.builds(
-    lambda filename, subfolder, type_, extra: _dict(
-        filename=filename, subfolder=subfolder, type=type_, **extra),
+    lambda filename, subfolder, type_, extra: _dict(filename=filename, subfolder=subfolder, type=type_, **extra),
     _mostly(st.sampled_from(FILENAMES), st.sampled_from([MISSING, None, 7])),
     st.sampled_from(["", "sub"]),
     _mostly(st.sampled_from(["output", "temp"]), st.sampled_from([MISSING, "input"])),
-    _mostly(st.just({}), st.one_of(
-        st.fixed_dictionaries({"format": st.sampled_from(
-            ["video/mp4", "audio/wav", "image/png", "", None, 3])}),
-        st.sampled_from([{"mediaType": "custom"}, {"nodeId": "stale"}]),
-    ), one_in=3),
+    _mostly(
+        st.just({}),
+        st.one_of(
+            st.fixed_dictionaries({"format": st.sampled_from(["video/mp4", "audio/wav", "image/png", "", None, 3])}),
+            st.sampled_from([{"mediaType": "custom"}, {"nodeId": "stale"}]),
+        ),
+        one_in=3,
+    ),
 )
 text_values = st.one_of(
     st.sampled_from(["", "hello", "é中", "x" * 1024, "y" * 1025]),
@@ -117,10 +140,14 @@ text_items = st.one_of(
     st.lists(text_values, max_size=2),  # JSON form of ComfyUI's in-memory (value,) tuple
     st.sampled_from([None, 5, True, [7]]),
 )
-output_items = _mostly(file_items, st.one_of(
-    text_items,
-    st.sampled_from(["Mesh.FBX", "model.glb", "plain.txt"]),  # bare 3D / non-3D strings
-), one_in=3)
+output_items = _mostly(
+    file_items,
+    st.one_of(
+        text_items,
+        st.sampled_from(["Mesh.FBX", "model.glb", "plain.txt"]),  # bare 3D / non-3D strings
+    ),
+    one_in=3,
+)
 MEDIA_TYPES = ["images", "video", "audio", "3d", "text", "gifs", "latents", "meshes", "animated"]
 ODD_LISTS = st.sampled_from([[], [True], [False, None], "str", 5, None, {}])  # odd or not lists
 
@@ -136,8 +163,9 @@ def _node_outputs(draw):
 
 # A node output that is not a dict, or empty, now and then.
 node_outputs = _mostly(_node_outputs(), st.sampled_from([None, [], "junk", {}]), one_in=8)
-outputs = _mostly(st.dictionaries(st.sampled_from(["1", "2", "10", "9"]), node_outputs,
-                                   min_size=1, max_size=2), st.just({}), one_in=8)
+outputs = _mostly(
+    st.dictionaries(st.sampled_from(["1", "2", "10", "9"]), node_outputs, min_size=1, max_size=2), st.just({}), one_in=8
+)
 
 
 # ------------------------------------------------------------------------ status
@@ -149,14 +177,23 @@ def _event(name):
         if name == "execution_error":
             data["exception_message"] = message
         return [name, data]
+
     return st.builds(build, times, st.sampled_from(["boom", ""]))
 
 
-END_EVENTS = {"success": "execution_success", "error": "execution_error",
-              "interrupted": "execution_interrupted"}
+END_EVENTS = {"success": "execution_success", "error": "execution_error", "interrupted": "execution_interrupted"}
 any_event = st.sampled_from(["execution_start", "execution_cached", *END_EVENTS.values()]).flatmap(_event)
-ODD_ENTRIES = st.sampled_from([["execution_start"], ["execution_start", "nope"], [], "junk", 5,
-                               ["execution_error", {}], ["execution_success", None]])
+ODD_ENTRIES = st.sampled_from(
+    [
+        ["execution_start"],
+        ["execution_start", "nope"],
+        [],
+        "junk",
+        5,
+        ["execution_error", {}],
+        ["execution_success", None],
+    ]
+)
 
 
 @st.composite
@@ -172,15 +209,14 @@ def typical_status(draw):
 
 
 odd_status = st.builds(
-    lambda status_str, completed, messages: _dict(
-        status_str=status_str, completed=completed, messages=messages),
+    lambda status_str, completed, messages: _dict(status_str=status_str, completed=completed, messages=messages),
     st.sampled_from(["success", "error", "weird", None, MISSING]),
     st.booleans(),
-    _mostly(st.lists(st.one_of(any_event, ODD_ENTRIES), max_size=5),
-            st.sampled_from([MISSING, None, "junk", {"a": 1}])),  # messages not a list
+    _mostly(
+        st.lists(st.one_of(any_event, ODD_ENTRIES), max_size=5), st.sampled_from([MISSING, None, "junk", {"a": 1}])
+    ),  # messages not a list
 )
-status_info = _mostly(typical_status(), st.one_of(odd_status, st.sampled_from([None, MISSING])),
-                      one_in=3)
+status_info = _mostly(typical_status(), st.one_of(odd_status, st.sampled_from([None, MISSING])), one_in=3)
 
 
 # ------------------------------------------------------------------------- items
@@ -188,14 +224,18 @@ status_info = _mostly(typical_status(), st.one_of(odd_status, st.sampled_from([N
 
 def history_items(prompt_id: str | None = None):
     """One history item (its prompt id drawn unless given)."""
+
     @st.composite
     def build(draw):
         pid = prompt_id if prompt_id is not None else draw(job_ids)
         prompt = [draw(priorities), pid, {"1": {"class_type": "X"}}, draw(extra_data()), ["1"]]
-        return _dict(prompt=prompt,
-                     outputs=draw(_mostly(outputs, st.sampled_from([None, MISSING]), one_in=10)),
-                     status=draw(status_info),
-                     meta={})
+        return _dict(
+            prompt=prompt,
+            outputs=draw(_mostly(outputs, st.sampled_from([None, MISSING]), one_in=10)),
+            status=draw(status_info),
+            meta={},
+        )
+
     return build()
 
 
@@ -206,8 +246,10 @@ def histories(draw, max_size=6, exclude=frozenset()):
 
 @st.composite
 def queue_items(draw, exclude=frozenset(), max_size=3):
-    return [[draw(priorities), i, {"1": {"class_type": "X"}}, draw(extra_data()), ["1"]]
-            for i in draw(unique_ids(max_size, exclude))]
+    return [
+        [draw(priorities), i, {"1": {"class_type": "X"}}, draw(extra_data()), ["1"]]
+        for i in draw(unique_ids(max_size, exclude))
+    ]
 
 
 @st.composite
@@ -236,29 +278,39 @@ def cursors(draw, ids=(), order="desc"):
     order = draw(_mostly(st.just(order), st.sampled_from(["asc", "desc", "ASC", "up"])))
     canonical = encode_cursor(value, job_id, order)
     payload = {"o": order, "id": job_id, "v": value, "s": "created_at", "extra": 1}
-    odd = st.sampled_from([
-        canonical + "==",  # excess padding: Python's lenient decoder ignores it
-        _b64(json.dumps(payload).encode()),  # other key order, extra key, \u escapes: accepted
-        _b64(json.dumps({**payload, "v": 5}).encode()),
-        _b64(json.dumps({**payload, "s": "updated_at"}).encode()),
-        _b64(json.dumps({**payload, "id": ""}).encode()),
-        _b64(json.dumps([payload]).encode()),
-        "", "garbage!!", "é", "e30", "bnVsbA", "x" * 8193,
-    ])
+    odd = st.sampled_from(
+        [
+            canonical + "==",  # excess padding: Python's lenient decoder ignores it
+            _b64(json.dumps(payload).encode()),  # other key order, extra key, \u escapes: accepted
+            _b64(json.dumps({**payload, "v": 5}).encode()),
+            _b64(json.dumps({**payload, "s": "updated_at"}).encode()),
+            _b64(json.dumps({**payload, "id": ""}).encode()),
+            _b64(json.dumps([payload]).encode()),
+            "",
+            "garbage!!",
+            "é",
+            "e30",
+            "bnVsbA",
+            "x" * 8193,
+        ]
+    )
     return draw(_mostly(st.just(canonical), odd, one_in=3))
 
 
-status_tokens = _mostly(st.sampled_from(STATUSES),
-                        st.sampled_from([" Completed ", "FAILED", "", " ", "bogus", "Nope"]))
+status_tokens = _mostly(st.sampled_from(STATUSES), st.sampled_from([" Completed ", "FAILED", "", " ", "bogus", "Nope"]))
 PARAMS = {
     "status": st.lists(status_tokens, min_size=1, max_size=3).map(",".join),
-    "sort_by": _mostly(st.sampled_from(["created_at", "execution_duration"]),
-                       st.sampled_from(["CREATED_AT", "name", ""])),
+    "sort_by": _mostly(
+        st.sampled_from(["created_at", "execution_duration"]), st.sampled_from(["CREATED_AT", "name", ""])
+    ),
     "sort_order": _mostly(st.sampled_from(["asc", "desc"]), st.sampled_from(["ASC", "Desc", "up", ""])),
-    "limit": _mostly(st.integers(1, 4).map(str), st.sampled_from(
-        ["0", "-1", "abc", "1.5", "", " 2", "+2", "1_0", "٣", "99999999999999999999"])),
-    "offset": _mostly(st.integers(0, 4).map(str), st.sampled_from(
-        ["-3", "abc", "", "100", " 1", "1_0", "99999999999999999999"])),
+    "limit": _mostly(
+        st.integers(1, 4).map(str),
+        st.sampled_from(["0", "-1", "abc", "1.5", "", " 2", "+2", "1_0", "٣", "99999999999999999999"]),
+    ),
+    "offset": _mostly(
+        st.integers(0, 4).map(str), st.sampled_from(["-3", "abc", "", "100", " 1", "1_0", "99999999999999999999"])
+    ),
     "workflow_id": st.sampled_from(WORKFLOW_IDS + ["missing"]),
 }
 

@@ -12,6 +12,7 @@ default, ``--no-bulk`` does not).
 * a real ``jobs-index import`` killed with SIGKILL during a bulk load leaves an
   empty, consistent file, and running it again loads everything.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,7 +37,7 @@ CONTENT = {
     "job_outputs": "SELECT * FROM job_outputs ORDER BY job_id, ordinal",
     "job_search": "SELECT * FROM job_search ORDER BY job_id",
     # every (word, docid, position) of the FTS5 index (read through a temp fts5vocab table)
-    "job_search_fts": "SELECT term, doc, col, \"offset\" FROM temp.fts_words ORDER BY 1, 2, 4",
+    "job_search_fts": 'SELECT term, doc, col, "offset" FROM temp.fts_words ORDER BY 1, 2, 4',
     "job_counts": "SELECT * FROM job_counts WHERE n <> 0 ORDER BY source, workflow_id, status",
 }
 
@@ -56,7 +57,7 @@ def schema_and_content(path) -> dict:
             if table == "jobs":  # indexed_at is the time of writing
                 names = [d[0] for d in conn.execute("SELECT * FROM jobs LIMIT 0").description]
                 at = names.index("indexed_at")
-                rows = [row[:at] + row[at + 1:] for row in rows]
+                rows = [row[:at] + row[at + 1 :] for row in rows]
             out[table] = rows
         return out
     finally:
@@ -162,8 +163,7 @@ def test_sigkill_during_a_bulk_import_then_rerun(tmp_path, bulk_dump):
         os.remove(tmp_path / name)
     subprocess.run([*JOBS_INDEX, "--db", url, "migrate"], check=True, capture_output=True)
     for fraction in (0.3, 0.5, 0.7, 0.8, 0.87, 0.93):  # early writes ... index builds and COMMIT
-        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         time.sleep(duration * fraction)
         killed = proc.poll() is None
         try:
@@ -175,8 +175,9 @@ def test_sigkill_during_a_bulk_import_then_rerun(tmp_path, bulk_dump):
         assert len(ids) in (0, 20_000), (fraction, len(ids))  # all or nothing
         conn = sqlite3.connect(path)
         try:
-            indexes = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'index' "
-                                   "AND sql IS NOT NULL").fetchone()[0]
+            indexes = conn.execute(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
+            ).fetchone()[0]
         finally:
             conn.close()
         assert indexes >= 10, (fraction, indexes)
@@ -197,8 +198,12 @@ def test_cli_import_with_and_without_bulk_gives_the_same_index(tmp_path):
     lines = {}
     for name, options in (("bulk", []), ("batches", ["--no-bulk"])):
         url = f"sqlite:///{tmp_path / name}.sqlite3"
-        done = subprocess.run([*JOBS_INDEX, "--db", url, "import", *options, str(history), str(queue)],
-                              capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [*JOBS_INDEX, "--db", url, "import", *options, str(history), str(queue)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 0, done.stderr
         lines[name] = done.stdout.strip()
     assert lines["bulk"] == lines["batches"] == "2 file(s): 8 inserted, 0 updated, 2 unchanged, 0 rejected"

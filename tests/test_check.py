@@ -7,6 +7,7 @@ SQLite's classic hole: ``INSERT OR REPLACE`` from the ``sqlite3`` shell deletes 
 old row without firing the delete trigger (recursive triggers are off), so the
 counters count the job twice.
 """
+
 from __future__ import annotations
 
 import sqlite3
@@ -34,10 +35,12 @@ def filled(index, db_url):
 
 def expected_side_rows(records):
     """(job_outputs rows, job_search rows as ``toolbox_util.side_rows`` reads them)."""
-    search = [{"job_id": r.id, "node_types": list(doc.node_types), "models": list(doc.models),
-               "loras": list(doc.loras)} for r in records for doc in [_document(r)]]
-    return ([{**o, "job_id": r.id} for r in records for o in r.output_files],
-            sorted(search, key=lambda n: n["job_id"]))
+    search = [
+        {"job_id": r.id, "node_types": list(doc.node_types), "models": list(doc.models), "loras": list(doc.loras)}
+        for r in records
+        for doc in [_document(r)]
+    ]
+    return ([{**o, "job_id": r.id} for r in records for o in r.output_files], sorted(search, key=lambda n: n["job_id"]))
 
 
 def shell(index, *statements: str) -> None:
@@ -62,20 +65,24 @@ def make_drift(index, records) -> dict:
     history = [r for r in records if r.output_files and r.status == "completed"]
     replaced, relabelled, stripped = history[0], history[1], history[2]
     if index.engine.dialect.name == "sqlite":
-        shell(index,
-              f"INSERT OR REPLACE INTO jobs SELECT * FROM jobs WHERE id = '{replaced.id}'",
-              f"INSERT OR REPLACE INTO jobs SELECT id, 'failed', stage, priority, create_time, create_time_missing, "
-              f"execution_start_time, execution_end_time, execution_duration, outputs_count, preview_output, "
-              f"execution_error, error_type, error_message, error_node_id, error_node_type, workflow_id, source, "
-              f"raw_kind, raw, raw_digest, indexed_at, priority_json FROM jobs WHERE id = '{relabelled.id}'",
-              f"DELETE FROM job_search WHERE job_id = '{stripped.id}'",
-              "INSERT INTO job_outputs (job_id, ordinal, node_id, media_type, filename) "
-              "VALUES ('zzzz-gone', 0, '9', 'images', 'orphan.png')")
+        shell(
+            index,
+            f"INSERT OR REPLACE INTO jobs SELECT * FROM jobs WHERE id = '{replaced.id}'",
+            f"INSERT OR REPLACE INTO jobs SELECT id, 'failed', stage, priority, create_time, create_time_missing, "
+            f"execution_start_time, execution_end_time, execution_duration, outputs_count, preview_output, "
+            f"execution_error, error_type, error_message, error_node_id, error_node_type, workflow_id, source, "
+            f"raw_kind, raw, raw_digest, indexed_at, priority_json FROM jobs WHERE id = '{relabelled.id}'",
+            f"DELETE FROM job_search WHERE job_id = '{stripped.id}'",
+            "INSERT INTO job_outputs (job_id, ordinal, node_id, media_type, filename) "
+            "VALUES ('zzzz-gone', 0, '9', 'images', 'orphan.png')",
+        )
     else:  # no INSERT OR REPLACE; a counter bumped, a column and side rows changed by hand
-        shell(index,
-              "UPDATE job_counts SET n = n + 1 WHERE source = '' AND workflow_id = '' AND status = 'completed'",
-              f"UPDATE jobs SET status = 'failed' WHERE id = '{relabelled.id}'",
-              f"DELETE FROM job_search WHERE job_id = '{stripped.id}'")
+        shell(
+            index,
+            "UPDATE job_counts SET n = n + 1 WHERE source = '' AND workflow_id = '' AND status = 'completed'",
+            f"UPDATE jobs SET status = 'failed' WHERE id = '{relabelled.id}'",
+            f"DELETE FROM job_search WHERE job_id = '{stripped.id}'",
+        )
     return {"relabelled": relabelled, "stripped": stripped}
 
 
@@ -114,8 +121,9 @@ def test_check_repair_fixes_the_drift(filled):
     assert index.counts_consistent()
     assert index.total() == len(records)
     with index.engine.connect() as conn:
-        status = conn.execute(text("SELECT status FROM jobs WHERE id = :id"),
-                              {"id": drift["relabelled"].id}).scalar_one()
+        status = conn.execute(
+            text("SELECT status FROM jobs WHERE id = :id"), {"id": drift["relabelled"].id}
+        ).scalar_one()
     assert status == drift["relabelled"].status == "completed"
     outputs, search = side_rows(index)
     want_outputs, want_search = expected_side_rows(records)
@@ -129,9 +137,12 @@ def test_check_repair_fixes_the_drift(filled):
 def test_unreadable_raw_is_reported_never_changed(filled):
     index, records = filled
     victim = records[5]
-    shell(index, f"UPDATE jobs SET raw = {'X' if index.engine.dialect.name == 'sqlite' else ''}'00ff' "
-                 f"WHERE id = '{victim.id}'" if index.engine.dialect.name == "sqlite"
-          else f"UPDATE jobs SET raw = '\\x00ff'::bytea WHERE id = '{victim.id}'")
+    shell(
+        index,
+        f"UPDATE jobs SET raw = {'X' if index.engine.dialect.name == 'sqlite' else ''}'00ff' WHERE id = '{victim.id}'"
+        if index.engine.dialect.name == "sqlite"
+        else f"UPDATE jobs SET raw = '\\x00ff'::bytea WHERE id = '{victim.id}'",
+    )
     before = snapshot(index)
     result = run_cli("check", "--repair", db=index.url)
     assert result.exit_code == 1
@@ -155,5 +166,6 @@ def test_queue_numbers_as_comfyui_holds_them_are_clean_and_repaired(index):
     assert not report.clean and report.derived.count == 1
     assert check(index, repair=True).derived.count == 1
     assert check(index).clean
-    assert [json.dumps(index.get_job(f"n{i}")["priority"]) for i in range(len(numbers))] == \
-        [json.dumps(n) for n in numbers]
+    assert [json.dumps(index.get_job(f"n{i}")["priority"]) for i in range(len(numbers))] == [
+        json.dumps(n) for n in numbers
+    ]

@@ -1,4 +1,5 @@
 """The jobs-index command, run as a real subprocess like a user would."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,7 @@ EXE = [sys.executable, "-m", "jobs_index.cli"]
 
 def run(*args: str, db: str | None = None, stdin: bytes | None = None, env=None) -> subprocess.CompletedProcess:
     command = EXE + (["--db", db] if db else []) + list(args)
-    return subprocess.run(command, input=stdin, capture_output=True, timeout=120,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(command, input=stdin, capture_output=True, timeout=120, env={**os.environ, **(env or {})})
 
 
 @pytest.fixture
@@ -88,8 +88,9 @@ def test_every_command_has_help_with_an_example():
 def test_serve_answers_on_loopback(sqlite_url, dumps):
     assert run("import", str(dumps["history"]), db=sqlite_url).returncode == 0
     port = 18000 + os.getpid() % 1000
-    server = subprocess.Popen(EXE + ["--db", sqlite_url, "serve", "--port", str(port)],
-                              stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        EXE + ["--db", sqlite_url, "serve", "--port", str(port)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL
+    )
     try:
         line = server.stderr.readline().decode()
         assert f"http://127.0.0.1:{port}/api/jobs (loopback only)" in line

@@ -5,6 +5,7 @@ them in Python's string order (code points: 'B' < 'Z' < 'a' < 'é' < '中' < '�
 and mint byte-identical cursors for the same data, page after page, through every
 listing shape that pages (unfiltered, per-status UNION ALL, workflow, source).
 """
+
 from __future__ import annotations
 
 import json

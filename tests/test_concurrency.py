@@ -7,6 +7,7 @@ also reconciling an empty queue snapshot (deletes). Afterwards every job holds i
 newest stage, the trigger-kept counts equal a full recount, and no writer saw an
 error (a deadlock or "database is locked" would surface as one).
 """
+
 from __future__ import annotations
 
 import multiprocessing
@@ -27,8 +28,7 @@ SPAWN = multiprocessing.get_context("spawn")
 
 
 def _prompt(i: int) -> list:
-    extra = {"create_time": 1_700_000_000_000 + i * 1000,
-             "extra_pnginfo": {"workflow": {"id": f"wf-{i % 3}"}}}
+    extra = {"create_time": 1_700_000_000_000 + i * 1000, "extra_pnginfo": {"workflow": {"id": f"wf-{i % 3}"}}}
     return [i, f"cj-{i:04d}", {"1": {"class_type": "KSampler", "inputs": {}}}, extra, []]
 
 
@@ -41,9 +41,14 @@ def version(i: int, stage: int):
         return from_queue(_prompt(i), "pending")
     if stage == 1:
         return from_queue(_prompt(i), "in_progress")
-    status = {"status_str": "error" if history_status(i) == "failed" else "success", "completed": True,
-              "messages": [["execution_start", {"timestamp": 1_700_000_000_000 + i * 1000 + 5}],
-                           ["execution_success", {"timestamp": 1_700_000_000_000 + i * 1000 + 50 + i}]]}
+    status = {
+        "status_str": "error" if history_status(i) == "failed" else "success",
+        "completed": True,
+        "messages": [
+            ["execution_start", {"timestamp": 1_700_000_000_000 + i * 1000 + 5}],
+            ["execution_success", {"timestamp": 1_700_000_000_000 + i * 1000 + 50 + i}],
+        ],
+    }
     return from_history(f"cj-{i:04d}", {"prompt": _prompt(i), "outputs": {}, "status": status})
 
 
@@ -73,7 +78,7 @@ def writer_main(url: str, writer: int, start, results) -> None:
             stats["start"] = time.time()
             began = time.perf_counter()
             for offset in range(0, len(plan), BATCH):
-                records = [version(i, s) for i, s in plan[offset:offset + BATCH]]
+                records = [version(i, s) for i, s in plan[offset : offset + BATCH]]
                 try:
                     result = index.ingest(records, source=source, batch_size=BATCH)
                     stats["written"] += result.written
@@ -114,8 +119,10 @@ def test_concurrent_writers_keep_newest_stage_and_exact_counts(db_url):
     stats = run_writers(db_url)
     elapsed = time.perf_counter() - began
     summary = [(s["writer"], s["written"], s["removed"], round(s["seconds"], 2)) for s in stats]
-    print(f"\n{WRITERS} writers, {N_JOBS} jobs x 3 stages each, batches of {BATCH}: {elapsed:.1f} s "
-          f"with process start-up; (writer, written, removed, seconds writing): {summary}")
+    print(
+        f"\n{WRITERS} writers, {N_JOBS} jobs x 3 stages each, batches of {BATCH}: {elapsed:.1f} s "
+        f"with process start-up; (writer, written, removed, seconds writing): {summary}"
+    )
 
     with JobsIndex.open(db_url) as index:
         assert index.counts_consistent()
@@ -136,6 +143,7 @@ def test_concurrent_writers_keep_newest_stage_and_exact_counts(db_url):
 
 
 # -- a writer waits for another writer's transaction instead of failing ---------------
+
 
 def hold_write_lock(url: str, held, released, seconds: float) -> None:
     with JobsIndex.open(url) as index:
@@ -177,9 +185,13 @@ def test_sqlite_busy_timeout_is_set(sqlite_url):
 def test_one_batch_keeps_the_newest_stage(index):
     """Versions of one job inside one ingest call obey the same rule as across calls:
     a stale queue snapshot after the history item does not win."""
-    result = index.ingest([version(1, 2), version(1, 0), version(2, 1), version(2, 0), version(3, 0),
-                           version(3, 2), version(3, 1)])
+    result = index.ingest(
+        [version(1, 2), version(1, 0), version(2, 1), version(2, 0), version(3, 0), version(3, 2), version(3, 1)]
+    )
     assert result.inserted == 3
-    assert [index.get_job(f"cj-{i:04d}")["status"] for i in (1, 2, 3)] == \
-        [history_status(1), "in_progress", history_status(3)]
+    assert [index.get_job(f"cj-{i:04d}")["status"] for i in (1, 2, 3)] == [
+        history_status(1),
+        "in_progress",
+        history_status(3),
+    ]
     assert index.counts_consistent()

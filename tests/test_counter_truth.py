@@ -5,6 +5,7 @@ listing always reads its rows, and a page that finds rows the counters say are
 not there (or fewer than they say) answers the real total and repairs the
 counters. Served over real HTTP.
 """
+
 from __future__ import annotations
 
 import logging
@@ -28,8 +29,10 @@ def filled(index):
     rng = random.Random(3)
     records = recent_records(40, start_ms=1_764_000_000_000)
     records = [r for r in records if r.status != PENDING]
-    records += [from_queue(queue_item(rng, f"pending-{i}", 1000 + i, 1_765_000_000_000 + i, "wf-p"), PENDING)
-                for i in range(PENDING_JOBS)]
+    records += [
+        from_queue(queue_item(rng, f"pending-{i}", 1000 + i, 1_765_000_000_000 + i, "wf-p"), PENDING)
+        for i in range(PENDING_JOBS)
+    ]
     index.ingest(records, source="gpu1")
     assert index.counts_consistent()
     return index, records
@@ -40,15 +43,18 @@ def set_pending_counter(index, n: int) -> None:
         conn.execute(text("UPDATE job_counts SET n = :n WHERE status = 'pending'"), {"n": n})
 
 
-@pytest.mark.parametrize("query, expected", [
-    ("?status=pending", PENDING_JOBS),
-    ("?status=pending&workflow_id=wf-p", PENDING_JOBS),
-    ("?status=pending&source=gpu1", PENDING_JOBS),
-    ("?status=pending,in_progress", PENDING_JOBS + 1),
-    ("?status=pending&offset=2", PENDING_JOBS - 2),
-    ("?status=pending&limit=2", 2),
-    ("?status=pending&sort_by=execution_duration&sort_order=asc", PENDING_JOBS),
-])
+@pytest.mark.parametrize(
+    "query, expected",
+    [
+        ("?status=pending", PENDING_JOBS),
+        ("?status=pending&workflow_id=wf-p", PENDING_JOBS),
+        ("?status=pending&source=gpu1", PENDING_JOBS),
+        ("?status=pending,in_progress", PENDING_JOBS + 1),
+        ("?status=pending&offset=2", PENDING_JOBS - 2),
+        ("?status=pending&limit=2", 2),
+        ("?status=pending&sort_by=execution_duration&sort_order=asc", PENDING_JOBS),
+    ],
+)
 def test_zeroed_pending_counter_still_lists_every_pending_job(filled, query, expected, caplog):
     index, records = filled
     set_pending_counter(index, 0)
@@ -107,8 +113,16 @@ def test_correct_counters_are_never_recounted(filled, caplog):
     """No false alarm on ordinary pages (the check is arithmetic on what a page read)."""
     index, records = filled
     with caplog.at_level(logging.WARNING, logger="jobs_index.services"), live_server(index) as client:
-        for query in ("", "?limit=3", "?offset=40", "?offset=400", "?status=pending&offset=5",
-                      "?status=completed&limit=1", "?workflow_id=none", "?sort_by=execution_duration&limit=7"):
+        for query in (
+            "",
+            "?limit=3",
+            "?offset=40",
+            "?offset=400",
+            "?status=pending&offset=5",
+            "?status=completed&limit=1",
+            "?workflow_id=none",
+            "?sort_by=execution_duration&limit=7",
+        ):
             reply = client.get(f"/api/jobs{query}")
             assert reply.status == 200
     assert "job_counts" not in caplog.text
@@ -125,8 +139,9 @@ def test_read_only_role_still_lists_every_job_and_logs_once(pg_url, caplog):
 
     with JobsIndex.open(pg_url) as owner:
         rng = random.Random(5)
-        owner.ingest([from_queue(queue_item(rng, f"p{i}", i, 1_765_000_000_000 + i, "wf"), PENDING)
-                      for i in range(PENDING_JOBS)])
+        owner.ingest(
+            [from_queue(queue_item(rng, f"p{i}", i, 1_765_000_000_000 + i, "wf"), PENDING) for i in range(PENDING_JOBS)]
+        )
         set_pending_counter(owner, 0)
         with owner.engine.connect() as conn:
             schema = conn.exec_driver_sql("SELECT current_schema()").scalar()
@@ -138,8 +153,11 @@ def test_read_only_role_still_lists_every_job_and_logs_once(pg_url, caplog):
             conn.exec_driver_sql(f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"')
             conn.exec_driver_sql(f'GRANT SELECT ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"')
         reader_url = pg_url.replace("://postgres@", f"://{role}@", 1)
-        with caplog.at_level(logging.WARNING, logger="jobs_index.services"), \
-                JobsIndex.open(reader_url) as reader, live_server(reader) as client:
+        with (
+            caplog.at_level(logging.WARNING, logger="jobs_index.services"),
+            JobsIndex.open(reader_url) as reader,
+            live_server(reader) as client,
+        ):
             for _ in range(3):
                 reply = client.get("/api/jobs?status=pending")
                 assert len(reply.body["jobs"]) == PENDING_JOBS == reply.body["pagination"]["total"]

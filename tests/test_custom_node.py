@@ -1,6 +1,7 @@
 """jobs-index as a ComfyUI custom node, inside the in-process ComfyUI stand-in
 (``tests.standins.comfy_server``: PromptServer, PromptQueue and a real prompt-worker
 thread), over real loopback HTTP. Database cases run on SQLite and PostgreSQL."""
+
 from __future__ import annotations
 
 import asyncio
@@ -139,8 +140,12 @@ class Comfy:
         return body["status"] if status == 200 else None
 
     async def finished(self, count: int) -> None:
-        assert await eventually(lambda: _true(len(self.queue.history) >= count and not self.queue.queue
-                                              and not self.queue.currently_running), WAIT)
+        assert await eventually(
+            lambda: _true(
+                len(self.queue.history) >= count and not self.queue.queue and not self.queue.currently_running
+            ),
+            WAIT,
+        )
 
 
 async def _true(value):
@@ -148,8 +153,17 @@ async def _true(value):
 
 
 @asynccontextmanager
-async def comfyui(db_url: str | None, *, executor=None, jobs_api: bool = True, max_history_size=None,
-                  before_start=None, wait_ready: bool = True, port: int = 0, **node_options):
+async def comfyui(
+    db_url: str | None,
+    *,
+    executor=None,
+    jobs_api: bool = True,
+    max_history_size=None,
+    before_start=None,
+    wait_ready: bool = True,
+    port: int = 0,
+    **node_options,
+):
     """ComfyUI's start-up order: PromptServer, custom nodes imported (``setup``), routes
     added and server started on ``port`` (0: any free one), then the prompt worker
     thread. The node's source is then ``<host>:<port>`` unless given."""
@@ -361,6 +375,7 @@ def test_an_unusable_database_path_then_recovery(tmp_path):
 def test_the_middleware_wins_over_builtin_routes_and_a_route_would_not(db_url):
     """ComfyUI's built-in /api/jobs is registered first, so a custom node's route for
     the same path never matches; the middleware answers before any handler."""
+
     def add_competing_route(server):
         @server.routes.get("/api/jobs")
         async def competing(request):
@@ -402,6 +417,7 @@ def test_a_comfyui_without_jobs_routes_gets_them_from_the_index(db_url):
 def test_the_history_page_is_served_under_jobs_index(db_url):
     """The page at /jobs-index/ of ComfyUI itself, and the API calls it makes (relative
     ``../api/...``: this ComfyUI's /api/jobs, answered from the index)."""
+
     async def scenario():
         async with comfyui(db_url) as comfy:
             job = await comfy.submit()
@@ -420,7 +436,9 @@ def test_the_history_page_is_served_under_jobs_index(db_url):
             assert status == 200 and body["counts"]["completed"] == 1 and body["total"] == 1
             status, body = await comfy.get("/api/jobs?limit=5&include=source")
             assert status == 200 and body["job_sources"] == {job: comfy.node.config.source}
-            assert (await comfy.get(f"/api/jobs-index/sources?id={job}"))[1]["job_sources"] == {job: comfy.node.config.source}
+            assert (await comfy.get(f"/api/jobs-index/sources?id={job}"))[1]["job_sources"] == {
+                job: comfy.node.config.source
+            }
             seen = await asyncio.get_running_loop().run_in_executor(None, _browse_page, comfy.url + "/jobs-index/", job)
             if seen is not None:  # a browser is installed: the page works under this prefix
                 assert seen == {"rows": [job], "detail": True, "counts": "1"}
@@ -441,9 +459,17 @@ def _browse_page(url: str, job: str) -> dict | None:
     if chromium is None:
         return None
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--no-first-run"])
+        browser = pw.chromium.launch(
+            executable_path=chromium,
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+            ],
+        )
         try:
             page = browser.new_page()
             page.goto(url)
@@ -451,9 +477,11 @@ def _browse_page(url: str, job: str) -> dict | None:
             page.click("#rows tr")
             page.wait_for_selector("#detail h2", timeout=15_000)
             page.wait_for_function("() => document.querySelector('#statuses button .count').textContent !== ''")
-            return {"rows": page.eval_on_selector_all("#rows tr", "rows => rows.map(r => r.dataset.id)"),
-                    "detail": job in page.inner_text("#detail h2"),
-                    "counts": page.inner_text('#statuses button[data-status="completed"] .count')}
+            return {
+                "rows": page.eval_on_selector_all("#rows tr", "rows => rows.map(r => r.dataset.id)"),
+                "detail": job in page.inner_text("#detail h2"),
+                "counts": page.inner_text('#statuses button[data-status="completed"] .count'),
+            }
         finally:
             browser.close()
 
@@ -469,8 +497,10 @@ def test_cancel_endpoints_and_queue_edits_still_work(db_url):
             assert await comfy.status_of(first) is None  # gone at once, as in ComfyUI
             assert await comfy.post("/api/jobs/cancel", {"job_ids": [second]}) == (200, {"cancelled": True})
             assert await comfy.status_of(second) is None
-            assert await comfy.post("/api/jobs/cancel", {"job_ids": ["nope"]}) == \
-                (400, {"error": "job_ids contains invalid id(s)", "invalid_ids": ["nope"]})
+            assert await comfy.post("/api/jobs/cancel", {"job_ids": ["nope"]}) == (
+                400,
+                {"error": "job_ids contains invalid id(s)", "invalid_ids": ["nope"]},
+            )
             assert (await comfy.post("/queue", {"delete": [third]}))[0] == 200
             assert await comfy.status_of(third) is None
             assert await comfy.status_of(fourth) == "pending"
@@ -595,11 +625,24 @@ def test_configuration_from_the_environment(tmp_path, monkeypatch):
     assert (config.source, config.serve, config.follow_deletes) == (None, True, True)  # None: <host>:<port>
     assert config.outbox == f"{tmp_path.resolve()}/user/jobs-index/outbox.sqlite3"
     assert NodeConfig.from_env({"JOBS_INDEX_OUTBOX": "off"}, comfyui_dir=tmp_path).outbox is None
-    config = NodeConfig.from_env({"JOBS_INDEX_DB": "postgresql+psycopg://u@h/db", "JOBS_INDEX_SOURCE": "gpu1",
-                                  "JOBS_INDEX_SERVE": "0", "JOBS_INDEX_FOLLOW_DELETES": "no",
-                                  "JOBS_INDEX_QUEUE_MAX": "10", "JOBS_INDEX_WAIT_MS": "50"})
-    assert (config.db_url, config.source, config.serve, config.follow_deletes, config.queue_max,
-            config.wait_ms) == ("postgresql+psycopg://u@h/db", "gpu1", False, False, 10, 50)
+    config = NodeConfig.from_env(
+        {
+            "JOBS_INDEX_DB": "postgresql+psycopg://u@h/db",
+            "JOBS_INDEX_SOURCE": "gpu1",
+            "JOBS_INDEX_SERVE": "0",
+            "JOBS_INDEX_FOLLOW_DELETES": "no",
+            "JOBS_INDEX_QUEUE_MAX": "10",
+            "JOBS_INDEX_WAIT_MS": "50",
+        }
+    )
+    assert (config.db_url, config.source, config.serve, config.follow_deletes, config.queue_max, config.wait_ms) == (
+        "postgresql+psycopg://u@h/db",
+        "gpu1",
+        False,
+        False,
+        10,
+        50,
+    )
 
     async def scenario():
         with comfy_modules_installed():

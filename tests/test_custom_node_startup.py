@@ -3,6 +3,7 @@
 nodes are imported) and the node's start never touch each other's database, and the
 node leaves process-wide state (logging, ``sys.path``, SQLAlchemy registries and
 listeners) as it found it. Runs the stand-in ComfyUI of ``tests.standins``."""
+
 from __future__ import annotations
 
 import asyncio
@@ -35,8 +36,12 @@ OUR_TABLES = frozenset(Base.metadata.tables) | {VERSION_TABLE}
 def tables(path: Path) -> set[str]:
     conn = sqlite3.connect(path)
     try:
-        return {name for (name,) in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")}
+        return {
+            name
+            for (name,) in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            )
+        }
     finally:
         conn.close()
 
@@ -52,8 +57,11 @@ def scalar(path: Path, sql: str):
 def logging_state() -> dict:
     """Everything a ``logging.config.fileConfig``/``basicConfig`` would change."""
     manager = logging.Logger.manager
-    loggers = {name: (logger.level, logger.disabled, logger.propagate, tuple(logger.handlers))
-               for name, logger in manager.loggerDict.items() if isinstance(logger, logging.Logger)}
+    loggers = {
+        name: (logger.level, logger.disabled, logger.propagate, tuple(logger.handlers))
+        for name, logger in manager.loggerDict.items()
+        if isinstance(logger, logging.Logger)
+    }
     root = logging.getLogger()
     return {"root": (root.level, tuple(root.handlers)), "disable": manager.disable, "loggers": loggers}
 
@@ -122,8 +130,11 @@ def test_comfyui_database_start_up_and_the_node_never_cross(tmp_path, caplog):
 
 
 def open_failure_lines(caplog) -> list[str]:
-    return [record.getMessage() for record in caplog.records
-            if record.name.startswith("jobs_index") and record.levelno >= logging.ERROR]
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name.startswith("jobs_index") and record.levelno >= logging.ERROR
+    ]
 
 
 async def unavailable_then_back(db_url: str, caplog, fix, *words: str) -> None:
@@ -154,18 +165,37 @@ async def unavailable_then_back(db_url: str, caplog, fix, *words: str) -> None:
 def test_a_damaged_index_file_then_moved_aside(tmp_path, caplog):
     path = tmp_path / "jobs.sqlite3"
     path.write_bytes(b"this is not a SQLite database, it was damaged " * 200)
-    run(unavailable_then_back(f"sqlite:///{path}", caplog, lambda: path.rename(tmp_path / "damaged.sqlite3"),
-                              "file is not a database", "is damaged: move it aside"))
+    run(
+        unavailable_then_back(
+            f"sqlite:///{path}",
+            caplog,
+            lambda: path.rename(tmp_path / "damaged.sqlite3"),
+            "file is not a database",
+            "is damaged: move it aside",
+        )
+    )
 
 
 def test_an_index_from_a_newer_jobs_index_is_left_alone(tmp_path, caplog):
     path = tmp_path / "jobs.sqlite3"
     JobsIndex.open(f"sqlite:///{path}").close()
-    set_revision = lambda revision: sqlite3.connect(path).execute(  # noqa: E731
-        f"UPDATE {VERSION_TABLE} SET version_num = ?", (revision,)).connection.commit()
+    set_revision = lambda revision: (
+        sqlite3.connect(path)
+        .execute(  # noqa: E731
+            f"UPDATE {VERSION_TABLE} SET version_num = ?", (revision,)
+        )
+        .connection.commit()
+    )
     set_revision("9999_from_the_future")
-    run(unavailable_then_back(f"sqlite:///{path}", caplog, lambda: set_revision(head_revision()),
-                              "'9999_from_the_future'", "written by a newer jobs-index: update this node"))
+    run(
+        unavailable_then_back(
+            f"sqlite:///{path}",
+            caplog,
+            lambda: set_revision(head_revision()),
+            "'9999_from_the_future'",
+            "written by a newer jobs-index: update this node",
+        )
+    )
     assert not list(tmp_path.glob("*.bak-*"))  # no upgrade attempted (no backup made)
 
 
@@ -194,8 +224,15 @@ def test_a_read_only_directory_then_writable(tmp_path, caplog):
     if not _read_only(directory):
         pytest.skip("cannot make a directory read-only for this user here")
     try:
-        run(unavailable_then_back(f"sqlite:///{directory / 'jobs.sqlite3'}", caplog,
-                                  lambda: _writable(directory), "unable to open database file", "writable"))
+        run(
+            unavailable_then_back(
+                f"sqlite:///{directory / 'jobs.sqlite3'}",
+                caplog,
+                lambda: _writable(directory),
+                "unable to open database file",
+                "writable",
+            )
+        )
     finally:
         _writable(directory)
 

@@ -4,6 +4,7 @@ output), ``follow``/``import`` normalise the same entry read from ``/history`` (
 lists, and floats written by whichever encoder served them). Both must store the
 same ``raw`` text and digest, so the second sight of a job is "unchanged", not a
 replacement."""
+
 from __future__ import annotations
 
 import copy
@@ -20,7 +21,7 @@ TINIER = 2.5e-07  # "2.5e-07" vs "2.5e-7"
 
 def _captured_entry() -> tuple[str, dict]:
     body = load_capture("history_item_success.json")["body"]
-    (job_id, entry), = body.items()
+    ((job_id, entry),) = body.items()
     return job_id, entry
 
 

@@ -3,6 +3,7 @@ the same database (one SQLite file / one PostgreSQL schema) answer every query w
 the same body, and a cursor walk may hop servers page by page (as behind a load
 balancer) and still equal one server's walk. A write made elsewhere is seen by
 all servers on their next request (no cache)."""
+
 from __future__ import annotations
 
 import json
@@ -70,8 +71,13 @@ def fleet(request, tmp_path_factory):
 
 def _fleet(db_url: str):
     history = [from_history(job_id, item) for job_id, item in synthetic_history(240, seed=7)]
-    queued = [from_queue([1000 + i, f"queued-{i}", {}, {"create_time": history[-1].create_time + i}, []],
-                         "pending" if i else "in_progress") for i in range(4)]
+    queued = [
+        from_queue(
+            [1000 + i, f"queued-{i}", {}, {"create_time": history[-1].create_time + i}, []],
+            "pending" if i else "in_progress",
+        )
+        for i in range(4)
+    ]
     with JobsIndex.open(db_url) as index:
         index.ingest(history[:120], source="gpu-1")
         index.ingest(history[120:], source="gpu-2")
@@ -80,9 +86,12 @@ def _fleet(db_url: str):
     try:
         for _ in range(SERVERS):
             port = free_port()
-            proc = subprocess.Popen([str(JOBS_INDEX), "--db", db_url, "serve", "--port", str(port),
-                                     "--pool-size", "2"],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            proc = subprocess.Popen(
+                [str(JOBS_INDEX), "--db", db_url, "serve", "--port", str(port), "--pool-size", "2"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             procs.append(proc)
             bases.append(f"http://127.0.0.1:{port}")
         for proc, base in zip(procs, bases):
@@ -102,14 +111,27 @@ def _fleet(db_url: str):
 
 def queries(workflow: str, some_id: str) -> list[str]:
     qs = [
-        "", "limit=10", "limit=10&offset=25", "sort_order=asc&limit=7", "status=pending,in_progress",
-        "status=failed,cancelled&limit=5", "status=completed&sort_by=execution_duration&limit=9",
-        f"workflow_id={workflow}", f"workflow_id={workflow}&status=completed&limit=3",
-        "source=gpu-1&limit=11", "source=gpu-2&status=pending", "limit=0", "status=bogus",
-        "after=not-a-cursor&limit=5", "limit=1000000",
+        "",
+        "limit=10",
+        "limit=10&offset=25",
+        "sort_order=asc&limit=7",
+        "status=pending,in_progress",
+        "status=failed,cancelled&limit=5",
+        "status=completed&sort_by=execution_duration&limit=9",
+        f"workflow_id={workflow}",
+        f"workflow_id={workflow}&status=completed&limit=3",
+        "source=gpu-1&limit=11",
+        "source=gpu-2&status=pending",
+        "limit=0",
+        "status=bogus",
+        "after=not-a-cursor&limit=5",
+        "limit=1000000",
     ]
     return [f"/api/jobs?{q}" if q else "/api/jobs" for q in qs] + [
-        f"/api/jobs/{urllib.parse.quote(some_id)}", "/api/jobs/no-such-job", "/api/api/jobs?limit=2"]
+        f"/api/jobs/{urllib.parse.quote(some_id)}",
+        "/api/jobs/no-such-job",
+        "/api/api/jobs?limit=2",
+    ]
 
 
 def test_servers_answer_identically(fleet):
@@ -122,8 +144,16 @@ def test_servers_answer_identically(fleet):
     assert status == 200 and body["pagination"]["total"] >= len(history) + 4
 
 
-@pytest.mark.parametrize("params", ["limit=13", "limit=9&sort_order=asc", "limit=5&status=completed,failed",
-                                    "limit=4&source=gpu-2", "limit=6&workflow_id={workflow}"])
+@pytest.mark.parametrize(
+    "params",
+    [
+        "limit=13",
+        "limit=9&sort_order=asc",
+        "limit=5&status=completed,failed",
+        "limit=4&source=gpu-2",
+        "limit=6&workflow_id={workflow}",
+    ],
+)
 def test_cursor_walk_hops_servers(fleet, params):
     """Page 1 from A, page 2 from B with A's cursor, page 3 from C, ...: the same
     pages, cursors included, as walking on one server."""
@@ -155,8 +185,10 @@ def test_a_write_is_seen_by_every_server(fleet):
     bases, history, _, db_url = fleet
     before = [get(base, "/api/jobs?limit=1")[1]["pagination"]["total"] for base in bases]
     with JobsIndex.open(db_url) as index:  # an importer elsewhere in the fleet
-        index.ingest([from_queue([5000, "late-arrival", {}, {"create_time": history[-1].create_time + 99}, []],
-                                 "pending")], source="gpu-3")
+        index.ingest(
+            [from_queue([5000, "late-arrival", {}, {"create_time": history[-1].create_time + 99}, []], "pending")],
+            source="gpu-3",
+        )
     for base, total in zip(bases, before):
         status, body = get(base, "/api/jobs?limit=1")
         assert body["pagination"]["total"] == total + 1

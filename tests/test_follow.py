@@ -5,6 +5,7 @@ detail) equals what ComfyUI would answer over all the history it ever held plus 
 current queue (``tests.reference`` fed from the fake). Database cases run on SQLite
 and PostgreSQL (``db_url``).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -131,8 +132,9 @@ async def parity(session, api: str, fake: FakeComfyUI, oracle: Oracle, timeout: 
 
     async def check():
         oracle.observe(fake.history_dict())
-        problems[:] = await mismatches(session, api, oracle.reference(fake.queue_running(), fake.queue_pending()),
-                                       **kwargs)
+        problems[:] = await mismatches(
+            session, api, oracle.reference(fake.queue_running(), fake.queue_pending()), **kwargs
+        )
         return not problems
 
     await eventually(check, timeout, interval=0.05)
@@ -155,6 +157,7 @@ async def job_status(session, api: str, job_id: str) -> str | None:
 def test_backfill_pages_history_and_matches_comfyui(db_url):
     """250 finished jobs, one running, two pending: read in pages of 40, never in one
     response; the index then answers exactly as ComfyUI does."""
+
     async def scenario():
         fake = RecordingFake(auto_execute=True)
         async with running_fake_comfyui(fake=fake):
@@ -169,9 +172,22 @@ def test_backfill_pages_history_and_matches_comfyui(db_url):
             with JobsIndex.open(db_url) as index:
                 async with serving(index) as (session, api), following(index, target(fake), page_size=40):
                     oracle = Oracle()
-                    assert await parity(session, api, fake, oracle, params_list=[{}, {"limit": "5"},
-                                        {"status": "pending,in_progress"}, {"workflow_id": "wf-1"}],
-                                        details=False) == []
+                    assert (
+                        await parity(
+                            session,
+                            api,
+                            fake,
+                            oracle,
+                            params_list=[
+                                {},
+                                {"limit": "5"},
+                                {"status": "pending,in_progress"},
+                                {"workflow_id": "wf-1"},
+                            ],
+                            details=False,
+                        )
+                        == []
+                    )
                     assert await job_status(session, api, running) == "in_progress"
                     assert await in_thread(index.counts_consistent)
             pages = fake.history_requests()
@@ -184,6 +200,7 @@ def test_backfill_pages_history_and_matches_comfyui(db_url):
 def test_client_chosen_queue_numbers_backfilled_and_live(db_url):
     """Jobs a client numbered (``float(number)``: 2.5, 7.0, 4.0) are followed like any
     other, from the backfilled history and live, and answered as ComfyUI holds them."""
+
     async def scenario():
         fake = RecordingFake(auto_execute=True)
         async with running_fake_comfyui(fake=fake):
@@ -209,6 +226,7 @@ def test_client_chosen_queue_numbers_backfilled_and_live(db_url):
 def test_forward_scan_survives_entries_evicted_under_it(db_url):
     """While the history is read forward in pages, ComfyUI evicts its oldest entries
     (indices shift down): overlapping pages detect it and step back, nothing is skipped."""
+
     async def scenario():
         fake = RecordingFake(auto_execute=True)
         async with running_fake_comfyui(fake=fake):
@@ -234,6 +252,7 @@ def test_forward_scan_under_steady_eviction_reads_every_entry_past_twenty_pages(
     """ComfyUI at its cap evicts 2-3 entries between every two requests of a scan of
     more than 20 pages: every entry is read (the scan steps back as often as needed),
     and the watermark never passes an entry it did not read."""
+
     async def scenario():
         fake = RecordingFake(auto_execute=True)
         async with running_fake_comfyui(fake=fake):
@@ -244,7 +263,7 @@ def test_forward_scan_under_steady_eviction_reads_every_entry_past_twenty_pages(
 
             def evict_oldest_two_or_three():
                 turn[0] += 1
-                for prompt_id in list(fake.prompt_queue.history)[:2 + turn[0] % 2]:
+                for prompt_id in list(fake.prompt_queue.history)[: 2 + turn[0] % 2]:
                     fake.evict(prompt_id)
                     evicted.append(prompt_id)
 
@@ -363,14 +382,17 @@ def test_partition_eviction_and_restart_lose_nothing_and_duplicate_nothing(db_ur
 
     (A job that finishes *and* is evicted while the follower is cut off is lost to any
     HTTP client: ComfyUI no longer has it. The custom node sees every job.)"""
+
     async def scenario():
         fake = FakeComfyUI(max_history_size=4)  # holds at most 5 entries
         async with running_fake_comfyui(fake=fake):
             proxy = Proxy(fake.port)
             url = await proxy.start()
             with JobsIndex.open(db_url) as index:
-                async with serving(index) as (session, api), \
-                        following(index, Target(url, "gpu"), page_size=3) as (follower,):
+                async with (
+                    serving(index) as (session, api),
+                    following(index, Target(url, "gpu"), page_size=3) as (follower,),
+                ):
                     oracle = Oracle()
                     first = [fake.submit() for _ in range(3)]
                     fake.start_next()
@@ -432,6 +454,7 @@ async def _true(value):
 def test_dropped_websocket_mid_run_resyncs(db_url):
     """The websocket is cut (TCP abort) while a job runs and the job finishes before the
     follower is back: the reconnect's resync writes it."""
+
     async def scenario():
         async with running_fake_comfyui() as fake:
             with JobsIndex.open(db_url) as index:
@@ -488,10 +511,13 @@ def test_several_servers_feed_one_index_as_sources(db_url):
                 async with serving(index) as (session, api), following(index, target(one), target(two)):
                     for fake in (one, two):
                         oracle = Oracle()
-                        assert await parity(session, api, fake, oracle,
-                                            extra={"source": default_source(fake.url)}) == []
+                        assert (
+                            await parity(session, api, fake, oracle, extra={"source": default_source(fake.url)}) == []
+                        )
                     one.submit(workflow_id="shared")
-                    assert await eventually(lambda: _eq(total(session, api, f"&source={default_source(one.url)}"), 4), WAIT)
+                    assert await eventually(
+                        lambda: _eq(total(session, api, f"&source={default_source(one.url)}"), 4), WAIT
+                    )
                     everything = await total(session, api)
                     assert everything == 4 + len(two.history_dict()) + 3
                     assert await total(session, api, "&workflow_id=shared") == 4
@@ -506,6 +532,7 @@ def test_two_followers_of_one_source_name_never_write_it_at_once(db_url):
     ``localhost:8188``: the second follower waits for the first's lease (saying who
     holds it) instead of removing the first one's live jobs; once the first stops, the
     second takes the source over."""
+
     async def scenario():
         async with running_fake_comfyui() as one, running_fake_comfyui() as two:
             running, pending = one.submit(), one.submit()
@@ -538,6 +565,7 @@ def _history_and_queue():
 def test_a_restarted_follower_reads_only_the_tail(db_url):
     """The watermark is stored: a new follower on the same database asks for the last
     few history entries, not the whole history."""
+
     async def scenario():
         fake = RecordingFake(auto_execute=True)
         async with running_fake_comfyui(fake=fake):
@@ -549,15 +577,17 @@ def test_a_restarted_follower_reads_only_the_tail(db_url):
                     async with following(index, target(fake), page_size=25) as (follower,):
                         await asyncio.wait_for(follower.synced.wait(), WAIT)
                         assert await total(session, api) == 60
-                    assert (await in_thread(index.follow_state, default_source(fake.url)))[1] == \
-                        list(fake.history_dict())[-1]
+                    assert (await in_thread(index.follow_state, default_source(fake.url)))[1] == list(
+                        fake.history_dict()
+                    )[-1]
                     for _ in range(3):
                         fake.submit()
                     fake.requests.clear()
                     async with following(index, target(fake), page_size=25) as (follower,):
                         assert await eventually(lambda: _eq(total(session, api), 63), WAIT)
-                    assert fake.history_requests() and all("offset" not in q and q["max_items"] == "8"
-                                                           for q in fake.history_requests())
+                    assert fake.history_requests() and all(
+                        "offset" not in q and q["max_items"] == "8" for q in fake.history_requests()
+                    )
 
     run(scenario())
 
@@ -578,9 +608,26 @@ def test_cli_follow_serve_in_one_process(db_url):
         port = _free_port()
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         process = subprocess.Popen(
-            [sys.executable, "-m", "jobs_index.cli", "--db", db_url, "follow", fake.url, "--source", "gpu1",
-             "--serve", "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+            [
+                sys.executable,
+                "-m",
+                "jobs_index.cli",
+                "--db",
+                db_url,
+                "follow",
+                fake.url,
+                "--source",
+                "gpu1",
+                "--serve",
+                "--port",
+                str(port),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
         try:
+
             async def check():
                 async with aiohttp.ClientSession() as session:
                     oracle = Oracle()
@@ -588,9 +635,12 @@ def test_cli_follow_serve_in_one_process(db_url):
                     async def answers():
                         try:
                             oracle.observe(fake.history_dict())
-                            return not await mismatches(session, f"http://127.0.0.1:{port}",
-                                                        oracle.reference(fake.queue_running(), fake.queue_pending()),
-                                                        extra={"source": "gpu1"})
+                            return not await mismatches(
+                                session,
+                                f"http://127.0.0.1:{port}",
+                                oracle.reference(fake.queue_running(), fake.queue_pending()),
+                                extra={"source": "gpu1"},
+                            )
                         except aiohttp.ClientError:
                             return False
 
@@ -624,8 +674,12 @@ def test_targets_and_backoff():
     assert default_source("https://comfy.example.org/") == "comfy.example.org:443"
     assert [t.source for t in make_targets(["a:1", "b:2"])] == ["a:1", "b:2"]
     assert make_targets(["http://a:1"], "mine") == [Target("http://a:1", "mine")]
-    for bad in (lambda: make_targets(["a:1", "http://a:1/"]), lambda: make_targets(["ftp://a"]),
-                lambda: make_targets(["a:1", "b:2"], "x"), lambda: make_targets([])):
+    for bad in (
+        lambda: make_targets(["a:1", "http://a:1/"]),
+        lambda: make_targets(["ftp://a"]),
+        lambda: make_targets(["a:1", "b:2"], "x"),
+        lambda: make_targets([]),
+    ):
         with pytest.raises(ConfigError):
             bad()
     backoff = Backoff(base=0.5, cap=30)

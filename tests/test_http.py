@@ -1,4 +1,5 @@
 """The HTTP layer: streamed listings equal one-piece answers, every error is JSON."""
+
 from __future__ import annotations
 
 import json
@@ -23,11 +24,19 @@ def sample_index(tmp_path_factory):
         yield index
 
 
-@pytest.mark.parametrize("query", [
-    "", "?limit=2400", "?limit=1500&offset=700", "?sort_order=asc&limit=1001",
-    "?sort_by=execution_duration", "?sort_by=execution_duration&limit=1200&sort_order=asc",
-    "?status=completed,failed", "?limit=5000&status=completed",
-])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "",
+        "?limit=2400",
+        "?limit=1500&offset=700",
+        "?sort_order=asc&limit=1001",
+        "?sort_by=execution_duration",
+        "?sort_by=execution_duration&limit=1200&sort_order=asc",
+        "?status=completed,failed",
+        "?limit=5000&status=completed",
+    ],
+)
 def test_streamed_listing_equals_the_page_built_in_memory(sample_index, query):
     params = dict(p.split("=") for p in query.lstrip("?").split("&") if p)
     expected = sample_index.list_jobs(parse_list_query(params)).body(parse_list_query(params))

@@ -1,6 +1,7 @@
 """Ingest semantics on each backend: idempotence, newer versions win, a queue dump
 is the truth about live jobs, malformed items are rejected one by one, and the
 trigger-kept totals always equal a COUNT over the table."""
+
 from __future__ import annotations
 
 import copy
@@ -82,8 +83,10 @@ def test_malformed_items_are_rejected_and_the_rest_kept(index):
     history["no-prompt"] = {"outputs": {}}
     history["short-prompt"] = {"prompt": [1, "short-prompt"]}
     history["not-an-object"] = ["x"]
-    history["bad-number"] = {**copy.deepcopy(next(iter(capture_history().values()))),
-                             "prompt": ["one", "bad-number", {}, {}, []]}
+    history["bad-number"] = {
+        **copy.deepcopy(next(iter(capture_history().values()))),
+        "prompt": ["one", "bad-number", {}, {}, []],
+    }
     # Ids ComfyUI lists (it takes any string): kept, though no cursor can end on them.
     history["x" * 200] = next(iter(capture_history().values()))
     history[""] = next(iter(capture_history().values()))

@@ -1,4 +1,5 @@
 """``--log-format json``: one JSON event per line, tracebacks included (issue #17)."""
+
 from __future__ import annotations
 
 import io

@@ -5,6 +5,7 @@ exposition is parsed with prometheus-client's own text parser and every number i
 compared with SQL over ``jobs`` after imports, status changes, deletes and prunes.
 Followers run against the ComfyUI stand-in, which goes away and comes back.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -63,8 +64,11 @@ def scrape(port: int) -> dict[tuple[str, frozenset], float]:
 
 
 def by_labels(metrics: dict, name: str, *keys: str) -> dict[tuple, float]:
-    return {tuple(dict(labels)[k] for k in keys): value for (sample, labels), value in metrics.items()
-            if sample == name and value}
+    return {
+        tuple(dict(labels)[k] for k in keys): value
+        for (sample, labels), value in metrics.items()
+        if sample == name and value
+    }
 
 
 def sql(index: JobsIndex, statement: str) -> list[tuple]:
@@ -73,8 +77,12 @@ def sql(index: JobsIndex, statement: str) -> list[tuple]:
 
 
 def sql_counts(index: JobsIndex) -> dict[tuple, float]:
-    return {(source, status): n for source, status, n in sql(
-        index, "SELECT COALESCE(source, ''), status, count(*) FROM jobs GROUP BY COALESCE(source, ''), status")}
+    return {
+        (source, status): n
+        for source, status, n in sql(
+            index, "SELECT COALESCE(source, ''), status, count(*) FROM jobs GROUP BY COALESCE(source, ''), status"
+        )
+    }
 
 
 def jobs(count: int, seed: int) -> list:
@@ -101,8 +109,12 @@ def test_metrics_equal_sql_after_imports_status_changes_deletes_and_prunes(index
         index.ingest(jobs(80, seed=2), source="gpu2:8188")
         index.ingest(jobs(30, seed=3))
         live_ids = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(5)]
-        live = [from_queue(queue_item(rng, job_id, 1000 + n, 1_800_000_000_000 + n, "wf"),
-                           "in_progress" if n == 0 else "pending") for n, job_id in enumerate(live_ids)]
+        live = [
+            from_queue(
+                queue_item(rng, job_id, 1000 + n, 1_800_000_000_000 + n, "wf"), "in_progress" if n == 0 else "pending"
+            )
+            for n, job_id in enumerate(live_ids)
+        ]
         index.ingest(live, source="gpu1:8188")
         metrics = assert_counts_match(index, port)
         assert metrics[("jobs_index_jobs", frozenset({("source", "gpu1:8188"), ("status", "pending")}))] == 4
@@ -115,26 +127,47 @@ def test_metrics_equal_sql_after_imports_status_changes_deletes_and_prunes(index
         finished = {(s, st): (n, float(total) / 1000) for s, st, n, total in sql(index, finished_sql)}
         assert len(finished) >= 6
         assert by_labels(metrics, HISTOGRAM + "_count", "source", "status") == {
-            key: n for key, (n, _) in finished.items()}
+            key: n for key, (n, _) in finished.items()
+        }
         for key, (_, total) in finished.items():
             labels = frozenset({("source", key[0]), ("status", key[1])})
             assert metrics[(HISTOGRAM + "_sum", labels)] == pytest.approx(total)
         for bound in DURATION_BUCKETS:
-            expected = {(s, st): n for s, st, n in sql(index, f"""
+            expected = {
+                (s, st): n
+                for s, st, n in sql(
+                    index,
+                    f"""
                 SELECT COALESCE(source, ''), status, count(*) FROM jobs WHERE stage = 2
                   AND execution_end_time - execution_start_time <= {int(bound * 1000)}
-                GROUP BY COALESCE(source, ''), status""")}
-            assert by_labels({k: v for k, v in metrics.items() if dict(k[1]).get("le") == repr(bound)},
-                             HISTOGRAM + "_bucket", "source", "status") == expected, bound
-        failures = {(s, t): n for s, t, n in sql(index, """SELECT COALESCE(source, ''), COALESCE(error_type, 'unknown'),
-            count(*) FROM jobs WHERE status = 'failed' GROUP BY COALESCE(source, ''), COALESCE(error_type, 'unknown')""")}
+                GROUP BY COALESCE(source, ''), status""",
+                )
+            }
+            assert (
+                by_labels(
+                    {k: v for k, v in metrics.items() if dict(k[1]).get("le") == repr(bound)},
+                    HISTOGRAM + "_bucket",
+                    "source",
+                    "status",
+                )
+                == expected
+            ), bound
+        failures = {
+            (s, t): n
+            for s, t, n in sql(
+                index,
+                """SELECT COALESCE(source, ''), COALESCE(error_type, 'unknown'),
+            count(*) FROM jobs WHERE status = 'failed' GROUP BY COALESCE(source, ''), COALESCE(error_type, 'unknown')""",
+            )
+        }
         assert failures and by_labels(metrics, "jobs_index_job_failures_total", "source", "error_type") == failures
 
         # Importing the same history again finishes nothing: the histograms stay.
         index.ingest(jobs(120, seed=1), source="gpu1:8188")
         again = assert_counts_match(index, port)
         assert by_labels(again, HISTOGRAM + "_count", "source", "status") == {
-            key: n for key, (n, _) in finished.items()}
+            key: n for key, (n, _) in finished.items()
+        }
 
         # Status change: the running job finishes (its history row replaces the live one).
         done = history_item(rng, live_ids[0], 1000, 1_800_000_000_000, "wf")
@@ -144,16 +177,20 @@ def test_metrics_equal_sql_after_imports_status_changes_deletes_and_prunes(index
         key = frozenset({("source", "gpu1:8188"), ("status", status)})
         assert changed[(HISTOGRAM + "_count", key)] == again.get((HISTOGRAM + "_count", key), 0) + 1
         assert ("jobs_index_jobs", frozenset({("source", "gpu1:8188"), ("status", "in_progress")})) not in {
-            k for k, v in changed.items() if v}
+            k for k, v in changed.items() if v
+        }
 
         # Deletes and prunes: the gauges follow; the histograms are counters and keep.
-        index.delete_jobs(live_ids[1:3] + [row[0] for row in sql(index, "SELECT id FROM jobs WHERE source = 'gpu2:8188' LIMIT 10")])
+        index.delete_jobs(
+            live_ids[1:3] + [row[0] for row in sql(index, "SELECT id FROM jobs WHERE source = 'gpu2:8188' LIMIT 10")]
+        )
         assert_counts_match(index, port)
         prune(index, prune_filter(index, keep=50))
         pruned = assert_counts_match(index, port)
         assert sum(by_labels(pruned, "jobs_index_jobs_all", "status").values()) < 240
         assert by_labels(pruned, HISTOGRAM + "_count", "source", "status") == by_labels(
-            changed, HISTOGRAM + "_count", "source", "status")
+            changed, HISTOGRAM + "_count", "source", "status"
+        )
 
 
 def test_healthz_and_readyz_on_a_migrated_database(index):
@@ -174,8 +211,11 @@ def test_healthz_and_readyz_on_a_migrated_database(index):
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_readyz_is_503_json_when_the_database_is_unreachable(backend, tmp_path):
-    url = (f"sqlite:///{tmp_path}" if backend == "sqlite"
-           else "postgresql+psycopg://postgres@127.0.0.1:1/nowhere?connect_timeout=2")
+    url = (
+        f"sqlite:///{tmp_path}"
+        if backend == "sqlite"
+        else "postgresql+psycopg://postgres@127.0.0.1:1/nowhere?connect_timeout=2"
+    )
     index = JobsIndex(make_engine(url, pool_size=1))
     try:
         with served(create_app(ServerConfig(pool_size=1), index=index)) as port:
@@ -190,6 +230,7 @@ def test_readyz_is_503_json_when_the_database_is_unreachable(backend, tmp_path):
 
 
 # -- followers -----------------------------------------------------------------
+
 
 async def exposition(session: aiohttp.ClientSession, api: str) -> str:
     async with session.get(api + "/metrics") as response:
@@ -214,6 +255,7 @@ def dashboard_metrics() -> set[str]:
     assert len(names) >= 10
     return names
 
+
 def _value(metrics: dict, name: str, source: str) -> float:
     return metrics.get((name, frozenset({("source", source)})), 0.0)
 
@@ -226,8 +268,9 @@ def test_follower_metrics_follow_comfyui_going_away_and_coming_back(index):
         target = Target(fake.url, default_source(fake.url))
         source = target.source
         executor = ThreadPoolExecutor(2)
-        follower = Follower(index, target, executor=executor, backoff=Backoff(base=0.05, cap=0.2),
-                            heartbeat=2.0, poll_interval=5.0)
+        follower = Follower(
+            index, target, executor=executor, backoff=Backoff(base=0.05, cap=0.2), heartbeat=2.0, poll_interval=5.0
+        )
         runner = web.AppRunner(create_app(ServerConfig(pool_size=2), index=index, followers=[follower]))
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -235,6 +278,7 @@ def test_follower_metrics_follow_comfyui_going_away_and_coming_back(index):
         api = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
         task = asyncio.create_task(follower.run())
         async with aiohttp.ClientSession() as session:
+
             async def metrics() -> dict:
                 async with session.get(api + "/metrics") as response:
                     return samples(await response.text())
@@ -244,10 +288,17 @@ def test_follower_metrics_follow_comfyui_going_away_and_coming_back(index):
                     return response.status, await response.json()
 
             try:
+
                 async def up(expected: int, syncs_above: float = -1):
                     m = await metrics()
-                    return m if (_value(m, "jobs_index_follow_up", source) == expected and _value(
-                        m, "jobs_index_follow_syncs_total", source) > syncs_above) else None
+                    return (
+                        m
+                        if (
+                            _value(m, "jobs_index_follow_up", source) == expected
+                            and _value(m, "jobs_index_follow_syncs_total", source) > syncs_above
+                        )
+                        else None
+                    )
 
                 first = await eventually(lambda: up(1, 0), timeout=30)
                 assert _value(first, "jobs_index_follow_syncs_total", source) >= 1
@@ -282,12 +333,15 @@ def test_follower_metrics_follow_comfyui_going_away_and_coming_back(index):
                 back = FakeComfyUI()  # ComfyUI restarted on the same port
                 await back.start(port=port)
                 try:
-                    again = await eventually(lambda: up(1, _value(down, "jobs_index_follow_syncs_total", source)),
-                                             timeout=30)
+                    again = await eventually(
+                        lambda: up(1, _value(down, "jobs_index_follow_syncs_total", source)), timeout=30
+                    )
                     assert _value(again, "jobs_index_follow_watermark_lag_seconds", source) < _value(
-                        later, "jobs_index_follow_watermark_lag_seconds", source)
+                        later, "jobs_index_follow_watermark_lag_seconds", source
+                    )
                     assert _value(again, "jobs_index_follow_syncs_total", source) > _value(
-                        first, "jobs_index_follow_syncs_total", source)
+                        first, "jobs_index_follow_syncs_total", source
+                    )
                     assert (await ready())[0] == 200
                 finally:
                     await back.stop()
@@ -302,6 +356,7 @@ def test_follower_metrics_follow_comfyui_going_away_and_coming_back(index):
 
 
 # -- the custom node -----------------------------------------------------------
+
 
 def test_the_custom_node_serves_metrics_and_health_under_comfyuis_routes(db_url):
     from .test_custom_node import comfyui, run
@@ -343,8 +398,14 @@ def test_error_type_labels_are_bounded_and_durations_land_in_their_bucket():
 
     finished = FinishedJobs()
     finished.observe([("gpu1", "failed", None, f"Error{n}") for n in range(MAX_ERROR_TYPES + 10)])
-    finished.observe([("gpu1", "failed", 3.0, "Error0"), ("gpu1", "failed", 0.2, None),
-                      ("gpu1", "completed", 1.0, None), (None, "completed", 7200.0, None)])
+    finished.observe(
+        [
+            ("gpu1", "failed", 3.0, "Error0"),
+            ("gpu1", "failed", 0.2, None),
+            ("gpu1", "completed", 1.0, None),
+            (None, "completed", 7200.0, None),
+        ]
+    )
     durations, failures = finished.snapshot()
     assert len({error_type for _, error_type in failures}) == MAX_ERROR_TYPES + 1  # the cap, then "other"
     assert failures[("gpu1", "other")] == 11 and failures[("gpu1", "Error0")] == 2  # "unknown" went to other

@@ -10,6 +10,7 @@ type), in a copy of the script directory. Afterwards the database must equal a
 fresh database migrated the same way (every table, index, trigger and view
 definition) and hold exactly the rows it had, with exact counters that stay exact.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import insert, inspect, select, text
 
 from jobs_index import JobsIndex
-from jobs_index.database import (ForeignKeyViolation, StorageError, current_revision, head_revision,
-                                 make_engine, migrate)
+from jobs_index.database import ForeignKeyViolation, StorageError, current_revision, head_revision, make_engine, migrate
 from jobs_index.schema import FollowedSource, Job, JobOutput
 from jobs_index.search_queries import _document, store
 
@@ -97,7 +97,8 @@ def scripts_with(tmp_path: Path, revision: str, template: str) -> Path:
     shutil.copytree(ROOT / "migrations", root / "migrations", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "alembic.ini", root / "alembic.ini")
     (root / "migrations" / "versions" / f"{revision}.py").write_text(
-        template.format(revision=revision, down=head_revision()))
+        template.format(revision=revision, down=head_revision())
+    )
     return root
 
 
@@ -130,8 +131,10 @@ def populate(url: str, revision: str) -> list:
         with engine.begin() as conn:
             # Only the columns ``revision`` has (priority_json came with 0006).
             present = {column["name"] for column in inspect(conn).get_columns("jobs")}
-            conn.execute(insert(Job.__table__), [{k: v for k, v in {**r.as_row(), "indexed_at": 1}.items()
-                                                  if k in present} for r in records])
+            conn.execute(
+                insert(Job.__table__),
+                [{k: v for k, v in {**r.as_row(), "indexed_at": 1}.items() if k in present} for r in records],
+            )
             if position >= REVISIONS.index("0002_sql_views_and_outputs"):
                 outputs = [{**o, "job_id": r.id} for r in records for o in r.output_files]
                 conn.execute(insert(JobOutput.__table__), outputs)
@@ -141,9 +144,10 @@ def populate(url: str, revision: str) -> list:
             if position >= REVISIONS.index("0008_search"):  # job_search replaced job_nodes
                 store(conn).add(conn, records)
             if position >= REVISIONS.index("0003_followed_sources"):
-                conn.execute(insert(FollowedSource.__table__),
-                             [{"source": "machine-a", "url": "http://a:8188", "history_watermark": "x",
-                               "synced_at": 5}])
+                conn.execute(
+                    insert(FollowedSource.__table__),
+                    [{"source": "machine-a", "url": "http://a:8188", "history_watermark": "x", "synced_at": 5}],
+                )
             gone = records.pop(3)
             conn.execute(text("DELETE FROM jobs WHERE id = :id"), {"id": gone.id})
     finally:
@@ -157,34 +161,55 @@ def schema_objects(url: str) -> dict:
     try:
         with engine.connect() as conn:
             if engine.dialect.name == "sqlite":
-                rows = conn.exec_driver_sql("SELECT type, name, tbl_name, sql FROM sqlite_master "
-                                            "WHERE name NOT LIKE 'sqlite_%'").all()
+                rows = conn.exec_driver_sql(
+                    "SELECT type, name, tbl_name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
+                ).all()
                 # A table's clauses as a set: a batch rebuild may order CHECK constraints either way.
-                return {(t, n): (tbl, sorted(line.strip().rstrip(",") for line in sql.splitlines())
-                                 if t == "table" else sql) for t, n, tbl, sql in rows}
+                return {
+                    (t, n): (
+                        tbl,
+                        sorted(line.strip().rstrip(",") for line in sql.splitlines()) if t == "table" else sql,
+                    )
+                    for t, n, tbl, sql in rows
+                }
             found = {}
-            for name, sql in conn.execute(text(
-                    "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema()")):
+            for name, sql in conn.execute(
+                text("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema()")
+            ):
                 found[("index", name)] = sql
-            for name, sql in conn.execute(text(
+            for name, sql in conn.execute(
+                text(
                     "SELECT t.tgname, pg_get_triggerdef(t.oid) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
-                    "WHERE c.relnamespace = current_schema()::regnamespace AND NOT t.tgisinternal")):
+                    "WHERE c.relnamespace = current_schema()::regnamespace AND NOT t.tgisinternal"
+                )
+            ):
                 found[("trigger", name)] = sql
-            for name, sql in conn.execute(text(
+            for name, sql in conn.execute(
+                text(
                     "SELECT c.relname, pg_get_viewdef(c.oid) FROM pg_class c "
-                    "WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind = 'v'")):
+                    "WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind = 'v'"
+                )
+            ):
                 found[("view", name)] = sql
-            for name, sql in conn.execute(text(
+            for name, sql in conn.execute(
+                text(
                     "SELECT con.conname, pg_get_constraintdef(con.oid) FROM pg_constraint con "
-                    "WHERE con.connamespace = current_schema()::regnamespace")):
+                    "WHERE con.connamespace = current_schema()::regnamespace"
+                )
+            ):
                 found[("constraint", name)] = sql
-            for table, column, type_, collation, nullable in conn.execute(text(
+            for table, column, type_, collation, nullable in conn.execute(
+                text(
                     "SELECT table_name, column_name, data_type, collation_name, is_nullable "
-                    "FROM information_schema.columns WHERE table_schema = current_schema()")):
+                    "FROM information_schema.columns WHERE table_schema = current_schema()"
+                )
+            ):
                 found[("column", f"{table}.{column}")] = (type_, collation, nullable)
             schema = conn.execute(text("SELECT current_schema()")).scalar_one()
-            return {key: value.replace(f"{schema}.", "") if isinstance(value, str) else value
-                    for key, value in found.items()}
+            return {
+                key: value.replace(f"{schema}.", "") if isinstance(value, str) else value
+                for key, value in found.items()
+            }
     finally:
         engine.dispose()
 
@@ -201,9 +226,14 @@ def expected_rows(records: list) -> list[tuple]:
 
 def expected_side_rows(records: list) -> tuple[list, list]:
     ordered = sorted(records, key=lambda r: r.id)
-    return ([{**o, "job_id": r.id} for r in ordered for o in r.output_files],
-            [{"job_id": r.id, "node_types": list(doc.node_types), "models": list(doc.models),
-              "loras": list(doc.loras)} for r in ordered for doc in [_document(r)]])
+    return (
+        [{**o, "job_id": r.id} for r in ordered for o in r.output_files],
+        [
+            {"job_id": r.id, "node_types": list(doc.node_types), "models": list(doc.models), "loras": list(doc.loras)}
+            for r in ordered
+            for doc in [_document(r)]
+        ],
+    )
 
 
 def assert_intact(url: str, reference_url: str, records: list) -> None:
@@ -225,8 +255,12 @@ def assert_intact(url: str, reference_url: str, records: list) -> None:
         victim = next(r for r in records if r.output_files)
         with index.engine.begin() as conn:
             conn.execute(text("DELETE FROM jobs WHERE id = :id"), {"id": victim.id})
-            assert conn.execute(text("SELECT count(*) FROM job_outputs WHERE job_id = :id"),
-                                {"id": victim.id}).scalar_one() == 0
+            assert (
+                conn.execute(
+                    text("SELECT count(*) FROM job_outputs WHERE job_id = :id"), {"id": victim.id}
+                ).scalar_one()
+                == 0
+            )
         assert index.counts_consistent() and index.total() == len(records) - 1
         index.ingest([victim])
         assert index.counts_consistent() and index.total() == len(records)

@@ -6,6 +6,7 @@ subprocess), and the way the library does (``JobsIndex.open`` migrates on open).
 ``alembic check`` is clean on both engines; on PostgreSQL it also reports a
 ``jobs.id`` that lost ``COLLATE "C"`` (``migrations/env.py`` compares collations).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -101,8 +102,9 @@ def test_alembic_cli_from_repo_root(db_url):
     """The real ``alembic`` command, run from the repo root as the docs say."""
     outputs = []
     for args in (["upgrade", "head"], ["check"]):
-        done = subprocess.run([str(ALEMBIC), "-x", f"db={db_url}", *args], cwd=ROOT,
-                              capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [str(ALEMBIC), "-x", f"db={db_url}", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+        )
         assert done.returncode == 0, (args, done.stdout, done.stderr)
         outputs.append(done.stdout + done.stderr)
     assert "No new upgrade operations detected" in outputs[-1]
@@ -113,28 +115,35 @@ def test_alembic_cli_accepts_plain_postgresql_url(pg_url):
     """``-x db=postgresql://...`` (no driver) works: env.py maps it to psycopg 3."""
     plain = pg_url.replace("postgresql+psycopg://", "postgresql://", 1)
     assert plain.startswith("postgresql://")
-    done = subprocess.run([str(ALEMBIC), "-x", f"db={plain}", "upgrade", "head"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [str(ALEMBIC), "-x", f"db={plain}", "upgrade", "head"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert version(pg_url) == head_revision()
 
 
 # -- PostgreSQL: the code-point collation of ids is part of the checked schema --------
 
+
 def _id_collations(conn) -> dict[str, str]:
     """Collation of the ``id`` column in the table and in every index of ``jobs``."""
-    column = conn.execute(text(
-        "SELECT collation_name FROM information_schema.columns "
-        "WHERE table_schema = current_schema() AND table_name = 'jobs' AND column_name = 'id'")).scalar_one()
+    column = conn.execute(
+        text(
+            "SELECT collation_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name = 'jobs' AND column_name = 'id'"
+        )
+    ).scalar_one()
     found = {"column": column}
-    rows = conn.execute(text("""
+    rows = conn.execute(
+        text("""
         SELECT c.relname, coll.collname
         FROM pg_index i
         JOIN pg_class c ON c.oid = i.indexrelid
         JOIN LATERAL unnest(i.indkey::int2[], i.indcollation::oid[]) AS k(attnum, coll_oid) ON true
         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
         JOIN pg_collation coll ON coll.oid = k.coll_oid
-        WHERE i.indrelid = 'jobs'::regclass AND a.attname = 'id'"""))
+        WHERE i.indrelid = 'jobs'::regclass AND a.attname = 'id'""")
+    )
     found.update({name: coll for name, coll in rows})
     return found
 

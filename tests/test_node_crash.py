@@ -4,6 +4,7 @@ outbox beside ComfyUI's user directory and reach the index when ComfyUI starts a
 with the database back; a restarted ComfyUI takes over the lease its killed
 predecessor held at once. The stand-in ComfyUI runs as a real process
 (``tests.standins.comfy_process``), on SQLite and PostgreSQL."""
+
 from __future__ import annotations
 
 import json
@@ -37,16 +38,22 @@ class ComfyProcess:
         env = {**os.environ, "JOBS_INDEX_DB": db_url, "PYTHONPATH": str(ROOT)}
         env.pop("JOBS_INDEX_SOURCE", None)
         self.log = log.open("a")
-        self.proc = subprocess.Popen([sys.executable, "-m", "tests.standins.comfy_process", "--port", str(port),
-                                      "--dir", str(comfy_dir)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                     stderr=self.log, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.standins.comfy_process", "--port", str(port), "--dir", str(comfy_dir)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+        )
         line = self.proc.stdout.readline()
         assert line.startswith("READY "), f"stand-in ComfyUI did not start: {line!r} (see {log})"
         self.url = line.split()[1]
 
     def submit(self) -> str:
-        request = urllib.request.Request(self.url + "/prompt", data=json.dumps(PROMPT).encode(),
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            self.url + "/prompt", data=json.dumps(PROMPT).encode(), headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())["prompt_id"]
 

@@ -3,6 +3,7 @@
 deletions stay in their source and in short transactions, changes survive an outage
 in the outbox, and a resync never undoes a prune. In-process stand-in ComfyUIs
 (``test_custom_node.comfyui``) over real loopback HTTP, on SQLite and PostgreSQL."""
+
 from __future__ import annotations
 
 import asyncio
@@ -142,8 +143,10 @@ def test_a_writer_that_lost_its_lease_changes_nothing(db_url, caplog):
             assert await comfy.status_of(job) == "completed"
             engine = create_engine(db_url)
             with engine.begin() as conn:
-                conn.execute(text("UPDATE source_leases SET holder = 'otherhost/1/x', expires_at = :t "
-                                  "WHERE source = 'gpu'"), {"t": int(time.time() * 1000) + 3_600_000})
+                conn.execute(
+                    text("UPDATE source_leases SET holder = 'otherhost/1/x', expires_at = :t WHERE source = 'gpu'"),
+                    {"t": int(time.time() * 1000) + 3_600_000},
+                )
             engine.dispose()
             assert (await comfy.post("/history", {"clear": True}))[0] == 200
             assert await eventually(lambda: _true(not comfy.node.writer.ready), WAIT)
@@ -161,6 +164,7 @@ def test_old_default_source_rows_keep_their_history_and_lose_stale_live_rows(db_
     nobody writes that source any more) are removed once."""
     history = synthetic(5, seed=3)
     from jobs_index.normalize import from_queue
+
     stale = from_queue([7, "legacy-running", {}, {"create_time": 1}, []], "in_progress")
     with JobsIndex.open(db_url) as index:
         index.ingest(history + [stale], source="comfyui")
@@ -182,7 +186,7 @@ def test_old_default_source_rows_keep_their_history_and_lose_stale_live_rows(db_
 
 
 def test_clear_history_deletes_in_short_batches_of_its_own_source(db_url):
-    """"Clear history" over many finished jobs: no DELETE removes more than a batch
+    """ "Clear history" over many finished jobs: no DELETE removes more than a batch
     (each batch its own transaction, as ``prune``); other sources' jobs and this
     source's live jobs stay."""
     gate = Gate()
@@ -233,8 +237,13 @@ def test_more_jobs_than_the_queue_and_the_history_hold_survive_an_outage(tmp_pat
     blocker.mkdir(parents=True)
 
     async def scenario():
-        async with comfyui(f"sqlite:///{blocker}", wait_ready=False, queue_max=4, max_history_size=2,
-                           outbox=str(tmp_path / "user" / "jobs-index" / "outbox.sqlite3")) as comfy:
+        async with comfyui(
+            f"sqlite:///{blocker}",
+            wait_ready=False,
+            queue_max=4,
+            max_history_size=2,
+            outbox=str(tmp_path / "user" / "jobs-index" / "outbox.sqlite3"),
+        ) as comfy:
             # (ComfyUI's port, hence the source and the outbox, are known at once in ComfyUI)
             assert await eventually(lambda: _true(comfy.node.writer.outbox is not None), WAIT)
             ids = []

@@ -4,6 +4,7 @@ fields. PostgreSQL text cannot hold NUL; SQLite's can. Both engines store the sa
 thing (``normalize.column_text``: a NUL is "\\x01\\x01" in ``jobs.id`` and
 ``jobs.workflow_id``) and answer exactly what ComfyUI answers for those jobs:
 listings in every order, filters, cursors, details, deletions."""
+
 from __future__ import annotations
 
 import json
@@ -30,14 +31,37 @@ def history_item(job_id: str, number: int, workflow: str | None) -> dict:
     if workflow is not None:
         extra["extra_pnginfo"] = {"workflow": {"id": workflow}}
     return {
-        "prompt": [number, job_id, {"n\x001": {"class_type": "Save\x00Image", "inputs": {"x": "\x00"}}}, extra, ["n\x001"]],
-        "outputs": {"n\x001": {"images": [{"filename": f"out\x00{number}.png", "subfolder": "s\x00", "type": "output"}],
-                               "text": ["t\x00ext"]}},
-        "status": {"status_str": "error" if number % 2 else "success", "completed": not number % 2, "messages": [
-            ["execution_start", {"prompt_id": job_id, "timestamp": start}],
-            ["execution_error" if number % 2 else "execution_success",
-             {"prompt_id": job_id, "timestamp": start + number * 7, "node_id": "n\x001",
-              "node_type": "Save\x00Image", "exception_type": "E\x00", "exception_message": "m\x00"}]]},
+        "prompt": [
+            number,
+            job_id,
+            {"n\x001": {"class_type": "Save\x00Image", "inputs": {"x": "\x00"}}},
+            extra,
+            ["n\x001"],
+        ],
+        "outputs": {
+            "n\x001": {
+                "images": [{"filename": f"out\x00{number}.png", "subfolder": "s\x00", "type": "output"}],
+                "text": ["t\x00ext"],
+            }
+        },
+        "status": {
+            "status_str": "error" if number % 2 else "success",
+            "completed": not number % 2,
+            "messages": [
+                ["execution_start", {"prompt_id": job_id, "timestamp": start}],
+                [
+                    "execution_error" if number % 2 else "execution_success",
+                    {
+                        "prompt_id": job_id,
+                        "timestamp": start + number * 7,
+                        "node_id": "n\x001",
+                        "node_type": "Save\x00Image",
+                        "exception_type": "E\x00",
+                        "exception_message": "m\x00",
+                    },
+                ],
+            ],
+        },
     }
 
 
@@ -57,19 +81,29 @@ def comfyui_state() -> tuple[dict, list, list]:
 
 def load(index) -> Reference:
     history, running, pending = comfyui_state()
-    result = index.ingest([from_history(k, v) for k, v in history.items()]
-                          + [from_queue(item, IN_PROGRESS) for item in running]
-                          + [from_queue(item, PENDING) for item in pending], source="comfyui")
+    result = index.ingest(
+        [from_history(k, v) for k, v in history.items()]
+        + [from_queue(item, IN_PROGRESS) for item in running]
+        + [from_queue(item, PENDING) for item in pending],
+        source="comfyui",
+    )
     assert result.rejected == [] and result.inserted == len(IDS) + 3
     return Reference(json.loads(json.dumps(history)), running, pending)
 
 
 PARAMS = [
-    {}, {"sort_order": "asc"}, {"sort_by": "execution_duration"},
+    {},
+    {"sort_order": "asc"},
+    {"sort_by": "execution_duration"},
     {"sort_by": "execution_duration", "sort_order": "asc"},
-    {"workflow_id": "wf\x00x"}, {"workflow_id": "wf\x01"}, {"workflow_id": "wf"}, {"workflow_id": "\x00"},
-    {"workflow_id": "wf\x00x", "status": "pending,completed"}, {"status": "failed", "sort_order": "asc"},
-    {"limit": "3", "offset": "2"}, {"limit": "4", "workflow_id": "wf\x00x"},
+    {"workflow_id": "wf\x00x"},
+    {"workflow_id": "wf\x01"},
+    {"workflow_id": "wf"},
+    {"workflow_id": "\x00"},
+    {"workflow_id": "wf\x00x", "status": "pending,completed"},
+    {"status": "failed", "sort_order": "asc"},
+    {"limit": "3", "offset": "2"},
+    {"limit": "4", "workflow_id": "wf\x00x"},
 ]
 
 
@@ -96,8 +130,9 @@ def test_cursor_pages_through_ids_with_nul_in_comfyuis_order(index):
             if not cursor:
                 break
             params = {"limit": "2", "sort_order": order, "after": cursor}
-        everything = sorted(IDS + ["run\x00ning", "pend\x00ing", "pend\x01ing"],
-                            key=lambda i: (T, i), reverse=order == "desc")
+        everything = sorted(
+            IDS + ["run\x00ning", "pend\x00ing", "pend\x01ing"], key=lambda i: (T, i), reverse=order == "desc"
+        )
         assert seen == everything
 
 
@@ -117,15 +152,18 @@ def test_both_engines_store_the_same_columns(index):
     load(index)
     with index.engine.connect() as conn:
         rows = conn.exec_driver_sql(
-            "SELECT id, workflow_id, error_type, error_message, error_node_id, error_node_type "
-            "FROM jobs ORDER BY id").all()
+            "SELECT id, workflow_id, error_type, error_message, error_node_id, error_node_type FROM jobs ORDER BY id"
+        ).all()
         files = conn.exec_driver_sql("SELECT count(*) FROM job_outputs").scalar()
         search = conn.exec_driver_sql("SELECT job_id, workflow_id FROM job_search ORDER BY job_id").all()
     assert [tuple(r) for r in rows] == sorted(
         [(column_text(i), column_text(WORKFLOWS[n % 4]), None, None, None, None) for n, i in enumerate(IDS)]
-        + [(column_text("run\x00ning"), column_text("wf\x00x"), None, None, None, None),
-           (column_text("pend\x00ing"), column_text("wf\x00x"), None, None, None, None),
-           (column_text("pend\x01ing"), column_text("wf\x01"), None, None, None, None)])
+        + [
+            (column_text("run\x00ning"), column_text("wf\x00x"), None, None, None, None),
+            (column_text("pend\x00ing"), column_text("wf\x00x"), None, None, None, None),
+            (column_text("pend\x01ing"), column_text("wf\x01"), None, None, None, None),
+        ]
+    )
     assert files == 0  # a name with NUL names no file (defensive, both engines)
     # job_search (which replaced job_nodes) copies the id and workflow id in the same column form.
     assert [tuple(r) for r in search] == [(r[0], r[1]) for r in rows]
@@ -146,11 +184,14 @@ def test_the_custom_nodes_writer_records_them_and_logs_what_it_cannot(index, db_
     without a word (here: a source name PostgreSQL text cannot hold; SQLite holds it)."""
     history, _, _ = comfyui_state()
     for source, prefix in (("comfyui", ""), ("bad\x00source", "other-")):
-        writer = Writer(open_index=lambda: index, read_state=lambda: State({}, [], []),
-                        mutex=threading.RLock(), source=source)
+        writer = Writer(
+            open_index=lambda: index, read_state=lambda: State({}, [], []), mutex=threading.RLock(), source=source
+        )
         writer.source = source  # named by the writer thread at its start; this test calls _write directly
-        records = [_record(Op(n, FINISHED, (prefix + job_id, in_memory(prefix + job_id, entry))))
-                   for n, (job_id, entry) in enumerate(history.items())]
+        records = [
+            _record(Op(n, FINISHED, (prefix + job_id, in_memory(prefix + job_id, entry))))
+            for n, (job_id, entry) in enumerate(history.items())
+        ]
         assert None not in records
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="jobs_index.comfyui"):

@@ -1,6 +1,7 @@
 """Opening the index: every PostgreSQL URL spelling that means psycopg 3 works, and a
 bad or unreachable database is one clear ``StorageError``/``ConfigError`` line (CLI:
 ``Error: ...`` on stderr, exit 1), never a driver traceback or a leaked password."""
+
 from __future__ import annotations
 
 import subprocess
@@ -44,8 +45,11 @@ BAD_URLS = [
     ("postgresql://no_such_role_jobs_index@127.0.0.1:5432/test", StorageError, ["no_such_role_jobs_index"]),
     (_pg_target("no-such-host.invalid/test"), StorageError, ["no-such-host.invalid"]),
     (_pg_target("127.0.0.1:notaport/test"), ConfigError, ["not a database URL"]),
-    (_pg_target("127.0.0.1/test").replace("postgresql:", "postgresql+asyncpg:"), ConfigError,
-     ["unsupported database driver", "postgresql+asyncpg"]),
+    (
+        _pg_target("127.0.0.1/test").replace("postgresql:", "postgresql+asyncpg:"),
+        ConfigError,
+        ["unsupported database driver", "postgresql+asyncpg"],
+    ),
     ("mysql://root@127.0.0.1/jobs", ConfigError, ["unsupported database", "mysql"]),
     (_pg_target("127.0.0.1:5432/test?sslmode=bogus"), StorageError, ["sslmode"]),
 ]
@@ -92,8 +96,9 @@ def test_unreachable_host_fails_within_connect_timeout():
 @pytest.mark.parametrize("command", [["migrate"], ["import", "-"], ["serve", "--port", "0"]])
 def test_cli_prints_one_line_and_exits_1(command):
     url = _pg_target("127.0.0.1:1/test")
-    done = subprocess.run([str(JOBS_INDEX), "--db", url, *command], input="{}", capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [str(JOBS_INDEX), "--db", url, *command], input="{}", capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 1, (done.stdout, done.stderr)
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: cannot open database"), done.stderr

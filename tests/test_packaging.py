@@ -4,6 +4,7 @@ metadata in ``pyproject.toml``), and the requirements agree with ComfyUI's own.
 
 ``tests/fixtures/comfyui_requirements.txt`` is ComfyUI's ``requirements.txt`` at the
 seed's commit (copied unchanged)."""
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,9 @@ def pyproject() -> dict:
 
 
 def test_requirements_txt_is_the_package_dependencies():
-    declared = {canonicalize_name(Requirement(line).name): Requirement(line)
-                for line in pyproject()["project"]["dependencies"]}
+    declared = {
+        canonicalize_name(Requirement(line).name): Requirement(line) for line in pyproject()["project"]["dependencies"]
+    }
     listed = requirements(ROOT / "requirements.txt")
     assert {name: str(r) for name, r in listed.items()} == {name: str(r) for name, r in declared.items()}
 
@@ -60,8 +62,9 @@ def test_our_requirements_do_not_fight_comfyuis_pins():
         installed = metadata.version(name)
         assert ours[name].specifier.contains(installed, prereleases=True), (name, installed)
         assert theirs[name].specifier.contains(installed, prereleases=True), (name, installed, str(theirs[name]))
-        assert not any(spec.operator in ("<", "<=", "==", "~=", "===") for spec in ours[name].specifier), \
+        assert not any(spec.operator in ("<", "<=", "==", "~=", "===") for spec in ours[name].specifier), (
             f"{name}: an upper bound or pin in our requirements could fight ComfyUI's"
+        )
     # aiohttp brings yarl, which ComfyUI pins too
     assert theirs["yarl"].specifier.contains(metadata.version("yarl"), prereleases=True)
 
@@ -77,8 +80,12 @@ def test_registry_metadata():
 def test_the_wheel_holds_the_package_not_the_custom_node_entry(tmp_path):
     """``pip install .`` still installs ``jobs_index`` (migrations included) and not the
     repository's top-level ``__init__.py``, which is for ComfyUI only."""
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
-                            "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert build.returncode == 0, build.stderr
     import zipfile
 
@@ -127,12 +134,23 @@ def test_a_git_clone_in_custom_nodes_is_loaded_the_comfyui_way(tmp_path):
     comfyui = tmp_path / "ComfyUI"
     clone = comfyui / "custom_nodes" / "jobs-index"
     (comfyui / "user").mkdir(parents=True)
-    shutil.copytree(ROOT, clone, ignore=shutil.ignore_patterns(".git", ".venv", "*.egg-info", "__pycache__",
-                                                               ".hypothesis", ".pytest_cache", "results"))
+    shutil.copytree(
+        ROOT,
+        clone,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "*.egg-info", "__pycache__", ".hypothesis", ".pytest_cache", "results"
+        ),
+    )
     env = {key: value for key, value in os.environ.items() if key != "JOBS_INDEX_DB"}
     env["JOBS_INDEX_SOURCE"] = "clone-test"  # the loader below starts no server, so no port names the source
-    done = subprocess.run([sys.executable, "-c", LOAD_AS_COMFYUI, str(clone), str(ROOT)], cwd=comfyui,
-                          capture_output=True, text=True, timeout=120, env=env)
+    done = subprocess.run(
+        [sys.executable, "-c", LOAD_AS_COMFYUI, str(clone), str(ROOT)],
+        cwd=comfyui,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["mappings"] == {} and report["node"] and report["path_unchanged"]

@@ -2,6 +2,7 @@
 request with ComfyUI's status, content type and body, on each backend. Bodies are
 compared type-exact (re-encoded by ``json.dumps``: ``4.0`` is not ``4``, as in
 ComfyUI's answer), not only equal after parsing."""
+
 from __future__ import annotations
 
 import json
@@ -23,22 +24,43 @@ from .live_server import live_server
 from .test_reference import as_seed
 
 HISTORY_STATE = [
-    "jobs_all.json", "jobs_page1.json", "jobs_page2_offset.json", "jobs_asc.json",
-    "jobs_by_duration.json", "jobs_status_failed.json", "jobs_status_cancelled.json",
-    "jobs_status_completed.json", "jobs_workflow_filter.json", "jobs_offset_past_end.json",
-    "jobs_negative_offset.json", "jobs_legacy_double_api_prefix.json",
-    "job_detail.json", "job_detail_failed.json", "job_detail_cancelled.json",
-    "job_detail_cached.json", "job_detail_not_found.json",
+    "jobs_all.json",
+    "jobs_page1.json",
+    "jobs_page2_offset.json",
+    "jobs_asc.json",
+    "jobs_by_duration.json",
+    "jobs_status_failed.json",
+    "jobs_status_cancelled.json",
+    "jobs_status_completed.json",
+    "jobs_workflow_filter.json",
+    "jobs_offset_past_end.json",
+    "jobs_negative_offset.json",
+    "jobs_legacy_double_api_prefix.json",
+    "job_detail.json",
+    "job_detail_failed.json",
+    "job_detail_cancelled.json",
+    "job_detail_cached.json",
+    "job_detail_not_found.json",
 ]
 QUEUE_STATE = [
-    "jobs_with_running_pending.json", "jobs_status_pending_inprogress.json",
-    "job_detail_running.json", "job_detail_pending.json",
+    "jobs_with_running_pending.json",
+    "jobs_status_pending_inprogress.json",
+    "job_detail_running.json",
+    "job_detail_pending.json",
 ]
 CURSOR_BRANCH = [
-    "jobs_all.json", "jobs_page1.json", "jobs_page2_after.json", "jobs_page3_after.json",
-    "jobs_page4_after.json", "jobs_asc_page1.json", "jobs_asc_page2_after.json",
-    "jobs_offset_mode_cursor_minted.json", "jobs_bad_cursor.json", "jobs_bad_cursor_empty_set.json",
-    "jobs_cursor_order_mismatch.json", "jobs_cursor_with_duration_sort_ignored.json",
+    "jobs_all.json",
+    "jobs_page1.json",
+    "jobs_page2_after.json",
+    "jobs_page3_after.json",
+    "jobs_page4_after.json",
+    "jobs_asc_page1.json",
+    "jobs_asc_page2_after.json",
+    "jobs_offset_mode_cursor_minted.json",
+    "jobs_bad_cursor.json",
+    "jobs_bad_cursor_empty_set.json",
+    "jobs_cursor_order_mismatch.json",
+    "jobs_cursor_with_duration_sort_ignored.json",
 ]
 
 
@@ -150,8 +172,9 @@ def test_queue_numbers_while_running(index):
         assert_answers(client, load_capture(f"{QUEUE_NUMBERS}jobs_while_running.json"))
 
 
-@pytest.mark.parametrize("name", ["jobs_all.json", "jobs_asc.json", "jobs_by_duration.json",
-                                  "job_detail_number_float.json"])
+@pytest.mark.parametrize(
+    "name", ["jobs_all.json", "jobs_asc.json", "jobs_by_duration.json", "job_detail_number_float.json"]
+)
 def test_queue_numbers_history(index, name):
     """The queue drained into history: every listing, and the detail of the 2.5 job."""
     queue = load_capture(f"{QUEUE_NUMBERS}queue_while_running.json")["body"]

@@ -3,6 +3,7 @@ from the contract (tests/reference.py), on random histories full of ties, missin
 times, odd shapes and client-chosen queue numbers (floats, NaN, huge), on each
 backend; cursor chains are walked to the end. Answers are compared type-exact
 (``exact``: 4.0 is not 4, NaN equals NaN)."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,9 @@ from jobs_index.normalize import answer_text
 from .reference import Reference
 from .strategies import query_params, states
 
-SETTINGS = settings(max_examples=60, deadline=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 
 
 def reset(index: JobsIndex, history: dict, running: list, pending: list) -> None:
@@ -73,9 +75,13 @@ def test_detail_matches_reference(index, state, data):
 
 
 @SETTINGS
-@given(state=states(), order=st.sampled_from(["asc", "desc"]), limit=st.integers(1, 3),
-       status=st.sampled_from([None, "completed", "pending,in_progress", "failed,cancelled,completed"]),
-       workflow_id=st.sampled_from([None, "wf-1", "WF-1"]))
+@given(
+    state=states(),
+    order=st.sampled_from(["asc", "desc"]),
+    limit=st.integers(1, 3),
+    status=st.sampled_from([None, "completed", "pending,in_progress", "failed,cancelled,completed"]),
+    workflow_id=st.sampled_from([None, "wf-1", "WF-1"]),
+)
 def test_cursor_walk_sees_every_job_once(index, state, order, limit, status, workflow_id):
     history, running, pending = state
     reset(index, history, running, pending)
@@ -106,13 +112,17 @@ def test_cursor_walk_sees_every_job_once(index, state, order, limit, status, wor
 
 def test_limits_and_offsets_beyond_bigint(index):
     """Python accepts any integer; SQL does not. Such pages still answer like ComfyUI."""
-    history = {f"job-{i}": {"prompt": [i, f"job-{i}", {}, {"create_time": i}, []], "outputs": {}}
-               for i in range(5)}
+    history = {f"job-{i}": {"prompt": [i, f"job-{i}", {}, {"create_time": i}, []], "outputs": {}} for i in range(5)}
     reset(index, history, [], [])
     reference = Reference(history, [], [])
     huge = "99999999999999999999"
-    for params in ({"limit": huge}, {"limit": huge, "offset": huge}, {"limit": "2", "offset": huge},
-                   {"limit": "2", "offset": "3"}, {"limit": huge, "sort_by": "execution_duration"}):
+    for params in (
+        {"limit": huge},
+        {"limit": huge, "offset": huge},
+        {"limit": "2", "offset": huge},
+        {"limit": "2", "offset": "3"},
+        {"limit": huge, "sort_by": "execution_duration"},
+    ):
         assert exact(sql_answer(index, params)) == exact(reference.list_jobs(params)), params
 
 
@@ -121,8 +131,10 @@ def test_ids_comfyui_cannot_end_a_cursor_on(index):
     on one has no next_cursor (ComfyUI answers 400 there), and offset paging reaches
     every job, each once."""
     ids = ["", "é" * 129, "a", "b"]
-    history = {job_id: {"prompt": [float(i) + 0.5, job_id, {}, {"create_time": 10 - i}, []], "outputs": {}}
-               for i, job_id in enumerate(ids)}
+    history = {
+        job_id: {"prompt": [float(i) + 0.5, job_id, {}, {"create_time": 10 - i}, []], "outputs": {}}
+        for i, job_id in enumerate(ids)
+    }
     reset(index, history, [], [])
     reference = Reference(history, [], [])
     assert Reference(history, [], [], comfyui_mint_errors=True).list_jobs({"limit": "1"})[0] == 400

@@ -14,6 +14,7 @@ listener), then asks the engine for that statement's plan with the same paramete
   executed) and by ``EXPLAIN (FORMAT JSON)`` of the captured statement; the session
   runs with ``plan_cache_mode = force_custom_plan`` and holds no prepared statement.
 """
+
 from __future__ import annotations
 
 import json
@@ -85,6 +86,7 @@ def cursor_at(i: int, order: str = "desc") -> str:
 
 # -- SQLite ----------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def sqlite_big(tmp_path_factory):
     with JobsIndex.open(f"sqlite:///{tmp_path_factory.mktemp('plans') / 'big.sqlite3'}") as index:
@@ -104,13 +106,22 @@ SHAPES = {
     "no filter offset": ({"offset": "40"}, schema.IX_CREATE_TIME, 1, True),
     "no filter cursor": ({"after": cursor_at(MID)}, schema.IX_CREATE_TIME, 1, False),
     "no filter cursor asc": ({"sort_order": "asc", "after": cursor_at(MID, "asc")}, schema.IX_CREATE_TIME, 1, False),
-    "all statuses listed": ({"status": "pending,in_progress,completed,failed,cancelled"}, schema.IX_CREATE_TIME, 1, True),
+    "all statuses listed": (
+        {"status": "pending,in_progress,completed,failed,cancelled"},
+        schema.IX_CREATE_TIME,
+        1,
+        True,
+    ),
     "pending": ({"status": "pending"}, ST, 1, False),
     "pending asc": ({"status": "pending", "sort_order": "asc"}, ST, 1, False),
     "pending cursor": ({"status": "pending", "after": cursor_at(MID)}, ST, 1, False),
     "pending,in_progress": ({"status": "pending,in_progress"}, ST, 2, False),
-    "pending,in_progress asc cursor": ({"status": "pending,in_progress", "sort_order": "asc",
-                                        "after": cursor_at(MID, "asc")}, ST, 2, False),
+    "pending,in_progress asc cursor": (
+        {"status": "pending,in_progress", "sort_order": "asc", "after": cursor_at(MID, "asc")},
+        ST,
+        2,
+        False,
+    ),
     "completed,failed offset": ({"status": "completed,failed", "offset": "30"}, ST, 2, False),
     "workflow": ({"workflow_id": "wf-07"}, WFT, 1, False),
     "workflow cursor": ({"workflow_id": "wf-07", "after": cursor_at(MID)}, WFT, 1, False),
@@ -122,8 +133,12 @@ SHAPES = {
     "duration": ({"sort_by": "execution_duration"}, schema.IX_DURATION, 1, True),
     "duration asc": ({"sort_by": "execution_duration", "sort_order": "asc"}, schema.IX_DURATION, 1, True),
     "duration pending": ({"sort_by": "execution_duration", "status": "pending"}, schema.IX_STATUS_DURATION, 1, False),
-    "duration failed,cancelled": ({"sort_by": "execution_duration", "status": "failed,cancelled"},
-                                  schema.IX_STATUS_DURATION, 2, False),
+    "duration failed,cancelled": (
+        {"sort_by": "execution_duration", "status": "failed,cancelled"},
+        schema.IX_STATUS_DURATION,
+        2,
+        False,
+    ),
 }
 
 
@@ -187,14 +202,20 @@ def test_sqlite_listings_read_a_page_not_the_table(sqlite_big):
     """A deterministic work bound instead of a timing: the instructions SQLite runs
     for one 20-job page of every shape stay far below what a table walk costs."""
 
-    walk = vm_instructions(sqlite_big, lambda conn: conn.exec_driver_sql(
-        "SELECT id FROM jobs NOT INDEXED WHERE status = 'pending' ORDER BY create_time DESC LIMIT 20").all())
+    walk = vm_instructions(
+        sqlite_big,
+        lambda conn: conn.exec_driver_sql(
+            "SELECT id FROM jobs NOT INDEXED WHERE status = 'pending' ORDER BY create_time DESC LIMIT 20"
+        ).all(),
+    )
     assert walk > 10 * PAGE_WORK_BOUND  # the measure does see a table walk
     for shape, (params, *_) in SHAPES.items():
         query = parse_list_query({**params, "limit": "20"})
         after = queries.Position(query.cursor.create_time, query.cursor.id) if query.cursor else None
-        work = vm_instructions(sqlite_big, lambda conn: queries.select_page(
-            conn, query, limit=21, offset=0 if after else query.offset, after=after))
+        work = vm_instructions(
+            sqlite_big,
+            lambda conn: queries.select_page(conn, query, limit=21, offset=0 if after else query.offset, after=after),
+        )
         assert work < PAGE_WORK_BOUND, (shape, work)
         print(f"{shape}: {work} instructions")
 
@@ -206,6 +227,7 @@ def test_sqlite_pending_listing_reads_the_pending_jobs(sqlite_big):
 
 
 # -- PostgreSQL --------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def pg_big():
@@ -234,8 +256,11 @@ def plan_nodes(node: dict) -> list[dict]:
 def scans_of_jobs(plan: dict) -> list[tuple[str, str | None]]:
     """Scans of ``jobs`` and its indexes (a page's ``total`` also reads ``job_counts``:
     see ``scans_of_counts``)."""
-    return [(n["Node Type"], n.get("Index Name")) for n in plan_nodes(plan)
-            if (n.get("Relation Name") == "jobs" or "Index Name" in n) and not _reads_counts(n)]
+    return [
+        (n["Node Type"], n.get("Index Name"))
+        for n in plan_nodes(plan)
+        if (n.get("Relation Name") == "jobs" or "Index Name" in n) and not _reads_counts(n)
+    ]
 
 
 def _reads_counts(node: dict) -> bool:
@@ -285,8 +310,11 @@ def test_pg_rare_status_listing_keeps_its_custom_plan(pg_big):
             assert page.total == len(PENDING_AT) and len(page.jobs) == len(PENDING_AT)
 
         # 1. The plans PostgreSQL actually executed (auto_explain), run after run.
-        listing_plans = [p["Plan"] for p in executed_plans if re.search(r"\bFROM jobs\b", p["Query Text"])
-                         and "pg_" not in p["Query Text"]]
+        listing_plans = [
+            p["Plan"]
+            for p in executed_plans
+            if re.search(r"\bFROM jobs\b", p["Query Text"]) and "pg_" not in p["Query Text"]
+        ]
         assert len(listing_plans) == RUNS
         for plan in listing_plans:
             scans = scans_of_jobs(plan)
@@ -304,8 +332,9 @@ def test_pg_rare_status_listing_keeps_its_custom_plan(pg_big):
         assert schema.IX_CREATE_TIME not in json.dumps(plan)
         # The page's total is read by the same statement: a lookup of job_counts' key.
         counted = scans_of_counts(plan)
-        assert ("pk_job_counts" in {name for _, name in counted}
-                and all(kind != "Seq Scan" for kind, _ in counted)), counted
+        assert "pk_job_counts" in {name for _, name in counted} and all(kind != "Seq Scan" for kind, _ in counted), (
+            counted
+        )
 
         # 3. The sessions that ran it: custom plans forced, nothing prepared server-side.
         pool_size = pg_big.engine.pool.checkedin()
@@ -345,9 +374,13 @@ def explain_analyze(index: JobsIndex, sql: str, parameters) -> dict:
 
 def rows_touched(plan: dict) -> int:
     """Index entries / rows the scans of ``jobs`` produced or threw away."""
-    return sum(n.get("Actual Rows", 0) * n.get("Actual Loops", 1) + n.get("Rows Removed by Filter", 0)
-               + n.get("Rows Removed by Index Recheck", 0)
-               for n in plan_nodes(plan) if n.get("Relation Name") == "jobs")
+    return sum(
+        n.get("Actual Rows", 0) * n.get("Actual Loops", 1)
+        + n.get("Rows Removed by Filter", 0)
+        + n.get("Rows Removed by Index Recheck", 0)
+        for n in plan_nodes(plan)
+        if n.get("Relation Name") == "jobs"
+    )
 
 
 @pytest.mark.parametrize("shape", list(PG_SHAPES))
@@ -380,9 +413,13 @@ def test_pg_only_write_transactions_leave_forced_custom_plans(pg_url):
 
 # -- PostgreSQL has no index hints: the arms must not depend on statistics ------------
 
+
 def _seek_report(plan: dict) -> list[tuple[str, str | None, int]]:
-    return [(n["Node Type"], n.get("Index Name"), n.get("Rows Removed by Filter", 0))
-            for n in plan_nodes(plan) if n.get("Relation Name") == "jobs" or "Index Name" in n]
+    return [
+        (n["Node Type"], n.get("Index Name"), n.get("Rows Removed by Filter", 0))
+        for n in plan_nodes(plan)
+        if n.get("Relation Name") == "jobs" or "Index Name" in n
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -398,8 +435,7 @@ def pg_retired_workflow():
     def relabel(index, where: str) -> None:
         with write_transaction(index.engine) as conn:
             conn.exec_driver_sql("ALTER TABLE jobs DISABLE TRIGGER USER")
-            conn.exec_driver_sql("UPDATE jobs SET workflow_id = 'wf-retired', source = 'host-retired' "
-                                 f"WHERE {where}")
+            conn.exec_driver_sql(f"UPDATE jobs SET workflow_id = 'wf-retired', source = 'host-retired' WHERE {where}")
             conn.exec_driver_sql("ALTER TABLE jobs ENABLE TRIGGER USER")
             _rebuild_counts(conn)
 
@@ -417,8 +453,10 @@ def pg_retired_workflow():
         relabel(index, f"priority < {int(n * 0.7)}")
         with index.engine.begin() as conn:  # the moved rows are no longer labelled
             conn.exec_driver_sql("ALTER TABLE jobs DISABLE TRIGGER USER")
-            conn.exec_driver_sql(f"UPDATE jobs SET workflow_id = 'wf-01', source = 'host-1' "
-                                 f"WHERE priority >= {int(n * 0.7)} AND workflow_id = 'wf-retired'")
+            conn.exec_driver_sql(
+                f"UPDATE jobs SET workflow_id = 'wf-01', source = 'host-1' "
+                f"WHERE priority >= {int(n * 0.7)} AND workflow_id = 'wf-retired'"
+            )
             conn.exec_driver_sql("ALTER TABLE jobs ENABLE TRIGGER USER")
             _rebuild_counts(conn)
         assert index.counts_consistent()
@@ -429,14 +467,18 @@ def pg_retired_workflow():
             pg_schema.drop()
 
 
-@pytest.mark.parametrize("params,index_name", [
-    ({"workflow_id": "wf-retired"}, schema.IX_WORKFLOW_CREATE_TIME),
-    ({"workflow_id": "wf-retired", "status": "completed"}, schema.IX_WORKFLOW_STATUS),
-    ({"source": "host-retired"}, schema.IX_SOURCE_CREATE_TIME),
-    ({"source": "host-retired", "status": "completed,failed", "sort_order": "asc"}, schema.IX_SOURCE_STATUS),
-    ({"status": "completed,failed"}, schema.IX_STATUS_CREATE_TIME),
-    ({"status": "failed", "sort_by": "execution_duration"}, schema.IX_STATUS_DURATION),
-], ids=lambda v: "&".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else None)
+@pytest.mark.parametrize(
+    "params,index_name",
+    [
+        ({"workflow_id": "wf-retired"}, schema.IX_WORKFLOW_CREATE_TIME),
+        ({"workflow_id": "wf-retired", "status": "completed"}, schema.IX_WORKFLOW_STATUS),
+        ({"source": "host-retired"}, schema.IX_SOURCE_CREATE_TIME),
+        ({"source": "host-retired", "status": "completed,failed", "sort_order": "asc"}, schema.IX_SOURCE_STATUS),
+        ({"status": "completed,failed"}, schema.IX_STATUS_CREATE_TIME),
+        ({"status": "failed", "sort_by": "execution_duration"}, schema.IX_STATUS_DURATION),
+    ],
+    ids=lambda v: "&".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else None,
+)
 def test_pg_arms_seek_their_index_whatever_the_statistics(pg_retired_workflow, params, index_name):
     """The arms with rows seek the index that starts with their filter, and the page
     reads about a page of rows per arm: no arm walks another index (e.g.

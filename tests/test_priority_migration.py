@@ -7,6 +7,7 @@ no row is lost, totals stay exact; a downgrade and a second upgrade come back to
 same answers; a ``jobs-index migrate`` killed at random moments leaves the index at
 0005 with all its rows or at 0006, on SQLite and PostgreSQL.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,7 @@ from alembic import command
 from sqlalchemy import text
 
 from jobs_index import JobsIndex, parse_list_query
-from jobs_index.database import (alembic_config, current_revision, head_revision, make_engine, migrate,
-                                 write_transaction)
+from jobs_index.database import alembic_config, current_revision, head_revision, make_engine, migrate, write_transaction
 from jobs_index.normalize import from_history, from_queue
 from jobs_index.render import json_value
 from jobs_index.sample import synthetic_history
@@ -33,10 +33,30 @@ from .fixtures_util import load_capture
 REV_5, REV_6 = "0005_filter_timeline_indexes", "0006_priority_as_stored"
 HEAD = head_revision()  # an upgrade from REV_5 goes on to head in the same transaction
 JOBS_INDEX = [sys.executable, "-m", "jobs_index"]
-OLD_COLUMNS = ("id", "status", "stage", "priority", "create_time", "create_time_missing",
-               "execution_start_time", "execution_end_time", "execution_duration", "outputs_count",
-               "preview_output", "execution_error", "error_type", "error_message", "error_node_id",
-               "error_node_type", "workflow_id", "source", "raw_kind", "raw", "raw_digest", "indexed_at")
+OLD_COLUMNS = (
+    "id",
+    "status",
+    "stage",
+    "priority",
+    "create_time",
+    "create_time_missing",
+    "execution_start_time",
+    "execution_end_time",
+    "execution_duration",
+    "outputs_count",
+    "preview_output",
+    "execution_error",
+    "error_type",
+    "error_message",
+    "error_node_id",
+    "error_node_type",
+    "workflow_id",
+    "source",
+    "raw_kind",
+    "raw",
+    "raw_digest",
+    "indexed_at",
+)
 
 
 def queue_numbers_items() -> tuple[dict, list, list]:
@@ -52,11 +72,16 @@ def seed_records(synthetic: int = 60) -> list:
     not start with its prompt (the migration then reads the whole item)."""
     history, running, pending = queue_numbers_items()
     records = [from_history(k, v) for k, v in history.items() if v["prompt"][0] != 2.5]
-    records += [from_queue([7.0, "queued-7.0", {}, {"create_time": 5}, []], "pending"),
-                from_queue([-3.0, "running--3.0", {}, {"create_time": 6}, []], "in_progress")]
+    records += [
+        from_queue([7.0, "queued-7.0", {}, {"create_time": 5}, []], "pending"),
+        from_queue([-3.0, "running--3.0", {}, {"create_time": 6}, []], "in_progress"),
+    ]
     item = history["cf23157a-15bf-4efd-ab45-646b7f451482"]
-    reordered = {"outputs": item["outputs"], "status": item["status"],
-                 "prompt": [9.0, "reordered-9.0", *item["prompt"][2:]]}
+    reordered = {
+        "outputs": item["outputs"],
+        "status": item["status"],
+        "prompt": [9.0, "reordered-9.0", *item["prompt"][2:]],
+    }
     records.append(from_history("reordered-9.0", reordered))
     for i, (job_id, item) in enumerate(synthetic_history(synthetic, seed=3)):
         if i % 3 == 0:
@@ -170,8 +195,10 @@ def test_sigkill_during_0006_leaves_old_or_new(db_url, tmp_path, backend):
         assert (version, count, exact) == (HEAD, len(records), floats)
         with JobsIndex.open(db_url) as index:
             assert index.counts_consistent()
-    print(f"\n[{backend}] 0006 over {len(records)} jobs takes {durations[0]:.1f}s with start-up; "
-          f"kills (moment, exit, revision after): {outcomes}")
+    print(
+        f"\n[{backend}] 0006 over {len(records)} jobs takes {durations[0]:.1f}s with start-up; "
+        f"kills (moment, exit, revision after): {outcomes}"
+    )
 
 
 def state(url: str) -> tuple[str | None, int, int]:
@@ -197,16 +224,19 @@ def reset(url: str) -> None:
             if engine.dialect.name == "sqlite":
                 for kind in ("view", "trigger", "table"):
                     for (name,) in conn.exec_driver_sql(
-                            f"SELECT name FROM sqlite_master WHERE type = '{kind}' AND name NOT LIKE 'sqlite_%'").all():
+                        f"SELECT name FROM sqlite_master WHERE type = '{kind}' AND name NOT LIKE 'sqlite_%'"
+                    ).all():
                         conn.exec_driver_sql(f'DROP {kind.upper()} IF EXISTS "{name}"')
             else:
                 conn.exec_driver_sql("DROP VIEW IF EXISTS jobs_v")
                 for (name,) in conn.exec_driver_sql(
-                        "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()").all():
+                    "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+                ).all():
                     conn.exec_driver_sql(f'DROP TABLE IF EXISTS "{name}" CASCADE')
                 for (name,) in conn.exec_driver_sql(
-                        "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
-                        "WHERE n.nspname = current_schema()").all():
+                    "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+                    "WHERE n.nspname = current_schema()"
+                ).all():
                     conn.exec_driver_sql(f'DROP FUNCTION IF EXISTS "{name}" CASCADE')
     finally:
         engine.dispose()

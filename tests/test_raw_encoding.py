@@ -2,6 +2,7 @@
 ``json.load`` can produce, whichever writer (orjson or the standard library) writes
 it; the digest depends only on the value; old zlib rows still read; and the fast
 parse (``loads_exact``) gives exactly ``json.loads``'s values."""
+
 from __future__ import annotations
 
 import copy
@@ -17,8 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jobs_index.normalize import (
-    decode_raw, encode_raw, from_history, json_bytes, loads_exact, orjson_exact, raw_json)
+from jobs_index.normalize import decode_raw, encode_raw, from_history, json_bytes, loads_exact, orjson_exact, raw_json
 from jobs_index.sample import synthetic_history
 
 SURROGATES = ["\ud800", "\udfff", "a\udc80b"]
@@ -26,18 +26,24 @@ FLOATS = [1e16, 1e-7, 1e22, 1.5e-7, 5e-324, -0.0, 0.1, 1.7976931348623157e308, 1
 INTS = [2**63 - 1, -(2**63), 2**63, 2**64 - 1, 2**64, -(2**63) - 1, 10**18, 10**19, 2**100, -(2**100)]
 
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**100), 2**100), st.sampled_from(INTS),
-    st.floats(allow_nan=True, allow_infinity=True), st.sampled_from(FLOATS),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**100), 2**100),
+    st.sampled_from(INTS),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(FLOATS),
     st.text(st.characters(codec="utf-8") | st.sampled_from(["\x00", "\x1f", "\x7f", "\u2028", '"', "\\"])),
 )
 json_values = st.recursive(
-    scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                     st.dictionaries(st.text(max_size=4), inner, max_size=4)),
-    max_leaves=30)
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=4), inner, max_size=4)),
+    max_leaves=30,
+)
 with_surrogates = st.recursive(
     st.one_of(scalars, st.sampled_from(SURROGATES)),
     lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=3), inner, max_size=3)),
-    max_leaves=10)
+    max_leaves=10,
+)
 
 
 def same(a, b) -> bool:
@@ -54,7 +60,6 @@ def same(a, b) -> bool:
     if isinstance(a, list):
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
     return a == b
-
 
 
 settings_ = settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck))
@@ -107,9 +112,27 @@ def test_lone_surrogates_are_refused_as_before(value):
             assert same(decode_raw(encode_raw(candidate, is_exact)[0]), json.loads(text))
 
 
-@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e400", "-1e400", "9" * 19, "-" + "9" * 30,
-                                     "18446744073709551615", "18446744073709551616", "-9223372036854775809",
-                                     '"\\ud800"', "1E16", "1e-7", "-0", "-0.0", "0.30000000000000004"])
+@pytest.mark.parametrize(
+    "literal",
+    [
+        "NaN",
+        "Infinity",
+        "-Infinity",
+        "1e400",
+        "-1e400",
+        "9" * 19,
+        "-" + "9" * 30,
+        "18446744073709551615",
+        "18446744073709551616",
+        "-9223372036854775809",
+        '"\\ud800"',
+        "1E16",
+        "1e-7",
+        "-0",
+        "-0.0",
+        "0.30000000000000004",
+    ],
+)
 def test_literals_orjson_reads_differently_take_the_exact_route(literal):
     text = f'{{"a":[{literal}]}}'.encode()
     parsed, exact = loads_exact(text)
@@ -141,10 +164,21 @@ class Tagged(str):
     pass
 
 
-@pytest.mark.parametrize("value", [
-    datetime.datetime(2026, 1, 2), uuid.UUID(int=5), Colour.RED, Level.HIGH, Tagged("x"),
-    (1, 2, "three"), OrderedDict(a=1), {1: "int key"}, {"t": (1, [2, (3,)])}, {None: 1, True: 2, 1.5: 3},
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        datetime.datetime(2026, 1, 2),
+        uuid.UUID(int=5),
+        Colour.RED,
+        Level.HIGH,
+        Tagged("x"),
+        (1, 2, "three"),
+        OrderedDict(a=1),
+        {1: "int key"},
+        {"t": (1, [2, (3,)])},
+        {None: 1, True: 2, 1.5: 3},
+    ],
+)
 def test_other_python_values_get_the_standard_library_verdict(value):
     """orjson writes some values json.dumps refuses (a datetime, a UUID, an Enum) or
     writes differently: the stored text is json.dumps's (for these values, which hold

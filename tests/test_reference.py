@@ -206,21 +206,26 @@ def test_capture_states_are_consistent():
 # ------------------------------------------------- parameter and cursor edge cases
 
 
-@pytest.mark.parametrize("params, ids_or_error", [
-    ({"status": ","}, []),  # present but empty after stripping: selects nothing
-    ({"status": ""}, None),  # "" is falsy in ComfyUI: no filter at all
-    ({"status": " Completed ,FAILED"}, ["ded0128e", "653a433e", "df4cd10d", "75e85d00", "354fd6c9"]),
-    ({"status": "done, Nope,"}, "Invalid status value(s): done, nope. Valid values: "
-                                "pending, in_progress, completed, failed, cancelled"),
-    ({"limit": " +1_0 "}, None),
-    ({"limit": ""}, "limit must be an integer"),
-    ({"offset": "-0"}, None),
-    ({"offset": "1.0"}, "offset must be an integer"),
-    ({"sort_by": "EXECUTION_DURATION", "after": "!!"}, None),  # after not even validated
-    ({"after": ""}, "Invalid pagination cursor"),
-    ({"sort_order": "ASC", "status": "pending", "after": "x"}, "Invalid pagination cursor"),
-    ({"workflow_id": ""}, None),
-])
+@pytest.mark.parametrize(
+    "params, ids_or_error",
+    [
+        ({"status": ","}, []),  # present but empty after stripping: selects nothing
+        ({"status": ""}, None),  # "" is falsy in ComfyUI: no filter at all
+        ({"status": " Completed ,FAILED"}, ["ded0128e", "653a433e", "df4cd10d", "75e85d00", "354fd6c9"]),
+        (
+            {"status": "done, Nope,"},
+            "Invalid status value(s): done, nope. Valid values: pending, in_progress, completed, failed, cancelled",
+        ),
+        ({"limit": " +1_0 "}, None),
+        ({"limit": ""}, "limit must be an integer"),
+        ({"offset": "-0"}, None),
+        ({"offset": "1.0"}, "offset must be an integer"),
+        ({"sort_by": "EXECUTION_DURATION", "after": "!!"}, None),  # after not even validated
+        ({"after": ""}, "Invalid pagination cursor"),
+        ({"sort_order": "ASC", "status": "pending", "after": "x"}, "Invalid pagination cursor"),
+        ({"workflow_id": ""}, None),
+    ],
+)
 def test_parameter_edge_cases(params, ids_or_error):
     state = final_state()
     status, body = state.list_jobs(params)

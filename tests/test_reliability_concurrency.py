@@ -12,6 +12,7 @@
   the rows (raw_digest, status, stage per id) and counts equal those of a single
   import.
 """
+
 from __future__ import annotations
 
 import json
@@ -94,8 +95,11 @@ def test_readers_walk_cursor_chains_while_a_writer_ingests(db_url, backend, tmp_
         times = [item["prompt"][3]["create_time"] for item in history.values()]
     stop = tmp_path / "stop"
     writer_out = open(tmp_path / "writer.out", "w+")
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, db_url, str(stop), str(min(times)), str(max(times))],
-                              stdout=writer_out, stderr=subprocess.STDOUT)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, db_url, str(stop), str(min(times)), str(max(times))],
+        stdout=writer_out,
+        stderr=subprocess.STDOUT,
+    )
     failures: list[str] = []
     latencies: list[float] = []
     walks: list[tuple[int, int]] = []
@@ -146,9 +150,11 @@ def test_readers_walk_cursor_chains_while_a_writer_ingests(db_url, backend, tmp_
     latencies.sort()
     p50 = statistics.median(latencies)
     p99 = latencies[int(len(latencies) * 0.99) - 1]
-    print(f"\n[{backend}] {len(walks)} full walks by {READERS} readers ({len(latencies)} pages) while a writer "
-          f"added {new_jobs} jobs in {batches} rounds: page latency p50 {p50 * 1000:.0f} ms, "
-          f"p99 {p99 * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms")
+    print(
+        f"\n[{backend}] {len(walks)} full walks by {READERS} readers ({len(latencies)} pages) while a writer "
+        f"added {new_jobs} jobs in {batches} rounds: page latency p50 {p50 * 1000:.0f} ms, "
+        f"p99 {p99 * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms"
+    )
 
 
 # -- two ingesters, same jobs --------------------------------------------------------
@@ -173,8 +179,12 @@ def rows(url: str) -> dict[str, tuple]:
     engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
     try:
         with engine.connect() as conn:
-            return {row[0]: tuple(row[1:]) for row in conn.execute(
-                text("SELECT id, raw_digest, status, stage, create_time, workflow_id FROM jobs"))}
+            return {
+                row[0]: tuple(row[1:])
+                for row in conn.execute(
+                    text("SELECT id, raw_digest, status, stage, create_time, workflow_id FROM jobs")
+                )
+            }
     finally:
         engine.dispose()
 
@@ -182,13 +192,23 @@ def rows(url: str) -> dict[str, tuple]:
 def test_two_ingesters_writing_the_same_jobs_converge(db_url, backend, tmp_path):
     history, queue = dumps(tmp_path)
     reference_url = f"sqlite:///{tmp_path / 'reference.sqlite3'}"
-    single = subprocess.run([*JOBS_INDEX, "--db", reference_url, "import", str(queue), str(history)],
-                            capture_output=True, text=True, timeout=600)
+    single = subprocess.run(
+        [*JOBS_INDEX, "--db", reference_url, "import", str(queue), str(history)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert single.returncode == 0, single.stderr
     JobsIndex.open(db_url).close()  # created once, before the race
-    racers = [subprocess.Popen([*JOBS_INDEX, "--db", db_url, "import", "--batch-size", "25", *files],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-              for files in ((str(queue), str(history)), (str(history), str(queue)))]
+    racers = [
+        subprocess.Popen(
+            [*JOBS_INDEX, "--db", db_url, "import", "--batch-size", "25", *files],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for files in ((str(queue), str(history)), (str(history), str(queue)))
+    ]
     outputs = [racer.communicate(timeout=600) for racer in racers]
     for racer, (out, err) in zip(racers, outputs):
         assert racer.returncode == 0, err

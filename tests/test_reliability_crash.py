@@ -31,6 +31,7 @@ its data or at the new one with all its data, never in between, and any
 ``*.bak-<rev>`` next to it is a complete copy. The initial creation of a new
 database is killed the same way.
 """
+
 from __future__ import annotations
 
 import os
@@ -80,7 +81,8 @@ class Watcher:
             if conn is None:
                 return 0
             (n,) = conn.execute(
-                "SELECT coalesce(sum(n), 0) FROM job_counts WHERE source = '' AND workflow_id = ''").fetchone()
+                "SELECT coalesce(sum(n), 0) FROM job_counts WHERE source = '' AND workflow_id = ''"
+            ).fetchone()
             return n
         except sqlite3.OperationalError:  # no schema yet
             self.close()
@@ -141,8 +143,9 @@ def test_sigkill_during_import_at_random_moments(tmp_path, big_dump):
         before = watcher.total()
         stderr = open(tmp_path / f"run-{k}.stderr", "wb")
         # Its own session: the import's normalising worker processes can be cleaned up with it.
-        proc = subprocess.Popen(import_command(url, big_dump, batch), stdout=subprocess.DEVNULL, stderr=stderr,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            import_command(url, big_dump, batch), stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True
+        )
         t0 = time.monotonic()
         if mode == "start":
             time.sleep(rng.uniform(0, startup))
@@ -177,8 +180,9 @@ def test_sigkill_during_import_at_random_moments(tmp_path, big_dump):
     kills = time.monotonic() - started_all
 
     started = time.monotonic()
-    done = subprocess.run([*JOBS_INDEX, "--db", url, "import", str(big_dump)], capture_output=True, text=True,
-                          timeout=900)
+    done = subprocess.run(
+        [*JOBS_INDEX, "--db", url, "import", str(big_dump)], capture_output=True, text=True, timeout=900
+    )
     assert done.returncode == 0, done.stderr
     ids = check_sqlite_file(path)
     assert len(ids) == N_JOBS and committed <= ids
@@ -214,8 +218,7 @@ def make_old_database(path: Path, jobs: int) -> int:
             row["indexed_at"] = 0
             rows.append(tuple(row[c] for c in columns))
         with conn:
-            conn.executemany(f"INSERT INTO jobs ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
-                             rows)
+            conn.executemany(f"INSERT INTO jobs ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})", rows)
         (version,) = conn.execute("SELECT version_num FROM jobs_index_alembic_version").fetchone()
         assert version == OLD_REVISION
     finally:
@@ -286,8 +289,10 @@ def test_sigkill_during_migration_leaves_old_or_new_revision(tmp_path):
             assert index.total() == jobs and index.counts_consistent()
         assert revision_and_jobs(work)[0] == head
         outcomes.append((round(moment, 2), code, version))
-    print(f"\nmigration {OLD_REVISION} -> {head} of {jobs} jobs takes {duration:.1f}s; kills (moment, exit, "
-          f"revision after): {outcomes}")
+    print(
+        f"\nmigration {OLD_REVISION} -> {head} of {jobs} jobs takes {duration:.1f}s; kills (moment, exit, "
+        f"revision after): {outcomes}"
+    )
 
 
 def test_sigkill_during_initial_creation(tmp_path):
@@ -303,8 +308,10 @@ def test_sigkill_during_initial_creation(tmp_path):
         if work.exists():
             version, count, tables = revision_and_jobs(work)
             # All or nothing: no schema at all, or the whole head schema.
-            assert (version, count) == (head_revision(), 0) or ("jobs" not in tables and version is None), \
-                (version, tables)
+            assert (version, count) == (head_revision(), 0) or ("jobs" not in tables and version is None), (
+                version,
+                tables,
+            )
         else:
             version = None
         with JobsIndex.open(f"sqlite:///{work}") as index:  # a later open creates it

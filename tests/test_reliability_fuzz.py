@@ -18,6 +18,7 @@ invalid one is reported in ``result.rejected`` with a reason, nothing raises.
 
 Case counts are printed (``pytest -s``) and summed in ``test_zz_report_case_counts``.
 """
+
 from __future__ import annotations
 
 import base64
@@ -56,9 +57,12 @@ PARAM_NAMES = ("status", "sort_by", "sort_order", "limit", "offset", "workflow_i
 
 
 def fuzz_settings(examples: int):
-    return settings(max_examples=examples, deadline=None, derandomize=False,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                           HealthCheck.data_too_large])
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=False,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
 
 
 def examples(backend: str, sqlite: int, postgresql: int) -> int:
@@ -75,8 +79,7 @@ def fuzz_server(request, tmp_path_factory):
     url = next(urls)
     index = JobsIndex.open(url)
     result = import_dump(index, detect("history", HISTORY), source=SOURCE)
-    result.add(import_dump(index, detect("queue", {"queue_running": RUNNING, "queue_pending": PENDING}),
-                           source=SOURCE))
+    result.add(import_dump(index, detect("queue", {"queue_running": RUNNING, "queue_pending": PENDING}), source=SOURCE))
     assert result.rejected == [] and result.inserted == len(IDS)
     try:
         with served(create_app(index=index)) as port:
@@ -122,11 +125,56 @@ def check_listing(client: RawClient, target: str, kind: str) -> None:
 
 # Characters the HTTP parser accepts verbatim in a query (no percent-encoding needed).
 RAW_SAFE = "abcXYZ019-._~!$'()*,;:@/?"
-JUNK_ESCAPES = ["%", "%Z", "%ZZ", "%%", "%2", "%C3", "%C3%28", "%ED%A0%80", "%FF%FE", "%00", "+",
-                "%2B", "%20", "%26", "%3D", "%23", "%0A", "%E2%80%AE", "%EF%BB%BF"]
-HUGE = ["9" * 19, "9" * 20, str(2**63), str(-(2**63) - 1), "9" * 4300, "9" * 4301, "-" + "9" * 5000,
-        "1" + "0" * 100, "1e9", "0x10", "0b1", "1_000", "٣", "１２", " 7 ", "\t3\n", "+0", "-0", "00",
-        "inf", "nan", "Infinity", "NaN", "1.0", "10**9", str(10**9), str(10**12)]
+JUNK_ESCAPES = [
+    "%",
+    "%Z",
+    "%ZZ",
+    "%%",
+    "%2",
+    "%C3",
+    "%C3%28",
+    "%ED%A0%80",
+    "%FF%FE",
+    "%00",
+    "+",
+    "%2B",
+    "%20",
+    "%26",
+    "%3D",
+    "%23",
+    "%0A",
+    "%E2%80%AE",
+    "%EF%BB%BF",
+]
+HUGE = [
+    "9" * 19,
+    "9" * 20,
+    str(2**63),
+    str(-(2**63) - 1),
+    "9" * 4300,
+    "9" * 4301,
+    "-" + "9" * 5000,
+    "1" + "0" * 100,
+    "1e9",
+    "0x10",
+    "0b1",
+    "1_000",
+    "٣",
+    "１２",
+    " 7 ",
+    "\t3\n",
+    "+0",
+    "-0",
+    "00",
+    "inf",
+    "nan",
+    "Infinity",
+    "NaN",
+    "1.0",
+    "10**9",
+    str(10**9),
+    str(10**12),
+]
 unicode_text = st.text(st.characters(codec="utf-8"), max_size=12)
 encoded_text = unicode_text.map(lambda s: quote(s, safe=""))
 
@@ -144,15 +192,39 @@ def _cursor_json(order: str, **override) -> str:
 @st.composite
 def junk_cursors(draw, order: str = "desc"):
     """Cursor texts meant to break the decoder or the SQL behind it."""
-    wrong_values = st.one_of(st.integers(), st.floats(), st.none(), st.booleans(),
-                             st.lists(st.integers(), max_size=2), st.just({}), st.just(...))
+    wrong_values = st.one_of(
+        st.integers(),
+        st.floats(),
+        st.none(),
+        st.booleans(),
+        st.lists(st.integers(), max_size=2),
+        st.just({}),
+        st.just(...),
+    )
     id_values = st.one_of(
-        st.sampled_from(IDS), unicode_text,
-        st.sampled_from(["\x00", "a\x00b", IDS[0] + "\x00", "\ud800", "a\udfffz", IDS[1][:5] + "\ud800",
-                         "é" * 128, "é" * 129, "", " ", "\U0010ffff", "\ue000", "\ud7ff"]),
+        st.sampled_from(IDS),
+        unicode_text,
+        st.sampled_from(
+            [
+                "\x00",
+                "a\x00b",
+                IDS[0] + "\x00",
+                "\ud800",
+                "a\udfffz",
+                IDS[1][:5] + "\ud800",
+                "é" * 128,
+                "é" * 129,
+                "",
+                " ",
+                "\U0010ffff",
+                "\ue000",
+                "\ud7ff",
+            ]
+        ),
     )
     v_values = st.one_of(
-        st.sampled_from(HUGE), st.integers().map(str),
+        st.sampled_from(HUGE),
+        st.integers().map(str),
         st.sampled_from(["0", "-1", "1795869114841", "1795869114842", "x" * 513, "9" * 512, "-" + "9" * 511]),
     )
     kind = draw(st.integers(0, 9))
@@ -173,9 +245,12 @@ def junk_cursors(draw, order: str = "desc"):
         closer = "]" if inner == "[" else "}"
         return _b64((inner * depth + "1" + closer * depth).encode())[:8192]
     if kind == 4:  # other orders / sort fields
-        return _b64(_cursor_json(draw(st.sampled_from(["asc", "desc", "ASC", "", "up", None, ...])),
-                                 s=draw(st.sampled_from(["created_at", "execution_duration", "CREATED_AT"])))
-                    .encode())
+        return _b64(
+            _cursor_json(
+                draw(st.sampled_from(["asc", "desc", "ASC", "", "up", None, ...])),
+                s=draw(st.sampled_from(["created_at", "execution_duration", "CREATED_AT"])),
+            ).encode()
+        )
     if kind == 5:  # strange ids (NUL, lone surrogates, long, astral) and values
         text = json.dumps({"s": "created_at", "v": draw(v_values), "id": draw(id_values), "o": order})
         return _b64(text.encode())
@@ -203,18 +278,24 @@ def query_targets(draw):
     """A raw ``/api/jobs?...`` request target (bytes the HTTP parser accepts)."""
     parts = []
     for _ in range(draw(st.integers(0, 9))):
-        key = draw(st.one_of(
-            st.sampled_from(PARAM_NAMES),
-            st.sampled_from(PARAM_NAMES).map(lambda k: "".join(f"%{ord(c):02X}" if i == 0 else c
-                                                               for i, c in enumerate(k))),
-            st.sampled_from(["LIMIT", "Status", "foo", "", "after[]", "limit%20", "%", "%00", "limit+"]),
-        ))
+        key = draw(
+            st.one_of(
+                st.sampled_from(PARAM_NAMES),
+                st.sampled_from(PARAM_NAMES).map(
+                    lambda k: "".join(f"%{ord(c):02X}" if i == 0 else c for i, c in enumerate(k))
+                ),
+                st.sampled_from(["LIMIT", "Status", "foo", "", "after[]", "limit%20", "%", "%00", "limit+"]),
+            )
+        )
         name = URL(f"/?{key}=x", encoded=True).query.keys()
         name = next(iter(name), key)
         order = draw(st.sampled_from(["asc", "desc"]))
-        value_strategies = [encoded_text, st.sampled_from(JUNK_ESCAPES),
-                            st.sampled_from(HUGE).map(lambda s: quote(s, safe="")),
-                            st.text(RAW_SAFE, max_size=10)]
+        value_strategies = [
+            encoded_text,
+            st.sampled_from(JUNK_ESCAPES),
+            st.sampled_from(HUGE).map(lambda s: quote(s, safe="")),
+            st.text(RAW_SAFE, max_size=10),
+        ]
         if name in PARAMS:
             value_strategies.append(PARAMS[name].map(lambda s: quote(s, safe="")))
         if name in ("after", "status", "source"):
@@ -226,8 +307,11 @@ def query_targets(draw):
         if name == "after" and draw(st.booleans()):
             parts.append(f"sort_order={order}")
     separator = draw(st.sampled_from(["&", "&", "&", "&&", ";"]))
-    target = "/api/jobs" + draw(st.sampled_from(["", "?", "?&"])) if not parts else \
-        draw(st.sampled_from(["/api/jobs?", "/api/api/jobs?", "/api/jobs?&"])) + separator.join(parts)
+    target = (
+        "/api/jobs" + draw(st.sampled_from(["", "?", "?&"]))
+        if not parts
+        else draw(st.sampled_from(["/api/jobs?", "/api/api/jobs?", "/api/jobs?&"])) + separator.join(parts)
+    )
     if draw(st.integers(0, 19)) == 0:
         target += "#" + draw(st.text(RAW_SAFE, max_size=5))
     return target
@@ -252,11 +336,23 @@ def test_fuzzed_cursors_answer_like_the_oracle(fuzz_server):
     backend, client = fuzz_server
 
     @fuzz_settings(examples(backend, 300, 120))
-    @given(order=st.sampled_from(["asc", "desc"]), cursor=st.data(),
-           limit=st.sampled_from([None, "1", "2", "1000", "5000"]),
-           extra=st.sampled_from(["", "&status=completed", "&status=pending,completed",
-                                  "&workflow_id=wf-1", "&sort_by=execution_duration", "&source=m1",
-                                  "&offset=2", "&source=m2"]))
+    @given(
+        order=st.sampled_from(["asc", "desc"]),
+        cursor=st.data(),
+        limit=st.sampled_from([None, "1", "2", "1000", "5000"]),
+        extra=st.sampled_from(
+            [
+                "",
+                "&status=completed",
+                "&status=pending,completed",
+                "&workflow_id=wf-1",
+                "&sort_by=execution_duration",
+                "&source=m1",
+                "&offset=2",
+                "&source=m2",
+            ]
+        ),
+    )
     def run(order, cursor, limit, extra):
         text = cursor.draw(junk_cursors(order))
         target = f"/api/jobs?sort_order={order}&after={quote(text, safe='')}{extra}"
@@ -275,8 +371,9 @@ def test_cursor_chains_with_odd_ids_end(fuzz_server):
         for job_id in IDS + ["\x00", "\ud800", "a\x00", "\U0010ffff" * 128]:
             for value in ("0", "1795869114841", "-" + "9" * 30, "9" * 30):
                 cursor = _b64(json.dumps({"s": "created_at", "v": value, "id": job_id, "o": order}).encode())
-                check_listing(client, f"/api/jobs?sort_order={order}&limit=2&after={cursor}",
-                              f"cursor-pinned[{backend}]")
+                check_listing(
+                    client, f"/api/jobs?sort_order={order}&limit=2&after={cursor}", f"cursor-pinned[{backend}]"
+                )
 
 
 # -- job ids in paths ------------------------------------------------------------
@@ -284,9 +381,31 @@ def test_cursor_chains_with_odd_ids_end(fuzz_server):
 path_ids = st.one_of(
     st.sampled_from(IDS),
     unicode_text.filter(bool),
-    st.sampled_from(["a/b", "/", "..", ".", "%", "%2F", "a\x00b", "\x00", " ", "+", "?", "#", "{x}",
-                     "é" * 128, "x" * 129, "x" * 2000, "中" * 600, "\U0001f600", IDS[0].upper(),
-                     IDS[0] + " ", IDS[0][:-1]]),
+    st.sampled_from(
+        [
+            "a/b",
+            "/",
+            "..",
+            ".",
+            "%",
+            "%2F",
+            "a\x00b",
+            "\x00",
+            " ",
+            "+",
+            "?",
+            "#",
+            "{x}",
+            "é" * 128,
+            "x" * 129,
+            "x" * 2000,
+            "中" * 600,
+            "\U0001f600",
+            IDS[0].upper(),
+            IDS[0] + " ",
+            IDS[0][:-1],
+        ]
+    ),
 )
 
 
@@ -313,14 +432,23 @@ def test_fuzzed_job_ids_in_paths(fuzz_server):
 # -- history and queue items of every wrong shape ----------------------------------
 
 INT64 = 2**63
-odd_scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70),
-                        st.floats(allow_nan=True, allow_infinity=True), unicode_text)
-odd_values = st.recursive(odd_scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=3), st.dictionaries(unicode_text, inner, max_size=3)), max_leaves=8)
-odd_ids = st.one_of(unicode_text, st.sampled_from(["", "x" * 128, "x" * 129, "é" * 200, "\x00", "a\ud800"]),
-                    odd_scalars)
-numbers = st.one_of(st.integers(-5, 5), st.integers(-(2**70), 2**70), st.floats(allow_nan=True),
-                    st.sampled_from([True, False, None, "3", [1], 3.0, -0.0, 2.0**63, float(INT64 - 1024)]))
+odd_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True, allow_infinity=True), unicode_text
+)
+odd_values = st.recursive(
+    odd_scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(unicode_text, inner, max_size=3)),
+    max_leaves=8,
+)
+odd_ids = st.one_of(
+    unicode_text, st.sampled_from(["", "x" * 128, "x" * 129, "é" * 200, "\x00", "a\ud800"]), odd_scalars
+)
+numbers = st.one_of(
+    st.integers(-5, 5),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True),
+    st.sampled_from([True, False, None, "3", [1], 3.0, -0.0, 2.0**63, float(INT64 - 1024)]),
+)
 
 
 def valid_number(number) -> bool:
@@ -388,15 +516,14 @@ def storable_on(backend: str, job_id: str, item) -> bool:
     return True
 
 
-def check_import(index: JobsIndex, dump_data, valid: dict[str, bool], kind: str,
-                 rejections: int | None = None) -> None:
+def check_import(index: JobsIndex, dump_data, valid: dict[str, bool], kind: str, rejections: int | None = None) -> None:
     """Import; exactly the valid ids are stored, the rest rejected with a reason."""
     dump = detect(kind, dump_data)
     result = import_dump(index, dump, source="fuzz")
     with index.engine.connect() as conn:
         stored = {answer_text(row[0]) for row in conn.exec_driver_sql("SELECT id FROM jobs WHERE source = 'fuzz'")}
     valid_ids = {job_id for job_id, ok in valid.items() if ok}
-    assert stored == valid_ids, (stored ^ valid_ids)
+    assert stored == valid_ids, stored ^ valid_ids
     invalid = len([1 for _, ok in valid.items() if not ok])
     if rejections is not None:
         assert len(result.rejected) == rejections, (result.rejected, valid)
@@ -423,8 +550,16 @@ def test_history_items_of_every_wrong_shape(item_index, backend):
     @fuzz_settings(examples(backend, 120, 40))
     @given(data=st.data())
     def run(data):
-        keys = data.draw(st.lists(st.one_of(unicode_text, st.sampled_from(
-            ["", "x" * 128, "x" * 129, "é" * 200, "a\x00b", "\x00", "a\ud800", "id-1"])), max_size=6, unique=True))
+        keys = data.draw(
+            st.lists(
+                st.one_of(
+                    unicode_text,
+                    st.sampled_from(["", "x" * 128, "x" * 129, "é" * 200, "a\x00b", "\x00", "a\ud800", "id-1"]),
+                ),
+                max_size=6,
+                unique=True,
+            )
+        )
         dump = {key: data.draw(odd_history_items(key)) for key in keys}
         _clear(item_index)
         valid = {k: expect_history_valid(k, v) and storable_on(backend, k, v) for k, v in dump.items()}
@@ -438,25 +573,31 @@ def test_queue_items_of_every_wrong_shape(item_index, backend):
     queue_item = st.one_of(
         queue_items(max_size=1).map(lambda items: items[0] if items else [1, "q", {}, {}, []]),
         odd_values,
-        st.builds(lambda n, i, rest, six: [n, i, *rest, *six], numbers, odd_ids,
-                  st.lists(odd_values, max_size=3),
-                  st.sampled_from([[], [{"api_key_comfy_org": "sk-PLANTED-SECRET-123"}]])),
+        st.builds(
+            lambda n, i, rest, six: [n, i, *rest, *six],
+            numbers,
+            odd_ids,
+            st.lists(odd_values, max_size=3),
+            st.sampled_from([[], [{"api_key_comfy_org": "sk-PLANTED-SECRET-123"}]]),
+        ),
     )
 
     @fuzz_settings(examples(backend, 120, 40))
-    @given(running=st.one_of(st.lists(queue_item, max_size=4), odd_values),
-           pending=st.one_of(st.lists(queue_item, max_size=4), odd_values),
-           keys=st.sampled_from([("queue_running", "queue_pending"), ("queue_running",), ("queue_pending",)]))
+    @given(
+        running=st.one_of(st.lists(queue_item, max_size=4), odd_values),
+        pending=st.one_of(st.lists(queue_item, max_size=4), odd_values),
+        keys=st.sampled_from([("queue_running", "queue_pending"), ("queue_running",), ("queue_pending",)]),
+    )
     def run(running, pending, keys):
-        data = {key: value for key, value in zip(("queue_running", "queue_pending"), (running, pending))
-                if key in keys}
+        data = {key: value for key, value in zip(("queue_running", "queue_pending"), (running, pending)) if key in keys}
         valid: dict[str, bool] = {}
         for items in data.values():
             if isinstance(items, list):
                 for item in items:  # the last copy of an id wins, as in the importer
                     if isinstance(item, list) and len(item) > 1 and isinstance(item[1], str):
                         valid[item[1]] = valid.get(item[1], False) or (
-                            expect_queue_valid(item) and storable_on(backend, item[1], item))
+                            expect_queue_valid(item) and storable_on(backend, item[1], item)
+                        )
         _clear(item_index)
         check_import(item_index, data, valid, "queue")
         CASES[f"queue-items[{backend}]"] += sum(len(v) for v in data.values() if isinstance(v, list))
@@ -469,15 +610,40 @@ def test_nul_in_text_fields(item_index, backend):
     import never fails and every engine stores every job (PostgreSQL text cannot
     hold NUL: an id or workflow id keeps it in the columns' own form,
     ``normalize.column_text``); it is answered losslessly."""
+
     def item(job_id, workflow="wf", message="boom"):
-        return {"prompt": [1, job_id, {"1": {"class_type": "X\x00Y"}},
-                           {"create_time": 5, "extra_pnginfo": {"workflow": {"id": workflow}}}, ["1"]],
-                "outputs": {"1": {"images": [{"filename": "a\x00.png", "type": "output"}]}},
-                "status": {"status_str": "error", "messages": [["execution_error", {
-                    "exception_message": message, "exception_type": "E\x00", "node_id": "1\x00",
-                    "node_type": "X\x00Y", "timestamp": 9}]]}}
-    dump = {"message": item("message", message="bad\x00byte"), "clean": item("clean"),
-            "work": item("work", workflow="w\x00f"), "a\x00b": item("a\x00b")}
+        return {
+            "prompt": [
+                1,
+                job_id,
+                {"1": {"class_type": "X\x00Y"}},
+                {"create_time": 5, "extra_pnginfo": {"workflow": {"id": workflow}}},
+                ["1"],
+            ],
+            "outputs": {"1": {"images": [{"filename": "a\x00.png", "type": "output"}]}},
+            "status": {
+                "status_str": "error",
+                "messages": [
+                    [
+                        "execution_error",
+                        {
+                            "exception_message": message,
+                            "exception_type": "E\x00",
+                            "node_id": "1\x00",
+                            "node_type": "X\x00Y",
+                            "timestamp": 9,
+                        },
+                    ]
+                ],
+            },
+        }
+
+    dump = {
+        "message": item("message", message="bad\x00byte"),
+        "clean": item("clean"),
+        "work": item("work", workflow="w\x00f"),
+        "a\x00b": item("a\x00b"),
+    }
     result = import_dump(item_index, detect("history", dump))
     assert result.inserted == len(dump) and result.rejected == []
     assert item_index.get_job("a\x00b")["id"] == "a\x00b"

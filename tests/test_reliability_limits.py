@@ -14,6 +14,7 @@
 We enforce no maximum page size beyond ComfyUI's contract: pages up to 1,000 jobs
 are answered in one piece, larger pages (or no limit) are streamed.
 """
+
 from __future__ import annotations
 
 import io
@@ -58,7 +59,8 @@ def fill_index(index: JobsIndex, copies: int) -> int:
         conn.exec_driver_sql(
             f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {copies}) "
             f"INSERT INTO jobs ({', '.join(columns)}) SELECT {select_list} FROM jobs CROSS JOIN n "
-            "WHERE jobs.id NOT LIKE '%-%-%-%-%-%'")
+            "WHERE jobs.id NOT LIKE '%-%-%-%-%-%'"
+        )
     return index.total()
 
 
@@ -93,8 +95,12 @@ def test_huge_limit_streams_in_bounded_python_memory(big_index, tmp_path):
         tracemalloc.start()
         try:
             started = time.monotonic()
-            fetched = subprocess.run([sys.executable, "-c", FETCH, str(port), f"/api/jobs?limit={10**9}",
-                                      str(body_path)], capture_output=True, text=True, timeout=600)
+            fetched = subprocess.run(
+                [sys.executable, "-c", FETCH, str(port), f"/api/jobs?limit={10**9}", str(body_path)],
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
             elapsed = time.monotonic() - started
             _, peak = tracemalloc.get_traced_memory()
         finally:
@@ -103,10 +109,16 @@ def test_huge_limit_streams_in_bounded_python_memory(big_index, tmp_path):
     size = body_path.stat().st_size
     body = json.loads(body_path.read_bytes())
     assert len(body["jobs"]) == total and body["pagination"] == {
-        "offset": 0, "limit": 10**9, "total": total, "has_more": False}
+        "offset": 0,
+        "limit": 10**9,
+        "total": total,
+        "has_more": False,
+    }
     assert len({job["id"] for job in body["jobs"]}) == total
-    print(f"\nlimit=10**9: {total} jobs, {size / 1e6:.1f} MB in {elapsed:.1f}s; "
-          f"server Python peak {peak / 1e6:.1f} MB (tracemalloc)")
+    print(
+        f"\nlimit=10**9: {total} jobs, {size / 1e6:.1f} MB in {elapsed:.1f}s; "
+        f"server Python peak {peak / 1e6:.1f} MB (tracemalloc)"
+    )
     assert peak < size / 4, (peak, size)  # one chunk of 1,000 jobs at a time, not the answer
 
 
@@ -117,24 +129,32 @@ def test_offset_past_the_end_is_answered_without_a_scan(big_index):
         client = RawClient(port)
         client.get("/api/jobs?limit=10")
         timings = {}
-        for target in (f"/api/jobs?offset={10**12}", f"/api/jobs?offset={10**12}&limit=10",
-                       f"/api/jobs?offset={10**12}&limit={10**9}&status=completed,failed",
-                       f"/api/jobs?offset={10**30}&sort_by=execution_duration",
-                       f"/api/jobs?offset={total}&limit=5"):
+        for target in (
+            f"/api/jobs?offset={10**12}",
+            f"/api/jobs?offset={10**12}&limit=10",
+            f"/api/jobs?offset={10**12}&limit={10**9}&status=completed,failed",
+            f"/api/jobs?offset={10**30}&sort_by=execution_duration",
+            f"/api/jobs?offset={total}&limit=5",
+        ):
             started = time.monotonic()
             reply = client.get(target)
             timings[target] = time.monotonic() - started
             body = reply.json()
             assert reply.status == 200 and body["jobs"] == [] and body["pagination"]["has_more"] is False
-            assert body["pagination"]["total"] in (total, index.total(
-                __import__("jobs_index").parse_list_query({"status": "completed,failed"})))
+            assert body["pagination"]["total"] in (
+                total,
+                index.total(__import__("jobs_index").parse_list_query({"status": "completed,failed"})),
+            )
         started = time.monotonic()
         last = client.get(f"/api/jobs?offset={total - 1}&limit=5").json()  # walks to the end
         walk = time.monotonic() - started
         client.close()
     assert len(last["jobs"]) == 1
-    print("\npast-the-end offsets:", {k: round(v, 3) for k, v in timings.items()},
-          f"offset=total-1 (a real skip) {walk:.3f}s")
+    print(
+        "\npast-the-end offsets:",
+        {k: round(v, 3) for k, v in timings.items()},
+        f"offset=total-1 (a real skip) {walk:.3f}s",
+    )
     assert max(timings.values()) < max(walk / 3, 0.5), timings
 
 
@@ -153,8 +173,10 @@ def test_serve_process_rss_stays_bounded_while_streaming(big_index, tmp_path):
         after = rss_kib(server.proc.pid)
         client.close()
     db_size = sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
-    print(f"\nserve RSS {before / 1024:.0f} -> {after / 1024:.0f} MiB streaming {size / 1e6:.1f} MB "
-          f"twice (database file {db_size / 1e6:.0f} MB; SQLite's page cache is capped at 64 MiB a connection)")
+    print(
+        f"\nserve RSS {before / 1024:.0f} -> {after / 1024:.0f} MiB streaming {size / 1e6:.1f} MB "
+        f"twice (database file {db_size / 1e6:.0f} MB; SQLite's page cache is capped at 64 MiB a connection)"
+    )
     # Bounded by the page cache and one chunk, not by the answer or the data.
     assert (after - before) * 1024 < 64 * 2**20 + size / 2
 
@@ -168,15 +190,31 @@ def write_small_items_dump(path: Path, count: int) -> int:
         out.write("{")
         for i in range(count):
             job_id = f"job-{i:07d}"
-            item = {"prompt": [i, job_id, {"1": {"class_type": "SaveImage", "inputs": {"x": i}}},
-                               {"create_time": 1_700_000_000_000 + i, "client_id": "c",
-                                "extra_pnginfo": {"workflow": {"id": f"wf-{i % 10}"}}}, ["1"]],
-                    "outputs": {"1": {"images": [{"filename": f"ComfyUI_{i:07d}_.png", "subfolder": "",
-                                                  "type": "output"}]}},
-                    "status": {"status_str": "success", "completed": True, "messages": [
+            item = {
+                "prompt": [
+                    i,
+                    job_id,
+                    {"1": {"class_type": "SaveImage", "inputs": {"x": i}}},
+                    {
+                        "create_time": 1_700_000_000_000 + i,
+                        "client_id": "c",
+                        "extra_pnginfo": {"workflow": {"id": f"wf-{i % 10}"}},
+                    },
+                    ["1"],
+                ],
+                "outputs": {
+                    "1": {"images": [{"filename": f"ComfyUI_{i:07d}_.png", "subfolder": "", "type": "output"}]}
+                },
+                "status": {
+                    "status_str": "success",
+                    "completed": True,
+                    "messages": [
                         ["execution_start", {"timestamp": 1_700_000_000_000 + i + 1}],
-                        ["execution_success", {"timestamp": 1_700_000_000_000 + i + 20}]]},
-                    "meta": {}}
+                        ["execution_success", {"timestamp": 1_700_000_000_000 + i + 20}],
+                    ],
+                },
+                "meta": {},
+            }
             out.write((", " if i else "") + json.dumps(job_id) + ": " + json.dumps(item))
         out.write("}")
     return path.stat().st_size
@@ -198,8 +236,9 @@ def run_measured(args: list[str], cwd: Path, timeout: float = 600) -> tuple[int,
     """(exit status, peak RSS in KiB, stdout, stderr) of one command."""
     out, err, rss = cwd / "child.out", cwd / "child.err", cwd / "child.maxrss"
     with open(out, "wb") as stdout, open(err, "wb") as stderr:
-        code = subprocess.run([sys.executable, "-c", LAUNCH, str(rss), *args], stdout=stdout, stderr=stderr,
-                              cwd=cwd, timeout=timeout).returncode
+        code = subprocess.run(
+            [sys.executable, "-c", LAUNCH, str(rss), *args], stdout=stdout, stderr=stderr, cwd=cwd, timeout=timeout
+        ).returncode
     return code, int(rss.read_text()), out.read_text(), err.read_text()
 
 
@@ -217,10 +256,13 @@ def test_100k_item_dump_imports_in_bounded_memory(tmp_path):
     assert "100000 inserted" in out and "0 rejected" in out
     # What parsing the whole dump at once costs, for comparison (measured, not assumed).
     code, whole_kib, _, _ = run_measured(
-        ["python3", "-c", f"import json; d = json.load(open({str(dump)!r}, 'rb')); print(len(d))"], tmp_path)
+        ["python3", "-c", f"import json; d = json.load(open({str(dump)!r}, 'rb')); print(len(d))"], tmp_path
+    )
     assert code == 0
-    print(f"\n100,000 items, {size / 1e6:.0f} MB: import peak RSS {peak_kib / 1024:.0f} MiB in {elapsed:.0f}s; "
-          f"json.load of the dump alone {whole_kib / 1024:.0f} MiB")
+    print(
+        f"\n100,000 items, {size / 1e6:.0f} MB: import peak RSS {peak_kib / 1024:.0f} MiB in {elapsed:.0f}s; "
+        f"json.load of the dump alone {whole_kib / 1024:.0f} MiB"
+    )
     assert peak_kib < 250 * 1024, peak_kib
     assert peak_kib < whole_kib, (peak_kib, whole_kib)
     with JobsIndex.open(url) as index:
@@ -236,23 +278,31 @@ def test_large_dump_is_streamed_and_damage_is_reported_after_the_good_items(tmp_
     damaged = tmp_path / "damaged.json"
     damaged.write_bytes(dump.read_bytes()[: size - 5000])
     url = f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
-    result = subprocess.run([*JOBS_INDEX, "--db", url, "import", str(damaged)],
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [*JOBS_INDEX, "--db", url, "import", str(damaged)], capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr
     assert "not valid JSON" in result.stderr and "the items before it were imported" in result.stderr
     with JobsIndex.open(url) as index:
         stored = index.total()
         assert 34_000 < stored < 35_000 and index.counts_consistent()
-    result = subprocess.run([*JOBS_INDEX, "--db", url, "import", str(dump)],
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [*JOBS_INDEX, "--db", url, "import", str(dump)], capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0 and f"{35_000 - stored} inserted, 0 updated, {stored} unchanged" in result.stdout
 
 
 json_values = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(-(2**100), 2**100), st.floats(allow_nan=True),
-              st.text(st.characters(codec="utf-8") | st.sampled_from(["\ud800", "\udfff", "\x00"]))),
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**100), 2**100),
+        st.floats(allow_nan=True),
+        st.text(st.characters(codec="utf-8") | st.sampled_from(["\ud800", "\udfff", "\x00"])),
+    ),
     lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=4), inner, max_size=4)),
-    max_leaves=25)
+    max_leaves=25,
+)
 
 
 class Trickle(io.BytesIO):
@@ -267,18 +317,24 @@ class Trickle(io.BytesIO):
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
-@given(document=st.dictionaries(st.text(max_size=6), json_values, max_size=6),
-       indent=st.sampled_from([None, 0, 1, "\t"]), ascii_only=st.booleans(),
-       chunk=st.integers(1, 40), prefix=st.integers(0, 40), damage=st.integers(-1, 10**6),
-       bom=st.booleans())
+@given(
+    document=st.dictionaries(st.text(max_size=6), json_values, max_size=6),
+    indent=st.sampled_from([None, 0, 1, "\t"]),
+    ascii_only=st.booleans(),
+    chunk=st.integers(1, 40),
+    prefix=st.integers(0, 40),
+    damage=st.integers(-1, 10**6),
+    bom=st.booleans(),
+)
 def test_item_reader_gives_exactly_json_load(document, indent, ascii_only, chunk, prefix, damage, bom):
     """ObjectItems == json.loads on any object (NaN, huge ints, lone surrogates, any
     chunking), and fails exactly where json.loads fails (truncation, junk)."""
-    data = (b"\xef\xbb\xbf" if bom else b"") + json.dumps(
-        document, indent=indent, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
+    data = (b"\xef\xbb\xbf" if bom else b"") + json.dumps(document, indent=indent, ensure_ascii=ascii_only).encode(
+        "utf-8", "surrogatepass"
+    )
     if damage >= 0:
         cut = damage % (len(data) + 1)
-        data = data[:cut] + (b"" if damage % 2 else b"#") + data[cut + (damage % 3):]
+        data = data[:cut] + (b"" if damage % 2 else b"#") + data[cut + (damage % 3) :]
     ObjectItems.CHUNK, default = chunk, ObjectItems.CHUNK
     try:
         items = ObjectItems("dump", Trickle(data[prefix:], chunk), data[:prefix])
@@ -366,7 +422,7 @@ def send_huge(port: int, head: bytes, filler: int, tail: bytes) -> tuple[bytes, 
                 break
             if remaining > 0:
                 try:
-                    sent_now = sock.send(block[:min(remaining, len(block))])
+                    sent_now = sock.send(block[: min(remaining, len(block))])
                     remaining -= sent_now
                     sent += sent_now
                 except BlockingIOError:

@@ -8,6 +8,7 @@ schema. The documented examples and real ids of every kind (finished, failed,
 running, pending) are checked the same way, and the file itself is checked against
 CONTRACT.md's shapes (the 400 bodies are ComfyUI's exact strings).
 """
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,13 @@ from .reliability_support import RawClient, served
 
 SPEC_PATH = Path(__file__).resolve().parent.parent / "openapi.yaml"
 SCHEMA = schemathesis.openapi.from_path(SPEC_PATH)
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
-          response_headers_conformance, response_schema_conformance]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
 CASES: Counter = Counter()
 
 
@@ -52,9 +58,11 @@ def sample_server(tmp_path_factory):
 
 
 @SCHEMA.parametrize()
-@settings(max_examples=120, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                 HealthCheck.filter_too_much])
+@settings(
+    max_examples=120,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 def test_api_conforms_to_openapi(case, sample_server):
     base_url, _ = sample_server
     response = case.call_and_validate(base_url=base_url, checks=CHECKS)
@@ -98,8 +106,15 @@ def test_documented_error_bodies_are_comfyuis(sample_server):
     client = RawClient(int(base_url.rsplit(":", 1)[1]))
     spec = yaml.safe_load(SPEC_PATH.read_text())
     examples = spec["paths"]["/api/jobs"]["get"]["responses"]["400"]["content"]["application/json"]["examples"]
-    requests = {"status": "status=done", "sort_by": "sort_by=name", "sort_order": "sort_order=up",
-                "limit": "limit=0", "offset": "offset=x", "cursor": "after=junk", "q": "q=%22red%20fox"}
+    requests = {
+        "status": "status=done",
+        "sort_by": "sort_by=name",
+        "sort_order": "sort_order=up",
+        "limit": "limit=0",
+        "offset": "offset=x",
+        "cursor": "after=junk",
+        "q": "q=%22red%20fox",
+    }
     assert set(requests) == set(examples)
     for name, query in requests.items():
         reply = client.get(f"/api/jobs?{query}")
@@ -113,20 +128,47 @@ def test_documented_error_bodies_are_comfyuis(sample_server):
 def test_spec_documents_every_parameter_and_both_paths():
     spec = yaml.safe_load(SPEC_PATH.read_text())
     assert spec["openapi"].startswith("3.")
-    assert set(spec["paths"]) == {"/api/jobs", "/api/jobs/{job_id}",
-                                  "/api/jobs-index/counts", "/api/jobs-index/sources"}  # the last two: the page's
+    assert set(spec["paths"]) == {
+        "/api/jobs",
+        "/api/jobs/{job_id}",
+        "/api/jobs-index/counts",
+        "/api/jobs-index/sources",
+    }  # the last two: the page's
     params = {p["name"] for p in spec["paths"]["/api/jobs"]["get"]["parameters"]}
-    assert params == {"status", "sort_by", "sort_order", "limit", "offset", "workflow_id", "after", "source", "q",
-                      "include"}
+    assert params == {
+        "status",
+        "sort_by",
+        "sort_order",
+        "limit",
+        "offset",
+        "workflow_id",
+        "after",
+        "source",
+        "q",
+        "include",
+    }
     source = next(p for p in spec["paths"]["/api/jobs"]["get"]["parameters"] if p["name"] == "source")
     assert source["x-jobs-index-extension"] is True
     job_keys = list(spec["components"]["schemas"]["Job"]["properties"])
-    assert job_keys == ["id", "status", "priority", "create_time", "execution_start_time",
-                        "execution_end_time", "execution_error", "outputs_count", "preview_output",
-                        "workflow_id"]  # CONTRACT.md's key order
+    assert job_keys == [
+        "id",
+        "status",
+        "priority",
+        "create_time",
+        "execution_start_time",
+        "execution_end_time",
+        "execution_error",
+        "outputs_count",
+        "preview_output",
+        "workflow_id",
+    ]  # CONTRACT.md's key order
 
 
 def test_zz_report_schemathesis_cases(capsys):
     with capsys.disabled():
-        print("\nschemathesis cases (operation status: count):",
-              json.dumps(dict(sorted(CASES.items())), indent=1), "total", sum(CASES.values()))
+        print(
+            "\nschemathesis cases (operation status: count):",
+            json.dumps(dict(sorted(CASES.items())), indent=1),
+            "total",
+            sum(CASES.values()),
+        )

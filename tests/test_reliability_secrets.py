@@ -13,6 +13,7 @@ every table, and all the logs. On PostgreSQL: every cell, blobs decompressed.
 Also: ``serve`` binds 127.0.0.1 by default, says so at start, and is not reachable
 on another local address.
 """
+
 from __future__ import annotations
 
 import copy
@@ -56,8 +57,10 @@ def planted_dumps() -> tuple[dict, dict]:
     for item in history.values():
         item["prompt"] = list(item["prompt"][:5]) + [SENSITIVE]
     running, pending = capture_queue()
-    queue = {"queue_running": [list(i[:5]) + [SENSITIVE] for i in running],
-             "queue_pending": [list(i[:5]) + [SENSITIVE] for i in pending]}
+    queue = {
+        "queue_running": [list(i[:5]) + [SENSITIVE] for i in running],
+        "queue_pending": [list(i[:5]) + [SENSITIVE] for i in pending],
+    }
     # The queued jobs are not in this history, so both kinds of row are served.
     for item in running + pending:
         history.pop(item[1], None)
@@ -105,10 +108,17 @@ def assert_cells_clean(cells) -> int:
 def endpoint_targets(ids: list[str]) -> list[str]:
     targets = []
     for prefix in ("/api", "/api/api"):
-        targets += [f"{prefix}/jobs", f"{prefix}/jobs?limit=1", f"{prefix}/jobs?limit=5000",
-                    f"{prefix}/jobs?status=pending,in_progress", f"{prefix}/jobs?sort_by=execution_duration",
-                    f"{prefix}/jobs?status=failed&sort_order=asc&limit=2", f"{prefix}/jobs?after=junk",
-                    f"{prefix}/jobs/unknown-id", f"{prefix}/jobs?source=x"]
+        targets += [
+            f"{prefix}/jobs",
+            f"{prefix}/jobs?limit=1",
+            f"{prefix}/jobs?limit=5000",
+            f"{prefix}/jobs?status=pending,in_progress",
+            f"{prefix}/jobs?sort_by=execution_duration",
+            f"{prefix}/jobs?status=failed&sort_order=asc&limit=2",
+            f"{prefix}/jobs?after=junk",
+            f"{prefix}/jobs/unknown-id",
+            f"{prefix}/jobs?source=x",
+        ]
         targets += [f"{prefix}/jobs/{job_id}" for job_id in ids]
     targets += ["/", "/api", "/history", "/queue", "/api/jobs/%2F", "/metrics", "/healthz", "/readyz"]
     return targets
@@ -128,14 +138,30 @@ def test_planted_api_key_is_never_stored_logged_or_served(tmp_path):
     keeper.execute("SELECT count(*) FROM jobs").fetchall()
 
     imported = subprocess.run(
-        [sys.executable, "-c", DEBUG_CLI, str(import_log), "--db", url, "-v", "import",
-         str(tmp_path / "history.json"), str(tmp_path / "queue.json")],
-        capture_output=True, timeout=120, cwd=tmp_path)
+        [
+            sys.executable,
+            "-c",
+            DEBUG_CLI,
+            str(import_log),
+            "--db",
+            url,
+            "-v",
+            "import",
+            str(tmp_path / "history.json"),
+            str(tmp_path / "queue.json"),
+        ],
+        capture_output=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert imported.returncode == 0, imported.stderr.decode()
     assert b"1 rejected" in imported.stdout and b"bad-item" in imported.stderr
     assert b"sqlalchemy.engine" in import_log.read_bytes()  # statements really were logged
-    for name, blob in (("import stdout", imported.stdout), ("import stderr", imported.stderr),
-                       ("import log", import_log.read_bytes())):
+    for name, blob in (
+        ("import stdout", imported.stdout),
+        ("import stderr", imported.stderr),
+        ("import log", import_log.read_bytes()),
+    ):
         assert_clean(blob, name)
 
     ids = list(history) + [item[1] for item in queue["queue_running"] + queue["queue_pending"][:-1]]
@@ -143,7 +169,10 @@ def test_planted_api_key_is_never_stored_logged_or_served(tmp_path):
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-c", DEBUG_CLI, str(serve_log), "--db", url, "-v", "serve", "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+    )
     try:
         client = RawClient(port)
         _wait_for_port(port, server)
@@ -197,8 +226,24 @@ def test_planted_api_key_is_never_in_json_logs(tmp_path):
     serve_log = tmp_path / "serve.log"
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-c", DEBUG_CLI, str(serve_log), "--db", url, "-v", "serve", "--port", str(port),
-         "--log-format", "json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+        [
+            sys.executable,
+            "-c",
+            DEBUG_CLI,
+            str(serve_log),
+            "--db",
+            url,
+            "-v",
+            "serve",
+            "--port",
+            str(port),
+            "--log-format",
+            "json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+    )
     try:
         client = RawClient(port)
         _wait_for_port(port, server)
@@ -283,7 +328,7 @@ def _listeners(port: int) -> list[str]:
                 if len(host) == 8:
                     found.append(socket.inet_ntop(socket.AF_INET, bytes.fromhex(host)[::-1]))
                 else:
-                    words = [bytes.fromhex(host[i:i + 8])[::-1] for i in range(0, 32, 8)]
+                    words = [bytes.fromhex(host[i : i + 8])[::-1] for i in range(0, 32, 8)]
                     found.append(socket.inet_ntop(socket.AF_INET6, b"".join(words)))
     return found
 
@@ -304,4 +349,3 @@ def test_serve_binds_loopback_by_default_and_says_so(tmp_path):
         with pytest.raises(OSError):
             with socket.create_connection(("127.0.0.2", server.port), timeout=2):
                 pass
-

@@ -9,6 +9,7 @@
   only by ``jobs-index migrate``, ``--auto-migrate`` or ``$JOBS_INDEX_AUTO_MIGRATE``
   (``UpgradeRequired`` otherwise). A SQLite file keeps upgrading on open.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -23,8 +24,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from jobs_index import JobsIndex
-from jobs_index.database import (AUTO_MIGRATE_ENV, VERSION_TABLE, current_revision, head_revision,
-                                 make_engine, migrate)
+from jobs_index.database import AUTO_MIGRATE_ENV, VERSION_TABLE, current_revision, head_revision, make_engine, migrate
 from jobs_index.errors import DatabaseTooNew, SchemaVersionError, StorageError, UpgradeRequired
 
 from .toolbox_util import recent_records
@@ -59,9 +59,11 @@ def state(url: str) -> tuple:
     engine = make_engine(url)
     try:
         with engine.connect() as conn:
-            found = (current_revision(conn),
-                     conn.execute(text("SELECT count(*), sum(length(raw_digest)) FROM jobs")).one(),
-                     sorted(conn.execute(text("SELECT * FROM job_counts")).all()))
+            found = (
+                current_revision(conn),
+                conn.execute(text("SELECT count(*), sum(length(raw_digest)) FROM jobs")).one(),
+                sorted(conn.execute(text("SELECT * FROM job_counts")).all()),
+            )
     finally:
         engine.dispose()
     database = make_url(url).database
@@ -118,6 +120,7 @@ def test_newer_database_is_refused_before_the_write_lock(db_url, backend):
         def release():
             conn.close()
             engine.dispose()
+
     try:
         started = time.monotonic()
         with pytest.raises(DatabaseTooNew):
@@ -131,8 +134,7 @@ def test_cli_reports_a_newer_database_in_one_line(db_url, tmp_path):
     newer_database(db_url)
     before = state(db_url)
     for args in (["migrate"], ["stats"], ["--auto-migrate", "stats"]):
-        done = subprocess.run([str(JOBS_INDEX), "--db", db_url, *args], capture_output=True, text=True,
-                              timeout=120)
+        done = subprocess.run([str(JOBS_INDEX), "--db", db_url, *args], capture_output=True, text=True, timeout=120)
         assert done.returncode == 1, (args, done.stdout, done.stderr)
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("Error: database "), done.stderr
@@ -193,7 +195,6 @@ def test_sqlite_older_file_still_upgrades_on_open_after_a_backup(sqlite_url, tmp
     JobsIndex.open(sqlite_url, auto_migrate=False).close()
     assert version(sqlite_url) == head_revision()
     assert [p.name for p in backups(tmp_path)] == [f"jobs.sqlite3.bak-{OLDER}"]
-
 
 
 def test_custom_node_on_a_newer_database_copies_nothing_and_comfyui_answers(sqlite_url, tmp_path):

@@ -8,6 +8,7 @@ the reference's: ``search.matches`` over each job's words derived from its raw i
 in the listing's order; the issue's questions are also checked against the raw
 graphs directly (no tokenizer involved).
 """
+
 from __future__ import annotations
 
 import copy
@@ -20,8 +21,7 @@ from jobs_index import JobsIndex, parse_list_query
 from jobs_index.errors import BadRequest
 from jobs_index.normalize import decode_raw, from_history, from_queue
 from jobs_index.sample import realistic_history
-from jobs_index.search import (SearchSyntaxError, document, fts5_match, highlight, matches, parse, tsquery,
-                               words)
+from jobs_index.search import SearchSyntaxError, document, fts5_match, highlight, matches, parse, tsquery, words
 
 from .conftest import make_db_url
 from .fixtures_util import capture_history, capture_queue
@@ -37,32 +37,38 @@ def test_words_fold_case_and_accents_and_split_names():
     assert words("red-fox, in the SNOW!") == ["red", "fox", "in", "the", "snow"]
 
 
-@pytest.mark.parametrize("text, fts, ts", [
-    ("red fox", '"red" AND "fox"', "('red') & ('fox')"),
-    ('"red fox"', '"red fox"', "('red' <-> 'fox')"),
-    ("jugg*", '"jugg" *', "('jugg':*)"),
-    ('"red fo*"', '"red fo" *', "('red' <-> 'fo':*)"),
-    ("Fox -SNOW", '("fox") NOT "snow"', "('fox') & !('snow')"),
-    ("juggernautXL_v9", '"juggernautxl v9"', "('juggernautxl' <-> 'v9')"),
-    ("AND OR NOT", '"and" AND "or" AND "not"', "('and') & ('or') & ('not')"),  # plain words
-])
+@pytest.mark.parametrize(
+    "text, fts, ts",
+    [
+        ("red fox", '"red" AND "fox"', "('red') & ('fox')"),
+        ('"red fox"', '"red fox"', "('red' <-> 'fox')"),
+        ("jugg*", '"jugg" *', "('jugg':*)"),
+        ('"red fo*"', '"red fo" *', "('red' <-> 'fo':*)"),
+        ("Fox -SNOW", '("fox") NOT "snow"', "('fox') & !('snow')"),
+        ("juggernautXL_v9", '"juggernautxl v9"', "('juggernautxl' <-> 'v9')"),
+        ("AND OR NOT", '"and" AND "or" AND "not"', "('and') & ('or') & ('not')"),  # plain words
+    ],
+)
 def test_parse_renders_the_same_query_for_both_engines(text, fts, ts):
     query = parse(text)
     assert fts5_match(query) == fts and tsquery(query) == ts
 
 
-@pytest.mark.parametrize("text, says", [
-    ('"red fox', "not closed"),
-    ("fo*x", "'*' may only end a word"),
-    ('fox"', "put a space before"),
-    ("-fox", "every term is excluded"),
-    ("-", "no letters or digits"),
-    ("***", "'*' may only end a word"),
-    ("!!!", "no letters or digits"),
-    ('""', "no letters or digits"),
-    ("x" * 1001, "longer than"),
-    (" ".join(["w"] * 33), "more than 32 terms"),
-])
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        ('"red fox', "not closed"),
+        ("fo*x", "'*' may only end a word"),
+        ('fox"', "put a space before"),
+        ("-fox", "every term is excluded"),
+        ("-", "no letters or digits"),
+        ("***", "'*' may only end a word"),
+        ("!!!", "no letters or digits"),
+        ('""', "no letters or digits"),
+        ("x" * 1001, "longer than"),
+        (" ".join(["w"] * 33), "more than 32 terms"),
+    ],
+)
 def test_malformed_queries_say_what_is_wrong(text, says):
     with pytest.raises(SearchSyntaxError) as err:
         parse(text)
@@ -75,15 +81,18 @@ def test_matching_is_positional():
     assert matches(parse("fox red"), doc) and matches(parse('"red fox"'), doc)
     assert not matches(parse('"fox red"'), doc)
     assert matches(parse("jugg*"), doc) and matches(parse('"juggernautxl v*"'), doc)
-    assert not matches(parse("fox -snow"), doc) and matches(parse("fox -\"snow red\""), doc)
+    assert not matches(parse("fox -snow"), doc) and matches(parse('fox -"snow red"'), doc)
     assert highlight("A red Fox", parse("fox")) == "A red [Fox]"
     assert highlight("nothing", parse("fox")) is None
 
 
 def test_document_covers_inputs_titles_outputs_and_errors():
     history = capture_history()
-    job_id, item = next((k, v) for k, v in history.items() if v["status"]["status_str"] == "error"
-                        and any(m[0] == "execution_error" for m in v["status"]["messages"]))
+    job_id, item = next(
+        (k, v)
+        for k, v in history.items()
+        if v["status"]["status_str"] == "error" and any(m[0] == "execution_error" for m in v["status"]["messages"])
+    )
     doc = document("history", item)
     error = next(m[1] for m in item["status"]["messages"] if m[0] == "execution_error")
     assert set(words(error["exception_type"])) <= set(doc.words)
@@ -117,23 +126,37 @@ def planted() -> list[tuple[str, dict]]:
     history = capture_history()
     base_id, base = next((k, v) for k, v in history.items() if v.get("outputs"))
     jobs = []
-    for n, (text, seed, extra) in enumerate([
-        (FOX, 8675309, {}),
-        ("portrait, <lora:detail_tweaker:0.7>", 1, {}),
-        ("a cat", 2, {"90": {"class_type": "IPAdapterAdvanced", "inputs": {"weight": 0.8, "model": ["4", 0]}}}),
-        ("red snow fox", 3, {"91": {"class_type": "LoraLoader",
-                                    "inputs": {"lora_name": "detail_tweaker.safetensors", "model": ["4", 0]}}}),
-    ]):
+    for n, (text, seed, extra) in enumerate(
+        [
+            (FOX, 8675309, {}),
+            ("portrait, <lora:detail_tweaker:0.7>", 1, {}),
+            ("a cat", 2, {"90": {"class_type": "IPAdapterAdvanced", "inputs": {"weight": 0.8, "model": ["4", 0]}}}),
+            (
+                "red snow fox",
+                3,
+                {
+                    "91": {
+                        "class_type": "LoraLoader",
+                        "inputs": {"lora_name": "detail_tweaker.safetensors", "model": ["4", 0]},
+                    }
+                },
+            ),
+        ]
+    ):
         item = copy.deepcopy(base)
         job_id = f"planted-{n}"
         item["prompt"][1] = job_id
         graph = item["prompt"][2]
-        graph.update({
-            "80": {"class_type": "CheckpointLoaderSimple",
-                   "inputs": {"ckpt_name": "SDXL/juggernautXL_v9.safetensors" if n == 0 else "other.ckpt"}},
-            "81": {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["80", 1]}},
-            "82": {"class_type": "KSampler", "inputs": {"seed": seed, "steps": 20, "model": ["80", 0]}},
-        })
+        graph.update(
+            {
+                "80": {
+                    "class_type": "CheckpointLoaderSimple",
+                    "inputs": {"ckpt_name": "SDXL/juggernautXL_v9.safetensors" if n == 0 else "other.ckpt"},
+                },
+                "81": {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["80", 1]}},
+                "82": {"class_type": "KSampler", "inputs": {"seed": seed, "steps": 20, "model": ["80", 0]}},
+            }
+        )
         graph.update(extra)
         item["prompt"][3]["create_time"] = 1_764_000_000_000 + n
         jobs.append((job_id, item))
@@ -178,12 +201,18 @@ def searched(indexes, backend):
     return made[backend], records
 
 
-def reference(records, text: str, statuses=None, workflow=None, source=None, sort_by="created_at",
-              descending=True) -> list[str]:
+def reference(
+    records, text: str, statuses=None, workflow=None, source=None, sort_by="created_at", descending=True
+) -> list[str]:
     query = parse(text)
-    chosen = [r for r in records if matches(query, document(r.raw_kind, decode_raw(r.raw)).words)
-              and (statuses is None or r.status in statuses) and (workflow is None or r.workflow_id == workflow)
-              and (source is None or r.source == source)]
+    chosen = [
+        r
+        for r in records
+        if matches(query, document(r.raw_kind, decode_raw(r.raw)).words)
+        and (statuses is None or r.status in statuses)
+        and (workflow is None or r.workflow_id == workflow)
+        and (source is None or r.source == source)
+    ]
     key = (lambda r: (r.create_time, r.id)) if sort_by == "created_at" else (lambda r: (r.execution_duration, r.id))
     return [r.id for r in sorted(chosen, key=key, reverse=descending)]
 
@@ -204,11 +233,35 @@ def walk(index, params: dict, limit: int = 7) -> tuple[list[str], int]:
 
 
 QUERIES = [
-    "fox", "red fox", '"red fox"', '"fox red"', "snow -fox", "jugg*", "juggernautXL_v9.safetensors",
-    "juggernautXL_v9", "detail_tweaker", "<lora:detail_tweaker:0.7>", "8675309", "IPAdapterAdvanced",
-    "KSampler", "ksampler -ipadapteradvanced", "CAFE", "crème", "ZeroDivisionError", "division by zero",
-    "ComfyUI*", "png", "ka*", "masterpiece best quality", '"best quality" -portrait', "s*", "nothingmatchesthis",
-    "LoraLoader lora*", "euler normal", "0", "v1 5",
+    "fox",
+    "red fox",
+    '"red fox"',
+    '"fox red"',
+    "snow -fox",
+    "jugg*",
+    "juggernautXL_v9.safetensors",
+    "juggernautXL_v9",
+    "detail_tweaker",
+    "<lora:detail_tweaker:0.7>",
+    "8675309",
+    "IPAdapterAdvanced",
+    "KSampler",
+    "ksampler -ipadapteradvanced",
+    "CAFE",
+    "crème",
+    "ZeroDivisionError",
+    "division by zero",
+    "ComfyUI*",
+    "png",
+    "ka*",
+    "masterpiece best quality",
+    '"best quality" -portrait',
+    "s*",
+    "nothingmatchesthis",
+    "LoraLoader lora*",
+    "euler normal",
+    "0",
+    "v1 5",
 ]
 
 
@@ -220,19 +273,27 @@ def test_cursor_walk_equals_the_reference(searched, text):
     assert ids == expected and total == len(expected)
 
 
-@pytest.mark.parametrize("params", [
-    {"q": "fox", "status": "completed"},
-    {"q": "red fox", "status": "failed,cancelled"},
-    {"q": "ksampler", "status": "pending,in_progress"},
-    {"q": "ka*", "sort_order": "asc"},
-    {"q": "masterpiece", "sort_by": "execution_duration"},
-    {"q": "a", "sort_by": "execution_duration", "sort_order": "asc", "status": "completed"},
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"q": "fox", "status": "completed"},
+        {"q": "red fox", "status": "failed,cancelled"},
+        {"q": "ksampler", "status": "pending,in_progress"},
+        {"q": "ka*", "sort_order": "asc"},
+        {"q": "masterpiece", "sort_by": "execution_duration"},
+        {"q": "a", "sort_by": "execution_duration", "sort_order": "asc", "status": "completed"},
+    ],
+)
 def test_filters_and_orders_combine(searched, params):
     index, records = searched
     statuses = params["status"].split(",") if "status" in params else None
-    expected = reference(records, params["q"], statuses=statuses, sort_by=params.get("sort_by", "created_at"),
-                         descending=params.get("sort_order", "desc") == "desc")
+    expected = reference(
+        records,
+        params["q"],
+        statuses=statuses,
+        sort_by=params.get("sort_by", "created_at"),
+        descending=params.get("sort_order", "desc") == "desc",
+    )
     if params.get("sort_by") == "execution_duration":  # no cursors: offsets
         ids, offset = [], 0
         while True:
@@ -266,12 +327,15 @@ def test_both_plans_answer_the_same(searched):
         for params in ({}, {"status": "completed,failed"}, {"sort_by": "execution_duration"}):
             query = parse_list_query({**params, "q": text})
             with read_transaction(index.engine) as conn:
-                answers = [[row[0] for row in search_queries.select_page(conn, query, plan=plan, limit=None)]
-                           for plan in ("matches", "timeline")]
+                answers = [
+                    [row[0] for row in search_queries.select_page(conn, query, plan=plan, limit=None)]
+                    for plan in ("matches", "timeline")
+                ]
             assert answers[0] == answers[1]
             statuses = params["status"].split(",") if "status" in params else None
-            assert answers[0] == reference(records, text, statuses=statuses,
-                                           sort_by=params.get("sort_by", "created_at"))
+            assert answers[0] == reference(
+                records, text, statuses=statuses, sort_by=params.get("sort_by", "created_at")
+            )
 
 
 def test_the_issues_questions_against_the_raw_graphs(searched):
@@ -290,14 +354,17 @@ def test_the_issues_questions_against_the_raw_graphs(searched):
 
     assert ids('"red fox in the snow"') == {"planted-0"}
     assert ids("juggernautXL_v9.safetensors") == {
-        k for k, it in items.items() if any(isinstance(v, str) and "juggernautXL_v9.safetensors" in v
-                                            for v in inputs(it))}
+        k
+        for k, it in items.items()
+        if any(isinstance(v, str) and "juggernautXL_v9.safetensors" in v for v in inputs(it))
+    }
     assert "planted-0" in ids("juggernautXL_v9")
     tweaked = {k for k, it in items.items() if any(isinstance(v, str) and "detail_tweaker" in v for v in inputs(it))}
     assert {"planted-1", "planted-3"} <= tweaked and ids("detail_tweaker") == tweaked
     assert ids("8675309") == {k for k, it in items.items() if 8675309 in inputs(it)} == {"planted-0"}
     assert ids("IPAdapterAdvanced") == {
-        k for k, it in items.items() if any(n.get("class_type") == "IPAdapterAdvanced" for n in graph(it).values())}
+        k for k, it in items.items() if any(n.get("class_type") == "IPAdapterAdvanced" for n in graph(it).values())
+    }
     assert ids("cafe") == ids("CAFÉ") == {"planted-0"}
 
 
@@ -324,6 +391,7 @@ def conn_free_loras(index, job_id):
 def test_http_bad_query_is_a_json_400(searched, q):
     index, _ = searched
     from urllib.parse import quote
+
     with live_server(index) as client:
         reply = client.get(f"/api/jobs?q={quote(q)}&limit=5")
     assert reply.status == 400 and reply.body["code"] == "INVALID_SEARCH"
@@ -398,8 +466,9 @@ def test_search_filters_follow_updates_made_by_other_sql(index, backend):
     index.ingest(records, source="studio")
     assert ids_of(index, "fox", status="failed") == []
     with index.engine.begin() as conn:
-        conn.exec_driver_sql("UPDATE jobs SET status = 'failed', source = 'attic', workflow_id = 'w1' "
-                             "WHERE id = 'planted-0'")
+        conn.exec_driver_sql(
+            "UPDATE jobs SET status = 'failed', source = 'attic', workflow_id = 'w1' WHERE id = 'planted-0'"
+        )
     assert ids_of(index, "fox", status="failed") == ["planted-0"]
     assert ids_of(index, "fox", source="attic", workflow_id="w1") == ["planted-0"]
     assert ids_of(index, "fox", source="studio") == ["planted-3"]
@@ -410,9 +479,11 @@ def test_search_filters_follow_updates_made_by_other_sql(index, backend):
     for plan in ("matches", "timeline"):  # both plans see the same copies
         from jobs_index import search_queries
         from jobs_index.database import read_transaction
+
         with read_transaction(index.engine) as conn:
-            rows = search_queries.select_page(conn, parse_list_query({"q": "fox", "source": "studio"}), plan=plan,
-                                              limit=None)
+            rows = search_queries.select_page(
+                conn, parse_list_query({"q": "fox", "source": "studio"}), plan=plan, limit=None
+            )
         assert [r[0] for r in rows] == ["planted-3"]
 
 
@@ -447,7 +518,9 @@ def test_cli_search_lines_json_csv_and_errors(index, db_url):
     assert "planted-0" in lines[3] and "a [red] [fox] in the snow" in lines[3]
     as_json = json.loads(run_cli("search", "detail_tweaker", "--json", db=db_url).stdout)
     assert [(h["id"], h["match"]) for h in as_json] == [
-        ("planted-3", "[detail]_[tweaker].safetensors"), ("planted-1", "portrait, <lora:[detail]_[tweaker]:0.7>")]
+        ("planted-3", "[detail]_[tweaker].safetensors"),
+        ("planted-1", "portrait, <lora:[detail]_[tweaker]:0.7>"),
+    ]
     assert as_json[0]["output"] and as_json[0]["create_time"] == records[3].create_time
     csv_out = run_cli("search", "8675309", "--csv", db=db_url).stdout.splitlines()
     assert csv_out[0] == "created_at,status,source,id,output,match" and "planted-0" in csv_out[1]
@@ -459,9 +532,30 @@ def test_cli_search_lines_json_csv_and_errors(index, db_url):
 
 # -- random histories and random queries ------------------------------------------------
 
-VOCABULARY = ["Fox", "fox", "FOX", "red", "Café", "CAFE", "snow", "Straße", "strasse", "naïve", "ǅemal",
-              "juggernautXL_v9.safetensors", "<lora:detail_tweaker:0.7>", "8675309", "v9", "fo", "foxes",
-              "中文", "x", "a-b_c", "KSampler", "1.5"]
+VOCABULARY = [
+    "Fox",
+    "fox",
+    "FOX",
+    "red",
+    "Café",
+    "CAFE",
+    "snow",
+    "Straße",
+    "strasse",
+    "naïve",
+    "ǅemal",
+    "juggernautXL_v9.safetensors",
+    "<lora:detail_tweaker:0.7>",
+    "8675309",
+    "v9",
+    "fo",
+    "foxes",
+    "中文",
+    "x",
+    "a-b_c",
+    "KSampler",
+    "1.5",
+]
 
 
 def random_item(rng, n: int) -> tuple[str, dict]:
@@ -469,21 +563,26 @@ def random_item(rng, n: int) -> tuple[str, dict]:
     graph = {}
     for node in range(rng.randint(1, 4)):
         text = " ".join(rng.choice(VOCABULARY) + rng.choice(["", ",", "!", " ", "."]) for _ in range(rng.randint(0, 8)))
-        graph[str(node)] = {"class_type": rng.choice(["KSampler", "CLIPTextEncode", "Note", "LoraLoader"]),
-                            "inputs": {"text": text, "seed": rng.choice([1, 7, 8675309, 42]), "link": ["0", 0]}}
+        graph[str(node)] = {
+            "class_type": rng.choice(["KSampler", "CLIPTextEncode", "Note", "LoraLoader"]),
+            "inputs": {"text": text, "seed": rng.choice([1, 7, 8675309, 42]), "link": ["0", 0]},
+        }
     status = rng.choice(["success", "error"])
-    item = {"prompt": [n, job_id, graph, {"create_time": 1_000 + rng.randrange(50)}, []],
-            "outputs": {}, "status": {"status_str": status, "completed": status == "success", "messages": []}}
+    item = {
+        "prompt": [n, job_id, graph, {"create_time": 1_000 + rng.randrange(50)}, []],
+        "outputs": {},
+        "status": {"status_str": status, "completed": status == "success", "messages": []},
+    }
     return job_id, item
 
 
 def random_query(rng) -> str:
     terms = []
     for i in range(rng.randint(1, 3)):
-        words_ = [w for w in words(rng.choice(VOCABULARY) + " " + rng.choice(VOCABULARY)) if w][:rng.randint(1, 2)]
+        words_ = [w for w in words(rng.choice(VOCABULARY) + " " + rng.choice(VOCABULARY)) if w][: rng.randint(1, 2)]
         body = " ".join(words_)
         if rng.random() < 0.3:
-            body = body[:max(1, len(body) - 2)].rstrip() + "*"
+            body = body[: max(1, len(body) - 2)].rstrip() + "*"
             if not body[-2:-1].isalnum():
                 body = words_[0] + "*"
         term = f'"{body}"' if " " in body or rng.random() < 0.2 else body

@@ -1,6 +1,7 @@
 """Migration 0008_search on each backend: an index at 0005 (with ``job_nodes``) is
 upgraded in batches to exactly the search rows ingest writes, ``job_nodes`` goes;
 a failure half-way leaves it as it was; the downgrade rebuilds ``job_nodes``."""
+
 from __future__ import annotations
 
 import pytest
@@ -31,8 +32,11 @@ def records() -> list:
 def graph_nodes(record) -> list[tuple]:
     item = decode_raw(record.raw)
     graph = (item["prompt"] if record.raw_kind == "history" else item)[2]
-    return sorted((record.id, str(k), v["class_type"]) for k, v in graph.items()
-                  if isinstance(v, dict) and isinstance(v.get("class_type"), str))
+    return sorted(
+        (record.id, str(k), v["class_type"])
+        for k, v in graph.items()
+        if isinstance(v, dict) and isinstance(v.get("class_type"), str)
+    )
 
 
 def seed_at_0005(engine, recs) -> list[tuple]:
@@ -40,16 +44,24 @@ def seed_at_0005(engine, recs) -> list[tuple]:
     nodes = sorted(n for r in recs for n in graph_nodes(r))
     with write_transaction(engine) as conn:
         conn.execute(insert(Job.__table__), [{**r.as_row(), "indexed_at": 1} for r in recs])
-        conn.execute(text("INSERT INTO job_nodes (job_id, node_id, class_type) VALUES (:a, :b, :c)"),
-                     [{"a": a, "b": b, "c": c} for a, b, c in nodes])
+        conn.execute(
+            text("INSERT INTO job_nodes (job_id, node_id, class_type) VALUES (:a, :b, :c)"),
+            [{"a": a, "b": b, "c": c} for a, b, c in nodes],
+        )
     return nodes
 
 
 def search_rows(engine) -> list[tuple]:
     with engine.connect() as conn:
-        return sorted(tuple(r) for r in conn.execute(text(
-            "SELECT job_id, create_time, execution_duration, status, workflow_id, source, node_types, models, loras "
-            "FROM job_search")))
+        return sorted(
+            tuple(r)
+            for r in conn.execute(
+                text(
+                    "SELECT job_id, create_time, execution_duration, status, workflow_id, source, node_types, models, loras "
+                    "FROM job_search"
+                )
+            )
+        )
 
 
 def test_upgrade_builds_what_ingest_writes_and_downgrade_brings_job_nodes_back(db_url, tmp_path, backend):
@@ -65,8 +77,11 @@ def test_upgrade_builds_what_ingest_writes_and_downgrade_brings_job_nodes_back(d
         index = JobsIndex(engine)
         for q in ("fox", '"best quality"', "jugg*", "ksampler -loraloader", "detail_tweaker", "ZeroDivisionError"):
             query = parse(q)
-            expected = [r.id for r in sorted(recs, key=lambda r: (r.create_time, r.id), reverse=True)
-                        if matches(query, document(r.raw_kind, decode_raw(r.raw)).words)]
+            expected = [
+                r.id
+                for r in sorted(recs, key=lambda r: (r.create_time, r.id), reverse=True)
+                if matches(query, document(r.raw_kind, decode_raw(r.raw)).words)
+            ]
             assert [j["id"] for j in index.list_jobs(parse_list_query({"q": q})).jobs] == expected, q
         # the same rows as ingest writes into a new index
         fresh_url = f"sqlite:///{tmp_path / 'fresh.sqlite3'}"

@@ -7,6 +7,7 @@ The failure is real, injected between two chunks of the listing while the client
 has stopped reading (the server waits to write): on PostgreSQL the server process
 of the listing's connection is terminated (``pg_terminate_backend``, as an admin or
 a failover would); on SQLite the listing's connection is closed under it."""
+
 from __future__ import annotations
 
 import asyncio

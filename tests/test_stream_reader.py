@@ -4,6 +4,7 @@ from ComfyUI's layout, its bytes parsed by orjson where exact) gives exactly
 when orjson cannot read an item exactly (NaN, huge integers, lone surrogates), and
 across any chunking; and a large dump imported with worker processes stores what
 one process stores."""
+
 from __future__ import annotations
 
 import io
@@ -21,19 +22,28 @@ from .test_reliability_limits import Trickle
 
 TRAPS = [
     {"x": {}, "y": {"prompt": [1]}},  # an inner '}, "y": {"prompt":' : a wrong guess
-    {"a": {}, "b": {"prompt": "}, \"k\": {\"prompt\": 1"}},  # the pattern inside a string
+    {"a": {}, "b": {"prompt": '}, "k": {"prompt": 1'}},  # the pattern inside a string
     [{"prompt": 1}, {"prompt": 2}],
 ]
 leaves = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True),
     st.text(st.characters(codec="utf-8") | st.sampled_from(["\ud800", "}", '"', "\\"]), max_size=8),
     st.sampled_from(['"prompt"', '}, "k": {"prompt": ']),
-    st.sampled_from(TRAPS))
-values = st.recursive(leaves, lambda inner: st.one_of(
-    st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(["prompt", "a", "b", "9"]), inner, max_size=3)),
-    max_leaves=12)
-history_like = st.fixed_dictionaries({"prompt": st.lists(values, max_size=5)},
-                                     optional={"outputs": values, "status": values, "meta": values})
+    st.sampled_from(TRAPS),
+)
+values = st.recursive(
+    leaves,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(["prompt", "a", "b", "9"]), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+history_like = st.fixed_dictionaries(
+    {"prompt": st.lists(values, max_size=5)}, optional={"outputs": values, "status": values, "meta": values}
+)
 
 
 def same(a, b) -> bool:
@@ -49,17 +59,23 @@ def same(a, b) -> bool:
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
-@given(items=st.lists(st.one_of(history_like, values), max_size=6),
-       keys=st.lists(st.text(max_size=5), min_size=6, max_size=6),
-       separators=st.sampled_from([(", ", ": "), (",", ":"), (",\n  ", ": ")]),
-       chunk=st.sampled_from([1, 7, 64, 1 << 20]), damage=st.integers(-3, 10**6))
+@given(
+    items=st.lists(st.one_of(history_like, values), max_size=6),
+    keys=st.lists(st.text(max_size=5), min_size=6, max_size=6),
+    separators=st.sampled_from([(", ", ": "), (",", ":"), (",\n  ", ": ")]),
+    chunk=st.sampled_from([1, 7, 64, 1 << 20]),
+    damage=st.integers(-3, 10**6),
+)
 def test_fast_route_gives_exactly_json_load(items, keys, separators, chunk, damage):
     comma, colon = separators
-    data = ("{" + comma.join(json.dumps(k) + colon + json.dumps(v, separators=separators)
-                             for k, v in zip(keys, items)) + "}").encode("utf-8", "surrogatepass")
+    data = (
+        "{"
+        + comma.join(json.dumps(k) + colon + json.dumps(v, separators=separators) for k, v in zip(keys, items))
+        + "}"
+    ).encode("utf-8", "surrogatepass")
     if damage >= 0:
         cut = damage % (len(data) + 1)
-        data = data[:cut] + (b"" if damage % 2 else b"#") + data[cut + (damage % 3):]
+        data = data[:cut] + (b"" if damage % 2 else b"#") + data[cut + (damage % 3) :]
     ObjectItems.CHUNK, default = chunk, ObjectItems.CHUNK
     try:
         reader = ObjectItems("dump", Trickle(data, chunk))
@@ -107,8 +123,9 @@ def test_synthetic_dump_takes_the_fast_route_and_workers_store_the_same(tmp_path
         assert not rejected
     assert rows[0] == rows[1] and len(rows[0]) == len(history)
     for job_id, record in rows[1].items():
-        assert json.dumps(decode_raw(record.raw)) == json.dumps({**history[job_id],
-                                                                  "prompt": history[job_id]["prompt"][:5]})
+        assert json.dumps(decode_raw(record.raw)) == json.dumps(
+            {**history[job_id], "prompt": history[job_id]["prompt"][:5]}
+        )
     with JobsIndex.open(f"sqlite:///{tmp_path / 'x.sqlite3'}") as index:
         result = import_dump(index, read_dump("h", io.BytesIO(data)), workers=1)
         assert result.inserted == len(history) and index.counts_consistent()

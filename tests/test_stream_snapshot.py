@@ -2,6 +2,7 @@
 the index as it was when it began, whatever writers do between the chunks; the
 connection it holds goes back to the pool when it ends, is closed, or its HTTP
 client goes away."""
+
 from __future__ import annotations
 
 import asyncio
@@ -26,9 +27,14 @@ def history(job_id: str, number: int, duration: int) -> dict:
     return {
         "prompt": [number, job_id, {}, {"create_time": T0 + number}, []],
         "outputs": {},
-        "status": {"status_str": "success", "completed": True, "messages": [
-            ["execution_start", {"prompt_id": job_id, "timestamp": start}],
-            ["execution_success", {"prompt_id": job_id, "timestamp": start + duration}]]},
+        "status": {
+            "status_str": "success",
+            "completed": True,
+            "messages": [
+                ["execution_start", {"prompt_id": job_id, "timestamp": start}],
+                ["execution_success", {"prompt_id": job_id, "timestamp": start + duration}],
+            ],
+        },
     }
 
 
@@ -46,17 +52,23 @@ def test_a_job_finishing_between_two_chunks_is_listed_once(index, order):
     with a duration that sorts it into a later chunk; another job is deleted and a
     new one added meanwhile. The listing is the state at its start: each job once,
     as many rows as its total."""
-    index.ingest([from_queue(queued("p1", 1), PENDING), from_queue(queued("p2", 2), IN_PROGRESS)]
-                 + [from_history(f"c{d}", history(f"c{d}", 10 + d, d * 10), True) for d in (1, 2, 3, 4)])
+    index.ingest(
+        [from_queue(queued("p1", 1), PENDING), from_queue(queued("p2", 2), IN_PROGRESS)]
+        + [from_history(f"c{d}", history(f"c{d}", 10 + d, d * 10), True) for d in (1, 2, 3, 4)]
+    )
     query = parse_list_query({"sort_by": "execution_duration", "sort_order": order})
     with index.stream_jobs(query, chunk=2) as stream:
         first = stream.next_chunk()
         assert stream.total == 6
         # Between two chunks: p1 (read first when ascending) finishes last; c4 is
         # deleted; c5 is new; p2 finishes too.
-        index.ingest([from_history("p1", history("p1", 1, 35), True),
-                      from_history("p2", history("p2", 2, 5), True),
-                      from_history("c5", history("c5", 15, 50), True)])
+        index.ingest(
+            [
+                from_history("p1", history("p1", 1, 35), True),
+                from_history("p2", history("p2", 2, 5), True),
+                from_history("c5", history("c5", 15, 50), True),
+            ]
+        )
         assert index.delete_jobs(["c1" if order == "asc" else "c4"]) == 1
         rest = list(stream.chunks())
     ids = listed_ids([first, *rest])
@@ -68,7 +80,9 @@ def test_a_job_finishing_between_two_chunks_is_listed_once(index, order):
     # The next listing sees the writes.
     after = index.list_jobs(parse_list_query({"sort_by": "execution_duration", "sort_order": "asc"}))
     assert len(after.jobs) == after.total == 6
-    assert {job["id"] for job in after.jobs} == {"p1", "p2", "c1", "c2", "c3", "c4", "c5"} - {"c1" if order == "asc" else "c4"}
+    assert {job["id"] for job in after.jobs} == {"p1", "p2", "c1", "c2", "c3", "c4", "c5"} - {
+        "c1" if order == "asc" else "c4"
+    }
 
 
 def test_a_snapshot_is_released_when_the_listing_ends_or_closes(index):
@@ -129,8 +143,7 @@ def test_concurrent_writes_during_a_streamed_http_listing(index):
                     head = await response.content.readexactly(4000)
                     seen = re.findall(r'"id": "(job-\d+)"', head.decode())
                     assert len(seen) >= 5
-                    moved = [from_history(job_id, history(job_id, int(job_id[4:]), 1), True)
-                             for job_id in seen]
+                    moved = [from_history(job_id, history(job_id, int(job_id[4:]), 1), True) for job_id in seen]
                     added = [from_history(f"new-{i}", history(f"new-{i}", i, 100 + i), True) for i in range(50)]
                     await asyncio.to_thread(index.ingest, moved + added)
                     gone = [f"job-{i:07d}" for i in range(BIG - 300, BIG)]

@@ -1,4 +1,5 @@
 """``jobs-index export`` / ``import`` of JSONL: a lossless move between engines."""
+
 from __future__ import annotations
 
 import io
@@ -20,9 +21,13 @@ from .fixtures_util import capture_history, capture_queue
 from .toolbox_util import build_recent, run_cli, side_rows
 
 LISTINGS = [
-    {}, {"limit": "10"}, {"limit": "25", "offset": "40"}, {"status": "failed,cancelled"},
+    {},
+    {"limit": "10"},
+    {"limit": "25", "offset": "40"},
+    {"status": "failed,cancelled"},
     {"sort_by": "execution_duration", "sort_order": "asc", "limit": "30"},
-    {"status": "pending,in_progress"}, {"sort_order": "asc", "limit": "7"},
+    {"status": "pending,in_progress"},
+    {"sort_order": "asc", "limit": "7"},
 ]
 
 
@@ -36,8 +41,10 @@ def fill(index) -> None:
 
 def digests(index) -> dict[str, tuple]:
     with index.engine.connect() as conn:
-        return {r.id: (r.raw_digest, r.raw_kind, r.stage, r.source) for r in
-                conn.execute(select(jobs.c.id, jobs.c.raw_digest, jobs.c.raw_kind, jobs.c.stage, jobs.c.source))}
+        return {
+            r.id: (r.raw_digest, r.raw_kind, r.stage, r.source)
+            for r in conn.execute(select(jobs.c.id, jobs.c.raw_digest, jobs.c.raw_kind, jobs.c.stage, jobs.c.source))
+        }
 
 
 def answers(index) -> list:
@@ -96,8 +103,7 @@ def test_filters(index, db_url):
     some = failed[0]["job"]["workflow_id"]
     by_workflow = run_cli("export", "--workflow-id", some, "--status", "failed,completed", db=db_url)
     rows = [json.loads(x) for x in by_workflow.stdout.splitlines()]
-    assert rows and all(x["job"]["workflow_id"] == some and x["job"]["status"] in ("failed", "completed")
-                        for x in rows)
+    assert rows and all(x["job"]["workflow_id"] == some and x["job"]["status"] in ("failed", "completed") for x in rows)
     # The sample spans 6h to ~5h ago: a 330-minute window cuts through it.
     cutoff = now_ms() - 330 * 60_000
     recent = [json.loads(x) for x in run_cli("export", "--since", "330m", db=db_url).stdout.splitlines()]
@@ -160,8 +166,11 @@ def test_empty_input_is_still_an_error(sqlite_url, tmp_path, content):
 
 def test_a_reader_that_leaves_early_is_not_an_error_trace(index, db_url):
     build_recent(index, 120)  # several hundred KB: more than a pipe holds
-    process = subprocess.Popen([sys.executable, "-m", "jobs_index.cli", "--db", db_url, "export"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jobs_index.cli", "--db", db_url, "export"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     process.stdout.read(1000)
     process.stdout.close()
     _, err = process.communicate(timeout=60)

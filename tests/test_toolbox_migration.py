@@ -2,6 +2,7 @@
 0001 with data backfills the side tables from ``raw`` exactly as ingest filled them
 (``job_nodes`` until 0008 replaced it); downgrade removes them and leaves the jobs
 intact; ``alembic check`` stays clean at head."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -12,8 +13,7 @@ from alembic import command
 from sqlalchemy import inspect, insert, text
 
 from jobs_index import JobsIndex
-from jobs_index.database import (alembic_config, current_revision, make_engine, migrate,
-                                 write_transaction)
+from jobs_index.database import alembic_config, current_revision, make_engine, migrate, write_transaction
 from jobs_index.normalize import decode_raw, from_history, from_queue, output_files
 from jobs_index.sample import synthetic_history
 from jobs_index.schema import Job
@@ -34,9 +34,14 @@ def load_migration():
 
 def node_types(graph) -> list[dict]:
     """``job_nodes`` rows of a prompt graph as ingest derived them before 0008."""
-    return [{"node_id": str(k), "class_type": v["class_type"]} for k, v in (graph if isinstance(graph, dict) else {}).items()
-            if isinstance(v, dict) and isinstance(v.get("class_type"), str) and "\x00" not in v["class_type"]
-            and "\x00" not in str(k)]
+    return [
+        {"node_id": str(k), "class_type": v["class_type"]}
+        for k, v in (graph if isinstance(graph, dict) else {}).items()
+        if isinstance(v, dict)
+        and isinstance(v.get("class_type"), str)
+        and "\x00" not in v["class_type"]
+        and "\x00" not in str(k)
+    ]
 
 
 def record_nodes(record) -> list[dict]:
@@ -78,20 +83,22 @@ def test_upgrade_backfills_from_raw_then_downgrade_and_again(db_url):
         records = seed_records()
         with write_transaction(engine) as conn:
             # a row of this older revision: no priority_json (revision 0006)
-            conn.execute(insert(Job.__table__), [{k: v for k, v in {**r.as_row(), "indexed_at": 1}.items()
-                                                  if k != "priority_json"} for r in records])
+            conn.execute(
+                insert(Job.__table__),
+                [{k: v for k, v in {**r.as_row(), "indexed_at": 1}.items() if k != "priority_json"} for r in records],
+            )
         assert "job_outputs" not in tables_and_views(engine)[0]
 
         migrate(engine, REV_2)  # 0001 -> 0002 with data
         with engine.connect() as conn:
             assert current_revision(conn) == REV_2
         index = JobsIndex(engine)
-        expected_outputs = [{**o, "job_id": r.id} for r in sorted(records, key=lambda r: r.id)
-                            for o in r.output_files]
+        expected_outputs = [{**o, "job_id": r.id} for r in sorted(records, key=lambda r: r.id) for o in r.output_files]
         expected_nodes = sorted(((r.id, n["node_id"], n["class_type"]) for r in records for n in record_nodes(r)))
         outputs, nodes = side_rows(engine)
-        assert sorted(outputs, key=lambda o: (o["job_id"], o["ordinal"])) == \
-            sorted(expected_outputs, key=lambda o: (o["job_id"], o["ordinal"]))
+        assert sorted(outputs, key=lambda o: (o["job_id"], o["ordinal"])) == sorted(
+            expected_outputs, key=lambda o: (o["job_id"], o["ordinal"])
+        )
         assert sorted((n["job_id"], n["node_id"], n["class_type"]) for n in nodes) == expected_nodes
         assert len(outputs) > 100 and len(nodes) > 1000
         with engine.connect() as conn:
@@ -151,10 +158,19 @@ def test_frozen_backfill_functions_match_normalize(source):
     elif source == "sample":
         items = list(synthetic_history(50))
     else:
-        items = [("odd", {"prompt": [1, "odd", {"1": {"class_type": "A"}, "2": None, "3": {"class_type": "B\x00"}},
-                                     {}, []],
-                          "outputs": {"1": {"3d": ["x.obj", 5], "images": [{"filename": "a", "type": 3}]},
-                                      "2": [], "3": {"animated": [True], "video": [{"filename": "v.mp4"}]}}})]
+        items = [
+            (
+                "odd",
+                {
+                    "prompt": [1, "odd", {"1": {"class_type": "A"}, "2": None, "3": {"class_type": "B\x00"}}, {}, []],
+                    "outputs": {
+                        "1": {"3d": ["x.obj", 5], "images": [{"filename": "a", "type": 3}]},
+                        "2": [],
+                        "3": {"animated": [True], "video": [{"filename": "v.mp4"}]},
+                    },
+                },
+            )
+        ]
     for job_id, item in items:
         record = from_history(job_id, item)
         assert migration.side_rows("history", record.raw) == (record.output_files, record_nodes(record))

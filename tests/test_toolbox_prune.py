@@ -1,5 +1,6 @@
 """``jobs-index prune`` on each backend: by age, count and status, in batches, with
 exact totals, side rows removed with their jobs, and live jobs spared by default."""
+
 from __future__ import annotations
 
 import copy
@@ -132,12 +133,15 @@ def test_cli_dry_run_then_prune(index, aged, db_url):
     assert status.exit_code == 0 and "removed" in status.stdout
 
 
-@pytest.mark.parametrize("args, message", [
-    ([], "nothing to prune"),
-    (["--older-than", "90x"], "--older-than: invalid duration"),
-    (["--status", "failed,weird"], "--status: invalid status weird"),
-    (["--status", ","], "--status: no status given"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "nothing to prune"),
+        (["--older-than", "90x"], "--older-than: invalid duration"),
+        (["--status", "failed,weird"], "--status: invalid status weird"),
+        (["--status", ","], "--status: no status given"),
+    ],
+)
 def test_bad_input_is_one_line(index, db_url, args, message):
     result = run_cli("prune", *args, db=db_url)
     assert result.exit_code == 2
@@ -170,9 +174,22 @@ def test_serve_with_retention(sqlite_url, tmp_path):
             record.create_time = now - (200 if i < 25 else 10) * DAY_MS
         index.ingest(records)  # 25 old jobs, 15 + 3 live recent ones
     port = 19000 + os.getpid() % 1000
-    server = subprocess.Popen([sys.executable, "-m", "jobs_index.cli", "--db", sqlite_url, "serve",
-                               "--port", str(port), "--retention", "90d"],
-                              stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jobs_index.cli",
+            "--db",
+            sqlite_url,
+            "serve",
+            "--port",
+            str(port),
+            "--retention",
+            "90d",
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 30
         total = None

@@ -1,6 +1,7 @@
 """Every SQL example in docs/queries.md runs, read-only, on each backend and answers
 something on a realistic recent sample. Blocks starting with ``-- SQLite`` or
 ``-- PostgreSQL`` run on that engine only; the others on both."""
+
 from __future__ import annotations
 
 import re
@@ -78,8 +79,9 @@ def recent_indexes(tmp_path_factory):
         next(generator, None)
 
 
-@pytest.mark.parametrize("section, engine, sql", EXAMPLES, ids=[f"{s.split('.')[0]}-{e or 'both'}"
-                                                                 for s, e, _ in EXAMPLES])
+@pytest.mark.parametrize(
+    "section, engine, sql", EXAMPLES, ids=[f"{s.split('.')[0]}-{e or 'both'}" for s, e, _ in EXAMPLES]
+)
 def test_example_runs_and_answers(recent_indexes, backend, section, engine, sql):
     if backend not in recent_indexes:
         pytest.skip(f"{backend} not configured")

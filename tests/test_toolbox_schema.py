@@ -1,5 +1,6 @@
 """The SQL surface for people: job_outputs / job_search filled with their job, and
 the jobs_v view, on each backend."""
+
 from __future__ import annotations
 
 import copy
@@ -19,11 +20,16 @@ from .toolbox_util import build_recent, side_rows
 
 # -- the pure derivations ------------------------------------------------------
 
+
 def test_output_files_lists_file_items_in_order():
     outputs = {
-        "9": {"images": [{"filename": "a.png", "subfolder": "x", "type": "output"},
-                         {"filename": "b.png", "subfolder": "", "type": "temp"}],
-              "animated": [False]},
+        "9": {
+            "images": [
+                {"filename": "a.png", "subfolder": "x", "type": "output"},
+                {"filename": "b.png", "subfolder": "", "type": "temp"},
+            ],
+            "animated": [False],
+        },
         "12": {"text": ["hello"], "3d": ["mesh.GLB", None], "gifs": [{"filename": "c.webp", "format": "image/webp"}]},
         "13": {"images": [{"no": "filename"}, {"filename": 42}, {"filename": "nul\x00.png"}], "meta": "not a list"},
         "14": "not a dict",
@@ -42,8 +48,14 @@ def node_types(graph) -> list[str]:
 
 
 def test_node_types_of_a_prompt_graph():
-    graph = {"3": {"class_type": "KSampler", "inputs": {}}, "4": {"inputs": {}}, "5": "junk",
-             "6": {"class_type": 7}, "7:1": {"class_type": "SaveImage"}, "8": {"class_type": "KSampler"}}
+    graph = {
+        "3": {"class_type": "KSampler", "inputs": {}},
+        "4": {"inputs": {}},
+        "5": "junk",
+        "6": {"class_type": 7},
+        "7:1": {"class_type": "SaveImage"},
+        "8": {"class_type": "KSampler"},
+    }
     assert node_types(graph) == ("KSampler", "SaveImage")  # distinct, sorted
     assert node_types(None) == ()
 
@@ -60,6 +72,7 @@ def test_records_carry_side_rows_but_as_row_is_the_jobs_row():
 
 
 # -- written with the job ------------------------------------------------------
+
 
 def test_side_tables_follow_ingest_update_and_delete(index):
     history = capture_history()
@@ -122,17 +135,25 @@ def test_which_job_made_this_file_is_one_index_seek(index, backend):
         found = conn.execute(text("SELECT job_id FROM job_outputs WHERE filename = :f"), {"f": filename}).all()
         assert [r.job_id for r in found] == [target.id]
         if backend == "sqlite":
-            plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql(
-                "EXPLAIN QUERY PLAN SELECT job_id FROM job_outputs WHERE filename = 'x.png'"))
-            assert "USING INDEX ix_job_outputs_filename" in plan or "USING COVERING INDEX ix_job_outputs_filename" in plan
+            plan = " ".join(
+                str(r[-1])
+                for r in conn.exec_driver_sql(
+                    "EXPLAIN QUERY PLAN SELECT job_id FROM job_outputs WHERE filename = 'x.png'"
+                )
+            )
+            assert (
+                "USING INDEX ix_job_outputs_filename" in plan or "USING COVERING INDEX ix_job_outputs_filename" in plan
+            )
         else:
             conn.exec_driver_sql("SET enable_seqscan = off")
-            plan = " ".join(r[0] for r in conn.exec_driver_sql(
-                "EXPLAIN SELECT job_id FROM job_outputs WHERE filename = 'x.png'"))
+            plan = " ".join(
+                r[0] for r in conn.exec_driver_sql("EXPLAIN SELECT job_id FROM job_outputs WHERE filename = 'x.png'")
+            )
             assert "ix_job_outputs_filename" in plan
 
 
 # -- the view --------------------------------------------------------------------
+
 
 def test_jobs_v_has_readable_times_on_both_engines(index):
     records = build_recent(index, 40)
@@ -141,8 +162,10 @@ def test_jobs_v_has_readable_times_on_both_engines(index):
     with index.engine.begin() as conn:
         for record in records[:10]:
             start = rng.randrange(0, 4_102_444_800_000)
-            conn.execute(text("UPDATE jobs SET execution_start_time = :s, execution_end_time = :e "
-                              "WHERE id = :id"), {"s": start, "e": start + rng.randrange(1, 10**7), "id": record.id})
+            conn.execute(
+                text("UPDATE jobs SET execution_start_time = :s, execution_end_time = :e WHERE id = :id"),
+                {"s": start, "e": start + rng.randrange(1, 10**7), "id": record.id},
+            )
     with index.engine.connect() as conn:
         rows = conn.execute(text("SELECT v.*, j.create_time_missing FROM jobs_v v JOIN jobs j ON j.id = v.id")).all()
     assert len(rows) == len(records)
@@ -167,5 +190,9 @@ def test_jobs_v_error_fields_and_missing_create_time(index):
     record = from_history(job_id, item)
     assert row.created_at is None and row.create_time == 0
     assert (row.error_type, row.error_message, row.error_node_id, row.error_node_type) == (
-        record.error_type, record.error_message, record.error_node_id, record.error_node_type)
+        record.error_type,
+        record.error_message,
+        record.error_node_id,
+        record.error_node_type,
+    )
     assert row.status == record.status and row.workflow_id == record.workflow_id

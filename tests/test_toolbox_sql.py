@@ -1,5 +1,6 @@
 """``jobs-index sql``: one read-only statement, enforced by the connection, on each
 backend; a refused statement exits non-zero with one line and changes nothing."""
+
 from __future__ import annotations
 
 import csv
@@ -34,8 +35,10 @@ def test_prints_a_table(sample, db_url):
 
 
 def test_json_and_csv(sample, db_url):
-    query = ("SELECT id, status, created_at, duration_s, error_message FROM jobs_v "
-             "WHERE status = 'failed' ORDER BY create_time, id")
+    query = (
+        "SELECT id, status, created_at, duration_s, error_message FROM jobs_v "
+        "WHERE status = 'failed' ORDER BY create_time, id"
+    )
     as_json = run_cli("sql", "--json", query, db=db_url)
     assert as_json.exit_code == 0, as_json.stderr
     rows = json.loads(as_json.stdout)
@@ -59,7 +62,11 @@ def test_empty_result_and_query_from_stdin(sample, db_url):
 REFUSED_EVERYWHERE = [
     ("delete", "DELETE FROM jobs", "read-only"),
     ("update", "UPDATE jobs SET status = 'failed'", "read-only"),
-    ("insert", "INSERT INTO job_counts (source, workflow_id, status, n) VALUES ('x', 'y', 'completed', 5)", "read-only"),
+    (
+        "insert",
+        "INSERT INTO job_counts (source, workflow_id, status, n) VALUES ('x', 'y', 'completed', 5)",
+        "read-only",
+    ),
     ("drop", "DROP TABLE job_outputs", "read-only"),
     ("create", "CREATE TABLE evil (x integer)", "read-only"),
     ("temp table", "CREATE TEMP TABLE evil AS SELECT * FROM jobs", "read-only"),
@@ -119,8 +126,11 @@ def test_refused_on_postgresql(pg_url, tmp_path, name, query, message):
 
 
 def test_reading_pragmas_and_catalogs_are_allowed(sample, db_url, backend):
-    query = ("PRAGMA table_info(jobs_v)" if backend == "sqlite"
-             else "SELECT column_name AS name FROM information_schema.columns WHERE table_name = 'jobs_v'")
+    query = (
+        "PRAGMA table_info(jobs_v)"
+        if backend == "sqlite"
+        else "SELECT column_name AS name FROM information_schema.columns WHERE table_name = 'jobs_v'"
+    )
     result = run_cli("sql", "--json", query, db=db_url)
     assert result.exit_code == 0, result.stderr
     assert "created_at" in {row["name"] for row in json.loads(result.stdout)}
@@ -137,12 +147,18 @@ def test_bad_input_is_one_line(tmp_path, sqlite_url):
 
 
 def test_as_a_real_process(sample, db_url):
-    done = subprocess.run([sys.executable, "-m", "jobs_index.cli", "--db", db_url, "sql", "--csv",
-                           "SELECT count(*) AS n FROM jobs_v"], capture_output=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "jobs_index.cli", "--db", db_url, "sql", "--csv", "SELECT count(*) AS n FROM jobs_v"],
+        capture_output=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.decode().splitlines() == ["n", "83"]
-    done = subprocess.run([sys.executable, "-m", "jobs_index.cli", "--db", db_url, "sql", "DELETE FROM jobs"],
-                          capture_output=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "jobs_index.cli", "--db", db_url, "sql", "DELETE FROM jobs"],
+        capture_output=True,
+        timeout=120,
+    )
     assert done.returncode == 1 and done.stderr.decode().startswith("Error: refused")
     assert b"Traceback" not in done.stderr
 
@@ -153,14 +169,28 @@ def test_queue_numbers_read_as_comfyui_holds_them(index, db_url):
     from jobs_index.normalize import from_queue
 
     numbers = {"int": 2, "front": -1, "four": 4.0, "half": 2.5, "nan": float("nan"), "inf": float("inf")}
-    index.ingest([from_queue([n, job_id, {}, {"create_time": i}, []], "pending")
-                  for i, (job_id, n) in enumerate(numbers.items())])
-    as_json = run_cli("sql", "--json", "SELECT v.id, v.priority, j.priority_json FROM jobs_v v "
-                      "JOIN jobs j ON j.id = v.id ORDER BY j.create_time", db=db_url)
+    index.ingest(
+        [
+            from_queue([n, job_id, {}, {"create_time": i}, []], "pending")
+            for i, (job_id, n) in enumerate(numbers.items())
+        ]
+    )
+    as_json = run_cli(
+        "sql",
+        "--json",
+        "SELECT v.id, v.priority, j.priority_json FROM jobs_v v JOIN jobs j ON j.id = v.id ORDER BY j.create_time",
+        db=db_url,
+    )
     assert as_json.exit_code == 0, as_json.stderr
     rows = json.loads(as_json.stdout)
     assert [json.dumps(r["priority"]) for r in rows] == ["2", "-1", "4.0", "2.5", '"NaN"', '"Infinity"']
     assert [r["priority_json"] for r in rows] == [None, None, "4.0", "2.5", "NaN", "Infinity"]
     as_csv = run_cli("sql", "--csv", "SELECT v.id, v.priority FROM jobs_v v ORDER BY v.create_time", db=db_url)
-    assert [r["priority"] for r in csv.DictReader(io.StringIO(as_csv.stdout))] == \
-        ["2", "-1", "4.0", "2.5", "NaN", "Infinity"]
+    assert [r["priority"] for r in csv.DictReader(io.StringIO(as_csv.stdout))] == [
+        "2",
+        "-1",
+        "4.0",
+        "2.5",
+        "NaN",
+        "Infinity",
+    ]

@@ -1,4 +1,5 @@
 """``jobs-index stats`` on each backend, checked against a computation in Python."""
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,12 @@ def expected(records, since_ms: int | None) -> dict:
     workflows = defaultdict(list)
     for r in inside:
         workflows[r.workflow_id].append(r)
-    return {"counts": counts, "durations": [r.execution_duration for r in timed],
-            "per_day": per_day, "workflows": workflows}
+    return {
+        "counts": counts,
+        "durations": [r.execution_duration for r in timed],
+        "per_day": per_day,
+        "workflows": workflows,
+    }
 
 
 @pytest.fixture
@@ -56,14 +61,18 @@ def test_stats_match_python(index, spread, window):
     since = None if window is None else now - parse_duration(window)
     report = stats(index, since, until_ms=now, top_workflows=None)
     want = expected(spread, since)
-    assert report.counts == {s: want["counts"].get(s, 0) for s in
-                             ("pending", "in_progress", "completed", "failed", "cancelled")}
+    assert report.counts == {
+        s: want["counts"].get(s, 0) for s in ("pending", "in_progress", "completed", "failed", "cancelled")
+    }
     assert report.total == sum(want["counts"].values())
     finished = sum(want["counts"][s] for s in ("completed", "failed", "cancelled"))
     assert report.failure_rate == (round(want["counts"]["failed"] / finished, 4) if finished else None)
     d = report.duration
-    assert (d["n"], d["p50"], d["p95"]) == (len(want["durations"]), nearest_rank(want["durations"], 50),
-                                            nearest_rank(want["durations"], 95))
+    assert (d["n"], d["p50"], d["p95"]) == (
+        len(want["durations"]),
+        nearest_rank(want["durations"], 50),
+        nearest_rank(want["durations"], 95),
+    )
     assert [day["day"] for day in report.per_day] == sorted(want["per_day"])
     for day in report.per_day:
         assert day["total"] == sum(want["per_day"][day["day"]].values())
@@ -71,8 +80,11 @@ def test_stats_match_python(index, spread, window):
     assert report.workflows_total == len(want["workflows"])
     for row in report.workflows:
         jobs = want["workflows"][row["workflow_id"]]
-        durations = [r.execution_duration for r in jobs
-                     if r.status == "completed" and r.execution_start_time and r.execution_end_time]
+        durations = [
+            r.execution_duration
+            for r in jobs
+            if r.status == "completed" and r.execution_start_time and r.execution_end_time
+        ]
         assert row["total"] == len(jobs)
         assert row["failed"] == sum(r.status == "failed" for r in jobs)
         assert row["duration_ms"]["p50"] == nearest_rank(durations, 50)

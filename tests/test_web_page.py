@@ -9,6 +9,7 @@ jobs full of hostile strings. Expectations come from the records themselves, not
 from the API under test. Screenshots go to ``$JOBS_INDEX_SCREENSHOTS`` (default: a
 pytest tmp dir) for a person to look at.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -34,14 +35,25 @@ from tests.conftest import BACKENDS, make_db_url
 from tests.fixtures_util import capture_history, load_capture
 from tests.live_server import Client, served
 
-playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
+playwright_api = pytest.importorskip(
+    "playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')"
+)
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
 if CHROMIUM is None:
-    pytest.skip("no system Chromium: install Debian's package (apt-get install -y chromium); "
-                ".ci/run does. Playwright's own browser download is not used", allow_module_level=True)
-BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--no-first-run"]
+    pytest.skip(
+        "no system Chromium: install Debian's package (apt-get install -y chromium); "
+        ".ci/run does. Playwright's own browser download is not used",
+        allow_module_level=True,
+    )
+BROWSER_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 PAGE = 50  # the page's page size (app.js)
 
 HOSTILE_SCRIPT = "<script>window.__pwned = 1</script>"
@@ -56,11 +68,17 @@ HUGE = "huge " * 40_000  # 200 kB of prompt text
 
 def _png() -> bytes:
     """A 4x4 opaque PNG (what the stand-in ComfyUI's /api/view answers)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     rows = b"".join(b"\x00" + bytes((200, 80, 40)) * 4 for _ in range(4))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 4, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 4, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _closed_port() -> int:
@@ -95,7 +113,7 @@ def _hostile_items(with_nul: bool) -> list[tuple[str, dict]]:
         if message[0] == "execution_error":
             message[1]["exception_message"] = HOSTILE_ERROR
             message[1]["exception_type"] = "<i>HostileError</i>"
-            message[1]["traceback"] = ["  File \"<script>alert(1)</script>\", line 1\n", HOSTILE_SCRIPT + "\n"]
+            message[1]["traceback"] = ['  File "<script>alert(1)</script>", line 1\n', HOSTILE_SCRIPT + "\n"]
     items.append(("hostile-failed", failed))
 
     if with_nul:  # PostgreSQL text cannot hold NUL (that job is rejected there, by design)
@@ -111,11 +129,21 @@ class Site:
     """The served index, the stand-in ComfyUI of gpu-a and what each job is."""
 
     def __init__(self, url: str, index: JobsIndex, base: str, records: dict, sources: dict, views: list) -> None:
-        self.url, self.index, self.base, self.records, self.sources, self.views = url, index, base, records, sources, views
+        self.url, self.index, self.base, self.records, self.sources, self.views = (
+            url,
+            index,
+            base,
+            records,
+            sources,
+            views,
+        )
 
     def expected_order(self, status: str | None = None, source: str | None = None) -> list[str]:
-        chosen = [r for r in self.records.values()
-                  if (status is None or r.status == status) and (source is None or self.sources[r.id] == source)]
+        chosen = [
+            r
+            for r in self.records.values()
+            if (status is None or r.status == status) and (source is None or self.sources[r.id] == source)
+        ]
         return [r.id for r in sorted(chosen, key=lambda r: (r.create_time, r.id), reverse=True)]
 
     def counts(self, source: str | None = None) -> dict[str, int]:
@@ -146,11 +174,16 @@ def site(request, tmp_path_factory):
     db_url = next(urls)  # skips when this backend is not configured
     views: list = []
     try:
-        with JobsIndex.open(db_url) as index, served(_standin_comfyui(views)) as comfy_port, \
-                served(create_app(index=index)) as port:
-            items = {"gpu-a": list(capture_history().items()),
-                     "gpu-b": list(synthetic_history(120, seed=15)),
-                     "<b>evil</b> \"source\"": _hostile_items(with_nul=request.param == "sqlite")}
+        with (
+            JobsIndex.open(db_url) as index,
+            served(_standin_comfyui(views)) as comfy_port,
+            served(create_app(index=index)) as port,
+        ):
+            items = {
+                "gpu-a": list(capture_history().items()),
+                "gpu-b": list(synthetic_history(120, seed=15)),
+                '<b>evil</b> "source"': _hostile_items(with_nul=request.param == "sqlite"),
+            }
             records, sources = {}, {}
             for source, pairs in items.items():
                 batch = [from_history(key, item) for key, item in pairs]
@@ -206,7 +239,9 @@ def wait_rows(page, n: int) -> None:
 
 def button_counts(page) -> dict[str, str]:
     return page.eval_on_selector_all(
-        "#statuses button", "bs => Object.fromEntries(bs.map(b => [b.dataset.status, b.querySelector('.count').textContent]))")
+        "#statuses button",
+        "bs => Object.fromEntries(bs.map(b => [b.dataset.status, b.querySelector('.count').textContent]))",
+    )
 
 
 def assert_inert(page) -> None:
@@ -249,8 +284,10 @@ def test_scrolling_loads_every_job_once_in_order(site, page):
     # open a job far down, then Back: the detail closes, the list stays as it was
     deep = ids[-3]
     page.click(f'#rows tr[data-id="{deep}"]')
-    page.wait_for_function("id => document.querySelector('#detail h2') && document.querySelector('#detail h2').textContent.includes(id)",
-                           arg=deep)
+    page.wait_for_function(
+        "id => document.querySelector('#detail h2') && document.querySelector('#detail h2').textContent.includes(id)",
+        arg=deep,
+    )
     page.go_back()
     page.wait_for_selector("#detail", state="hidden")
     page.wait_for_timeout(300)
@@ -263,33 +300,43 @@ def test_status_and_source_filters_update_url_counts_and_survive_reload(site, pa
     page.click('#statuses button[data-status="failed"]')
     page.wait_for_url("**/ui/?status=failed")
     want = site.expected_order(status="failed")
-    page.wait_for_function("ids => [...document.querySelectorAll('#rows tr')].map(r => r.dataset.id).join('\\n') === ids.join('\\n')",
-                           arg=want[:PAGE])
+    page.wait_for_function(
+        "ids => [...document.querySelectorAll('#rows tr')].map(r => r.dataset.id).join('\\n') === ids.join('\\n')",
+        arg=want[:PAGE],
+    )
     assert page.locator("#rows .badge:not(.s-failed)").count() == 0
 
     page.select_option("#source", "gpu-b")
     page.wait_for_url("**/ui/?status=failed&source=gpu-b")
     want = site.expected_order(status="failed", source="gpu-b")
-    page.wait_for_function("ids => [...document.querySelectorAll('#rows tr')].map(r => r.dataset.id).join('\\n') === ids.join('\\n')",
-                           arg=want)
+    page.wait_for_function(
+        "ids => [...document.querySelectorAll('#rows tr')].map(r => r.dataset.id).join('\\n') === ids.join('\\n')",
+        arg=want,
+    )
     expected = {k: f"{n:,}" for k, n in site.counts("gpu-b").items()}
-    page.wait_for_function("c => document.querySelector('#statuses button[data-status=\"failed\"] .count').textContent === c",
-                           arg=expected["failed"])
+    page.wait_for_function(
+        "c => document.querySelector('#statuses button[data-status=\"failed\"] .count').textContent === c",
+        arg=expected["failed"],
+    )
     counts = button_counts(page)
     assert {k: v for k, v in counts.items() if k} == expected
     assert counts[""] == f"{sum(site.counts('gpu-b').values()):,}"
     page.screenshot(path=str(shots / f"{site.backend}-filtered.png"))
 
     page.reload()  # the URL holds the view
-    page.wait_for_function("ids => [...document.querySelectorAll('#rows tr')].map(r => r.dataset.id).join('\\n') === ids.join('\\n')",
-                           arg=want)
+    page.wait_for_function(
+        "ids => [...document.querySelectorAll('#rows tr')].map(r => r.dataset.id).join('\\n') === ids.join('\\n')",
+        arg=want,
+    )
     assert page.get_attribute('#statuses button[data-status="failed"]', "aria-pressed") == "true"
     assert page.input_value("#source") == "gpu-b"
 
     page.go_back()  # back to failed jobs of every source
     page.wait_for_url("**/ui/?status=failed")
-    page.wait_for_function("n => document.querySelectorAll('#rows tr').length === n",
-                           arg=min(PAGE, len(site.expected_order(status="failed"))))
+    page.wait_for_function(
+        "n => document.querySelectorAll('#rows tr').length === n",
+        arg=min(PAGE, len(site.expected_order(status="failed"))),
+    )
 
 
 def test_search_box_filters_and_is_in_the_url(site, page):
@@ -297,12 +344,23 @@ def test_search_box_filters_and_is_in_the_url(site, page):
     wait_rows(page, PAGE)
     page.fill("#q", "ComfyMathExpression")
     page.wait_for_url("**/ui/?q=ComfyMathExpression")
-    want = sorted((k for k, item in site.items.items() if k in site.records and any(
-        isinstance(n, dict) and n.get("class_type") == "ComfyMathExpression" for n in item["prompt"][2].values())),
-        key=lambda k: (site.records[k].create_time, k), reverse=True)
+    want = sorted(
+        (
+            k
+            for k, item in site.items.items()
+            if k in site.records
+            and any(
+                isinstance(n, dict) and n.get("class_type") == "ComfyMathExpression" for n in item["prompt"][2].values()
+            )
+        ),
+        key=lambda k: (site.records[k].create_time, k),
+        reverse=True,
+    )
     assert want
-    page.wait_for_function("ids => [...document.querySelectorAll('#rows tr')].map(r => r.dataset.id).join('\\n') === ids.join('\\n')",
-                           arg=want)
+    page.wait_for_function(
+        "ids => [...document.querySelectorAll('#rows tr')].map(r => r.dataset.id).join('\\n') === ids.join('\\n')",
+        arg=want,
+    )
     page.fill("#q", '"unclosed')
     page.wait_for_function("() => !document.getElementById('error').hidden")
     assert "quoted phrase is not closed" in page.inner_text("#error")
@@ -331,8 +389,11 @@ def test_failed_job_detail_shows_error_with_traceback_and_reloads(site, page, sh
 
 
 def test_detail_outputs_link_to_the_source_comfyui_and_thumbnails(site, page, shots):
-    captured = [k for k in site.expected_order(source="gpu-a")
-                if site.items[k].get("outputs") and site.records[k].status == "completed"]
+    captured = [
+        k
+        for k in site.expected_order(source="gpu-a")
+        if site.items[k].get("outputs") and site.records[k].status == "completed"
+    ]
     job_id = captured[0]
     item = site.items[job_id]
     files = [f for node in item["outputs"].values() for f in node.get("images", [])]
@@ -343,11 +404,18 @@ def test_detail_outputs_link_to_the_source_comfyui_and_thumbnails(site, page, sh
     comfy = urlsplit(site.index.follow_state("gpu-a")[0])
     assert (link.hostname, link.port, link.path) == (comfy.hostname, comfy.port, "/api/view")
     assert parse_qs(link.query, keep_blank_values=True) == {
-        "filename": [files[0]["filename"]], "subfolder": [files[0]["subfolder"]], "type": [files[0]["type"]]}
-    page.wait_for_function("() => { const i = document.querySelector('#detail .output img'); return i && i.naturalWidth === 4; }")
+        "filename": [files[0]["filename"]],
+        "subfolder": [files[0]["subfolder"]],
+        "type": [files[0]["type"]],
+    }
+    page.wait_for_function(
+        "() => { const i = document.querySelector('#detail .output img'); return i && i.naturalWidth === 4; }"
+    )
     # the list's thumbnail of the same job came from its ComfyUI too
-    page.wait_for_function("id => { const i = document.querySelector(`#rows tr[data-id='${id}'] img.thumb`); return i && i.naturalWidth === 4; }",
-                           arg=job_id)
+    page.wait_for_function(
+        "id => { const i = document.querySelector(`#rows tr[data-id='${id}'] img.thumb`); return i && i.naturalWidth === 4; }",
+        arg=job_id,
+    )
     assert any(v.get("filename") == files[0]["filename"] for v in site.views)
 
     # the workflow, to drag back into ComfyUI: exactly the one the job ran with
@@ -358,8 +426,11 @@ def test_detail_outputs_link_to_the_source_comfyui_and_thumbnails(site, page, sh
     assert download.value.suggested_filename == f"workflow-{job_id}.json"
 
     # a source the browser cannot reach: a clear placeholder, not a broken image
-    unreachable = next(k for k in site.expected_order(source="gpu-b")[:PAGE - 15]
-                       if site.records[k].preview_output and "images" in site.records[k].preview_output)
+    unreachable = next(
+        k
+        for k in site.expected_order(source="gpu-b")[: PAGE - 15]
+        if site.records[k].preview_output and "images" in site.records[k].preview_output
+    )
     row = page.locator(f'#rows tr[data-id="{unreachable}"]')
     row.scroll_into_view_if_needed()
     row.locator(".ph.broken").wait_for()
@@ -379,8 +450,10 @@ def test_keyboard_moves_opens_and_closes(site, page):
     page.keyboard.press("k")
     assert page.evaluate("document.activeElement.dataset.id") == order[1]
     page.keyboard.press("Enter")
-    page.wait_for_function("id => document.querySelector('#detail h2') && document.querySelector('#detail h2').textContent.includes(id)",
-                           arg=order[1])
+    page.wait_for_function(
+        "id => document.querySelector('#detail h2') && document.querySelector('#detail h2').textContent.includes(id)",
+        arg=order[1],
+    )
     assert page.url.endswith("?job=" + __import__("urllib.parse").parse.quote(order[1], safe=""))
     page.keyboard.press("Escape")
     page.wait_for_selector("#detail", state="hidden")
@@ -398,8 +471,15 @@ def test_hostile_strings_render_as_text(site, page, shots):
     first.click()
     page.wait_for_selector("#detail .output")
     detail = page.inner_text("#detail")
-    for text in (HOSTILE_SCRIPT, HOSTILE_ATTR, HOSTILE_FILE, HOSTILE_LINK + ".safetensors", "<b>NodeType</b>",
-                 '"><script>window.__pwned=6</script>', '<b>evil</b> "source"'):
+    for text in (
+        HOSTILE_SCRIPT,
+        HOSTILE_ATTR,
+        HOSTILE_FILE,
+        HOSTILE_LINK + ".safetensors",
+        "<b>NodeType</b>",
+        '"><script>window.__pwned=6</script>',
+        '<b>evil</b> "source"',
+    ):
         assert text in detail, text
     assert HOSTILE_RTL.strip("\u202e") in detail
     assert page.evaluate("t => document.querySelector('#detail').textContent.includes(t)", HUGE.strip())
@@ -425,11 +505,17 @@ def test_page_endpoints_and_headers(site):
     assert [s["source"] for s in body["sources"]] == sorted(set(site.sources.values()))
     workflow = "11111111-2222-4333-8444-555555555555"  # the captured jobs' (and the hostile failure's)
     for params, keep in (
-            (f"workflow_id={workflow}", lambda r: r.workflow_id == workflow),
-            (f"workflow_id={workflow}&source=gpu-a", lambda r: r.workflow_id == workflow and site.sources[r.id] == "gpu-a"),
-            ("q=ComfyMathExpression", lambda r: any(isinstance(n, dict) and n.get("class_type") == "ComfyMathExpression"
-                                                    for n in site.items[r.id]["prompt"][2].values())),
-            ("source=nowhere", lambda r: False)):
+        (f"workflow_id={workflow}", lambda r: r.workflow_id == workflow),
+        (f"workflow_id={workflow}&source=gpu-a", lambda r: r.workflow_id == workflow and site.sources[r.id] == "gpu-a"),
+        (
+            "q=ComfyMathExpression",
+            lambda r: any(
+                isinstance(n, dict) and n.get("class_type") == "ComfyMathExpression"
+                for n in site.items[r.id]["prompt"][2].values()
+            ),
+        ),
+        ("source=nowhere", lambda r: False),
+    ):
         want = dict.fromkeys(("pending", "in_progress", "completed", "failed", "cancelled"), 0)
         for record in site.records.values():
             if keep(record):
@@ -444,6 +530,7 @@ def test_page_endpoints_and_headers(site):
     assert "job_sources" not in client.get("/api/jobs?include=source").body  # no limit: streamed as ComfyUI's
     ids = ["ded0128e-d015-4548-bf52-3192e6804d72", HOSTILE_ID, "no-such-job"]
     from urllib.parse import urlencode
+
     body = client.get("/api/jobs-index/sources?" + urlencode([("id", i) for i in ids])).body
     assert body["job_sources"] == {ids[0]: "gpu-a", HOSTILE_ID: '<b>evil</b> "source"'}
     by_name = {s["source"]: s for s in body["sources"]}
@@ -457,6 +544,7 @@ def test_page_endpoints_and_headers(site):
     bad = client.get("/api/jobs-index/counts?q=%22open")
     assert bad.status == 400 and bad.body["code"] == "INVALID_SEARCH"
     import urllib.request
+
     with urllib.request.urlopen(site.url) as response:
         csp = response.headers["Content-Security-Policy"]
         assert "script-src 'self'" in csp and "default-src 'none'" in csp
@@ -475,7 +563,8 @@ def test_new_job_appears_at_the_top_without_reload(site, page):
         page.wait_for_function("() => document.querySelector('#rows tr').dataset.id === 'arrived-while-open'")
         ids = row_ids(page)
         assert ids == ["arrived-while-open"] + before
-        page.wait_for_function("n => document.querySelector('#statuses button .count').textContent === n",
-                               arg=f"{len(site.records) + 1:,}")
+        page.wait_for_function(
+            "n => document.querySelector('#statuses button .count').textContent === n", arg=f"{len(site.records) + 1:,}"
+        )
     finally:
         site.index.delete_jobs(["arrived-while-open"])

@@ -4,6 +4,7 @@ and in the same key order, on each backend, including for strings JSON must esca
 (quotes, backslashes, control characters, non-ASCII), for stored JSON that only
 Python's lenient JSON has (NaN), and for every queue number ComfyUI can hold
 (``float(number)`` of a client's number: 4.0, 2.5, NaN, infinities; huge ints)."""
+
 from __future__ import annotations
 
 import json
@@ -18,15 +19,27 @@ from jobs_index.services import JobsIndex
 ODD_TEXT = st.text(alphabet=st.sampled_from('a"\\/\n\t\x01\x1f\x7fé中😀 <>&\u2028'), min_size=1, max_size=8)
 
 
-def item(job_id: str, workflow_id: str | None, *, error_message: str = "boom", create_time=1_700_000_000_000,
-         status: str = "error", preview_name: str = "a.png", number=7) -> dict:
+def item(
+    job_id: str,
+    workflow_id: str | None,
+    *,
+    error_message: str = "boom",
+    create_time=1_700_000_000_000,
+    status: str = "error",
+    preview_name: str = "a.png",
+    number=7,
+) -> dict:
     extra = {"extra_pnginfo": {"workflow": {"id": workflow_id}}} if workflow_id is not None else {}
     if create_time is not None:
         extra["create_time"] = create_time
     messages = [["execution_start", {"timestamp": 10}]]
     if status == "error":
-        messages.append(["execution_error", {"timestamp": 20, "exception_message": error_message,
-                                             "node_id": "3", "ratio": float("nan")}])
+        messages.append(
+            [
+                "execution_error",
+                {"timestamp": 20, "exception_message": error_message, "node_id": "3", "ratio": float("nan")},
+            ]
+        )
     else:
         messages.append(["execution_success", {"timestamp": 20}])
     return {
@@ -57,8 +70,7 @@ def test_every_optional_key_and_odd_strings(index):
     records = [
         normalize.from_history('q"uo\\te\n\x01é中😀', item('q"uo\\te\n\x01é中😀', 'w"f\\\n中')),
         normalize.from_history("plain", item("plain", None, status="success", create_time=None)),
-        normalize.from_history("pending-ish", item("pending-ish", "wf", status="success",
-                                                   preview_name="ü\u2028.png")),
+        normalize.from_history("pending-ish", item("pending-ish", "wf", status="success", preview_name="ü\u2028.png")),
     ]
     index.ingest(records)
     pairs = listed_vs_list_dict(index)
@@ -70,8 +82,7 @@ def test_every_optional_key_and_odd_strings(index):
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(ids=st.lists(ODD_TEXT, min_size=1, max_size=4, unique=True), workflow=st.none() | ODD_TEXT,
-       message=ODD_TEXT)
+@given(ids=st.lists(ODD_TEXT, min_size=1, max_size=4, unique=True), workflow=st.none() | ODD_TEXT, message=ODD_TEXT)
 def test_rendered_json_matches_list_dict(index, ids, workflow, message):
     with write_transaction(index.engine) as conn:  # one index for every example: start empty
         conn.exec_driver_sql("DELETE FROM jobs")
@@ -81,8 +92,28 @@ def test_rendered_json_matches_list_dict(index, ids, workflow, message):
     assert_same(pairs)
 
 
-NUMBERS = [2, -3, 0, 4.0, 7.0, -1.0, 2.5, -0.0, 0.1 + 0.2, 1e16, 1e-07, -1e300, float("nan"), float("inf"),
-           float("-inf"), 2**63 - 1, -(2**63), 2**63, -(2**63) - 1, 10**30]
+NUMBERS = [
+    2,
+    -3,
+    0,
+    4.0,
+    7.0,
+    -1.0,
+    2.5,
+    -0.0,
+    0.1 + 0.2,
+    1e16,
+    1e-07,
+    -1e300,
+    float("nan"),
+    float("inf"),
+    float("-inf"),
+    2**63 - 1,
+    -(2**63),
+    2**63,
+    -(2**63) - 1,
+    10**30,
+]
 
 
 def test_every_queue_number_renders_as_comfyui_dumps_it(index):

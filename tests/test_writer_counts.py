@@ -8,6 +8,7 @@
 * a failed batch (rolled back after the writer's row was inserted) leaves no row
   behind and the counts exact.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,8 +54,10 @@ def test_upgrade_seed_write_adhoc_downgrade(db_url):
         seeded = records(40, seed=3)
         with write_transaction(engine) as conn:
             # a row of this older revision: no priority_json (revision 0006)
-            conn.execute(insert(Job.__table__), [{k: v for k, v in {**r.as_row(), "indexed_at": 1}.items()
-                                                  if k != "priority_json"} for r in seeded])
+            conn.execute(
+                insert(Job.__table__),
+                [{k: v for k, v in {**r.as_row(), "indexed_at": 1}.items() if k != "priority_json"} for r in seeded],
+            )
         migrate(engine, REV_4)
         with engine.connect() as conn:
             assert current_revision(conn) == REV_4
@@ -68,8 +71,10 @@ def test_upgrade_seed_write_adhoc_downgrade(db_url):
         assert index.ingest(fresh, source="a", batch_size=25).inserted == 60
         assert index.ingest(fresh, source="a").unchanged == 60
         assert index.ingest(seeded[:10], source="b").updated == 0  # same content: source kept
-        moved = [dataclasses.replace(r, raw_digest="x" + r.raw_digest[1:], workflow_id="wf-new",
-                                     status="failed") for r in seeded[:15]]
+        moved = [
+            dataclasses.replace(r, raw_digest="x" + r.raw_digest[1:], workflow_id="wf-new", status="failed")
+            for r in seeded[:15]
+        ]
         result = index.ingest(moved, source="b")
         assert (result.updated, result.inserted) == (15, 0)
         older = [dataclasses.replace(r, stage=0, status="pending", raw_digest="y") for r in fresh[:5]]
@@ -77,16 +82,20 @@ def test_upgrade_seed_write_adhoc_downgrade(db_url):
         no_source = [dataclasses.replace(r, source=None, raw_digest="w", status="cancelled") for r in fresh[5:10]]
         assert index.ingest(no_source).updated == 5  # the stored source "a" is kept
         with engine.connect() as conn:
-            assert conn.execute(text("SELECT count(*) FROM jobs WHERE source = 'a' AND raw_digest = 'w'")
-                                ).scalar_one() == 5
+            assert (
+                conn.execute(text("SELECT count(*) FROM jobs WHERE source = 'a' AND raw_digest = 'w'")).scalar_one()
+                == 5
+            )
         assert index.counts_consistent() and index.total() == 100
         assert writer_rows(engine) == 0
 
         # Ad-hoc SQL still fires the triggers.
-        adhoc(engine, "UPDATE jobs SET status = 'cancelled' WHERE id IN "
-                      "(SELECT id FROM jobs ORDER BY id LIMIT 7)")
-        adhoc(engine, "UPDATE jobs SET source = 'c', workflow_id = NULL WHERE id IN "
-                      "(SELECT id FROM jobs ORDER BY id DESC LIMIT 9)")
+        adhoc(engine, "UPDATE jobs SET status = 'cancelled' WHERE id IN (SELECT id FROM jobs ORDER BY id LIMIT 7)")
+        adhoc(
+            engine,
+            "UPDATE jobs SET source = 'c', workflow_id = NULL WHERE id IN "
+            "(SELECT id FROM jobs ORDER BY id DESC LIMIT 9)",
+        )
         adhoc(engine, "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs ORDER BY id LIMIT 3)")
         assert index.counts_consistent() and index.total() == 97
 

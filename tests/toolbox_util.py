@@ -1,4 +1,5 @@
 """Helpers for the toolbox tests: a recent sample index and CLI invocation."""
+
 from __future__ import annotations
 
 import json
@@ -20,13 +21,25 @@ DAY_MS = 24 * HOUR_MS
 
 def recent_records(count: int, *, start_ms: int, seed: int = 7, workflows: int = 6) -> list:
     """``count`` history records from ``start_ms`` on, plus one running and two pending."""
-    history = [from_history(job_id, item)
-               for job_id, item in synthetic_history(count, seed=seed, start_ms=start_ms, workflows=workflows)]
+    history = [
+        from_history(job_id, item)
+        for job_id, item in synthetic_history(count, seed=seed, start_ms=start_ms, workflows=workflows)
+    ]
     rng = random.Random(seed + 1)
     last = history[-1].create_time
-    live = [from_queue(queue_item(rng, str(uuid.UUID(int=rng.getrandbits(128), version=4)), count + i,
-                                  last + 1000 * (i + 1), "sample-workflow"), status)
-            for i, status in enumerate((IN_PROGRESS, PENDING, PENDING))]
+    live = [
+        from_queue(
+            queue_item(
+                rng,
+                str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                count + i,
+                last + 1000 * (i + 1),
+                "sample-workflow",
+            ),
+            status,
+        )
+        for i, status in enumerate((IN_PROGRESS, PENDING, PENDING))
+    ]
     return history + live
 
 
@@ -50,8 +63,7 @@ def snapshot(index) -> dict:
     with index.engine.connect() as conn:
         jobs = Job.__table__
         return {
-            "jobs": sorted(tuple(r) for r in conn.execute(
-                select(*[c for c in jobs.columns if c.name != "raw"]))),
+            "jobs": sorted(tuple(r) for r in conn.execute(select(*[c for c in jobs.columns if c.name != "raw"]))),
             "counts": sorted(tuple(r) for r in conn.execute(select(JobCount.__table__))),
             "outputs": sorted(tuple(r) for r in conn.execute(select(JobOutput.__table__))),
             "search": sorted(tuple(r) for r in conn.exec_driver_sql(SEARCH_ROWS)),
@@ -66,7 +78,9 @@ def side_rows(index, job_id: str | None = None) -> tuple[list, list]:
         o = select(outputs).order_by(outputs.c.job_id, outputs.c.ordinal)
         if job_id is not None:
             o = o.where(outputs.c.job_id == job_id)
-        search = [{"job_id": r[0], "node_types": json.loads(r[1]), "models": json.loads(r[2]),
-                   "loras": json.loads(r[3])}
-                  for r in conn.exec_driver_sql(SEARCH_ROWS) if job_id is None or r[0] == job_id]
+        search = [
+            {"job_id": r[0], "node_types": json.loads(r[1]), "models": json.loads(r[2]), "loras": json.loads(r[3])}
+            for r in conn.exec_driver_sql(SEARCH_ROWS)
+            if job_id is None or r[0] == job_id
+        ]
         return [dict(r._mapping) for r in conn.execute(o)], search

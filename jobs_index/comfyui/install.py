@@ -4,6 +4,7 @@ The shim is ``<ComfyUI>/custom_nodes/jobs_index_node/__init__.py``: a few lines 
 import this package from ComfyUI's Python and call ``setup()``. jobs-index itself must
 be installed into that Python (``<ComfyUI python> -m pip install jobs-index``).
 """
+
 from __future__ import annotations
 
 import shutil

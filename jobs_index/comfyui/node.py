@@ -48,6 +48,7 @@ panel is not deleted by deleting it here, and clear removes this source's finish
 jobs in short transactions (as ``prune``). Rows are removed, not tombstoned. Eviction
 at ComfyUI's 10,000-entry cap is not a deletion: the index keeps those jobs.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -84,8 +85,7 @@ PAGE_PREFIX = "/jobs-index"  # the history page (``jobs_index.web``); it calls .
 PAGE_API_PATHS = frozenset({"/api/jobs-index/counts", "/api/jobs-index/sources"})
 DETAIL_PATH = re.compile(r"/api(?:/api)?/jobs/([^/]+)")
 OPS_PATHS = frozenset({"/jobs-index/metrics", "/jobs-index/healthz", "/jobs-index/readyz"})  # http.add_ops_routes
-HOOKED_METHODS = ("put", "get", "task_done", "delete_queue_item", "wipe_queue",
-                  "delete_history_item", "wipe_history")
+HOOKED_METHODS = ("put", "get", "task_done", "delete_queue_item", "wipe_queue", "delete_history_item", "wipe_history")
 
 
 def _flag(value: str | None, default: bool) -> bool:
@@ -158,8 +158,9 @@ class NodeConfig:
     delete_batch: int = 1000  # rows per transaction of "clear history"
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None,
-                 comfyui_dir: str | os.PathLike | None = None) -> "NodeConfig":
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, comfyui_dir: str | os.PathLike | None = None
+    ) -> "NodeConfig":
         env = os.environ if environ is None else environ
         url = resolve_url(env[ENV_VAR]) if env.get(ENV_VAR) else default_db_url(comfyui_dir)
         try:
@@ -168,19 +169,25 @@ class NodeConfig:
         except ValueError as exc:
             raise ConfigError(f"JOBS_INDEX_QUEUE_MAX / JOBS_INDEX_WAIT_MS must be integers ({exc})") from exc
         outbox = (env.get("JOBS_INDEX_OUTBOX") or "").strip() or default_outbox(comfyui_dir)
-        return cls(db_url=url, source=(env.get("JOBS_INDEX_SOURCE") or "").strip() or None,
-                   outbox=None if outbox.lower() in ("off", "0", "none") else outbox,
-                   serve=_flag(env.get("JOBS_INDEX_SERVE"), True),
-                   follow_deletes=_flag(env.get("JOBS_INDEX_FOLLOW_DELETES"), True),
-                   queue_max=max(1, queue_max), wait_ms=max(0, wait_ms))
+        return cls(
+            db_url=url,
+            source=(env.get("JOBS_INDEX_SOURCE") or "").strip() or None,
+            outbox=None if outbox.lower() in ("off", "0", "none") else outbox,
+            serve=_flag(env.get("JOBS_INDEX_SERVE"), True),
+            follow_deletes=_flag(env.get("JOBS_INDEX_FOLLOW_DELETES"), True),
+            queue_max=max(1, queue_max),
+            wait_ms=max(0, wait_ms),
+        )
 
     def check(self) -> None:
         from sqlalchemy.engine import make_url
 
         parsed = make_url(self.db_url)
         if parsed.get_backend_name() == "sqlite" and Path(parsed.database or "").name == COMFYUI_DB:
-            raise ConfigError(f"{self.db_url} is ComfyUI's own database; jobs-index keeps its own "
-                              f"(unset {ENV_VAR} to use <ComfyUI>/user/{DB_DIRNAME}/{DB_FILENAME})")
+            raise ConfigError(
+                f"{self.db_url} is ComfyUI's own database; jobs-index keeps its own "
+                f"(unset {ENV_VAR} to use <ComfyUI>/user/{DB_DIRNAME}/{DB_FILENAME})"
+            )
 
 
 def _is_reentrant(lock: Any) -> bool:
@@ -206,12 +213,20 @@ class JobsNode:
         self.mutex = self.queue.mutex
         if not _is_reentrant(self.mutex):
             raise ConfigError("ComfyUI's prompt queue mutex is not re-entrant; jobs-index cannot hook it")
-        self.writer = Writer(open_index=self._open_index, read_state=self._read_state, mutex=self.mutex,
-                             source=config.source or (lambda: default_source(server)),
-                             max_queue=config.queue_max, resync_interval=config.resync_interval,
-                             retry_cap=config.retry_cap, outbox=config.outbox, lease_ttl=config.lease_ttl,
-                             legacy_source=LEGACY_SOURCE if config.source != LEGACY_SOURCE else None,
-                             delete_batch=config.delete_batch, open_hint=self._open_hint)
+        self.writer = Writer(
+            open_index=self._open_index,
+            read_state=self._read_state,
+            mutex=self.mutex,
+            source=config.source or (lambda: default_source(server)),
+            max_queue=config.queue_max,
+            resync_interval=config.resync_interval,
+            retry_cap=config.retry_cap,
+            outbox=config.outbox,
+            lease_ttl=config.lease_ttl,
+            legacy_source=LEGACY_SOURCE if config.source != LEGACY_SOURCE else None,
+            delete_batch=config.delete_batch,
+            open_hint=self._open_hint,
+        )
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="jobs-index-read")
         self.serving = config.serve
         self._originals: dict[str, Any] = {}
@@ -234,15 +249,20 @@ class JobsNode:
                 self.server.app.middlewares.append(self.middleware)
             except RuntimeError:  # the app already started: a custom node loaded late
                 self.serving = False
-                log.warning("jobs-index: ComfyUI's server already started; recording jobs, "
-                            "but /api/jobs stays ComfyUI's own until the next start")
+                log.warning(
+                    "jobs-index: ComfyUI's server already started; recording jobs, "
+                    "but /api/jobs stays ComfyUI's own until the next start"
+                )
         self.writer.start()
         atexit.register(self.close)
         self._installed = True
         source = self.config.source or default_source(self.server)
-        log.info("jobs-index: recording ComfyUI jobs as source %s in %s%s",
-                 repr(source) if source else "<host>:<port>",
-                 self.config.db_url, "; serving /api/jobs from it" if self.serving else "")
+        log.info(
+            "jobs-index: recording ComfyUI jobs as source %s in %s%s",
+            repr(source) if source else "<host>:<port>",
+            self.config.db_url,
+            "; serving /api/jobs from it" if self.serving else "",
+        )
         return self
 
     def close(self, flush_timeout: float = 5.0) -> None:
@@ -383,7 +403,7 @@ class JobsNode:
         if path in OPS_PATHS:
             return await self._ops(request, path)
         if path == PAGE_PREFIX or path.startswith(PAGE_PREFIX + "/"):
-            return await self._page(request, handler, path[len(PAGE_PREFIX):])
+            return await self._page(request, handler, path[len(PAGE_PREFIX) :])
         if path in PAGE_API_PATHS:
             return await self._answer(request, handler, None, page_api=path)
         if path in LIST_PATHS:
@@ -406,8 +426,9 @@ class JobsNode:
         response = page_response(subpath)
         return response if response is not None else await handler(request)
 
-    async def _answer(self, request: web.Request, handler, job_id: str | None,
-                      page_api: str | None = None) -> web.StreamResponse:
+    async def _answer(
+        self, request: web.Request, handler, job_id: str | None, page_api: str | None = None
+    ) -> web.StreamResponse:
         from .. import http
 
         builtin = getattr(request.match_info, "http_exception", None) is None
@@ -434,7 +455,6 @@ class JobsNode:
         except JobsIndexError as exc:
             return web.json_response(exc.body(), status=exc.status)
 
-
     async def _ops(self, request: web.Request, path: str) -> web.StreamResponse:
         """``/jobs-index/metrics``, ``/healthz``, ``/readyz``: ``serve``'s handlers over this node's index."""
         from .. import http
@@ -458,8 +478,13 @@ _node: JobsNode | None = None
 _node_lock = threading.Lock()
 
 
-def setup(server: Any = None, *, comfyui_dir: str | os.PathLike | None = None,
-          config: NodeConfig | None = None, environ: Mapping[str, str] | None = None) -> JobsNode | None:
+def setup(
+    server: Any = None,
+    *,
+    comfyui_dir: str | os.PathLike | None = None,
+    config: NodeConfig | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> JobsNode | None:
     """Enable jobs-index in this ComfyUI process (called by the custom node at import).
 
     ``server`` defaults to ``server.PromptServer.instance``; ``config`` to

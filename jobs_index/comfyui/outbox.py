@@ -16,6 +16,7 @@ replays only its own source's rows). ``MemoryOutbox`` has the same interface and
 used when the file cannot be opened (or ``JOBS_INDEX_OUTBOX=off``): then a crash
 loses what was not yet written, as before.
 """
+
 from __future__ import annotations
 
 import base64
@@ -121,9 +122,11 @@ class FileOutbox:
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, "
-                             "source TEXT NOT NULL, run TEXT NOT NULL, seq INTEGER NOT NULL, "
-                             "kind TEXT NOT NULL, body TEXT NOT NULL)")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+                "source TEXT NOT NULL, run TEXT NOT NULL, seq INTEGER NOT NULL, "
+                "kind TEXT NOT NULL, body TEXT NOT NULL)"
+            )
             self._db.execute("CREATE INDEX IF NOT EXISTS outbox_source ON outbox (source, id)")
         except sqlite3.Error:
             self._db.close()
@@ -188,6 +191,10 @@ def open_outbox(path: str | Path | None, source: str, run: str) -> FileOutbox | 
     try:
         return FileOutbox(path, source, run)
     except (OSError, sqlite3.Error) as exc:
-        log.error("jobs-index: cannot open the outbox %s (%s); changes wait in memory until written "
-                  "(a crash while the database is down loses them)", path, exc)
+        log.error(
+            "jobs-index: cannot open the outbox %s (%s); changes wait in memory until written "
+            "(a crash while the database is down loses them)",
+            path,
+            exc,
+        )
         return MemoryOutbox(source, run)

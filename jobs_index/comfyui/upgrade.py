@@ -23,6 +23,7 @@ command line, where ``ps`` would show a password).
 ``open_failure_hint`` turns why the index could not be opened into what to do, for
 the one log line the node writes when it runs without its index.
 """
+
 from __future__ import annotations
 
 import logging
@@ -95,8 +96,10 @@ def is_at_head(engine: Engine) -> bool:
         try:
             script.get_revision(current)
         except CommandError as exc:
-            raise DatabaseTooNew(f"{_shown(engine)} is at schema revision {current!r}, which this jobs-index "
-                                 "does not know (a newer version wrote it)") from exc
+            raise DatabaseTooNew(
+                f"{_shown(engine)} is at schema revision {current!r}, which this jobs-index "
+                "does not know (a newer version wrote it)"
+            ) from exc
     return current == script.get_current_head()
 
 
@@ -127,9 +130,15 @@ def upgrade_in_child(url: str, *, timeout: float = CHILD_TIMEOUT) -> None:
     env[ENV_VAR] = url
     flags = getattr(subprocess, "CREATE_NO_WINDOW", 0)  # Windows: no console window
     try:
-        done = subprocess.run([sys.executable, "-c", _CHILD_CODE, package_root()], env=env,
-                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
-                              creationflags=flags)
+        done = subprocess.run(
+            [sys.executable, "-c", _CHILD_CODE, package_root()],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            creationflags=flags,
+        )
     except (OSError, subprocess.SubprocessError) as exc:
         raise StorageError(f"cannot run the schema upgrade ({sys.executable}): {exc}") from exc
     if done.returncode != 0:
@@ -150,17 +159,29 @@ def open_failure_hint(exc: BaseException, url: str) -> str:
     except Exception:
         pass
     if "can't locate revision" in text or "newer version" in text:
-        return (f"{where} was written by a newer jobs-index: update this node (git pull, or "
-                f"pip install -U jobs-index), or set {ENV_VAR} to another database")
+        return (
+            f"{where} was written by a newer jobs-index: update this node (git pull, or "
+            f"pip install -U jobs-index), or set {ENV_VAR} to another database"
+        )
     if "not a database" in text or "malformed" in text or "corrupt" in text:
-        return (f"{where} is damaged: move it aside (a {Path(str(where)).name}.bak-* next to it is an "
-                f"earlier backup), or set {ENV_VAR} to another file")
+        return (
+            f"{where} is damaged: move it aside (a {Path(str(where)).name}.bak-* next to it is an "
+            f"earlier backup), or set {ENV_VAR} to another file"
+        )
     if "locked" in text:
         return f"another process holds a lock on {where}; close it (another ComfyUI or jobs-index?)"
-    if "readonly" in text or "read-only" in text or "permission" in text or "unable to open" in text \
-            or "cannot create the directory" in text or "is a directory" in text:
-        return (f"make {where} (and its directory) writable by the user running ComfyUI, "
-                f"or set {ENV_VAR} to a writable location")
+    if (
+        "readonly" in text
+        or "read-only" in text
+        or "permission" in text
+        or "unable to open" in text
+        or "cannot create the directory" in text
+        or "is a directory" in text
+    ):
+        return (
+            f"make {where} (and its directory) writable by the user running ComfyUI, "
+            f"or set {ENV_VAR} to a writable location"
+        )
     if "connect" in text or "timeout" in text or "could not translate host" in text:
         return f"start the database server or fix {ENV_VAR} ({where})"
     return f"fix the cause above, or set {ENV_VAR} to another database"
@@ -168,4 +189,3 @@ def open_failure_hint(exc: BaseException, url: str) -> str:
 
 def _shown(engine: Engine) -> str:
     return engine.url.render_as_string(hide_password=True)
-

@@ -43,6 +43,7 @@ all before it are in the database (a dropped operation holds it back until a res
 ``wait_for(seq)`` lets the HTTP side wait, without blocking the event loop, until what
 ComfyUI announced has been written.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -117,12 +118,25 @@ class Writer:
     pending/running updates / all changes are dropped (see the module docstring).
     """
 
-    def __init__(self, *, open_index: Callable[[], JobsIndex], read_state: Callable[[], State],
-                 mutex, source: str | Callable[[], str | None] | None, max_queue: int = 1000,
-                 batch_size: int = 500, resync_interval: float = 600.0, retry_base: float = 0.25,
-                 retry_cap: float = 30.0, outbox: str | Path | None = None, lease_ttl: float = 60.0,
-                 legacy_source: str | None = None, delete_batch: int = 1000,
-                 open_hint: Callable[[Exception], str] | None = None, hard_limit: int = 100_000) -> None:
+    def __init__(
+        self,
+        *,
+        open_index: Callable[[], JobsIndex],
+        read_state: Callable[[], State],
+        mutex,
+        source: str | Callable[[], str | None] | None,
+        max_queue: int = 1000,
+        batch_size: int = 500,
+        resync_interval: float = 600.0,
+        retry_base: float = 0.25,
+        retry_cap: float = 30.0,
+        outbox: str | Path | None = None,
+        lease_ttl: float = 60.0,
+        legacy_source: str | None = None,
+        delete_batch: int = 1000,
+        open_hint: Callable[[Exception], str] | None = None,
+        hard_limit: int = 100_000,
+    ) -> None:
         self._open_index = open_index
         self._open_hint = open_hint
         self._read_state = read_state
@@ -144,8 +158,15 @@ class Writer:
         self.waiting_for: str | None = None  # the other holder of our source's lease, while it holds it
         self.last_seq = 0  # assigned by submit (mutex held)
         self.done_seq = 0
-        self.stats = {"written": 0, "dropped": 0, "resyncs": 0, "failures": 0, "rejected": 0, "spooled": 0,
-                      "replayed": 0}
+        self.stats = {
+            "written": 0,
+            "dropped": 0,
+            "resyncs": 0,
+            "failures": 0,
+            "rejected": 0,
+            "spooled": 0,
+            "replayed": 0,
+        }
         self.max_queue = max(1, max_queue)
         self.hard_limit = max(self.max_queue, hard_limit)
         self._ops: deque[Op] = deque()  # appended under _lock (seq order), taken by the pump
@@ -278,8 +299,7 @@ class Writer:
                     self._pump_thread.start()
                 if self.index is None:
                     self.index = self._open_index()
-                    log.info("jobs-index: database %s open",
-                             self.index.engine.url.render_as_string(hide_password=True))
+                    log.info("jobs-index: database %s open", self.index.engine.url.render_as_string(hide_password=True))
                 if not self._hold_lease():
                     self._stop.wait(min(5.0, self.lease_ttl / 4))
                     continue
@@ -295,8 +315,11 @@ class Writer:
                     log.warning("jobs-index: database writable again; caught up")
                     self.failing = None
             except LeaseLost as exc:
-                log.error("jobs-index: lost the lease of source %r (%s); writing stops until it is "
-                          "taken again", self.source, exc.message)
+                log.error(
+                    "jobs-index: lost the lease of source %r (%s); writing stops until it is taken again",
+                    self.source,
+                    exc.message,
+                )
                 self._lease_until = 0.0
                 self.ready = False
                 self.request_resync()
@@ -316,19 +339,27 @@ class Writer:
         if self.index is None:  # not open: one line per distinct reason, saying what to do
             if message != last:
                 hint = self._open_hint(exc) if self._open_hint is not None else "see the error"
-                log.error("jobs-index: cannot open the jobs index (%s); ComfyUI answers /api/jobs from its "
-                          "own memory meanwhile. To fix: %s. The node retries and catches up from "
-                          "ComfyUI's memory once the index opens", message, hint)
+                log.error(
+                    "jobs-index: cannot open the jobs index (%s); ComfyUI answers /api/jobs from its "
+                    "own memory meanwhile. To fix: %s. The node retries and catches up from "
+                    "ComfyUI's memory once the index opens",
+                    message,
+                    hint,
+                )
                 self._last_logged = (message, time.monotonic())
         elif message != last or time.monotonic() - when > 60:  # do not flood ComfyUI's log
-            log.error("jobs-index: cannot write to the jobs database (%s); ComfyUI runs on, "
-                      "changes wait in the outbox and the index catches up when the database is back", message)
+            log.error(
+                "jobs-index: cannot write to the jobs database (%s); ComfyUI runs on, "
+                "changes wait in the outbox and the index catches up when the database is back",
+                message,
+            )
             self._last_logged = (message, time.monotonic())
 
     def _outbox_failed(self, exc: Exception) -> None:
         if self.outbox is not None and self.outbox.durable:
-            log.error("jobs-index: the outbox failed (%s: %s); changes wait in memory from now on",
-                      type(exc).__name__, exc)
+            log.error(
+                "jobs-index: the outbox failed (%s: %s); changes wait in memory from now on", type(exc).__name__, exc
+            )
             self.outbox = MemoryOutbox(self.source, self.holder)
             self.request_resync()
 
@@ -344,17 +375,20 @@ class Writer:
         if had and self.index.renew_lease(self.source, self.holder, ttl_ms) is not None:
             self._lease_until = now + self.lease_ttl
             return True
-        acquired, holder, expires_at = self.index.acquire_lease(self.source, self.holder, ttl_ms,
-                                                                stale=holder_is_gone)
+        acquired, holder, expires_at = self.index.acquire_lease(self.source, self.holder, ttl_ms, stale=holder_is_gone)
         if not acquired:
             self._lease_until = 0.0
             self.ready = False
             if self.waiting_for != holder:
-                log.error("jobs-index: source %r is being recorded by another process (%s, lease until "
-                          "%s); this ComfyUI writes nothing to the index until that lease is released or "
-                          "expires. Give each ComfyUI its own JOBS_INDEX_SOURCE (the default is "
-                          "<host>:<port>).", self.source, holder,
-                          time.strftime("%H:%M:%S", time.localtime(expires_at / 1000)))
+                log.error(
+                    "jobs-index: source %r is being recorded by another process (%s, lease until "
+                    "%s); this ComfyUI writes nothing to the index until that lease is released or "
+                    "expires. Give each ComfyUI its own JOBS_INDEX_SOURCE (the default is "
+                    "<host>:<port>).",
+                    self.source,
+                    holder,
+                    time.strftime("%H:%M:%S", time.localtime(expires_at / 1000)),
+                )
                 self.waiting_for = holder
             return False
         self._lease_until = now + self.lease_ttl
@@ -476,8 +510,9 @@ class Writer:
             for job_id, reason in result.rejected:  # never dropped without a word
                 log.warning("jobs-index: job %r not recorded: %s", job_id, reason)
             refused = {job_id for job_id, _ in result.rejected}
-            self._written.update(record.id for record in records
-                                 if record.stage == STAGE_HISTORY and record.id not in refused)
+            self._written.update(
+                record.id for record in records if record.stage == STAGE_HISTORY and record.id not in refused
+            )
 
     def _delete(self, index: JobsIndex, op: Entry | Op) -> None:
         """A deletion in ComfyUI, for this source's rows only."""
@@ -532,8 +567,11 @@ class Writer:
             try:
                 removed = self.index.reconcile_live([], source=self.legacy_source, holder=self.holder)
                 if removed:
-                    log.info("jobs-index: removed %d pending/running job(s) left under the old source %r",
-                             removed, self.legacy_source)
+                    log.info(
+                        "jobs-index: removed %d pending/running job(s) left under the old source %r",
+                        removed,
+                        self.legacy_source,
+                    )
             finally:
                 self.index.release_lease(self.legacy_source, self.holder)
         self._legacy_done = True
@@ -587,5 +625,4 @@ def _resolve(future: asyncio.Future) -> None:
 
 def queue_ids(items: Iterable) -> list[str]:
     """The prompt ids of queue items (malformed ones skipped)."""
-    return [item[1] for item in items
-            if isinstance(item, (list, tuple)) and len(item) > 1 and isinstance(item[1], str)]
+    return [item[1] for item in items if isinstance(item, (list, tuple)) and len(item) > 1 and isinstance(item[1], str)]

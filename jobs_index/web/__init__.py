@@ -9,6 +9,7 @@ page at its root, its files under ``static/``) that ``http.add_page`` mounts at
 ``/api/``. Every string from job data is inserted as text (``textContent``), never as
 HTML, and the page's Content-Security-Policy allows scripts from its own files only.
 """
+
 from __future__ import annotations
 
 from importlib.resources import files
@@ -20,10 +21,16 @@ STATIC = Path(str(files(__name__) / "static"))
 
 # Scripts and styles from the page's own files only; images from anywhere over HTTP(S)
 # (thumbnails come from each source's ComfyUI); API calls to this origin only.
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src http: https: data: blob:; "
-       "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'self'")
-HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
-           "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"}
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src http: https: data: blob:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'self'"
+)
+HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
 
 
 _KINDS = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
@@ -34,9 +41,10 @@ def page_response(subpath: str) -> web.Response | None:
     ``/static/NAME`` its files), or None when there is no such file. For hosts that
     route by hand (the ComfyUI custom node's middleware)."""
     if subpath == "/":
-        return web.Response(body=(STATIC / "index.html").read_bytes(), content_type="text/html",
-                            charset="utf-8", headers=HEADERS)
-    name = subpath[len("/static/"):] if subpath.startswith("/static/") else ""
+        return web.Response(
+            body=(STATIC / "index.html").read_bytes(), content_type="text/html", charset="utf-8", headers=HEADERS
+        )
+    name = subpath[len("/static/") :] if subpath.startswith("/static/") else ""
     path = STATIC / name
     kind = _KINDS.get(path.suffix)
     if not name or "/" in name or "\\" in name or name.startswith(".") or kind is None or not path.is_file():

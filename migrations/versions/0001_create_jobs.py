@@ -4,6 +4,7 @@ Revision ID: 0001_create_jobs
 Revises:
 Create Date: 2026-11-28
 """
+
 from __future__ import annotations
 
 import sqlalchemy as sa
@@ -40,15 +41,15 @@ _COUNTED = "OLD.status IS NOT NEW.status OR OLD.workflow_id IS NOT NEW.workflow_
 
 SQLITE_TRIGGERS = [
     f"""CREATE TRIGGER trg_jobs_count_insert AFTER INSERT ON jobs BEGIN
-        {_count_sql('NEW', '1')};
+        {_count_sql("NEW", "1")};
     END""",
     f"""CREATE TRIGGER trg_jobs_count_delete AFTER DELETE ON jobs BEGIN
-        {_count_sql('OLD', '-1')};
+        {_count_sql("OLD", "-1")};
     END""",
     f"""CREATE TRIGGER trg_jobs_count_update AFTER UPDATE OF status, workflow_id, source ON jobs
         WHEN {_COUNTED} BEGIN
-        {_count_sql('OLD', '-1')};
-        {_count_sql('NEW', '1')};
+        {_count_sql("OLD", "-1")};
+        {_count_sql("NEW", "1")};
     END""",
 ]
 
@@ -56,17 +57,17 @@ POSTGRES_TRIGGERS = [
     f"""CREATE FUNCTION jobs_count_trigger() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
         IF TG_OP IN ('UPDATE', 'DELETE') THEN
-            {_count_sql('OLD', '-1')};
+            {_count_sql("OLD", "-1")};
         END IF;
         IF TG_OP IN ('UPDATE', 'INSERT') THEN
-            {_count_sql('NEW', '1')};
+            {_count_sql("NEW", "1")};
         END IF;
         RETURN NULL;
     END $$""",
     """CREATE TRIGGER trg_jobs_count_insert_delete AFTER INSERT OR DELETE ON jobs
         FOR EACH ROW EXECUTE FUNCTION jobs_count_trigger()""",
     f"""CREATE TRIGGER trg_jobs_count_update AFTER UPDATE OF status, workflow_id, source ON jobs
-        FOR EACH ROW WHEN ({_COUNTED.replace('IS NOT', 'IS DISTINCT FROM')})
+        FOR EACH ROW WHEN ({_COUNTED.replace("IS NOT", "IS DISTINCT FROM")})
         EXECUTE FUNCTION jobs_count_trigger()""",
 ]
 
@@ -107,16 +108,13 @@ def upgrade() -> None:
     op.create_index("ix_jobs_create_time_id", "jobs", ["create_time", "id"])
     op.create_index("ix_jobs_status_create_time_id", "jobs", ["status", "create_time", "id"])
     op.create_index(
-        "ix_jobs_workflow_id_status_create_time_id", "jobs",
+        "ix_jobs_workflow_id_status_create_time_id",
+        "jobs",
         ["workflow_id", "status", "create_time", "id"],
     )
-    op.create_index(
-        "ix_jobs_source_status_create_time_id", "jobs", ["source", "status", "create_time", "id"]
-    )
+    op.create_index("ix_jobs_source_status_create_time_id", "jobs", ["source", "status", "create_time", "id"])
     op.create_index("ix_jobs_execution_duration_id", "jobs", ["execution_duration", "id"])
-    op.create_index(
-        "ix_jobs_status_execution_duration_id", "jobs", ["status", "execution_duration", "id"]
-    )
+    op.create_index("ix_jobs_status_execution_duration_id", "jobs", ["status", "execution_duration", "id"])
     op.create_table(
         "job_counts",
         sa.Column("source", sa.Text(), nullable=False),

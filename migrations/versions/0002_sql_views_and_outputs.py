@@ -16,6 +16,7 @@ Revision ID: 0002_sql_views_and_outputs
 Revises: 0001_create_jobs
 Create Date: 2026-11-28
 """
+
 from __future__ import annotations
 
 import json
@@ -37,6 +38,7 @@ THREE_D_EXTENSIONS = (".obj", ".fbx", ".gltf", ".glb", ".usdz")
 
 # -- the view ------------------------------------------------------------------
 
+
 def _iso_sqlite(ms: str) -> str:
     # Exact to the millisecond for every epoch-ms value (checked against Python).
     return f"strftime('%Y-%m-%dT%H:%M:%fZ', {ms} / 1000.0, 'unixepoch')"
@@ -44,8 +46,10 @@ def _iso_sqlite(ms: str) -> str:
 
 def _iso_postgresql(ms: str) -> str:
     # Interval arithmetic on a timestamp without time zone: independent of TimeZone.
-    return (f"to_char(TIMESTAMP '1970-01-01 00:00:00' + {ms} * INTERVAL '1 millisecond', "
-            "'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')")
+    return (
+        f"to_char(TIMESTAMP '1970-01-01 00:00:00' + {ms} * INTERVAL '1 millisecond', "
+        '\'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"\')'
+    )
 
 
 def _view_sql(dialect: str) -> str:
@@ -58,9 +62,9 @@ SELECT
     id,
     status,
     priority,
-    CASE WHEN create_time_missing THEN NULL ELSE {iso('create_time')} END AS created_at,
-    {iso('execution_start_time')} AS started_at,
-    {iso('execution_end_time')} AS ended_at,
+    CASE WHEN create_time_missing THEN NULL ELSE {iso("create_time")} END AS created_at,
+    {iso("execution_start_time")} AS started_at,
+    {iso("execution_end_time")} AS ended_at,
     CASE WHEN execution_start_time <> 0 AND execution_end_time <> 0
          THEN {duration} END AS duration_s,
     outputs_count,
@@ -84,6 +88,7 @@ END"""
 
 # -- backfill (frozen copy of normalize.output_files / node_types at this revision) --
 
+
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and "\x00" not in value else None
 
@@ -101,19 +106,25 @@ def output_files(outputs: Any) -> list[dict]:
                     item = {"filename": item, "type": "output", "subfolder": ""}
                 if not isinstance(item, dict) or _text(item.get("filename")) is None:
                     continue
-                files.append({
-                    "ordinal": len(files), "node_id": str(node_id), "media_type": media_type,
-                    "filename": item["filename"], "subfolder": _text(item.get("subfolder")),
-                    "type": _text(item.get("type")),
-                })
+                files.append(
+                    {
+                        "ordinal": len(files),
+                        "node_id": str(node_id),
+                        "media_type": media_type,
+                        "filename": item["filename"],
+                        "subfolder": _text(item.get("subfolder")),
+                        "type": _text(item.get("type")),
+                    }
+                )
     return files
 
 
 def node_types(prompt_graph: Any) -> list[dict]:
-    return [{"node_id": str(node_id), "class_type": node["class_type"]}
-            for node_id, node in (prompt_graph if isinstance(prompt_graph, dict) else {}).items()
-            if isinstance(node, dict) and _text(node.get("class_type")) is not None
-            and _text(str(node_id)) is not None]
+    return [
+        {"node_id": str(node_id), "class_type": node["class_type"]}
+        for node_id, node in (prompt_graph if isinstance(prompt_graph, dict) else {}).items()
+        if isinstance(node, dict) and _text(node.get("class_type")) is not None and _text(str(node_id)) is not None
+    ]
 
 
 def side_rows(raw_kind: str, raw: bytes) -> tuple[list[dict], list[dict]]:
@@ -126,8 +137,7 @@ def side_rows(raw_kind: str, raw: bytes) -> tuple[list[dict], list[dict]]:
 
 
 def _backfill(bind, outputs_table: sa.Table, nodes_table: sa.Table) -> None:
-    jobs = sa.table("jobs", sa.column("id", ID_TYPE), sa.column("raw_kind", sa.Text),
-                    sa.column("raw", sa.LargeBinary))
+    jobs = sa.table("jobs", sa.column("id", ID_TYPE), sa.column("raw_kind", sa.Text), sa.column("raw", sa.LargeBinary))
     last = None
     while True:
         stmt = sa.select(jobs.c.id, jobs.c.raw_kind, jobs.c.raw).order_by(jobs.c.id).limit(BACKFILL_CHUNK)
@@ -158,8 +168,7 @@ def upgrade() -> None:
         sa.Column("filename", ID_TYPE, nullable=False),
         sa.Column("subfolder", sa.Text(), nullable=True),
         sa.Column("type", sa.Text(), nullable=True),
-        sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], name=op.f("fk_job_outputs_job_id_jobs"),
-                                ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], name=op.f("fk_job_outputs_job_id_jobs"), ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("job_id", "ordinal", name=op.f("pk_job_outputs")),
         sqlite_with_rowid=False,
     )
@@ -169,8 +178,7 @@ def upgrade() -> None:
         sa.Column("job_id", ID_TYPE, nullable=False),
         sa.Column("node_id", sa.Text(), nullable=False),
         sa.Column("class_type", sa.Text(), nullable=False),
-        sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], name=op.f("fk_job_nodes_job_id_jobs"),
-                                ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], name=op.f("fk_job_nodes_job_id_jobs"), ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("job_id", "node_id", name=op.f("pk_job_nodes")),
         sqlite_with_rowid=False,
     )

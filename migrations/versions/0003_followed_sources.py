@@ -9,6 +9,7 @@ Revision ID: 0003_followed_sources
 Revises: 0002_sql_views_and_outputs
 Create Date: 2026-11-28
 """
+
 from __future__ import annotations
 
 import sqlalchemy as sa

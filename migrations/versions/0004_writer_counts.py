@@ -24,6 +24,7 @@ Revision ID: 0004_writer_counts
 Revises: 0003_followed_sources
 Create Date: 2026-11-28
 """
+
 from __future__ import annotations
 
 import sqlalchemy as sa
@@ -61,17 +62,17 @@ def _sqlite_triggers(when: str) -> list[str]:
     extra = f" AND {when}" if when else ""
     return [
         f"""CREATE TRIGGER trg_jobs_count_insert AFTER INSERT ON jobs
-        {'WHEN ' + when if when else ''} BEGIN
-        {_count_sql('NEW', '1')};
+        {"WHEN " + when if when else ""} BEGIN
+        {_count_sql("NEW", "1")};
     END""",
         f"""CREATE TRIGGER trg_jobs_count_delete AFTER DELETE ON jobs
-        {'WHEN ' + when if when else ''} BEGIN
-        {_count_sql('OLD', '-1')};
+        {"WHEN " + when if when else ""} BEGIN
+        {_count_sql("OLD", "-1")};
     END""",
         f"""CREATE TRIGGER trg_jobs_count_update AFTER UPDATE OF status, workflow_id, source ON jobs
         WHEN ({_COUNTED}){extra} BEGIN
-        {_count_sql('OLD', '-1')};
-        {_count_sql('NEW', '1')};
+        {_count_sql("OLD", "-1")};
+        {_count_sql("NEW", "1")};
     END""",
     ]
 
@@ -84,17 +85,17 @@ POSTGRES_ROW_TRIGGERS = [  # 0001's, for the downgrade
     f"""CREATE FUNCTION jobs_count_trigger() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
         IF TG_OP IN ('UPDATE', 'DELETE') THEN
-            {_count_sql('OLD', '-1')};
+            {_count_sql("OLD", "-1")};
         END IF;
         IF TG_OP IN ('UPDATE', 'INSERT') THEN
-            {_count_sql('NEW', '1')};
+            {_count_sql("NEW", "1")};
         END IF;
         RETURN NULL;
     END $$""",
     """CREATE TRIGGER trg_jobs_count_insert_delete AFTER INSERT OR DELETE ON jobs
         FOR EACH ROW EXECUTE FUNCTION jobs_count_trigger()""",
     f"""CREATE TRIGGER trg_jobs_count_update AFTER UPDATE OF status, workflow_id, source ON jobs
-        FOR EACH ROW WHEN ({_COUNTED.replace('IS NOT', 'IS DISTINCT FROM')})
+        FOR EACH ROW WHEN ({_COUNTED.replace("IS NOT", "IS DISTINCT FROM")})
         EXECUTE FUNCTION jobs_count_trigger()""",
 ]
 
@@ -118,7 +119,7 @@ POSTGRES_STATEMENT_TRIGGERS = [
     BEGIN
         IF TG_OP = 'INSERT' THEN {_PG_DELTA.format(rows=_NEW)}
         ELSIF TG_OP = 'DELETE' THEN {_PG_DELTA.format(rows=_OLD)}
-        ELSE {_PG_DELTA.format(rows=_NEW + ' UNION ALL ' + _OLD)}
+        ELSE {_PG_DELTA.format(rows=_NEW + " UNION ALL " + _OLD)}
         END IF;
         RETURN NULL;
     END $$""",

@@ -12,6 +12,7 @@ Revision ID: 0005_filter_timeline_indexes
 Revises: 0004_writer_counts
 Create Date: 2026-11-28
 """
+
 from __future__ import annotations
 
 from alembic import op

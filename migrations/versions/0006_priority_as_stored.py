@@ -32,6 +32,7 @@ Revision ID: 0006_priority_as_stored
 Revises: 0005_filter_timeline_indexes
 Create Date: 2026-12-06
 """
+
 from __future__ import annotations
 
 import json
@@ -66,8 +67,10 @@ def _iso_sqlite(ms: str) -> str:
 
 
 def _iso_postgresql(ms: str) -> str:
-    return (f"to_char(TIMESTAMP '1970-01-01 00:00:00' + {ms} * INTERVAL '1 millisecond', "
-            "'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')")
+    return (
+        f"to_char(TIMESTAMP '1970-01-01 00:00:00' + {ms} * INTERVAL '1 millisecond', "
+        '\'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"\')'
+    )
 
 
 def view_sql(dialect: str, exact_priority: bool = True) -> str:
@@ -80,16 +83,18 @@ def view_sql(dialect: str, exact_priority: bool = True) -> str:
         duration = f"round({duration}, 3)"
     elif exact_priority:
         # An integral float (4.0) is stored as the integer 4 by SQLite's column affinity.
-        priority = ("CASE WHEN priority_json IS NOT NULL AND typeof(priority) = 'integer' "
-                    "THEN CAST(priority AS REAL) ELSE priority END AS priority")
+        priority = (
+            "CASE WHEN priority_json IS NOT NULL AND typeof(priority) = 'integer' "
+            "THEN CAST(priority AS REAL) ELSE priority END AS priority"
+        )
     return f"""CREATE VIEW jobs_v AS
 SELECT
     id,
     status,
     {priority},
-    CASE WHEN create_time_missing THEN NULL ELSE {iso('create_time')} END AS created_at,
-    {iso('execution_start_time')} AS started_at,
-    {iso('execution_end_time')} AS ended_at,
+    CASE WHEN create_time_missing THEN NULL ELSE {iso("create_time")} END AS created_at,
+    {iso("execution_start_time")} AS started_at,
+    {iso("execution_end_time")} AS ended_at,
     CASE WHEN execution_start_time <> 0 AND execution_end_time <> 0
          THEN {duration} END AS duration_s,
     outputs_count,
@@ -106,6 +111,7 @@ FROM jobs"""
 
 
 # -- the queue number of a stored item (frozen copy of normalize.priority_of) ---------
+
 
 def priority_of(number: Any) -> tuple[Any, str | None]:
     """``(priority, priority_json)`` as ``normalize.priority_of`` at this revision."""
@@ -152,10 +158,10 @@ def stored_number(raw_kind: str, raw: bytes) -> tuple[bool, Any]:
 
 
 def _rederive(bind, pg: bool) -> None:
-    jobs = sa.table("jobs", sa.column("id", sa.Text), sa.column("raw_kind", sa.Text),
-                    sa.column("raw", sa.LargeBinary))
+    jobs = sa.table("jobs", sa.column("id", sa.Text), sa.column("raw_kind", sa.Text), sa.column("raw", sa.LargeBinary))
     total = bind.exec_driver_sql(
-        "SELECT COALESCE(SUM(n), 0) FROM job_counts WHERE source = '' AND workflow_id = ''").scalar()
+        "SELECT COALESCE(SUM(n), 0) FROM job_counts WHERE source = '' AND workflow_id = ''"
+    ).scalar()
     loud = int(total or 0) >= PROGRESS_MIN_ROWS
     update = sa.text("UPDATE jobs SET priority = :priority, priority_json = :priority_json WHERE id = :id")
     started, seen, changed, last, next_report = time.monotonic(), 0, 0, None, PROGRESS_EVERY
@@ -174,8 +180,13 @@ def _rederive(bind, pg: bool) -> None:
             priority, priority_json = priority_of(number)
             if priority_json is None:
                 continue  # a 64-bit int: the column holds it already
-            fixes.append({"id": job_id, "priority_json": priority_json,
-                          "priority": pg_priority(priority, priority_json) if pg else priority})
+            fixes.append(
+                {
+                    "id": job_id,
+                    "priority_json": priority_json,
+                    "priority": pg_priority(priority, priority_json) if pg else priority,
+                }
+            )
         if fixes:
             bind.execute(update, fixes)
         changed += len(fixes)
@@ -183,11 +194,20 @@ def _rederive(bind, pg: bool) -> None:
         last = rows[-1][0]
         if loud and seen >= next_report:
             next_report += PROGRESS_EVERY
-            log.warning("0006_priority_as_stored: %s of ~%s jobs checked, %s changed (%.0f s)",
-                        f"{seen:,}", f"{total:,}", f"{changed:,}", time.monotonic() - started)
+            log.warning(
+                "0006_priority_as_stored: %s of ~%s jobs checked, %s changed (%.0f s)",
+                f"{seen:,}",
+                f"{total:,}",
+                f"{changed:,}",
+                time.monotonic() - started,
+            )
     if loud:
-        log.warning("0006_priority_as_stored: done, %s jobs checked, %s changed (%.0f s)",
-                    f"{seen:,}", f"{changed:,}", time.monotonic() - started)
+        log.warning(
+            "0006_priority_as_stored: done, %s jobs checked, %s changed (%.0f s)",
+            f"{seen:,}",
+            f"{changed:,}",
+            time.monotonic() - started,
+        )
 
 
 def upgrade() -> None:
@@ -214,13 +234,17 @@ def downgrade() -> None:
     dialect = bind.dialect.name
     op.execute("DROP VIEW IF EXISTS jobs_v")
     if dialect == "postgresql":
-        op.execute("UPDATE jobs SET priority = 0 WHERE priority = 'NaN' OR priority IN ('Infinity', '-Infinity') "
-                   "OR priority NOT BETWEEN -9223372036854775808 AND 9223372036854775807")
+        op.execute(
+            "UPDATE jobs SET priority = 0 WHERE priority = 'NaN' OR priority IN ('Infinity', '-Infinity') "
+            "OR priority NOT BETWEEN -9223372036854775808 AND 9223372036854775807"
+        )
         op.execute("ALTER TABLE jobs ALTER COLUMN priority TYPE bigint USING round(priority)::bigint")
     else:
-        op.execute("UPDATE jobs SET priority = CASE WHEN typeof(priority) = 'real' "
-                   "AND abs(priority) < 9.2e18 THEN CAST(round(priority) AS INTEGER) ELSE 0 END "
-                   "WHERE typeof(priority) <> 'integer'")
+        op.execute(
+            "UPDATE jobs SET priority = CASE WHEN typeof(priority) = 'real' "
+            "AND abs(priority) < 9.2e18 THEN CAST(round(priority) AS INTEGER) ELSE 0 END "
+            "WHERE typeof(priority) <> 'integer'"
+        )
     # Native DROP COLUMN on both engines (SQLite >= 3.35): no copy of the table.
     op.execute("ALTER TABLE jobs DROP COLUMN priority_json")
     op.execute(view_sql(dialect, exact_priority=False))

@@ -14,6 +14,7 @@ Revision ID: 0007_source_leases
 Revises: 0005_filter_timeline_indexes
 Create Date: 2026-12-06
 """
+
 from __future__ import annotations
 
 import sqlalchemy as sa

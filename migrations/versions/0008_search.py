@@ -29,6 +29,7 @@ Revision ID: 0008_search
 Revises: 0005_filter_timeline_indexes
 Create Date: 2026-12-06
 """
+
 from __future__ import annotations
 
 import json
@@ -83,7 +84,7 @@ PG_TABLES = [
 # SQLite the trigger stands aside while jobs_index_writer has its row).
 FOLLOWED = ("create_time", "execution_duration", "status", "workflow_id", "source")
 _SET = ", ".join(f"{c} = NEW.{c}" for c in FOLLOWED)
-SQLITE_FOLLOW = f"""CREATE TRIGGER trg_jobs_update_search AFTER UPDATE OF {', '.join(FOLLOWED)} ON jobs
+SQLITE_FOLLOW = f"""CREATE TRIGGER trg_jobs_update_search AFTER UPDATE OF {", ".join(FOLLOWED)} ON jobs
 WHEN NOT EXISTS (SELECT 1 FROM jobs_index_writer)
 BEGIN
     UPDATE job_search SET {_SET} WHERE job_id = NEW.id;
@@ -94,16 +95,18 @@ BEGIN
     UPDATE job_search SET {_SET} WHERE job_id = NEW.id;
     RETURN NULL;
 END $$""",
-    f"""CREATE TRIGGER trg_jobs_update_search AFTER UPDATE OF {', '.join(FOLLOWED)} ON jobs FOR EACH ROW
-WHEN ({' OR '.join(f'OLD.{c} IS DISTINCT FROM NEW.{c}' for c in FOLLOWED)})
+    f"""CREATE TRIGGER trg_jobs_update_search AFTER UPDATE OF {", ".join(FOLLOWED)} ON jobs FOR EACH ROW
+WHEN ({" OR ".join(f"OLD.{c} IS DISTINCT FROM NEW.{c}" for c in FOLLOWED)})
 EXECUTE FUNCTION jobs_index_search_follow()""",
 ]
 
 
 def _sqlite_trigger(side_tables: tuple[str, ...]) -> list[str]:
     body = "".join(f"\n    DELETE FROM {t} WHERE job_id = OLD.id;" for t in side_tables)
-    return ["DROP TRIGGER IF EXISTS trg_jobs_delete_side_rows",
-            f"CREATE TRIGGER trg_jobs_delete_side_rows AFTER DELETE ON jobs BEGIN{body}\nEND"]
+    return [
+        "DROP TRIGGER IF EXISTS trg_jobs_delete_side_rows",
+        f"CREATE TRIGGER trg_jobs_delete_side_rows AFTER DELETE ON jobs BEGIN{body}\nEND",
+    ]
 
 
 def _json_list(values) -> str:
@@ -118,8 +121,7 @@ class _Progress:
     def add(self, n: int) -> None:
         self.done += n
         if self.tty and self.total:
-            sys.stderr.write(f"\r{self.what}: {self.done:,}/{self.total:,} jobs "
-                             f"({100 * self.done // self.total}%)")
+            sys.stderr.write(f"\r{self.what}: {self.done:,}/{self.total:,} jobs ({100 * self.done // self.total}%)")
             sys.stderr.flush()
 
     def close(self) -> None:
@@ -166,11 +168,11 @@ def _backfill(bind) -> None:
                 if doc.words:
                     fts.append((docid, doc.fts_text()))
         if pg:
-            bind.exec_driver_sql(f"INSERT INTO job_search ({names}, doc) VALUES "
-                                 f"(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s::tsvector)", rows)
+            bind.exec_driver_sql(
+                f"INSERT INTO job_search ({names}, doc) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s::tsvector)", rows
+            )
         else:
-            bind.exec_driver_sql(f"INSERT INTO job_search (docid, {names}) VALUES "
-                                 "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            bind.exec_driver_sql(f"INSERT INTO job_search (docid, {names}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
             if fts:
                 bind.exec_driver_sql("INSERT INTO job_search_fts (rowid, doc) VALUES (?, ?)", fts)
 
@@ -192,6 +194,7 @@ def upgrade() -> None:
 
 
 # -- downgrade: job_nodes again, from raw (as revision 0002 derived it) ------------
+
 
 def _node_rows(raw_kind: str, item: Any) -> list[tuple[str, str]]:
     prompt = item.get("prompt") if raw_kind == "history" else item
@@ -215,18 +218,21 @@ def downgrade() -> None:
         sa.Column("job_id", id_type, nullable=False),
         sa.Column("node_id", sa.Text(), nullable=False),
         sa.Column("class_type", sa.Text(), nullable=False),
-        sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], name=op.f("fk_job_nodes_job_id_jobs"),
-                                ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], name=op.f("fk_job_nodes_job_id_jobs"), ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("job_id", "node_id", name=op.f("pk_job_nodes")),
         sqlite_with_rowid=False,
     )
     mark = "?" if sqlite else "%s"
     for batch in _batches(bind, "rebuilding job_nodes"):
-        rows = [(job_id, node_id, class_type) for job_id, raw_kind, item, *_ in batch
-                for node_id, class_type in _node_rows(raw_kind, item)]
+        rows = [
+            (job_id, node_id, class_type)
+            for job_id, raw_kind, item, *_ in batch
+            for node_id, class_type in _node_rows(raw_kind, item)
+        ]
         if rows:
-            bind.exec_driver_sql(f"INSERT INTO job_nodes (job_id, node_id, class_type) "
-                                 f"VALUES ({mark}, {mark}, {mark})", rows)
+            bind.exec_driver_sql(
+                f"INSERT INTO job_nodes (job_id, node_id, class_type) VALUES ({mark}, {mark}, {mark})", rows
+            )
     op.create_index("ix_job_nodes_class_type_job_id", "job_nodes", ["class_type", "job_id"])
     if sqlite:
         for sql in _sqlite_trigger(("job_outputs", "job_nodes")):

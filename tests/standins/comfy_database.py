@@ -10,32 +10,45 @@ the jobs-index node starts and check that neither touches the other's database.
 
 Written after ComfyUI's behaviour (read, not copied: ComfyUI is GPL-3.0).
 """
+
 from __future__ import annotations
 
 import os
 import shutil
 from pathlib import Path
 
-from sqlalchemy import (Column, DateTime, ForeignKey, Integer, MetaData, String, Table,
-                        create_engine, event)
+from sqlalchemy import Column, DateTime, ForeignKey, Integer, MetaData, String, Table, create_engine, event
 
 SCRIPT_LOCATION = Path(__file__).with_name("comfy_alembic")
 HEAD = "0002_stand_tags"
 
 # The tables the two revisions create (ComfyUI keeps its own registry: app.database.models.Base).
 metadata = MetaData()
-Table("assets", metadata, Column("id", String(36), primary_key=True), Column("hash", String(256)),
-      Column("size_bytes", Integer, nullable=False), Column("mime_type", String(255)),
-      Column("created_at", DateTime(timezone=False), nullable=False))
-Table("assets_info", metadata, Column("id", String(36), primary_key=True),
-      Column("asset_id", String(36), ForeignKey("assets.id", ondelete="RESTRICT"), nullable=False),
-      Column("name", String(512), nullable=False), Column("owner_id", String(128), nullable=False),
-      Column("created_at", DateTime(timezone=False), nullable=False))
-Table("tags", metadata, Column("name", String(512), primary_key=True),
-      Column("tag_type", String(32), nullable=False))
-Table("asset_info_tags", metadata,
-      Column("asset_info_id", String(36), ForeignKey("assets_info.id", ondelete="CASCADE"), primary_key=True),
-      Column("tag_name", String(512), ForeignKey("tags.name", ondelete="RESTRICT"), primary_key=True))
+Table(
+    "assets",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("hash", String(256)),
+    Column("size_bytes", Integer, nullable=False),
+    Column("mime_type", String(255)),
+    Column("created_at", DateTime(timezone=False), nullable=False),
+)
+Table(
+    "assets_info",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("asset_id", String(36), ForeignKey("assets.id", ondelete="RESTRICT"), nullable=False),
+    Column("name", String(512), nullable=False),
+    Column("owner_id", String(128), nullable=False),
+    Column("created_at", DateTime(timezone=False), nullable=False),
+)
+Table("tags", metadata, Column("name", String(512), primary_key=True), Column("tag_type", String(32), nullable=False))
+Table(
+    "asset_info_tags",
+    metadata,
+    Column("asset_info_id", String(36), ForeignKey("assets_info.id", ondelete="CASCADE"), primary_key=True),
+    Column("tag_name", String(512), ForeignKey("tags.name", ondelete="RESTRICT"), primary_key=True),
+)
 TABLES = frozenset(metadata.tables) | {"alembic_version"}
 
 

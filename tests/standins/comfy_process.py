@@ -9,6 +9,7 @@ from the environment: ``JOBS_INDEX_DB`` ...; ``folder_paths.get_user_directory()
 ``<dir>/user``), start the server, then the prompt worker. Prints ``READY <url>`` on
 stdout once it listens, and runs until killed.
 """
+
 from __future__ import annotations
 
 import argparse

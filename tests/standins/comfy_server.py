@@ -168,8 +168,13 @@ class PromptQueue:
             self.server.queue_updated()
             return item, task_id
 
-    def task_done(self, item_id, history_result: dict, status: Optional[ExecutionStatus],
-                  process_item: Optional[Callable[[tuple], tuple]] = None) -> None:
+    def task_done(
+        self,
+        item_id,
+        history_result: dict,
+        status: Optional[ExecutionStatus],
+        process_item: Optional[Callable[[tuple], tuple]] = None,
+    ) -> None:
         """Move a running item to history (called from the worker thread)."""
         with self.mutex:
             prompt = self.currently_running.pop(item_id)
@@ -291,19 +296,28 @@ def validate_prompt(prompt_id: str, prompt: Any, partial_execution_targets=None)
         prompt = {}
     for node_id, node in prompt.items():
         if not isinstance(node, dict) or "class_type" not in node:
-            return (False, {
-                "type": "invalid_prompt",
-                "message": "Cannot execute because a node is missing the class_type property.",
-                "details": f"Node ID '#{node_id}'",
-                "extra_info": {},
-            }, [], {})
+            return (
+                False,
+                {
+                    "type": "invalid_prompt",
+                    "message": "Cannot execute because a node is missing the class_type property.",
+                    "details": f"Node ID '#{node_id}'",
+                    "extra_info": {},
+                },
+                [],
+                {},
+            )
     linked = {source for node in prompt.values() for source in _links(node)}
     outputs = [node_id for node_id in prompt if node_id not in linked]
     if partial_execution_targets is not None:
         outputs = [node_id for node_id in outputs if node_id in partial_execution_targets]
     if not outputs:
-        return (False, {"type": "prompt_no_outputs", "message": "Prompt has no outputs",
-                        "details": "", "extra_info": {}}, [], {})
+        return (
+            False,
+            {"type": "prompt_no_outputs", "message": "Prompt has no outputs", "details": "", "extra_info": {}},
+            [],
+            {},
+        )
     return True, None, outputs, {}
 
 
@@ -333,8 +347,13 @@ async def _send_catching(function, message) -> None:
     """``server.send_socket_catch_exception``: a dead socket is logged, not raised."""
     try:
         await function(message)
-    except (aiohttp.ClientError, aiohttp.ClientPayloadError, ConnectionResetError,
-            BrokenPipeError, ConnectionError) as err:
+    except (
+        aiohttp.ClientError,
+        aiohttp.ClientPayloadError,
+        ConnectionResetError,
+        BrokenPipeError,
+        ConnectionError,
+    ) as err:
         log.warning("send error: %s", err)
 
 
@@ -353,9 +372,15 @@ class PromptServer:
     instance: "PromptServer"
     queue_class: type = PromptQueue
 
-    def __init__(self, loop: Optional[asyncio.AbstractEventLoop] = None, *, jobs_api: bool = True,
-                 max_history_size: Optional[int] = None, clock: Callable[[], int] = now_ms,
-                 set_instance: bool = True):
+    def __init__(
+        self,
+        loop: Optional[asyncio.AbstractEventLoop] = None,
+        *,
+        jobs_api: bool = True,
+        max_history_size: Optional[int] = None,
+        clock: Callable[[], int] = now_ms,
+        set_instance: bool = True,
+    ):
         if set_instance:
             PromptServer.instance = self
         self.loop = loop
@@ -476,17 +501,24 @@ class PromptServer:
         query = request.rel_url.query
         max_items = query.get("max_items")
         offset = query.get("offset")
-        return web.json_response(self.prompt_queue.get_history(
-            max_items=int(max_items) if max_items is not None else None,
-            offset=int(offset) if offset is not None else -1))
+        return web.json_response(
+            self.prompt_queue.get_history(
+                max_items=int(max_items) if max_items is not None else None,
+                offset=int(offset) if offset is not None else -1,
+            )
+        )
 
     async def _get_history_prompt_id(self, request):
         return web.json_response(self.prompt_queue.get_history(prompt_id=request.match_info["prompt_id"]))
 
     async def _get_queue(self, request):
         running, pending = self.prompt_queue.get_current_queue_volatile()
-        return web.json_response({"queue_running": remove_sensitive_from_queue(running),
-                                  "queue_pending": remove_sensitive_from_queue(pending)})
+        return web.json_response(
+            {
+                "queue_running": remove_sensitive_from_queue(running),
+                "queue_pending": remove_sensitive_from_queue(pending),
+            }
+        )
 
     async def _post_prompt(self, request):
         json_data = self.trigger_on_prompt(await request.json())
@@ -510,9 +542,15 @@ class PromptServer:
                 number = -number
             self.number += 1
         if "prompt" not in json_data:
-            return 400, {"error": {"type": "no_prompt", "message": "No prompt provided",
-                                   "details": "No prompt provided", "extra_info": {}},
-                         "node_errors": {}}
+            return 400, {
+                "error": {
+                    "type": "no_prompt",
+                    "message": "No prompt provided",
+                    "details": "No prompt provided",
+                    "extra_info": {},
+                },
+                "node_errors": {},
+            }
         prompt = json_data["prompt"]
         client_prompt_id = json_data.get("prompt_id")
         if client_prompt_id is None:
@@ -521,12 +559,16 @@ class PromptServer:
             try:
                 prompt_id = validate_job_id(client_prompt_id)
             except ValueError:
-                return 400, {"error": {
-                    "type": "invalid_prompt_id",
-                    "message": "prompt_id must be a valid UUID",
-                    "details": "prompt_id must be a UUID string in canonical lowercase hyphenated "
-                               "form; omit it to let the server generate one",
-                    "extra_info": {}}, "node_errors": {}}
+                return 400, {
+                    "error": {
+                        "type": "invalid_prompt_id",
+                        "message": "prompt_id must be a valid UUID",
+                        "details": "prompt_id must be a UUID string in canonical lowercase hyphenated "
+                        "form; omit it to let the server generate one",
+                        "extra_info": {},
+                    },
+                    "node_errors": {},
+                }
         valid = self.validate_prompt(prompt_id, prompt, json_data.get("partial_execution_targets"))
         extra_data = json_data.get("extra_data", {})
         if "client_id" in json_data:
@@ -575,8 +617,9 @@ class PromptServer:
         """The in-memory jobs state as ComfyUI's handlers hand it to
         ``comfy_execution.jobs``: live history, queue items without index 5."""
         running, pending = self.prompt_queue.get_current_queue_volatile()
-        return Reference(self.prompt_queue.get_history(), remove_sensitive_from_queue(running),
-                         remove_sensitive_from_queue(pending))
+        return Reference(
+            self.prompt_queue.get_history(), remove_sensitive_from_queue(running), remove_sensitive_from_queue(pending)
+        )
 
     def cancel_job(self, job_id: Any) -> bool:
         """``_cancel_job_by_id``: interrupt if running, dequeue if pending, else no-op
@@ -720,8 +763,9 @@ def register_builtin_job_routes(server: PromptServer) -> None:
             except (ValueError, AttributeError, TypeError):
                 invalid_ids.append(job_id if isinstance(job_id, str) else repr(job_id))
         if invalid_ids:
-            return web.json_response({"error": "job_ids contains invalid id(s)", "invalid_ids": invalid_ids},
-                                     status=400)
+            return web.json_response(
+                {"error": "job_ids contains invalid id(s)", "invalid_ids": invalid_ids}, status=400
+            )
         cancelled = False
         for job_id in job_ids:
             cancelled = server.cancel_job(job_id) or cancelled
@@ -787,9 +831,17 @@ class ExecutionRun:
             self._send(event, data)
 
     def _send_progress_state(self) -> None:
-        nodes = {node_id: {**state, "node_id": node_id, "prompt_id": self.prompt_id,
-                           "display_node_id": node_id, "parent_node_id": None, "real_node_id": node_id}
-                 for node_id, state in self.node_states.items()}
+        nodes = {
+            node_id: {
+                **state,
+                "node_id": node_id,
+                "prompt_id": self.prompt_id,
+                "display_node_id": node_id,
+                "parent_node_id": None,
+                "real_node_id": node_id,
+            }
+            for node_id, state in self.node_states.items()
+        }
         self._send("progress_state", {"prompt_id": self.prompt_id, "nodes": nodes})
 
     # -- steps
@@ -802,12 +854,12 @@ class ExecutionRun:
         self.server.interrupt_processing(False)
         self.cached = [node_id for node_id in cached]
         if silent:
-            self.status_messages.append(("execution_start", {"prompt_id": self.prompt_id,
-                                                             "timestamp": self.server.clock()}))
+            self.status_messages.append(
+                ("execution_start", {"prompt_id": self.prompt_id, "timestamp": self.server.clock()})
+            )
             return
         self.add_message("execution_start", {"prompt_id": self.prompt_id}, broadcast=False)
-        self.add_message("execution_cached", {"nodes": list(self.cached), "prompt_id": self.prompt_id},
-                         broadcast=False)
+        self.add_message("execution_cached", {"nodes": list(self.cached), "prompt_id": self.prompt_id}, broadcast=False)
 
     def remaining_nodes(self) -> list[str]:
         done = set(self.executed) | set(self.cached)
@@ -832,11 +884,11 @@ class ExecutionRun:
     def record_output(self, node_id: str, output: dict) -> None:
         """Store a UI output for history and send ``executed`` (cached nodes too)."""
         self.ui_outputs[node_id] = output
-        self.meta[node_id] = {"node_id": node_id, "display_node": node_id, "parent_node": None,
-                              "real_node_id": node_id}
+        self.meta[node_id] = {"node_id": node_id, "display_node": node_id, "parent_node": None, "real_node_id": node_id}
         if self.client_id is not None:
-            self._send("executed", {"node": node_id, "display_node": node_id, "output": output,
-                                    "prompt_id": self.prompt_id})
+            self._send(
+                "executed", {"node": node_id, "display_node": node_id, "output": output, "prompt_id": self.prompt_id}
+            )
 
     def leave_node(self, output: Optional[dict] = None) -> None:
         node_id = self.current_node
@@ -876,21 +928,42 @@ class ExecutionRun:
         """Interrupted at the current (or next) node: broadcast when there is no client."""
         node_id = self._failing_node()
         self.success, self.outcome = False, "interrupted"
-        self.add_message("execution_interrupted", {
-            "prompt_id": self.prompt_id, "node_id": node_id, "node_type": self._node_type(node_id),
-            "executed": list(self.executed)}, broadcast=True)
+        self.add_message(
+            "execution_interrupted",
+            {
+                "prompt_id": self.prompt_id,
+                "node_id": node_id,
+                "node_type": self._node_type(node_id),
+                "executed": list(self.executed),
+            },
+            broadcast=True,
+        )
 
-    def fail(self, exception_type: str = "RuntimeError", exception_message: str = "stand-in failure",
-             traceback_lines: Optional[list] = None, current_inputs: Optional[dict] = None) -> None:
+    def fail(
+        self,
+        exception_type: str = "RuntimeError",
+        exception_message: str = "stand-in failure",
+        traceback_lines: Optional[list] = None,
+        current_inputs: Optional[dict] = None,
+    ) -> None:
         """An exception in the current (or next) node, keys as in history_item_error.json."""
         node_id = self._failing_node()
         self.success, self.outcome = False, "error"
-        self.add_message("execution_error", {
-            "prompt_id": self.prompt_id, "node_id": node_id, "node_type": self._node_type(node_id),
-            "executed": list(self.executed), "exception_message": exception_message,
-            "exception_type": exception_type, "traceback": list(traceback_lines or []),
-            "current_inputs": dict(current_inputs or {}),
-            "current_outputs": list(self.executed) + list(self.cached)}, broadcast=False)
+        self.add_message(
+            "execution_error",
+            {
+                "prompt_id": self.prompt_id,
+                "node_id": node_id,
+                "node_type": self._node_type(node_id),
+                "executed": list(self.executed),
+                "exception_message": exception_message,
+                "exception_type": exception_type,
+                "traceback": list(traceback_lines or []),
+                "current_inputs": dict(current_inputs or {}),
+                "current_outputs": list(self.executed) + list(self.cached),
+            },
+            broadcast=False,
+        )
 
     def fail_from_exception(self, ex: BaseException) -> None:
         self.fail(full_type_name(type(ex)), str(ex), traceback.format_tb(ex.__traceback__))
@@ -902,8 +975,11 @@ class ExecutionRun:
         """``task_done`` (history entry) then ``executing`` with ``node: null``."""
         self.server.last_node_id = None
         self.server.prompt_queue.task_done(
-            self.item_id, {"outputs": self.ui_outputs, "meta": self.meta},
-            status=self.status(), process_item=remove_sensitive)
+            self.item_id,
+            {"outputs": self.ui_outputs, "meta": self.meta},
+            status=self.status(),
+            process_item=remove_sensitive,
+        )
         if self.client_id is not None:
             self._send("executing", {"node": None, "prompt_id": self.prompt_id})
 
@@ -919,8 +995,7 @@ def default_executor(run: ExecutionRun) -> None:
 class Worker:
     """A ``prompt_worker`` thread: ``get()`` an item, execute it, ``task_done``."""
 
-    def __init__(self, queue: PromptQueue, executor_fn: Callable[[ExecutionRun], Any],
-                 poll_interval: float = 0.05):
+    def __init__(self, queue: PromptQueue, executor_fn: Callable[[ExecutionRun], Any], poll_interval: float = 0.05):
         self.queue = queue
         self.executor_fn = executor_fn
         self.poll_interval = poll_interval
@@ -950,8 +1025,9 @@ class Worker:
         self.thread.join(timeout)
 
 
-def run_worker(queue: PromptQueue, executor_fn: Optional[Callable[[ExecutionRun], Any]] = None, *,
-               poll_interval: float = 0.05) -> Worker:
+def run_worker(
+    queue: PromptQueue, executor_fn: Optional[Callable[[ExecutionRun], Any]] = None, *, poll_interval: float = 0.05
+) -> Worker:
     """Start a daemon worker thread over ``queue``; ``worker.stop()`` ends it.
 
     ``executor_fn(run)`` plays the nodes with ``run.run_node(node_id, output)`` /
@@ -985,10 +1061,14 @@ def install_comfy_modules() -> Callable[[], None]:
     """
     modules = {
         "server": _module("server", "Stand-in for ComfyUI's server module.", PromptServer=PromptServer),
-        "execution": _module("execution", "Stand-in for ComfyUI's execution module.",
-                             PromptQueue=PromptQueue, validate_prompt=validate_prompt,
-                             MAXIMUM_HISTORY_SIZE=MAXIMUM_HISTORY_SIZE,
-                             SENSITIVE_EXTRA_DATA_KEYS=SENSITIVE_EXTRA_DATA_KEYS),
+        "execution": _module(
+            "execution",
+            "Stand-in for ComfyUI's execution module.",
+            PromptQueue=PromptQueue,
+            validate_prompt=validate_prompt,
+            MAXIMUM_HISTORY_SIZE=MAXIMUM_HISTORY_SIZE,
+            SENSITIVE_EXTRA_DATA_KEYS=SENSITIVE_EXTRA_DATA_KEYS,
+        ),
     }
     saved = {name: sys.modules.get(name) for name in modules}
     sys.modules.update(modules)

@@ -64,8 +64,7 @@ from .comfy_server import (
 def sample_prompt(color: int = 16711680) -> dict:
     """The EmptyImage -> SaveImage graph the captures were made with."""
     return {
-        "1": {"class_type": "EmptyImage",
-              "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": color}},
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": color}},
         "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "capture_ok"}},
     }
 
@@ -122,10 +121,16 @@ class FakeComfyUI(PromptServer):
 
     queue_class = _LoopQueue
 
-    def __init__(self, *, jobs_api: bool = False, max_history_size: Optional[int] = None,
-                 clock: Callable[[], int] = now_ms, auto_interrupt: bool = True, auto_execute: bool = False):
-        super().__init__(None, jobs_api=jobs_api, max_history_size=max_history_size, clock=clock,
-                         set_instance=False)
+    def __init__(
+        self,
+        *,
+        jobs_api: bool = False,
+        max_history_size: Optional[int] = None,
+        clock: Callable[[], int] = now_ms,
+        auto_interrupt: bool = True,
+        auto_execute: bool = False,
+    ):
+        super().__init__(None, jobs_api=jobs_api, max_history_size=max_history_size, clock=clock, set_instance=False)
         self.auto_interrupt = auto_interrupt
         self.auto_execute = auto_execute
         self._run: Optional[ExecutionRun] = None
@@ -135,9 +140,14 @@ class FakeComfyUI(PromptServer):
         self._outputs_made = 0
 
     @classmethod
-    def from_capture(cls, history: Optional[str] = "history.json",
-                     queue: Optional[str] = "queue_running_pending.json", *,
-                     history_at_queue_snapshot: bool = False, **kwargs) -> "FakeComfyUI":
+    def from_capture(
+        cls,
+        history: Optional[str] = "history.json",
+        queue: Optional[str] = "queue_running_pending.json",
+        *,
+        history_at_queue_snapshot: bool = False,
+        **kwargs,
+    ) -> "FakeComfyUI":
         """A fake holding the captured state (files under tests/fixtures/comfyui).
 
         The capture's queue snapshot was taken before its history snapshot, so by
@@ -245,9 +255,17 @@ class FakeComfyUI(PromptServer):
         return item[1]
 
     @_on_loop
-    def submit(self, prompt: Optional[dict] = None, *, prompt_id: Optional[str] = None,
-               client_id: Optional[str] = None, extra_data: Optional[dict] = None,
-               front: bool = False, workflow_id: Optional[str] = None, number: Any = None) -> str:
+    def submit(
+        self,
+        prompt: Optional[dict] = None,
+        *,
+        prompt_id: Optional[str] = None,
+        client_id: Optional[str] = None,
+        extra_data: Optional[dict] = None,
+        front: bool = False,
+        workflow_id: Optional[str] = None,
+        number: Any = None,
+    ) -> str:
         """Queue a prompt exactly as ``POST /prompt`` would; returns its id.
         ``workflow_id`` sets ``extra_data.extra_pnginfo.workflow.id``; ``number`` is
         the client's queue number (ComfyUI stores ``float(number)``)."""
@@ -255,7 +273,11 @@ class FakeComfyUI(PromptServer):
         extra = copy.deepcopy(extra_data) if extra_data is not None else {}
         if workflow_id is not None:
             extra.setdefault("extra_pnginfo", {})["workflow"] = {
-                "id": workflow_id, "nodes": [], "links": [], "version": 0.4}
+                "id": workflow_id,
+                "nodes": [],
+                "links": [],
+                "version": 0.4,
+            }
         body["extra_data"] = extra
         if client_id is not None:
             body["client_id"] = client_id
@@ -314,8 +336,14 @@ class FakeComfyUI(PromptServer):
         return outputs
 
     @_on_loop
-    def finish(self, prompt_id: Optional[str] = None, status: str = "success",
-               outputs: Optional[dict] = None, *, error: Optional[dict] = None) -> dict:
+    def finish(
+        self,
+        prompt_id: Optional[str] = None,
+        status: str = "success",
+        outputs: Optional[dict] = None,
+        *,
+        error: Optional[dict] = None,
+    ) -> dict:
         """End the running job and move it to history; returns the entry as
         ``GET /history/{prompt_id}`` serves it.
 
@@ -413,16 +441,16 @@ class FakeComfyUI(PromptServer):
 
     def reference(self) -> Reference:
         """The oracle over the state as an HTTP client sees it (JSON round trip)."""
-        return Reference(_as_json(self.history_dict()), _as_json(self.queue_running()),
-                         _as_json(self.queue_pending()))
+        return Reference(_as_json(self.history_dict()), _as_json(self.queue_running()), _as_json(self.queue_pending()))
 
     def connected_client_ids(self) -> list[str]:
         return list(self.sockets)
 
 
 @asynccontextmanager
-async def running_fake_comfyui(port: int = 0, *, fake: Optional[FakeComfyUI] = None,
-                               **kwargs) -> AsyncIterator[FakeComfyUI]:
+async def running_fake_comfyui(
+    port: int = 0, *, fake: Optional[FakeComfyUI] = None, **kwargs
+) -> AsyncIterator[FakeComfyUI]:
     """Serve ``fake`` (or ``FakeComfyUI(**kwargs)``) on 127.0.0.1:``port`` in the
     running loop for the duration of the block; ``fake.url`` is its base URL."""
     fake = fake if fake is not None else FakeComfyUI(**kwargs)

@@ -33,8 +33,7 @@ pytestmark = pytest.mark.timeout(60)
 
 IDS = load_capture("ids.json")
 CLIENT = IDS["client_id"]
-CLOSED = {aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED,
-          aiohttp.WSMsgType.ERROR}
+CLOSED = {aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR}
 
 
 def run(coro):
@@ -140,8 +139,14 @@ def test_seeded_fake_serves_the_captured_bodies():
             assert await get_json(s, fake.url + "/history") == (200, body("history.json"))
             assert await get_json(s, fake.url + "/api/history") == (200, body("history.json"))
             assert await get_json(s, fake.url + "/history?max_items=2") == (200, body("history_max_items_2.json"))
-            for name in ("history_item_success.json", "history_item_error.json", "history_item_interrupted.json",
-                         "history_item_cancelled_running.json", "history_item_cached.json", "history_unknown.json"):
+            for name in (
+                "history_item_success.json",
+                "history_item_error.json",
+                "history_item_interrupted.json",
+                "history_item_cancelled_running.json",
+                "history_item_cached.json",
+                "history_unknown.json",
+            ):
                 capture = load_capture(name)
                 assert await get_json(s, fake.url + capture["request"]["path"]) == (200, capture["body"]), name
             assert await get_json(s, fake.url + "/queue") == (200, body("queue_running_pending.json"))
@@ -206,12 +211,17 @@ def test_post_prompt_answers_like_the_captures():
             assert status == 200 and list(answer) == ["prompt_id", "number", "node_errors"]
             assert str(uuid.UUID(answer["prompt_id"])) == answer["prompt_id"]
             assert (answer["number"], answer["node_errors"]) == (0, {})
-            assert await ws.receive_json() == {"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 1}}}}
+            assert await ws.receive_json() == {
+                "type": "status",
+                "data": {"status": {"exec_info": {"queue_remaining": 1}}},
+            }
 
             for name in ("post_prompt_client_id.json", "post_prompt_bad_prompt_id.json", "post_prompt_no_prompt.json"):
                 capture = load_capture(name)
                 assert await post_json(s, fake.url + "/prompt", capture["request"]["body"]) == (
-                    capture["status"], capture["body"]), name
+                    capture["status"],
+                    capture["body"],
+                ), name
             # Rejected prompts used up numbers 2 and 3, as in the capture's numbering.
             status, answer = await post_json(s, fake.url + "/api/prompt", request_body("post_prompt_front.json"))
             assert (status, answer["number"]) == (200, -4)
@@ -253,8 +263,11 @@ def test_scripted_lifecycle_matches_captured_events_and_history():
             _, answer = await post_json(s, fake.url + "/prompt", request_body("post_prompt_error_workflow.json"))
             err = answer["prompt_id"]
             fake.start_next()
-            fake.finish(err, status="error", error={"exception_type": "ZeroDivisionError",
-                                                    "exception_message": "division by zero\n"})
+            fake.finish(
+                err,
+                status="error",
+                error={"exception_type": "ZeroDivisionError", "exception_message": "division by zero\n"},
+            )
             err_events = await receive_until(ws, done(err))
 
             slow_body = {**request_body("post_prompt_success.json"), "prompt": slow_graph}
@@ -291,10 +304,10 @@ def test_scripted_lifecycle_matches_captured_events_and_history():
         """One prompt's captured events: from the status its POST caused to its end."""
         end = next(i for i, m in enumerate(captured) if done(prompt_id)(m))
         start = max(i for i in range(end) if captured[i]["type"] == "execution_start") - 2
-        return captured[start:end + 1]
+        return captured[start : end + 1]
 
     ok_end, err_end = (next(i for i, m in enumerate(events) if done(pid)(m)) for pid in (ok, err))
-    ok_part, err_part = events[1:ok_end + 1], events[ok_end + 1:err_end + 1]
+    ok_part, err_part = events[1 : ok_end + 1], events[ok_end + 1 : err_end + 1]
     assert [t for t in event_types(ok_part) if t != "progress"] == event_types(captured_run(IDS["ok1"]))
     assert event_types(err_part) == event_types(captured_run(IDS["err"]))
 
@@ -348,7 +361,10 @@ def test_reconnect_with_the_same_client_id_gets_the_executing_node():
 
             ws = await s.ws_connect(fake.url + "/ws?clientId=me")
             greeting, executing = await ws.receive_json(), await ws.receive_json()
-            assert greeting == {"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 1}}, "sid": "me"}}
+            assert greeting == {
+                "type": "status",
+                "data": {"status": {"exec_info": {"queue_remaining": 1}}, "sid": "me"},
+            }
             assert executing == {"type": "executing", "data": {"node": "1"}}
             fake.finish(prompt_id)
             assert "execution_success" in event_types(await receive_until(ws, done(prompt_id)))
@@ -416,8 +432,18 @@ def test_paused_websocket_delivers_held_events_in_order_on_resume():
             assert answer[prompt_id]["status"]["status_str"] == "success"  # HTTP is not paused
             fake.resume_ws()
             events = await receive_until(ws, done(prompt_id))
-            assert event_types(events) == ["status", "status", "execution_start", "execution_cached", "executing",
-                                           "executing", "executed", "execution_success", "status", "executing"]
+            assert event_types(events) == [
+                "status",
+                "status",
+                "execution_start",
+                "execution_cached",
+                "executing",
+                "executing",
+                "executed",
+                "execution_success",
+                "status",
+                "executing",
+            ]
             await ws.close()
 
     run(scenario())
@@ -425,8 +451,10 @@ def test_paused_websocket_delivers_held_events_in_order_on_resume():
 
 def test_evict_removes_history_silently():
     async def scenario():
-        async with running_fake_comfyui(fake=FakeComfyUI.from_capture(queue=None)) as fake, \
-                aiohttp.ClientSession() as s:
+        async with (
+            running_fake_comfyui(fake=FakeComfyUI.from_capture(queue=None)) as fake,
+            aiohttp.ClientSession() as s,
+        ):
             ws = await s.ws_connect(fake.url + "/ws?clientId=me")
             await ws.receive_json()
             assert fake.evict(IDS["ok1"]) is True
@@ -449,11 +477,17 @@ def test_cancel_and_interrupt_like_the_captures():
                 assert await get_json(s, fake.url + capture["request"]["path"]) == (capture["status"], capture["body"])
             assert await get_json(s, fake.url + "/api/jobs") == (200, fake.reference().list_jobs({})[1])
 
-            for name in ("cancel_pending.json", "cancel_batch_invalid.json", "cancel_batch_not_list.json",
-                         "cancel_unknown_nonuuid.json"):
+            for name in (
+                "cancel_pending.json",
+                "cancel_batch_invalid.json",
+                "cancel_batch_not_list.json",
+                "cancel_unknown_nonuuid.json",
+            ):
                 capture = load_capture(name)
                 assert await post_json(s, fake.url + capture["request"]["path"], capture["request"]["body"]) == (
-                    capture["status"], capture["body"]), name
+                    capture["status"],
+                    capture["body"],
+                ), name
             capture = load_capture("job_detail_after_pending_cancel.json")
             assert await get_json(s, fake.url + capture["request"]["path"]) == (capture["status"], capture["body"])
 
@@ -461,20 +495,28 @@ def test_cancel_and_interrupt_like_the_captures():
             assert await post_json(s, fake.url + "/interrupt", capture["request"]["body"]) == (200, None)
             status, answer = await get_json(s, fake.url + f"/history/{IDS['slow_a_interrupted']}")
             assert [m[0] for m in answer[IDS["slow_a_interrupted"]]["status"]["messages"]] == [
-                "execution_start", "execution_interrupted"]  # it was seeded as already running
+                "execution_start",
+                "execution_interrupted",
+            ]  # it was seeded as already running
 
             assert fake.start_next() == IDS["quick_c_front"]  # front=true: the lowest number
             capture = load_capture("cancel_running.json")
             assert await post_json(s, fake.url + f"/api/jobs/{IDS['quick_c_front']}/cancel", None) == (
-                200, capture["body"])
+                200,
+                capture["body"],
+            )
             status, job = await get_json(s, fake.url + f"/api/jobs/{IDS['quick_c_front']}")
             assert job["status"] == "cancelled"
             capture = load_capture("cancel_terminal.json")
             assert await post_json(s, fake.url + f"/api/jobs/{IDS['quick_c_front']}/cancel", None) == (
-                200, capture["body"])
+                200,
+                capture["body"],
+            )
             capture = load_capture("cancel_batch_ok.json")
             assert await post_json(s, fake.url + "/api/jobs/cancel", capture["request"]["body"]) == (
-                200, capture["body"])
+                200,
+                capture["body"],
+            )
 
     run(scenario())
 
@@ -637,8 +679,7 @@ def test_history_eviction_at_the_cap():
     for number in range(6):
         queue.put(queue_item(number, f"p{number}"))
         item, task_id = queue.get()
-        queue.task_done(task_id, {"outputs": {}, "meta": {}}, status,
-                        process_item=lambda p: p[:5] + p[6:])
+        queue.task_done(task_id, {"outputs": {}, "meta": {}}, status, process_item=lambda p: p[:5] + p[6:])
     # ComfyUI evicts only when the history is already over the cap: cap + 1 entries.
     assert list(queue.get_history()) == ["p2", "p3", "p4", "p5"]
     assert all(len(entry["prompt"]) == 5 for entry in queue.history.values())
@@ -660,7 +701,7 @@ def test_flags():
 # ---------------------------------------------- custom-node view of the stand-in
 
 
-CUSTOM_NODE = '''
+CUSTOM_NODE = """
 from aiohttp import web
 from server import PromptServer
 import execution
@@ -675,7 +716,7 @@ async def ping(request):
 @routes.get("/api/jobs")
 async def jobs_override(request):
     return web.json_response({"override": True})
-'''
+"""
 
 
 def test_custom_node_imports_server_and_execution(tmp_path, monkeypatch):
@@ -746,7 +787,10 @@ def test_in_process_cancel_interrupts_the_worker():
                 await asyncio.get_running_loop().run_in_executor(None, started.wait, 5)
                 status, job = await get_json(s, server.url + f"/api/jobs/{prompt_id}")
                 assert job["status"] == "in_progress"
-                assert await post_json(s, server.url + f"/api/jobs/{prompt_id}/cancel", None) == (200, {"cancelled": True})
+                assert await post_json(s, server.url + f"/api/jobs/{prompt_id}/cancel", None) == (
+                    200,
+                    {"cancelled": True},
+                )
                 for _ in range(200):
                     status, job = await get_json(s, server.url + f"/api/jobs/{prompt_id}")
                     if job["status"] != "in_progress":
@@ -758,4 +802,3 @@ def test_in_process_cancel_interrupts_the_worker():
             await server.stop()
 
     run(scenario())
-

@@ -3,6 +3,7 @@
 Revision ID: 0002_stand_tags
 Revises: 0001_stand_assets
 """
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -21,8 +22,9 @@ def upgrade() -> None:
     op.create_index("ix_tags_tag_type", "tags", ["tag_type"])
     op.create_table(
         "asset_info_tags",
-        sa.Column("asset_info_id", sa.String(36), sa.ForeignKey("assets_info.id", ondelete="CASCADE"),
-                  primary_key=True),
+        sa.Column(
+            "asset_info_id", sa.String(36), sa.ForeignKey("assets_info.id", ondelete="CASCADE"), primary_key=True
+        ),
         sa.Column("tag_name", sa.String(512), sa.ForeignKey("tags.name", ondelete="RESTRICT"), primary_key=True),
     )
     op.create_index("ix_asset_info_tags_tag_name", "asset_info_tags", ["tag_name"])
