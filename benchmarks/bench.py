@@ -326,7 +326,7 @@ class Server:
         self._conn, child = ctx.Pipe()
         self.process = ctx.Process(target=_server_main, args=(url, child), daemon=True)
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         self.process.start()
         if not self._conn.poll(120):
             raise RuntimeError("server did not start")
@@ -342,7 +342,7 @@ class Server:
             self.process.join(10)
 
 
-async def _http_series(base: str, cases: list["Case"], warmup: int, requests: int, rounds: int) -> dict[str, dict]:
+async def _http_series(base: str, cases: list[Case], warmup: int, requests: int, rounds: int) -> dict[str, dict]:
     """Sequential requests on one keep-alive connection. The timed requests of each
     query are split into ``rounds`` blocks, round-robin over the queries, so a burst
     of load from elsewhere on the machine hits every query alike."""
@@ -377,11 +377,11 @@ async def _http_series(base: str, cases: list["Case"], warmup: int, requests: in
     return out
 
 
-def http_series(base: str, cases: list["Case"], warmup: int, requests: int, rounds: int = 1) -> dict[str, dict]:
+def http_series(base: str, cases: list[Case], warmup: int, requests: int, rounds: int = 1) -> dict[str, dict]:
     return asyncio.run(_http_series(base, cases, warmup, requests, rounds))
 
 
-def in_process_series(index: JobsIndex, cases: list["Case"], requests: int) -> dict[str, list[float]]:
+def in_process_series(index: JobsIndex, cases: list[Case], requests: int) -> dict[str, list[float]]:
     """The same requests without HTTP: parse + list_jobs + the body text."""
     out: dict[str, list[float]] = {case.name: [] for case in cases}
     rounds = 3

@@ -77,7 +77,7 @@ class Clock:
     def __init__(self, n: int) -> None:
         self.n = n
 
-    def __enter__(self) -> "Clock":
+    def __enter__(self) -> Clock:
         self.t0, self.c0 = time.perf_counter(), time.process_time()
         return self
 
@@ -304,14 +304,12 @@ def _old_write_batch(self, records):
     upsert and side-table statements, the count triggers firing per row. A frozen
     copy of that code (``queries.existing_versions``/``upsert_jobs``,
     ``toolbox_queries.replace_side_rows``), kept here as the baseline."""
-    from sqlalchemy import delete, func, insert, select
+    from sqlalchemy import column, delete, func, insert, select, table
     from sqlalchemy.dialects import postgresql, sqlite
 
     from jobs_index import schema
     from jobs_index.database import write_transaction
     from jobs_index.services import IngestResult
-
-    from sqlalchemy import column, table
 
     jobs, outputs_t = schema.Job.__table__, schema.JobOutput.__table__
     # job_nodes as it was before revision 0008 (no model any more)

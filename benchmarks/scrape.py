@@ -118,7 +118,7 @@ class Served:
         self.ready.set()
         self.loop.run_forever()
 
-    def __enter__(self) -> "Served":
+    def __enter__(self) -> Served:
         self.thread.start()
         self.ready.wait(60)
         return self

@@ -36,10 +36,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from sqlalchemy import create_engine, text  # noqa: E402
-
 import bench  # noqa: E402
 from bench import RESULTS, WORK, Case, Target, http_series, log, pct  # noqa: E402
+from sqlalchemy import create_engine, text  # noqa: E402
+
 from jobs_index import queries, search_queries  # noqa: E402
 from jobs_index.cursor import encode_cursor  # noqa: E402
 from jobs_index.database import read_transaction  # noqa: E402

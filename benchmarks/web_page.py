@@ -38,11 +38,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import bench  # noqa: E402
-from bench import ROOT  # noqa: E402
+import bench
+from bench import ROOT
 
-from jobs_index.cursor import encode_cursor  # noqa: E402
-from jobs_index.services import JobsIndex  # noqa: E402
+from jobs_index.cursor import encode_cursor
+from jobs_index.services import JobsIndex
 
 RESULTS = ROOT / "benchmarks" / "results"
 

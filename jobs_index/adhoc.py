@@ -166,7 +166,7 @@ def postgresql_query(url: str, sql: str) -> Iterator[QueryResult]:
     engine = make_engine(url, pool_size=1)
     try:
         raw = engine.raw_connection()
-    except Exception as exc:  # noqa: BLE001 - any driver error: one line for the user
+    except Exception as exc:  # any driver error: one line for the user
         engine.dispose()
         raise SqlError(f"cannot connect: {getattr(exc, 'orig', exc)}") from exc
     pg = raw.driver_connection

@@ -14,14 +14,14 @@ from collections.abc import Callable
 import click
 
 from . import __version__
+from .cli_live import LOG_FORMAT_OPTION
+from .cli_live import register as register_live
 from .cli_toolbox import Duration, start_retention, stop_retention
 from .cli_toolbox import register as register_toolbox
 from .config import AUTO_MIGRATE_ENV, ENV_VAR, default_sqlite_path, resolve_url
 from .errors import JobsIndexError
-from .render import progress_bar
-from .cli_live import LOG_FORMAT_OPTION
-from .cli_live import register as register_live
 from .logformat import use_format
+from .render import progress_bar
 
 DB_HELP = (
     "Database URL: sqlite:///path/jobs.sqlite3 or postgresql+psycopg://user@host/db "

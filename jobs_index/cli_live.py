@@ -10,7 +10,6 @@ import click
 
 from .logformat import FORMATS, use_format
 
-
 LOG_FORMAT_OPTION = click.option(
     "--log-format",
     type=click.Choice(FORMATS),
@@ -106,7 +105,8 @@ def install_comfyui(comfyui_dir: str, uninstall: bool) -> None:
       jobs-index install-comfyui /path/to/ComfyUI
       jobs-index install-comfyui --uninstall /path/to/ComfyUI
     """
-    from .comfyui.install import install, uninstall as remove
+    from .comfyui.install import install
+    from .comfyui.install import uninstall as remove
 
     if uninstall:
         removed = remove(comfyui_dir)

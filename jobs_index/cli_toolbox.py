@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -303,7 +303,8 @@ def prune(
       jobs-index prune --keep 100000
       jobs-index prune --status failed,cancelled --older-than 7d
     """
-    from .toolbox import count_prunable, prune as run, prune_filter
+    from .toolbox import count_prunable, prune_filter
+    from .toolbox import prune as run
 
     if older_than_ms is None and keep is None and statuses is None:
         raise BadInput("nothing to prune: give --older-than, --keep and/or --status")

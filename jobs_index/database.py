@@ -28,18 +28,18 @@ import logging
 import os
 import re
 import sqlite3
+from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Iterator
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.dialects.sqlite.base import SQLiteCompiler
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
-from .config import AUTO_MIGRATE_ENV, APP_NAME, ENV_VAR, default_sqlite_path, resolve_url  # noqa: F401 (re-exported)
-from .errors import ConfigError, DatabaseTooNew, ForeignKeyViolation, StorageError, UpgradeRequired  # noqa: F401
+from .config import APP_NAME, AUTO_MIGRATE_ENV, ENV_VAR, default_sqlite_path, resolve_url  # noqa: F401 (re-exported)
+from .errors import ConfigError, DatabaseTooNew, ForeignKeyViolation, StorageError, UpgradeRequired
 
 log = logging.getLogger(__name__)
 
@@ -359,7 +359,7 @@ def sqlite_foreign_keys_off(conn: Connection) -> Iterator[Connection]:
             if conn.in_transaction():
                 conn.rollback()
             driver.execute("PRAGMA foreign_keys=ON")
-        except Exception:  # noqa: BLE001 - never return a connection with them off to the pool
+        except Exception:  # never return a connection with them off to the pool
             conn.invalidate()
             raise
 

@@ -23,9 +23,10 @@ import asyncio
 import json
 import logging
 import weakref
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import http_exceptions, web
 from aiohttp.web_protocol import RequestHandler
@@ -201,7 +202,7 @@ async def _close_stream(request: web.Request, stream) -> None:
 # Streamed listings of one index holding a snapshot at a time: no more than its pool's
 # base size, so the pool's overflow always serves other requests and no worker thread
 # waits for a connection a stalled stream holds.
-_stream_slots: "weakref.WeakKeyDictionary[JobsIndex, tuple[asyncio.AbstractEventLoop, asyncio.Semaphore]]" = (
+_stream_slots: weakref.WeakKeyDictionary[JobsIndex, tuple[asyncio.AbstractEventLoop, asyncio.Semaphore]] = (
     weakref.WeakKeyDictionary()
 )
 

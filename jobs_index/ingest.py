@@ -30,12 +30,12 @@ import os
 import re
 import sys
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from itertools import islice
 from multiprocessing import get_context
-from contextlib import nullcontext
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 import orjson

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from .cursor import CURSOR_SORT_FIELD, Cursor, decode_cursor
 from .errors import BadRequest
-from .search import SearchQuery, parse as parse_search
+from .search import SearchQuery
+from .search import parse as parse_search
 
 STATUSES = ("pending", "in_progress", "completed", "failed", "cancelled")
 SORT_FIELDS = ("created_at", "execution_duration")

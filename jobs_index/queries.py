@@ -41,7 +41,8 @@ from sqlalchemy import (
 from . import schema
 from .cursor import MAX_ID_LENGTH
 from .normalize import answer_text, column_text
-from .params import STATUSES as LISTED_STATUSES, ListQuery
+from .params import STATUSES as LISTED_STATUSES
+from .params import ListQuery
 
 jobs = schema.Job.__table__
 counts = schema.JobCount.__table__
@@ -139,7 +140,7 @@ def _sort_column(sort_by: str):
     return jobs.c.create_time if sort_by == "created_at" else jobs.c.execution_duration
 
 
-def _index_for(shape: "_Shape", per_status: bool) -> str:
+def _index_for(shape: _Shape, per_status: bool) -> str:
     """The index an arm seeks: per status, or one seek over every status."""
     if shape.workflow:
         if not per_status and shape.sort_by == "created_at":
@@ -290,7 +291,7 @@ class _Compiled:
     constants: dict
 
     @classmethod
-    def of(cls, stmt, dialect) -> "_Compiled":
+    def of(cls, stmt, dialect) -> _Compiled:
         compiled = stmt.compile(dialect=dialect)
         sql = str(compiled)
         assert "POSTCOMPILE" not in sql, sql

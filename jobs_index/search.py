@@ -147,9 +147,7 @@ def document(raw_kind: str, item: Any) -> Document:
     return Document(_capped(texts), tuple(sorted(node_types)), tuple(sorted(models)), tuple(sorted(loras)))
 
 
-def snippet(
-    raw_kind: str, item: Any, query: "SearchQuery", width: int = 100, mark: tuple[str, str] = ("[", "]")
-) -> str:
+def snippet(raw_kind: str, item: Any, query: SearchQuery, width: int = 100, mark: tuple[str, str] = ("[", "]")) -> str:
     """The first text of the job in which a searched word occurs, marked
     (``highlight``), cut to about ``width`` characters around the first mark; ``""``
     when the match spans texts (a phrase across two inputs)."""

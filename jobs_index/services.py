@@ -19,15 +19,14 @@ from operator import itemgetter
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
-from . import queries, search_queries, wire, write_queries
-from . import live_queries
+from . import live_queries, queries, search_queries, wire, write_queries
 from .cursor import CURSOR_SORT_FIELD, cursor_can_carry, decode_cursor, encode_cursor
 from .database import HeldSnapshot, open_engine, read_statement, read_transaction, write_transaction
 from .errors import JobNotFound, LeaseLost, StorageError
 from .normalize import STAGE_HISTORY, JobRecord, answer_text, column_text, decode_raw, detail_dict
-from .search import snippet
 from .params import STATUSES, ListQuery
 from .queries import ROW_CREATE_TIME, ROW_DURATION, ROW_ID, ROW_JOB_JSON, ROW_TOTAL, Position
+from .search import snippet
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +91,7 @@ class IngestResult:
     removed: int = 0
     rejected: list[tuple[str, str]] = field(default_factory=list)  # (id, reason)
 
-    def add(self, other: "IngestResult") -> None:
+    def add(self, other: IngestResult) -> None:
         self.inserted += other.inserted
         self.updated += other.updated
         self.unchanged += other.unchanged
@@ -123,7 +122,7 @@ class JobStream:
     being read.
     """
 
-    def __init__(self, index: "JobsIndex", query: ListQuery, chunk: int = STREAM_CHUNK) -> None:
+    def __init__(self, index: JobsIndex, query: ListQuery, chunk: int = STREAM_CHUNK) -> None:
         self._index, self._query, self._chunk = index, query, chunk
         self._remaining = query.limit  # None: no limit
         # Positions are in the id column's terms (``normalize.column_text``: same order).
@@ -266,7 +265,7 @@ class JobStream:
             if self._snapshot is not None:
                 self._snapshot.close()
 
-    def __enter__(self) -> "JobStream":
+    def __enter__(self) -> JobStream:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -388,7 +387,7 @@ class JobsIndex:
         self._finished_observers: list[Callable[[list], None]] = []
 
     @classmethod
-    def open(cls, url: str | None = None, *, pool_size: int = 5, auto_migrate: bool | None = None) -> "JobsIndex":
+    def open(cls, url: str | None = None, *, pool_size: int = 5, auto_migrate: bool | None = None) -> JobsIndex:
         """Open (and create or upgrade) the index at ``url`` (see ``resolve_url``).
 
         An older PostgreSQL schema is upgraded only with ``auto_migrate`` (default:
@@ -398,7 +397,7 @@ class JobsIndex:
     def close(self) -> None:
         self.engine.dispose()
 
-    def __enter__(self) -> "JobsIndex":
+    def __enter__(self) -> JobsIndex:
         return self
 
     def __exit__(self, *exc) -> None:

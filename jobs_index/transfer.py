@@ -21,8 +21,7 @@ import zlib
 from typing import Any
 
 from .errors import InvalidItem
-from .normalize import IN_PROGRESS, KIND_HISTORY, KIND_QUEUE, PENDING, JobRecord, detail_dict
-from .normalize import from_history, from_queue
+from .normalize import IN_PROGRESS, KIND_HISTORY, KIND_QUEUE, PENDING, JobRecord, detail_dict, from_history, from_queue
 
 EXPORT_KEYS = frozenset({"job", "raw_kind", "raw"})
 

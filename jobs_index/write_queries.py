@@ -28,7 +28,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
-from functools import lru_cache
+from functools import cache
 from operator import attrgetter
 
 from sqlalchemy import Connection
@@ -100,7 +100,7 @@ _SET = ", ".join(
 _UPSERT_TAIL = f" ON CONFLICT (id) DO UPDATE SET {_SET} WHERE {_GUARD}"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _values_sql(table: str, columns: tuple[str, ...], rows: int, tail: str = "") -> str:
     """SQLite: an INSERT of ``rows`` rows as one multi-row VALUES list."""
     one = "(" + ", ".join(["?"] * len(columns)) + ")"
@@ -115,7 +115,7 @@ def _max_params(conn: Connection) -> int:
         return 999
 
 
-@lru_cache(maxsize=None)
+@cache
 def _unnest_sql(table: str, columns: tuple[str, ...], tail: str) -> str:
     """PostgreSQL: one INSERT of N rows sent as one array per column
     (``unnest(%s::text[], ...)``): a short statement whatever N is, so the driver

@@ -27,9 +27,9 @@ it for good); one that drops an index on purpose names it in ``dropped_indexes``
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 import sqlalchemy as sa
 

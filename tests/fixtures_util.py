@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import copy
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 FIXTURES = Path(__file__).parent / "fixtures" / "comfyui"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load(name: str):
     return json.loads((FIXTURES / name).read_text(encoding="utf-8"))
 

@@ -25,8 +25,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
-
 
 from .live_server import served  # noqa: F401 (re-exported for the reliability tests)
 
@@ -42,7 +40,7 @@ JOBS_INDEX = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "job
 class _RawConnection(http.client.HTTPConnection):
     """``http.client`` minus request-target validation: the bytes go out verbatim."""
 
-    def _validate_path(self, url):  # noqa: D401 - http.client hook
+    def _validate_path(self, url):  # http.client hook
         return None
 
     def _encode_request(self, request):
@@ -155,7 +153,7 @@ class ServeProcess:
                 self.proc.wait(20)
         self._stderr.close()
 
-    def __enter__(self) -> "ServeProcess":
+    def __enter__(self) -> ServeProcess:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -15,8 +15,6 @@ import random
 import time
 import traceback
 
-import pytest
-
 from jobs_index import JobsIndex, parse_list_query
 from jobs_index.database import write_transaction
 from jobs_index.normalize import from_history, from_queue
@@ -86,11 +84,11 @@ def writer_main(url: str, writer: int, start, results) -> None:
                     if writer == 2 and offset % (BATCH * 10) == 0:
                         # A queue snapshot in which nothing is queued any more.
                         stats["removed"] += index.reconcile_live([], source=source)
-                except Exception:  # noqa: BLE001 - reported to the test
+                except Exception:  # reported to the test
                     errors.append(traceback.format_exc())
             stats["seconds"] = time.perf_counter() - began
             stats["end"] = time.time()
-    except Exception:  # noqa: BLE001
+    except Exception:
         errors.append(traceback.format_exc())
     results.put((stats, errors))
 

@@ -300,7 +300,7 @@ class HeldLock:
     def __init__(self, db_url: str) -> None:
         self.db_url = db_url
 
-    def __enter__(self) -> "HeldLock":
+    def __enter__(self) -> HeldLock:
         if self.db_url.startswith("sqlite"):
             self.conn = sqlite3.connect(self.db_url.removeprefix("sqlite:///"), isolation_level=None)
             self.conn.execute("BEGIN IMMEDIATE")

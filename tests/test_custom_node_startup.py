@@ -180,11 +180,7 @@ def test_an_index_from_a_newer_jobs_index_is_left_alone(tmp_path, caplog):
     path = tmp_path / "jobs.sqlite3"
     JobsIndex.open(f"sqlite:///{path}").close()
     set_revision = lambda revision: (
-        sqlite3.connect(path)
-        .execute(  # noqa: E731
-            f"UPDATE {VERSION_TABLE} SET version_num = ?", (revision,)
-        )
-        .connection.commit()
+        sqlite3.connect(path).execute(f"UPDATE {VERSION_TABLE} SET version_num = ?", (revision,)).connection.commit()
     )
     set_revision("9999_from_the_future")
     run(

@@ -27,8 +27,7 @@ from click.testing import CliRunner
 
 from jobs_index import JobsIndex
 from jobs_index.cli import cli
-from jobs_index.errors import ConfigError
-from jobs_index.errors import JobNotFound
+from jobs_index.errors import ConfigError, JobNotFound
 from jobs_index.follow import Backoff, Follower, SourceBusy, Target, default_source, make_targets, normalize_url
 from jobs_index.http import ServerConfig, create_app
 

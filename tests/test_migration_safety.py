@@ -28,8 +28,7 @@ from jobs_index.database import ForeignKeyViolation, StorageError, current_revis
 from jobs_index.schema import FollowedSource, Job, JobOutput
 from jobs_index.search_queries import _document, store
 
-from .test_toolbox_migration import seed_records
-from .test_toolbox_migration import record_nodes
+from .test_toolbox_migration import record_nodes, seed_records
 from .toolbox_util import side_rows
 
 ROOT = Path(__file__).resolve().parent.parent

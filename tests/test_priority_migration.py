@@ -18,7 +18,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 from alembic import command
 from sqlalchemy import text
 

@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -24,7 +23,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 from sqlalchemy import create_engine, text
 
 from jobs_index import JobsIndex

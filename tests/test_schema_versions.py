@@ -25,7 +25,7 @@ from sqlalchemy.engine import make_url
 
 from jobs_index import JobsIndex
 from jobs_index.database import AUTO_MIGRATE_ENV, VERSION_TABLE, current_revision, head_revision, make_engine, migrate
-from jobs_index.errors import DatabaseTooNew, SchemaVersionError, StorageError, UpgradeRequired
+from jobs_index.errors import DatabaseTooNew, SchemaVersionError, UpgradeRequired
 
 from .toolbox_util import recent_records
 
@@ -201,8 +201,8 @@ def test_custom_node_on_a_newer_database_copies_nothing_and_comfyui_answers(sqli
     """The node's writer retries a failing database (here every 0.2 s): on a newer
     database every retry is a cheap refusal — no backup, no write — and ComfyUI
     keeps answering /api/jobs from its own memory."""
-    from .test_custom_node import WAIT, _true, comfyui, run
     from .live_util import eventually
+    from .test_custom_node import WAIT, _true, comfyui, run
 
     newer_database(sqlite_url)
     before = state(sqlite_url)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from alembic import command
-from sqlalchemy import inspect, insert, text
+from sqlalchemy import insert, inspect, text
 
 from jobs_index import JobsIndex
 from jobs_index.database import alembic_config, current_revision, make_engine, migrate, write_transaction
@@ -94,7 +94,7 @@ def test_upgrade_backfills_from_raw_then_downgrade_and_again(db_url):
             assert current_revision(conn) == REV_2
         index = JobsIndex(engine)
         expected_outputs = [{**o, "job_id": r.id} for r in sorted(records, key=lambda r: r.id) for o in r.output_files]
-        expected_nodes = sorted(((r.id, n["node_id"], n["class_type"]) for r in records for n in record_nodes(r)))
+        expected_nodes = sorted((r.id, n["node_id"], n["class_type"]) for r in records for n in record_nodes(r))
         outputs, nodes = side_rows(engine)
         assert sorted(outputs, key=lambda o: (o["job_id"], o["ordinal"])) == sorted(
             expected_outputs, key=lambda o: (o["job_id"], o["ordinal"])

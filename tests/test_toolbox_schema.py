@@ -17,7 +17,6 @@ from jobs_index.units import iso_ms
 from .fixtures_util import capture_history, capture_queue
 from .toolbox_util import build_recent, side_rows
 
-
 # -- the pure derivations ------------------------------------------------------
 
 

@@ -12,14 +12,12 @@ pytest tmp dir) for a person to look at.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
 import os
 import shutil
 import socket
 import struct
-import threading
 import zlib
 from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit

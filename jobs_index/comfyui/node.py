@@ -69,8 +69,8 @@ from aiohttp import web
 from ..config import ENV_VAR, resolve_url
 from ..database import make_engine
 from ..errors import ConfigError, JobsIndexError, StorageError
-from ..normalize import IN_PROGRESS, PENDING
 from ..metrics import Metrics
+from ..normalize import IN_PROGRESS, PENDING
 from ..services import JobsIndex
 from .upgrade import ensure_schema, open_failure_hint
 from .writer import CLEARED, DELETED, FINISHED, QUEUED, UNQUEUED, State, Writer, queue_ids
@@ -160,7 +160,7 @@ class NodeConfig:
     @classmethod
     def from_env(
         cls, environ: Mapping[str, str] | None = None, comfyui_dir: str | os.PathLike | None = None
-    ) -> "NodeConfig":
+    ) -> NodeConfig:
         env = os.environ if environ is None else environ
         url = resolve_url(env[ENV_VAR]) if env.get(ENV_VAR) else default_db_url(comfyui_dir)
         try:
@@ -236,7 +236,7 @@ class JobsNode:
 
     # -- lifecycle
 
-    def install(self) -> "JobsNode":
+    def install(self) -> JobsNode:
         for name in HOOKED_METHODS:
             original = getattr(self.queue, name, None)
             if original is None:

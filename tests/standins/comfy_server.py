@@ -46,8 +46,9 @@ import time
 import traceback
 import types
 import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, List, Literal, NamedTuple, Optional
+from typing import Any, Literal, NamedTuple
 
 import aiohttp
 from aiohttp import web
@@ -114,7 +115,7 @@ class ExecutionStatus(NamedTuple):
 
     status_str: Literal["success", "error"]
     completed: bool
-    messages: List[Any]
+    messages: list[Any]
 
 
 class PromptQueue:
@@ -130,7 +131,7 @@ class PromptQueue:
 
     ExecutionStatus = ExecutionStatus
 
-    def __init__(self, server: "PromptServer", max_history_size: Optional[int] = None):
+    def __init__(self, server: PromptServer, max_history_size: int | None = None):
         self.server = server
         self.max_history_size = max_history_size
         self.mutex = threading.RLock()
@@ -154,7 +155,7 @@ class PromptQueue:
             self.not_empty.notify()
         return True
 
-    def get(self, timeout: Optional[float] = None):
+    def get(self, timeout: float | None = None):
         """Block until an item is pending; return ``(item, task_id)``, or None on timeout."""
         with self.not_empty:
             while len(self.queue) == 0:
@@ -172,8 +173,8 @@ class PromptQueue:
         self,
         item_id,
         history_result: dict,
-        status: Optional[ExecutionStatus],
-        process_item: Optional[Callable[[tuple], tuple]] = None,
+        status: ExecutionStatus | None,
+        process_item: Callable[[tuple], tuple] | None = None,
     ) -> None:
         """Move a running item to history (called from the worker thread)."""
         with self.mutex:
@@ -369,15 +370,15 @@ class PromptServer:
     ``max_history_size`` overrides ``MAXIMUM_HISTORY_SIZE`` for this queue.
     """
 
-    instance: "PromptServer"
+    instance: PromptServer
     queue_class: type = PromptQueue
 
     def __init__(
         self,
-        loop: Optional[asyncio.AbstractEventLoop] = None,
+        loop: asyncio.AbstractEventLoop | None = None,
         *,
         jobs_api: bool = True,
-        max_history_size: Optional[int] = None,
+        max_history_size: int | None = None,
         clock: Callable[[], int] = now_ms,
         set_instance: bool = True,
     ):
@@ -387,9 +388,9 @@ class PromptServer:
         self.clock = clock
         self.messages: asyncio.Queue = asyncio.Queue()
         self.number = 0
-        self.client_id: Optional[str] = None
-        self.last_node_id: Optional[str] = None
-        self.last_prompt_id: Optional[str] = None
+        self.client_id: str | None = None
+        self.last_node_id: str | None = None
+        self.last_prompt_id: str | None = None
         self.sockets: dict[str, web.WebSocketResponse] = {}
         self.sockets_metadata: dict[str, dict] = {}
         self.on_prompt_handlers: list = []
@@ -399,13 +400,13 @@ class PromptServer:
         self.app = web.Application(middlewares=self._middlewares())
         self.routes = web.RouteTableDef()
         self.address = "127.0.0.1"
-        self.port: Optional[int] = None
+        self.port: int | None = None
         self._interrupted = threading.Event()
         self._live_ws: dict[web.WebSocketResponse, asyncio.BaseTransport] = {}
         self._routes_added = False
-        self._runner: Optional[web.AppRunner] = None
-        self._publisher: Optional[asyncio.Task] = None
-        self._loop_thread: Optional[int] = None
+        self._runner: web.AppRunner | None = None
+        self._publisher: asyncio.Task | None = None
+        self._loop_thread: int | None = None
         self._define_routes(jobs_api)
 
     # -- hooks for subclasses
@@ -807,16 +808,16 @@ class ExecutionRun:
         sensitive = item[5] if len(item) > 5 and isinstance(item[5], dict) else {}
         self.extra_data: dict = {**(item[3] or {}), **sensitive}  # what nodes see
         self.outputs_to_execute: list = list(item[4] or [])
-        self.client_id: Optional[str] = self.extra_data.get("client_id")
+        self.client_id: str | None = self.extra_data.get("client_id")
         self.status_messages: list = []
         self.executed: list[str] = []
         self.cached: list[str] = []
-        self.current_node: Optional[str] = None
+        self.current_node: str | None = None
         self.node_states: dict[str, dict] = {}
         self.ui_outputs: dict = {}
         self.meta: dict = {}
         self.success = True
-        self.outcome: Optional[str] = None  # "success" | "error" | "interrupted"
+        self.outcome: str | None = None  # "success" | "error" | "interrupted"
 
     # -- messages
 
@@ -890,7 +891,7 @@ class ExecutionRun:
                 "executed", {"node": node_id, "display_node": node_id, "output": output, "prompt_id": self.prompt_id}
             )
 
-    def leave_node(self, output: Optional[dict] = None) -> None:
+    def leave_node(self, output: dict | None = None) -> None:
         node_id = self.current_node
         if output is not None:
             self.record_output(node_id, output)
@@ -900,7 +901,7 @@ class ExecutionRun:
         self.executed.append(node_id)
         self.current_node = None
 
-    def run_node(self, node_id: str, output: Optional[dict] = None) -> None:
+    def run_node(self, node_id: str, output: dict | None = None) -> None:
         self.enter_node(node_id)
         self.leave_node(output)
 
@@ -909,14 +910,14 @@ class ExecutionRun:
         if self.server.processing_interrupted():
             raise InterruptProcessingException()
 
-    def _failing_node(self) -> Optional[str]:
+    def _failing_node(self) -> str | None:
         if self.current_node is None:
             remaining = self.remaining_nodes()
             if remaining:
                 self.enter_node(remaining[0])
         return self.current_node
 
-    def _node_type(self, node_id: Optional[str]) -> Optional[str]:
+    def _node_type(self, node_id: str | None) -> str | None:
         node = self.prompt.get(node_id) if node_id is not None else None
         return node.get("class_type") if isinstance(node, dict) else None
 
@@ -943,8 +944,8 @@ class ExecutionRun:
         self,
         exception_type: str = "RuntimeError",
         exception_message: str = "stand-in failure",
-        traceback_lines: Optional[list] = None,
-        current_inputs: Optional[dict] = None,
+        traceback_lines: list | None = None,
+        current_inputs: dict | None = None,
     ) -> None:
         """An exception in the current (or next) node, keys as in history_item_error.json."""
         node_id = self._failing_node()
@@ -1026,7 +1027,7 @@ class Worker:
 
 
 def run_worker(
-    queue: PromptQueue, executor_fn: Optional[Callable[[ExecutionRun], Any]] = None, *, poll_interval: float = 0.05
+    queue: PromptQueue, executor_fn: Callable[[ExecutionRun], Any] | None = None, *, poll_interval: float = 0.05
 ) -> Worker:
     """Start a daemon worker thread over ``queue``; ``worker.stop()`` ends it.
 

@@ -45,12 +45,12 @@ import functools
 import heapq
 import json
 import threading
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Callable, Optional
+from typing import Any
 
 from ..fixtures_util import load_capture, snapshot_history
 from ..reference import Reference
-
 from .comfy_server import (
     ExecutionRun,
     PromptQueue,
@@ -73,7 +73,7 @@ def _on_loop(method: Callable) -> Callable:
     """Run a control method on the server's event loop (see the module docstring)."""
 
     @functools.wraps(method)
-    def wrapper(self: "FakeComfyUI", *args, **kwargs):
+    def wrapper(self: FakeComfyUI, *args, **kwargs):
         return self._in_loop(method, self, *args, **kwargs)
 
     return wrapper
@@ -125,7 +125,7 @@ class FakeComfyUI(PromptServer):
         self,
         *,
         jobs_api: bool = False,
-        max_history_size: Optional[int] = None,
+        max_history_size: int | None = None,
         clock: Callable[[], int] = now_ms,
         auto_interrupt: bool = True,
         auto_execute: bool = False,
@@ -133,7 +133,7 @@ class FakeComfyUI(PromptServer):
         super().__init__(None, jobs_api=jobs_api, max_history_size=max_history_size, clock=clock, set_instance=False)
         self.auto_interrupt = auto_interrupt
         self.auto_execute = auto_execute
-        self._run: Optional[ExecutionRun] = None
+        self._run: ExecutionRun | None = None
         self._ws_open = asyncio.Event()
         self._ws_open.set()
         self._generation = 0  # bumped by restart(): older queued events are dropped
@@ -142,12 +142,12 @@ class FakeComfyUI(PromptServer):
     @classmethod
     def from_capture(
         cls,
-        history: Optional[str] = "history.json",
-        queue: Optional[str] = "queue_running_pending.json",
+        history: str | None = "history.json",
+        queue: str | None = "queue_running_pending.json",
         *,
         history_at_queue_snapshot: bool = False,
         **kwargs,
-    ) -> "FakeComfyUI":
+    ) -> FakeComfyUI:
         """A fake holding the captured state (files under tests/fixtures/comfyui).
 
         The capture's queue snapshot was taken before its history snapshot, so by
@@ -222,7 +222,7 @@ class FakeComfyUI(PromptServer):
     # -- state
 
     @_on_loop
-    def seed(self, history: Optional[dict] = None, running=(), pending=()) -> None:
+    def seed(self, history: dict | None = None, running=(), pending=()) -> None:
         """Replace the whole state with served (JSON) shapes: ``{id: entry}`` and lists
         of queue items. A running item counts as started before the test (its
         ``execution_start`` is recorded silently). Numbering continues after the
@@ -257,13 +257,13 @@ class FakeComfyUI(PromptServer):
     @_on_loop
     def submit(
         self,
-        prompt: Optional[dict] = None,
+        prompt: dict | None = None,
         *,
-        prompt_id: Optional[str] = None,
-        client_id: Optional[str] = None,
-        extra_data: Optional[dict] = None,
+        prompt_id: str | None = None,
+        client_id: str | None = None,
+        extra_data: dict | None = None,
         front: bool = False,
-        workflow_id: Optional[str] = None,
+        workflow_id: str | None = None,
         number: Any = None,
     ) -> str:
         """Queue a prompt exactly as ``POST /prompt`` would; returns its id.
@@ -292,7 +292,7 @@ class FakeComfyUI(PromptServer):
             raise ValueError(f"ComfyUI would answer {status}: {answer}")
         return answer["prompt_id"]
 
-    def _current(self, prompt_id: Optional[str] = None) -> ExecutionRun:
+    def _current(self, prompt_id: str | None = None) -> ExecutionRun:
         if self._run is None:
             raise LookupError("no job is running")
         if prompt_id is not None and prompt_id != self._run.prompt_id:
@@ -300,7 +300,7 @@ class FakeComfyUI(PromptServer):
         return self._run
 
     @property
-    def running_prompt_id(self) -> Optional[str]:
+    def running_prompt_id(self) -> str | None:
         return self._run.prompt_id if self._run is not None else None
 
     @_on_loop
@@ -338,11 +338,11 @@ class FakeComfyUI(PromptServer):
     @_on_loop
     def finish(
         self,
-        prompt_id: Optional[str] = None,
+        prompt_id: str | None = None,
         status: str = "success",
-        outputs: Optional[dict] = None,
+        outputs: dict | None = None,
         *,
-        error: Optional[dict] = None,
+        error: dict | None = None,
     ) -> dict:
         """End the running job and move it to history; returns the entry as
         ``GET /history/{prompt_id}`` serves it.
@@ -449,7 +449,7 @@ class FakeComfyUI(PromptServer):
 
 @asynccontextmanager
 async def running_fake_comfyui(
-    port: int = 0, *, fake: Optional[FakeComfyUI] = None, **kwargs
+    port: int = 0, *, fake: FakeComfyUI | None = None, **kwargs
 ) -> AsyncIterator[FakeComfyUI]:
     """Serve ``fake`` (or ``FakeComfyUI(**kwargs)``) on 127.0.0.1:``port`` in the
     running loop for the duration of the block; ``fake.url`` is its base URL."""
@@ -466,12 +466,12 @@ class FakeComfyUIThread:
     synchronous tests. Control methods and state readers of the fake are available
     directly on this object (``thread.finish(...)``) or as ``thread.fake``."""
 
-    def __init__(self, fake: Optional[FakeComfyUI] = None, **kwargs):
+    def __init__(self, fake: FakeComfyUI | None = None, **kwargs):
         self.fake = fake if fake is not None else FakeComfyUI(**kwargs)
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._thread: Optional[threading.Thread] = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
 
-    def start(self, port: int = 0) -> "FakeComfyUIThread":
+    def start(self, port: int = 0) -> FakeComfyUIThread:
         ready = threading.Event()
         failure: list[BaseException] = []
 
@@ -513,7 +513,7 @@ class FakeComfyUIThread:
     def url(self) -> str:
         return self.fake.url
 
-    def __enter__(self) -> "FakeComfyUIThread":
+    def __enter__(self) -> FakeComfyUIThread:
         return self.start() if self._thread is None else self
 
     def __exit__(self, *exc_info) -> None:

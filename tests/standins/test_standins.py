@@ -20,7 +20,6 @@ import aiohttp
 import pytest
 
 from ..fixtures_util import capture_history, load_capture, snapshot_history
-
 from .comfy_server import (
     PromptQueue,
     PromptServer,
