@@ -435,9 +435,9 @@ def test_the_history_page_is_served_under_jobs_index(db_url):
             status, body = await comfy.get("/api/jobs-index/counts")
             assert status == 200 and body["counts"]["completed"] == 1 and body["total"] == 1
             status, body = await comfy.get("/api/jobs?limit=5&include=source")
-            assert status == 200 and body["job_sources"] == {job: comfy.node.config.source}
+            assert status == 200 and body["job_sources"] == {job: comfy.node.writer.source}
             assert (await comfy.get(f"/api/jobs-index/sources?id={job}"))[1]["job_sources"] == {
-                job: comfy.node.config.source
+                job: comfy.node.writer.source
             }
             seen = await asyncio.get_running_loop().run_in_executor(None, _browse_page, comfy.url + "/jobs-index/", job)
             if seen is not None:  # a browser is installed: the page works under this prefix
