@@ -16,8 +16,8 @@ from sqlalchemy import Connection, Row, delete, select, text
 from . import schema, search_queries
 from .queries import _chunks
 
-jobs = schema.Job.__table__
-job_outputs = schema.JobOutput.__table__
+jobs = schema.table(schema.Job)
+job_outputs = schema.table(schema.JobOutput)
 
 # The columns derived from ``raw`` (``normalize.from_history`` / ``from_queue``).
 # Not derived: id, source (the writer's), raw itself, raw_digest (change detection

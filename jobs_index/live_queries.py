@@ -12,9 +12,9 @@ from . import schema, search_queries
 from .normalize import STAGE_HISTORY, answer_text, column_text
 from .queries import _chunks
 
-jobs = schema.Job.__table__
-followed = schema.FollowedSource.__table__
-leases = schema.SourceLease.__table__
+jobs = schema.table(schema.Job)
+followed = schema.table(schema.FollowedSource)
+leases = schema.table(schema.SourceLease)
 
 
 def get_followed(conn: Connection, source: str) -> Row | None:

@@ -27,7 +27,7 @@ import math
 import zlib
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import Any
+from typing import Any, overload
 
 import orjson
 
@@ -111,6 +111,10 @@ _all_values = attrgetter(*JobRecord.__slots__)
 # ``queries._job_json_sql``). ``raw`` keeps the item itself, NUL included.
 
 
+@overload
+def column_text(value: str) -> str: ...
+@overload
+def column_text(value: None) -> None: ...
 def column_text(value: str | None) -> str | None:
     """A job id or workflow id as its column stores it (no NUL)."""
     if value is None or ("\x00" not in value and "\x01" not in value):
@@ -118,6 +122,10 @@ def column_text(value: str | None) -> str | None:
     return value.replace("\x01", "\x01\x02").replace("\x00", "\x01\x01")
 
 
+@overload
+def answer_text(value: str) -> str: ...
+@overload
+def answer_text(value: None) -> None: ...
 def answer_text(value: str | None) -> str | None:
     """The inverse of ``column_text``: the value ComfyUI answers with."""
     if value is None or "\x01" not in value:

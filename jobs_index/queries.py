@@ -44,8 +44,8 @@ from .normalize import answer_text, column_text
 from .params import STATUSES as LISTED_STATUSES
 from .params import ListQuery
 
-jobs = schema.Job.__table__
-counts = schema.JobCount.__table__
+jobs = schema.table(schema.Job)
+counts = schema.table(schema.JobCount)
 
 
 # A job of ``GET /api/jobs`` as JSON text, rendered by the database from the row's

@@ -25,6 +25,7 @@ from sqlalchemy import (
     MetaData,
     Numeric,
     SmallInteger,
+    Table,
     Text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -53,6 +54,13 @@ STATUS_VALUES = ("pending", "in_progress", "completed", "failed", "cancelled")
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def table(model: type[Base]) -> Table:
+    """A model's ``Table``, typed as one (SQLAlchemy types ``__table__`` as a ``FromClause``)."""
+    found = model.__table__
+    assert isinstance(found, Table)
+    return found
 
 
 class Job(Base):

@@ -15,8 +15,8 @@ from . import schema, search_queries
 from .normalize import column_text
 from .queries import _chunks
 
-jobs = schema.Job.__table__
-job_outputs = schema.JobOutput.__table__
+jobs = schema.table(schema.Job)
+job_outputs = schema.table(schema.JobOutput)
 
 FINISHED_STATUSES = ("completed", "failed", "cancelled")
 DAY_MS = 86_400_000

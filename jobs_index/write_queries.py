@@ -37,7 +37,7 @@ from sqlalchemy.dialects import postgresql
 from . import schema, search_queries
 from .normalize import JobRecord, answer_text, column_text
 
-JOB_COLUMNS = tuple(c.name for c in schema.Job.__table__.columns)
+JOB_COLUMNS = tuple(c.name for c in schema.table(schema.Job).columns)
 _RECORD_COLUMNS = tuple(c for c in JOB_COLUMNS if c != "indexed_at")
 _record_values = attrgetter(*_RECORD_COLUMNS)
 OUTPUT_COLUMNS = ("job_id", "ordinal", "node_id", "media_type", "filename", "subfolder", "type")
