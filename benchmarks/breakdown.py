@@ -213,7 +213,9 @@ def cmd_normalise(args) -> None:
 
     # The streamed reader over a whole /history dump (the main process's share).
     dump = (
-        b"{" + b", ".join(json.dumps(job_id).encode() + b": " + text for (job_id, _), text in zip(items, texts)) + b"}"
+        b"{"
+        + b", ".join(json.dumps(job_id).encode() + b": " + text for (job_id, _), text in zip(items, texts, strict=True))
+        + b"}"
     )
     with Clock(n) as t_stream:
         count = sum(1 for _ in ObjectItems("dump", io.BytesIO(dump)).spans())
@@ -644,7 +646,8 @@ def cmd_page(args) -> None:
     pagination = {"offset": 0, "limit": 50, "total": 1, "has_more": True, "next_cursor": "x" * 80}
     print(f"first page (limit=50) of {index.total():,} jobs, in-process; wall = fastest of {repeat}, CPU = mean\n")
     print(
-        "| part | wall µs (min) | CPU µs (this process) | CPU share | pages/s by CPU |\n| --- | ---: | ---: | ---: | ---: |"
+        "| part | wall µs (min) | CPU µs (this process) | CPU share | pages/s by CPU |\n"
+        "| --- | ---: | ---: | ---: | ---: |"
     )
     row("list_jobs + body_text (what the route does)", full, full)
     row("  pooled connection, no statement (read_statement)", timeit(checkout_only, repeat), full)

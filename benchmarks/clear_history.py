@@ -145,7 +145,8 @@ def main() -> None:
     lines = [
         f"# Clear history of {args.jobs:,} finished jobs ({backend}), another writer ingesting every 20 ms",
         "",
-        "| way | removed | clear took (s) | other writer: longest wait (s) | median wait (ms) | its writes during the clear | of which refused (busy timeout) |",
+        "| way | removed | clear took (s) | other writer: longest wait (s) | median wait (ms) "
+        "| its writes during the clear | of which refused (busy timeout) |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:

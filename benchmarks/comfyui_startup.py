@@ -263,12 +263,12 @@ def verify(args) -> None:
     for attempt in range(args.starts):
         comfy = Comfy(args, node=Path(args.node), extra=extra)
         run: dict = {"start": attempt + 1}
-        run["first_answer_s"] = comfy.wait(lambda: comfy.answers() is not None)
+        run["first_answer_s"] = comfy.wait(lambda comfy=comfy: comfy.answers() is not None)
         ours = comfy.user / "jobs-index" / "jobs.sqlite3"
         if workflow is not None and run["first_answer_s"] is not None:
             job = post(comfy.port, "/prompt", workflow)["prompt_id"]
 
-            def listed() -> bool:
+            def listed(comfy=comfy, job=job) -> bool:
                 jobs = (comfy.answers("limit=5") or {}).get("jobs") or [{}]
                 return jobs[0].get("id") == job and jobs[0].get("status") == "completed"
 
@@ -319,7 +319,8 @@ def verify(args) -> None:
     }
     name = "comfyui-verify" + ("-assets" if args.enable_assets else "") + (f"-{args.tag}" if args.tag else "")
     lines = [
-        f"# jobs-index in a real ComfyUI: {args.starts} fresh starts{' with --enable-assets' if args.enable_assets else ''}",
+        f"# jobs-index in a real ComfyUI: {args.starts} fresh starts"
+        f"{' with --enable-assets' if args.enable_assets else ''}",
         "",
         f"Measured {report['machine']['when']} on {report['machine']['cpus']} shared cores "
         f"(`benchmarks/comfyui_startup.py verify`). Node installed as `custom_nodes/jobs-index` "
@@ -330,7 +331,8 @@ def verify(args) -> None:
         "",
         f"**{report['ok']} of {len(runs)} starts ok.**",
         "",
-        "| start | first /api/jobs (s) | job listed completed (s) | exit | comfyui.db revision | its tables | our tables | our jobs | errors |",
+        "| start | first /api/jobs (s) | job listed completed (s) | exit | comfyui.db revision "
+        "| its tables | our tables | our jobs | errors |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
@@ -401,7 +403,7 @@ def start_series(args, cases: list[dict]) -> list[dict]:
         for case in cases
     ]
     for _ in range(args.starts):
-        for case, result in zip(cases, results):
+        for case, result in zip(cases, results, strict=True):
             first, indexed = one_start(args, case)
             result["first_answer_s"].append(first)
             if indexed is not None or case.get("until_index") is not None or case.get("empty_index"):

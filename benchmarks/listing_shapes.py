@@ -67,7 +67,7 @@ def main() -> None:
         params = params if params is not None else {"workflow_id": workflow, "limit": "50"}
         query = parse_list_query(params)
         jobs = len(index.list_jobs(query).job_texts)
-        median, fastest = timed(lambda: index.list_jobs(query).body_text(query), args.repeat)
+        median, fastest = timed(lambda query=query: index.list_jobs(query).body_text(query), args.repeat)
         lines.append(f"| {name} | {median:,.0f} | {fastest:,.0f} | {jobs} |")
     index.close()
     text = "\n".join(lines) + "\n"

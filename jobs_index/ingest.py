@@ -17,8 +17,9 @@ A ``/history`` dump larger than ``STREAM_THRESHOLD`` is read item by item
 Items are parsed by orjson where it reads exactly what ``json.load`` reads, else by
 the standard library's own JSON scanner, so the items are exactly ``json.load``'s
 (NaN, huge integers and lone surrogate escapes included). With worker processes, an
-item is sent to them as its JSON text and parsed there. Damage found part-way (a truncated download) is reported as an error for
-that file after the items before it were imported.
+item is sent to them as its JSON text and parsed there. Damage found part-way (a
+truncated download) is reported as an error for that file after the items before it
+were imported.
 """
 
 from __future__ import annotations
@@ -501,7 +502,7 @@ def _export_records(
 def live_ids(dump: Dump) -> set[str]:
     """Every id a queue dump names, even of items rejected as malformed (kept, not removed)."""
     ids = set()
-    for key, item, _ in dump.items:
+    for _key, item, _ in dump.items:
         if isinstance(item, (list, tuple)) and len(item) > 1 and isinstance(item[1], str):
             ids.add(item[1])
     return ids

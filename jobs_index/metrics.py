@@ -174,9 +174,9 @@ class IndexCollector(Collector):
             "Execution time of jobs this process wrote as finished, by source and status",
             labels=["source", "status"],
         )
-        for (source, status), (buckets, count, total) in sorted(durations.items()):
+        for (source, status), (buckets, _count, total) in sorted(durations.items()):
             cumulative, running = [], 0
-            for bound, n in zip(DURATION_BUCKETS + (float("inf"),), buckets):
+            for bound, n in zip(DURATION_BUCKETS + (float("inf"),), buckets, strict=True):
                 running += n
                 cumulative.append(("+Inf" if bound == float("inf") else repr(bound), running))
             histogram.add_metric([source, status], cumulative, total)

@@ -87,7 +87,7 @@ class JobRecord:
 
     def as_row(self) -> dict[str, Any]:
         """The ``jobs`` row (side-table rows excluded)."""
-        return dict(zip(_ROW_FIELDS, _row_values(self)))
+        return dict(zip(_ROW_FIELDS, _row_values(self), strict=True))
 
     def __reduce__(self):
         # Pickled between import processes: a plain tuple of the fields, rebuilt by

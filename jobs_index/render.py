@@ -74,7 +74,7 @@ def write_json(out: TextIO, columns: Sequence[str], rows: Iterable[Sequence]) ->
     out.write("[")
     for row in rows:
         out.write(",\n " if count else "\n ")
-        out.write(json.dumps({k: json_value(v) for k, v in zip(keys, row)}, ensure_ascii=False))
+        out.write(json.dumps({k: json_value(v) for k, v in zip(keys, row, strict=True)}, ensure_ascii=False))
         count += 1
     out.write("\n]\n" if count else "]\n")
     return count
@@ -110,10 +110,15 @@ def format_table(columns: Sequence[str], rows: Iterable[Sequence], *, max_width:
     for row in data:
         for i, (text, _) in enumerate(row):
             widths[i] = max(widths[i], len(text))
-    lines = [" | ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip(), "-+-".join("-" * w for w in widths)]
+    lines = [
+        " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip(),
+        "-+-".join("-" * w for w in widths),
+    ]
     for row in data:
         lines.append(
-            " | ".join(text.rjust(w) if numeric else text.ljust(w) for (text, numeric), w in zip(row, widths)).rstrip()
+            " | ".join(
+                text.rjust(w) if numeric else text.ljust(w) for (text, numeric), w in zip(row, widths, strict=True)
+            ).rstrip()
         )
     if footer:
         lines.append(f"({len(data)} row{'s' if len(data) != 1 else ''})")

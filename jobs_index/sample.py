@@ -21,9 +21,12 @@ WORDS = (
     "cyberpunk street market, studio photo of a teapot"
 ).split(", ")
 TRACEBACK = [
-    '  File "/opt/ComfyUI/execution.py", line 542, in execute\n    output_data, output_ui, has_subgraph = await get_output_data(prompt_id, unique_id, obj, input_data_all)\n',
-    '  File "/opt/ComfyUI/execution.py", line 341, in get_output_data\n    return_values = await _async_map_node_over_list(prompt_id, unique_id, obj, input_data_all, obj.FUNCTION)\n',
-    '  File "/opt/ComfyUI/comfy_extras/nodes_math.py", line 98, in execute\n    result = simple_eval(expression, names=context, functions=MATH_FUNCTIONS)\n',
+    '  File "/opt/ComfyUI/execution.py", line 542, in execute\n'
+    "    output_data, output_ui, has_subgraph = await get_output_data(prompt_id, unique_id, obj, input_data_all)\n",
+    '  File "/opt/ComfyUI/execution.py", line 341, in get_output_data\n'
+    "    return_values = await _async_map_node_over_list(prompt_id, unique_id, obj, input_data_all, obj.FUNCTION)\n",
+    '  File "/opt/ComfyUI/comfy_extras/nodes_math.py", line 98, in execute\n'
+    "    result = simple_eval(expression, names=context, functions=MATH_FUNCTIONS)\n",
 ]
 
 

@@ -177,7 +177,7 @@ class PostgresStore(SearchStore):
         columns: list[list] = [[] for _ in range(len(ROW_COLUMNS) + 1)]
         for record in records:
             doc = _document(record)
-            for column, value in zip(columns, (*_row_values(record, doc, sources), doc.tsvector_text())):
+            for column, value in zip(columns, (*_row_values(record, doc, sources), doc.tsvector_text()), strict=True):
                 column.append(value)
         types = ["text", "bigint", "bigint", "text", "text", "text", "text", "text", "text", "text"]
         arrays = ", ".join(f"%s::{t}[]" for t in types)

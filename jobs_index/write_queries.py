@@ -139,7 +139,7 @@ def _insert_many(conn: Connection, table: str, columns: tuple[str, ...], rows: l
     if not rows:
         return
     if _pg(conn):
-        conn.exec_driver_sql(_unnest_sql(table, columns, tail), tuple(list(col) for col in zip(*rows)))
+        conn.exec_driver_sql(_unnest_sql(table, columns, tail), tuple(list(col) for col in zip(*rows, strict=True)))
         return
     per = max(1, min(_max_params(conn) // len(columns), SQLITE_ROWS.get(table, 1)))
     full = len(rows) - len(rows) % per
@@ -222,7 +222,10 @@ def job_rows(records: Sequence[JobRecord], now: int, pg: bool = False) -> list[t
             rows[i] = tuple(row)
     if pg:
         p = _PRIORITY
-        rows = [row[:p] + (pg_priority(row[p], r.priority_json),) + row[p + 1 :] for row, r in zip(rows, records)]
+        rows = [
+            row[:p] + (pg_priority(row[p], r.priority_json),) + row[p + 1 :]
+            for row, r in zip(rows, records, strict=True)
+        ]
     return rows
 
 

@@ -97,7 +97,7 @@ def bulk_load(index: JobsIndex, n: int) -> None:
             for kind, name, _ in saved:
                 conn.exec_driver_sql(f'DROP {kind.upper()} "{name}"')
             conn.execute(text(_bulk_insert_sql("sqlite", n)), params)
-            for kind, _, sql in sorted(saved, key=lambda r: r[0] != "index"):  # indexes first
+            for _kind, _, sql in sorted(saved, key=lambda r: r[0] != "index"):  # indexes first
                 conn.exec_driver_sql(sql)
         else:
             # Transaction-scoped: ALTER TABLE holds an exclusive lock until commit.

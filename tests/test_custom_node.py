@@ -214,7 +214,7 @@ def test_answers_like_comfyui_reads_its_own_writes_and_keeps_evicted_jobs(db_url
             ids += [await comfy.submit() for _ in range(2)]
             for job in ids:  # one at a time, each seen before ComfyUI evicts it
                 gate.release()
-                assert await eventually(lambda: _true(job in comfy.queue.history), WAIT)
+                assert await eventually(lambda job=job: _true(job in comfy.queue.history), WAIT)
                 comfy.observe()
                 assert await comfy.status_of(job) == "completed"  # without waiting: the barrier
             assert len(comfy.queue.history) == 3 < len(ids)  # ComfyUI evicted (cap 2 + 1) ...

@@ -104,7 +104,7 @@ def test_comfyui_database_start_up_and_the_node_never_cross(tmp_path, caplog):
                 try:
                     time.sleep(DELAYS[attempt % len(DELAYS)])
                     comfy_database.init_db(f"sqlite:///{theirs}")  # raises if the two migrations crossed
-                    assert wait_until(lambda: node.writer.ready), f"start {attempt}: {node.writer.failing}"
+                    assert wait_until(lambda node=node: node.writer.ready), f"start {attempt}: {node.writer.failing}"
                     assert node.writer.stats["failures"] == 0, f"start {attempt}: {node.writer.failing}"
                 finally:
                     node.close()
@@ -179,9 +179,10 @@ def test_a_damaged_index_file_then_moved_aside(tmp_path, caplog):
 def test_an_index_from_a_newer_jobs_index_is_left_alone(tmp_path, caplog):
     path = tmp_path / "jobs.sqlite3"
     JobsIndex.open(f"sqlite:///{path}").close()
-    set_revision = lambda revision: (
+
+    def set_revision(revision: str) -> None:
         sqlite3.connect(path).execute(f"UPDATE {VERSION_TABLE} SET version_num = ?", (revision,)).connection.commit()
-    )
+
     set_revision("9999_from_the_future")
     run(
         unavailable_then_back(

@@ -94,7 +94,7 @@ def _fleet(db_url: str):
             )
             procs.append(proc)
             bases.append(f"http://127.0.0.1:{port}")
-        for proc, base in zip(procs, bases):
+        for proc, base in zip(procs, bases, strict=True):
             wait_ready(proc, base)
         workflow = Counter(r.workflow_id for r in history).most_common(1)[0][0]
         yield bases, history, workflow, db_url
@@ -189,7 +189,7 @@ def test_a_write_is_seen_by_every_server(fleet):
             [from_queue([5000, "late-arrival", {}, {"create_time": history[-1].create_time + 99}, []], "pending")],
             source="gpu-3",
         )
-    for base, total in zip(bases, before):
+    for base, total in zip(bases, before, strict=True):
         status, body = get(base, "/api/jobs?limit=1")
         assert body["pagination"]["total"] == total + 1
         assert body["jobs"][0]["id"] == "late-arrival"

@@ -295,11 +295,13 @@ def test_live_jobs_reach_the_index_within_a_second_as_comfyui_answers(db_url):
                     latencies = []
                     for outcome in ("success", "error", "interrupted", "success"):
                         started = fake.start_next()
-                        assert await eventually(lambda: _is(session, api, started, "in_progress"), WAIT)
+                        assert await eventually(lambda started=started: _is(session, api, started, "in_progress"), WAIT)
                         finished_at = time.monotonic()
                         fake.finish(started, status=outcome)
                         want = {"success": "completed", "error": "failed", "interrupted": "cancelled"}[outcome]
-                        assert await eventually(lambda: _is(session, api, started, want), WAIT)
+                        assert await eventually(
+                            lambda started=started, want=want: _is(session, api, started, want), WAIT
+                        )
                         latencies.append(time.monotonic() - finished_at)
                     # Within a second (on PostgreSQL, 3 s: see WAIT about its shared writer lock).
                     assert max(latencies) < (1.0 if db_url.startswith("sqlite") else 3.0), latencies
@@ -420,7 +422,7 @@ def test_partition_eviction_and_restart_lose_nothing_and_duplicate_nothing(db_ur
                         job = fake.start_next() if n == 0 else (fake.submit(), fake.start_next())[1]
                         fake.finish(job)
                         oracle.observe(fake.history_dict())
-                        assert await eventually(lambda: _is(session, api, job, "completed"), WAIT)
+                        assert await eventually(lambda job=job: _is(session, api, job, "completed"), WAIT)
                     assert await parity(session, api, fake, oracle, extra={"source": "gpu"}) == []
                     finished_before_restart = len(oracle.history)
                     assert finished_before_restart == 10 and len(fake.history_dict()) == 5

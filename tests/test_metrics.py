@@ -157,7 +157,8 @@ def test_metrics_equal_sql_after_imports_status_changes_deletes_and_prunes(index
             for s, t, n in sql(
                 index,
                 """SELECT COALESCE(source, ''), COALESCE(error_type, 'unknown'),
-            count(*) FROM jobs WHERE status = 'failed' GROUP BY COALESCE(source, ''), COALESCE(error_type, 'unknown')""",
+            count(*) FROM jobs WHERE status = 'failed'
+            GROUP BY COALESCE(source, ''), COALESCE(error_type, 'unknown')""",
             )
         }
         assert failures and by_labels(metrics, "jobs_index_job_failures_total", "source", "error_type") == failures

@@ -214,7 +214,9 @@ def test_sqlite_listings_read_a_page_not_the_table(sqlite_big):
         after = queries.Position(query.cursor.create_time, query.cursor.id) if query.cursor else None
         work = vm_instructions(
             sqlite_big,
-            lambda conn: queries.select_page(conn, query, limit=21, offset=0 if after else query.offset, after=after),
+            lambda conn, after=after, query=query: queries.select_page(
+                conn, query, limit=21, offset=0 if after else query.offset, after=after
+            ),
         )
         assert work < PAGE_WORK_BOUND, (shape, work)
         print(f"{shape}: {work} instructions")

@@ -208,7 +208,7 @@ def test_two_ingesters_writing_the_same_jobs_converge(db_url, backend, tmp_path)
         for files in ((str(queue), str(history)), (str(history), str(queue)))
     ]
     outputs = [racer.communicate(timeout=600) for racer in racers]
-    for racer, (out, err) in zip(racers, outputs):
+    for racer, (out, err) in zip(racers, outputs, strict=True):
         assert racer.returncode == 0, err
         assert "0 rejected" in out and "Error" not in err, (out, err)
     expected, got = rows(reference_url), rows(db_url)

@@ -150,15 +150,15 @@ def test_sigkill_during_import_at_random_moments(tmp_path, big_dump):
         if mode == "start":
             time.sleep(rng.uniform(0, startup))
         elif mode == "write":
-            if wait_until(lambda: watcher.total() > before, 300, proc):
+            if wait_until(lambda before=before: watcher.total() > before, 300, proc):
                 first_commit = time.monotonic()
                 startup = max(0.5, first_commit - t0)  # time to the first new commit, for "start"
-                wait_until(lambda: watcher.total() > before + batch, 5, proc)
+                wait_until(lambda batch=batch, before=before: watcher.total() > before + batch, 5, proc)
                 batch_period = max(0.05, time.monotonic() - first_commit)
                 time.sleep(rng.uniform(0, 1.5 * batch_period))
         else:
             target = rng.randint(before + 1000, DEEP_MAX) if before + 1000 < DEEP_MAX else before + 1000
-            wait_until(lambda: watcher.total() >= target, 600, proc, poll=0.05)
+            wait_until(lambda target=target: watcher.total() >= target, 600, proc, poll=0.05)
             time.sleep(rng.uniform(0, 1.5))
         seen = watcher.ids()  # committed by now: must survive the kill
         moment = time.monotonic() - t0

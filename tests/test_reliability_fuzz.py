@@ -589,7 +589,11 @@ def test_queue_items_of_every_wrong_shape(item_index, backend):
         keys=st.sampled_from([("queue_running", "queue_pending"), ("queue_running",), ("queue_pending",)]),
     )
     def run(running, pending, keys):
-        data = {key: value for key, value in zip(("queue_running", "queue_pending"), (running, pending)) if key in keys}
+        data = {
+            key: value
+            for key, value in zip(("queue_running", "queue_pending"), (running, pending), strict=True)
+            if key in keys
+        }
         valid: dict[str, bool] = {}
         for items in data.values():
             if isinstance(items, list):

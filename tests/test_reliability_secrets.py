@@ -84,7 +84,7 @@ def every_cell(conn) -> list[tuple[str, object]]:
             continue
         result = conn.execute(text(f'SELECT * FROM "{table}"'))
         for row in result:
-            cells += [(f"{table}.{column}", value) for column, value in zip(result.keys(), row)]
+            cells += [(f"{table}.{column}", value) for column, value in zip(result.keys(), row, strict=True)]
     return cells
 
 

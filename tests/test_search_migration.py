@@ -57,7 +57,8 @@ def search_rows(engine) -> list[tuple]:
             tuple(r)
             for r in conn.execute(
                 text(
-                    "SELECT job_id, create_time, execution_duration, status, workflow_id, source, node_types, models, loras "
+                    "SELECT job_id, create_time, execution_duration, status, workflow_id, source, "
+                    "node_types, models, loras "
                     "FROM job_search"
                 )
             )

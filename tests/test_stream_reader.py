@@ -54,7 +54,7 @@ def same(a, b) -> bool:
     if isinstance(a, dict):
         return list(a) == list(b) and all(same(a[k], b[k]) for k in a)
     if isinstance(a, list):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
     return a == b
 
 
@@ -70,7 +70,9 @@ def test_fast_route_gives_exactly_json_load(items, keys, separators, chunk, dama
     comma, colon = separators
     data = (
         "{"
-        + comma.join(json.dumps(k) + colon + json.dumps(v, separators=separators) for k, v in zip(keys, items))
+        + comma.join(
+            json.dumps(k) + colon + json.dumps(v, separators=separators) for k, v in zip(keys, items, strict=True)
+        )
         + "}"
     ).encode("utf-8", "surrogatepass")
     if damage >= 0:
@@ -92,7 +94,7 @@ def test_fast_route_gives_exactly_json_load(items, keys, separators, chunk, dama
         return
     assert reader.exception is None
     assert dict((k, v) for k, v, _, _ in got).keys() == expected.keys()
-    for key, value, text, exact in got:
+    for _key, value, text, exact in got:
         if text is not None:  # read by orjson: its bytes are the value's, exactly
             assert same(json.loads(text), value) or not exact
     assert same(dict((k, v) for k, v, _, _ in got), expected)

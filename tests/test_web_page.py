@@ -411,7 +411,8 @@ def test_detail_outputs_link_to_the_source_comfyui_and_thumbnails(site, page, sh
     )
     # the list's thumbnail of the same job came from its ComfyUI too
     page.wait_for_function(
-        "id => { const i = document.querySelector(`#rows tr[data-id='${id}'] img.thumb`); return i && i.naturalWidth === 4; }",
+        "id => { const i = document.querySelector(`#rows tr[data-id='${id}'] img.thumb`); "
+        "return i && i.naturalWidth === 4; }",
         arg=job_id,
     )
     assert any(v.get("filename") == files[0]["filename"] for v in site.views)

@@ -120,11 +120,16 @@ def test_every_queue_number_renders_as_comfyui_dumps_it(index):
     """The page (JSON rendered by the database) and the detail say each number as
     ComfyUI's json.dumps does: 4.0 stays 4.0, NaN is NaN, 10**30 all its digits."""
     ids = [f"n{i:02d}" for i in range(len(NUMBERS))]
-    index.ingest([normalize.from_history(i, item(i, "wf", number=n, status="success")) for i, n in zip(ids, NUMBERS)])
+    index.ingest(
+        [
+            normalize.from_history(i, item(i, "wf", number=n, status="success"))
+            for i, n in zip(ids, NUMBERS, strict=True)
+        ]
+    )
     pairs = listed_vs_list_dict(index)
     assert_same(pairs)
     texts = {json.loads(text)["id"]: text for text in index.list_jobs(parse_list_query({})).job_texts}
-    for job_id, number in zip(ids, NUMBERS):
+    for job_id, number in zip(ids, NUMBERS, strict=True):
         assert f'"priority": {json.dumps(number)},' in texts[job_id]
         assert json.dumps(index.get_job(job_id)["priority"]) == json.dumps(number)
 
@@ -135,7 +140,9 @@ def test_any_number_renders_exactly(index, numbers):
     with write_transaction(index.engine) as conn:
         conn.exec_driver_sql("DELETE FROM jobs")
     ids = [f"n{i}" for i in range(len(numbers))]
-    index.ingest([normalize.from_queue([n, i, {}, {"create_time": 1}, []], "pending") for i, n in zip(ids, numbers)])
+    index.ingest(
+        [normalize.from_queue([n, i, {}, {"create_time": 1}, []], "pending") for i, n in zip(ids, numbers, strict=True)]
+    )
     texts = {json.loads(text)["id"]: text for text in index.list_jobs(parse_list_query({})).job_texts}
-    for job_id, number in zip(ids, numbers):
+    for job_id, number in zip(ids, numbers, strict=True):
         assert f'"priority": {json.dumps(number)},' in texts[job_id]

@@ -138,7 +138,7 @@ class FileOutbox:
             cursor = self._db.cursor()
             cursor.execute("BEGIN IMMEDIATE")
             try:
-                for entry, row in zip(entries, rows):
+                for entry, row in zip(entries, rows, strict=True):
                     cursor.execute("INSERT INTO outbox (source, run, seq, kind, body) VALUES (?, ?, ?, ?, ?)", row)
                     entry.key = cursor.lastrowid
                 cursor.execute("COMMIT")

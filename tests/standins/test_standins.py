@@ -121,7 +121,7 @@ def assert_entry_like(entry: dict, captured: dict) -> None:
     assert list(status) == list(captured_status) == ["status_str", "completed", "messages"]
     assert (status["status_str"], status["completed"]) == (captured_status["status_str"], captured_status["completed"])
     assert [m[0] for m in status["messages"]] == [m[0] for m in captured_status["messages"]]
-    for (_, data), (_, captured_data) in zip(status["messages"], captured_status["messages"]):
+    for (_, data), (_, captured_data) in zip(status["messages"], captured_status["messages"], strict=True):
         assert list(data) == list(captured_data)
         assert data["prompt_id"] == prompt_id
         assert isinstance(data["timestamp"], int)
@@ -619,7 +619,7 @@ def test_worker_reports_errors_and_interrupts():
     def executor(run):
         run.run_node("1")
         if run.prompt_id.startswith("0"):
-            1 / 0
+            raise ZeroDivisionError("division by zero")  # a node that fails as ComfyUI reports it
         started.set()
         while True:
             run.check_interrupted()
