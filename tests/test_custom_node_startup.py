@@ -30,7 +30,12 @@ from .test_custom_node import WAIT as DB_WAIT
 from .test_custom_node import _true, comfyui, eventually, run
 
 WAIT = 60.0
-OUR_TABLES = frozenset(Base.metadata.tables) | {VERSION_TABLE}
+# The models' tables, the version table, and SQLite's search tables (0008_search: not
+# models; FTS5 adds its shadow tables job_search_fts_*).
+SEARCH_TABLES = frozenset(
+    {"job_search", "job_search_fts", "job_search_fts_data", "job_search_fts_idx", "job_search_fts_config"}
+)
+OUR_TABLES = frozenset(Base.metadata.tables) | {VERSION_TABLE} | SEARCH_TABLES
 
 
 def tables(path: Path) -> set[str]:
@@ -123,7 +128,7 @@ def test_comfyui_database_start_up_and_the_node_never_cross(tmp_path, caplog):
     assert not comfy_logger.disabled and comfy_logger.level == logging.DEBUG
     assert sys.path == path_before
     assert set(comfy_database.metadata.tables) == set(comfy_database.TABLES) - {"alembic_version"}
-    assert frozenset(Base.metadata.tables) | {VERSION_TABLE} == OUR_TABLES
+    assert frozenset(Base.metadata.tables) | {VERSION_TABLE} | SEARCH_TABLES == OUR_TABLES
 
 
 # -- an index that cannot be opened ------------------------------------------------
