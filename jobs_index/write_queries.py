@@ -205,7 +205,8 @@ def pg_priority(priority, priority_json: str | None) -> Decimal:
     if priority_json is None:
         return Decimal(priority)
     value = Decimal(priority_json) if priority_json != "NaN" else Decimal("NaN")
-    if value.is_finite() and any(c in priority_json for c in ".eE") and value.as_tuple().exponent >= 0:
+    exponent = value.as_tuple().exponent  # an int when the value is finite ('n', 'N', 'F' otherwise)
+    if value.is_finite() and any(c in priority_json for c in ".eE") and isinstance(exponent, int) and exponent >= 0:
         value = Decimal(f"{int(value)}.0")  # 1e+16: the float's integral value, as a float
     return value
 
