@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -109,10 +110,9 @@ def _values_sql(table: str, columns: tuple[str, ...], rows: int, tail: str = "")
 
 def _max_params(conn: Connection) -> int:
     dbapi = conn.connection.driver_connection
-    try:
-        return dbapi.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-    except AttributeError:  # Python < 3.11: assume SQLite's oldest default
+    if sys.version_info < (3, 11) or dbapi is None:  # no getlimit before Python 3.11: assume SQLite's oldest default
         return 999
+    return dbapi.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
 
 
 @cache
