@@ -170,6 +170,7 @@ def postgresql_query(url: str, sql: str) -> Iterator[QueryResult]:
         engine.dispose()
         raise SqlError(f"cannot connect: {getattr(exc, 'orig', exc)}") from exc
     pg = raw.driver_connection
+    assert pg is not None, "a connection just opened has its driver connection"  # None once invalidated
     try:
         pg.rollback()
         pg.autocommit = False

@@ -49,7 +49,7 @@ SEARCH_LISTED = ("create_time", "execution_duration", "status", "workflow_id", "
 SEARCH_COLUMNS = (*SEARCH_LISTED, "node_types", "models", "loras")
 
 
-def job_batch(conn: Connection, after: str | None, limit: int, *, for_update: bool = False) -> list[Row]:
+def job_batch(conn: Connection, after: str | None, limit: int, *, for_update: bool = False) -> Sequence[Row]:
     """Up to ``limit`` jobs with id > ``after`` (all when None), by id: id, raw_kind,
     raw and the derived columns. ``for_update``: PostgreSQL locks them until the
     transaction ends (a repair then writes what their current raw says; SQLite's
@@ -78,7 +78,7 @@ def _in_range(column: str, after: str | None, last: str | None) -> tuple[str, li
     return " AND ".join(conditions) or "1 = 1", params
 
 
-def side_rows_between(conn: Connection, after: str | None, last: str | None) -> tuple[list[Row], list[Row]]:
+def side_rows_between(conn: Connection, after: str | None, last: str | None) -> tuple[Sequence[Row], Sequence[Row]]:
     """(job_outputs rows, job_search rows) whose job_id is in ``(after, last]``
     (None: unbounded), ordered like the writer writes them."""
     bounds = [job_outputs.c.job_id > after] if after is not None else []

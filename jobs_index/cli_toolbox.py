@@ -138,7 +138,9 @@ def sql(obj, query: str, as_json: bool, as_csv: bool, max_width: int) -> None:
     with _open_existing(obj):
         pass  # the schema is brought to the current revision (views included)
     with readonly_query(obj.url, query) as result, _reader_may_leave():
-        out = click.get_text_stream("stdout")
+        # click 8.5 deprecated get_text_stream (gone in 9.0) and its module __getattr__ types
+        # it as object; it is still the function (stdout re-encoded when ASCII-configured).
+        out = click.get_text_stream("stdout")  # type: ignore[operator, unused-ignore]
         if as_json:
             write_json(out, result.columns, result.rows)
         elif as_csv:
@@ -531,7 +533,7 @@ def search(
     since = None if since_ms is None else now_ms() - since_ms
     with _open_existing(obj) as index, _reader_may_leave():
         hits = list(index.search(listing, since_ms=since))
-    out = click.get_text_stream("stdout")
+    out = click.get_text_stream("stdout")  # type: ignore[operator, unused-ignore]  # see sql()
     if as_json:
         write_json(
             out,

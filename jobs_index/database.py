@@ -120,9 +120,11 @@ def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> Engine:
         if parsed.drivername in ("postgresql", "postgresql+psycopg2"):
             parsed = parsed.set(drivername="postgresql+psycopg")
         # Keep any libpq options given in the URL (e.g. a search_path) and add ours.
-        options = " ".join(filter(None, (parsed.query.get("options"), "-c plan_cache_mode=force_custom_plan")))
+        given = parsed.query.get("options", ())  # a tuple when the URL repeats it
+        ours = "-c plan_cache_mode=force_custom_plan"
+        options = " ".join(filter(None, (given, ours) if isinstance(given, str) else (*given, ours)))
         parsed = parsed.difference_update_query(["options"])
-        connect_args = {"prepare_threshold": None, "options": options, "application_name": APP_NAME}
+        connect_args: dict[str, object] = {"prepare_threshold": None, "options": options, "application_name": APP_NAME}
         if "connect_timeout" not in parsed.query:  # fail fast on an unreachable host
             connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT
         return create_engine(
@@ -262,8 +264,9 @@ def alembic_config(connection: Connection | None = None, script_location: str | 
     from alembic.config import Config
 
     if script_location is None:
-        script_location = resources.files("jobs_index") / "migrations"
-        if not script_location.is_dir():  # a source checkout without the package mapping
+        packaged = resources.files("jobs_index") / "migrations"
+        script_location = str(packaged)
+        if not packaged.is_dir():  # a source checkout without the package mapping
             script_location = Path(__file__).resolve().parent.parent / "migrations"
     config = Config()
     config.set_main_option("script_location", str(script_location))
@@ -276,7 +279,9 @@ def alembic_config(connection: Connection | None = None, script_location: str | 
 def head_revision(script_location: str | Path | None = None) -> str:
     from alembic.script import ScriptDirectory
 
-    return ScriptDirectory.from_config(alembic_config(script_location=script_location)).get_current_head()
+    head = ScriptDirectory.from_config(alembic_config(script_location=script_location)).get_current_head()
+    assert head is not None, "the migration scripts define revisions"  # None only for an empty versions directory
+    return head
 
 
 def known_revisions(script_location: str | Path | None = None) -> set[str]:
@@ -347,6 +352,7 @@ def sqlite_foreign_keys_off(conn: Connection) -> Iterator[Connection]:
         yield conn
         return
     driver = conn.connection.driver_connection
+    assert driver is not None, "a connection in use has its driver connection"  # None once invalidated
     if driver.in_transaction:
         raise StorageError("foreign keys cannot be turned off inside a transaction")
     driver.execute("PRAGMA foreign_keys=OFF")

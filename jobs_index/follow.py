@@ -203,7 +203,7 @@ class ComfyClient:
             raise FollowError(f"GET {self.base_url}/history: not a ComfyUI history")
         return body
 
-    async def websocket(self, client_id: str, heartbeat: float) -> aiohttp.ClientWebSocketResponse:
+    async def websocket(self, client_id: str, heartbeat: float) -> aiohttp.ClientWebSocketResponse[bool]:
         return await self.session.ws_connect(
             self.base_url + "/ws", params={"clientId": client_id}, heartbeat=heartbeat, max_msg_size=0
         )
@@ -356,7 +356,7 @@ class Follower:
         except JobsIndexError as exc:
             log.warning("%s: could not release the lease (%s)", self.source, exc)
 
-    async def _listen(self, client: ComfyClient, ws: aiohttp.ClientWebSocketResponse) -> None:
+    async def _listen(self, client: ComfyClient, ws: aiohttp.ClientWebSocketResponse[bool]) -> None:
         """Sync on trigger events until the websocket closes or a sync fails."""
         trigger = asyncio.Event()
 
@@ -620,6 +620,7 @@ def run(index: JobsIndex, targets: Sequence[Target], **options: Any) -> None:
 
     async def main() -> None:
         task = asyncio.current_task()
+        assert task is not None, "asyncio.run runs main() as a task"
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             try:

@@ -23,7 +23,7 @@ import asyncio
 import json
 import logging
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -56,7 +56,7 @@ class ServerConfig:
 INDEX_KEY = web.AppKey("jobs_index", JobsIndex)
 EXECUTOR_KEY = web.AppKey("executor", ThreadPoolExecutor)
 METRICS_KEY = web.AppKey("metrics", Metrics)
-FOLLOWERS_KEY = web.AppKey("followers", list)  # follow.Follower objects (``follow --serve``)
+FOLLOWERS_KEY = web.AppKey("followers", Sequence)  # follow.Follower objects (``follow --serve``)
 
 
 # An application that embeds these routes in its own aiohttp app (the ComfyUI custom
@@ -296,8 +296,10 @@ def create_app(
         app[EXECUTOR_KEY] = executor
         owned = index is None
         loop = asyncio.get_running_loop()
-        app[INDEX_KEY] = index or await loop.run_in_executor(
-            executor, lambda: JobsIndex.open(config.db_url, pool_size=config.pool_size)
+        app[INDEX_KEY] = (
+            index
+            if index is not None
+            else await loop.run_in_executor(executor, lambda: JobsIndex.open(config.db_url, pool_size=config.pool_size))
         )
         app[METRICS_KEY] = Metrics(app[INDEX_KEY], app[FOLLOWERS_KEY])
         yield

@@ -174,7 +174,9 @@ class ObjectItems:
 
     def _skip_whitespace(self) -> None:
         while True:
-            self._pos = _WHITESPACE.match(self._buf, self._pos).end()
+            spaces = _WHITESPACE.match(self._buf, self._pos)
+            assert spaces is not None  # "[ \t\n\r]*" matches anywhere, if only the empty string
+            self._pos = spaces.end()
             if self._pos < len(self._buf) or not self._more():
                 return
 
@@ -285,7 +287,7 @@ class ObjectItems:
                 if key is None:
                     key = self._key()
                     self._punctuation(b":")
-                else:
+                elif head is not None:  # always, when it gave the key
                     self._pos = head.end()
                 yield (key, *self._value())
                 if self._punctuation(b",}") == 0x7D:

@@ -25,7 +25,9 @@ import hashlib
 import json
 import math
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from operator import attrgetter
 from typing import Any, overload
 
@@ -34,6 +36,7 @@ import orjson
 from .errors import InvalidItem
 from .search import Document, document
 
+_compress: Callable[[bytes, int], bytes]  # (data, level) -> zlib-format bytes, from ISA-L or zlib
 try:  # ISA-L writes the same zlib format (any zlib reads it) 3-4x faster than zlib itself
     from isal.isal_zlib import compress as _compress
 
@@ -61,7 +64,9 @@ class JobRecord:
     id: str
     status: str
     stage: int
-    priority: int | float | str  # the queue number for SQL (see ``priority_of``)
+    # the queue number for SQL (see ``priority_of``); check.py puts PostgreSQL's numeric
+    # here, a Decimal, to compare it with the stored one (``write_queries.pg_priority``)
+    priority: int | float | str | Decimal
     create_time: int  # the sort key: ComfyUI's ``create_time or 0``
     create_time_missing: bool
     execution_start_time: int | None
@@ -268,7 +273,7 @@ def _prompt_tuple(job_id: Any, prompt: Any) -> list:
     return list(prompt[:5])
 
 
-def priority_of(job_id: str, number: Any) -> tuple[int | float, str | None]:
+def priority_of(job_id: str, number: Any) -> tuple[int | float | str, str | None]:
     """``(priority, priority_json)`` of a queue number, exactly as ComfyUI holds it.
 
     An int stays an int and a float a float (``float(number)`` is what ``POST /prompt``
@@ -423,9 +428,8 @@ def _outputs_walk(outputs: Any) -> tuple[int, dict | None, list[dict]]:
     for node_id, node_outputs in outputs.items():
         if not isinstance(node_outputs, dict):
             continue
-        file_node = str(node_id)
-        if "\x00" in file_node:
-            file_node = None
+        node_text = str(node_id)
+        file_node = None if "\x00" in node_text else node_text
         for media_type, items in node_outputs.items():
             if media_type == "animated" or not isinstance(items, list):
                 continue

@@ -55,7 +55,7 @@ def parse_list_query(query: Mapping[str, str]) -> ListQuery:
 
     Raises BadRequest (or its subclass InvalidCursor) with ComfyUI's exact body.
     """
-    statuses = STATUSES
+    statuses: tuple[str, ...] = STATUSES
     status_param = query.get("status")
     if status_param:  # "" means no filter; "," leaves no values and selects nothing
         requested = [s.strip().lower() for s in status_param.split(",") if s.strip()]

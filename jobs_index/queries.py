@@ -21,6 +21,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Literal
 
 from sqlalchemy import (
     BigInteger,
@@ -320,7 +321,7 @@ def _status_params(n: int) -> list:
 
 def _filter_values(query: ListQuery) -> dict:
     """The parameter values of a listing's filters (arms and total alike)."""
-    values = {f"s{i}": status for i, status in enumerate(query.statuses)}
+    values: dict[str, str | None] = {f"s{i}": status for i, status in enumerate(query.statuses)}
     workflow = column_text(query.workflow_id)
     values.update(
         workflow=workflow, source=query.source, count_source=query.source or "", count_workflow=workflow or ""
@@ -328,7 +329,7 @@ def _filter_values(query: ListQuery) -> dict:
     return values
 
 
-def clamp_position(position: Position, descending: bool) -> Position | None | bool:
+def clamp_position(position: Position, descending: bool) -> Position | Literal[False] | None:
     """Map a cursor value outside BIGINT onto the table: None = no bound, False = nothing."""
     if position.value > _INT64_MAX:
         return None if descending else False

@@ -29,7 +29,8 @@ def json_value(value: Any) -> Any:
             return str(value)
         # A numeric keeps its scale: 4.0 (a float's queue number, jobs.priority) stays a
         # float, 4 an int (exact, however large).
-        return int(value) if value.as_tuple().exponent >= 0 else float(value)
+        exponent = value.as_tuple().exponent  # an int: the value is finite (a NaN or an infinity has a letter)
+        return int(value) if isinstance(exponent, int) and exponent >= 0 else float(value)
     if isinstance(value, (bytes, bytearray, memoryview)):
         return "\\x" + bytes(value).hex()
     if isinstance(value, (dt.datetime, dt.date, dt.time)):

@@ -136,7 +136,7 @@ class SqliteStore(SearchStore):
         first = conn.exec_driver_sql(
             "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'job_search'), 0), "
             "coalesce((SELECT max(docid) FROM job_search), 0)) + 1"
-        ).scalar()
+        ).scalar_one()  # an aggregate: always one row
         rows, docs = [], []
         for docid, record in enumerate(records, first):
             doc = _document(record)
@@ -343,7 +343,9 @@ def choose_plan(query: ListQuery, total: int, want: int, walked: int, filtered: 
         return "matches"
     scanned = total * everything / filtered if 0 < filtered < everything else total
     probes = min(walked, want * walked / total)
-    terms = query.search.terms
+    search = query.search
+    assert search is not None, "the plan of a search listing (JobStream asks only for one)"
+    terms = search.terms
     probe = COST_PROBE * sum(len(t.words) for t in terms) * (PREFIX_PROBE if any(t.prefix for t in terms) else 1)
     return "timeline" if probes * probe < scanned * COST_MATCH else "matches"
 

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from operator import itemgetter
+from types import EllipsisType
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
@@ -22,7 +23,7 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from . import live_queries, queries, search_queries, wire, write_queries
 from .cursor import CURSOR_SORT_FIELD, cursor_can_carry, decode_cursor, encode_cursor
 from .database import HeldSnapshot, open_engine, read_statement, read_transaction, write_transaction
-from .errors import JobNotFound, LeaseLost, StorageError
+from .errors import JobNotFound, JobsIndexError, LeaseLost, StorageError
 from .normalize import STAGE_HISTORY, JobRecord, answer_text, column_text, decode_raw, detail_dict
 from .params import STATUSES, ListQuery
 from .queries import ROW_CREATE_TIME, ROW_DURATION, ROW_ID, ROW_JOB_JSON, ROW_TOTAL, Position
@@ -130,6 +131,7 @@ class JobStream:
         self._offset = 0 if query.cursor else query.offset
         self._done = False
         self._last = None
+        self._first: list[str] | None = None  # the first chunk, until next_chunk hands it out
         self._lock = threading.Lock()
         self._snapshot: HeldSnapshot | None = None
         self.has_more = False
@@ -436,6 +438,9 @@ class JobsIndex:
         """The jobs matching ``query`` (which has ``search``), newest first, up to
         ``query.limit`` (None: all) and created at or after ``since_ms``. Pages of
         ``page_size`` by keyset cursor; each page's details in one read."""
+        search = query.search
+        if search is None:
+            raise ValueError("search() needs a query with search")
         remaining = query.limit
         cursor = None
         while remaining is None or remaining > 0:
@@ -451,12 +456,14 @@ class JobsIndex:
                 if job["id"] not in details:  # deleted since the page was read
                     continue
                 source, raw_kind, raw, output = details[job["id"]]
-                text = snippet(raw_kind, decode_raw(raw), query.search, mark=mark)
+                text = snippet(raw_kind, decode_raw(raw), search, mark=mark)
                 yield SearchHit(job.get("create_time"), job["status"], source, job["id"], output, text)
             if remaining is not None:
                 remaining -= len(page.jobs)
             if not page.has_more or len(jobs) < len(page.jobs):
                 return
+            if page.next_cursor is None:  # has_more, but the last job's id is one no cursor can end on
+                raise JobsIndexError("search cannot page past a job whose id is empty or too long for a cursor")
             cursor = decode_cursor(page.next_cursor, "desc")
 
     def get_job(self, job_id: str) -> dict:
@@ -623,16 +630,20 @@ class JobsIndex:
         except (DataError, StorageError) as exc:
             # A value this database cannot hold (PostgreSQL: NUL in text; an id too long
             # for a b-tree entry, ~2,700 bytes: a program-limit error)
+            refused: DBAPIError
             if isinstance(exc, StorageError):
-                if not _row_refused(exc):
+                cause = exc.__cause__  # the driver's error (write_transaction raises from it)
+                if not _row_refused(exc) or not isinstance(cause, DBAPIError):
                     raise
-                exc = exc.__cause__
+                refused = cause
+            else:
+                refused = exc
             if len(records) > 1:  # write the batch row by row: only the refused rows are rejected
                 result = IngestResult()
                 for record in records:
                     result.add(self._write_batch([record]))
                 return result
-            reason = str(exc.orig).splitlines()[0] if exc.orig is not None else str(exc)
+            reason = str(refused.orig).splitlines()[0] if refused.orig is not None else str(refused)
             if "0x00" in reason and "NUL" not in reason:  # the server's words for a NUL in an array
                 reason += " (text cannot contain NUL)"
             return IngestResult(rejected=[(records[0].id, f"rejected by the database: {reason}")])
@@ -655,7 +666,9 @@ class JobsIndex:
         with read_transaction(self.engine) as conn:
             return queries.live_ids(conn, source)
 
-    def delete_jobs(self, ids: Iterable[str], *, source: str | None = ..., holder: str | None = None) -> int:
+    def delete_jobs(
+        self, ids: Iterable[str], *, source: str | None | EllipsisType = ..., holder: str | None = None
+    ) -> int:
         """Delete jobs by id. ``source`` given (None included): only rows of that
         source are deleted, a job of another machine with that id stays.
         ``holder``: refuse (``LeaseLost``) unless it holds ``source``'s lease."""
@@ -716,10 +729,14 @@ class JobsIndex:
                 if live_queries.insert_lease(conn, source, holder, now, now + ttl_ms):
                     return True, holder, now + ttl_ms
                 row = live_queries.get_lease(conn, source)
+                # write_transaction serialises writers (SQLite's lock, PostgreSQL's advisory
+                # lock): the row the insert met is there until this transaction ends.
+                assert row is not None, "the lease row the insert conflicted with"
             if row.holder == holder or row.expires_at <= now or stale(row.holder):
                 if live_queries.replace_lease(conn, source, row.holder, holder, now, now + ttl_ms):
                     return True, holder, now + ttl_ms
                 row = live_queries.get_lease(conn, source)
+                assert row is not None, "the lease row read above (writers are serialised)"
             return False, row.holder, row.expires_at
 
     def renew_lease(self, source: str, holder: str, ttl_ms: int) -> int | None:

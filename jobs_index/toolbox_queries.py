@@ -48,7 +48,7 @@ def per_day(conn: Connection, since_ms: int | None) -> list[tuple[int, str, int]
     return [(int(d), status, n) for d, status, n in conn.execute(stmt)]
 
 
-def per_workflow(conn: Connection, since_ms: int | None) -> list[Row]:
+def per_workflow(conn: Connection, since_ms: int | None) -> Sequence[Row]:
     """``(workflow_id, status, jobs)`` for the window."""
     stmt = (
         select(jobs.c.workflow_id, jobs.c.status, func.count())

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 
 def pagination(offset: int, limit: int | None, total: int, has_more: bool, next_cursor: str | None) -> dict:
     """The ``pagination`` object, keys in ComfyUI's order."""
-    result = {"offset": offset, "limit": limit, "total": total, "has_more": has_more}
+    result: dict[str, object] = {"offset": offset, "limit": limit, "total": total, "has_more": has_more}
     if next_cursor is not None:
         result["next_cursor"] = next_cursor
     return result

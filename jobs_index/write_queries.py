@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -109,10 +110,9 @@ def _values_sql(table: str, columns: tuple[str, ...], rows: int, tail: str = "")
 
 def _max_params(conn: Connection) -> int:
     dbapi = conn.connection.driver_connection
-    try:
-        return dbapi.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-    except AttributeError:  # Python < 3.11: assume SQLite's oldest default
+    if sys.version_info < (3, 11) or dbapi is None:  # no getlimit before Python 3.11: assume SQLite's oldest default
         return 999
+    return dbapi.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
 
 
 @cache
@@ -205,7 +205,8 @@ def pg_priority(priority, priority_json: str | None) -> Decimal:
     if priority_json is None:
         return Decimal(priority)
     value = Decimal(priority_json) if priority_json != "NaN" else Decimal("NaN")
-    if value.is_finite() and any(c in priority_json for c in ".eE") and value.as_tuple().exponent >= 0:
+    exponent = value.as_tuple().exponent  # an int when the value is finite ('n', 'N', 'F' otherwise)
+    if value.is_finite() and any(c in priority_json for c in ".eE") and isinstance(exponent, int) and exponent >= 0:
         value = Decimal(f"{int(value)}.0")  # 1e+16: the float's integral value, as a float
     return value
 

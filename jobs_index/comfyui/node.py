@@ -61,6 +61,7 @@ import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import update_wrapper
 from pathlib import Path
 from typing import Any
 
@@ -331,7 +332,7 @@ class JobsNode:
                 finally:
                     self._local.depth = depth
 
-        wrapper.__wrapped__ = original
+        update_wrapper(wrapper, original, assigned=(), updated=())  # sets __wrapped__ only
         wrapper.__name__ = name
         return wrapper
 

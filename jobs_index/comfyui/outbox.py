@@ -90,7 +90,7 @@ class MemoryOutbox:
         self._entries.extend(entries)
 
     def pending(self, limit: int, upto: int | None = None) -> list[Entry]:
-        out = []
+        out: list[Entry] = []
         for entry in self._entries:
             if len(out) >= limit or (entry.current and upto is not None and entry.seq > upto):
                 break

@@ -150,7 +150,7 @@ def upgrade_in_child(url: str, *, timeout: float = CHILD_TIMEOUT) -> None:
 def open_failure_hint(exc: BaseException, url: str) -> str:
     """What a user can do about ``exc``, raised while opening the index at ``url``."""
     text = str(exc).lower()
-    where = url
+    where: str | None = url  # or an SQLite URL's database path (None for sqlite://: in memory)
     try:
         from sqlalchemy.engine import make_url
 

@@ -60,7 +60,7 @@ from ..errors import LeaseLost
 from ..leases import holder_is_gone, new_holder
 from ..normalize import IN_PROGRESS, PENDING, STAGE_HISTORY, JobRecord, from_history, from_queue
 from ..services import JobsIndex
-from .outbox import Entry, MemoryOutbox, OutboxFull, open_outbox
+from .outbox import Entry, FileOutbox, MemoryOutbox, OutboxFull, open_outbox
 
 log = logging.getLogger("jobs_index.comfyui")
 
@@ -145,7 +145,7 @@ class Writer:
         self.source: str | None = None
         self.holder = new_holder()
         self.outbox_path = outbox
-        self.outbox = None
+        self.outbox: FileOutbox | MemoryOutbox | None = None
         self.lease_ttl = lease_ttl
         self.legacy_source = legacy_source
         self.delete_batch = delete_batch
@@ -201,9 +201,9 @@ class Writer:
             self.last_seq += 1
             op = Op(self.last_seq, kind, payload)
             waiting = len(self._ops)
-            if waiting < self.hard_limit and (kind != QUEUED or waiting < self.max_queue):
+            queued = waiting < self.hard_limit and (kind != QUEUED or waiting < self.max_queue)
+            if queued:
                 self._ops.append(op)
-                op = None
             else:  # a resync redoes it from ComfyUI's memory
                 self.stats["dropped"] += 1
                 if kind in DELETIONS:
@@ -212,7 +212,7 @@ class Writer:
                 self._drop_max = op.seq
                 self._resync_due = True
             seq = self.last_seq
-        if op is None:
+        if queued:
             self._submitted.set()
         return seq
 
@@ -284,6 +284,25 @@ class Writer:
             self.outbox.close()
 
     # -- the thread -----------------------------------------------------------------
+
+    # ``_run`` sets ``source``, then opens ``outbox``, then ``index``, before it does
+    # anything else; the pump thread starts once the outbox is open. The methods that
+    # run only after that read them through these.
+
+    @property
+    def _known_source(self) -> str:
+        assert self.source is not None, "_run identifies the source first"
+        return self.source
+
+    @property
+    def _opened_outbox(self) -> FileOutbox | MemoryOutbox:
+        assert self.outbox is not None, "_run opens the outbox before the pump thread starts"
+        return self.outbox
+
+    @property
+    def _opened_index(self) -> JobsIndex:
+        assert self.index is not None, "_run opens the index before any read or write of it"
+        return self.index
 
     def _run(self) -> None:
         attempt = 0
@@ -360,7 +379,7 @@ class Writer:
             log.error(
                 "jobs-index: the outbox failed (%s: %s); changes wait in memory from now on", type(exc).__name__, exc
             )
-            self.outbox = MemoryOutbox(self.source, self.holder)
+            self.outbox = MemoryOutbox(self._known_source, self.holder)
             self.request_resync()
 
     # -- the lease ------------------------------------------------------------------
@@ -372,10 +391,12 @@ class Writer:
             return True
         ttl_ms = int(self.lease_ttl * 1000)
         had = self._lease_until > 0
-        if had and self.index.renew_lease(self.source, self.holder, ttl_ms) is not None:
+        if had and self._opened_index.renew_lease(self._known_source, self.holder, ttl_ms) is not None:
             self._lease_until = now + self.lease_ttl
             return True
-        acquired, holder, expires_at = self.index.acquire_lease(self.source, self.holder, ttl_ms, stale=holder_is_gone)
+        acquired, holder, expires_at = self._opened_index.acquire_lease(
+            self._known_source, self.holder, ttl_ms, stale=holder_is_gone
+        )
         if not acquired:
             self._lease_until = 0.0
             self.ready = False
@@ -445,12 +466,12 @@ class Writer:
                 entries.append(Entry(op.seq, op.kind, record))
         try:
             try:
-                self.outbox.append(entries)
+                self._opened_outbox.append(entries)
             except OutboxFull:
                 raise
             except Exception as exc:
                 self._outbox_failed(exc)
-                self.outbox.append(entries)
+                self._opened_outbox.append(entries)
         except OutboxFull:  # in memory only, and full: dropped, as from a full queue (resync repairs)
             with self._lock:
                 self.stats["dropped"] += len(ops)
@@ -476,11 +497,11 @@ class Writer:
         with self._pump_lock:
             pumped = self._pumped_seq  # in the outbox before the reads below
         while True:
-            entries = self.outbox.pending(self.batch_size, upto)
+            entries = self._opened_outbox.pending(self.batch_size, upto)
             if not entries:
                 break
             self._apply(entries)
-            self.outbox.ack(entries)
+            self._opened_outbox.ack(entries)
             replayed = sum(not entry.current for entry in entries)
             if replayed:
                 self.stats["replayed"] += replayed
@@ -491,7 +512,7 @@ class Writer:
 
     def _apply(self, entries: list[Entry]) -> None:
         """Consecutive upserts in one ingest, deletions as they come."""
-        index = self.index
+        index = self._opened_index
         records: list[JobRecord] = []
         for entry in entries:
             if entry.kind in DELETIONS:
@@ -533,7 +554,7 @@ class Writer:
             self._drain_into_outbox()  # every op up to snap_seq is queued or dropped: into the outbox
             for op in sorted(deferred, key=lambda op: op.seq):  # dropped deletions, in their place
                 self._apply_pending(upto=op.seq - 1)
-                self._delete(self.index, op)
+                self._delete(self._opened_index, op)
             self._apply_pending(upto=snap_seq)  # earlier runs' entries, then ours up to the snapshot
             if not self._legacy_done:
                 self._clean_legacy()
@@ -558,14 +579,17 @@ class Writer:
     def _clean_legacy(self) -> None:
         """Remove the pending/running rows of the legacy source (a ComfyUI that used
         it has stopped: nobody else writes it), once, if its lease is free."""
-        if not self.index.live_ids(self.legacy_source):  # the usual case: a read, no write lock
+        if self.legacy_source is None:  # not called then (_legacy_done starts True)
+            self._legacy_done = True
+            return
+        if not self._opened_index.live_ids(self.legacy_source):  # the usual case: a read, no write lock
             self._legacy_done = True
             return
         ttl_ms = int(self.lease_ttl * 1000)
-        acquired, _, _ = self.index.acquire_lease(self.legacy_source, self.holder, ttl_ms, stale=holder_is_gone)
+        acquired, _, _ = self._opened_index.acquire_lease(self.legacy_source, self.holder, ttl_ms, stale=holder_is_gone)
         if acquired:
             try:
-                removed = self.index.reconcile_live([], source=self.legacy_source, holder=self.holder)
+                removed = self._opened_index.reconcile_live([], source=self.legacy_source, holder=self.holder)
                 if removed:
                     log.info(
                         "jobs-index: removed %d pending/running job(s) left under the old source %r",
@@ -573,7 +597,7 @@ class Writer:
                         self.legacy_source,
                     )
             finally:
-                self.index.release_lease(self.legacy_source, self.holder)
+                self._opened_index.release_lease(self.legacy_source, self.holder)
         self._legacy_done = True
 
     def _write_state(self, state: State) -> None:
@@ -581,7 +605,7 @@ class Writer:
 
         A history entry this writer already wrote (or found stored) is not written
         again: if its row is gone, someone deleted it (``prune``, SQL) and that wins."""
-        index = self.index
+        index = self._opened_index
         candidates = [prompt_id for prompt_id in state.history if prompt_id not in self._written]
         stored = index.finished_ids(candidates) if candidates else set()
         self._written.update(stored)

@@ -36,14 +36,18 @@ HEADERS = {
 _KINDS = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
 
 
+def _page() -> web.Response:
+    return web.Response(
+        body=(STATIC / "index.html").read_bytes(), content_type="text/html", charset="utf-8", headers=HEADERS
+    )
+
+
 def page_response(subpath: str) -> web.Response | None:
     """The answer for ``subpath`` below the page's mount point (``/`` is the page,
     ``/static/NAME`` its files), or None when there is no such file. For hosts that
     route by hand (the ComfyUI custom node's middleware)."""
     if subpath == "/":
-        return web.Response(
-            body=(STATIC / "index.html").read_bytes(), content_type="text/html", charset="utf-8", headers=HEADERS
-        )
+        return _page()
     name = subpath[len("/static/") :] if subpath.startswith("/static/") else ""
     path = STATIC / name
     kind = _KINDS.get(path.suffix)
@@ -53,7 +57,7 @@ def page_response(subpath: str) -> web.Response | None:
 
 
 async def _index(request: web.Request) -> web.Response:
-    return page_response("/")
+    return _page()
 
 
 async def _static(request: web.Request) -> web.Response:
