@@ -57,13 +57,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import create_engine, text  # noqa: E402
+from sqlalchemy import create_engine, text
 
-from jobs_index import normalize  # noqa: E402
-from jobs_index.cursor import encode_cursor  # noqa: E402
-from jobs_index.params import parse_list_query  # noqa: E402
-from jobs_index.sample import queue_item, synthetic_history  # noqa: E402
-from jobs_index.services import JobsIndex  # noqa: E402
+from jobs_index import normalize
+from jobs_index.cursor import encode_cursor
+from jobs_index.params import parse_list_query
+from jobs_index.sample import queue_item, synthetic_history
+from jobs_index.services import JobsIndex
 
 WORK = ROOT / "benchmarks" / "_work"
 RESULTS = ROOT / "benchmarks" / "results"

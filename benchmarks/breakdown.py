@@ -46,15 +46,15 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import text  # noqa: E402
+from sqlalchemy import text
 
-from jobs_index import normalize, queries, wire  # noqa: E402
-from jobs_index.params import parse_list_query  # noqa: E402
-from jobs_index.sample import synthetic_history  # noqa: E402
-from jobs_index.services import JobsIndex  # noqa: E402
+from jobs_index import normalize, queries, wire
+from jobs_index.params import parse_list_query
+from jobs_index.sample import synthetic_history
+from jobs_index.services import JobsIndex
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-import bench  # noqa: E402
+import bench
 
 
 def timeit(fn, repeat: int, warmup: int = 3) -> tuple[float, float]:
@@ -316,7 +316,10 @@ def _old_write_batch(self, records):
     jobs, outputs_t = schema.Job.__table__, schema.JobOutput.__table__
     # job_nodes as it was before revision 0008 (no model any more)
     nodes_t = table("job_nodes", column("job_id"), column("node_id"), column("class_type"))
-    chunks = lambda ids: (ids[i : i + 900] for i in range(0, len(ids), 900))  # noqa: E731
+
+    def chunks(ids):
+        return (ids[i : i + 900] for i in range(0, len(ids), 900))
+
     result = IngestResult()
     now = int(time.time() * 1000)
     with write_transaction(self.engine) as conn:

@@ -23,9 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from jobs_index import JobsIndex  # noqa: E402
-from jobs_index.params import parse_list_query  # noqa: E402
-from tests.bulkdata import bulk_load  # noqa: E402
+from jobs_index import JobsIndex
+from jobs_index.params import parse_list_query
+from tests.bulkdata import bulk_load
 
 
 def measure(fn, repeat: int) -> tuple[float, float]:

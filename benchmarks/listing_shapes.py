@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))  # after PYTHONPATH: an older checkout can be measured
 
-from jobs_index import JobsIndex, parse_list_query  # noqa: E402
+from jobs_index import JobsIndex, parse_list_query
 
 SHAPES = [
     ("first page, limit=50", {"limit": "50"}),

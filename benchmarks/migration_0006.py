@@ -43,12 +43,12 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import create_engine, text  # noqa: E402
+from sqlalchemy import create_engine, text
 
-from jobs_index import JobsIndex, parse_list_query, queries  # noqa: E402
-from jobs_index.database import make_engine, migrate  # noqa: E402
-from jobs_index.normalize import from_history  # noqa: E402
-from jobs_index.sample import synthetic_history  # noqa: E402
+from jobs_index import JobsIndex, parse_list_query, queries
+from jobs_index.database import make_engine, migrate
+from jobs_index.normalize import from_history
+from jobs_index.sample import synthetic_history
 
 REV_5 = "0005_filter_timeline_indexes"
 WORK = ROOT / "benchmarks" / "_work"

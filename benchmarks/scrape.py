@@ -37,13 +37,13 @@ from sqlalchemy import create_engine, text
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from jobs_index import JobsIndex  # noqa: E402
-from jobs_index.database import read_transaction  # noqa: E402
-from jobs_index.http import METRICS_KEY, AppRunner, ServerConfig, create_app  # noqa: E402
-from jobs_index.metrics import Metrics  # noqa: E402
-from jobs_index.metrics_queries import source_status_counts  # noqa: E402
-from jobs_index.normalize import from_history  # noqa: E402
-from jobs_index.sample import synthetic_history  # noqa: E402
+from jobs_index import JobsIndex
+from jobs_index.database import read_transaction
+from jobs_index.http import METRICS_KEY, AppRunner, ServerConfig, create_app
+from jobs_index.metrics import Metrics
+from jobs_index.metrics_queries import source_status_counts
+from jobs_index.normalize import from_history
+from jobs_index.sample import synthetic_history
 
 WORK = ROOT / "benchmarks" / "_work"
 RESULTS = ROOT / "benchmarks" / "results"

@@ -36,16 +36,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import bench  # noqa: E402
-from bench import RESULTS, WORK, Case, Target, http_series, log, pct  # noqa: E402
-from sqlalchemy import create_engine, text  # noqa: E402
+import bench
+from bench import RESULTS, WORK, Case, Target, http_series, log, pct
+from sqlalchemy import create_engine, text
 
-from jobs_index import queries, search_queries  # noqa: E402
-from jobs_index.cursor import encode_cursor  # noqa: E402
-from jobs_index.database import read_transaction  # noqa: E402
-from jobs_index.params import ListQuery, parse_list_query  # noqa: E402
-from jobs_index.sample import RealisticVocabulary, realistic_history  # noqa: E402
-from jobs_index.services import JobsIndex  # noqa: E402
+from jobs_index import queries, search_queries
+from jobs_index.cursor import encode_cursor
+from jobs_index.database import read_transaction
+from jobs_index.params import ListQuery, parse_list_query
+from jobs_index.sample import RealisticVocabulary, realistic_history
+from jobs_index.services import JobsIndex
 
 BASE_COMMIT = "d22a2c7"  # the branch point of issue 14: job_nodes, no search
 

@@ -325,7 +325,7 @@ def read_dump(name: str, stream: BinaryIO) -> Dump:
         except (ValueError, RecursionError):
             head = None  # the first line is not a whole document (e.g. indented JSON)
         if is_export_line(head):
-            return Dump(name, EXPORT, ExportItems(stream, head))  # type: ignore[arg-type]
+            return Dump(name, EXPORT, ExportItems(stream, head))  # type: ignore[arg-type]  # iterated once, not a list
     rest = stream.read(STREAM_THRESHOLD + 1 - len(first)) if len(first) <= STREAM_THRESHOLD else b""
     if len(first) + len(rest) > STREAM_THRESHOLD and first.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"{":
         return _large_object_dump(name, stream, first + rest)
@@ -354,7 +354,7 @@ def _large_object_dump(name: str, stream: BinaryIO, prefix: bytes) -> Dump:
         raise InvalidDump(f"{name}: not valid JSON ({items.exception})")
     if first is None or first[0] in QUEUE_KEYS:
         return detect(name, data)
-    return Dump(name, HISTORY, _StreamedHistory(items, first, entries))  # type: ignore[arg-type]
+    return Dump(name, HISTORY, _StreamedHistory(items, first, entries))  # type: ignore[arg-type]  # iterated once
 
 
 Entry = tuple[str, Any, "bytes | None", bool]  # ObjectItems.spans(): (key, value, its JSON, exact)
