@@ -81,8 +81,8 @@ def parse_time(name: str, value: str) -> int | None:
         except ValueError as exc:  # more digits than Python converts: far out of range anyway
             raise BadRequest(f"{name} is out of range") from exc
     else:
-        try:
-            moment = datetime.fromisoformat(text)
+        try:  # (Python 3.10's fromisoformat does not read a "Z" offset)
+            moment = datetime.fromisoformat(text[:-1] + "+00:00" if text[-1:] in "Zz" else text)
         except ValueError as exc:
             raise BadRequest(message) from exc
         if moment.tzinfo is None:

@@ -392,7 +392,7 @@ def _status_params(n: int) -> list:
 
 def _filter_values(query: ListQuery) -> dict:
     """The parameter values of a listing's filters (arms and total alike)."""
-    values = {f"s{i}": status for i, status in enumerate(query.statuses)}
+    values: dict[str, object] = {f"s{i}": status for i, status in enumerate(query.statuses)}
     workflow = column_text(query.workflow_id)
     values.update(
         workflow=workflow, source=query.source, count_source=query.source or "", count_workflow=workflow or ""

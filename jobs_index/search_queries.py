@@ -305,7 +305,7 @@ def _count_sql(
 
 
 def _values(conn: Connection, query: ListQuery) -> dict:
-    values = {
+    values: dict[str, object] = {
         "m": store(conn).match_value(query.search),
         "workflow": column_text(query.workflow_id),
         "source": query.source,

@@ -175,10 +175,10 @@ def _free_port() -> int:
 
 
 class Server:
-    def __init__(self, db_url: str, *args: str, env: dict | None = None) -> None:
+    def __init__(self, db_url: str, *args: str, env: dict | None = None, command: tuple = ("serve",)) -> None:
         self.port = _free_port()
         self.process = subprocess.Popen(
-            [*EXE, "--db", db_url, "serve", "--port", str(self.port), *args],
+            [*EXE, "--db", db_url, *command, "--port", str(self.port), *args],
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             env={**os.environ, **(env or {})},
@@ -232,6 +232,24 @@ def test_serve_beyond_loopback_prints_a_url_with_a_generated_token(db_file):
         assert reply.status == 200 and json.loads(reply.body)["pagination"]["total"] == 7
         opened = get(server.port, urlsplit(url)._replace(scheme="", netloc="").geturl())  # what the browser opens
         assert opened.status == 303 and opened.getheader("Location") == "/ui/"
+    finally:
+        server.stop()
+
+
+def test_follow_serve_beyond_loopback_requires_the_token_too(db_file):
+    comfyui = f"http://127.0.0.1:{_free_port()}"  # nothing listens: follow retries, the server answers
+    server = Server(db_file, "--serve", "--host", "0.0.0.0", command=("follow", comfyui))
+    try:
+        lines = server.read_lines(2)
+        assert "history page http://0.0.0.0:" in lines[0]
+        notice = next(line for line in server.read_lines(3) if line.startswith("token required"))
+        token = notice.split("?token=", 1)[1].split(" ;")[0]
+        server.wait_ready()
+        assert get(server.port, "/api/jobs").status == 401
+        assert get(server.port, "/metrics").status == 401
+        reply = get(server.port, "/api/jobs?limit=3", bearer(token))
+        assert reply.status == 200 and json.loads(reply.body)["pagination"]["total"] == 7
+        assert get(server.port, "/readyz").status == 503  # open (a probe), and honest: the follower is down
     finally:
         server.stop()
 
