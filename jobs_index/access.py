@@ -80,7 +80,8 @@ def required_token(host: str, token: str | None, no_auth: bool) -> tuple[str | N
 
 def access_notice(host: str, port: int, token: str | None, show_token: bool) -> list[str]:
     """What a server says at start about who may see it (lines to print)."""
-    base = f"http://{host}:{port}"
+    shown_host = f"[{host}]" if ":" in host and not host.startswith("[") else host  # an IPv6 address
+    base = f"http://{shown_host}:{port}"
     if token is None:
         if not exposed(host):
             return []

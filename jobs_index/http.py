@@ -29,7 +29,7 @@ import logging
 import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from aiohttp import http_exceptions, web
@@ -56,7 +56,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8189
     pool_size: int = 8  # database connections = worker threads
-    token: str | None = None  # required of every request but probes (``access``); None: open
+    token: str | None = field(default=None, repr=False)  # required of all but probes (``access``); None: open
     show_token: bool = False  # generated at start: printed in the page's URL
 
 
@@ -235,8 +235,9 @@ MAX_SOURCE_IDS = 500  # ids per /api/jobs-index/sources request
 
 async def status_counts(request: web.Request) -> web.Response:
     """``{"counts": {status: n}, "total": n, "sources": [{"source", "url", "jobs"}]}``:
-    exact counts for the listing's source/workflow_id/q filters (its ``status`` is
-    ignored), from ``job_counts`` or the search index, and every source (``sources``)."""
+    exact counts for the listing's source/workflow_id/q/since/until filters (its
+    ``status`` is ignored), from ``job_counts``, the search index or (a time range)
+    the rows themselves, and every source (``sources``)."""
     query = parse_list_query(request.rel_url.query)
     index = _index(request)
     counts, listed = await _run(request, index.page_counts, query)

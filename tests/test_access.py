@@ -59,6 +59,8 @@ def test_the_notice_at_start():
     assert "http://0.0.0.0:8189/ui/?token=abc-_1" in line and "Bearer abc-_1" in line
     [line] = access_notice("0.0.0.0", 8189, TOKEN, False)  # the operator's own token stays out of logs
     assert TOKEN not in line and "?token=<token>" in line
+    assert "open http://[::]:8189/ui/?token=" in access_notice("::", 8189, "t", True)[0]
+    assert TOKEN not in repr(ServerConfig(host="0.0.0.0", token=TOKEN))
 
 
 @pytest.fixture(scope="module")
