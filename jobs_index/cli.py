@@ -14,7 +14,7 @@ from collections.abc import Callable
 import click
 
 from . import __version__
-from .cli_live import LOG_FORMAT_OPTION
+from .cli_live import LOG_FORMAT_OPTION, access_options, server_access
 from .cli_live import register as register_live
 from .cli_toolbox import Duration, start_retention, stop_retention
 from .cli_toolbox import register as register_toolbox
@@ -185,7 +185,8 @@ def import_(
     "--host",
     default="127.0.0.1",
     show_default=True,
-    help="Address to bind. The default answers only this machine; 0.0.0.0 exposes the API.",
+    help="Address to bind. The default answers only this machine; beyond loopback (e.g. 0.0.0.0) "
+    "the page and the API require a token (see --token, --no-auth).",
 )
 @click.option("--port", default=8189, show_default=True, type=click.IntRange(0, 65535))
 @click.option(
@@ -202,9 +203,19 @@ def import_(
     metavar="DURATION",
     help="Also prune finished jobs created longer ago than DURATION (e.g. 90d), at start and then every hour.",
 )
+@access_options
 @LOG_FORMAT_OPTION
 @pass_ctx
-def serve(ctx: Context, host: str, port: int, pool_size: int, retention_ms: int | None, log_format: str) -> None:
+def serve(
+    ctx: Context,
+    host: str,
+    port: int,
+    pool_size: int,
+    retention_ms: int | None,
+    token: str | None,
+    no_auth: bool,
+    log_format: str,
+) -> None:
     """Serve GET /api/jobs and GET /api/jobs/{id} from the index, as ComfyUI does.
 
     \b
@@ -213,13 +224,16 @@ def serve(ctx: Context, host: str, port: int, pool_size: int, retention_ms: int 
       curl '127.0.0.1:8189/api/jobs?limit=50&status=failed'
       jobs-index serve --retention 90d   # and keep 90 days of finished jobs
       curl 127.0.0.1:8189/metrics        # Prometheus; also /healthz, /readyz
+      jobs-index serve --host 0.0.0.0    # prints the page's URL with a generated token
+      curl -H "Authorization: Bearer $TOKEN" 'gpu-box:8189/api/jobs?limit=5'
     """
     announce = use_format(log_format) or (lambda line: click.echo(line, err=True))  # before imports log
     from .http import ServerConfig
     from .http import serve as run
 
+    access = server_access(host, token, no_auth)
     retention = start_retention(ctx.url, retention_ms)
-    run(ServerConfig(db_url=ctx.url, host=host, port=port, pool_size=pool_size), print_fn=announce)
+    run(ServerConfig(db_url=ctx.url, host=host, port=port, pool_size=pool_size, **access), print_fn=announce)
     stop_retention(retention)
 
 
@@ -234,8 +248,9 @@ def serve(ctx: Context, host: str, port: int, pool_size: int, retention_ms: int 
 )
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8189, show_default=True, type=click.IntRange(0, 65535))
+@access_options
 @pass_ctx
-def demo(ctx: Context, count: int, host: str, port: int) -> None:
+def demo(ctx: Context, count: int, host: str, port: int, token: str | None, no_auth: bool) -> None:
     """Build an index of sample jobs (shaped like real ComfyUI history) and serve it.
 
     Without --db the sample goes to ./jobs-index-demo.sqlite3.
@@ -250,11 +265,12 @@ def demo(ctx: Context, count: int, host: str, port: int) -> None:
     from .sample import build_sample
     from .services import JobsIndex
 
+    access = server_access(host, token, no_auth)
     url = ctx.url if ctx.db else "sqlite:///jobs-index-demo.sqlite3"
     with JobsIndex.open(url) as index:
         result = build_sample(index, count)
     click.echo(f"sample index {url}: {summary_line(result, 1)}", err=True)
-    run(ServerConfig(db_url=url, host=host, port=port), print_fn=lambda line: click.echo(line, err=True))
+    run(ServerConfig(db_url=url, host=host, port=port, **access), print_fn=lambda line: click.echo(line, err=True))
 
 
 @cli.command()

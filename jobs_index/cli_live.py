@@ -19,6 +19,32 @@ LOG_FORMAT_OPTION = click.option(
     help="json: one JSON object per log event and line, on stderr (also $JOBS_INDEX_LOG_FORMAT).",
 )
 
+TOKEN_ENV = "JOBS_INDEX_TOKEN"  # access.TOKEN_ENV (not imported: --help stays fast)
+
+
+def access_options(command):
+    """``--token`` / ``--no-auth`` of a command that serves the page and the API."""
+    command = click.option(
+        "--no-auth",
+        is_flag=True,
+        help="Serve beyond loopback WITHOUT a token (say it: anyone who reaches the port sees every job).",
+    )(command)
+    return click.option(
+        "--token",
+        envvar=TOKEN_ENV,
+        metavar="TOKEN",
+        help=f"Token the page, the API and /metrics require (also ${TOKEN_ENV}). Default: none on "
+        "loopback; generated and printed when --host listens beyond loopback.",
+    )(command)
+
+
+def server_access(host: str, token: str | None, no_auth: bool) -> dict:
+    """``ServerConfig``'s ``token`` and ``show_token`` for these options (``access``)."""
+    from .access import required_token
+
+    required, generated = required_token(host, token, no_auth)
+    return {"token": required, "show_token": generated}
+
 
 def register(cli: click.Group) -> None:
     cli.add_command(follow)
@@ -33,7 +59,12 @@ def register(cli: click.Group) -> None:
     help="Source name recorded on this server's jobs (one URL only). Default: host:port of the URL.",
 )
 @click.option("--serve", is_flag=True, help="Also serve GET /api/jobs from the index, in this process.")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address --serve binds.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address --serve binds. Beyond loopback (e.g. 0.0.0.0) a token is required (see --token).",
+)
 @click.option("--port", default=8189, show_default=True, type=click.IntRange(0, 65535), help="Port --serve binds.")
 @click.option(
     "--page-size",
@@ -43,6 +74,7 @@ def register(cli: click.Group) -> None:
     help="History entries per GET /history request.",
 )
 @click.option("--once", is_flag=True, help="Sync each server once (history and queue), then exit.")
+@access_options
 @LOG_FORMAT_OPTION
 @click.pass_obj
 def follow(
@@ -54,6 +86,8 @@ def follow(
     port: int,
     page_size: int,
     once: bool,
+    token: str | None,
+    no_auth: bool,
     log_format: str,
 ) -> None:
     """Follow running ComfyUI servers: backfill, then stay current live.
@@ -76,13 +110,14 @@ def follow(
     from .http import ServerConfig
 
     targets = make_targets(urls, source)
+    access = server_access(host, token, no_auth) if serve else {}
     with ctx.open() as index:
         run(
             index,
             targets,
             page_size=page_size,
             once=once,
-            serve=ServerConfig(host=host, port=port) if serve else None,
+            serve=ServerConfig(host=host, port=port, **access) if serve else None,
             print_fn=announce,
         )
 

@@ -12,6 +12,7 @@ class JobsIndexError(Exception):
     """Base class: an error with a status and a JSON body."""
 
     status = 500
+    headers: dict[str, str] = {}  # extra response headers (``Unauthorized``'s challenge)
 
     def __init__(self, message: str, **extra: object) -> None:
         super().__init__(message)
@@ -26,6 +27,17 @@ class BadRequest(JobsIndexError):
     """A query parameter failed validation (ComfyUI's exact 400 bodies)."""
 
     status = 400
+
+
+class Unauthorized(JobsIndexError):
+    """A request to a server that requires a token (``serve --host`` beyond loopback)
+    carried none, or a wrong one. Rendered with ``headers`` (RFC 6750's challenge)."""
+
+    status = 401
+    headers = {"WWW-Authenticate": 'Bearer realm="jobs-index"'}
+
+    def __init__(self, message: str = "Unauthorized: a token is required (Authorization: Bearer <token>)") -> None:
+        super().__init__(message)
 
 
 class InvalidCursor(BadRequest):

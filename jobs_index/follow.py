@@ -582,6 +582,7 @@ async def follow(
     return). ``serve`` (an ``http.ServerConfig``) also serves the API in this loop."""
     from aiohttp import web
 
+    from .access import access_notice
     from .http import create_app
 
     executor = ThreadPoolExecutor(max_workers=max(2, min(8, 2 * len(targets))), thread_name_prefix="jobs-index-follow")
@@ -606,6 +607,8 @@ async def follow(
                 f"jobs-index serving http://{serve.host}:{serve.port}/api/jobs; "
                 f"history page http://{serve.host}:{serve.port}/ui/"
             )
+            for line in access_notice(serve.host, serve.port, serve.token, serve.show_token):
+                print_fn(line)
         for follower in followers:
             print_fn(f"following {follower.target.url} as source {follower.source!r}")
         await asyncio.gather(*(follower.run() for follower in followers))

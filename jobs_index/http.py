@@ -15,6 +15,10 @@ the routes also answer under a doubled ``/api`` prefix (``/api/api/jobs``).
 For operators (``metrics``): ``GET /metrics`` (Prometheus text format), ``GET /healthz``
 (the process answers) and ``GET /readyz`` (database reachable and migrated, every
 follower connected; 503 otherwise), all JSON but ``/metrics``.
+
+Who may see it (``access``): a server configured with a token (``ServerConfig.token``:
+``serve`` beyond loopback, or ``--token``) answers the page, the API and ``/metrics``
+only to requests that show it; ``/healthz`` and ``/readyz`` stay open.
 """
 
 from __future__ import annotations
@@ -25,13 +29,14 @@ import logging
 import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from aiohttp import http_exceptions, web
 from aiohttp.web_protocol import RequestHandler
 
 from . import wire
+from .access import access_notice, exposed, token_middleware
 from .errors import BadRequest, JobsIndexError
 from .metrics import Metrics, readiness
 from .params import parse_list_query
@@ -51,6 +56,8 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8189
     pool_size: int = 8  # database connections = worker threads
+    token: str | None = field(default=None, repr=False)  # required of all but probes (``access``); None: open
+    show_token: bool = False  # generated at start: printed in the page's URL
 
 
 INDEX_KEY = web.AppKey("jobs_index", JobsIndex)
@@ -95,7 +102,9 @@ async def error_middleware(request: web.Request, handler):
     try:
         return await handler(request)
     except JobsIndexError as exc:
-        return _json(exc.body(), status=exc.status)
+        response = _json(exc.body(), status=exc.status)
+        response.headers.update(exc.headers)
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -226,8 +235,9 @@ MAX_SOURCE_IDS = 500  # ids per /api/jobs-index/sources request
 
 async def status_counts(request: web.Request) -> web.Response:
     """``{"counts": {status: n}, "total": n, "sources": [{"source", "url", "jobs"}]}``:
-    exact counts for the listing's source/workflow_id/q filters (its ``status`` is
-    ignored), from ``job_counts`` or the search index, and every source (``sources``)."""
+    exact counts for the listing's source/workflow_id/q/since/until filters (its
+    ``status`` is ignored), from ``job_counts``, the search index or (a time range)
+    the rows themselves, and every source (``sources``)."""
     query = parse_list_query(request.rel_url.query)
     index = _index(request)
     counts, listed = await _run(request, index.page_counts, query)
@@ -288,7 +298,10 @@ def create_app(
     and closed on cleanup. ``followers`` (``follow --serve``) are reported by
     ``/metrics`` and ``/readyz``."""
     config = config or ServerConfig()
-    app = web.Application(middlewares=[error_middleware])
+    middlewares = [error_middleware]
+    if config.token is not None:
+        middlewares.append(token_middleware(config.token))
+    app = web.Application(middlewares=middlewares)
     app[FOLLOWERS_KEY] = list(followers)
 
     async def lifetime(app: web.Application):
@@ -389,11 +402,13 @@ def serve(config: ServerConfig, *, print_fn: Callable[[str], None] = print) -> N
     def announce() -> None:
         index = app[INDEX_KEY]
         url = f"http://{config.host}:{config.port}/api/jobs"
-        scope = "loopback only" if config.host in ("127.0.0.1", "localhost", "::1") else "reachable from the network"
+        scope = "reachable from the network" if exposed(config.host) else "loopback only"
         print_fn(
             f"jobs-index serving {url} ({scope}) from {index.engine.url.render_as_string(hide_password=True)}; "
             f"history page http://{config.host}:{config.port}/ui/"
         )
+        for line in access_notice(config.host, config.port, config.token, config.show_token):
+            print_fn(line)
 
     try:
         asyncio.run(_serve_forever(app, config, announce))

@@ -13,6 +13,12 @@ On SQLite each arm names its index (``INDEXED BY``), so no statistics ``ANALYZE`
 gathers can turn it into a table walk. PostgreSQL has no hints: every query gets a
 custom plan for its actual values, which picks these indexes (tests/test_plans.py);
 docs/postgresql.md records the one stale-statistics case seen and its remedy.
+
+A time range (``since``/``until``, on ``create_time``) is one more condition of each
+arm: on the created_at timeline every one of these indexes has ``create_time`` right
+after its equality columns, so it narrows the seek. Its total cannot come from
+``job_counts`` (keyed by source, workflow and status only): it is counted from the
+rows, ``count(*)`` over the index range (O(jobs in the range); see the README).
 """
 
 from __future__ import annotations
@@ -181,6 +187,18 @@ class _Shape:
     limit: bool
     offset: bool
     total: bool
+    since: bool = False  # create_time >= :since
+    until: bool = False  # create_time < :until
+
+
+def _time_conditions(shape, table) -> list:
+    """The time range's conditions on ``table`` (``jobs``, or an alias of it)."""
+    conditions = []
+    if shape.since:
+        conditions.append(table.c.create_time >= bindparam("since", type_=BigInteger))
+    if shape.until:
+        conditions.append(table.c.create_time < bindparam("until", type_=BigInteger))
+    return conditions
 
 
 def _arm(shape: _Shape, status, limit, columns: tuple) -> Select:
@@ -211,6 +229,8 @@ def _arm(shape: _Shape, status, limit, columns: tuple) -> Select:
             stmt = stmt.where(column >= value, column <= value)
         else:
             stmt = stmt.where(column == value)
+    for condition in _time_conditions(shape, jobs):
+        stmt = stmt.where(condition)
     if shape.after:
         key = tuple_(sort, jobs.c.id)
         bound = tuple_(bindparam("after_value", type_=BigInteger), bindparam("after_id", type_=Text))
@@ -236,6 +256,34 @@ def _total_column(statuses: list):
     )
 
 
+@dataclass(frozen=True)
+class _CountShape:
+    """A count of the rows themselves (a time-bounded total): its SQL text's shape."""
+
+    workflow: bool
+    source: bool
+    since: bool
+    until: bool
+
+
+def _counted_column(shape, statuses: list | None):
+    """The exact number of jobs passing the filters and the time range, counted from
+    the rows (a scalar subquery over an alias of ``jobs``, so it never correlates with
+    a listing's own ``jobs``). ``statuses`` None: every status (no condition: the
+    count reads the ``(create_time, id)`` index range)."""
+    counted = jobs.alias("counted")
+    stmt = select(func.count()).select_from(counted)
+    if statuses is not None:
+        stmt = stmt.where(counted.c.status == statuses[0] if len(statuses) == 1 else counted.c.status.in_(statuses))
+    if shape.workflow:
+        stmt = stmt.where(counted.c.workflow_id == bindparam("workflow", type_=Text))
+    if shape.source:
+        stmt = stmt.where(counted.c.source == bindparam("source", type_=Text))
+    for condition in _time_conditions(shape, counted):
+        stmt = stmt.where(condition)
+    return stmt.scalar_subquery()
+
+
 def _page_select(shape: _Shape) -> Select:
     statuses = _status_params(shape.statuses)
     limit = bindparam("limit", type_=Integer) if shape.limit else None
@@ -245,7 +293,10 @@ def _page_select(shape: _Shape) -> Select:
         stmt = _arm(shape, arms[0], limit, page_columns(shape.dialect))
     else:
         stmt = _winners_page(shape, arms, limit, offset)
-    if shape.total:
+    if shape.total and (shape.since or shape.until):
+        every = shape.statuses == len(LISTED_STATUSES)
+        stmt = stmt.add_columns(_counted_column(shape, None if every else statuses).label("total"))
+    elif shape.total:
         stmt = stmt.add_columns(_total_column(statuses))
     return stmt
 
@@ -315,17 +366,39 @@ def _count_sql(statuses: int, dialect) -> _Compiled:
     return _Compiled.of(select(_total_column(_status_params(statuses))), dialect)
 
 
+@lru_cache(maxsize=64)
+def _counted_sql(shape: _CountShape, statuses: int, dialect) -> _Compiled:
+    every = statuses == len(LISTED_STATUSES)
+    return _Compiled.of(select(_counted_column(shape, None if every else _status_params(statuses))), dialect)
+
+
+@lru_cache(maxsize=16)
+def _counted_by_status_sql(shape: _CountShape, dialect) -> _Compiled:
+    """One statement, one count per status (each a seek of a status-led index)."""
+    columns = [_counted_column(shape, [param]) for param in _status_params(len(LISTED_STATUSES))]
+    return _Compiled.of(select(*columns), dialect)
+
+
+def _count_shape(query: ListQuery) -> _CountShape:
+    return _CountShape(query.workflow_id is not None, query.source is not None, *_bounded(query))
+
+
+def _bounded(query: ListQuery) -> tuple[bool, bool]:
+    return query.since is not None, query.until is not None
+
+
 def _status_params(n: int) -> list:
     return [bindparam(f"s{i}", type_=Text) for i in range(n)]
 
 
 def _filter_values(query: ListQuery) -> dict:
     """The parameter values of a listing's filters (arms and total alike)."""
-    values: dict[str, str | None] = {f"s{i}": status for i, status in enumerate(query.statuses)}
+    values: dict[str, object] = {f"s{i}": status for i, status in enumerate(query.statuses)}
     workflow = column_text(query.workflow_id)
     values.update(
         workflow=workflow, source=query.source, count_source=query.source or "", count_workflow=workflow or ""
     )
+    values.update(since=query.since, until=query.until)
     return values
 
 
@@ -412,6 +485,7 @@ def select_page(
         limit is not None,
         bool(offset),
         with_total,
+        *_bounded(query),
     )
     values = _filter_values(query)
     values.update(limit=limit, offset=offset, window=None if limit is None else limit + offset)
@@ -424,6 +498,9 @@ def count_total(conn: Connection, query: ListQuery) -> int:
     """Exact number of jobs passing the status/workflow/source filters (≤ 5 rows read)."""
     if not query.statuses or unmatchable(conn, column_text(query.workflow_id), query.source):
         return 0
+    if query.time_bounded:  # job_counts has no time: count the rows of the range
+        compiled = _counted_sql(_count_shape(query), len(query.statuses), conn.dialect)
+        return int(compiled.run(conn, _filter_values(query)).scalar_one())
     return int(_count_sql(len(query.statuses), conn.dialect).run(conn, _filter_values(query)).scalar_one())
 
 
@@ -492,6 +569,10 @@ def count_rows(conn: Connection, query: ListQuery) -> int:
         stmt = stmt.where(jobs.c.workflow_id == workflow)
     if query.source is not None:
         stmt = stmt.where(jobs.c.source == query.source)
+    if query.since is not None:
+        stmt = stmt.where(jobs.c.create_time >= query.since)
+    if query.until is not None:
+        stmt = stmt.where(jobs.c.create_time < query.until)
     return int(conn.execute(stmt).scalar_one())
 
 
@@ -521,12 +602,17 @@ def repair_counts(conn: Connection) -> dict[tuple[str, str, str], tuple[int, int
 
 
 def status_counts(conn: Connection, query: ListQuery) -> dict[str, int]:
-    """Exact number of jobs of each status passing the workflow/source filters (its
-    statuses are ignored): the ``job_counts`` rows of that key, one statement."""
+    """Exact number of jobs of each status passing the workflow/source filters and the
+    time range (its statuses are ignored): the ``job_counts`` rows of that key, or
+    with a time range the rows counted, one statement."""
     found = {row_status: 0 for row_status in LISTED_STATUSES}
     workflow = column_text(query.workflow_id)
     if unmatchable(conn, workflow, query.source):
         return found
+    if query.time_bounded:  # counted from the rows of the range, one seek per status
+        values = {**_filter_values(query), **{f"s{i}": s for i, s in enumerate(LISTED_STATUSES)}}
+        row = _counted_by_status_sql(_count_shape(query), conn.dialect).run(conn, values).one()
+        return {row_status: int(n) for row_status, n in zip(LISTED_STATUSES, row, strict=True)}
     stmt = select(counts.c.status, counts.c.n).where(
         counts.c.source == (query.source or ""), counts.c.workflow_id == (workflow or "")
     )

@@ -223,6 +223,8 @@ class _Shape:
     after: bool
     limit: bool
     offset: bool
+    since: bool = False  # the time range (``since``/``until``) on create_time
+    until: bool = False
 
 
 def _timeline_index(shape: _Shape) -> str:
@@ -244,6 +246,10 @@ def _filters(shape: _Shape, table: str) -> list[str]:
         where.append(f"{table}.workflow_id = :workflow")
     if shape.source:
         where.append(f"{table}.source = :source")
+    if shape.since:
+        where.append(f"{table}.create_time >= :since")
+    if shape.until:
+        where.append(f"{table}.create_time < :until")
     return where
 
 
@@ -287,19 +293,25 @@ def _page_sql(shape: _Shape) -> str:
 
 
 @lru_cache(maxsize=64)
-def _count_sql(dialect: str, statuses: int, workflow: bool, source: bool) -> str:
+def _count_sql(
+    dialect: str, statuses: int, workflow: bool, source: bool, since: bool = False, until: bool = False
+) -> str:
     search = _STORES[dialect]
-    shape = _Shape(dialect, "matches", "created_at", True, statuses, workflow, source, False, False, False)
+    shape = _Shape(
+        dialect, "matches", "created_at", True, statuses, workflow, source, False, False, False, since, until
+    )
     where = [search.match_condition, *_filters(shape, "s")]
     return f"SELECT count(*) FROM {search.matches_from} WHERE {' AND '.join(where)}"
 
 
 def _values(conn: Connection, query: ListQuery) -> dict:
-    values = {
+    values: dict[str, object] = {
         "m": store(conn).match_value(query.search),
         "workflow": column_text(query.workflow_id),
         "source": query.source,
     }
+    if query.time_bounded:
+        values.update(since=query.since, until=query.until)
     if not query.all_statuses:
         values.update({f"s{i}": s for i, s in enumerate(query.statuses)})
     return values
@@ -326,6 +338,8 @@ def count_matches(conn: Connection, query: ListQuery) -> int:
         0 if query.all_statuses else len(query.statuses),
         query.workflow_id is not None,
         query.source is not None,
+        query.since is not None,
+        query.until is not None,
     )
     return int(_run(conn, sql, _values(conn, query)).scalar_one())
 
@@ -383,6 +397,8 @@ def select_page(
         after is not None,
         limit is not None,
         bool(offset),
+        query.since is not None,
+        query.until is not None,
     )
     values = _values(conn, query)
     values.update(limit=limit, offset=offset)

@@ -193,7 +193,7 @@ class JobStream:
     def _check_total(self) -> None:
         """After the first chunk: a counter the rows contradict is repaired, and the
         listing answers the rows' count (read outside the listing's snapshot)."""
-        if self._query.search is not None:  # counted from the search rows themselves, not counters
+        if self._query.search is not None or self._query.time_bounded:  # counted from the rows, not counters
             return
         offset, found, more, read = self._first_read
         if not _total_agrees(self.total, offset, found, more, self._query.cursor is not None):

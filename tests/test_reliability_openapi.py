@@ -145,10 +145,13 @@ def test_spec_documents_every_parameter_and_both_paths():
         "after",
         "source",
         "q",
+        "since",
+        "until",
         "include",
     }
-    source = next(p for p in spec["paths"]["/api/jobs"]["get"]["parameters"] if p["name"] == "source")
-    assert source["x-jobs-index-extension"] is True
+    for name in ("source", "q", "since", "until", "include"):
+        extension = next(p for p in spec["paths"]["/api/jobs"]["get"]["parameters"] if p["name"] == name)
+        assert extension["x-jobs-index-extension"] is True, name
     job_keys = list(spec["components"]["schemas"]["Job"]["properties"])
     assert job_keys == [
         "id",

@@ -18,6 +18,7 @@ import os
 import shutil
 import socket
 import struct
+import time
 import zlib
 from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
@@ -567,3 +568,113 @@ def test_new_job_appears_at_the_top_without_reload(site, page):
         )
     finally:
         site.index.delete_jobs(["arrived-while-open"])
+
+
+def _ids_in(site, since: int | None = None, until: int | None = None) -> list[str]:
+    """The expected order of the jobs created in ``[since, until)`` (from the records)."""
+    return [
+        job_id
+        for job_id in site.expected_order()
+        if (since is None or site.records[job_id].create_time >= since)
+        and (until is None or site.records[job_id].create_time < until)
+    ]
+
+
+def wait_ids(page, ids: list[str]) -> None:
+    page.wait_for_function(
+        "ids => [...document.querySelectorAll('#rows tr')].map(r => r.dataset.id).join('\\n') === ids.join('\\n')",
+        arg=ids,
+    )
+
+
+def test_time_range_presets_and_from_to_filter_and_survive_reload(site, page, shots):
+    page.goto(site.url)
+    wait_rows(page, PAGE)
+
+    # a preset: the last hour, from when the list loaded (only the far-future test jobs here)
+    page.select_option("#range", "1h")
+    page.wait_for_url("**/ui/?range=1h")
+    now = int(time.time() * 1000)
+    want = _ids_in(site, since=now - 3600_000)
+    assert want and len(want) < len(site.records)
+    wait_ids(page, want)
+    page.wait_for_function(
+        "n => document.querySelector('#statuses button .count').textContent === n", arg=f"{len(want):,}"
+    )
+    page.reload()  # the URL holds the view
+    wait_ids(page, want)
+    assert page.input_value("#range") == "1h"
+
+    # from / to: the browser's local time, minute precision; `to` is exclusive
+    times = sorted(site.records[i].create_time for i in site.expected_order(source="gpu-b"))
+    since, until = (times[k] - times[k] % 60_000 for k in (30, 60))
+    local = (  # a datetime-local field's value of an instant, in the browser's time zone
+        "ms => { const d = new Date(ms), p = n => String(n).padStart(2, '0'); "
+        "return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}`"
+        " + `T${p(d.getHours())}:${p(d.getMinutes())}`; }"
+    )
+    start, end = page.evaluate(local, since), page.evaluate(local, until)
+    page.fill("#from", start)
+    page.fill("#to", end)
+    page.wait_for_url(f"**/ui/?from={quote(start, safe='')}&to={quote(end, safe='')}")
+    want = _ids_in(site, since, until)
+    assert 0 < len(want) < PAGE
+    wait_ids(page, want)
+    assert page.input_value("#range") == "custom"
+    page.screenshot(path=str(shots / f"{site.backend}-time-range.png"))
+
+    page.click('#statuses button[data-status="completed"]')  # combines with the other filters
+    want_completed = [i for i in want if site.records[i].status == "completed"]
+    wait_ids(page, want_completed)
+    page.wait_for_function(
+        "n => document.querySelector('#statuses button[data-status=\"completed\"] .count').textContent === n",
+        arg=f"{len(want_completed):,}",
+    )
+    page.go_back()  # Back: the range without the status
+    wait_ids(page, want)
+
+    page.select_option("#range", "")  # all time again
+    page.wait_for_url("**/ui/")
+    wait_ids(page, site.expected_order()[:PAGE])
+    assert page.input_value("#from") == "" and page.input_value("#to") == ""
+
+
+def test_printed_token_url_opens_the_page(site, browser):
+    """A server configured as one bound to 0.0.0.0 (served here on loopback): the URL
+    it prints opens the page, which then works (list, counts) with the token in an
+    HttpOnly cookie and no longer in the address bar; without it, the page is refused."""
+    from jobs_index.access import access_notice
+    from jobs_index.http import ServerConfig
+
+    token = "tok-" + os.urandom(8).hex()
+    with served(create_app(ServerConfig(host="0.0.0.0", token=token, show_token=True), index=site.index)) as port:
+        [notice] = access_notice("0.0.0.0", port, token, True)
+        printed = notice.split("open ", 1)[1].split(" ;")[0]
+        assert printed == f"http://0.0.0.0:{port}/ui/?token={token}"
+        context = browser.new_context(viewport={"width": 1400, "height": 900})
+        try:
+            page = context.new_page()
+            page.set_default_timeout(15_000)
+            errors: list = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(printed.replace("0.0.0.0", "127.0.0.1"))
+            wait_rows(page, PAGE)
+            assert row_ids(page) == site.expected_order()[:PAGE]
+            assert page.url == f"http://127.0.0.1:{port}/ui/"
+            assert page.evaluate("document.cookie") == ""  # HttpOnly: no script reads it
+            page.wait_for_function(
+                "n => document.querySelector('#statuses button .count').textContent === n",
+                arg=f"{len(site.records):,}",
+            )
+            page.click('#statuses button[data-status="failed"]')
+            wait_ids(page, site.expected_order(status="failed")[:PAGE])
+            assert errors == []
+        finally:
+            context.close()
+        stranger = browser.new_context()
+        try:
+            page = stranger.new_page()
+            reply = page.goto(f"http://127.0.0.1:{port}/ui/")
+            assert reply.status == 401 and "Token required" in page.inner_text("h1")
+        finally:
+            stranger.close()

@@ -8,7 +8,9 @@
   const POLL_MS = 3000;
   const STATUSES = ["pending", "in_progress", "completed", "failed", "cancelled"];
   const LABELS = { pending: "pending", in_progress: "running", completed: "completed", failed: "failed", cancelled: "cancelled" };
-  const VIEW_KEYS = ["status", "source", "workflow_id", "q", "job"];
+  const VIEW_KEYS = ["status", "source", "workflow_id", "q", "range", "from", "to", "job"];
+  const LIST_KEYS = ["status", "source", "workflow_id", "q", "range", "from", "to"]; // a change reloads the list
+  const RANGES = { "1h": 3600e3, "24h": 24 * 3600e3, "7d": 7 * 24 * 3600e3 }; // presets: the last ... (ms)
   const MODEL_FILE = /\.(safetensors|ckpt|pt|pth|bin|gguf|sft|onnx)$/i;
   const MODEL_INPUT = /(ckpt|lora|unet|vae|clip|control_net|controlnet|model|upscale_model|style_model|gligen|hypernetwork|embedding)_?name$/i;
 
@@ -26,6 +28,7 @@
     sourceUrl: new Map(),  // source -> ComfyUI base URL (from follow)
     jobSource: new Map(),  // job id -> source (null: none)
     polling: false,
+    bounds: {},        // {since, until} epoch ms of the view's time range, fixed at each reset
   };
 
   // ---- helpers -------------------------------------------------------------------
@@ -81,7 +84,22 @@
     if (state.view.source) params.push(["source", state.view.source]);
     if (state.view.workflow_id) params.push(["workflow_id", state.view.workflow_id]);
     if (state.view.q) params.push(["q", state.view.q]);
+    if (state.bounds.since !== undefined) params.push(["since", String(state.bounds.since)]);
+    if (state.bounds.until !== undefined) params.push(["until", String(state.bounds.until)]);
     return params;
+  }
+
+  // The view's time range as epoch ms: a preset ("range=24h": the last 24 hours, from
+  // the moment the list was (re)loaded, so scrolling and polling keep one window) or
+  // from/to (datetime-local values in the URL, this browser's local time).
+  function timeBounds(view) {
+    const bounds = {};
+    if (RANGES[view.range]) bounds.since = Date.now() - RANGES[view.range];
+    for (const [key, name] of [["from", "since"], ["to", "until"]]) {
+      const ms = view[key] ? new Date(view[key]).getTime() : NaN;
+      if (!RANGES[view.range] && isFinite(ms)) bounds[name] = ms;
+    }
+    return bounds;
   }
 
   const pad = (n) => String(n).padStart(2, "0");
@@ -250,6 +268,7 @@
     state.rows.clear(); state.order = []; state.cursor = null; state.hasMore = false;
     rowsEl.replaceChildren();
     showError("");
+    state.bounds = timeBounds(state.view);
     syncControls();
     const counts = refreshCounts(gen); // sent alongside; its sources' URLs are needed for thumbnails
     await loadPage(gen, null, counts);
@@ -510,6 +529,10 @@
     if (document.activeElement !== $("q")) $("q").value = state.view.q;
     if (document.activeElement !== $("workflow")) $("workflow").value = state.view.workflow_id;
     $("source").value = state.view.source;
+    const custom = !RANGES[state.view.range] && (state.view.from || state.view.to);
+    $("range").value = RANGES[state.view.range] ? state.view.range : custom ? "custom" : "";
+    if (document.activeElement !== $("from")) $("from").value = state.view.from;
+    if (document.activeElement !== $("to")) $("to").value = state.view.to;
   }
   function debounce(fn, ms) { let t; return (...a) => { clearTimeout(t); t = setTimeout(() => fn(...a), ms); }; }
   const onText = debounce(() => {
@@ -523,12 +546,28 @@
   $("workflow").addEventListener("input", onText);
   $("filters").addEventListener("submit", (e) => e.preventDefault());
   $("source").addEventListener("change", () => { state.view.source = $("source").value; writeView(true); reset(); });
+  $("range").addEventListener("change", () => {
+    const value = $("range").value;
+    if (value === "custom") { $("from").focus(); return; } // the from/to fields set the range
+    Object.assign(state.view, { range: value, from: "", to: "" });
+    writeView(true);
+    reset();
+  });
+  for (const id of ["from", "to"]) {
+    $(id).addEventListener("change", () => {
+      const from = $("from").value, to = $("to").value;
+      if (from === state.view.from && to === state.view.to && !state.view.range) return;
+      Object.assign(state.view, { range: "", from, to });
+      writeView(true);
+      reset();
+    });
+  }
 
   window.addEventListener("popstate", () => {
     const before = state.view;
     state.view = readView();
     // Back/Forward between jobs of the same list keeps the list (and where it was scrolled to)
-    if (["status", "source", "workflow_id", "q"].some((key) => before[key] !== state.view[key])) reset();
+    if (LIST_KEYS.some((key) => before[key] !== state.view[key])) reset();
     if (state.view.job) openJob(state.view.job, false); else closeDetail(false);
   });
 
