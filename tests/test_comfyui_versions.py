@@ -1,0 +1,242 @@
+"""The node's answers against ComfyUI's own ``comfy_execution/jobs.py`` of several
+versions (``tests.comfyui_versions``: v0.26.0, the seed's commit 33109e0a, the newest
+master fetched, v0.16.0, v0.14.0 and an unreleased branch with an ``ids`` filter),
+each loaded unmodified from a ComfyUI git repository (``JOBS_INDEX_COMFYUI_GIT``;
+versions not found are skipped).
+
+* ``compat.detect`` classifies each as expected (offset, cursor or unknown).
+* For each recognised version, random histories and queries (hypothesis) go through
+  ComfyUI's handler over that module and through the index; the answers are equal,
+  except where README ("Which ComfyUI versions") says the node differs: on the offset
+  versions the index breaks create_time ties by id (ComfyUI keeps memory order, so
+  there the pages are compared by their sort keys) and adds ``next_cursor``; requests
+  the node passes to ComfyUI (``after`` on an offset version) are not compared.
+* Details are equal for every job, every recognised version.
+
+The histories are well formed (as ComfyUI builds them in memory: integer times, text
+outputs as strings or 1-tuples); odd shapes are the subject of test_parity_properties.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from jobs_index.comfyui import compat
+from jobs_index.errors import JobNotFound
+
+from . import comfyui_versions as versions
+from .strategies import query_params
+from .test_parity_properties import reset, sql_answer
+
+SETTINGS = settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+
+
+def module_of(version: str):
+    module = versions.load(version)
+    if module is None:
+        pytest.skip(versions.skip_reason(version))
+    return module
+
+
+RECOGNISED = [v for v, (_, kind) in versions.VERSIONS.items() if kind != compat.UNKNOWN]
+
+
+@pytest.mark.parametrize("version", sorted(versions.VERSIONS))
+def test_each_version_is_classified(version):
+    module = module_of(version)
+    api = compat.detect(module)
+    assert api.kind == versions.VERSIONS[version][1], api.reason
+    assert api.params == (compat.CURSOR_PARAMS if api.kind != compat.OFFSET else compat.OFFSET_PARAMS)
+
+
+# -- well-formed ComfyUI states ---------------------------------------------------
+
+ids = st.text(alphabet="0aAé", min_size=1, max_size=3)
+TIMES = [1000, 1001, 1002, 2000]
+FILENAMES = ["a.png", "b.mp4", "Model.GLB", "x.usdz", "noext", "notes.txt"]
+file_items = st.builds(
+    lambda filename, type_, fmt: {"filename": filename, "subfolder": "", "type": type_, **fmt},
+    st.sampled_from(FILENAMES),
+    st.sampled_from(["output", "temp"]),
+    st.sampled_from([{}, {"format": "video/mp4"}, {"format": "image/png"}]),
+)
+text_items = st.one_of(st.sampled_from(["", "hi", "é中", "y" * 1025]), st.tuples(st.sampled_from(["t", "z" * 1100])))
+items = st.one_of(file_items, st.sampled_from(["model.glb", "plain.txt", None]))
+node_outputs = st.dictionaries(
+    st.sampled_from(["images", "video", "audio", "3d", "text", "gifs", "files"]),
+    st.lists(items, min_size=1, max_size=2),
+    max_size=2,
+).flatmap(
+    lambda node: st.one_of(
+        st.just(node),
+        st.lists(text_items, min_size=1, max_size=2).map(lambda texts: {**node, "text": texts}),
+        st.just({**node, "animated": [True]}),
+    )
+)
+outputs = st.dictionaries(st.sampled_from(["1", "2", "10"]), node_outputs, max_size=2)
+times = st.sampled_from(TIMES)
+
+
+@st.composite
+def status_info(draw):
+    outcome = draw(st.sampled_from(["success", "error", "interrupted", "none"]))
+    if outcome == "none":
+        return draw(st.sampled_from([{}, {"status_str": "success", "completed": True, "messages": []}]))
+    start = draw(times)
+    messages = [["execution_start", {"prompt_id": "p", "timestamp": start}]]
+    if draw(st.booleans()):
+        messages.append(["execution_cached", {"nodes": [], "prompt_id": "p", "timestamp": start}])
+    end = {"prompt_id": "p", "timestamp": start + draw(st.sampled_from([0, 5, 12]))}
+    if outcome == "error":
+        end.update(node_id="1", node_type="X", exception_message="boom", exception_type="E", traceback=[])
+    event = {"success": "execution_success", "error": "execution_error", "interrupted": "execution_interrupted"}
+    messages.append([event[outcome], end])
+    return {"status_str": "success" if outcome == "success" else "error", "completed": outcome == "success",
+            "messages": messages}  # fmt: skip
+
+
+@st.composite
+def extra_data(draw):
+    extra = {"create_time": draw(times), "client_id": "c"}
+    workflow = draw(st.sampled_from([None, "wf-1", "wf-2"]))
+    extra["extra_pnginfo"] = {"workflow": {"id": workflow, "nodes": []}} if workflow else {}
+    return extra
+
+
+def prompt(draw, job_id: str) -> tuple:
+    return (draw(st.integers(-3, 50)), job_id, {"1": {"class_type": "X"}}, draw(extra_data()), ["1"])
+
+
+@st.composite
+def states(draw):
+    """(history, running, pending) as ComfyUI hands them to comfy_execution.jobs."""
+    all_ids = draw(st.lists(ids, unique=True, max_size=8))
+    cut_a, cut_b = sorted(draw(st.lists(st.integers(0, len(all_ids)), min_size=2, max_size=2)))
+    history = {
+        job_id: {"prompt": prompt(draw, job_id), "outputs": draw(outputs), "status": draw(status_info()), "meta": {}}
+        for job_id in all_ids[:cut_a]
+    }
+    running = [prompt(draw, job_id) for job_id in all_ids[cut_a:cut_b][:1]]
+    pending = [prompt(draw, job_id) for job_id in all_ids[cut_a:cut_b][1:] + all_ids[cut_b:]]
+    return history, running, pending
+
+
+# -- comparing ----------------------------------------------------------------------
+
+
+def exact(answer) -> str:
+    return json.dumps(answer, sort_keys=True)
+
+
+def sort_key(job: dict, sort_by: str) -> int:
+    if sort_by == "execution_duration":
+        start, end = job.get("execution_start_time", 0), job.get("execution_end_time", 0)
+        return end - start if end and start else 0
+    return job.get("create_time", 0)
+
+
+def keys_of(body: dict, sort_by: str) -> list:
+    return [sort_key(job, sort_by) for job in body["jobs"]]
+
+
+def ids_of(body: dict) -> list:
+    return [job["id"] for job in body["jobs"]]
+
+
+def has_ties(module, state, params: dict, sort_by: str) -> bool:
+    everything = {k: v for k, v in params.items() if k in ("status", "workflow_id", "sort_by", "sort_order")}
+    status, body = versions.comfy_list(module, *state, everything)
+    keys = keys_of(body, sort_by) if status == 200 else []
+    return len(set(keys)) != len(keys)
+
+
+def check_listing(index, module, api, state, params: dict) -> None:
+    history, running, pending = state
+    if not api.answers(params, detail=False):
+        assert api.kind == compat.OFFSET and "after" in params  # the node passes it to ComfyUI
+        return
+    expected = versions.comfy_list(module, history, running, pending, params)
+    status, body = sql_answer(index, params)
+    assert status == expected[0], (params, body, expected[1])
+    if status != 200 or api.kind == compat.CURSOR:
+        assert exact(body) == exact(expected[1]), params
+        return
+    # offset versions: no next_cursor there, and ties in memory order
+    body["pagination"].pop("next_cursor", None)
+    assert body["pagination"] == expected[1]["pagination"], params
+    sort_by = params.get("sort_by", "created_at").lower()
+    if has_ties(module, state, params, sort_by):
+        assert keys_of(body, sort_by) == keys_of(expected[1], sort_by), params
+        if "limit" not in params and "offset" not in params:
+            assert sorted(map(exact, body["jobs"])) == sorted(map(exact, expected[1]["jobs"])), params
+    else:
+        assert exact(body) == exact(expected[1]), params
+
+
+@pytest.mark.parametrize("version", RECOGNISED)
+@SETTINGS
+@given(state=states(), data=st.data())
+def test_listing_matches_comfyui(index, version, state, data):
+    module = module_of(version)
+    api = compat.detect(module)
+    reset(index, *state)
+    job_ids = list(state[0]) + [item[1] for item in state[1] + state[2]]
+    for _ in range(4):
+        check_listing(index, module, api, state, data.draw(query_params(job_ids)))
+
+
+@pytest.mark.parametrize("version", RECOGNISED)
+@SETTINGS
+@given(state=states(), order=st.sampled_from(["asc", "desc"]), limit=st.integers(1, 3))
+def test_paging_through_matches_comfyui(index, version, state, order, limit):
+    """Every page by offset, as the frontend pages, then (cursor version) by next_cursor."""
+    module = module_of(version)
+    api = compat.detect(module)
+    reset(index, *state)
+    total = len(state[0]) + len(state[1]) + len(state[2])
+    for offset in range(0, total + 1, limit):
+        check_listing(index, module, api, state, {"sort_order": order, "limit": str(limit), "offset": str(offset)})
+    if api.kind == compat.CURSOR:
+        params = {"sort_order": order, "limit": str(limit)}
+        for _ in range(total + 1):
+            check_listing(index, module, api, state, params)
+            cursor = sql_answer(index, params)[1]["pagination"].get("next_cursor")
+            if cursor is None:
+                break
+            params = {"sort_order": order, "limit": str(limit), "after": cursor}
+
+
+@pytest.mark.parametrize("version", RECOGNISED)
+@SETTINGS
+@given(state=states())
+def test_details_match_comfyui(index, version, state):
+    module = module_of(version)
+    reset(index, *state)
+    history, running, pending = state
+    for job_id in list(history) + [item[1] for item in running + pending] + ["unknown"]:
+        status, expected = versions.comfy_detail(module, history, running, pending, job_id)
+        if status == 404:
+            with pytest.raises(JobNotFound):
+                index.get_job(job_id)
+        else:
+            assert exact(index.get_job(job_id)) == exact(expected), job_id
+
+
+def test_detail_fields_cover_what_comfyui_answers():
+    """The detail of a finished job has every key ComfyUI's has (each version found)."""
+    found = [v for v in RECOGNISED if versions.load(v) is not None]
+    if not found:
+        pytest.skip(versions.skip_reason(RECOGNISED[0]))
+    for version in found:
+        module = versions.load(version)
+        history = compat._probe_history()
+        for job_id, item in history.items():
+            theirs = module.get_job(job_id, [], [], history)
+            ours = compat._ours({job_id: item}, [], [], detail=True)[job_id]
+            assert list(ours) == list(theirs), (version, job_id)
