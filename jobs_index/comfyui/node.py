@@ -25,6 +25,13 @@ started, the prompt worker has not started). It
   ComfyUI's memory: backfill, and removal of pending/running rows a previous run left
   (ComfyUI forgot those jobs when it stopped; they were never finished).
 
+**Versions** (``compat``). At start the node checks the prompt queue's shape (the
+methods it wraps, with their parameters, and the attributes it reads): a mismatch
+disables it, one error line, nothing hooked. It classifies ComfyUI's own
+``comfy_execution.jobs``: inside a jobs API it does not know it records but does not
+serve (one warning line; ``JOBS_INDEX_SERVE=1`` serves anyway). A request with a query
+parameter the node or that ComfyUI does not implement goes to ComfyUI's handler.
+
 Before answering, the middleware waits (``wait_ms``, default 1 s, on the event loop,
 without blocking it) until every change ComfyUI announced before the request is
 written, so the queue panel refreshing on a ``status`` event sees the new job. If the
