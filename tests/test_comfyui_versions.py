@@ -29,6 +29,7 @@ from jobs_index.comfyui import compat
 from jobs_index.errors import JobNotFound
 
 from . import comfyui_versions as versions
+from .reference import Reference
 from .strategies import query_params
 from .test_parity_properties import reset, sql_answer
 
@@ -240,3 +241,19 @@ def test_detail_fields_cover_what_comfyui_answers():
             theirs = module.get_job(job_id, [], [], history)
             ours = compat._ours({job_id: item}, [], [], detail=True)[job_id]
             assert list(ours) == list(theirs), (version, job_id)
+
+
+@SETTINGS
+@given(state=states(), data=st.data())
+def test_the_reference_oracle_is_the_seeds_module(state, data):
+    """tests/reference.py (the oracle written from CONTRACT.md) answers as the seed's
+    own module does, on well-formed data (the oracle gets the JSON form, as stored)."""
+    module = module_of("seed-33109e0a")
+    history, running, pending = json.loads(json.dumps(state))
+    reference = Reference(history, running, pending, comfyui_mint_errors=True)
+    job_ids = list(history) + [item[1] for item in running + pending]
+    for _ in range(4):
+        params = data.draw(query_params(job_ids))
+        assert exact(reference.list_jobs(params)) == exact(versions.comfy_list(module, *state, params)), params
+    for job_id in [*job_ids, "unknown"]:
+        assert exact(reference.get_job(job_id)) == exact(versions.comfy_detail(module, *state, job_id)), job_id
