@@ -13,6 +13,11 @@ versions not found are skipped).
   the node passes to ComfyUI (``after`` on an offset version) are not compared.
 * Details are equal for every job, every recognised version.
 
+The real v0.26.0 captures (tests/fixtures/comfyui/, ties included) are reproduced by
+v0.26.0's module behind ``comfy_list``/``comfy_detail``: the handler side is checked
+against the real server too. The oracle (tests/reference.py) answers as the seed's
+module does.
+
 The histories are well formed (as ComfyUI builds them in memory: integer times, text
 outputs as strings or 1-tuples); odd shapes are the subject of test_parity_properties.
 """
@@ -29,6 +34,8 @@ from jobs_index.comfyui import compat
 from jobs_index.errors import JobNotFound
 
 from . import comfyui_versions as versions
+from . import test_reference
+from .fixtures_util import load_capture, request_job_id, request_params
 from .reference import Reference
 from .strategies import query_params
 from .test_parity_properties import reset, sql_answer
@@ -257,3 +264,32 @@ def test_the_reference_oracle_is_the_seeds_module(state, data):
         assert exact(reference.list_jobs(params)) == exact(versions.comfy_list(module, *state, params)), params
     for job_id in [*job_ids, "unknown"]:
         assert exact(reference.get_job(job_id)) == exact(versions.comfy_detail(module, *state, job_id)), job_id
+
+
+@pytest.mark.parametrize("name", sorted(test_reference.LIST_CAPTURES))
+def test_v0_26_handler_reproduces_the_real_captures(name):
+    """The captures in tests/fixtures/comfyui/ are real v0.26.0 answers: the loaded module
+    behind comfy_list reproduces them (this checks comfy_list's server.py side)."""
+    module = module_of("v0.26.0")
+    capture = load_capture(name)
+    state = test_reference.LIST_CAPTURES[name]()
+    status, body = versions.comfy_list(module, state.history, state.running, state.pending, request_params(capture))
+    assert (status, body) == (capture["status"], capture["body"])
+
+
+@pytest.mark.parametrize("case", sorted(load_capture("jobs_validation_errors.json")))
+def test_v0_26_handler_reproduces_the_validation_captures(case):
+    module = module_of("v0.26.0")
+    capture = load_capture("jobs_validation_errors.json")[case]
+    state = test_reference.final_state()
+    status, body = versions.comfy_list(module, state.history, [], [], request_params(capture))
+    assert (status, body) == (capture["status"], capture["body"])
+
+
+@pytest.mark.parametrize("name", sorted(test_reference.DETAIL_CAPTURES))
+def test_v0_26_module_reproduces_the_detail_captures(name):
+    module = module_of("v0.26.0")
+    capture = load_capture(name)
+    state = test_reference.DETAIL_CAPTURES[name]()
+    answer = versions.comfy_detail(module, state.history, state.running, state.pending, request_job_id(capture))
+    assert answer == (capture["status"], capture["body"])
