@@ -271,7 +271,7 @@ def check_queue(queue: Any) -> list[str]:
     """What makes ``queue`` (ComfyUI's ``PromptQueue``) unlike the one the node hooks;
     an empty list if nothing."""
     problems: list[str] = []
-    mutex = getattr(queue, "mutex", None)
+    mutex: Any = getattr(queue, "mutex", None)
     if not (callable(getattr(mutex, "acquire", None)) and callable(getattr(mutex, "release", None))):
         return ["no mutex"]
     try:
@@ -287,7 +287,7 @@ def check_queue(queue: Any) -> list[str]:
         parameters = _parameters(method)
         if parameters is None or parameters[: len(expected)] != expected:
             problems.append(f"{name}{parameters or '(?)'} instead of {name}({', '.join(expected)}, ...)")
-    read = getattr(queue, "get_current_queue_volatile", None) or getattr(queue, "get_current_queue", None)
+    read: Any = getattr(queue, "get_current_queue_volatile", None) or getattr(queue, "get_current_queue", None)
     if not callable(read):
         problems.append("no get_current_queue_volatile()")
     if problems:

@@ -96,9 +96,15 @@ OPS_PATHS = frozenset({"/jobs-index/metrics", "/jobs-index/healthz", "/jobs-inde
 HOOKED_METHODS = ("put", "get", "task_done", "delete_queue_item", "wipe_queue", "delete_history_item", "wipe_history")
 
 
-def _flag(value: str | None, default: bool | None) -> bool | None:
+def _flag(value: str | None, default: bool) -> bool:
+    setting = _tristate(value)
+    return default if setting is None else setting
+
+
+def _tristate(value: str | None) -> bool | None:
+    """None if unset or empty, else False for 0/false/no/off and True otherwise."""
     if value is None or not value.strip():
-        return default
+        return None
     return value.strip().lower() not in ("0", "false", "no", "off")
 
 
@@ -183,7 +189,7 @@ class NodeConfig:
             db_url=url,
             source=(env.get("JOBS_INDEX_SOURCE") or "").strip() or None,
             outbox=None if outbox.lower() in ("off", "0", "none") else outbox,
-            serve=_flag(env.get("JOBS_INDEX_SERVE"), None),
+            serve=_tristate(env.get("JOBS_INDEX_SERVE")),
             follow_deletes=_flag(env.get("JOBS_INDEX_FOLLOW_DELETES"), True),
             queue_max=max(1, queue_max),
             wait_ms=max(0, wait_ms),
@@ -211,13 +217,13 @@ class JobsNode:
         config.check()
         self.server = server
         self.config = config
-        self.queue = getattr(server, "prompt_queue", None)
-        problems = compat.check_queue(self.queue)
+        problems = compat.check_queue(getattr(server, "prompt_queue", None))
         if problems:  # checked once here, not found out job by job
             raise QueueMismatch(
                 f"this ComfyUI's prompt queue is not the one jobs-index hooks ({'; '.join(problems)}); "
                 "nothing is recorded and /api/jobs stays ComfyUI's own"
             )
+        self.queue = server.prompt_queue
         self.mutex = self.queue.mutex
         self.jobs_api = compat.detect(compat.live_jobs_module())
         self.writer = Writer(
