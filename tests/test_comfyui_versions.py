@@ -14,8 +14,8 @@ versions not found are skipped).
 * Details are equal for every job, every recognised version.
 
 The real v0.26.0 captures (tests/fixtures/comfyui/, ties included) are reproduced by
-v0.26.0's module behind ``comfy_list``/``comfy_detail``: the handler side is checked
-against the real server too. The oracle (tests/reference.py) answers as the seed's
+v0.26.0's module behind ``comfy_list``/``comfy_detail``, the cursor_branch/ captures
+by the seed's module: the handler side is checked against the real servers too. The oracle (tests/reference.py) answers as the seed's
 module does.
 
 The histories are well formed (as ComfyUI builds them in memory: integer times, text
@@ -293,3 +293,14 @@ def test_v0_26_module_reproduces_the_detail_captures(name):
     state = test_reference.DETAIL_CAPTURES[name]()
     answer = versions.comfy_detail(module, state.history, state.running, state.pending, request_job_id(capture))
     assert answer == (capture["status"], capture["body"])
+
+
+@pytest.mark.parametrize("name", test_reference.CURSOR_CAPTURES)
+def test_seed_module_reproduces_the_cursor_branch_captures(name):
+    """The captures in tests/fixtures/comfyui/cursor_branch/ were taken at the seed's
+    commit: its module behind comfy_list answers them byte for byte."""
+    module = module_of("seed-33109e0a")
+    capture = load_capture(f"cursor_branch/{name}")
+    state = test_reference.cursor_state()
+    status, body = versions.comfy_list(module, state.history, state.running, state.pending, request_params(capture))
+    assert json.dumps(body) == json.dumps(capture["body"]) and status == capture["status"]
