@@ -254,7 +254,7 @@ class JobsNode:
             original = getattr(self.queue, name)
             self._originals[name] = (original, name in vars(self.queue))
             setattr(self.queue, name, self._wrap(name, original))
-        if not self.jobs_api.recognised:
+        if not self.jobs_api.recognised and self.config.serve is not False:  # JOBS_INDEX_SERVE=0: asked not to
             log.warning(
                 "jobs-index: this ComfyUI has %s; %s",
                 self.jobs_api.describe(),
