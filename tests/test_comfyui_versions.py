@@ -15,8 +15,9 @@ versions not found are skipped).
 
 The real v0.26.0 captures (tests/fixtures/comfyui/, ties included) are reproduced by
 v0.26.0's module behind ``comfy_list``/``comfy_detail``, the cursor_branch/ captures
-by the seed's module: the handler side is checked against the real servers too. The oracle (tests/reference.py) answers as the seed's
-module does.
+by the seed's module: the handler side is checked against the real servers too. The
+oracle (tests/reference.py) answers as the seed's module does, but for one forged
+cursor case (``unchecked_cursor_value``).
 
 The histories are well formed (as ComfyUI builds them in memory: integer times, text
 outputs as strings or 1-tuples); odd shapes are the subject of test_parity_properties.
@@ -164,13 +165,37 @@ def has_ties(module, state, params: dict, sort_by: str) -> bool:
     return len(set(keys)) != len(keys)
 
 
+def unchecked_cursor_value(params: dict, ours: tuple, theirs: tuple) -> bool:
+    """The one known difference from the seed (README, "Which ComfyUI versions"): it
+    checks that a cursor's value is an integer only when there are jobs to page, so
+    on an empty selection a forged cursor such as ``"v": "5.0"`` gets 200 and no jobs
+    there, 400 INVALID_CURSOR from the index (and the oracle), as on any other."""
+    return (
+        "after" in params
+        and theirs[0] == 200
+        and theirs[1]["pagination"]["total"] == 0
+        and ours[0] == 400
+        and ours[1].get("code") == "INVALID_CURSOR"
+    )
+
+
+def comfyui_answer(module, state, params: dict) -> tuple | None:
+    """ComfyUI's answer, None where it would answer 500 (a cursor of deeply nested
+    JSON: RecursionError, which its handler does not catch)."""
+    try:
+        return versions.comfy_list(module, *state, params)
+    except RecursionError:
+        return None
+
+
 def check_listing(index, module, api, state, params: dict) -> None:
-    history, running, pending = state
     if not api.answers(params, detail=False):
         assert api.kind == compat.OFFSET and "after" in params  # the node passes it to ComfyUI
         return
-    expected = versions.comfy_list(module, history, running, pending, params)
+    expected = comfyui_answer(module, state, params)
     status, body = sql_answer(index, params)
+    if expected is None or unchecked_cursor_value(params, (status, body), expected):
+        return
     assert status == expected[0], (params, body, expected[1])
     if status != 200 or api.kind == compat.CURSOR:
         assert exact(body) == exact(expected[1]), params
@@ -261,7 +286,9 @@ def test_the_reference_oracle_is_the_seeds_module(state, data):
     job_ids = list(history) + [item[1] for item in running + pending]
     for _ in range(4):
         params = data.draw(query_params(job_ids))
-        assert exact(reference.list_jobs(params)) == exact(versions.comfy_list(module, *state, params)), params
+        ours, theirs = reference.list_jobs(params), comfyui_answer(module, state, params)
+        if theirs is not None and not unchecked_cursor_value(params, ours, theirs):
+            assert exact(ours) == exact(theirs), params
     for job_id in [*job_ids, "unknown"]:
         assert exact(reference.get_job(job_id)) == exact(versions.comfy_detail(module, *state, job_id)), job_id
 
