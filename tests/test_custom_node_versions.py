@@ -231,3 +231,17 @@ def test_inside_v0_26_after_goes_to_comfyui(tmp_path, monkeypatch):
             assert status == 200 and reached == [f"/api/jobs?limit=2&after={page['pagination']['next_cursor']}"]
 
     run(scenario())
+
+
+def test_the_start_up_line_names_the_jobs_api(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="jobs_index")
+
+    async def scenario():
+        async with comfyui(sqlite_url(tmp_path)) as comfy:
+            assert comfy.node.jobs_api.kind == compat.ABSENT
+
+    run(scenario())
+    lines = [r.getMessage() for r in caplog.records if "recording ComfyUI jobs" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].endswith(
+        "; serving /api/jobs from it (this ComfyUI has no jobs API of its own)"
+    )

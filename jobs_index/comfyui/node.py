@@ -276,10 +276,11 @@ class JobsNode:
         self._installed = True
         source = self.config.source or default_source(self.server)
         log.info(
-            "jobs-index: recording ComfyUI jobs as source %s in %s%s",
+            "jobs-index: recording ComfyUI jobs as source %s in %s%s (this ComfyUI has %s)",
             repr(source) if source else "<host>:<port>",
             self.config.db_url,
             "; serving /api/jobs from it" if self.serving else "",
+            self.jobs_api.describe(),
         )
         return self
 
