@@ -10,7 +10,7 @@ semantics (``tests/reference.py``). ComfyUI's own answer is computed by its modu
 * ``absent``: no such module (ComfyUI before v0.6, or a stand-in). The node serves its
   own API, all parameters.
 * ``offset``: ``get_all_jobs(running, queued, history, status_filter, workflow_id,
-  sort_by, sort_order, limit, offset)`` returning ``(jobs, total)`` (v0.25, v0.26 and
+  sort_by, sort_order, limit, offset)`` returning ``(jobs, total)`` (v0.16 to v0.26 and
   ComfyUI's master of July 2026). No cursor: ``after`` is not one of its parameters.
 * ``cursor``: the same plus ``after``, returning a 4-tuple ``(jobs, total, has_more,
   next_cursor)`` (the seed's commit 33109e0a, ComfyUI's cursor pagination).
@@ -102,7 +102,7 @@ class JobsApi:
     def describe(self) -> str:
         return {
             ABSENT: "no jobs API of its own",
-            OFFSET: "the offset-paged jobs API (v0.25/v0.26)",
+            OFFSET: "the offset-paged jobs API (v0.16 to v0.26)",
             CURSOR: "the cursor-paged jobs API (commit 33109e0a)",
         }.get(self.kind, f"a jobs API jobs-index does not know ({self.reason})")
 
