@@ -347,6 +347,7 @@ class Reference:
 
         cursor = None
         if after is not None:  # decoded before the empty early-out: bad cursors always 400
+            # (the seed checks int(v) only after it; README, "Which ComfyUI versions")
             try:
                 cursor = decode_cursor(after, sort_order)
             except InvalidCursor:

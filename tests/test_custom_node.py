@@ -622,7 +622,7 @@ def test_configuration_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.delitem(sys.modules, "folder_paths", raising=False)
     config = NodeConfig.from_env({}, comfyui_dir=tmp_path)
     assert config.db_url == f"sqlite:///{tmp_path.resolve()}/user/jobs-index/jobs.sqlite3"
-    assert (config.source, config.serve, config.follow_deletes) == (None, True, True)  # None: <host>:<port>
+    assert (config.source, config.serve, config.follow_deletes) == (None, None, True)  # None: <host>:<port>; auto
     assert config.outbox == f"{tmp_path.resolve()}/user/jobs-index/outbox.sqlite3"
     assert NodeConfig.from_env({"JOBS_INDEX_OUTBOX": "off"}, comfyui_dir=tmp_path).outbox is None
     config = NodeConfig.from_env(

@@ -25,6 +25,13 @@ started, the prompt worker has not started). It
   ComfyUI's memory: backfill, and removal of pending/running rows a previous run left
   (ComfyUI forgot those jobs when it stopped; they were never finished).
 
+**Versions** (``compat``). At start the node checks the prompt queue's shape (the
+methods it wraps, with their parameters, and the attributes it reads): a mismatch
+disables it, one error line, nothing hooked. It classifies ComfyUI's own
+``comfy_execution.jobs``: inside a jobs API it does not know it records but does not
+serve (one warning line; ``JOBS_INDEX_SERVE=1`` serves anyway). A request with a query
+parameter the node or that ComfyUI does not implement goes to ComfyUI's handler.
+
 Before answering, the middleware waits (``wait_ms``, default 1 s, on the event loop,
 without blocking it) until every change ComfyUI announced before the request is
 written, so the queue panel refreshing on a ``status`` event sees the new job. If the
@@ -73,6 +80,7 @@ from ..errors import ConfigError, JobsIndexError, StorageError
 from ..metrics import Metrics
 from ..normalize import IN_PROGRESS, PENDING
 from ..services import JobsIndex
+from . import compat
 from .upgrade import ensure_schema, open_failure_hint
 from .writer import CLEARED, DELETED, FINISHED, QUEUED, UNQUEUED, State, Writer, queue_ids
 
@@ -90,8 +98,14 @@ HOOKED_METHODS = ("put", "get", "task_done", "delete_queue_item", "wipe_queue", 
 
 
 def _flag(value: str | None, default: bool) -> bool:
+    setting = _tristate(value)
+    return default if setting is None else setting
+
+
+def _tristate(value: str | None) -> bool | None:
+    """None if unset or empty, else False for 0/false/no/off and True otherwise."""
     if value is None or not value.strip():
-        return default
+        return None
     return value.strip().lower() not in ("0", "false", "no", "off")
 
 
@@ -148,7 +162,9 @@ class NodeConfig:
 
     db_url: str  # [JOBS_INDEX_DB] default: <ComfyUI user dir>/jobs-index/jobs.sqlite3
     source: str | None = None  # [JOBS_INDEX_SOURCE] the jobs.source of this ComfyUI's rows; None: <host>:<port>
-    serve: bool = True  # [JOBS_INDEX_SERVE] answer /api/jobs from the index
+    # [JOBS_INDEX_SERVE] answer /api/jobs from the index: None (unset) if this ComfyUI's
+    # jobs API is one jobs-index knows (``compat.detect``), True always, False never
+    serve: bool | None = None
     follow_deletes: bool = True  # [JOBS_INDEX_FOLLOW_DELETES] delete from the index what the user deletes
     queue_max: int = 1000  # [JOBS_INDEX_QUEUE_MAX] waiting changes past which queue updates drop
     wait_ms: int = 1000  # [JOBS_INDEX_WAIT_MS] how long a read waits for pending writes
@@ -174,7 +190,7 @@ class NodeConfig:
             db_url=url,
             source=(env.get("JOBS_INDEX_SOURCE") or "").strip() or None,
             outbox=None if outbox.lower() in ("off", "0", "none") else outbox,
-            serve=_flag(env.get("JOBS_INDEX_SERVE"), True),
+            serve=_tristate(env.get("JOBS_INDEX_SERVE")),
             follow_deletes=_flag(env.get("JOBS_INDEX_FOLLOW_DELETES"), True),
             queue_max=max(1, queue_max),
             wait_ms=max(0, wait_ms),
@@ -191,16 +207,8 @@ class NodeConfig:
             )
 
 
-def _is_reentrant(lock: Any) -> bool:
-    if not lock.acquire(timeout=5):
-        return False
-    try:
-        again = lock.acquire(blocking=False)
-        if again:
-            lock.release()
-        return again
-    finally:
-        lock.release()
+class QueueMismatch(ConfigError):
+    """ComfyUI's prompt queue is not the shape the node hooks (``compat.check_queue``)."""
 
 
 class JobsNode:
@@ -210,10 +218,15 @@ class JobsNode:
         config.check()
         self.server = server
         self.config = config
+        problems = compat.check_queue(getattr(server, "prompt_queue", None))
+        if problems:  # checked once here, not found out job by job
+            raise QueueMismatch(
+                f"this ComfyUI's prompt queue is not the one jobs-index hooks ({'; '.join(problems)}); "
+                "nothing is recorded and /api/jobs stays ComfyUI's own"
+            )
         self.queue = server.prompt_queue
         self.mutex = self.queue.mutex
-        if not _is_reentrant(self.mutex):
-            raise ConfigError("ComfyUI's prompt queue mutex is not re-entrant; jobs-index cannot hook it")
+        self.jobs_api = compat.detect(compat.live_jobs_module())
         self.writer = Writer(
             open_index=self._open_index,
             read_state=self._read_state,
@@ -229,7 +242,7 @@ class JobsNode:
             open_hint=self._open_hint,
         )
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="jobs-index-read")
-        self.serving = config.serve
+        self.serving = self.jobs_api.recognised if config.serve is None else config.serve
         self._originals: dict[str, Any] = {}
         self._local = threading.local()
         self._installed = False
@@ -238,14 +251,19 @@ class JobsNode:
     # -- lifecycle
 
     def install(self) -> JobsNode:
-        for name in HOOKED_METHODS:
-            original = getattr(self.queue, name, None)
-            if original is None:
-                log.warning("jobs-index: this ComfyUI's prompt queue has no %s(); not hooked", name)
-                continue
+        for name in HOOKED_METHODS:  # each present with its parameters (compat.check_queue)
+            original = getattr(self.queue, name)
             self._originals[name] = (original, name in vars(self.queue))
             setattr(self.queue, name, self._wrap(name, original))
-        if self.config.serve:
+        if not self.jobs_api.recognised and self.config.serve is not False:  # JOBS_INDEX_SERVE=0: asked not to
+            log.warning(
+                "jobs-index: this ComfyUI has %s; %s",
+                self.jobs_api.describe(),
+                "serving /api/jobs from the index anyway (JOBS_INDEX_SERVE=1)"
+                if self.serving
+                else "recording jobs, but /api/jobs stays ComfyUI's own (JOBS_INDEX_SERVE=1 serves it from the index)",
+            )
+        if self.serving:
             try:
                 self.server.app.middlewares.append(self.middleware)
             except RuntimeError:  # the app already started: a custom node loaded late
@@ -259,10 +277,11 @@ class JobsNode:
         self._installed = True
         source = self.config.source or default_source(self.server)
         log.info(
-            "jobs-index: recording ComfyUI jobs as source %s in %s%s",
+            "jobs-index: recording ComfyUI jobs as source %s in %s%s (this ComfyUI has %s)",
             repr(source) if source else "<host>:<port>",
             self.config.db_url,
             "; serving /api/jobs from it" if self.serving else "",
+            self.jobs_api.describe(),
         )
         return self
 
@@ -414,6 +433,12 @@ class JobsNode:
             if match is None:
                 return await handler(request)
             job_id = match.group(1)
+        builtin = getattr(request.match_info, "http_exception", None) is None
+        if builtin and not self.jobs_api.answers(request.rel_url.query.keys(), detail=job_id is not None):
+            # A parameter the node or this ComfyUI does not implement: ComfyUI's own
+            # handler answers the question asked (from memory) rather than the index
+            # answering another one.
+            return await handler(request)
         return await self._answer(request, handler, job_id)
 
     async def _page(self, request: web.Request, handler, subpath: str) -> web.StreamResponse:
@@ -504,6 +529,9 @@ def setup(
             config = config or NodeConfig.from_env(environ, comfyui_dir)
             _node = JobsNode(server, config).install()
             return _node
+        except QueueMismatch as exc:  # one line: the reason is the whole story
+            log.error("jobs-index: not enabled: %s", exc)
+            return None
         except Exception as exc:
             log.error("jobs-index: not enabled (%s: %s)", type(exc).__name__, exc, exc_info=True)
             return None
