@@ -368,7 +368,7 @@ def main() -> None:
                     queries.count_total(conn, q)
                     for q in (search_queries.walked_query(query), replace(query, search=None), ListQuery())
                 ]
-                case.plan = search_queries.choose_plan(query, total, 51, *jobs)
+                case.plan = search_queries.choose_plan(query, total, 51, *jobs, dialect=conn.dialect.name)
     finally:
         index.close()
     facts["cases"] = [{"name": c.name, "params": c.params, "note": c.note, "plan": c.plan} for c in cases]

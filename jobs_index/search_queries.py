@@ -40,11 +40,26 @@ from .queries import Position, clamp_position, page_columns_sql, storable_positi
 from .search import Document, document, fts5_match, tsquery
 
 SQLITE_IN_CHUNK = 900
-# Relative costs of the two plans, measured on SQLite at 100k realistic jobs
-# (benchmarks/results/search-*.md): reading and sorting one match costs 1.6-4 us;
-# testing one job of the timeline against the query ~60-120 us for one word, more
-# per word, and ~30x more with a prefix (FTS5 expands it again for every job).
-COST_MATCH, COST_PROBE, PREFIX_PROBE = 1.0, 40.0, 30.0
+
+
+@dataclass(frozen=True)
+class PlanCosts:
+    """Relative costs of the two plans of one engine (``choose_plan``): reading and
+    sorting one match (1), testing one job of the timeline per word of the query
+    (``probe``), times ``prefix`` when a word is a prefix."""
+
+    probe: float
+    prefix: float
+
+
+# SQLite, measured at 100k realistic jobs (benchmarks/results/search-*.md): one match
+# costs 1.6-4 us; one probe ~60-120 us for one word, more per word, ~30x more with a
+# prefix (FTS5 expands it again for every job).
+SQLITE_COSTS = PlanCosts(probe=40.0, prefix=30.0)
+# PostgreSQL (search-notes.md): one match costs 3-7 us (a GIN bitmap heap visit of a
+# ~1.5 KB job_search row, then the sort); one probe 25-60 us (a primary-key lookup of
+# job_search and ``@@`` on its detoasted tsvector; a prefix costs no more there).
+POSTGRES_COSTS = PlanCosts(probe=8.0, prefix=1.0)
 
 
 def _json_list(values: Sequence[str]) -> str:
@@ -102,9 +117,15 @@ class SearchStore:
     # job_search row.
     matches_from = match_condition = ""
 
+    costs = SQLITE_COSTS
+
     def probe_sql(self) -> str:
         """A condition on a ``jobs`` row: does it match ``:m``?"""
         raise NotImplementedError
+
+    def run_matching(self, conn: Connection, sql: str, values: dict) -> list:
+        """The rows of ``sql``, a statement that reads the inverted index (``matches_from``)."""
+        return _run(conn, sql, values).fetchall()
 
 
 class SqliteStore(SearchStore):
@@ -166,6 +187,7 @@ class SqliteStore(SearchStore):
 
 class PostgresStore(SearchStore):
     dialect = "postgresql"
+    costs = POSTGRES_COSTS
 
     def forget(self, conn: Connection, ids: Sequence[str]) -> None:
         if ids:
@@ -199,6 +221,21 @@ class PostgresStore(SearchStore):
         # A scalar subquery, so the planner tests each walked job (it cannot turn the
         # test into a join that reads every match first).
         return "(SELECT s.doc @@ CAST(:m AS tsquery) FROM job_search AS s WHERE s.job_id = jobs.id)"
+
+    def run_matching(self, conn: Connection, sql: str, values: dict) -> list:
+        # The planner prices ``doc @@ query`` on a sequential scan at one operator
+        # call per row, not the detoasting and decompressing of every ~1.5 KB
+        # tsvector it costs: for a common term it reads the whole table (0.5-1.3 s
+        # at 100k jobs) where the GIN bitmap takes 3-8x less. Sequential scans are
+        # off for this one statement (SET LOCAL, restored: the transaction's other
+        # statements plan as usual).
+        before = conn.exec_driver_sql(
+            "SELECT current_setting('enable_seqscan'), set_config('enable_seqscan', 'off', true)"
+        ).scalar_one()
+        try:
+            return _run(conn, sql, values).fetchall()
+        finally:
+            conn.exec_driver_sql("SELECT set_config('enable_seqscan', %s, true)", (before,))
 
 
 _STORES = {"sqlite": SqliteStore(), "postgresql": PostgresStore()}
@@ -327,25 +364,30 @@ def count_matches(conn: Connection, query: ListQuery) -> int:
         query.workflow_id is not None,
         query.source is not None,
     )
-    return int(_run(conn, sql, _values(conn, query)).scalar_one())
+    return int(store(conn).run_matching(conn, sql, _values(conn, query))[0][0])
 
 
-def choose_plan(query: ListQuery, total: int, want: int, walked: int, filtered: int, everything: int) -> str:
+def choose_plan(
+    query: ListQuery, total: int, want: int, walked: int, filtered: int, everything: int, dialect: str = "sqlite"
+) -> str:
     """``matches`` or ``timeline`` for a page of ``want`` rows (limit + offset).
 
     ``total``: the matches passing the filters; ``walked``: the jobs in the index
     range a timeline walk reads; ``filtered`` / ``everything``: the jobs passing the
     filters / all jobs (``job_counts``). Matches first reads every match of the
     words before the filters apply (estimated as ``total`` scaled by how much the
-    filters keep); timeline first tests about ``want * walked / total`` jobs, each
-    test costing more the more words (and prefixes) the query has."""
+    filters keep); timeline first reads about ``want * walked / total`` jobs and
+    tests those passing the filters (a share ``filtered / walked`` of them), each
+    test costing more the more words (and, on SQLite, prefixes) the query has."""
     if total == 0 or walked == 0:
         return "matches"
     scanned = total * everything / filtered if 0 < filtered < everything else total
-    probes = min(walked, want * walked / total)
+    read = min(walked, want * walked / total)
+    probes = read * min(1.0, filtered / walked) if filtered else read
     terms = query.search.terms
-    probe = COST_PROBE * sum(len(t.words) for t in terms) * (PREFIX_PROBE if any(t.prefix for t in terms) else 1)
-    return "timeline" if probes * probe < scanned * COST_MATCH else "matches"
+    costs = _STORES[dialect].costs
+    probe = costs.probe * sum(len(t.words) for t in terms) * (costs.prefix if any(t.prefix for t in terms) else 1)
+    return "timeline" if read + probes * probe < scanned else "matches"
 
 
 def walked_query(query: ListQuery) -> ListQuery:
@@ -386,6 +428,8 @@ def select_page(
     values.update(limit=limit, offset=offset)
     if after is not None:
         values.update(after_value=after.value, after_id=after.id)
+    if plan == "matches":
+        return store(conn).run_matching(conn, _page_sql(shape), values)
     return _run(conn, _page_sql(shape), values).fetchall()
 
 
