@@ -265,15 +265,18 @@ class PostgresStore(SearchStore):
         # call per row, not the detoasting and decompressing of every ~1.5 KB
         # tsvector it costs: for a common term it reads the whole table (0.5-1.3 s
         # at 100k jobs) where the GIN bitmap takes 3-8x less. Sequential scans are
-        # off for this one statement (SET LOCAL, restored: the transaction's other
-        # statements plan as usual).
-        before = conn.exec_driver_sql(
-            "SELECT current_setting('enable_seqscan'), set_config('enable_seqscan', 'off', true)"
-        ).scalar_one()
-        try:
-            return _run(conn, sql, values).fetchall()
-        finally:
-            conn.exec_driver_sql("SELECT set_config('enable_seqscan', %s, true)", (before,))
+        # off for the rest of this read transaction (SET LOCAL: one round trip per
+        # transaction, not two per statement; the listing's other statements there
+        # read job_counts and B-tree ranges, which no sequential scan serves better).
+        transaction = conn.get_transaction()
+        if transaction is not None and conn.info.get(_SEQSCAN_OFF) is not transaction:
+            conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+            conn.info[_SEQSCAN_OFF] = transaction
+        return _run(conn, sql, values).fetchall()
+
+
+# conn.info key: the transaction in which run_matching turned sequential scans off.
+_SEQSCAN_OFF = "jobs_index.search_seqscan_off"
 
 
 _STORES = {"sqlite": SqliteStore(), "postgresql": PostgresStore()}
