@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import re
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -269,14 +270,15 @@ class PostgresStore(SearchStore):
         # transaction, not two per statement; the listing's other statements there
         # read job_counts and B-tree ranges, which no sequential scan serves better).
         transaction = conn.get_transaction()
-        if transaction is not None and conn.info.get(_SEQSCAN_OFF) is not transaction:
+        if transaction is not None and transaction not in _SEQSCAN_OFF:
             conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
-            conn.info[_SEQSCAN_OFF] = transaction
+            _SEQSCAN_OFF.add(transaction)
         return _run(conn, sql, values).fetchall()
 
 
-# conn.info key: the transaction in which run_matching turned sequential scans off.
-_SEQSCAN_OFF = "jobs_index.search_seqscan_off"
+# The transactions in which run_matching turned sequential scans off (weak: a
+# transaction that ends leaves the set, and no connection is kept alive by it).
+_SEQSCAN_OFF: weakref.WeakSet = weakref.WeakSet()
 
 
 _STORES = {"sqlite": SqliteStore(), "postgresql": PostgresStore()}
