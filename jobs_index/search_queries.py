@@ -270,9 +270,9 @@ class PostgresStore(SearchStore):
         # transaction, not two per statement; the listing's other statements there
         # read job_counts and B-tree ranges, which no sequential scan serves better).
         transaction = conn.get_transaction()
-        if transaction is not None and transaction not in _SEQSCAN_OFF:
-            conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
-            _SEQSCAN_OFF.add(transaction)
+        if transaction is None or transaction not in _SEQSCAN_OFF:
+            conn.exec_driver_sql("SET LOCAL enable_seqscan = off")  # (begins one if none has)
+            _SEQSCAN_OFF.add(conn.get_transaction())
         return _run(conn, sql, values).fetchall()
 
 
