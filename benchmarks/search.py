@@ -9,7 +9,9 @@ table/index, then over HTTP (``bench.Server``, one keep-alive connection) p50/p9
 of search pages: a rare term (< 100 matches), a 1 % term, a 50 % term, two words,
 a phrase, a prefix, each alone and with ``status=failed``, first page and a deep
 cursor page; the in-process cost of the exact total; and plain listing pages on
-both indexes.
+both indexes. When ``--base`` already has search (a ``job_search`` table), the
+search pages run on the base index with the base code too, in the same run, and
+the table shows both.
 
 Datasets: ``realistic`` (``sample.realistic_history``: Zipf-like prompt words,
 hundreds of model and LoRA names, 5-60 nodes per job) or ``synthetic``
@@ -214,7 +216,7 @@ def listing_cases() -> list[Case]:
     ]
 
 
-def series(url: str, cases: list[Case], args, cwd: Path = ROOT) -> dict:
+def series(url: str, cases: list[Case], args, cwd: Path = ROOT, raw: bool = False) -> dict:
     """p50/p99 over HTTP. The code in ``cwd`` serves (``jobs-index serve`` in its own
     process), so the base index is served, unchanged, by the base code."""
     import socket
@@ -248,6 +250,8 @@ def series(url: str, cases: list[Case], args, cwd: Path = ROOT) -> dict:
     finally:
         server.terminate()
         server.wait(30)
+    if raw:
+        return results
     return {
         name: {
             "p50": pct(r["times"], 50) * 1000,
@@ -259,13 +263,51 @@ def series(url: str, cases: list[Case], args, cwd: Path = ROOT) -> dict:
     }
 
 
+def has_search(target: Target) -> bool:
+    """Whether an index (built by ``--base``) has the search tables."""
+    engine = create_engine(target.url)
+    try:
+        with engine.connect() as conn:
+            if target.backend == "sqlite":
+                sql = "SELECT count(*) FROM sqlite_master WHERE name = 'job_search'"
+            else:
+                sql = "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema() AND tablename = 'job_search'"
+            return bool(conn.execute(text(sql)).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def series_pair(targets: dict, cases: list[Case], args, cwd: dict) -> dict:
+    """``series`` of the base and this code, alternating by rounds (one round each,
+    three times), so that both see the same load on a shared machine."""
+    one = argparse.Namespace(**{**vars(args), "requests": max(1, args.requests // 3)})
+    runs: dict[str, list[dict]] = {"base": [], "search": []}
+    for _ in range(3):
+        for label in ("base", "search"):
+            runs[label].append(series(targets[label].url, cases, one, cwd[label], raw=True))
+    out = {}
+    for label, parts in runs.items():
+        out[label] = {}
+        for case in cases:
+            times = [t for part in parts for t in part[case.name]["times"]]
+            body = parts[-1][case.name]["body"]
+            out[label][case.name] = {
+                "p50": pct(times, 50) * 1000,
+                "p99": pct(times, 99) * 1000,
+                "jobs": len(body["jobs"]),
+                "total": body["pagination"]["total"],
+            }
+    return out
+
+
 def render(args, facts: dict) -> str:
     n, b = args.jobs, facts["build"]
     lines = [
         f"# Search benchmark: {facts['backend']}, {args.dataset} dataset, N = {n:,}",
         "",
         f"`benchmarks/search.py --jobs {n} --dataset {args.dataset}`, {facts['date']}, git {facts['git']}; "
-        f"base = `{args.base}` (before search: `job_nodes`, no `job_search`). 2 shared cores: "
+        f"base = `{args.base}`{'' if facts.get('search_base') else ' (before search: `job_nodes`, no `job_search`)'}. "
+        "2 shared cores: "
         "other sessions ran on the machine (load average in the JSON twin).",
         "",
         "## Import (`jobs-index import <dump>` in its own process) and disk",
@@ -298,13 +340,33 @@ def render(args, facts: dict) -> str:
         f"## Search pages over HTTP (limit=50; {args.warmup} warm-up + {args.requests} requests each, "
         "3 round-robin rounds)",
         "",
-        "| query | p50 ms | p99 ms | jobs | total | exact total alone, in-process ms | plan | note |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
+    before = facts.get("search_base")
+    if before:
+        lines += [
+            "Before (`--base` code on its own index) and after (this code), interleaved in one run:",
+            "",
+            "| query | before p50 ms | **after p50 ms** | before p99 | after p99 | jobs | total "
+            "| exact total alone, in-process ms (after) | plan (after) | note |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+        ]
+    else:
+        lines += [
+            "| query | p50 ms | p99 ms | jobs | total | exact total alone, in-process ms | plan | note |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+        ]
     for case in facts["cases"]:
         r = facts["search"][case["name"]]
         base_name = case["name"].replace(", deep cursor", "")
         cost = facts["totals"][base_name]["count_ms"]
+        if before:
+            b = before[case["name"]]
+            assert b["total"] == r["total"], (case["name"], b["total"], r["total"])
+            lines.append(
+                f"| {case['name']} | {b['p50']:.2f} | **{r['p50']:.2f}** | {b['p99']:.2f} | {r['p99']:.2f} "
+                f"| {r['jobs']} | {r['total']:,} | {cost:.2f} | {case['plan']} | {case['note']} |"
+            )
+            continue
         lines.append(
             f"| {case['name']} | **{r['p50']:.2f}** | {r['p99']:.2f} | {r['jobs']} | {r['total']:,} "
             f"| {cost:.2f} | {case['plan']} | {case['note']} |"
@@ -368,12 +430,16 @@ def main() -> None:
                     queries.count_total(conn, q)
                     for q in (search_queries.walked_query(query), replace(query, search=None), ListQuery())
                 ]
-                case.plan = search_queries.choose_plan(query, total, 51, *jobs)
+                case.plan = search_queries.choose_plan(query, total, 51, *jobs, dialect=conn.dialect.name)
     finally:
         index.close()
     facts["cases"] = [{"name": c.name, "params": c.params, "note": c.note, "plan": c.plan} for c in cases]
     log(f"  {len(cases)} search cases over HTTP")
-    facts["search"] = series(targets["search"].url, cases, args)
+    if has_search(targets["base"]):  # the same cases on the base index, base code, same run
+        both = series_pair(targets, cases, args, cwd)
+        facts["search_base"], facts["search"] = both["base"], both["search"]
+    else:
+        facts["search"] = series(targets["search"].url, cases, args)
     facts["listing"] = {
         label: series(targets[label].url, listing_cases(), args, cwd[label]) for label in ("base", "search")
     }

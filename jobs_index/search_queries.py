@@ -13,7 +13,9 @@ dialect themselves:
   before the rows go: every jobs-index path that replaces or deletes a job calls it
   in the same transaction. A job deleted by other SQL loses its ``job_search`` row
   (trigger); its words stay in the FTS index, matching a ``docid`` nothing refers
-  to, so no listing or count ever sees them.
+  to, so no listing sees them; its docid goes into ``job_search_orphans`` (trigger,
+  revision 0009_search_narrow), so a count without filters is FTS5's count less
+  the matching orphans.
 * PostgreSQL: ``job_search(job_id, doc tsvector, node_types, models, loras)`` with a
   GIN index on ``doc``; rows go with their job (``ON DELETE CASCADE``).
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import json
 import re
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -40,11 +43,26 @@ from .queries import Position, clamp_position, page_columns_sql, storable_positi
 from .search import Document, document, fts5_match, tsquery
 
 SQLITE_IN_CHUNK = 900
-# Relative costs of the two plans, measured on SQLite at 100k realistic jobs
-# (benchmarks/results/search-*.md): reading and sorting one match costs 1.6-4 us;
-# testing one job of the timeline against the query ~60-120 us for one word, more
-# per word, and ~30x more with a prefix (FTS5 expands it again for every job).
-COST_MATCH, COST_PROBE, PREFIX_PROBE = 1.0, 40.0, 30.0
+
+
+@dataclass(frozen=True)
+class PlanCosts:
+    """Relative costs of the two plans of one engine (``choose_plan``): reading and
+    sorting one match (1), testing one job of the timeline per word of the query
+    (``probe``), times ``prefix`` when a word is a prefix."""
+
+    probe: float
+    prefix: float
+
+
+# SQLite, measured at 100k realistic jobs (benchmarks/results/search-*.md): one match
+# costs 1.6-4 us; one probe ~60-120 us for one word, more per word, ~30x more with a
+# prefix (FTS5 expands it again for every job).
+SQLITE_COSTS = PlanCosts(probe=40.0, prefix=30.0)
+# PostgreSQL (search-notes.md): one match costs 3-7 us (a GIN bitmap heap visit of a
+# ~1.5 KB job_search row, then the sort); one probe 25-60 us (a primary-key lookup of
+# job_search and ``@@`` on its detoasted tsvector; a prefix costs no more there).
+POSTGRES_COSTS = PlanCosts(probe=8.0, prefix=1.0)
 
 
 def _json_list(values: Sequence[str]) -> str:
@@ -102,9 +120,20 @@ class SearchStore:
     # job_search row.
     matches_from = match_condition = ""
 
+    costs = SQLITE_COSTS
+
     def probe_sql(self) -> str:
         """A condition on a ``jobs`` row: does it match ``:m``?"""
         raise NotImplementedError
+
+    def run_matching(self, conn: Connection, sql: str, values: dict) -> list:
+        """The rows of ``sql``, a statement that reads the inverted index (``matches_from``)."""
+        return _run(conn, sql, values).fetchall()
+
+    def count_unfiltered(self, conn: Connection, values: dict) -> int | None:
+        """The matches of ``:m`` without filters if the engine has a faster way to count
+        them than ``_count_sql`` (else None)."""
+        return None
 
 
 class SqliteStore(SearchStore):
@@ -129,6 +158,11 @@ class SqliteStore(SearchStore):
                     "INSERT INTO job_search_fts (job_search_fts, rowid, doc) VALUES ('delete', ?, ?)", deletes
                 )
             conn.exec_driver_sql(f"DELETE FROM job_search WHERE job_id IN ({marks})", chunk)
+            if rows:  # their words are gone: not orphans (the delete trigger recorded them)
+                conn.exec_driver_sql(
+                    f"DELETE FROM job_search_orphans WHERE docid IN ({', '.join('?' * len(rows))})",
+                    tuple(row[0] for row in rows),
+                )
 
     def add(self, conn: Connection, records: Sequence, sources: dict | None = None) -> None:
         if not records:
@@ -154,7 +188,11 @@ class SqliteStore(SearchStore):
 
     # CROSS JOIN: SQLite keeps this join order (it could otherwise run the full-text
     # query once per job of some other index).
-    matches_from = "job_search_fts CROSS JOIN job_search AS s ON s.docid = job_search_fts.rowid"
+    # ix_job_search_narrow (revision 0009_search_narrow) covers every column a count
+    # or a matches-first page reads: a narrow index entry per match, not the wide row.
+    matches_from = (
+        "job_search_fts CROSS JOIN job_search AS s INDEXED BY ix_job_search_narrow ON s.docid = job_search_fts.rowid"
+    )
     match_condition = "job_search_fts MATCH :m"
 
     def probe_sql(self) -> str:
@@ -163,9 +201,32 @@ class SqliteStore(SearchStore):
             "WHERE s.job_id = jobs.id AND job_search_fts MATCH :m)"
         )
 
+    def count_unfiltered(self, conn: Connection, values: dict) -> int | None:
+        # Without filters, FTS5 counts alone (~0.07 us per match against ~2 us for
+        # a job_search row each), less the orphans that match (revision
+        # 0009_search_narrow): each costs one FTS5 probe, so with many of them
+        # (other SQL deleted many jobs) the join counts instead.
+        orphans = conn.exec_driver_sql(
+            f"SELECT count(*) FROM (SELECT 1 FROM job_search_orphans LIMIT {ORPHAN_PROBES + 1})"
+        )
+        if orphans.scalar_one() > ORPHAN_PROBES:
+            return None
+        return int(_run(conn, _SQLITE_UNFILTERED_COUNT, values).scalar_one())
+
+
+# The matching documents less the matching orphans (documents whose job_search row
+# went by other SQL): ORPHAN_PROBES at most, one FTS5 probe (rowid = and MATCH) each.
+ORPHAN_PROBES = 64
+_SQLITE_UNFILTERED_COUNT = (
+    "SELECT (SELECT count(*) FROM job_search_fts WHERE job_search_fts MATCH :m) - "
+    "(SELECT count(*) FROM job_search_orphans AS o CROSS JOIN job_search_fts "
+    "ON job_search_fts.rowid = o.docid WHERE job_search_fts MATCH :m)"
+)
+
 
 class PostgresStore(SearchStore):
     dialect = "postgresql"
+    costs = POSTGRES_COSTS
 
     def forget(self, conn: Connection, ids: Sequence[str]) -> None:
         if ids:
@@ -199,6 +260,25 @@ class PostgresStore(SearchStore):
         # A scalar subquery, so the planner tests each walked job (it cannot turn the
         # test into a join that reads every match first).
         return "(SELECT s.doc @@ CAST(:m AS tsquery) FROM job_search AS s WHERE s.job_id = jobs.id)"
+
+    def run_matching(self, conn: Connection, sql: str, values: dict) -> list:
+        # The planner prices ``doc @@ query`` on a sequential scan at one operator
+        # call per row, not the detoasting and decompressing of every ~1.5 KB
+        # tsvector it costs: for a common term it reads the whole table (0.5-1.3 s
+        # at 100k jobs) where the GIN bitmap takes 3-8x less. Sequential scans are
+        # off for the rest of this read transaction (SET LOCAL: one round trip per
+        # transaction, not two per statement; the listing's other statements there
+        # read job_counts and B-tree ranges, which no sequential scan serves better).
+        transaction = conn.get_transaction()
+        if transaction is None or transaction not in _SEQSCAN_OFF:
+            conn.exec_driver_sql("SET LOCAL enable_seqscan = off")  # (begins one if none has)
+            _SEQSCAN_OFF.add(conn.get_transaction())
+        return _run(conn, sql, values).fetchall()
+
+
+# The transactions in which run_matching turned sequential scans off (weak: a
+# transaction that ends leaves the set, and no connection is kept alive by it).
+_SEQSCAN_OFF: weakref.WeakSet = weakref.WeakSet()
 
 
 _STORES = {"sqlite": SqliteStore(), "postgresql": PostgresStore()}
@@ -333,6 +413,12 @@ def count_matches(conn: Connection, query: ListQuery) -> int:
     """The exact number of jobs matching ``query.search`` and its filters."""
     if not query.statuses or unmatchable(conn, column_text(query.workflow_id), query.source):
         return 0
+    values = _values(conn, query)
+    unfiltered = query.workflow_id is None and query.source is None and query.since is None and query.until is None
+    if query.all_statuses and unfiltered:
+        found = store(conn).count_unfiltered(conn, values)
+        if found is not None:
+            return found
     sql = _count_sql(
         conn.dialect.name,
         0 if query.all_statuses else len(query.statuses),
@@ -341,27 +427,32 @@ def count_matches(conn: Connection, query: ListQuery) -> int:
         query.since is not None,
         query.until is not None,
     )
-    return int(_run(conn, sql, _values(conn, query)).scalar_one())
+    return int(store(conn).run_matching(conn, sql, values)[0][0])
 
 
-def choose_plan(query: ListQuery, total: int, want: int, walked: int, filtered: int, everything: int) -> str:
+def choose_plan(
+    query: ListQuery, total: int, want: int, walked: int, filtered: int, everything: int, dialect: str = "sqlite"
+) -> str:
     """``matches`` or ``timeline`` for a page of ``want`` rows (limit + offset).
 
     ``total``: the matches passing the filters; ``walked``: the jobs in the index
     range a timeline walk reads; ``filtered`` / ``everything``: the jobs passing the
     filters / all jobs (``job_counts``). Matches first reads every match of the
     words before the filters apply (estimated as ``total`` scaled by how much the
-    filters keep); timeline first tests about ``want * walked / total`` jobs, each
-    test costing more the more words (and prefixes) the query has."""
+    filters keep); timeline first reads about ``want * walked / total`` jobs and
+    tests those passing the filters (a share ``filtered / walked`` of them), each
+    test costing more the more words (and, on SQLite, prefixes) the query has."""
     if total == 0 or walked == 0:
         return "matches"
     scanned = total * everything / filtered if 0 < filtered < everything else total
-    probes = min(walked, want * walked / total)
+    read = min(walked, want * walked / total)
+    probes = read * min(1.0, filtered / walked) if filtered else read
     search = query.search
     assert search is not None, "the plan of a search listing (JobStream asks only for one)"
     terms = search.terms
-    probe = COST_PROBE * sum(len(t.words) for t in terms) * (PREFIX_PROBE if any(t.prefix for t in terms) else 1)
-    return "timeline" if probes * probe < scanned * COST_MATCH else "matches"
+    costs = _STORES[dialect].costs
+    probe = costs.probe * sum(len(t.words) for t in terms) * (costs.prefix if any(t.prefix for t in terms) else 1)
+    return "timeline" if read + probes * probe < scanned else "matches"
 
 
 def walked_query(query: ListQuery) -> ListQuery:
@@ -404,6 +495,8 @@ def select_page(
     values.update(limit=limit, offset=offset)
     if after is not None:
         values.update(after_value=after.value, after_id=after.id)
+    if plan == "matches":
+        return store(conn).run_matching(conn, _page_sql(shape), values)
     return _run(conn, _page_sql(shape), values).fetchall()
 
 

@@ -166,11 +166,13 @@ class JobStream:
         if query.search is not None:  # the exact total of the matches, the plan, the first rows
             self.total = search_queries.count_matches(conn, query)
             if self.total:
-                jobs = [
+                walked, filtered, everything = (
                     queries.count_total(conn, q)
                     for q in (search_queries.walked_query(query), replace(query, search=None), ListQuery())
-                ]
-                self._plan = search_queries.choose_plan(query, self.total, want + 1 + offset, *jobs)
+                )
+                self._plan = search_queries.choose_plan(
+                    query, self.total, want + 1 + offset, walked, filtered, everything, dialect=conn.dialect.name
+                )
             rows = self._select(conn, want + 1) if self.total else []
         elif offset:  # offset mode: total and rows in one snapshot
             self.total = queries.count_total(conn, query)
