@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import event, text
 
 from jobs_index import JobsIndex
-from jobs_index.database import make_engine, write_transaction
+from jobs_index.database import make_engine
 from jobs_index.normalize import from_history
 from jobs_index.sample import synthetic_history
 
@@ -84,23 +84,32 @@ def admin():
     engine.dispose()
 
 
+SCHEMA_KEY = "7250031, hashtext(coalesce(current_schema(), ''))"
+
+
 def test_two_schemas_write_at_once_one_schema_takes_turns(pg_url, pg_url_other, admin):
-    with JobsIndex.open(pg_url) as first, JobsIndex.open(pg_url_other) as second, JobsIndex.open(pg_url) as same:
-        with write_transaction(first.engine) as held:  # the first schema's writer holds its lock
-            held.exec_driver_sql("SELECT 1")
+    """The first schema's writers' lock is held (as a writer in its transaction holds
+    it; taken directly, so the test never waits on writers of other test runs in the
+    same database): the other schema's writer finishes meanwhile, and a writer of the
+    first schema waits for it."""
+    with JobsIndex.open(pg_url) as first, JobsIndex.open(pg_url_other) as second, first.engine.connect() as held:
+        held.execute(text(f"SELECT pg_advisory_lock({SCHEMA_KEY})"))
+        try:
             other = Writer(second, records(30, seed=1))
             other.start()
             other.join(60)
             assert not other.is_alive() and other.error is None  # finished while the lock was held
             assert second.total() == 30 and second.counts_consistent()
 
-            waiting = Writer(same, records(20, seed=2))
+            waiting = Writer(first, records(20, seed=2))
             waiting.start()
             assert wait_until(lambda: waiting_for_advisory_lock(admin, waiting), waiting)
             assert waiting.is_alive()  # the same schema: it waits for the holder
+        finally:
+            held.execute(text(f"SELECT pg_advisory_unlock({SCHEMA_KEY})"))
         waiting.join(60)
         assert not waiting.is_alive() and waiting.error is None
-        assert same.total() == 20 and same.counts_consistent()
+        assert first.total() == 20 and first.counts_consistent()
 
 
 def test_a_writer_holding_the_old_database_wide_key_excludes_every_writer(pg_url, admin):
