@@ -385,9 +385,10 @@ def _row_refused(exc: StorageError) -> bool:
     return sqlstate.startswith("54")
 
 
-def _refusal(exc: DBAPIError) -> str:
+def _refusal(exc: BaseException) -> str:
     """The reason a row was refused (``DataError`` or a program-limit error), one line."""
-    reason = str(exc.orig).splitlines()[0] if exc.orig is not None else str(exc)
+    orig = getattr(exc, "orig", None)
+    reason = str(orig).splitlines()[0] if orig is not None else str(exc)
     if "0x00" in reason and "NUL" not in reason:  # the server's words for a NUL in an array
         reason += " (text cannot contain NUL)"
     return f"rejected by the database: {reason}"

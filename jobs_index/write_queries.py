@@ -333,6 +333,7 @@ def copy_rows(conn: Connection, table: str, columns: Sequence[str], rows: Iterab
 
     sql = f"COPY {table} ({', '.join(columns)}) FROM STDIN" + (" (FORMAT BINARY)" if types else "")
     driver = conn.connection.driver_connection
+    assert driver is not None  # an open connection
     try:
         with driver.cursor() as cursor, cursor.copy(sql) as copy:
             if types:
