@@ -163,12 +163,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=20, help="calls per page timing")
     parser.add_argument("--keep", action="store_true", help="keep the schemas (default: dropped at the end)")
+    parser.add_argument("--order", choices=["batches-first", "bulk-first"], default="batches-first")
     args = parser.parse_args()
     dump, _ = bench.dump_file(args.jobs)
     admin = create_engine(args.db)
     runs = []
     for round_no in range(args.rounds):
-        for mode, options in MODES.items():
+        order = list(MODES.items()) if args.order == "batches-first" else list(reversed(MODES.items()))
+        for mode, options in order:
             schema = f"pgimp_{mode}"
             reset_schema(args.db, schema)
             url = schema_url(args.db, schema)
@@ -177,19 +179,22 @@ def main() -> None:
             run.update(inspect(url, args.jobs, args.repeats))
             bench.log(f"  {run['wall_s']:.1f} s, {args.jobs / run['wall_s']:,.0f} jobs/s; {run['phases']}")
             runs.append(run)
-        same = {
-            table: runs[-1]["digests"][table] == runs[-2]["digests"][table] for table in DIGESTS
-        }  # this round's two imports
-        runs[-1]["same_as_batches"] = same
+            save(args, runs)  # after each import: a run stopped part-way keeps what it measured
+        same = {table: runs[-1]["digests"][table] == runs[-2]["digests"][table] for table in DIGESTS}
+        runs[-1]["same_as_batches"] = same  # this round's two imports
     if not args.keep:
         for mode in MODES:
             drop_schema(args.db, f"pgimp_{mode}")
+    print(save(args, runs))
+
+
+def save(args, runs: list[dict]) -> str:
     report = render(args, runs)
-    print(report)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"pg-import-{args.jobs}"
     out.with_suffix(".md").write_text(report)
     out.with_suffix(".json").write_text(json.dumps({"jobs": args.jobs, "runs": runs, "loads": bench.LOADS}, indent=1))
+    return report
 
 
 def render(args, runs: list[dict]) -> str:
@@ -197,7 +202,8 @@ def render(args, runs: list[dict]) -> str:
     lines = [
         f"# PostgreSQL import of {n:,} jobs: batch by batch vs bulk load with COPY",
         "",
-        f"`benchmarks/pg_import.py --jobs {n} --rounds {args.rounds}`, {time.strftime('%Y-%m-%d %H:%M')}, "
+        f"`benchmarks/pg_import.py --jobs {n} --rounds {args.rounds} --order {args.order}`, "
+        f"{time.strftime('%Y-%m-%d %H:%M')}, "
         f"{os.cpu_count()} CPUs (shared with other users: see the load column). Each import: "
         "`jobs-index import [--no-bulk] history.json` in its own process into a fresh schema; "
         "`batches` is what PostgreSQL did before issue 16. Pages: in-process `list_jobs`, p50 of "
@@ -216,7 +222,7 @@ def render(args, runs: list[dict]) -> str:
         )
     lines += ["", "Bulk load phases (from the command's `-v` log):", ""]
     lines += [f"* round {r['round']}: {r['phases']}" for r in runs if r["phases"]]
-    lines += ["", "Same content as the batch-by-batch import (digest of every column but `indexed_at`):", ""]
+    lines += ["", "Same content in both imports of the round (digest of every column but `indexed_at`):", ""]
     for r in runs:
         if "same_as_batches" in r:
             lines.append(f"* round {r['round']}: " + ", ".join(f"{t} {ok}" for t, ok in r["same_as_batches"].items()))
