@@ -122,9 +122,10 @@ def summary_line(result, files: int) -> str:
     "--bulk/--no-bulk",
     default=True,
     show_default=True,
-    help="Into an empty SQLite index: load in one transaction and build the indexes once at "
-    "the end (several times faster for a large history; all or nothing). --no-bulk commits "
-    "batch by batch, so a server sees the jobs arrive and a killed import keeps them.",
+    help="Into an empty index: load in one transaction and build the indexes once at "
+    "the end (several times faster for a large history; all or nothing; PostgreSQL: rows by COPY, "
+    "then VACUUM (ANALYZE)). --no-bulk commits batch by batch, so a server sees the jobs arrive "
+    "and a killed import keeps them.",
 )
 @pass_ctx
 def import_(

@@ -44,6 +44,15 @@ from .errors import ConfigError, DatabaseTooNew, ForeignKeyViolation, StorageErr
 log = logging.getLogger(__name__)
 
 VERSION_TABLE = "jobs_index_alembic_version"
+# PostgreSQL writers' lock (``write_transaction``): exclusive per schema (the schema
+# holding the index, ``current_schema()``: two deployments in one database write at
+# once), and shared on the key jobs-index up to 0.x took database-wide, so a writer of
+# an older version still excludes every writer of this one (docs/postgresql.md).
+WRITER_LOCK_KEY = 7250031
+WRITER_LOCK_SQL = (
+    f"pg_advisory_xact_lock_shared({WRITER_LOCK_KEY}), "
+    f"pg_advisory_xact_lock({WRITER_LOCK_KEY}, hashtext(coalesce(current_schema(), '')))"
+)
 PG_CONNECT_TIMEOUT = 10  # seconds, unless the URL sets connect_timeout
 SQLITE_DRIVERS = ("sqlite", "sqlite+pysqlite")
 PG_DRIVERS = ("postgresql", "postgresql+psycopg", "postgresql+psycopg2")  # all served by psycopg 3
@@ -141,8 +150,8 @@ def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> Engine:
 @contextmanager
 def write_transaction(engine: Engine) -> Iterator[Connection]:
     """A write transaction: ``BEGIN IMMEDIATE`` on SQLite; on PostgreSQL writers
-    take one transaction-level advisory lock, a single consistent lock order that
-    rules out deadlocks on the shared counter rows.
+    take one transaction-level advisory lock per schema (``WRITER_LOCK_SQL``), a
+    single consistent lock order that rules out deadlocks on the shared counter rows.
 
     PostgreSQL writers also go back to ``plan_cache_mode = auto`` for the
     transaction: forced custom plans are for listings; here they would only re-plan
@@ -155,7 +164,7 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
             conn = conn.execution_options(sqlite_begin="IMMEDIATE")
         with conn.begin():
             if engine.dialect.name == "postgresql":
-                conn.execute(text("SELECT pg_advisory_xact_lock(7250031), set_config('plan_cache_mode', 'auto', true)"))
+                conn.execute(text(f"SELECT {WRITER_LOCK_SQL}, set_config('plan_cache_mode', 'auto', true)"))
             yield conn
     except OperationalError as exc:
         raise StorageError(f"database write failed: {driver_message(exc)}") from exc
@@ -396,7 +405,7 @@ def migration_transaction(engine: Engine) -> Iterator[Connection]:
                 conn = conn.execution_options(sqlite_begin="IMMEDIATE")
             with conn.begin():
                 if engine.dialect.name == "postgresql":
-                    conn.execute(text("SELECT pg_advisory_xact_lock(7250031)"))
+                    conn.execute(text(f"SELECT {WRITER_LOCK_SQL}"))
                 yield conn
     except OperationalError as exc:
         raise StorageError(f"database write failed: {driver_message(exc)}") from exc

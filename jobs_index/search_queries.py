@@ -112,6 +112,12 @@ class SearchStore:
         when its record has none (the upsert's COALESCE), by id."""
         raise NotImplementedError
 
+    COPY_COLUMNS: tuple[str, ...] = ()
+
+    def copy_rows(self, records: Sequence) -> list[tuple]:
+        """PostgreSQL: the search rows of ``records`` for a bulk load's ``COPY``."""
+        raise NotImplementedError
+
     def match_value(self, query) -> str:
         raise NotImplementedError
 
@@ -249,6 +255,17 @@ class PostgresStore(SearchStore):
             f"SELECT {picked}, c{len(types) - 1}::tsvector FROM unnest({arrays}) AS u({names})",
             tuple(columns),
         )
+
+    COPY_COLUMNS = (*ROW_COLUMNS, "doc")
+
+    def copy_rows(self, records: Sequence) -> list[tuple]:
+        """``add``'s rows for a bulk load's ``COPY`` (``write_queries.copy_new``), in
+        ``COPY_COLUMNS`` order; ``doc`` as its tsvector literal (COPY's text format)."""
+        rows = []
+        for record in records:
+            doc = _document(record)
+            rows.append((*_row_values(record, doc, None), doc.tsvector_text()))
+        return rows
 
     def match_value(self, query) -> str:
         return tsquery(query)

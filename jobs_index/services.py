@@ -341,11 +341,15 @@ def finished_transitions(
     return out
 
 
-def _write_records(conn: Connection, records: list[JobRecord], now: int, finished: list | None = None) -> IngestResult:
+def _write_records(
+    conn: Connection, records: list[JobRecord], now: int, finished: list | None = None, *, copy: bool = False
+) -> IngestResult:
     """One batch inside the caller's write transaction: count what is new, newer or
     unchanged, and write the new and newer rows (``write_queries.write_batch``).
     ``finished``, if given, is extended with the jobs the batch finishes
-    (``finished_transitions``), to report once the transaction commits."""
+    (``finished_transitions``), to report once the transaction commits.
+    ``copy`` (PostgreSQL bulk load): the new rows go by ``COPY`` (``write_queries.copy_new``),
+    the newer ones by the upsert."""
     result = IngestResult()
     existing = write_queries.read_existing(conn, [r.id for r in records])
     written = []  # records whose row is inserted or replaced
@@ -360,7 +364,11 @@ def _write_records(conn: Connection, records: list[JobRecord], now: int, finishe
             continue
         written.append(record)
     # The rows, their job_outputs and search rows and (SQLite) counter deltas.
-    write_queries.write_batch(conn, written, existing, now)
+    if copy:
+        write_queries.copy_new(conn, [r for r in written if r.id not in existing], now)
+        write_queries.write_batch(conn, [r for r in written if r.id in existing], existing, now)
+    else:
+        write_queries.write_batch(conn, written, existing, now)
     if finished is not None:
         finished.extend(finished_transitions(written, existing))
     return result
@@ -379,6 +387,38 @@ def _row_refused(exc: StorageError) -> bool:
     "program limit exceeded" (SQLSTATE class 54), e.g. an index entry too large."""
     sqlstate = getattr(getattr(exc.__cause__, "orig", None), "sqlstate", None) or ""
     return sqlstate.startswith("54")
+
+
+def _refusal(exc: BaseException) -> str:
+    """The reason a row was refused (``DataError`` or a program-limit error), one line."""
+    orig = getattr(exc, "orig", None)
+    reason = str(orig).splitlines()[0] if orig is not None else str(exc)
+    if "0x00" in reason and "NUL" not in reason:  # the server's words for a NUL in an array
+        reason += " (text cannot contain NUL)"
+    return f"rejected by the database: {reason}"
+
+
+def _bulk_records_pg(
+    conn: Connection, records: list[JobRecord], now: int, finished: list | None, copy: bool = True
+) -> IngestResult:
+    """One batch of a PostgreSQL bulk load, in a savepoint: a batch with a row the
+    database refuses (a value too large for an index entry or a tsvector) is written
+    again row by row, and only the refused rows are rejected (as ``_write_batch``)."""
+    if not records:
+        return IngestResult()
+    try:
+        with conn.begin_nested():
+            return _write_records(conn, records, now, finished, copy=copy)
+    except DBAPIError as exc:
+        sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+        if not (isinstance(exc, DataError) or sqlstate.startswith("54")):
+            raise
+        if len(records) == 1:
+            return IngestResult(rejected=[(records[0].id, _refusal(exc))])
+    result = IngestResult()
+    for record in records:
+        result.add(_bulk_records_pg(conn, [record], now, finished, copy))
+    return result
 
 
 class JobsIndex:
@@ -599,28 +639,78 @@ class JobsIndex:
     def bulk_load(
         self, records: Iterable[JobRecord], *, source: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE
     ) -> IngestResult | None:
-        """A first import into an empty SQLite index, as one transaction: the
-        secondary indexes are dropped, the rows written in batches of ``batch_size``,
-        and the indexes built again by one sort each (``write_queries.indexes_deferred``).
-        All or nothing: a killed load leaves the index empty, and running it again
-        loads it. Readers see the empty index until it commits; other writers wait.
-        Returns None (reading no record) when the index is not empty or not SQLite.
+        """A first import into an empty index, as one transaction: the secondary
+        indexes are dropped, the rows written in batches of ``batch_size``, and the
+        indexes built again by one sort each. All or nothing: a killed load leaves
+        the index empty, and running it again loads it. Other writers wait.
+        Returns None (reading no record) when the index is not empty.
+
+        SQLite: ``write_queries.indexes_deferred``; readers see the empty index until
+        it commits. PostgreSQL: ``write_queries.pg_indexes_deferred`` (foreign keys
+        too); new rows go by ``COPY`` (``write_queries.copy_new``), each batch in a
+        savepoint (a refused row is rejected alone); readers of the schema wait until
+        it commits; then ``VACUUM (ANALYZE)``, so index-only scans work at once.
         """
-        if self.engine.dialect.name != "sqlite":
-            return None
+        pg = self.engine.dialect.name == "postgresql"
         result = IngestResult()
         finished = self._collector()
         try:
             with write_transaction(self.engine) as conn:
                 if not write_queries.index_is_empty(conn):
                     return None
-                with write_queries.indexes_deferred(conn):
-                    for batch in _batches(records, source, batch_size):
-                        result.add(_write_records(conn, batch, int(time.time() * 1000), finished))
+                if pg:
+                    late: list[JobRecord] = []  # written once the indexes are back (``late_record``)
+                    late_ids: set[str] = set()
+                    started = time.perf_counter()
+                    with write_queries.pg_indexes_deferred(conn):
+                        for batch in _batches(records, source, batch_size):
+                            now = int(time.time() * 1000)
+                            early = []
+                            for record in batch:
+                                if record.id in late_ids or write_queries.late_record(record):
+                                    late.append(record)  # and every later version of it, in order
+                                    late_ids.add(record.id)
+                                else:
+                                    early.append(record)
+                            result.add(_bulk_records_pg(conn, early, now, finished))
+                        loaded = time.perf_counter()
+                    for batch in _batches(late, None, batch_size):
+                        result.add(_bulk_records_pg(conn, batch, int(time.time() * 1000), finished, copy=False))
+                    built = time.perf_counter()
+                else:
+                    with write_queries.indexes_deferred(conn):
+                        for batch in _batches(records, source, batch_size):
+                            result.add(_write_records(conn, batch, int(time.time() * 1000), finished))
         except IntegrityError as exc:
             raise StorageError(f"rejected by the database: {exc.orig}") from exc
         self._report_finished(finished)
+        if pg:
+            committed = time.perf_counter()
+            self.vacuum_analyze()
+            log.info(
+                "bulk load: %d rows written in %.1f s, indexes and foreign keys %.1f s, commit %.1f s, "
+                "VACUUM (ANALYZE) %.1f s",
+                result.written,
+                loaded - started,
+                built - loaded,
+                committed - built,
+                time.perf_counter() - committed,
+            )
         return result
+
+    def vacuum_analyze(self) -> bool:
+        """PostgreSQL: ``VACUUM (ANALYZE)`` the job tables (after a bulk load). Only
+        their owner may: for another role it is logged and False is returned (run
+        ``VACUUM (ANALYZE)`` as the owner, or wait for autovacuum)."""
+        if self.engine.dialect.name != "postgresql":
+            return False
+        try:
+            with read_statement(self.engine) as conn:  # autocommit: VACUUM cannot run in a transaction
+                write_queries.vacuum_analyze(conn)
+        except (StorageError, DBAPIError) as exc:
+            log.warning("jobs-index: VACUUM (ANALYZE) after the import failed: %s", " ".join(str(exc).split())[:300])
+            return False
+        return True
 
     def _write_batch(self, records: list[JobRecord]) -> IngestResult:
         finished = self._collector()
@@ -645,10 +735,7 @@ class JobsIndex:
                 for record in records:
                     result.add(self._write_batch([record]))
                 return result
-            reason = str(refused.orig).splitlines()[0] if refused.orig is not None else str(refused)
-            if "0x00" in reason and "NUL" not in reason:  # the server's words for a NUL in an array
-                reason += " (text cannot contain NUL)"
-            return IngestResult(rejected=[(records[0].id, f"rejected by the database: {reason}")])
+            return IngestResult(rejected=[(records[0].id, _refusal(refused))])
         self._report_finished(finished)
         return result
 

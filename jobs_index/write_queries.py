@@ -25,7 +25,7 @@ import os
 import sqlite3
 import sys
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
@@ -34,6 +34,7 @@ from operator import attrgetter
 
 from sqlalchemy import Connection
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import DBAPIError
 
 from . import schema, search_queries
 from .normalize import JobRecord, answer_text, column_text
@@ -310,3 +311,125 @@ def indexes_deferred(conn: Connection) -> Iterator[None]:
             conn.exec_driver_sql(sql)
     finally:
         conn.exec_driver_sql(f"PRAGMA threads = {threads}")
+
+
+# -- bulk load (PostgreSQL, an empty index) -----------------------------------------
+
+
+@cache
+def _pg_types(table: str, columns: tuple[str, ...]) -> list[str]:
+    """PostgreSQL type names of ``columns`` (for a binary COPY's ``set_types``)."""
+    dialect = postgresql.dialect()
+    types = {
+        c.name: c.type.compile(dialect=dialect).split(" COLLATE")[0].lower()
+        for c in schema.Base.metadata.tables[table].columns
+    }
+    return [types[c] for c in columns]
+
+
+def copy_rows(conn: Connection, table: str, columns: Sequence[str], rows: Iterable[tuple], types=None) -> None:
+    """PostgreSQL: ``COPY table (columns) FROM STDIN`` of ``rows``: binary when
+    ``types`` (one PostgreSQL type name per column) is given, else text format (for
+    types psycopg has no binary dumper for, e.g. ``tsvector`` from its literal).
+    A refused row fails the whole COPY, as SQLAlchemy's error for it (``DataError``
+    for a value the column cannot hold, ``IntegrityError``, ...)."""
+    import psycopg
+
+    sql = f"COPY {table} ({', '.join(columns)}) FROM STDIN" + (" (FORMAT BINARY)" if types else "")
+    driver = conn.connection.driver_connection
+    assert driver is not None  # an open connection
+    try:
+        with driver.cursor() as cursor, cursor.copy(sql) as copy:
+            if types:
+                copy.set_types(types)
+            for row in rows:
+                copy.write_row(row)
+    except psycopg.Error as exc:
+        raise DBAPIError.instance(sql, None, exc, psycopg.Error) from exc
+
+
+def copy_new(conn: Connection, records: Sequence[JobRecord], now: int) -> None:
+    """PostgreSQL: write ``records``, none of which has a row yet, with ``COPY``: their
+    ``jobs`` rows (binary), ``job_outputs`` rows (binary) and search rows
+    (``search_queries``). The statement-level counter triggers fire once per COPY
+    with its rows, as for the upsert: ``job_counts`` stays exact."""
+    if not records:
+        return
+    records = sorted(records, key=attrgetter("id"))
+    copy_rows(conn, "jobs", JOB_COLUMNS, job_rows(records, now, pg=True), _pg_types("jobs", JOB_COLUMNS))
+    outputs = side_rows(records)
+    if outputs:
+        copy_rows(conn, "job_outputs", OUTPUT_COLUMNS, outputs, _pg_types("job_outputs", OUTPUT_COLUMNS))
+    search = search_queries.store(conn)
+    copy_rows(conn, "job_search", search.COPY_COLUMNS, search.copy_rows(records))
+
+
+# A b-tree entry holds at most ~2,700 bytes (a third of a page). In a bulk load the
+# secondary indexes are built at the end, where one entry too large would fail the
+# whole load: a record whose indexed text could come near that is written after the
+# indexes are back (``late_record``), where a refused row is rejected alone.
+LATE_INDEXED_CHARS = 600  # x 4 bytes (UTF-8's widest character) < 2,700
+
+
+def late_record(record: JobRecord) -> bool:
+    """A record a PostgreSQL bulk load writes after its indexes are built: one whose
+    indexed text (id + workflow id + source; an output file name) is long."""
+    chars = len(record.id) + len(record.workflow_id or "") + len(record.source or "")
+    return chars > LATE_INDEXED_CHARS or any(len(f["filename"]) > LATE_INDEXED_CHARS for f in record.output_files)
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """What a PostgreSQL bulk load sets aside: secondary indexes ``(name, CREATE
+    INDEX)`` and foreign keys ``(table, name, definition)``."""
+
+    indexes: list[tuple[str, str]]
+    foreign_keys: list[tuple[str, str, str]]
+
+
+def pg_deferred(conn: Connection) -> Deferred:
+    """The secondary indexes (not backing a primary key or unique constraint) and the
+    foreign keys of the tables an import writes, in the current schema."""
+    tables = ", ".join(f"'{t}'" for t in BULK_TABLES)
+    indexes = conn.exec_driver_sql(
+        "SELECT i.relname, pg_get_indexdef(i.oid) FROM pg_index AS x "
+        "JOIN pg_class AS i ON i.oid = x.indexrelid JOIN pg_class AS t ON t.oid = x.indrelid "
+        f"WHERE t.relnamespace = current_schema()::regnamespace AND t.relname IN ({tables}) "
+        "AND NOT EXISTS (SELECT 1 FROM pg_constraint AS c WHERE c.conindid = x.indexrelid) ORDER BY 1"
+    ).all()
+    keys = conn.exec_driver_sql(
+        "SELECT t.relname, c.conname, pg_get_constraintdef(c.oid) FROM pg_constraint AS c "
+        "JOIN pg_class AS t ON t.oid = c.conrelid "
+        f"WHERE c.contype = 'f' AND t.relnamespace = current_schema()::regnamespace AND t.relname IN ({tables}) "
+        "ORDER BY 1, 2"
+    ).all()
+    return Deferred([tuple(row) for row in indexes], [tuple(row) for row in keys])
+
+
+@contextmanager
+def pg_indexes_deferred(conn: Connection, maintenance_work_mem: str = "256MB") -> Iterator[None]:
+    """Inside a write transaction on an empty PostgreSQL index: drop the secondary
+    indexes and the foreign keys of ``jobs``, ``job_outputs``, ``job_search`` (the
+    primary keys stay: the upsert of a job seen twice needs them), let the body
+    load, then build each index by one sort and validate each foreign key by one
+    join. DDL is transactional: a failure rolls everything back, indexes included.
+    Dropping them takes ``ACCESS EXCLUSIVE`` locks: readers of this schema wait
+    until the load commits (they would see an empty index anyway)."""
+    deferred = pg_deferred(conn)
+    for table, name, _ in deferred.foreign_keys:
+        conn.exec_driver_sql(f'ALTER TABLE {table} DROP CONSTRAINT "{name}"')
+    for name, _ in deferred.indexes:
+        conn.exec_driver_sql(f'DROP INDEX "{name}"')
+    yield
+    conn.exec_driver_sql(f"SET LOCAL maintenance_work_mem = '{maintenance_work_mem}'")
+    for _, sql in deferred.indexes:
+        conn.exec_driver_sql(sql)
+    for table, name, definition in deferred.foreign_keys:
+        conn.exec_driver_sql(f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {definition}')
+
+
+def vacuum_analyze(conn: Connection) -> None:
+    """PostgreSQL, on an autocommit connection: ``VACUUM (ANALYZE)`` the tables an
+    import writes, so the visibility map lets index-only scans skip the heap at once
+    and the planner knows the new rows (autovacuum would, some time later)."""
+    conn.exec_driver_sql(f"VACUUM (ANALYZE) {', '.join(BULK_TABLES)}, job_counts")

@@ -87,3 +87,9 @@ def sqlite_url(tmp_path) -> str:
 @pytest.fixture
 def pg_url(tmp_path) -> Iterator[str]:
     yield from make_db_url("postgresql", tmp_path)
+
+
+@pytest.fixture
+def pg_url_other(tmp_path) -> Iterator[str]:
+    """A second throwaway PostgreSQL schema (in the same database as ``pg_url``'s)."""
+    yield from make_db_url("postgresql", tmp_path)

@@ -1,12 +1,16 @@
-"""Bulk load: a first import into an empty SQLite index in one transaction, with the
+"""Bulk load: a first import into an empty index in one transaction, with the
 secondary indexes dropped while it writes and built again at the end
 (``JobsIndex.bulk_load``, ``write_queries.indexes_deferred``; ``import`` does it by
 default, ``--no-bulk`` does not).
 
 * the loaded file holds exactly what batch-by-batch ingest writes (rows, side
   tables, counters), with every index back as it was and ``integrity_check`` ok;
-* a non-empty index (or PostgreSQL) is never bulk-loaded: ``bulk_load`` reads no
-  record and ``ingest(bulk=True)`` commits batch by batch as usual;
+* a non-empty index is never bulk-loaded: ``bulk_load`` reads no record and
+  ``ingest(bulk=True)`` commits batch by batch as usual;
+* PostgreSQL (issue 16): rows by ``COPY``, secondary indexes and foreign keys
+  dropped and built again, then ``VACUUM (ANALYZE)``: the same rows, side tables,
+  search rows, counters, indexes and constraints as batch by batch; a row the
+  database refuses is rejected alone; a failure leaves the schema as it was;
 * a failure part-way rolls everything back (the index stays empty, its indexes
   intact) and leaves the pooled connection's settings as they were;
 * a real ``jobs-index import`` killed with SIGKILL during a bulk load leaves an
@@ -21,10 +25,12 @@ import signal
 import sqlite3
 import subprocess
 import time
+from dataclasses import replace
 
 import pytest
 
 from jobs_index import JobsIndex
+from jobs_index.database import make_engine
 from jobs_index.errors import StorageError
 from jobs_index.normalize import from_history
 from jobs_index.sample import synthetic_history
@@ -104,11 +110,126 @@ def test_a_non_empty_index_is_not_bulk_loaded(tmp_path):
         assert index.counts_consistent() and index.total() == 35
 
 
-def test_postgresql_is_never_bulk_loaded(pg_url):
+# -- PostgreSQL: COPY into an empty schema, indexes and foreign keys built at the end ----
+
+PG_CONTENT = {
+    "jobs": "SELECT * FROM jobs ORDER BY id",
+    "job_outputs": "SELECT * FROM job_outputs ORDER BY job_id, ordinal",
+    "job_search": "SELECT job_id, create_time, execution_duration, status, workflow_id, source, doc::text, "
+    "node_types, models, loras FROM job_search ORDER BY job_id",
+    "job_counts": "SELECT * FROM job_counts WHERE n <> 0 ORDER BY source, workflow_id, status",
+}
+PG_OBJECTS = {
+    "indexes": "SELECT tablename, indexname, replace(indexdef, current_schema() || '.', '') FROM pg_indexes "
+    "WHERE schemaname = current_schema() ORDER BY 2",
+    "constraints": "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid), convalidated "
+    "FROM pg_constraint WHERE connamespace = current_schema()::regnamespace ORDER BY 2",
+    "triggers": "SELECT tgrelid::regclass::text, tgname, tgenabled FROM pg_trigger WHERE NOT tgisinternal "
+    "AND tgrelid IN (SELECT oid FROM pg_class WHERE relnamespace = current_schema()::regnamespace) ORDER BY 2",
+}
+
+
+def pg_schema_and_content(url: str) -> dict:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            out = {name: conn.exec_driver_sql(sql).all() for name, sql in {**PG_OBJECTS, **PG_CONTENT}.items()}
+            at = list(conn.exec_driver_sql("SELECT * FROM jobs LIMIT 0").keys()).index("indexed_at")
+            out["jobs"] = [row[:at] + row[at + 1 :] for row in out["jobs"]]
+            return out
+    finally:
+        engine.dispose()
+
+
+def mixed_records() -> list:
+    """600 jobs, 30 of them first seen pending (replaced by their history row in a
+    later batch: the upsert path inside the load), and 40 repeated unchanged."""
+    jobs = records(600)
+    pending = [replace(r, stage=0, status="pending", raw_digest="p" + r.raw_digest) for r in jobs[300:330]]
+    return pending + jobs + records(40)
+
+
+def test_postgresql_bulk_load_writes_what_batches_write(pg_url, pg_url_other):
+    with JobsIndex.open(pg_url_other) as index:
+        batched = index.ingest(mixed_records(), batch_size=64)
     with JobsIndex.open(pg_url) as index:
+        bulk = index.bulk_load(mixed_records(), batch_size=64)
+        assert bulk is not None and index.counts_consistent() and index.total() == 600
+        with index.engine.connect() as conn:  # VACUUM (ANALYZE) ran: every heap page all-visible, stats known
+            visible, pages, analysed = conn.exec_driver_sql(
+                "SELECT c.relallvisible, c.relpages, s.last_vacuum IS NOT NULL FROM pg_class AS c "
+                "JOIN pg_stat_user_tables AS s ON s.relid = c.oid "
+                "WHERE c.relname = 'jobs' AND c.relnamespace = current_schema()::regnamespace"
+            ).one()
+        assert pages > 0 and visible == pages and analysed
+    assert (bulk.inserted, bulk.updated, bulk.unchanged) == (batched.inserted, batched.updated, batched.unchanged)
+    assert (bulk.inserted, bulk.updated, bulk.unchanged) == (600, 30, 40)
+    expected, loaded = pg_schema_and_content(pg_url_other), pg_schema_and_content(pg_url)
+    assert len(loaded["indexes"]) >= 13 and any(c[2].startswith("FOREIGN KEY") for c in loaded["constraints"])
+    assert loaded == expected
+    job = records(600)[123]
+    with JobsIndex.open(pg_url) as index, JobsIndex.open(pg_url_other) as other:  # raw is lossless
+        assert index.get_job(job.id) == other.get_job(job.id)
+
+
+def test_postgresql_non_empty_index_is_not_bulk_loaded(pg_url):
+    with JobsIndex.open(pg_url) as index:
+        index.ingest(records(5, seed=2))
         assert index.bulk_load(iter(records(3))) is None
         assert index.ingest(records(20), batch_size=7, bulk=True).inserted == 20
-        assert index.counts_consistent() and index.total() == 20
+        assert index.counts_consistent() and index.total() == 25
+
+
+def test_postgresql_failed_bulk_load_leaves_the_schema_empty_and_whole(pg_url):
+    with JobsIndex.open(pg_url) as index:
+        before = pg_schema_and_content(pg_url)
+
+        def failing():
+            yield from records(250)
+            raise RuntimeError("the dump reader broke")
+
+        with pytest.raises(RuntimeError, match="reader broke"):
+            index.bulk_load(failing(), batch_size=100)
+        assert pg_schema_and_content(pg_url) == before  # no row; every index and foreign key back
+        assert index.bulk_load(records(250), batch_size=100).inserted == 250
+        assert index.counts_consistent() and index.total() == 250
+
+
+def test_postgresql_bulk_load_rejects_only_the_refused_rows(pg_url, pg_url_other):
+    """A row the database refuses (an id too large for its primary-key entry) is
+    rejected alone, as batch by batch; a long workflow id, which would only fail when
+    the deferred index is built, is written after the indexes are back."""
+    jobs = records(300)
+    jobs[10].id = "x" * 4000 + "".join(chr(0x4E00 + (i * 7919) % 20000) for i in range(3000))
+    jobs[20].workflow_id = "".join(chr(0x4E00 + (i * 104729) % 20000) for i in range(3000))  # not compressible
+    jobs[30].output_files = [{**f, "filename": "y" * 700} for f in jobs[30].output_files]
+    with JobsIndex.open(pg_url_other) as index:
+        batched = index.ingest(jobs, batch_size=64)
+    with JobsIndex.open(pg_url) as index:
+        bulk = index.bulk_load(jobs, batch_size=64)
+        assert bulk is not None and index.counts_consistent()
+    assert sorted(i for i, _ in bulk.rejected) == sorted(i for i, _ in batched.rejected)  # reasons: which index
+    assert {job_id for job_id, _ in bulk.rejected} == {jobs[10].id, jobs[20].id}
+    assert bulk.inserted == batched.inserted == 300 - len(bulk.rejected)
+    assert pg_schema_and_content(pg_url) == pg_schema_and_content(pg_url_other)
+
+
+def test_postgresql_cli_import_with_and_without_bulk_gives_the_same_index(tmp_path, pg_url, pg_url_other):
+    history, queue = tmp_path / "history.json", tmp_path / "queue.json"
+    history.write_text(json.dumps(capture_history()))
+    queue.write_text(json.dumps(load_capture("queue_running_pending.json")["body"]))
+    lines = {}
+    for url, options in ((pg_url, []), (pg_url_other, ["--no-bulk"])):
+        done = subprocess.run(
+            [*JOBS_INDEX, "--db", url, "import", *options, str(history), str(queue)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        lines[url] = done.stdout.strip()
+    assert lines[pg_url] == lines[pg_url_other] == "2 file(s): 8 inserted, 0 updated, 2 unchanged, 0 rejected"
+    assert pg_schema_and_content(pg_url) == pg_schema_and_content(pg_url_other)
 
 
 def test_a_failed_bulk_load_leaves_the_index_empty_and_whole(tmp_path):

@@ -38,8 +38,8 @@ pytestmark = pytest.mark.timeout(90)
 
 FAST = Backoff(base=0.05, cap=0.2)
 # Waits on the index return as soon as their condition holds; the bound is generous
-# because PostgreSQL writers share one advisory lock per database (another test run in
-# the same database slows every write).
+# because PostgreSQL writers take turns on one advisory lock per schema, and the machine
+# may be shared (another test run slows every write).
 WAIT = 15.0
 ROOT = Path(__file__).resolve().parent.parent
 

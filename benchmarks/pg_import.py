@@ -1,0 +1,235 @@
+#!/usr/bin/env python
+"""PostgreSQL import: batch by batch (before issue 16) against the bulk load with COPY.
+
+The same ``GET /history`` dump of N synthetic jobs (``bench.dump_file``, written once to
+``_work/``) is imported by ``jobs-index --db URL import`` in its own process, as a user
+runs it, into a fresh schema each time, the two ways interleaved round by round:
+
+* ``batches``: ``import --no-bulk``: one transaction per batch, each an ``unnest`` upsert
+  with every index and foreign key in place: what PostgreSQL always did before issue 16;
+* ``bulk``: ``import`` (the default) into the empty schema: one transaction, secondary
+  indexes and foreign keys dropped, rows by ``COPY``, indexes built by one sort each,
+  then ``VACUUM (ANALYZE)`` (the command's own phase times are read from its ``-v`` log).
+
+Then, right after each import (no manual ``ANALYZE``): a deep ``offset`` page (half way
+down, ``limit=50``) and the first page, in-process, p50 of repeated calls; and checks that
+both schemas hold the same rows (every column but ``indexed_at``, by digest), the same
+``job_outputs``, ``job_search`` and ``job_counts``, and that the counters are exact.
+
+    .venv/bin/python benchmarks/pg_import.py --jobs 100000 --db postgresql+psycopg://postgres@127.0.0.1:5432/bench_i16
+
+Writes ``results/pg-import-<N>.md`` and ``.json``. Wall times on a shared machine
+wander with the load: every row gives the 1-minute load average when it started and
+the client's CPU seconds (the server's are not separated from other users').
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import bench  # noqa: E402
+from sqlalchemy import create_engine, text  # noqa: E402
+
+from jobs_index.params import parse_list_query  # noqa: E402
+from jobs_index.services import JobsIndex  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+MODES = {"batches": ["--no-bulk"], "bulk": []}
+DIGESTS = {
+    "jobs": "SELECT count(*), md5(string_agg(md5(row(id, status, stage, priority, create_time, create_time_missing, "
+    "execution_start_time, execution_end_time, execution_duration, outputs_count, preview_output, execution_error, "
+    "error_type, error_message, error_node_id, error_node_type, workflow_id, source, raw_kind, raw, raw_digest, "
+    "priority_json)::text), '' ORDER BY id)) FROM jobs",
+    "job_outputs": "SELECT count(*), md5(string_agg(md5(o::text), '' ORDER BY job_id, ordinal)) FROM job_outputs AS o",
+    "job_search": "SELECT count(*), md5(string_agg(md5(s::text), '' ORDER BY job_id)) FROM job_search AS s",
+    "job_counts": "SELECT count(*), md5(string_agg(md5(c::text), '' ORDER BY source, workflow_id, status)) "
+    "FROM job_counts AS c WHERE n <> 0",
+}
+
+
+def schema_url(base: str, schema: str) -> str:
+    sep = "&" if "?" in base else "?"
+    return f"{base}{sep}options={quote(f'-csearch_path={schema}')}"
+
+
+def reset_schema(base: str, schema: str) -> None:
+    engine = create_engine(base)
+    with engine.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    engine.dispose()
+
+
+def drop_schema(base: str, schema: str) -> None:
+    engine = create_engine(base)
+    with engine.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    engine.dispose()
+
+
+def backend_cpu(admin, seen: dict[int, float]) -> None:
+    """Record the CPU seconds so far (from /proc: the server runs on this machine) of
+    each jobs-index session in the benchmark's database: the import's, as only it
+    connects there meanwhile."""
+    with admin.connect() as conn:
+        pids = conn.execute(
+            text(
+                "SELECT pid FROM pg_stat_activity "
+                "WHERE application_name = 'jobs-index' AND datname = current_database()"
+            )
+        ).scalars()
+        for pid in pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            seen[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_import(url: str, dump: Path, options: list[str], admin) -> dict:
+    command = [sys.executable, "-m", "jobs_index", "-v", "--db", url, "import", *options, str(dump)]
+    before, load = os.times(), os.getloadavg()[0]
+    started = time.perf_counter()
+    server: dict[int, float] = {}
+    with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        while proc.poll() is None:
+            backend_cpu(admin, server)
+            time.sleep(0.5)
+        stdout, stderr = proc.communicate()
+    wall = time.perf_counter() - started
+    after = os.times()
+    if proc.returncode != 0:
+        raise RuntimeError(f"import failed ({proc.returncode}): {stderr[-2000:]}")
+    phases = re.search(r"bulk load: .*", stderr)
+    return {
+        "wall_s": wall,
+        "cpu_s": (after.children_user - before.children_user) + (after.children_system - before.children_system),
+        "server_cpu_s": sum(server.values()),
+        "load": load,
+        "summary": stdout.strip().splitlines()[-1],
+        "phases": phases.group(0) if phases else "",
+    }
+
+
+def page_p50(index: JobsIndex, params: dict, repeats: int) -> float:
+    query = parse_list_query(params)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        index.list_jobs(query)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def inspect(url: str, n: int, repeats: int) -> dict:
+    with JobsIndex.open(url) as index:
+        deep = page_p50(index, {"limit": "50", "offset": str(n // 2)}, repeats)  # first: as right after the import
+        first = page_p50(index, {"limit": "50"}, repeats)
+        with index.engine.connect() as conn:
+            digests = {table: list(conn.execute(text(sql)).one()) for table, sql in DIGESTS.items()}
+            visible = conn.execute(
+                text(
+                    "SELECT relallvisible::float / greatest(relpages, 1) FROM pg_class "
+                    "WHERE relname = 'jobs' AND relnamespace = current_schema()::regnamespace"
+                )
+            ).scalar()
+        return {
+            "deep_offset_p50_ms": deep * 1000,
+            "first_page_p50_ms": first * 1000,
+            "total": index.total(),
+            "counts_exact": index.counts_consistent(),
+            "all_visible": visible,
+            "digests": digests,
+        }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--db", default="postgresql+psycopg://postgres@127.0.0.1:5432/bench_i16")
+    parser.add_argument("--jobs", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=20, help="calls per page timing")
+    parser.add_argument("--keep", action="store_true", help="keep the schemas (default: dropped at the end)")
+    parser.add_argument("--order", choices=["batches-first", "bulk-first"], default="batches-first")
+    args = parser.parse_args()
+    dump, _ = bench.dump_file(args.jobs)
+    admin = create_engine(args.db)
+    runs = []
+    for round_no in range(args.rounds):
+        order = list(MODES.items()) if args.order == "batches-first" else list(reversed(MODES.items()))
+        for mode, options in order:
+            schema = f"pgimp_{mode}"
+            reset_schema(args.db, schema)
+            url = schema_url(args.db, schema)
+            bench.log(f"round {round_no + 1}: import {dump.name} ({mode})")
+            run = {"round": round_no + 1, "mode": mode, **run_import(url, dump, options, admin)}
+            run.update(inspect(url, args.jobs, args.repeats))
+            bench.log(f"  {run['wall_s']:.1f} s, {args.jobs / run['wall_s']:,.0f} jobs/s; {run['phases']}")
+            runs.append(run)
+            save(args, runs)  # after each import: a run stopped part-way keeps what it measured
+        same = {table: runs[-1]["digests"][table] == runs[-2]["digests"][table] for table in DIGESTS}
+        runs[-1]["same_as_batches"] = same  # this round's two imports
+    if not args.keep:
+        for mode in MODES:
+            drop_schema(args.db, f"pgimp_{mode}")
+    print(save(args, runs))
+
+
+def save(args, runs: list[dict]) -> str:
+    report = render(args, runs)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"pg-import-{args.jobs}"
+    out.with_suffix(".md").write_text(report)
+    out.with_suffix(".json").write_text(json.dumps({"jobs": args.jobs, "runs": runs, "loads": bench.LOADS}, indent=1))
+    return report
+
+
+def render(args, runs: list[dict]) -> str:
+    n = args.jobs
+    lines = [
+        f"# PostgreSQL import of {n:,} jobs: batch by batch vs bulk load with COPY",
+        "",
+        f"`benchmarks/pg_import.py --jobs {n} --rounds {args.rounds} --order {args.order}`, "
+        f"{time.strftime('%Y-%m-%d %H:%M')}, "
+        f"{os.cpu_count()} CPUs (shared with other users: see the load column). Each import: "
+        "`jobs-index import [--no-bulk] history.json` in its own process into a fresh schema; "
+        "`batches` is what PostgreSQL did before issue 16. Pages: in-process `list_jobs`, p50 of "
+        f"{args.repeats}, right after the import (no manual ANALYZE).",
+        "",
+        "| round | mode | wall s | jobs/s | client CPU s | server CPU s | jobs per CPU s | load "
+        "| deep offset page p50 ms | first page p50 ms | heap all-visible | total | counters exact |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in runs:
+        lines.append(
+            f"| {r['round']} | {r['mode']} | {r['wall_s']:.1f} | {n / r['wall_s']:,.0f} | {r['cpu_s']:.1f} | "
+            f"{r['server_cpu_s']:.1f} | {n / (r['cpu_s'] + r['server_cpu_s']):,.0f} | {r['load']:.1f} | "
+            f"{r['deep_offset_p50_ms']:.1f} | {r['first_page_p50_ms']:.2f} | "
+            f"{r['all_visible']:.0%} | {r['total']:,} | {r['counts_exact']} |"
+        )
+    lines += ["", "Bulk load phases (from the command's `-v` log):", ""]
+    lines += [f"* round {r['round']}: {r['phases']}" for r in runs if r["phases"]]
+    lines += ["", "Same content in both imports of the round (digest of every column but `indexed_at`):", ""]
+    for r in runs:
+        if "same_as_batches" in r:
+            lines.append(f"* round {r['round']}: " + ", ".join(f"{t} {ok}" for t, ok in r["same_as_batches"].items()))
+    lines += ["", "Load average at each step:", ""]
+    lines += [f"* {at} ({load:.1f}) {msg}" for at, msg, load in bench.LOADS]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
