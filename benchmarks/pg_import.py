@@ -40,11 +40,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import bench  # noqa: E402
-from sqlalchemy import create_engine, text  # noqa: E402
+import bench
+from sqlalchemy import create_engine, text
 
-from jobs_index.params import parse_list_query  # noqa: E402
-from jobs_index.services import JobsIndex  # noqa: E402
+from jobs_index.params import parse_list_query
+from jobs_index.services import JobsIndex
 
 RESULTS = ROOT / "benchmarks" / "results"
 MODES = {"batches": ["--no-bulk"], "bulk": []}
