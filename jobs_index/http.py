@@ -29,7 +29,7 @@ import logging
 import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from aiohttp import http_exceptions, web
@@ -73,6 +73,9 @@ _RequestKey = getattr(web, "RequestKey", None)
 REQUEST_INDEX = _RequestKey("jobs_index", JobsIndex) if _RequestKey else "jobs_index.index"
 REQUEST_EXECUTOR = _RequestKey("jobs_index_executor", ThreadPoolExecutor) if _RequestKey else "jobs_index.executor"
 REQUEST_METRICS = _RequestKey("jobs_index_metrics", Metrics) if _RequestKey else "jobs_index.metrics"
+# Set (True) by the custom node inside a ComfyUI whose jobs API pages by offset only:
+# the listing's pagination then has no ``next_cursor``, as that ComfyUI's answers.
+REQUEST_NO_CURSOR = _RequestKey("jobs_index_no_cursor", bool) if _RequestKey else "jobs_index.no_cursor"
 
 
 def _index(request: web.Request) -> JobsIndex:
@@ -119,6 +122,8 @@ async def error_middleware(request: web.Request, handler):
 async def list_jobs(request: web.Request) -> web.StreamResponse:
     index = _index(request)
     query = parse_list_query(request.rel_url.query)
+    if request.get(REQUEST_NO_CURSOR):
+        query = replace(query, next_cursor=False)
     includes = {name.strip() for value in request.rel_url.query.getall("include", []) for name in value.split(",")}
     if "source" in includes and query.limit is not None and query.limit <= INLINE_PAGE_MAX:
         # Extension for the history page (ComfyUI ignores ``include``): the page's jobs'
@@ -160,7 +165,8 @@ async def _send_stream(request: web.Request, query, stream) -> web.StreamRespons
             text = ", ".join(chunk)
             await _write(response, text if first else ", " + text)
             first = False
-        pagination = wire.pagination(query.offset, query.limit, stream.total, stream.has_more, stream.next_cursor)
+        cursor = stream.next_cursor if query.next_cursor else None
+        pagination = wire.pagination(query.offset, query.limit, stream.total, stream.has_more, cursor)
         await _write(response, wire.jobs_array_close(pagination))
         await response.write_eof()
     except asyncio.CancelledError:

@@ -44,6 +44,9 @@ class ListQuery:
     search: SearchQuery | None = None  # ``q=``, jobs-index extension (``search.parse``)
     since: int | None = None  # ``since=``: create_time >= since (epoch ms), jobs-index extension
     until: int | None = None  # ``until=``: create_time < until (epoch ms), jobs-index extension
+    # ``pagination.next_cursor`` in the answer; False inside a ComfyUI whose jobs API
+    # pages by offset only (v0.16 to v0.26: its answers have none, and it ignores ``after``)
+    next_cursor: bool = True
 
     @property
     def descending(self) -> bool:

@@ -60,7 +60,8 @@ class JobsPage:
         return [json.loads(text) for text in self.job_texts]
 
     def pagination(self, query: ListQuery) -> dict:
-        return wire.pagination(query.offset, query.limit, self.total, self.has_more, self.next_cursor)
+        cursor = self.next_cursor if query.next_cursor else None
+        return wire.pagination(query.offset, query.limit, self.total, self.has_more, cursor)
 
     def body(self, query: ListQuery) -> dict:
         """The exact ``GET /api/jobs`` response body."""

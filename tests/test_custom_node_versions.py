@@ -170,6 +170,10 @@ def test_a_parameter_the_node_does_not_implement_goes_to_comfyui(tmp_path):
     run(scenario())
 
 
+async def _ready(comfy) -> bool:
+    return comfy.node.writer.ready
+
+
 # -- a jobs API the node does not know ------------------------------------------------
 
 
@@ -198,6 +202,19 @@ def test_an_unknown_jobs_api_is_recorded_not_served(tmp_path, caplog, monkeypatc
             status, body = await comfy.get("/api/jobs?limit=5")
             assert status == 200 and [j["id"] for j in body["jobs"]] == [job]
             assert reached == ([] if serve else ["/api/jobs?limit=5"])
+            # Probes and metrics always; the page, its API and listings addressed to the
+            # index (ComfyUI has no answer of its own to them) unless JOBS_INDEX_SERVE=0.
+            reached.clear()
+            async with comfy.session.get(comfy.url + "/jobs-index/healthz") as response:
+                assert response.status == 200
+            assert await eventually(lambda: _ready(comfy), WAIT)
+            async with comfy.session.get(comfy.url + "/jobs-index/readyz") as response:
+                assert response.status == 200
+            async with comfy.session.get(comfy.url + "/jobs-index/") as response:
+                assert response.status == (404 if serve is False else 200)
+            status, body = await comfy.get(f"/api/jobs?limit=5&source={comfy.node.writer.source}")
+            assert status == 200 and [j["id"] for j in body["jobs"]] == [job]
+            assert reached == ([f"/api/jobs?limit=5&source={comfy.node.writer.source}"] if serve is False else [])
 
     run(scenario())
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
@@ -227,6 +244,11 @@ def test_inside_v0_26_after_goes_to_comfyui(tmp_path, monkeypatch):
             assert await eventually(lambda: recorded(comfy.node, *jobs), WAIT)
             status, page = await comfy.get("/api/jobs?status=completed,failed,cancelled&limit=2&offset=0")
             assert status == 200 and page["pagination"]["total"] == 3 and reached == []
+            # As v0.26.0's answers: no next_cursor (that ComfyUI ignores after: a cursor
+            # handed out here would bring the first page back).
+            assert page["pagination"]["has_more"] and "next_cursor" not in page["pagination"]
+            status, page = await comfy.get("/api/jobs?limit=2&include=source")  # the history page's request
+            assert status == 200 and page["pagination"]["next_cursor"] and reached == []
             status, _ = await comfy.get(f"/api/jobs?limit=2&after={page['pagination']['next_cursor']}")
             assert status == 200 and reached == [f"/api/jobs?limit=2&after={page['pagination']['next_cursor']}"]
 

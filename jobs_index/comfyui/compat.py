@@ -63,7 +63,7 @@ OFFSET_PARAMS = frozenset({"status", "workflow_id", "sort_by", "sort_order", "li
 CURSOR_PARAMS = OFFSET_PARAMS | {"after"}
 # jobs-index's own listing parameters (ComfyUI ignores them): a request with one of
 # these is addressed to the index (the history page sends them).
-INDEX_PARAMS = frozenset({"source", "q", "include"})
+INDEX_PARAMS = frozenset({"source", "q", "include", "since", "until"})
 
 _LIST_SIGNATURE = ("running", "queued", "history", "status_filter", "workflow_id", "sort_by", "sort_order", "limit")
 OFFSET_SIGNATURE = (*_LIST_SIGNATURE, "offset")

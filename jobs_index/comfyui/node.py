@@ -243,6 +243,9 @@ class JobsNode:
         )
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="jobs-index-read")
         self.serving = self.jobs_api.recognised if config.serve is None else config.serve
+        # The history page, its API and listings addressed to the index (``source=``,
+        # ``q=``, ...: ComfyUI has no answer of its own to them), unless JOBS_INDEX_SERVE=0.
+        self.extensions = config.serve is not False
         self._originals: dict[str, Any] = {}
         self._local = threading.local()
         self._installed = False
@@ -263,10 +266,10 @@ class JobsNode:
                 if self.serving
                 else "recording jobs, but /api/jobs stays ComfyUI's own (JOBS_INDEX_SERVE=1 serves it from the index)",
             )
-        if self.serving:
-            try:
-                self.server.app.middlewares.append(self.middleware)
-            except RuntimeError:  # the app already started: a custom node loaded late
+        try:  # /jobs-index/metrics|healthz|readyz always; the page unless JOBS_INDEX_SERVE=0
+            self.server.app.middlewares.append(self.middleware)
+        except RuntimeError:  # the app already started: a custom node loaded late
+            if self.serving:
                 self.serving = False
                 log.warning(
                     "jobs-index: ComfyUI's server already started; recording jobs, "
@@ -290,7 +293,7 @@ class JobsNode:
         if not self._installed:
             return
         self._installed = False
-        self.serving = False
+        self.serving = self.extensions = False
         atexit.unregister(self.close)
         for name, (original, was_instance_attribute) in self._originals.items():
             if getattr(self.queue.__dict__.get(name), "__wrapped__", None) is not original:
@@ -417,15 +420,19 @@ class JobsNode:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler):
-        if not self.serving or request.method != "GET":
+        if not self._installed or request.method != "GET":
             return await handler(request)
         path = request.path
-        if path in OPS_PATHS:
+        if path in OPS_PATHS:  # probes and metrics, whether or not /api/jobs is served
             return await self._ops(request, path)
+        if not (self.serving or self.extensions):
+            return await handler(request)
         if path == PAGE_PREFIX or path.startswith(PAGE_PREFIX + "/"):
             return await self._page(request, handler, path[len(PAGE_PREFIX) :])
         if path in PAGE_API_PATHS:
             return await self._answer(request, handler, None, page_api=path)
+        if not self.serving and not (request.rel_url.query.keys() & compat.INDEX_PARAMS):
+            return await handler(request)  # record-only: ComfyUI answers its own API
         if path in LIST_PATHS:
             job_id = None
         else:
@@ -471,6 +478,8 @@ class JobsNode:
                 request[http.REQUEST_EXECUTOR] = self.executor
                 if page_api is not None:
                     return await (http.status_counts if page_api.endswith("/counts") else http.sources)(request)
+                if self.jobs_api.kind == compat.OFFSET and not (request.rel_url.query.keys() & compat.INDEX_PARAMS):
+                    request[http.REQUEST_NO_CURSOR] = True  # that ComfyUI's answers have none (and it ignores after)
                 return await http.list_jobs(request)
             job = await asyncio.get_running_loop().run_in_executor(self.executor, index.get_job, job_id)
             return web.json_response(job)
