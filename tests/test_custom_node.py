@@ -449,27 +449,16 @@ def test_the_history_page_is_served_under_jobs_index(db_url):
 def _browse_page(url: str, job: str) -> dict | None:
     """What headless Chromium shows at ``url`` (None without Playwright or chromium:
     tests/test_web_page.py says why it skips)."""
-    import shutil
+    from .browser import BROWSER_ARGS, CHROMIUM
 
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         return None
-    chromium = shutil.which("chromium")
-    if chromium is None:
+    if CHROMIUM is None:
         return None
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=chromium,
-            args=[
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--no-first-run",
-            ],
-        )
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
         try:
             page = browser.new_page()
             page.goto(url)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import shutil
 import socket
 import struct
 import time
@@ -30,6 +29,7 @@ from jobs_index import JobsIndex
 from jobs_index.http import create_app
 from jobs_index.normalize import from_history
 from jobs_index.sample import synthetic_history
+from tests.browser import BROWSER_ARGS, CHROMIUM
 from tests.conftest import BACKENDS, make_db_url
 from tests.fixtures_util import capture_history, load_capture
 from tests.live_server import Client, served
@@ -38,21 +38,12 @@ playwright_api = pytest.importorskip(
     "playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')"
 )
 
-CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
 if CHROMIUM is None:
     pytest.skip(
         "no system Chromium: install Debian's package (apt-get install -y chromium); "
         ".ci/run does. Playwright's own browser download is not used",
         allow_module_level=True,
     )
-BROWSER_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 PAGE = 50  # the page's page size (app.js)
 
 HOSTILE_SCRIPT = "<script>window.__pwned = 1</script>"
