@@ -215,6 +215,10 @@ def test_an_unknown_jobs_api_is_recorded_not_served(tmp_path, caplog, monkeypatc
             status, body = await comfy.get(f"/api/jobs?limit=5&source={comfy.node.writer.source}")
             assert status == 200 and [j["id"] for j in body["jobs"]] == [job]
             assert reached == ([f"/api/jobs?limit=5&source={comfy.node.writer.source}"] if serve is False else [])
+            reached.clear()  # the page opens a job as the index's (from before a restart too)
+            status, body = await comfy.get(f"/api/jobs/{job}?include=source")
+            assert status == 200 and body["id"] == job
+            assert reached == ([f"/api/jobs/{job}?include=source"] if serve is False else [])
 
     run(scenario())
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]

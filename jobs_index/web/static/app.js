@@ -498,7 +498,9 @@
     document.body.classList.add("detail-open");
     detailEl.replaceChildren(el("p", { className: "muted" }, "Loading…"));
     try {
-      const job = await api("jobs/" + encodeURIComponent(id));
+      // include=source addresses the request to the index: inside a ComfyUI whose jobs
+      // API the node only records, a plain detail would be ComfyUI's (from its memory).
+      const job = await api("jobs/" + encodeURIComponent(id) + "?include=source");
       if (state.view.job !== id) return;
       if (!state.jobSource.has(id)) await learnSources([job]);
       renderDetail(job);
