@@ -34,6 +34,7 @@ WAIT = 60.0
 # models; FTS5 adds its shadow tables job_search_fts_*).
 SEARCH_TABLES = frozenset(
     {"job_search", "job_search_fts", "job_search_fts_data", "job_search_fts_idx", "job_search_fts_config"}
+    | {"job_search_orphans"}  # 0009_search_narrow
 )
 OUR_TABLES = frozenset(Base.metadata.tables) | {VERSION_TABLE} | SEARCH_TABLES
 
