@@ -98,20 +98,35 @@ def _open_existing(obj):
     return obj.open()
 
 
+def rows_output(json_help: str):
+    """``--json``, ``--csv`` and ``--max-width``: how a command that prints rows prints them."""
+
+    def decorate(command):
+        for option in reversed(
+            (
+                click.option("--json", "as_json", is_flag=True, help=json_help),
+                click.option("--csv", "as_csv", is_flag=True, help="Print CSV with a header row."),
+                click.option(
+                    "--max-width",
+                    default=60,
+                    show_default=True,
+                    type=click.IntRange(0),
+                    help="Cut table cells longer than this (0: never). JSON and CSV are never cut.",
+                ),
+            )
+        ):
+            command = option(command)
+        return command
+
+    return decorate
+
+
 # -- sql -------------------------------------------------------------------------
 
 
 @click.command()
 @click.argument("query", metavar="SQL")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of row objects.")
-@click.option("--csv", "as_csv", is_flag=True, help="Print CSV with a header row.")
-@click.option(
-    "--max-width",
-    default=60,
-    show_default=True,
-    type=click.IntRange(0),
-    help="Cut table cells longer than this (0: never). JSON and CSV are never cut.",
-)
+@rows_output("Print a JSON array of row objects.")
 @click.pass_obj
 def sql(obj, query: str, as_json: bool, as_csv: bool, max_width: int) -> None:
     """Run one read-only SQL query (or - to read it from stdin) and print the rows.
@@ -475,15 +490,7 @@ SEARCH_COLUMNS = ("created_at", "status", "source", "id", "output", "match")
 @click.option(
     "--limit", default=50, show_default=True, type=click.IntRange(0), help="Print at most this many jobs (0: all)."
 )
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of objects (created_at in ms too).")
-@click.option("--csv", "as_csv", is_flag=True, help="Print CSV with a header row.")
-@click.option(
-    "--max-width",
-    default=60,
-    show_default=True,
-    type=click.IntRange(0),
-    help="Cut table cells longer than this (0: never). JSON and CSV are never cut.",
-)
+@rows_output("Print a JSON array of objects (created_at in ms too).")
 @click.pass_obj
 def search(
     obj,

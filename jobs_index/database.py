@@ -160,16 +160,24 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
     (no prepared statements), so they are custom-planned either way."""
     conn = engine.connect()
     try:
-        if engine.dialect.name == "sqlite":
-            conn = conn.execution_options(sqlite_begin="IMMEDIATE")
-        with conn.begin():
-            if engine.dialect.name == "postgresql":
-                conn.execute(text(f"SELECT {WRITER_LOCK_SQL}, set_config('plan_cache_mode', 'auto', true)"))
-            yield conn
+        with _writing(conn, f"SELECT {WRITER_LOCK_SQL}, set_config('plan_cache_mode', 'auto', true)") as writing:
+            yield writing
     except OperationalError as exc:
         raise StorageError(f"database write failed: {driver_message(exc)}") from exc
     finally:
         conn.close()
+
+
+@contextmanager
+def _writing(conn: Connection, postgresql_start: str) -> Iterator[Connection]:
+    """One writer's transaction on ``conn``: ``BEGIN IMMEDIATE`` on SQLite; on
+    PostgreSQL ``postgresql_start`` (the writers' lock) first thing inside it."""
+    if conn.dialect.name == "sqlite":
+        conn = conn.execution_options(sqlite_begin="IMMEDIATE")
+    with conn.begin():
+        if conn.dialect.name == "postgresql":
+            conn.execute(text(postgresql_start))
+        yield conn
 
 
 @contextmanager
@@ -400,13 +408,8 @@ def migration_transaction(engine: Engine) -> Iterator[Connection]:
     ``check_foreign_keys`` before the commit."""
     conn = engine.connect()
     try:
-        with sqlite_foreign_keys_off(conn):
-            if engine.dialect.name == "sqlite":
-                conn = conn.execution_options(sqlite_begin="IMMEDIATE")
-            with conn.begin():
-                if engine.dialect.name == "postgresql":
-                    conn.execute(text(f"SELECT {WRITER_LOCK_SQL}"))
-                yield conn
+        with sqlite_foreign_keys_off(conn), _writing(conn, f"SELECT {WRITER_LOCK_SQL}") as writing:
+            yield writing
     except OperationalError as exc:
         raise StorageError(f"database write failed: {driver_message(exc)}") from exc
     finally:

@@ -443,6 +443,25 @@ def storable_position(conn: Connection, position: Position, descending: bool) ->
     return Position(position.value, bound)
 
 
+def page_start(
+    conn: Connection, query: ListQuery, limit: int | None, offset: int, after: Position | None
+) -> Position | None | Literal[False]:
+    """Where a page starts, as SQL can take it: ``after`` clamped and spelled with a
+    storable id (None: from the first row), or False when the page is empty without
+    a query (a filter no stored text can equal, an offset beyond 2**63, a cursor
+    past either end). Shared by ``select_page`` and ``search_queries.select_page``."""
+    if not query.statuses or unmatchable(conn, column_text(query.workflow_id), query.source):
+        return False
+    if offset + (limit or 0) > _INT64_MAX:  # no table holds 2**63 rows; SQL cannot take the number
+        return False
+    if after is None:
+        return None
+    clamped = clamp_position(after, query.descending)
+    if clamped is False:
+        return False
+    return clamped and storable_position(conn, clamped, query.descending)
+
+
 def select_page(
     conn: Connection,
     query: ListQuery,
@@ -459,15 +478,10 @@ def select_page(
     each row ends with the listing's ``total``, read by the same statement (one
     snapshot, one round trip); an empty page then carries no total (``count_total``).
     """
-    if not query.statuses or unmatchable(conn, column_text(query.workflow_id), query.source):
+    start = page_start(conn, query, limit, offset, after)
+    if start is False:
         return []
-    if offset + (limit or 0) > _INT64_MAX:  # no table holds 2**63 rows; SQL cannot take the number
-        return []
-    if after is not None:
-        clamped = clamp_position(after, query.descending)
-        if clamped is False:
-            return []
-        after = clamped and storable_position(conn, clamped, query.descending)
+    after = start
     filtered = query.workflow_id is not None or query.source is not None
     if query.all_statuses and (not filtered or query.sort_by == "created_at"):
         arms = "all"  # one seek: the timeline, or a workflow's / source's timeline

@@ -39,7 +39,7 @@ from sqlalchemy import Connection
 from . import schema
 from .normalize import answer_text, column_text, decode_raw
 from .params import ListQuery
-from .queries import Position, clamp_position, page_columns_sql, storable_position, unmatchable
+from .queries import Position, page_columns_sql, page_start, unmatchable
 from .search import Document, document, fts5_match, tsquery
 
 SQLITE_IN_CHUNK = 900
@@ -485,15 +485,10 @@ def select_page(
 ) -> list[tuple]:
     """Up to ``limit`` rows (``queries.page_columns``) of a search listing, skipping
     ``offset`` rows or starting ``after`` (as ``queries.select_page``)."""
-    if not query.statuses or unmatchable(conn, column_text(query.workflow_id), query.source):
+    start = page_start(conn, query, limit, offset, after)
+    if start is False:
         return []
-    if offset + (limit or 0) > 2**63 - 1:  # as queries.select_page: SQL cannot take the number
-        return []
-    if after is not None:
-        clamped = clamp_position(after, query.descending)
-        if clamped is False:
-            return []
-        after = clamped and storable_position(conn, clamped, query.descending)
+    after = start
     shape = _Shape(
         conn.dialect.name,
         plan,
