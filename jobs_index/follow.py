@@ -298,6 +298,7 @@ class Follower:
 
     async def _run(self) -> None:
         attempt = 0
+        down_since: float | None = None  # monotonic time of the first failure of this outage
         while True:
             try:
                 async with aiohttp.ClientSession(timeout=self.timeout) as session:
@@ -306,7 +307,12 @@ class Follower:
                     async with ws:
                         self.connected = True
                         self.stats.connects += 1
-                        log.info("%s: connected to %s", self.source, self.target.url)
+                        if down_since is None:
+                            log.info("%s: connected to %s", self.source, self.target.url)
+                        else:
+                            down = time.monotonic() - down_since
+                            log.info("%s: reconnected to %s after %.1fs; resyncing", self.source, self.target.url, down)
+                            down_since = None
                         await self.sync(client, full=True)
                         attempt = 0  # a sync went through: the next outage starts from the base delay
                         await self._listen(client, ws)
@@ -322,6 +328,8 @@ class Follower:
                 self.connected = False
             self.stats.last_error = reason
             self.stats.disconnects += 1
+            if down_since is None:
+                down_since = time.monotonic()
             delay = self.backoff.delay(attempt)
             attempt += 1
             log.warning("%s: %s; reconnecting in %.1fs", self.source, reason, delay)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import socket
@@ -452,9 +453,10 @@ async def _true(value):
     return value
 
 
-def test_dropped_websocket_mid_run_resyncs(db_url):
+def test_dropped_websocket_mid_run_resyncs(db_url, caplog):
     """The websocket is cut (TCP abort) while a job runs and the job finishes before the
-    follower is back: the reconnect's resync writes it."""
+    follower is back: the reconnect's resync writes it, and the log says it is back."""
+    caplog.set_level(logging.INFO, logger="jobs_index.follow")
 
     async def scenario():
         async with running_fake_comfyui() as fake:
@@ -474,6 +476,10 @@ def test_dropped_websocket_mid_run_resyncs(db_url):
                     assert await parity(session, api, fake, oracle) == []
 
     run(scenario())
+    messages = [r.getMessage() for r in caplog.records if r.name == "jobs_index.follow"]
+    assert sum("connected to" in m and "reconnected" not in m for m in messages) == 1, messages
+    back = [m for m in messages if "reconnected to" in m]
+    assert back and back[0].endswith("s; resyncing"), messages
 
 
 def test_explicit_deletions_in_comfyui_are_not_propagated(db_url):
