@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import select
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,7 +37,7 @@ from pathlib import Path
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.dialects.sqlite.base import SQLiteCompiler
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, DisconnectionError, InvalidatePoolError, OperationalError
 
 from .config import APP_NAME, AUTO_MIGRATE_ENV, ENV_VAR, default_sqlite_path, resolve_url  # noqa: F401 (re-exported)
 from .errors import ConfigError, DatabaseTooNew, ForeignKeyViolation, StorageError, UpgradeRequired
@@ -99,6 +100,41 @@ def _setup_sqlite(engine: Engine) -> None:
             conn.exec_driver_sql(f"BEGIN {mode}")
 
 
+def _quiet(sock: int) -> bool:
+    """Nothing to read on an idle connection's socket (no wait)."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(sock, select.POLLIN | select.POLLERR | select.POLLHUP)
+        return not poller.poll(0)
+    readable, _, _ = select.select([sock], [], [], 0)  # pragma: no cover - Windows
+    return not readable
+
+
+def _setup_postgresql(engine: Engine) -> None:
+    """Check a pooled connection at checkout without a round trip.
+
+    SQLAlchemy's ``pool_pre_ping`` sends a statement at every checkout: one more round
+    trip for every request (issue 16: on a loaded machine, each round trip is a wake-up
+    of the server process). An idle connection's socket has nothing to read unless the
+    server said something: a restart, ``pg_terminate_backend``, an idle-session timeout
+    or a failover ends the session with an error message and closes the socket, which
+    makes it readable. Only then is the connection pinged, as ``pool_pre_ping`` would;
+    a failed ping discards the pool's connections (as a failed pre-ping does) and the
+    checkout gets a new one. What neither check sees, a peer gone without a word (a
+    cable pulled), fails the request's own statement as it would fail the ping."""
+
+    @event.listens_for(engine, "checkout")
+    def alive(dbapi_conn, _record, _proxy):  # pragma: no cover - exercised by every PostgreSQL test
+        if dbapi_conn.closed or dbapi_conn.broken:
+            raise DisconnectionError("the connection is closed")
+        if _quiet(dbapi_conn.pgconn.socket):
+            return
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except dbapi_conn.Error as exc:
+            raise InvalidatePoolError(f"the server ended the connection: {driver_message(exc)}") from exc
+
+
 def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> Engine:
     """An engine with jobs-index's connection settings (no migration; see ``open_engine``)."""
     try:
@@ -136,14 +172,11 @@ def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> Engine:
         connect_args: dict[str, object] = {"prepare_threshold": None, "options": options, "application_name": APP_NAME}
         if "connect_timeout" not in parsed.query:  # fail fast on an unreachable host
             connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT
-        return create_engine(
-            parsed,
-            echo=echo,
-            pool_size=pool_size,
-            max_overflow=pool_size * 2,
-            pool_pre_ping=True,
-            connect_args=connect_args,
+        engine = create_engine(
+            parsed, echo=echo, pool_size=pool_size, max_overflow=pool_size * 2, connect_args=connect_args
         )
+        _setup_postgresql(engine)
+        return engine
     raise ConfigError(f"unsupported database {backend!r}: use sqlite:/// or postgresql+psycopg://")
 
 
