@@ -326,10 +326,57 @@ def plan_times(url: str, cases: list[Case], repeat: int = 20) -> dict:
     return out
 
 
+def in_process(sqlite_url: str, pg_url: str, cases: list[Case], requests: int) -> dict:
+    """p50 of the service call alone (``list_jobs`` + the body text, or ``get_job``),
+    no HTTP: SQLite, PostgreSQL (this code), and PostgreSQL with generic plans (the
+    session's ``plan_cache_mode`` set to ``force_generic_plan`` after connecting: what
+    planning still costs a prepared page). Interleaved request by request."""
+    from sqlalchemy import event
+
+    from jobs_index.params import parse_list_query
+    from jobs_index.services import JobsIndex
+
+    indexes = {"sqlite": JobsIndex.open(sqlite_url), "pg": JobsIndex.open(pg_url), "pg generic": JobsIndex.open(pg_url)}
+
+    @event.listens_for(indexes["pg generic"].engine, "connect")
+    def generic(dbapi_conn, _record):
+        dbapi_conn.execute("SET plan_cache_mode = force_generic_plan")
+        dbapi_conn.commit()
+
+    indexes["pg generic"].engine.dispose()
+    out: dict = {label: {} for label in indexes}
+    try:
+        for case in cases:
+            params = dict(case.params)
+            path = params.pop("_path", None)
+            query = parse_list_query(params)
+
+            def call(index, query=query, path=path):
+                if path is not None:
+                    return index.get_job(path[1:])
+                return index.list_jobs(query).body_text(query)
+
+            times: dict[str, list[float]] = {label: [] for label in indexes}
+            for _ in range(10):
+                for index in indexes.values():
+                    call(index)
+            for _ in range(requests):
+                for label, index in indexes.items():
+                    t0 = time.perf_counter()
+                    call(index)
+                    times[label].append(time.perf_counter() - t0)
+            for label in indexes:
+                out[label][case.name] = pct(times[label], 50) * 1000
+    finally:
+        for index in indexes.values():
+            index.close()
+    return out
+
+
 # ------------------------------------------------------------------------- the report
 
 
-def render(args, cases, results, trips, plans, loads) -> str:
+def render(args, cases, results, trips, plans, loads, direct) -> str:
     labels = ["base sqlite", "base pg", "this sqlite", "this pg"]
     lines = [
         f"# PostgreSQL pages vs SQLite's, {args.jobs:,} jobs (issue 16, part 4)",
@@ -404,6 +451,20 @@ def render(args, cases, results, trips, plans, loads) -> str:
     ]
     for c in cases:
         lines.append(f"| {c.name} | {plans[c.name]['plan_ms']:.3f} | {plans[c.name]['exec_ms']:.3f} |")
+    lines += [
+        "",
+        "## In-process p50 (ms): the service call alone, no HTTP",
+        "",
+        "`list_jobs` + the body text (or `get_job`), interleaved; the last column sets the PostgreSQL "
+        "session to `plan_cache_mode = force_generic_plan` (not what jobs-index does: what planning "
+        "still costs a prepared page).",
+        "",
+        "| query | SQLite | PG | PG/SQLite | PG, generic plans | its PG/SQLite |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for c in cases:
+        sq, pg, gen = direct["sqlite"][c.name], direct["pg"][c.name], direct["pg generic"][c.name]
+        lines.append(f"| {c.name} | {sq:.3f} | {pg:.3f} | {pg / sq:.2f}x | {gen:.3f} | {gen / sq:.2f}x |")
     same = all(results["base sqlite"][c.name]["body"] == results[lab][c.name]["body"] for c in cases for lab in labels)
     lines += ["", f"Bodies byte-identical across the four servers: {'yes' if same else 'NO'}.", ""]
     return "\n".join(lines)
@@ -449,7 +510,10 @@ def main() -> None:
         for server in started:
             server.__exit__()
         admin.dispose()
-    report = render(args, cases, results, trips, plans, loads)
+    log("in-process")
+    direct = in_process(sqlite.url, pg.url, cases, max(50, args.requests // 2))
+    loads.append(os.getloadavg()[0])
+    report = render(args, cases, results, trips, plans, loads, direct)
     print(report)
     out = Path(args.out) if args.out else RESULTS / f"pg-pages-{args.jobs}.md"
     out.write_text(report)
