@@ -91,7 +91,10 @@ def prepare(target: Target, n: int) -> None:
     with JobsIndex.open(target.url) as index:
         index.repair_counts()  # SQLite's counters are kept by the writer, not by triggers
         with index.engine.connect() as conn:
-            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            if target.backend == "postgresql":
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            else:
+                conn = conn.execution_options(sqlite_begin=None)  # no BEGIN (database._setup_sqlite)
             if target.backend == "postgresql":
                 conn.execute(text("VACUUM FULL jobs"))
                 conn.execute(text("VACUUM (ANALYZE)"))
