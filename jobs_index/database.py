@@ -188,7 +188,7 @@ def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> Engine:
         if prepared not in ("on", "off"):
             raise ConfigError(f"{PREPARED_PARAM}={prepared!r} in the database URL: use on or off")
         parsed = parsed.difference_update_query(["options", PREPARED_PARAM])
-        # Nothing is prepared unless a read helper asks for it (``_prepared_reads``).
+        # Nothing is prepared unless a read helper asks for it (``_prepare_reads``).
         connect_args: dict[str, object] = {"prepare_threshold": None, "options": options, "application_name": APP_NAME}
         if "connect_timeout" not in parsed.query:  # fail fast on an unreachable host
             connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT
@@ -210,7 +210,7 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
     transaction: forced custom plans are for listings; here they would only re-plan
     the counter trigger's statements and the foreign-key checks on every row
     (measured: ~40 % more server CPU per import). Writers prepare nothing (only read
-    helpers do: ``_prepared_reads``), so their own statements are custom-planned either way."""
+    helpers do: ``_prepare_reads``), so their own statements are custom-planned either way."""
     conn = engine.connect()
     try:
         with _writing(conn, f"SELECT {WRITER_LOCK_SQL}, set_config('plan_cache_mode', 'auto', true)") as writing:
