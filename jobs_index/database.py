@@ -3,10 +3,13 @@
 * URL: ``--db`` → ``JOBS_INDEX_DB`` → ``<user data dir>/jobs-index/jobs.sqlite3``.
 * SQLite: WAL, ``synchronous=NORMAL``, a busy timeout, and ``BEGIN IMMEDIATE`` for
   writers (``write_transaction``), so two writers queue instead of failing mid-way.
-* PostgreSQL (psycopg 3): server-side prepared statements are off and every plan is
-  a custom plan, so a rare-status query can never be served by a generic plan that
-  walks the whole ``(create_time, id)`` index; reads run at REPEATABLE READ so a
-  page and its ``total`` come from one snapshot.
+* PostgreSQL (psycopg 3): every plan is a custom plan, so a rare-status query can
+  never be served by a generic plan that walks the whole ``(create_time, id)`` index;
+  a read statement run again on a connection is a server-side prepared statement
+  (parsed once per connection, still planned for its values each time; writers
+  prepare nothing; ``?prepared_statements=off`` in the URL: none at all); a page is
+  one statement without BEGIN/COMMIT, and reads of several statements run at
+  REPEATABLE READ so a page and its ``total`` come from one snapshot.
 * ``migrate``: upgrades to head on open; a file database that needs an upgrade is
   backed up first (``<file>.bak-<revision>``) with SQLite's online backup API.
   A database at a revision this code does not know (written by a newer
@@ -27,8 +30,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+import select
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
@@ -36,7 +40,7 @@ from pathlib import Path
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.dialects.sqlite.base import SQLiteCompiler
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, DisconnectionError, InvalidatePoolError, OperationalError
 
 from .config import APP_NAME, AUTO_MIGRATE_ENV, ENV_VAR, default_sqlite_path, resolve_url  # noqa: F401 (re-exported)
 from .errors import ConfigError, DatabaseTooNew, ForeignKeyViolation, StorageError, UpgradeRequired
@@ -54,6 +58,14 @@ WRITER_LOCK_SQL = (
     f"pg_advisory_xact_lock({WRITER_LOCK_KEY}, hashtext(coalesce(current_schema(), '')))"
 )
 PG_CONNECT_TIMEOUT = 10  # seconds, unless the URL sets connect_timeout
+# PostgreSQL reads: psycopg prepares a statement on the server the second time a
+# connection runs it (``prepare_threshold``), so the listing statements are parsed and
+# analysed once per connection instead of on every page (issue 16: ~150 µs of server
+# CPU of a ~450 µs page). ``plan_cache_mode=force_custom_plan`` still plans every
+# execution for its values. Only read helpers switch it on, for their statements.
+READ_PREPARE_THRESHOLD = 1
+PREPARED_PARAM = "prepared_statements"  # URL query: "off" for a pooler that cannot keep them
+_READ_PREPARE = "jobs_index_read_prepare_threshold"  # in each pooled connection's info
 SQLITE_DRIVERS = ("sqlite", "sqlite+pysqlite")
 PG_DRIVERS = ("postgresql", "postgresql+psycopg", "postgresql+psycopg2")  # all served by psycopg 3
 
@@ -99,6 +111,46 @@ def _setup_sqlite(engine: Engine) -> None:
             conn.exec_driver_sql(f"BEGIN {mode}")
 
 
+def _quiet(sock: int) -> bool:
+    """Nothing to read on an idle connection's socket (no wait)."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(sock, select.POLLIN | select.POLLERR | select.POLLHUP)
+        return not poller.poll(0)
+    readable, _, _ = select.select([sock], [], [], 0)  # pragma: no cover - Windows
+    return not readable
+
+
+def _setup_postgresql(engine: Engine, read_prepare_threshold: int | None) -> None:
+    """Prepared reads (``READ_PREPARE_THRESHOLD``, or None: nothing prepared), and a
+    pooled connection checked at checkout without a round trip.
+
+    SQLAlchemy's ``pool_pre_ping`` sends a statement at every checkout: one more round
+    trip for every request (issue 16: on a loaded machine, each round trip is a wake-up
+    of the server process). An idle connection's socket has nothing to read unless the
+    server said something: a restart, ``pg_terminate_backend``, an idle-session timeout
+    or a failover ends the session with an error message and closes the socket, which
+    makes it readable. Only then is the connection pinged, as ``pool_pre_ping`` would;
+    a failed ping discards the pool's connections (as a failed pre-ping does) and the
+    checkout gets a new one. What neither check sees, a peer gone without a word (a
+    cable pulled), fails the request's own statement as it would fail the ping."""
+
+    @event.listens_for(engine, "connect")
+    def on_connect(_dbapi_conn, record):  # pragma: no cover - exercised by every PostgreSQL test
+        record.info[_READ_PREPARE] = read_prepare_threshold
+
+    @event.listens_for(engine, "checkout")
+    def alive(dbapi_conn, _record, _proxy):  # pragma: no cover - exercised by every PostgreSQL test
+        if dbapi_conn.closed or dbapi_conn.broken:
+            raise DisconnectionError("the connection is closed")
+        if _quiet(dbapi_conn.pgconn.socket):
+            return
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except dbapi_conn.Error as exc:
+            raise InvalidatePoolError(f"the server ended the connection: {driver_message(exc)}") from exc
+
+
 def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> Engine:
     """An engine with jobs-index's connection settings (no migration; see ``open_engine``)."""
     try:
@@ -132,18 +184,19 @@ def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> Engine:
         given = parsed.query.get("options", ())  # a tuple when the URL repeats it
         ours = "-c plan_cache_mode=force_custom_plan"
         options = " ".join(filter(None, (given, ours) if isinstance(given, str) else (*given, ours)))
-        parsed = parsed.difference_update_query(["options"])
+        prepared = parsed.query.get(PREPARED_PARAM, "on")
+        if prepared not in ("on", "off"):
+            raise ConfigError(f"{PREPARED_PARAM}={prepared!r} in the database URL: use on or off")
+        parsed = parsed.difference_update_query(["options", PREPARED_PARAM])
+        # Nothing is prepared unless a read helper asks for it (``_prepare_reads``).
         connect_args: dict[str, object] = {"prepare_threshold": None, "options": options, "application_name": APP_NAME}
         if "connect_timeout" not in parsed.query:  # fail fast on an unreachable host
             connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT
-        return create_engine(
-            parsed,
-            echo=echo,
-            pool_size=pool_size,
-            max_overflow=pool_size * 2,
-            pool_pre_ping=True,
-            connect_args=connect_args,
+        engine = create_engine(
+            parsed, echo=echo, pool_size=pool_size, max_overflow=pool_size * 2, connect_args=connect_args
         )
+        _setup_postgresql(engine, READ_PREPARE_THRESHOLD if prepared == "on" else None)
+        return engine
     raise ConfigError(f"unsupported database {backend!r}: use sqlite:/// or postgresql+psycopg://")
 
 
@@ -156,8 +209,8 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
     PostgreSQL writers also go back to ``plan_cache_mode = auto`` for the
     transaction: forced custom plans are for listings; here they would only re-plan
     the counter trigger's statements and the foreign-key checks on every row
-    (measured: ~40 % more server CPU per import). Our own statements are unnamed
-    (no prepared statements), so they are custom-planned either way."""
+    (measured: ~40 % more server CPU per import). Writers prepare nothing (only read
+    helpers do: ``_prepare_reads``), so their own statements are custom-planned either way."""
     conn = engine.connect()
     try:
         with _writing(conn, f"SELECT {WRITER_LOCK_SQL}, set_config('plan_cache_mode', 'auto', true)") as writing:
@@ -180,10 +233,28 @@ def _writing(conn: Connection, postgresql_start: str) -> Iterator[Connection]:
         yield conn
 
 
+def _prepare_reads(conn: Connection) -> Callable[[], None]:
+    """PostgreSQL: let psycopg prepare the statements this connection runs again
+    (``READ_PREPARE_THRESHOLD``) until the returned function is called, which turns it
+    off again, so a writer later given the same pooled connection prepares nothing."""
+    threshold = conn.info.get(_READ_PREPARE) if conn.dialect.name == "postgresql" else None
+    if threshold is None:
+        return lambda: None
+    driver = conn.connection.driver_connection
+    assert driver is not None, "a connection just checked out has its driver connection"
+    driver.prepare_threshold = threshold
+
+    def done() -> None:
+        driver.prepare_threshold = None
+
+    return done
+
+
 @contextmanager
 def read_transaction(engine: Engine) -> Iterator[Connection]:
     """A read transaction that sees one snapshot (WAL read / REPEATABLE READ)."""
     conn = engine.connect()
+    unprepare = _prepare_reads(conn)
     try:
         if engine.dialect.name == "postgresql":
             conn = conn.execution_options(isolation_level="REPEATABLE READ")
@@ -192,6 +263,7 @@ def read_transaction(engine: Engine) -> Iterator[Connection]:
     except OperationalError as exc:
         raise StorageError(f"database read failed: {driver_message(exc)}") from exc
     finally:
+        unprepare()
         conn.close()
 
 
@@ -201,6 +273,7 @@ def read_statement(engine: Engine) -> Iterator[Connection]:
     round trips: a single statement always reads one snapshot (SQLite autocommit
     mode; PostgreSQL autocommit, whose statements each take their own snapshot)."""
     conn = engine.connect()
+    unprepare = _prepare_reads(conn)
     try:
         if engine.dialect.name == "postgresql":
             conn = conn.execution_options(isolation_level="AUTOCOMMIT")
@@ -210,6 +283,7 @@ def read_statement(engine: Engine) -> Iterator[Connection]:
     except OperationalError as exc:
         raise StorageError(f"database read failed: {driver_message(exc)}") from exc
     finally:
+        unprepare()
         conn.close()
 
 
@@ -227,14 +301,17 @@ class HeldSnapshot:
 
     def __init__(self, engine: Engine) -> None:
         conn = engine.connect()
+        self._unprepare = _prepare_reads(conn)
         try:
             if engine.dialect.name == "postgresql":
                 conn = conn.execution_options(isolation_level="REPEATABLE READ")
             self._transaction = conn.begin()
         except OperationalError as exc:
+            self._unprepare()
             conn.close()
             raise StorageError(f"database read failed: {driver_message(exc)}") from exc
         except BaseException:
+            self._unprepare()
             conn.close()
             raise
         self._conn: Connection | None = conn
@@ -264,11 +341,14 @@ class HeldSnapshot:
             if broken:
                 conn.invalidate()
             else:
-                self._transaction.rollback()  # nothing was written: ending it is all
+                # Nothing was written: ending it is all. A commit, not a rollback: psycopg
+                # forgets (and deallocates) its prepared statements at every rollback.
+                self._transaction.commit()
         except Exception as exc:  # the connection is already unusable: the pool discards it
             log.debug("closing a read snapshot: %s", driver_message(exc))
             conn.invalidate()
         finally:
+            self._unprepare()
             conn.close()
 
 

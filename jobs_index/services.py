@@ -140,12 +140,14 @@ class JobStream:
         self.total = 0
         self._plan = "matches"
         if query.limit is not None and query.limit <= chunk:  # one chunk: one statement / transaction
-            if self._offset or query.search is not None:
-                with read_transaction(index.engine) as conn:
-                    self._first = self._start(conn)
-            else:
+            first = None
+            if query.search is None:  # no BEGIN/COMMIT round trips (issue 16: a page is one statement)
                 with read_statement(index.engine) as conn:
-                    self._first = self._start(conn)
+                    first = self._start(conn, alone=True)
+            if first is None:  # a search (several statements), or two statements that disagree
+                with read_transaction(index.engine) as conn:
+                    first = self._start(conn)
+            self._first = first
             self._check_total()
             return
         self._snapshot = HeldSnapshot(index.engine)
@@ -158,11 +160,17 @@ class JobStream:
             self._snapshot.close()
         self._check_total()
 
-    def _start(self, conn) -> list[str]:
+    def _start(self, conn, alone: bool = False) -> list[str] | None:
         """``total`` and the first chunk (from one snapshot). The rows are the truth:
         the counter (total) never decides whether rows are read. An empty listing
         answers like ComfyUI's early return for an empty filtered set (no cursor, no
-        has_more) because no rows were found."""
+        has_more) because no rows were found.
+
+        Without a search the page and its total are one statement (so ``alone``, a
+        connection whose statements each see their own snapshot, is enough), except for
+        an empty page, which carries no total: it is counted by a second statement, and
+        if that count contradicts the empty page (``alone``: a job written in between),
+        None asks the caller to read both again in one snapshot."""
         query, offset, want = self._query, self._offset, self._want()
         if query.search is not None:  # the exact total of the matches, the plan, the first rows
             self.total = search_queries.count_matches(conn, query)
@@ -175,12 +183,14 @@ class JobStream:
                     query, self.total, want + 1 + offset, walked, filtered, everything, dialect=conn.dialect.name
                 )
             rows = self._select(conn, want + 1) if self.total else []
-        elif offset:  # offset mode: total and rows in one snapshot
-            self.total = queries.count_total(conn, query)
-            rows = queries.select_page(conn, query, limit=want + 1, offset=offset)
         else:  # page and total: one statement
-            rows = queries.select_page(conn, query, limit=want + 1, after=self._after, with_total=True)
-            self.total = int(rows[0][ROW_TOTAL]) if rows else queries.count_total(conn, query)
+            rows = queries.select_page(conn, query, limit=want + 1, offset=offset, after=self._after, with_total=True)
+            if rows:
+                self.total = int(rows[0][ROW_TOTAL])
+            else:
+                self.total = queries.count_total(conn, query)
+                if alone and not _total_agrees(self.total, offset, 0, False, query.cursor is not None):
+                    return None
         first = self._consume(rows, want)
         self._first_read = (offset, len(first), len(rows) > want, len(rows))
         return first
@@ -511,7 +521,7 @@ class JobsIndex:
 
     def get_job(self, job_id: str) -> dict:
         """The ``GET /api/jobs/{id}`` dict; raises JobNotFound."""
-        with read_transaction(self.engine) as conn:
+        with read_statement(self.engine) as conn:  # one statement: one snapshot
             row = queries.get_job(conn, job_id)
         if row is None:
             raise JobNotFound(job_id)
