@@ -99,6 +99,9 @@ class Document:
         return " ".join(f"'{word}':{','.join(p)}" for word, p in positions.items())
 
 
+_NOT_TEXT = frozenset({list, float, bool, type(None), dict})  # input values that add no text
+
+
 def _graph_texts(graph: Any, texts: list[str], node_types: set, models: set, loras: set) -> None:
     if not isinstance(graph, dict):
         return
@@ -121,6 +124,8 @@ def _graph_texts(graph: Any, texts: list[str], node_types: set, models: set, lor
             continue
         for key, value in inputs.items():
             kind = type(value)
+            if kind in _NOT_TEXT:  # links between nodes ([node, output]), floats, flags
+                continue
             if kind is str or isinstance(value, str):
                 add_text(value)
                 if "\x00" in value:
