@@ -26,7 +26,11 @@
 * ``bulk-floor``: the single SQLite writer's own cost in a bulk load of N pre-normalised
   jobs (no dump reading, no normalising, no pipes): ``JobsIndex.bulk_load`` as is, and the
   bare driver's inserts of prebuilt tuples, index builds and COMMIT, timed apart. What
-  no parallel normalising can take off the writer: the bound on ``import``'s rate.
+  no parallel normalising can take off the writer: the bound on ``import``'s rate. The
+  schema is the current one (``jobs``, ``job_search`` and its FTS5 index
+  ``job_search_fts``, ``job_outputs``; the indexes as migrations left them); the bare
+  driver runs without foreign-key checks (sqlite3's default; ``bulk_load`` keeps
+  them: ~2 us/job at 100k). ``benchmarks/import_speed.py`` runs it beside the imports.
 
 Nothing here is part of the bench's numbers; it only explains them.
 """

@@ -31,9 +31,9 @@ import os
 import re
 import sys
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from itertools import islice
 from multiprocessing import get_context
@@ -42,7 +42,7 @@ from typing import Any, BinaryIO
 import orjson
 
 from .errors import InvalidDump, InvalidItem
-from .normalize import IN_PROGRESS, PENDING, JobRecord, loads_exact, normalise_items
+from .normalize import IN_PROGRESS, PENDING, JobRecord, loads_exact, normalise_items, normalise_spans
 from .services import IngestResult, JobsIndex
 from .transfer import is_export_line, record_from_export
 
@@ -121,8 +121,9 @@ _PLAIN_PAIR_HEAD = re.compile(rb'[ \t\n\r]*"([^"\\\x00-\x1f]*)"[ \t\n\r]*:')
 # an object that starts with "prompt" (ComfyUI's key order). A guess, checked by
 # parsing exactly the bytes up to it: a JSON value is never a proper prefix of
 # another, so the bytes parse as one value only if they are the whole value.
+# Its groups: the next key's bytes and the next item's "{" (``ObjectItems._ahead``).
 _NEXT_ITEM = re.compile(
-    rb'\}[ \t\n\r]*,[ \t\n\r]*"[^"\\\x00-\x1f]*"[ \t\n\r]*:[ \t\n\r]*\{[ \t\n\r]*"prompt"[ \t\n\r]*:'
+    rb'\}[ \t\n\r]*,[ \t\n\r]*"([^"\\\x00-\x1f]*)"[ \t\n\r]*:[ \t\n\r]*(\{)[ \t\n\r]*"prompt"[ \t\n\r]*:'
 )
 
 
@@ -143,16 +144,40 @@ class ObjectItems:
     CHUNK = 1 << 20
     WINDOW = 1 << 16  # the least look-ahead for the end of an item
 
-    def __init__(self, name: str, stream: BinaryIO, prefix: bytes = b"") -> None:
+    def __init__(self, name: str, stream: BinaryIO, prefix: bytes = b"", *, resume: str | None = None) -> None:
+        """``prefix``: the stream's first bytes, already read from it. ``resume``: the
+        stream is positioned at the value of this key, inside the object
+        (``_StreamedHistory.resume``)."""
         self.name, self._stream = name, stream
         self._json = json.JSONDecoder()
         self._window = self.WINDOW
         self.keep_values = True  # False: orjson's items are only checked, yielded as None
+        # False (with keep_values False): an item whose end _NEXT_ITEM finds is not even
+        # checked: its bytes are yielded as they are, for a worker to parse (and to
+        # report, if they are not one JSON value: see ``_parallel_records``).
+        self.verify = True
         self._buf = prefix
         self._pos = 0
+        self._resume = resume
+        # Where the buffer starts in the stream (None: the stream cannot seek back).
+        self._origin: int | None = None
+        try:
+            if stream.seekable():
+                self._origin = stream.tell() - len(prefix)
+        except (OSError, ValueError):
+            pass
+        self.value_at: int | None = None  # where the last value yielded starts in the stream
         self._eof = False
         self.count = 0
         self.exception: Exception | None = None
+        # (next key, position of its value) when the end of the last value was found
+        # by ``_NEXT_ITEM``, which has read the "," and the key already.
+        self._ahead: tuple[str, int] | None = None
+
+    @property
+    def rereadable(self) -> bool:
+        """Can the stream be read again from a value (``value_at``)?"""
+        return self._origin is not None
 
     @property
     def error(self) -> str | None:
@@ -240,8 +265,11 @@ class ObjectItems:
         """(value, its bytes when it was read by orjson, exact): see ``loads_exact``."""
         self._skip_whitespace()
         if self._pos > self.CHUNK:  # drop what was consumed (between values only)
+            if self._origin is not None:
+                self._origin += self._pos
             self._buf, self._pos = self._buf[self._pos :], 0
         start = self._pos
+        self.value_at = None if self._origin is None else self._origin + start
         if self._buf[start : start + 1] == b"{":
             # Look as far as twice the previous value's length: enough for the items of
             # a dump, and a dump of another shape costs little and does not read ahead.
@@ -256,40 +284,53 @@ class ObjectItems:
                     if self.keep_values:
                         value, exact = loads_exact(span)
                     else:  # only its bytes are wanted: check that they are the whole item
-                        orjson.loads(span)
+                        if self.verify:
+                            orjson.loads(span)
                         value, exact = None, False
                 except (ValueError, RecursionError):
                     pass  # not where it ends, or not for orjson: read it exactly
                 else:
                     self._pos = end
                     self._window = max(self.WINDOW, 2 * (end - start))
+                    try:
+                        self._ahead = (match.group(1).decode("utf-8"), match.start(2))
+                    except UnicodeDecodeError:
+                        pass  # read again by ``_key``
                     return value, span, exact
         value = self._exact_value()
         self._window = max(self.WINDOW, 2 * (self._pos - start))
         return value, None, False
 
     def _pairs(self) -> Iterator[tuple[str, Any, bytes | None, bool]]:
-        while len(self._buf) < 3 and self._more():
-            pass
-        if self._buf.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark, as json.load allows
-            self._pos = 3
-        self._punctuation(b"{")
-        self._skip_whitespace()
-        if self._buf.startswith(b"}", self._pos):
+        key = self._resume
+        if key is None:
+            while len(self._buf) < 3 and self._more():
+                pass
+            if self._buf.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark, as json.load allows
+                self._pos = 3
+            self._punctuation(b"{")
+            self._skip_whitespace()
+        if key is None and self._buf.startswith(b"}", self._pos):
             self._pos += 1
         else:
             while True:
-                head = _PLAIN_PAIR_HEAD.match(self._buf, self._pos)
-                try:
-                    key = head.group(1).decode("utf-8") if head is not None else None
-                except UnicodeDecodeError:
-                    key = None
                 if key is None:
-                    key = self._key()
-                    self._punctuation(b":")
-                elif head is not None:  # always, when it gave the key
-                    self._pos = head.end()
+                    head = _PLAIN_PAIR_HEAD.match(self._buf, self._pos)
+                    try:
+                        key = head.group(1).decode("utf-8") if head is not None else None
+                    except UnicodeDecodeError:
+                        key = None
+                    if key is None:
+                        key = self._key()
+                        self._punctuation(b":")
+                    elif head is not None:  # always, when it gave the key
+                        self._pos = head.end()
                 yield (key, *self._value())
+                key = None
+                while self._ahead is not None:  # the usual /history dump: item after item
+                    next_key, self._pos = self._ahead
+                    self._ahead = None
+                    yield (next_key, *self._value())
                 if self._punctuation(b",}") == 0x7D:
                     break
         self._skip_whitespace()
@@ -364,7 +405,8 @@ class _StreamedHistory:
     """The items of a streamed /history dump, for ``records``."""
 
     def __init__(self, items: ObjectItems, first: Entry, rest: Iterator[Entry]) -> None:
-        self._items, self._first, self._rest = items, first, rest
+        self._items, self._rest = items, rest
+        self._first: Entry | None = first
 
     def __len__(self) -> int:
         return 0  # unknown until read
@@ -377,8 +419,28 @@ class _StreamedHistory:
         """False: the items orjson reads are yielded with value None (their text only)."""
         self._items.keep_values = keep
 
+    def unchecked(self) -> bool:
+        """Let the items whose end ``_NEXT_ITEM`` finds go unchecked (``ObjectItems.verify``),
+        if the stream can be read again from an item (``resume``). Says whether it does."""
+        self._items.verify = not (self._items.rereadable and not self._items.keep_values)
+        return not self._items.verify
+
+    @property
+    def value_at(self) -> int | None:
+        return self._items.value_at
+
+    def resume(self, at: int, key: str, count: int) -> None:
+        """Read on from the value of ``key`` at stream offset ``at`` (the ``count``-th
+        item), checking every item from there."""
+        stream = self._items._stream
+        stream.seek(at)
+        reader = ObjectItems(self._items.name, stream, resume=key)
+        reader.keep_values, reader.count = False, count
+        self._items, self._first, self._rest = reader, None, reader.spans()
+
     def entries(self) -> Iterator[Entry]:
-        yield self._first
+        if self._first is not None:
+            yield self._first
         yield from self._rest
 
     def __iter__(self) -> Iterator[tuple[str, Any, str]]:
@@ -437,21 +499,13 @@ def _chunked(items: Iterable, size: int) -> Iterator[list]:
         yield chunk
 
 
-def _chunks(dump: Dump, size: int, texts: bool = False) -> Iterator[tuple[list, bool]]:
+def _chunks(dump: Dump, size: int) -> Iterator[tuple[list, bool]]:
     """``(key, item, status)`` chunks of a dump for ``normalise_items``, with the
-    ``exact`` flag of the chunk. ``texts``: a streamed item orjson read is sent as
-    its JSON text (bytes), parsed again by the worker: pickling the bytes costs
-    nearly nothing, pickling the parsed item more than parsing it again."""
+    ``exact`` flag of the chunk. (With workers, a streamed dump's items go to them as
+    their JSON texts instead: ``_streamed_pipeline``.)"""
     if not isinstance(dump.items, _StreamedHistory):
         for chunk in _chunked(dump.items, size):
             yield chunk, dump.exact
-        return
-    if texts:  # the items orjson reads are only checked here, parsed by the workers
-        dump.items.keep_values(False)
-        for chunk in _chunked(
-            ((key, value if text is None else text, "") for key, value, text, _ in dump.items.entries()), size
-        ):
-            yield chunk, False
         return
     for entries in _chunked(dump.items.entries(), size):
         yield [(key, value, "") for key, value, _, _ in entries], all(exact for *_, exact in entries)
@@ -466,8 +520,24 @@ def _worker_start() -> None:
 def _parallel_records(
     dump: Dump, rejected: list[tuple[str, str]], progress: Callable[[int], None] | None, workers: int
 ) -> Iterator[JobRecord]:
-    in_flight: deque = deque()
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_start) as pool:
+        if isinstance(dump.items, _StreamedHistory):
+            # A streamed dump from a file: the items are cut by ``_NEXT_ITEM`` without
+            # being parsed here (this process also writes; the workers parse them
+            # anyway). Should one not be a JSON value (the guess was wrong: an inner
+            # '}, "k": {"prompt":'), its worker says so, the items from it on are
+            # dropped, and the file is read again from that item, every item checked.
+            streamed = dump.items
+            streamed.keep_values(False)
+            unchecked, index = streamed.unchecked(), 0
+            while True:
+                resume = yield from _streamed_pipeline(pool, workers, dump, rejected, progress, unchecked, index)
+                if resume is None:
+                    return
+                at, key, index = resume
+                streamed.resume(at, key, index)
+                unchecked = False
+        in_flight: deque = deque()
 
         def drain():
             size, future = in_flight.popleft()
@@ -477,12 +547,68 @@ def _parallel_records(
                 progress(size)
             return done
 
-        for chunk, exact in _chunks(dump, CHUNK_ITEMS, texts=True):
+        for chunk, exact in _chunks(dump, CHUNK_ITEMS):
             in_flight.append((len(chunk), pool.submit(normalise_items, dump.kind, chunk, exact)))
             if len(in_flight) > workers * 4:  # bounded: memory holds a few chunks, not the dump
                 yield from drain()
         while in_flight:
             yield from drain()
+
+
+def _streamed_pipeline(
+    pool: ProcessPoolExecutor,
+    workers: int,
+    dump: Dump,
+    rejected: list[tuple[str, str]],
+    progress: Callable[[int], None] | None,
+    unchecked: bool,
+    index: int,
+) -> Generator[JobRecord, None, tuple[int, str, int] | None]:
+    """The records of a streamed /history dump's items from the ``index``-th on, in
+    order. Returns None at the end, or (stream offset, key, index) of an unchecked
+    item that is not a JSON value, to read again from there. An item orjson can read
+    goes to the workers as its JSON text: pickling the bytes costs nearly nothing,
+    pickling the parsed item more than parsing it again."""
+    streamed = dump.items
+    assert isinstance(streamed, _StreamedHistory)
+    in_flight: deque = deque()
+
+    def drain() -> tuple[list[JobRecord], tuple[int, str, int] | None]:
+        first, chunk, starts, future = in_flight.popleft()
+        done, failed, stopped = future.result()
+        rejected.extend(failed)
+        if progress is not None:
+            progress(len(chunk) if stopped is None else stopped)
+        if stopped is None:
+            return done, None
+        for *_, later in in_flight:
+            later.cancel()
+        in_flight.clear()
+        return done, (starts[stopped], chunk[stopped][0], first + stopped)
+
+    chunk: list[tuple[str, Any, str]] = []
+    starts: list[int | None] = []
+    for key, value, text, _ in streamed.entries():
+        chunk.append((key, value if text is None else text, ""))
+        starts.append(streamed.value_at)
+        if len(chunk) < CHUNK_ITEMS:
+            continue
+        in_flight.append((index, chunk, starts, pool.submit(normalise_spans, dump.kind, chunk, unchecked)))
+        index += len(chunk)
+        chunk, starts = [], []
+        if len(in_flight) > workers * 4:  # bounded: memory holds a few chunks, not the dump
+            done, resume = drain()
+            yield from done
+            if resume is not None:
+                return resume
+    if chunk:
+        in_flight.append((index, chunk, starts, pool.submit(normalise_spans, dump.kind, chunk, unchecked)))
+    while in_flight:
+        done, resume = drain()
+        yield from done
+        if resume is not None:
+            return resume
+    return None
 
 
 def _export_records(
@@ -543,7 +669,40 @@ def import_paths(
     workers: int = 0,
     bulk: bool = False,
 ) -> tuple[IngestResult, list[str]]:
-    """Import files in order. Returns the summed result and the per-file errors."""
+    """Import files in order. Returns the summed result and the per-file errors.
+
+    The cyclic garbage collector is paused meanwhile (and runs once after): parsed
+    items, records and rows make no reference cycles, but each one allocated wakes
+    it, and its passes over the batch in memory cost the writer ~10 us per job."""
+    with _collector_paused():
+        return _import_paths(
+            index, paths, source=source, batch_size=batch_size, on_dump=on_dump, workers=workers, bulk=bulk
+        )
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.collect()
+
+
+def _import_paths(
+    index: JobsIndex,
+    paths: Iterable[str],
+    *,
+    source: str | None,
+    batch_size: int,
+    on_dump: Callable[[Dump], Callable[[int], None] | None] | None,
+    workers: int,
+    bulk: bool,
+) -> tuple[IngestResult, list[str]]:
     total, errors = IngestResult(), []
     for path in paths:
         try:

@@ -628,12 +628,34 @@ def normalise_items(
     Returns the records and the rejections ``(id, reason)``. A top-level function of
     this light module, so import workers (other processes) can run it.
     """
-    records, rejected = [], []
-    for key, item, status in items:
+    records, rejected, _ = _normalise(kind, items, exact, False)
+    return records, rejected
+
+
+def normalise_spans(
+    kind: str, items: list[tuple[Any, Any, str]], unchecked: bool
+) -> tuple[list[JobRecord], list[tuple[str, str]], int | None]:
+    """``normalise_items`` of a streamed dump's items. ``unchecked``: their JSON texts
+    were cut from the dump by a guess nobody checked: the first that is not one JSON
+    value stops the chunk, and its position in ``items`` is returned (else None)."""
+    return _normalise(kind, items, False, unchecked)
+
+
+def _normalise(
+    kind: str, items: list[tuple[Any, Any, str]], exact: bool, unchecked: bool
+) -> tuple[list[JobRecord], list[tuple[str, str]], int | None]:
+    records: list[JobRecord] = []
+    rejected: list[tuple[str, str]] = []
+    for position, (key, item, status) in enumerate(items):
         try:
             item_exact = exact
             if isinstance(item, bytes):
-                item, item_exact = loads_exact(item)
+                try:
+                    item, item_exact = loads_exact(item)
+                except (ValueError, RecursionError):
+                    if unchecked:
+                        return records, rejected, position
+                    raise
             records.append(
                 from_queue(item, status, item_exact) if kind == KIND_QUEUE else from_history(key, item, item_exact)
             )
@@ -641,7 +663,7 @@ def normalise_items(
             rejected.append((str(exc.job_id), exc.reason))
         except (TypeError, ValueError, RecursionError) as exc:  # unserialisable or absurd data
             rejected.append((_item_key(key, item), f"cannot store item: {exc}"))
-    return records, rejected
+    return records, rejected, None
 
 
 def _item_key(key: Any, item: Any) -> str:

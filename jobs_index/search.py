@@ -35,7 +35,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +81,11 @@ class Document:
     models: tuple[str, ...]
     loras: tuple[str, ...]
 
+    def __reduce__(self):
+        # Pickled between import processes: the fields as a tuple, rebuilt by the
+        # constructor (cheaper than a frozen dataclass's generic slot state).
+        return Document, (self.words, self.node_types, self.models, self.loras)
+
     def fts_text(self) -> str:
         """SQLite FTS5: the words, space-separated."""
         return " ".join(self.words)
@@ -93,36 +99,46 @@ class Document:
         return " ".join(f"'{word}':{','.join(p)}" for word, p in positions.items())
 
 
+_NOT_TEXT = frozenset({list, float, bool, type(None), dict})  # input values that add no text
+
+
 def _graph_texts(graph: Any, texts: list[str], node_types: set, models: set, loras: set) -> None:
     if not isinstance(graph, dict):
         return
+    add_text = texts.append
     for node in graph.values():
         if not isinstance(node, dict):
             continue
         class_type = node.get("class_type")
         if isinstance(class_type, str):
-            texts.append(class_type)
+            add_text(class_type)
             if "\x00" not in class_type:
                 node_types.add(class_type)
         meta = node.get("_meta")
-        if isinstance(meta, dict) and isinstance(meta.get("title"), str):
-            texts.append(meta["title"])
+        if isinstance(meta, dict):
+            title = meta.get("title")
+            if isinstance(title, str):
+                add_text(title)
         inputs = node.get("inputs")
         if not isinstance(inputs, dict):
             continue
         for key, value in inputs.items():
-            if isinstance(value, str):
-                texts.append(value)
+            kind = type(value)
+            if kind in _NOT_TEXT:  # links between nodes ([node, output]), floats, flags
+                continue
+            if kind is str or isinstance(value, str):
+                add_text(value)
                 if "\x00" in value:
                     continue
                 if isinstance(key, str) and "lora" in key.lower() and value:
                     loras.add(value)
-                elif value.lower().endswith(MODEL_EXTENSIONS):
+                elif "." in value and value.lower().endswith(MODEL_EXTENSIONS):
                     models.add(value)
-                for tag in _LORA_TAG.findall(value):
-                    loras.add(tag.strip())
-            elif isinstance(value, int) and not isinstance(value, bool):
-                texts.append(str(value))
+                if "<" in value:  # the only way a LoRA tag starts
+                    for tag in _LORA_TAG.findall(value):
+                        loras.add(tag.strip())
+            elif kind is int or (isinstance(value, int) and kind is not bool):
+                add_text(str(value))
 
 
 def _collect(raw_kind: str, item: Any, node_types: set, models: set, loras: set) -> list[str]:
@@ -194,16 +210,22 @@ def _error_texts(status: Any, texts: list[str]) -> None:
                     texts.append(entry[1][key])
 
 
-def _capped(texts: Iterable[str]) -> tuple[str, ...]:
+def _capped(texts: list[str]) -> tuple[str, ...]:
+    # One fold and one scan of all texts joined by a newline: folding works character
+    # by character and a newline (no letter or digit, no combining mark) ends any
+    # word, so these are the words of each text in turn, as ``words`` finds them.
+    found = _WORD.findall(fold("\n".join(texts)))
+    del found[MAX_POSITIONS:]
+    if (len(found) <= MAX_OCCURRENCES or max(Counter(found).values()) <= MAX_OCCURRENCES) and (
+        not found or max(map(len, found)) <= MAX_WORD_LENGTH
+    ):
+        return tuple(found)  # the usual document: no word is capped
     out: list[str] = []
     seen: dict[str, int] = {}
-    for text in texts:
-        for word in words(text):
-            n = seen.get(word, 0) + 1
-            seen[word] = n
-            out.append(word if n <= MAX_OCCURRENCES and len(word) <= MAX_WORD_LENGTH else FILLER)
-            if len(out) >= MAX_POSITIONS:
-                return tuple(out)
+    for word in found:
+        n = seen.get(word, 0) + 1
+        seen[word] = n
+        out.append(word if n <= MAX_OCCURRENCES and len(word) <= MAX_WORD_LENGTH else FILLER)
     return tuple(out)
 
 

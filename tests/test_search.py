@@ -116,6 +116,18 @@ def test_document_caps_positions_and_occurrences_alike():
     assert doc.tsvector_text().count("'x':") == 1
 
 
+def test_document_words_are_each_texts_words_in_turn():
+    """The document folds and splits its texts in one pass (joined by a newline):
+    the words are those of each text in turn, never one running across two texts,
+    whatever the texts' case, accents, combining marks and scripts."""
+    texts = ["Café\u0301", "\u0301ÉCOLE Straße", "ﬁne İstanbul ΣΑΣ", "x", "", "٣ Ⅻ snake_case", "\u00e9t\u00e9"]
+    graph = {str(i): {"class_type": "Note", "inputs": {"text": t}} for i, t in enumerate(texts)}
+    doc = document("queue", [0, "id", graph, {}, []])
+    assert doc.words == tuple(w for t in texts for w in ["note", *words(t)])
+    many = {"1": {"class_type": "Note", "inputs": {"text": " ".join(f"w{i}" for i in range(20_000))}}}
+    assert len(document("queue", [0, "id", many, {}, []]).words) == 16_383  # MAX_POSITIONS
+
+
 # -- an index on each engine -----------------------------------------------------
 
 FOX = "a red fox in the snow, golden hour, Café crème"

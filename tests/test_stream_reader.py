@@ -132,3 +132,65 @@ def test_synthetic_dump_takes_the_fast_route_and_workers_store_the_same(tmp_path
     with JobsIndex.open(f"sqlite:///{tmp_path / 'x.sqlite3'}") as index:
         result = import_dump(index, read_dump("h", io.BytesIO(data)), workers=1)
         assert result.inserted == len(history) and index.counts_consistent()
+
+
+class Pipe(io.RawIOBase):
+    """A stream that cannot seek (stdin from a pipe)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        chunk = self._data.read(len(buffer))
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+
+def test_workers_parse_unchecked_items_and_the_file_is_read_again_where_the_guess_was_wrong(monkeypatch):
+    """With workers, the items of a streamed dump from a file are cut by the guess and
+    parsed by the workers only. Where the guess was wrong (an inner
+    '}, "k": {"prompt":' object) the file is read again from that item, every item
+    checked from there; a damaged item stops the import after the same items as in
+    one process. From a pipe (no going back) every item is checked here as before."""
+    from jobs_index import ingest
+
+    history = dict(synthetic_history(1200, seed=5))
+    ids = list(history)
+    history[ids[300]]["outputs"] = {"x": {}, "y": {"prompt": [1]}}  # a wrong guess
+    history[ids[301]]["meta"] = {"a": {}, "b": {"prompt": '}, "k": {"prompt": 1'}}  # the pattern in a string
+    history[ids[900]]["outputs"] = {"x": {}, "y": {"prompt": [2]}}  # after the first one: checked already
+    data = json.dumps(history).encode()
+    monkeypatch.setattr(ingest, "STREAM_THRESHOLD", 1 << 16)  # stream it
+    monkeypatch.setattr(ingest, "CHUNK_ITEMS", 40)
+    resumed = []
+    resume = ingest._StreamedHistory.resume
+    monkeypatch.setattr(ingest._StreamedHistory, "resume", lambda self, *a: resumed.append(a) or resume(self, *a))
+
+    def imported(stream, workers):
+        dump = read_dump("h", stream)
+        rejected: list = []
+        out = {r.id: r for r in records(dump, rejected, workers=workers)}
+        return out, rejected, dump.error
+
+    one, rejected, error = imported(io.BytesIO(data), 0)
+    assert not rejected and error is None and len(one) == len(history)
+    for job_id, record in one.items():
+        assert json.dumps(decode_raw(record.raw)) == json.dumps(
+            {**history[job_id], "prompt": history[job_id]["prompt"][:5]}
+        )
+    assert not resumed
+    assert imported(io.BytesIO(data), 1) == (one, [], None)
+    assert [(key, index) for _, key, index in resumed] == [(ids[300], 300)]
+    resumed.clear()
+    assert imported(io.BufferedReader(Pipe(data)), 1) == (one, [], None)
+    assert not resumed  # a pipe: checked as it is read
+
+    at = data.index(b'"status": ', data.index(json.dumps(ids[700]).encode()))
+    damaged = data[:at] + b"#" + data[at:]
+    one, rejected, error = imported(io.BytesIO(damaged), 0)
+    assert len(one) == 700 and error is not None and "after 700 item(s)" in error
+    assert imported(io.BytesIO(damaged), 1) == (one, rejected, error)
+    assert imported(io.BufferedReader(Pipe(damaged)), 1) == (one, rejected, error)
