@@ -43,6 +43,7 @@ import orjson
 
 from .errors import InvalidDump, InvalidItem
 from .normalize import IN_PROGRESS, PENDING, JobRecord, loads_exact, normalise_items
+from .rawcodec import EncoderCell
 from .services import IngestResult, JobsIndex
 from .transfer import is_export_line, record_from_export
 
@@ -409,22 +410,29 @@ def default_workers() -> int:
 
 
 def records(
-    dump: Dump, rejected: list[tuple[str, str]], progress: Callable[[int], None] | None = None, *, workers: int = 0
+    dump: Dump,
+    rejected: list[tuple[str, str]],
+    progress: Callable[[int], None] | None = None,
+    *,
+    workers: int = 0,
+    cell: EncoderCell | None = None,
 ) -> Iterator[JobRecord]:
     """Normalise a dump's items, in order; failures go to ``rejected`` as (id, reason).
 
     With ``workers`` > 0 a large /history dump is normalised by that many other
     processes (JSON and compression are CPU-bound) while this one writes: a pipeline
-    over the cores (``jobs-index import`` uses ``default_workers()``).
+    over the cores (``jobs-index import`` uses ``default_workers()``). ``cell``: the
+    raw encoder to use, read for each chunk (``JobsIndex.ingest`` sets it).
     """
+    cell = cell or EncoderCell()
     large = dump.kind == HISTORY and (len(dump) == 0 or len(dump) >= PARALLEL_MIN_ITEMS)
     if dump.kind == EXPORT:
-        yield from _export_records(dump, rejected, progress)
+        yield from _export_records(dump, rejected, progress, cell)
     elif workers > 0 and large:
-        yield from _parallel_records(dump, rejected, progress, workers)
+        yield from _parallel_records(dump, rejected, progress, workers, cell)
     else:
         for chunk, exact in _chunks(dump, CHUNK_ITEMS if isinstance(dump.items, list) else STREAM_CHUNK_ITEMS):
-            done, failed = normalise_items(dump.kind, chunk, exact)
+            done, failed = normalise_items(dump.kind, chunk, exact, cell.encoder)
             rejected.extend(failed)
             yield from done
             if progress is not None:
@@ -464,7 +472,7 @@ def _worker_start() -> None:
 
 
 def _parallel_records(
-    dump: Dump, rejected: list[tuple[str, str]], progress: Callable[[int], None] | None, workers: int
+    dump: Dump, rejected: list[tuple[str, str]], progress: Callable[[int], None] | None, workers: int, cell: EncoderCell
 ) -> Iterator[JobRecord]:
     in_flight: deque = deque()
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_start) as pool:
@@ -478,7 +486,7 @@ def _parallel_records(
             return done
 
         for chunk, exact in _chunks(dump, CHUNK_ITEMS, texts=True):
-            in_flight.append((len(chunk), pool.submit(normalise_items, dump.kind, chunk, exact)))
+            in_flight.append((len(chunk), pool.submit(normalise_items, dump.kind, chunk, exact, cell.encoder)))
             if len(in_flight) > workers * 4:  # bounded: memory holds a few chunks, not the dump
                 yield from drain()
         while in_flight:
@@ -486,13 +494,13 @@ def _parallel_records(
 
 
 def _export_records(
-    dump: Dump, rejected: list[tuple[str, str]], progress: Callable[[int], None] | None
+    dump: Dump, rejected: list[tuple[str, str]], progress: Callable[[int], None] | None, cell: EncoderCell
 ) -> Iterator[JobRecord]:
     for key, item, _ in dump.items:
         try:
             if isinstance(item, InvalidItem):
                 raise item
-            yield record_from_export(key, item)
+            yield record_from_export(key, item, cell.encoder)
         except InvalidItem as exc:
             rejected.append((str(exc.job_id), exc.reason))
         except (TypeError, ValueError, RecursionError) as exc:  # unserialisable or absurd data
@@ -524,8 +532,13 @@ def import_dump(
     ``workers``: normalising processes for a large dump (see ``records``);
     ``bulk``: load it in one transaction if the index is empty (``JobsIndex.bulk_load``)."""
     rejected: list[tuple[str, str]] = list(dump.rejected)
+    cell = EncoderCell()  # the index's raw encoder, for the normalising code
     result = index.ingest(
-        records(dump, rejected, progress, workers=workers), source=source, batch_size=batch_size, bulk=bulk
+        records(dump, rejected, progress, workers=workers, cell=cell),
+        source=source,
+        batch_size=batch_size,
+        bulk=bulk,
+        cell=cell,
     )
     if dump.kind == QUEUE and not any(key in QUEUE_KEYS for key, _ in dump.rejected):
         result.removed += index.reconcile_live(live_ids(dump), source=source)
