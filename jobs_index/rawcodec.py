@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 import threading
 import time
 import zlib
@@ -239,6 +240,35 @@ class Reader:
     def row_item(self, row: Any) -> Any:
         """The item of a row with ``raw`` and ``raw_dict_id`` (and ``id``) attributes."""
         return self.item(row.raw, row.raw_dict_id, getattr(row, "id", None))
+
+
+def sqlite_raw_json(conn: sqlite3.Connection, errors: list[str]) -> None:
+    """Register the SQL function ``raw_json(raw, raw_dict_id)`` on a driver connection
+    to an index (``jobs-index sql``): the JSON text a ``raw`` holds, NULL for NULL.
+    The dictionaries are read once, now. A ``raw`` it cannot decode fails the query;
+    why is appended to ``errors`` (SQLite passes on no message of its own)."""
+    try:
+        stored = conn.execute("SELECT data, level FROM raw_dictionaries").fetchall()
+    except sqlite3.OperationalError:  # an index older than revision 0010: zlib only
+        stored = []
+    dictionaries = {d.id: d for d in (dictionary_of(bytes(data), level) for data, level in stored)}
+
+    def lookup(dict_id: int) -> Dictionary:
+        found = dictionaries.get(dict_id)
+        if found is None:
+            raise RawDictionaryMissing(dict_id)
+        return found
+
+    def raw_json(blob: bytes | None, dict_id: int | None) -> str | None:
+        if blob is None:
+            return None
+        try:
+            return decode(blob, dict_id, lookup).decode("utf-8")
+        except RawUnreadable as exc:
+            errors.append(exc.message)
+            raise
+
+    conn.create_function("raw_json", 2, raw_json, deterministic=True)
 
 
 # -- dictionaries in the database -------------------------------------------------------

@@ -791,6 +791,10 @@ class JobsIndex:
                 encoder = self._encoder = rawcodec.current_encoder(conn)
         return encoder
 
+    def use_raw_encoder(self, encoder: rawcodec.Encoder) -> None:
+        """Write new rows with ``encoder`` (its dictionary stored in this database)."""
+        self._encoder = encoder
+
     def ensure_dictionary(self, min_jobs: int = rawcodec.TRAIN_MIN_ITEMS) -> rawcodec.Encoder:
         """The index's raw encoder; if the index has no dictionary yet but holds at
         least ``min_jobs`` jobs, one is trained first on its newest jobs (at most
