@@ -466,9 +466,10 @@ class JobsIndex:
         self._finished_observers: list[Callable[[list], None]] = []
         # The raw encoder new rows are written with (``rawcodec``): read from the
         # database at the first write; while it has no dictionary, looked for (and
-        # trained, ``ensure_dictionary``) again every ``TRAIN_CHECK_ROWS`` rows written.
+        # trained, ``ensure_dictionary``) again once this process has written enough
+        # rows for the index to reach ``rawcodec.TRAIN_MIN_ITEMS`` jobs (``_maybe_train``).
         self._encoder: rawcodec.Encoder | None = None
-        self._unchecked = TRAIN_CHECK_ROWS
+        self._rows_to_check = 0
 
     @classmethod
     def open(cls, url: str | None = None, *, pool_size: int = 5, auto_migrate: bool | None = None) -> JobsIndex:
@@ -805,8 +806,11 @@ class JobsIndex:
         with read_transaction(self.engine) as conn:
             encoder = rawcodec.current_encoder(conn)
             texts: list[bytes] = []
-            if encoder.dictionary is None and queries.count_total(conn, ListQuery()) >= min_jobs:
+            jobs = queries.count_total(conn, ListQuery()) if encoder.dictionary is None else 0
+            if jobs >= min_jobs:
                 texts = rawcodec.newest_texts(conn)
+        # while there is none: rows to write before it is worth looking again
+        self._rows_to_check = max(1, min_jobs - jobs) if jobs < min_jobs else TRAIN_CHECK_ROWS
         if texts and (trained := rawcodec.train(texts)) is not None:
             with write_transaction(self.engine) as conn:
                 found = rawcodec.current(conn)
@@ -819,14 +823,16 @@ class JobsIndex:
 
     def _maybe_train(self, written: int) -> None:
         """After a committed write: an index without a dictionary looks for one (and
-        trains one once it has enough jobs) every ``TRAIN_CHECK_ROWS`` rows written,
-        and at its first write. Never fails the write."""
+        trains one once it holds ``rawcodec.TRAIN_MIN_ITEMS`` jobs) after its first
+        write, then once the rows this process wrote could have brought it there
+        (or, after a training that failed, ``TRAIN_CHECK_ROWS`` rows later). One
+        count of ``job_counts`` a look. Never fails the write."""
         if self._encoder is not None and self._encoder.dictionary is not None:
             return
-        self._unchecked += written
-        if self._unchecked < TRAIN_CHECK_ROWS:
+        self._rows_to_check -= written
+        if self._rows_to_check > 0:
             return
-        self._unchecked = 0
+        self._rows_to_check = TRAIN_CHECK_ROWS
         try:
             self.ensure_dictionary()
         except (JobsIndexError, DBAPIError) as exc:
