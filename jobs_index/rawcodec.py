@@ -352,14 +352,16 @@ def sample_texts(texts: Iterable[bytes], items: int = TRAIN_ITEMS, max_bytes: in
     return out
 
 
-def conform(records: Iterable[Any], encoder: Encoder) -> int:
-    """Re-encode the records (``raw``, ``raw_dict_id``) that ``encoder`` did not write
-    (their dictionary must be known to this process: ``decode``); returns how many."""
+def conform(records: Iterable[Any], encoder: Encoder, lookup: Callable[[int], Dictionary] = _known) -> int:
+    """Re-encode the records (``raw``, ``raw_dict_id``) that ``encoder`` did not write;
+    returns how many. ``lookup`` finds the dictionary of a record written with another
+    one (a writer passes ``Reader(conn).dictionary``: a record replayed from the custom
+    node's outbox may carry a dictionary this process has not seen)."""
     changed = 0
     want = encoder.dict_id
     for record in records:
         if record.raw_dict_id != want:
-            record.raw = encoder.encode(decode(record.raw, record.raw_dict_id))
+            record.raw = encoder.encode(decode(record.raw, record.raw_dict_id, lookup))
             record.raw_dict_id = want
             changed += 1
     return changed

@@ -375,7 +375,7 @@ def _write_records(
             continue
         written.append(record)
     if encoder is not None:
-        rawcodec.conform(written, encoder)
+        rawcodec.conform(written, encoder, rawcodec.Reader(conn).dictionary)
     # The rows, their job_outputs and search rows and (SQLite) counter deltas.
     if copy:
         write_queries.copy_new(conn, [r for r in written if r.id not in existing], now)
