@@ -213,7 +213,8 @@ def render(args, facts: dict, items: list[dict], columns: list[dict], full: list
     out = [
         f"# Raw codec: zlib per item vs zstd with a trained dictionary ({facts['measured_at']})",
         "",
-        f"`benchmarks/raw_codec.py --jobs {args.jobs} --column-jobs {args.column_jobs} --items {args.items}`; "
+        f"`benchmarks/raw_codec.py --jobs {args.jobs} --column-jobs {args.column_jobs} --items {args.items} "
+        f"--rounds {args.rounds}`; "
         f"{facts['cpus']} CPUs shared with other users (load at start {facts['load'][0]:.1f}), Python "
         f"{facts['python']}, zstd {facts['zstd']} (python-zstandard {facts['zstandard']}), code {facts['commit']}, "
         f"before = `{args.base}` (zlib per item, ISA-L level 1).",
@@ -309,6 +310,7 @@ def main() -> None:
     ap.add_argument("--datasets", default="synthetic,realistic")
     ap.add_argument("--rounds", type=int, default=1, help="imports per code and dataset (interleaved)")
     ap.add_argument("--base", default=BASE_COMMIT)
+    ap.add_argument("--name", default="", help="suffix of the results files (raw-codec-<jobs><name>.md)")
     args = ap.parse_args()
     datasets = [d for d in args.datasets.split(",") if d]
     facts = {**machine(), "measured_at": dt.datetime.now().isoformat(timespec="seconds")}
@@ -326,7 +328,7 @@ def main() -> None:
             full.append(imports(dataset, args.jobs, args.base, args.rounds))
     report = render(args, facts, items, columns, full)
     print(report)
-    stem = RESULTS / f"raw-codec-{args.jobs}"
+    stem = RESULTS / f"raw-codec-{args.jobs}{args.name}"
     stem.with_suffix(".md").write_text(report)
     data = {"facts": facts, "args": vars(args), "per_item": items, "column": columns, "imports": full}
     stem.with_suffix(".json").write_text(json.dumps(data, indent=1, default=str) + "\n")
