@@ -154,29 +154,35 @@ def run_import(url: str, path: Path, cwd: Path) -> tuple[float, float, str]:
     return wall, cpu, summary
 
 
-def raw_column(path: Path) -> dict:
-    import sqlite3
+def raw_column(target: Target) -> dict:
+    """The average ``raw`` and the dictionaries, read without opening the index (which
+    would upgrade the base one)."""
+    from sqlalchemy import create_engine, inspect, text
 
-    conn = sqlite3.connect(path)
+    engine = create_engine(target.url)
     try:
-        avg = conn.execute("SELECT AVG(LENGTH(raw)) FROM jobs").fetchone()[0]
-        try:
-            dicts = conn.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(data)), 0) FROM raw_dictionaries").fetchone()
-        except sqlite3.OperationalError:  # the base code: no such table
+        with engine.connect() as conn:
+            avg = conn.execute(text("SELECT AVG(LENGTH(raw)) FROM jobs")).scalar_one()
             dicts = (0, 0)
+            if "raw_dictionaries" in inspect(conn).get_table_names():  # not in the base code
+                dicts = tuple(
+                    conn.execute(text("SELECT COUNT(*), COALESCE(SUM(LENGTH(data)), 0) FROM raw_dictionaries")).one()
+                )
     finally:
-        conn.close()
-    return {"raw_avg": avg, "dictionaries": dicts[0], "dictionary_bytes": dicts[1]}
+        engine.dispose()
+    return {"raw_avg": float(avg), "dictionaries": dicts[0], "dictionary_bytes": dicts[1]}
 
 
-def imports(dataset: str, n: int, base: str, rounds: int) -> dict:
+def imports(dataset: str, n: int, base: str, rounds: int, db: str | None = None) -> dict:
     path = search_bench.dump(dataset, n)
     dump_bytes = path.stat().st_size
     trees = {"before": search_bench.base_tree(base), "after": ROOT}
     runs: dict[str, list[dict]] = {"before": [], "after": []}
     for r in range(rounds):
         for label in ("before", "after") if r % 2 == 0 else ("after", "before"):
-            target = Target(None, n, label=f"raw-codec-{dataset}-{n}-{label}")
+            target = Target(
+                db, n, label=f"rawcodec_{dataset}_{n}_{label}" if db else f"raw-codec-{dataset}-{n}-{label}"
+            )
             target.reset()
             load = os.getloadavg()[0]
             log(f"  {dataset} round {r + 1}: import with the {label} code (load {load:.1f})")
@@ -190,7 +196,7 @@ def imports(dataset: str, n: int, base: str, rounds: int) -> dict:
                     "load": load,
                     "summary": summary,
                     "disk": search_bench.disk(target, n),
-                    **raw_column(target.path),
+                    **raw_column(target),
                 }
             )
     return {"dataset": dataset, "jobs": n, "dump_bytes": dump_bytes, "dump_per_job": dump_bytes / n, "runs": runs}
@@ -253,9 +259,11 @@ def render(args, facts: dict, items: list[dict], columns: list[dict], full: list
         )
     out += [
         "",
-        f"## 3. Full import at {args.jobs:,} jobs (SQLite bulk load, `jobs-index import` in its own process)",
+        f"## 3. Full import at {args.jobs:,} jobs ({'PostgreSQL, COPY' if args.db else 'SQLite'} bulk load, "
+        "`jobs-index import` in its own process)",
         "",
-        "Rounds interleaved (before, after; then after, before). Bytes per job: the file less its free pages.",
+        "Rounds interleaved (before, after; then after, before). Bytes per job: "
+        + ("every table with its indexes and TOAST." if args.db else "the file less its free pages."),
         "",
         "| dataset | code | wall s | jobs/s | CPU s (all processes) | jobs per CPU s | load | file B/job | "
         "x dump | raw B/job |",
@@ -310,6 +318,7 @@ def main() -> None:
     ap.add_argument("--datasets", default="synthetic,realistic")
     ap.add_argument("--rounds", type=int, default=1, help="imports per code and dataset (interleaved)")
     ap.add_argument("--base", default=BASE_COMMIT)
+    ap.add_argument("--db", default=None, help="PostgreSQL URL for part 3 (a schema per import; default SQLite)")
     ap.add_argument("--name", default="", help="suffix of the results files (raw-codec-<jobs><name>.md)")
     args = ap.parse_args()
     datasets = [d for d in args.datasets.split(",") if d]
@@ -325,7 +334,7 @@ def main() -> None:
     if args.jobs:
         for dataset in datasets:
             log(f"full import: {dataset}, {args.jobs:,} jobs")
-            full.append(imports(dataset, args.jobs, args.base, args.rounds))
+            full.append(imports(dataset, args.jobs, args.base, args.rounds, args.db))
     report = render(args, facts, items, columns, full)
     print(report)
     stem = RESULTS / f"raw-codec-{args.jobs}{args.name}"
