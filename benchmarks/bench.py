@@ -847,13 +847,13 @@ def render(args, facts, imp: ImportStats, reused: bool, pages, totals, disk, bas
         out.append(
             f"SQLite file {files['db']:,} B + WAL {files['-wal']:,} B (after `wal_checkpoint(TRUNCATE)`){free} "
             f"= **{disk['total'] / 2**20:,.0f} MiB, {disk['per_job']:,.0f} B/job** "
-            f"({disk['jobs']:,} jobs; zlib raw item averages {disk['raw_avg']:,.0f} B)."
+            f"({disk['jobs']:,} jobs; the raw item averages {disk['raw_avg']:,.0f} B)."
         )
     else:
         out.append(
             f"`pg_total_relation_size(jobs) + pg_total_relation_size(job_counts)` = "
             f"**{disk['total'] / 2**20:,.0f} MiB, {disk['per_job']:,.0f} B/job** "
-            f"({disk['jobs']:,} jobs; zlib raw item averages {disk['raw_avg']:,.0f} B)."
+            f"({disk['jobs']:,} jobs; the raw item averages {disk['raw_avg']:,.0f} B)."
         )
     if disk.get("parts"):
         out.append("")

@@ -52,7 +52,7 @@ if str(ROOT) not in sys.path:
 
 from sqlalchemy import text
 
-from jobs_index import normalize, queries, wire
+from jobs_index import normalize, queries, rawcodec, wire
 from jobs_index.params import parse_list_query
 from jobs_index.sample import synthetic_history
 from jobs_index.services import JobsIndex
@@ -374,7 +374,7 @@ def _old_write_batch(self, records):
 
 def _graph_nodes(record) -> list[tuple[str, str]]:
     """(node_id, class_type) of a record's prompt graph: the job_nodes rows before 0008."""
-    item = normalize.decode_raw(record.raw)
+    item = rawcodec.decode_item(record.raw, record.raw_dict_id)
     graph = (item["prompt"] if record.raw_kind == "history" else item)[2]
     return [
         (str(k), v["class_type"])

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, JobsIndexError
+from .rawcodec import sqlite_raw_json
 
 
 class SqlError(JobsIndexError):
@@ -117,6 +118,8 @@ def _sqlite_rows(cursor: sqlite3.Cursor, refusals: list[str]) -> Iterator[tuple]
 
 def _sqlite_message(exc: Exception, refusals: list[str]) -> str:
     text = str(exc)
+    if refusals and "user-defined function raised exception" in text:
+        return f"SQL error: raw_json: {refusals[-1]}"
     if refusals:
         return f"refused: {refusals[-1]}"
     if "readonly database" in text or "read-only" in text:
@@ -134,6 +137,7 @@ def sqlite_query(path: Path, sql: str) -> Iterator[QueryResult]:
     conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30)
     refusals: list[str] = []
     try:
+        sqlite_raw_json(conn, refusals)  # raw_json(raw, raw_dict_id): docs/schema.md
         conn.execute("PRAGMA query_only=ON")
         conn.set_authorizer(_sqlite_authorizer(refusals))
         try:

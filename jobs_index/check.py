@@ -21,27 +21,23 @@ normalised is reported, never changed or deleted.
 from __future__ import annotations
 
 import json
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
 from . import check_queries as cq
-from . import queries
+from . import queries, rawcodec
 from .database import read_transaction, write_transaction
-from .errors import InvalidItem
+from .errors import InvalidItem, RawUnreadable
 from .normalize import (
     KIND_HISTORY,
     JobRecord,
     answer_text,
     column_text,
-    decode_raw,
     from_history,
     from_queue,
     loads_exact,
-    raw_json,
 )
-from .search import document
 from .services import JobsIndex
 from .write_queries import pg_priority
 
@@ -83,10 +79,10 @@ class CheckReport:
         return self.problems == 0 and self.unreadable.count == 0
 
 
-def derive(row) -> JobRecord:
+def derive(row, reader: rawcodec.Reader) -> JobRecord:
     """The record ``raw`` says this row is (raises on unreadable raw), its workflow id
     as the column stores it (``normalize.column_text``)."""
-    item, exact = loads_exact(raw_json(row.raw))
+    item, exact = loads_exact(reader.json(row.raw, row.raw_dict_id, row.id))
     if row.raw_kind == KIND_HISTORY:
         record = from_history(row.id, item, exact)
     else:
@@ -124,8 +120,9 @@ def _search_row(row, record: JobRecord, copies_from_row: bool) -> tuple:
     columns as its ``jobs`` row holds them (``copies_from_row``) or as ``raw`` says
     (the row's own columns being wrong: a repair rewrites them, and the copies
     follow), and the search document's name lists."""
-    doc = record.search if record.search is not None else document(row.raw_kind, decode_raw(row.raw))
+    assert record.search is not None  # derive() gives every record its document
     listed = tuple(getattr(row if copies_from_row or name == "source" else record, name) for name in cq.SEARCH_LISTED)
+    doc = record.search
     return (*listed, _json_list(doc.node_types), _json_list(doc.models), _json_list(doc.loras))
 
 
@@ -137,12 +134,13 @@ def _check_batch(conn, after: str | None, size: int, repair: bool, report: Check
     outputs, searches = _group(stored_outputs, cq.OUTPUT_COLUMNS), _group(stored_search, cq.SEARCH_COLUMNS)
     fix_side, new_outputs, new_search = [], [], []
     pg = conn.dialect.name == "postgresql"
+    reader = rawcodec.Reader(conn)
     for row in rows:
         report.jobs += 1
         outputs_of, search_of = outputs.pop(row.id, []), searches.pop(row.id, [])
         try:
-            record = derive(row)
-        except (InvalidItem, ValueError, zlib.error, TypeError) as exc:
+            record = derive(row, reader)
+        except (InvalidItem, ValueError, RawUnreadable, TypeError) as exc:
             report.unreadable.add(f"{row.id}: {type(exc).__name__}: {exc}"[:200])
             continue
         if pg:  # the priority as PostgreSQL's numeric holds it (write_queries.job_rows)

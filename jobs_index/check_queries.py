@@ -55,7 +55,14 @@ def job_batch(conn: Connection, after: str | None, limit: int, *, for_update: bo
     transaction ends (a repair then writes what their current raw says; SQLite's
     writer transaction holds the database's only write lock anyway)."""
     stmt = (
-        select(jobs.c.id, jobs.c.raw_kind, jobs.c.raw, jobs.c.source, *(jobs.c[name] for name in DERIVED_COLUMNS))
+        select(
+            jobs.c.id,
+            jobs.c.raw_kind,
+            jobs.c.raw,
+            jobs.c.raw_dict_id,
+            jobs.c.source,
+            *(jobs.c[name] for name in DERIVED_COLUMNS),
+        )
         .order_by(jobs.c.id)
         .limit(limit)
     )

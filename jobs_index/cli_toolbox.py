@@ -1,4 +1,4 @@
-"""The operator's toolbox commands: ``sql``, ``stats``, ``prune``, ``export``, ``check``.
+"""The operator's toolbox commands: ``sql``, ``stats``, ``prune``, ``export``, ``check``, ``compact``.
 
 Registered on the ``jobs-index`` group by ``cli.py`` (``register(cli)``); like the
 other commands they parse and print only, the work is in ``adhoc``, ``toolbox`` and ``check``.
@@ -468,6 +468,80 @@ def check(obj, repair: bool, batch_size: int) -> None:
 EXAMPLES = 3
 
 
+@click.command("compact")
+@click.option(
+    "--keep-dictionary",
+    is_flag=True,
+    help="Re-encode with the current dictionary instead of training a new one (e.g. to finish a killed run).",
+)
+@click.option(
+    "--zlib", "to_zlib", is_flag=True, help="Re-encode every row as zlib (before downgrading past revision 0010)."
+)
+@click.option("--vacuum", is_flag=True, help="Then give the freed space back (SQLite: VACUUM rewrites the file).")
+@click.option(
+    "--batch-size", default=1000, show_default=True, type=click.IntRange(1, 100_000), help="Jobs per transaction."
+)
+@click.pass_obj
+def compact_command(obj, keep_dictionary: bool, to_zlib: bool, vacuum: bool, batch_size: int) -> None:
+    """Train a raw dictionary on the newest jobs and re-encode older rows with it.
+
+    New rows are compressed with the index's current zstd dictionary (an import
+    into an empty index trains one first; a live index trains one once it has
+    1,000 jobs). Rows written before it stay as they were (zlib, or an older
+    dictionary) until this rewrites them: in batches by id, each batch one
+    transaction, so it is safe to kill and a second run carries on. The JSON of
+    every row stays exactly the same. The file does not shrink by itself: SQLite
+    reuses the freed pages; --vacuum returns them.
+
+    \b
+    Example:
+      jobs-index --db sqlite:///jobs.sqlite3 compact
+      jobs-index --db sqlite:///jobs.sqlite3 compact --keep-dictionary --vacuum
+    """
+    from .compact import compact as run_compact
+    from .compact import vacuum as run_vacuum
+
+    if keep_dictionary and to_zlib:
+        raise BadInput("--keep-dictionary and --zlib: choose one")
+    bar: dict = {}
+    done = [0, 0]  # jobs looked at, at the last progress line
+
+    def started(report, jobs: int) -> None:
+        target = "zlib" if report.dictionary is None else f"dictionary {report.dictionary}"
+        click.echo(f"re-encoding raw with {target}" + (" (trained now)" if report.trained else ""), err=True)
+        bar["update"], bar["finish"] = progress_bar("compacting", jobs)
+        bar["jobs"] = jobs
+
+    def progress(n: int) -> None:
+        if bar["update"] is not None:
+            bar["update"](n)
+            return
+        done[0] += n  # not a terminal: a line every 100,000 jobs
+        if done[0] - done[1] >= 100_000:
+            done[1] = done[0]
+            click.echo(f"compacting: {done[0]:,} of about {bar['jobs']:,} jobs", err=True)
+
+    with _open_existing(obj) as index:
+        try:
+            report = run_compact(
+                index,
+                train=not keep_dictionary,
+                to_zlib=to_zlib,
+                batch_size=batch_size,
+                progress=progress,
+                started=started,
+            )
+        finally:
+            if "finish" in bar:
+                bar["finish"]()
+        if vacuum:
+            run_vacuum(index)
+    click.echo(
+        f"{report.jobs} job(s), {report.rewritten} re-encoded: raw {report.bytes_before:,} -> "
+        f"{report.bytes_after:,} bytes" + ("; vacuumed" if vacuum else "")
+    )
+
+
 # -- search ----------------------------------------------------------------------
 
 SEARCH_COLUMNS = ("created_at", "status", "source", "id", "output", "match")
@@ -575,7 +649,7 @@ def stop_retention(worker) -> None:
         worker.stop()
 
 
-COMMANDS = (sql, stats, prune, export, check, search)
+COMMANDS = (sql, stats, prune, export, check, compact_command, search)
 
 
 def register(group: click.Group) -> None:

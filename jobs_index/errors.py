@@ -114,3 +114,24 @@ class LeaseLost(StorageError):
     def __init__(self, source: str, holder: str | None) -> None:
         super().__init__(f"source {source!r} is held by {holder or 'nobody'}; not ours to change")
         self.source, self.holder = source, holder
+
+
+class RawUnreadable(StorageError):
+    """A job's stored ``raw`` cannot be decoded: its dictionary row is missing from
+    ``raw_dictionaries`` (deleted by other SQL, or a partial copy of the database), or
+    the bytes are damaged. The row itself is left as it is: it is the only record."""
+
+    status = 500
+
+
+class RawDictionaryMissing(RawUnreadable):
+    """A ``raw`` compressed with a dictionary whose ``raw_dictionaries`` row is gone."""
+
+    def __init__(self, dict_id: int, job_id: str | None = None) -> None:
+        of = f" of job {job_id!r}" if job_id is not None else ""
+        super().__init__(
+            f"raw dictionary {dict_id}{of} is missing from raw_dictionaries: that job's raw item cannot be "
+            "read (restore the raw_dictionaries row from a backup; never delete one that jobs.raw_dict_id names)",
+            dict_id=dict_id,
+        )
+        self.dict_id, self.job_id = dict_id, job_id

@@ -68,6 +68,7 @@ from yarl import URL
 from .errors import ConfigError, JobsIndexError
 from .ingest import HISTORY, QUEUE, QUEUE_KEYS, Dump, detect, live_ids, records
 from .leases import holder_is_gone, new_holder
+from .rawcodec import EncoderCell
 from .services import IngestResult, JobsIndex
 
 log = logging.getLogger(__name__)
@@ -522,7 +523,8 @@ class Follower:
     def _write_history(self, entries: dict) -> IngestResult:
         rejected: list[tuple[str, str]] = []
         dump = Dump(f"{self.target.url}/history", HISTORY, [(key, item, "") for key, item in entries.items()])
-        result = self.index.ingest(records(dump, rejected), source=self.source)
+        cell = EncoderCell()  # raw written with the index's dictionary by the normalising code itself
+        result = self.index.ingest(records(dump, rejected, cell=cell), source=self.source, cell=cell)
         result.rejected.extend(rejected)
         for job_id, reason in result.rejected:  # malformed, or refused by the database
             log.warning("%s: rejected history item %r: %s", self.source, job_id, reason)
@@ -556,7 +558,8 @@ class Follower:
             ],
         )
         rejected: list[tuple[str, str]] = list(dump.rejected)
-        result = self.index.ingest(records(fresh, rejected), source=self.source)
+        cell = EncoderCell()
+        result = self.index.ingest(records(fresh, rejected, cell=cell), source=self.source, cell=cell)
         ids = live_ids(dump)
         if not any(key in QUEUE_KEYS for key, _ in dump.rejected):
             if self._live_ids is None or self._live_ids - ids - finished:

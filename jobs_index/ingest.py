@@ -43,6 +43,7 @@ import orjson
 
 from .errors import InvalidDump, InvalidItem
 from .normalize import IN_PROGRESS, PENDING, JobRecord, loads_exact, normalise_items, normalise_spans
+from .rawcodec import EncoderCell
 from .services import IngestResult, JobsIndex
 from .transfer import is_export_line, record_from_export
 
@@ -471,22 +472,29 @@ def default_workers() -> int:
 
 
 def records(
-    dump: Dump, rejected: list[tuple[str, str]], progress: Callable[[int], None] | None = None, *, workers: int = 0
+    dump: Dump,
+    rejected: list[tuple[str, str]],
+    progress: Callable[[int], None] | None = None,
+    *,
+    workers: int = 0,
+    cell: EncoderCell | None = None,
 ) -> Iterator[JobRecord]:
     """Normalise a dump's items, in order; failures go to ``rejected`` as (id, reason).
 
     With ``workers`` > 0 a large /history dump is normalised by that many other
     processes (JSON and compression are CPU-bound) while this one writes: a pipeline
-    over the cores (``jobs-index import`` uses ``default_workers()``).
+    over the cores (``jobs-index import`` uses ``default_workers()``). ``cell``: the
+    raw encoder to use, read for each chunk (``JobsIndex.ingest`` sets it).
     """
+    cell = cell or EncoderCell()
     large = dump.kind == HISTORY and (len(dump) == 0 or len(dump) >= PARALLEL_MIN_ITEMS)
     if dump.kind == EXPORT:
-        yield from _export_records(dump, rejected, progress)
+        yield from _export_records(dump, rejected, progress, cell)
     elif workers > 0 and large:
-        yield from _parallel_records(dump, rejected, progress, workers)
+        yield from _parallel_records(dump, rejected, progress, workers, cell)
     else:
         for chunk, exact in _chunks(dump, CHUNK_ITEMS if isinstance(dump.items, list) else STREAM_CHUNK_ITEMS):
-            done, failed = normalise_items(dump.kind, chunk, exact)
+            done, failed = normalise_items(dump.kind, chunk, exact, cell.encoder)
             rejected.extend(failed)
             yield from done
             if progress is not None:
@@ -518,7 +526,7 @@ def _worker_start() -> None:
 
 
 def _parallel_records(
-    dump: Dump, rejected: list[tuple[str, str]], progress: Callable[[int], None] | None, workers: int
+    dump: Dump, rejected: list[tuple[str, str]], progress: Callable[[int], None] | None, workers: int, cell: EncoderCell
 ) -> Iterator[JobRecord]:
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_start) as pool:
         if isinstance(dump.items, _StreamedHistory):
@@ -531,7 +539,7 @@ def _parallel_records(
             streamed.keep_values(False)
             unchecked, index = streamed.unchecked(), 0
             while True:
-                resume = yield from _streamed_pipeline(pool, workers, dump, rejected, progress, unchecked, index)
+                resume = yield from _streamed_pipeline(pool, workers, dump, rejected, progress, unchecked, index, cell)
                 if resume is None:
                     return
                 at, key, index = resume
@@ -548,7 +556,7 @@ def _parallel_records(
             return done
 
         for chunk, exact in _chunks(dump, CHUNK_ITEMS):
-            in_flight.append((len(chunk), pool.submit(normalise_items, dump.kind, chunk, exact)))
+            in_flight.append((len(chunk), pool.submit(normalise_items, dump.kind, chunk, exact, cell.encoder)))
             if len(in_flight) > workers * 4:  # bounded: memory holds a few chunks, not the dump
                 yield from drain()
         while in_flight:
@@ -563,6 +571,7 @@ def _streamed_pipeline(
     progress: Callable[[int], None] | None,
     unchecked: bool,
     index: int,
+    cell: EncoderCell,
 ) -> Generator[JobRecord, None, tuple[int, str, int] | None]:
     """The records of a streamed /history dump's items from the ``index``-th on, in
     order. Returns None at the end, or (stream offset, key, index) of an unchecked
@@ -593,7 +602,9 @@ def _streamed_pipeline(
         starts.append(streamed.value_at)
         if len(chunk) < CHUNK_ITEMS:
             continue
-        in_flight.append((index, chunk, starts, pool.submit(normalise_spans, dump.kind, chunk, unchecked)))
+        in_flight.append(
+            (index, chunk, starts, pool.submit(normalise_spans, dump.kind, chunk, unchecked, cell.encoder))
+        )
         index += len(chunk)
         chunk, starts = [], []
         if len(in_flight) > workers * 4:  # bounded: memory holds a few chunks, not the dump
@@ -602,7 +613,9 @@ def _streamed_pipeline(
             if resume is not None:
                 return resume
     if chunk:
-        in_flight.append((index, chunk, starts, pool.submit(normalise_spans, dump.kind, chunk, unchecked)))
+        in_flight.append(
+            (index, chunk, starts, pool.submit(normalise_spans, dump.kind, chunk, unchecked, cell.encoder))
+        )
     while in_flight:
         done, resume = drain()
         yield from done
@@ -612,13 +625,13 @@ def _streamed_pipeline(
 
 
 def _export_records(
-    dump: Dump, rejected: list[tuple[str, str]], progress: Callable[[int], None] | None
+    dump: Dump, rejected: list[tuple[str, str]], progress: Callable[[int], None] | None, cell: EncoderCell
 ) -> Iterator[JobRecord]:
     for key, item, _ in dump.items:
         try:
             if isinstance(item, InvalidItem):
                 raise item
-            yield record_from_export(key, item)
+            yield record_from_export(key, item, cell.encoder)
         except InvalidItem as exc:
             rejected.append((str(exc.job_id), exc.reason))
         except (TypeError, ValueError, RecursionError) as exc:  # unserialisable or absurd data
@@ -650,8 +663,13 @@ def import_dump(
     ``workers``: normalising processes for a large dump (see ``records``);
     ``bulk``: load it in one transaction if the index is empty (``JobsIndex.bulk_load``)."""
     rejected: list[tuple[str, str]] = list(dump.rejected)
+    cell = EncoderCell()  # the index's raw encoder, for the normalising code
     result = index.ingest(
-        records(dump, rejected, progress, workers=workers), source=source, batch_size=batch_size, bulk=bulk
+        records(dump, rejected, progress, workers=workers, cell=cell),
+        source=source,
+        batch_size=batch_size,
+        bulk=bulk,
+        cell=cell,
     )
     if dump.kind == QUEUE and not any(key in QUEUE_KEYS for key, _ in dump.rejected):
         result.removed += index.reconcile_live(live_ids(dump), source=source)

@@ -24,8 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import zlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from operator import attrgetter
@@ -33,16 +31,10 @@ from typing import Any, overload
 
 import orjson
 
+from . import rawcodec
 from .errors import InvalidItem
+from .rawcodec import ZLIB, Encoder
 from .search import Document, document
-
-_compress: Callable[[bytes, int], bytes]  # (data, level) -> zlib-format bytes, from ISA-L or zlib
-try:  # ISA-L writes the same zlib format (any zlib reads it) 3-4x faster than zlib itself
-    from isal.isal_zlib import compress as _compress
-
-    _LEVEL = 1  # ISA-L level 1: about zlib-6's size
-except ImportError:  # pragma: no cover - isal is a dependency; zlib keeps the format
-    _compress, _LEVEL = zlib.compress, 6
 
 PENDING, IN_PROGRESS, COMPLETED, FAILED, CANCELLED = ("pending", "in_progress", "completed", "failed", "cancelled")
 
@@ -81,7 +73,7 @@ class JobRecord:
     error_node_type: str | None
     workflow_id: str | None
     raw_kind: str
-    raw: bytes  # zlib-format compressed JSON of the ComfyUI item, sensitive data removed
+    raw: bytes  # compressed JSON of the ComfyUI item, sensitive data removed (``rawcodec``)
     raw_digest: str
     # The queue number's JSON text when it is not a 64-bit integer (None: ``priority``).
     priority_json: str | None = None
@@ -89,6 +81,7 @@ class JobRecord:
     # Rows of the side tables ``job_outputs`` / ``job_search`` (not ``jobs`` columns).
     output_files: list[dict] = field(default_factory=list)
     search: Document | None = None  # the search document (``search.document``)
+    raw_dict_id: int | None = None  # the dictionary ``raw`` is compressed with (None: zlib)
 
     def as_row(self) -> dict[str, Any]:
         """The ``jobs`` row (side-table rows excluded)."""
@@ -245,22 +238,14 @@ def loads_exact(text: bytes) -> tuple[Any, bool]:
     return json.loads(text), False
 
 
-def encode_raw(item: Any, exact: bool = False) -> tuple[bytes, str]:
+def encode_raw(item: Any, exact: bool = False, encoder: Encoder = ZLIB) -> tuple[bytes, str]:
     """Compress an item losslessly; return (blob, digest of the uncompressed JSON).
 
-    The blob is a zlib stream (written by ISA-L); ``exact`` as in ``json_bytes``.
+    The blob is ``encoder``'s (``rawcodec``: zlib, or zstd with the index's
+    dictionary); ``exact`` as in ``json_bytes``.
     """
     data = json_bytes(item, exact)
-    return _compress(data, _LEVEL), hashlib.blake2b(data, digest_size=16).hexdigest()
-
-
-def raw_json(blob: bytes) -> bytes:
-    """The stored JSON text (UTF-8) of a ``raw`` blob."""
-    return zlib.decompress(blob)
-
-
-def decode_raw(blob: bytes) -> Any:
-    return json.loads(zlib.decompress(blob))
+    return encoder.encode(data), hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 # -- metadata shared by queue and history items -------------------------------
@@ -326,9 +311,10 @@ def _base_record(
     raw_kind: str,
     raw_item: Any,
     exact: bool = False,
+    encoder: Encoder = ZLIB,
 ) -> JobRecord:
     priority, priority_json = priority_of(job_id, number)
-    raw, digest = encode_raw(raw_item, exact)
+    raw, digest = encode_raw(raw_item, exact, encoder)
     return JobRecord(
         job_id,
         status,
@@ -351,17 +337,19 @@ def _base_record(
         raw,
         digest,
         priority_json,
+        raw_dict_id=encoder.dict_id,
     )
 
 
-def from_queue(item: Any, status: str, exact: bool = False) -> JobRecord:
+def from_queue(item: Any, status: str, exact: bool = False, encoder: Encoder = ZLIB) -> JobRecord:
     """A running (``in_progress``) or ``pending`` queue item → row.
-    ``exact``: the item came from ``loads_exact`` (see ``json_bytes``)."""
+    ``exact``: the item came from ``loads_exact`` (see ``json_bytes``); ``encoder``
+    writes ``raw`` (``rawcodec``)."""
     job_id = _check_id(item[1] if isinstance(item, (list, tuple)) and len(item) > 1 else None)
     number, _, _, extra_data, _ = prompt = _prompt_tuple(job_id, item)
     create_time, workflow_id = _metadata(extra_data)
     stage = STAGE_RUNNING if status == IN_PROGRESS else STAGE_PENDING
-    record = _base_record(job_id, status, stage, number, create_time, workflow_id, KIND_QUEUE, prompt, exact)
+    record = _base_record(job_id, status, stage, number, create_time, workflow_id, KIND_QUEUE, prompt, exact, encoder)
     record.search = document(KIND_QUEUE, prompt)
     return record
 
@@ -522,9 +510,10 @@ def _history_status(status_info: Any, interrupted: bool) -> str:
     return COMPLETED  # "success", anything else, or no status at all
 
 
-def from_history(job_id: Any, item: Any, exact: bool = False) -> JobRecord:
+def from_history(job_id: Any, item: Any, exact: bool = False, encoder: Encoder = ZLIB) -> JobRecord:
     """A ``/history`` item keyed by ``job_id`` → row.
-    ``exact``: the item came from ``loads_exact`` (see ``json_bytes``)."""
+    ``exact``: the item came from ``loads_exact`` (see ``json_bytes``); ``encoder``
+    writes ``raw`` (``rawcodec``)."""
     job_id = _check_id(job_id)
     if not isinstance(item, dict):
         raise InvalidItem(job_id, "history item must be an object")
@@ -537,7 +526,7 @@ def from_history(job_id: Any, item: Any, exact: bool = False) -> JobRecord:
 
     raw_item = dict(item)
     raw_item["prompt"] = prompt
-    raw, digest = encode_raw(raw_item, exact)
+    raw, digest = encode_raw(raw_item, exact, encoder)
     if error is None:
         execution_error = error_type = error_message = error_node_id = error_node_type = None
     else:
@@ -573,6 +562,7 @@ def from_history(job_id: Any, item: Any, exact: bool = False) -> JobRecord:
         None,
         files,
         document(KIND_HISTORY, raw_item),
+        encoder.dict_id,
     )
 
 
@@ -605,12 +595,15 @@ def priority_value(row: Any) -> int | float:
     return int(row.priority)  # PostgreSQL's numeric arrives as a Decimal
 
 
-def detail_dict(row: Any) -> dict:
-    """The ``GET /api/jobs/{id}`` dict. Queue rows answer with the list dict, as ComfyUI does."""
+def detail_dict(row: Any, item: Any = None) -> dict:
+    """The ``GET /api/jobs/{id}`` dict. Queue rows answer with the list dict, as ComfyUI does.
+    ``item``: the row's raw item, decoded (``rawcodec.Reader``); None decodes it here,
+    for a record this process encoded (``rawcodec.decode``)."""
     job = list_dict(row)
     if row.raw_kind != KIND_HISTORY:
         return job
-    item = decode_raw(row.raw)
+    if item is None:
+        item = rawcodec.decode_item(row.raw, row.raw_dict_id)
     _, _, prompt, extra_data, _ = item["prompt"]
     job["outputs"] = normalize_outputs(item.get("outputs", {}))
     job["execution_status"] = item.get("status", {})
@@ -619,30 +612,31 @@ def detail_dict(row: Any) -> dict:
 
 
 def normalise_items(
-    kind: str, items: list[tuple[Any, Any, str]], exact: bool = False
+    kind: str, items: list[tuple[Any, Any, str]], exact: bool = False, encoder: Encoder = ZLIB
 ) -> tuple[list[JobRecord], list[tuple[str, str]]]:
     """Normalise ``(key, item, status)`` triples of a ``history`` or ``queue`` dump.
 
     An item given as ``bytes`` is its JSON text, parsed here (``loads_exact``);
-    ``exact`` says the other items came from ``loads_exact`` with exact=True.
+    ``exact`` says the other items came from ``loads_exact`` with exact=True;
+    ``encoder`` writes ``raw`` (``rawcodec``).
     Returns the records and the rejections ``(id, reason)``. A top-level function of
     this light module, so import workers (other processes) can run it.
     """
-    records, rejected, _ = _normalise(kind, items, exact, False)
+    records, rejected, _ = _normalise(kind, items, exact, False, encoder)
     return records, rejected
 
 
 def normalise_spans(
-    kind: str, items: list[tuple[Any, Any, str]], unchecked: bool
+    kind: str, items: list[tuple[Any, Any, str]], unchecked: bool, encoder: Encoder = ZLIB
 ) -> tuple[list[JobRecord], list[tuple[str, str]], int | None]:
     """``normalise_items`` of a streamed dump's items. ``unchecked``: their JSON texts
     were cut from the dump by a guess nobody checked: the first that is not one JSON
     value stops the chunk, and its position in ``items`` is returned (else None)."""
-    return _normalise(kind, items, False, unchecked)
+    return _normalise(kind, items, False, unchecked, encoder)
 
 
 def _normalise(
-    kind: str, items: list[tuple[Any, Any, str]], exact: bool, unchecked: bool
+    kind: str, items: list[tuple[Any, Any, str]], exact: bool, unchecked: bool, encoder: Encoder
 ) -> tuple[list[JobRecord], list[tuple[str, str]], int | None]:
     records: list[JobRecord] = []
     rejected: list[tuple[str, str]] = []
@@ -657,7 +651,9 @@ def _normalise(
                         return records, rejected, position
                     raise
             records.append(
-                from_queue(item, status, item_exact) if kind == KIND_QUEUE else from_history(key, item, item_exact)
+                from_queue(item, status, item_exact, encoder)
+                if kind == KIND_QUEUE
+                else from_history(key, item, item_exact, encoder)
             )
         except InvalidItem as exc:
             rejected.append((str(exc.job_id), exc.reason))

@@ -87,7 +87,9 @@ class Job(Base):
     workflow_id: Mapped[str | None] = mapped_column(Text)
     source: Mapped[str | None] = mapped_column(Text)
     raw_kind: Mapped[str] = mapped_column(Text)  # 'history' or 'queue'
-    raw: Mapped[bytes] = mapped_column(LargeBinary)  # zlib(JSON of the ComfyUI item)
+    raw: Mapped[bytes] = mapped_column(LargeBinary)  # JSON of the ComfyUI item, compressed (``rawcodec``)
+    # The zstd dictionary ``raw`` is compressed with; NULL: zlib (migration 0010).
+    raw_dict_id: Mapped[int | None] = mapped_column(Integer, ForeignKey("raw_dictionaries.id"))
     raw_digest: Mapped[str] = mapped_column(Text)  # blake2b-128 hex of that JSON
     # The queue number as ComfyUI's json.dumps writes it ("4.0", "2.5", "NaN"), when it is
     # not a 64-bit int; NULL when ``priority`` holds it as an integer (migration 0006).
@@ -110,6 +112,24 @@ class Job(Base):
         Index(None, "execution_duration", "id"),
         Index(None, "status", "execution_duration", "id"),
     )
+
+
+class RawDictionary(Base):
+    """A trained zstd dictionary ``jobs.raw`` is compressed with (``rawcodec``,
+    migration ``0010``). Never changed or deleted while a job names it; a newer one
+    (``created_at``) is what new rows are written with."""
+
+    __tablename__ = "raw_dictionaries"
+
+    # A hash of the dictionary's bytes, in zstd's range of private ids (also in the
+    # dictionary's header and in every frame written with it).
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    data: Mapped[bytes] = mapped_column(LargeBinary)  # the dictionary, as zstd reads it
+    level: Mapped[int] = mapped_column(Integer)  # the zstd level rows are compressed at
+    samples: Mapped[int] = mapped_column(Integer)  # items it was trained on ...
+    sample_bytes: Mapped[int] = mapped_column(BigInteger)  # ... and their JSON's bytes
+    created_at: Mapped[int] = mapped_column(BigInteger)  # epoch ms
+    zstd_version: Mapped[str] = mapped_column(Text)  # of the library that trained it
 
 
 class JobCount(Base):

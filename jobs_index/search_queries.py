@@ -36,8 +36,8 @@ from functools import lru_cache
 
 from sqlalchemy import Connection
 
-from . import schema
-from .normalize import answer_text, column_text, decode_raw
+from . import rawcodec, schema
+from .normalize import answer_text, column_text
 from .params import ListQuery
 from .queries import Position, page_columns_sql, page_start, unmatchable
 from .search import Document, document, fts5_match, tsquery
@@ -74,7 +74,11 @@ def _json_list(values: tuple[str, ...]) -> str:
 
 def _document(record) -> Document:
     """A record's search document (derived from its raw item if it carries none)."""
-    return record.search if record.search is not None else document(record.raw_kind, decode_raw(record.raw))
+    return (
+        record.search
+        if record.search is not None
+        else document(record.raw_kind, rawcodec.decode_item(record.raw, record.raw_dict_id))
+    )
 
 
 def _row_values(record, doc: Document, sources: dict | None) -> tuple:
@@ -153,13 +157,15 @@ class SqliteStore(SearchStore):
             chunk = tuple(ids[start : start + SQLITE_IN_CHUNK])
             marks = ", ".join("?" * len(chunk))
             rows = conn.exec_driver_sql(
-                "SELECT s.docid, j.raw_kind, j.raw FROM job_search AS s JOIN jobs AS j ON j.id = s.job_id "
+                "SELECT s.docid, j.raw_kind, j.raw, j.raw_dict_id, j.id FROM job_search AS s "
+                "JOIN jobs AS j ON j.id = s.job_id "
                 f"WHERE s.job_id IN ({marks})",
                 chunk,
             ).fetchall()
             deletes = []
-            for docid, raw_kind, raw in rows:
-                words = document(raw_kind, decode_raw(raw)).fts_text()
+            reader = rawcodec.Reader(conn)
+            for docid, raw_kind, raw, dict_id, job_id in rows:
+                words = document(raw_kind, reader.item(raw, dict_id, job_id)).fts_text()
                 if words:
                     deletes.append((docid, words))
             if deletes:
@@ -516,7 +522,7 @@ def select_page(
 
 
 def job_details(conn: Connection, ids: Sequence[str]) -> dict[str, tuple]:
-    """``{id: (source, raw_kind, raw, first output file name or None)}`` of ``ids``
+    """``{id: (source, raw_kind, raw, raw_dict_id, first output file name or None)}`` of ``ids``
     (for showing search hits): ComfyUI's ids in and out (``normalize.column_text``)."""
     found: dict[str, tuple] = {}
     pg = conn.dialect.name == "postgresql"
@@ -524,7 +530,7 @@ def job_details(conn: Connection, ids: Sequence[str]) -> dict[str, tuple]:
         chunk = [column_text(job_id) for job_id in ids[start : start + SQLITE_IN_CHUNK]]
         condition = "= ANY(%s)" if pg else f"IN ({', '.join('?' * len(chunk))})"
         sql = (
-            "SELECT j.id, j.source, j.raw_kind, j.raw, (SELECT o.filename FROM job_outputs AS o "
+            "SELECT j.id, j.source, j.raw_kind, j.raw, j.raw_dict_id, (SELECT o.filename FROM job_outputs AS o "
             "WHERE o.job_id = j.id ORDER BY o.ordinal LIMIT 1) FROM jobs AS j WHERE j.id " + condition
         )
         for row in conn.exec_driver_sql(sql, (chunk,) if pg else tuple(chunk)):

@@ -14,17 +14,18 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
+from itertools import chain, islice
 from operator import itemgetter
 from types import EllipsisType
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
-from . import live_queries, queries, search_queries, wire, write_queries
+from . import live_queries, queries, rawcodec, search_queries, wire, write_queries
 from .cursor import CURSOR_SORT_FIELD, cursor_can_carry, decode_cursor, encode_cursor
 from .database import HeldSnapshot, open_engine, read_statement, read_transaction, write_transaction
 from .errors import JobNotFound, JobsIndexError, LeaseLost, StorageError
-from .normalize import STAGE_HISTORY, JobRecord, answer_text, column_text, decode_raw, detail_dict
+from .normalize import KIND_HISTORY, STAGE_HISTORY, JobRecord, answer_text, column_text, detail_dict
 from .params import STATUSES, ListQuery
 from .queries import ROW_CREATE_TIME, ROW_DURATION, ROW_ID, ROW_JOB_JSON, ROW_TOTAL, Position
 from .search import snippet
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 ID_OFFSET = len('{"id": ')  # where the id string starts in a job's JSON text (``queries._job_json_sql``)
 _ID_DECODER = json.JSONDecoder()
 DEFAULT_BATCH_SIZE = 1000
+# A live index without a raw dictionary looks again after this many rows written.
+TRAIN_CHECK_ROWS = 1000
 STREAM_CHUNK = 1000  # rows per query when a listing is larger than one page
 REPAIR_RETRY_S = 60.0  # after a failed counter repair, pages count their rows without retrying it
 
@@ -353,14 +356,21 @@ def finished_transitions(
 
 
 def _write_records(
-    conn: Connection, records: list[JobRecord], now: int, finished: list | None = None, *, copy: bool = False
+    conn: Connection,
+    records: list[JobRecord],
+    now: int,
+    finished: list | None = None,
+    *,
+    copy: bool = False,
+    encoder: rawcodec.Encoder | None = None,
 ) -> IngestResult:
     """One batch inside the caller's write transaction: count what is new, newer or
     unchanged, and write the new and newer rows (``write_queries.write_batch``).
     ``finished``, if given, is extended with the jobs the batch finishes
     (``finished_transitions``), to report once the transaction commits.
     ``copy`` (PostgreSQL bulk load): the new rows go by ``COPY`` (``write_queries.copy_new``),
-    the newer ones by the upsert."""
+    the newer ones by the upsert. ``encoder``: the index's raw encoder; a record
+    another encoder wrote is re-encoded with it (``rawcodec.conform``)."""
     result = IngestResult()
     existing = write_queries.read_existing(conn, [r.id for r in records])
     written = []  # records whose row is inserted or replaced
@@ -374,6 +384,8 @@ def _write_records(
             result.unchanged += 1
             continue
         written.append(record)
+    if encoder is not None:
+        rawcodec.conform(written, encoder, rawcodec.Reader(conn).dictionary)
     # The rows, their job_outputs and search rows and (SQLite) counter deltas.
     if copy:
         write_queries.copy_new(conn, [r for r in written if r.id not in existing], now)
@@ -410,7 +422,12 @@ def _refusal(exc: BaseException) -> str:
 
 
 def _bulk_records_pg(
-    conn: Connection, records: list[JobRecord], now: int, finished: list | None, copy: bool = True
+    conn: Connection,
+    records: list[JobRecord],
+    now: int,
+    finished: list | None,
+    copy: bool = True,
+    encoder: rawcodec.Encoder | None = None,
 ) -> IngestResult:
     """One batch of a PostgreSQL bulk load, in a savepoint: a batch with a row the
     database refuses (a value too large for an index entry or a tsvector) is written
@@ -419,7 +436,7 @@ def _bulk_records_pg(
         return IngestResult()
     try:
         with conn.begin_nested():
-            return _write_records(conn, records, now, finished, copy=copy)
+            return _write_records(conn, records, now, finished, copy=copy, encoder=encoder)
     except DBAPIError as exc:
         sqlstate = getattr(exc.orig, "sqlstate", None) or ""
         if not (isinstance(exc, DataError) or sqlstate.startswith("54")):
@@ -428,8 +445,25 @@ def _bulk_records_pg(
             return IngestResult(rejected=[(records[0].id, _refusal(exc))])
     result = IngestResult()
     for record in records:
-        result.add(_bulk_records_pg(conn, [record], now, finished, copy))
+        result.add(_bulk_records_pg(conn, [record], now, finished, copy, encoder))
     return result
+
+
+def _trained_first(
+    conn: Connection, records: Iterable[JobRecord]
+) -> tuple[Iterable[JobRecord], rawcodec.Dictionary | None]:
+    """A bulk load into an index without a dictionary: train one on the first records
+    (``rawcodec.TRAIN_ITEMS``, ``TRAIN_BYTES``) and store it in ``conn``'s transaction.
+    Returns the records, those read included, and the dictionary (None: too few
+    records, or zstd could not train on them: the load writes zlib)."""
+    iterator = iter(records)
+    head = list(islice(iterator, rawcodec.TRAIN_ITEMS))
+    texts = rawcodec.sample_texts(rawcodec.decode(r.raw, r.raw_dict_id) for r in head)
+    dictionary = rawcodec.train(texts)
+    if dictionary is not None:
+        rawcodec.store(conn, dictionary, len(texts), sum(map(len, texts)))
+        log.info("raw dictionary %d trained on %d items (%d bytes)", dictionary.id, len(texts), sum(map(len, texts)))
+    return chain(head, iterator), dictionary
 
 
 class JobsIndex:
@@ -440,6 +474,12 @@ class JobsIndex:
         self._repair_failed_at: float | None = None  # monotonic time of a counter repair that failed
         # Called after each committed write with the jobs it finished (``metrics``).
         self._finished_observers: list[Callable[[list], None]] = []
+        # The raw encoder new rows are written with (``rawcodec``): read from the
+        # database at the first write; while it has no dictionary, looked for (and
+        # trained, ``ensure_dictionary``) again once this process has written enough
+        # rows for the index to reach ``rawcodec.TRAIN_MIN_ITEMS`` jobs (``_maybe_train``).
+        self._encoder: rawcodec.Encoder | None = None
+        self._rows_to_check = 0
 
     @classmethod
     def open(cls, url: str | None = None, *, pool_size: int = 5, auto_migrate: bool | None = None) -> JobsIndex:
@@ -505,11 +545,15 @@ class JobsIndex:
                 jobs = [j for j in jobs if j.get("create_time", 0) >= since_ms]
             with read_transaction(self.engine) as conn:
                 details = search_queries.job_details(conn, [j["id"] for j in jobs])
+                reader = rawcodec.Reader(conn)
+                items = {
+                    job_id: reader.item(raw, dict_id, job_id) for job_id, (_, _, raw, dict_id, _) in details.items()
+                }
             for job in jobs:
                 if job["id"] not in details:  # deleted since the page was read
                     continue
-                source, raw_kind, raw, output = details[job["id"]]
-                text = snippet(raw_kind, decode_raw(raw), search, mark=mark)
+                source, raw_kind, _, _, output = details[job["id"]]
+                text = snippet(raw_kind, items[job["id"]], search, mark=mark)
                 yield SearchHit(job.get("create_time"), job["status"], source, job["id"], output, text)
             if remaining is not None:
                 remaining -= len(page.jobs)
@@ -523,9 +567,10 @@ class JobsIndex:
         """The ``GET /api/jobs/{id}`` dict; raises JobNotFound."""
         with read_statement(self.engine) as conn:  # one statement: one snapshot
             row = queries.get_job(conn, job_id)
-        if row is None:
-            raise JobNotFound(job_id)
-        return detail_dict(row)
+            if row is None:
+                raise JobNotFound(job_id)
+            item = rawcodec.Reader(conn).row_item(row) if row.raw_kind == KIND_HISTORY else None
+        return detail_dict(row, item)
 
     def status_counts(self, query: ListQuery) -> dict[str, int]:
         """The exact number of jobs of each status passing ``query``'s other filters
@@ -631,6 +676,7 @@ class JobsIndex:
         source: str | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         bulk: bool = False,
+        cell: rawcodec.EncoderCell | None = None,
     ) -> IngestResult:
         """Write records in batches, one transaction per batch; idempotent.
 
@@ -639,16 +685,28 @@ class JobsIndex:
 
         ``bulk``: if the index is an empty SQLite file, load everything in one
         transaction and build the secondary indexes once at the end (``bulk_load``).
+        ``cell``: where the code normalising ``records`` reads the raw encoder to use;
+        set to the index's before the first record is read (records written by
+        another encoder are re-encoded, ``rawcodec.conform``).
         """
-        if bulk and (loaded := self.bulk_load(records, source=source, batch_size=batch_size)) is not None:
+        if bulk and (loaded := self.bulk_load(records, source=source, batch_size=batch_size, cell=cell)) is not None:
             return loaded
+        if cell is not None:
+            cell.encoder = self.raw_encoder()
         result = IngestResult()
         for batch in _batches(records, source, batch_size):
             result.add(self._write_batch(batch))
+            if cell is not None and self._encoder is not None:
+                cell.encoder = self._encoder  # a dictionary trained meanwhile (``_maybe_train``)
         return result
 
     def bulk_load(
-        self, records: Iterable[JobRecord], *, source: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE
+        self,
+        records: Iterable[JobRecord],
+        *,
+        source: str | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        cell: rawcodec.EncoderCell | None = None,
     ) -> IngestResult | None:
         """A first import into an empty index, as one transaction: the secondary
         indexes are dropped, the rows written in batches of ``batch_size``, and the
@@ -661,6 +719,10 @@ class JobsIndex:
         too); new rows go by ``COPY`` (``write_queries.copy_new``), each batch in a
         savepoint (a refused row is rejected alone); readers of the schema wait until
         it commits; then ``VACUUM (ANALYZE)``, so index-only scans work at once.
+
+        Raw: an index without a raw dictionary gets one first, trained on the first
+        records (``_trained_first``), in the load's transaction; every row is written
+        with it (``cell``, as in ``ingest``, lets the normalising workers use it).
         """
         pg = self.engine.dialect.name == "postgresql"
         result = IngestResult()
@@ -669,6 +731,12 @@ class JobsIndex:
             with write_transaction(self.engine) as conn:
                 if not write_queries.index_is_empty(conn):
                     return None
+                encoder = rawcodec.current_encoder(conn)
+                if encoder.dictionary is None:
+                    records, trained = _trained_first(conn, records)
+                    encoder = rawcodec.Encoder(trained)
+                if cell is not None:
+                    cell.encoder = encoder
                 if pg:
                     late: list[JobRecord] = []  # written once the indexes are back (``late_record``)
                     late_ids: set[str] = set()
@@ -683,17 +751,20 @@ class JobsIndex:
                                     late_ids.add(record.id)
                                 else:
                                     early.append(record)
-                            result.add(_bulk_records_pg(conn, early, now, finished))
+                            result.add(_bulk_records_pg(conn, early, now, finished, encoder=encoder))
                         loaded = time.perf_counter()
                     for batch in _batches(late, None, batch_size):
-                        result.add(_bulk_records_pg(conn, batch, int(time.time() * 1000), finished, copy=False))
+                        now = int(time.time() * 1000)
+                        result.add(_bulk_records_pg(conn, batch, now, finished, copy=False, encoder=encoder))
                     built = time.perf_counter()
                 else:
                     with write_queries.indexes_deferred(conn):
                         for batch in _batches(records, source, batch_size):
-                            result.add(_write_records(conn, batch, int(time.time() * 1000), finished))
+                            now = int(time.time() * 1000)
+                            result.add(_write_records(conn, batch, now, finished, encoder=encoder))
         except IntegrityError as exc:
             raise StorageError(f"rejected by the database: {exc.orig}") from exc
+        self._encoder = encoder  # committed: the index's encoder from now on
         self._report_finished(finished)
         if pg:
             committed = time.perf_counter()
@@ -723,11 +794,66 @@ class JobsIndex:
             return False
         return True
 
+    def raw_encoder(self) -> rawcodec.Encoder:
+        """The encoder this index writes ``raw`` with (read from the database once)."""
+        encoder = self._encoder
+        if encoder is None:
+            with read_transaction(self.engine) as conn:
+                encoder = self._encoder = rawcodec.current_encoder(conn)
+        return encoder
+
+    def use_raw_encoder(self, encoder: rawcodec.Encoder) -> None:
+        """Write new rows with ``encoder`` (its dictionary stored in this database)."""
+        self._encoder = encoder
+
+    def ensure_dictionary(self, min_jobs: int = rawcodec.TRAIN_MIN_ITEMS) -> rawcodec.Encoder:
+        """The index's raw encoder; if the index has no dictionary yet but holds at
+        least ``min_jobs`` jobs, one is trained first on its newest jobs (at most
+        ``rawcodec.TRAIN_ITEMS``) and stored: new rows are written with it (older
+        rows stay zlib until ``jobs-index compact``). Training runs outside any
+        transaction; storing takes a writer's transaction, which keeps the
+        dictionary another writer stored meanwhile instead."""
+        with read_transaction(self.engine) as conn:
+            encoder = rawcodec.current_encoder(conn)
+            texts: list[bytes] = []
+            jobs = queries.count_total(conn, ListQuery()) if encoder.dictionary is None else 0
+            if jobs >= min_jobs:
+                texts = rawcodec.newest_texts(conn)
+        # while there is none: rows to write before it is worth looking again
+        self._rows_to_check = max(1, min_jobs - jobs) if jobs < min_jobs else TRAIN_CHECK_ROWS
+        if texts and (trained := rawcodec.train(texts)) is not None:
+            with write_transaction(self.engine) as conn:
+                found = rawcodec.current(conn)
+                if found is None:
+                    rawcodec.store(conn, trained, len(texts), sum(map(len, texts)))
+                    log.info("jobs-index: raw dictionary %d trained on the newest %d jobs", trained.id, len(texts))
+                encoder = rawcodec.Encoder(found or trained)
+        self._encoder = encoder
+        return encoder
+
+    def _maybe_train(self, written: int) -> None:
+        """After a committed write: an index without a dictionary looks for one (and
+        trains one once it holds ``rawcodec.TRAIN_MIN_ITEMS`` jobs) after its first
+        write, then once the rows this process wrote could have brought it there
+        (or, after a training that failed, ``TRAIN_CHECK_ROWS`` rows later). One
+        count of ``job_counts`` a look. Never fails the write."""
+        if self._encoder is not None and self._encoder.dictionary is not None:
+            return
+        self._rows_to_check -= written
+        if self._rows_to_check > 0:
+            return
+        self._rows_to_check = TRAIN_CHECK_ROWS
+        try:
+            self.ensure_dictionary()
+        except (JobsIndexError, DBAPIError) as exc:
+            log.warning("jobs-index: no raw dictionary trained: %s", " ".join(str(exc).split())[:300])
+
     def _write_batch(self, records: list[JobRecord]) -> IngestResult:
         finished = self._collector()
         try:
             with write_transaction(self.engine) as conn:
-                result = _write_records(conn, records, int(time.time() * 1000), finished)
+                encoder = self._encoder if self._encoder is not None else rawcodec.current_encoder(conn)
+                result = _write_records(conn, records, int(time.time() * 1000), finished, encoder=encoder)
         except IntegrityError as exc:
             raise StorageError(f"rejected by the database: {exc.orig}") from exc
         except (DataError, StorageError) as exc:
@@ -747,7 +873,9 @@ class JobsIndex:
                     result.add(self._write_batch([record]))
                 return result
             return IngestResult(rejected=[(records[0].id, _refusal(refused))])
+        self._encoder = encoder
         self._report_finished(finished)
+        self._maybe_train(result.written)
         return result
 
     def reconcile_live(self, live_ids: Iterable[str], *, source: str | None = None, holder: str | None = None) -> int:

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from . import rawcodec
 from . import toolbox_queries as tq
 from .database import read_transaction, write_transaction
 from .errors import JobsIndexError
@@ -204,8 +205,10 @@ def export_lines(index: JobsIndex, selection: tq.ExportFilter, *, chunk: int = 5
     while True:
         with read_transaction(index.engine) as conn:
             rows = tq.export_chunk(conn, selection, after, chunk)
-        for row in rows:
-            yield export_line(row)
+            reader = rawcodec.Reader(conn)
+            texts = [reader.json(row.raw, row.raw_dict_id, row.id) for row in rows]
+        for row, text in zip(rows, texts, strict=True):
+            yield export_line(row, text)
         if len(rows) < chunk:
             return
         after = (rows[-1].create_time, rows[-1].id)

@@ -17,11 +17,11 @@ keys a history item. See docs/queries.md ("Moving an index").
 from __future__ import annotations
 
 import json
-import zlib
 from typing import Any
 
 from .errors import InvalidItem
 from .normalize import IN_PROGRESS, KIND_HISTORY, KIND_QUEUE, PENDING, JobRecord, detail_dict, from_history, from_queue
+from .rawcodec import ZLIB, Encoder
 
 EXPORT_KEYS = frozenset({"job", "raw_kind", "raw"})
 
@@ -30,15 +30,17 @@ def _compact(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def export_line(row: Any) -> str:
-    """One JSONL line (without the newline) for a full ``jobs`` row.
+def export_line(row: Any, raw_json: bytes) -> str:
+    """One JSONL line (without the newline) for a full ``jobs`` row whose ``raw``
+    holds ``raw_json`` (``rawcodec.Reader.json``).
 
     ``raw`` is spliced in as the stored JSON text itself (compact, one line: JSON
     escapes newlines in strings), so it is neither parsed nor re-encoded.
     """
-    raw_text = zlib.decompress(row.raw).decode("utf-8")
+    raw_text = raw_json.decode("utf-8")
+    item = json.loads(raw_text) if row.raw_kind == KIND_HISTORY else None
     return (
-        f'{{"job":{_compact(detail_dict(row))},"raw_kind":{_compact(row.raw_kind)},'
+        f'{{"job":{_compact(detail_dict(row, item))},"raw_kind":{_compact(row.raw_kind)},'
         f'"raw":{raw_text},"source":{_compact(row.source)}}}'
     )
 
@@ -53,8 +55,9 @@ def is_export_line(value: Any) -> bool:
     )
 
 
-def record_from_export(key: str, line: Any) -> JobRecord:
-    """Rebuild the row of one export line; ``key`` (e.g. ``line 12``) names it in errors."""
+def record_from_export(key: str, line: Any, encoder: Encoder = ZLIB) -> JobRecord:
+    """Rebuild the row of one export line; ``key`` (e.g. ``line 12``) names it in errors;
+    ``encoder`` writes its ``raw``."""
     if not is_export_line(line):
         raise InvalidItem(key, "not an export line: expected an object with job, raw_kind (history|queue) and raw")
     job, raw = line["job"], line["raw"]
@@ -62,12 +65,12 @@ def record_from_export(key: str, line: Any) -> JobRecord:
     if not isinstance(job_id, str):
         raise InvalidItem(key, "job.id must be a string")
     if line["raw_kind"] == KIND_HISTORY:
-        record = from_history(job_id, raw)
+        record = from_history(job_id, raw, encoder=encoder)
     else:
         status = job.get("status")
         if status not in (PENDING, IN_PROGRESS):
             raise InvalidItem(job_id, f"a queue item's job.status must be pending or in_progress, got {status!r}")
-        record = from_queue(raw, status)
+        record = from_queue(raw, status, encoder=encoder)
         if record.id != job_id:
             raise InvalidItem(job_id, f"raw queue item is job {record.id!r}, not {job_id!r}")
     source = line.get("source")

@@ -32,7 +32,8 @@ import pytest
 from jobs_index import JobsIndex
 from jobs_index.database import make_engine
 from jobs_index.errors import StorageError
-from jobs_index.normalize import from_history, raw_json
+from jobs_index.normalize import from_history
+from jobs_index.rawcodec import decode as raw_json
 from jobs_index.sample import synthetic_history
 
 from .fixtures_util import capture_history, load_capture

@@ -71,7 +71,7 @@ def make_drift(index, records) -> dict:
             f"INSERT OR REPLACE INTO jobs SELECT id, 'failed', stage, priority, create_time, create_time_missing, "
             f"execution_start_time, execution_end_time, execution_duration, outputs_count, preview_output, "
             f"execution_error, error_type, error_message, error_node_id, error_node_type, workflow_id, source, "
-            f"raw_kind, raw, raw_digest, indexed_at, priority_json FROM jobs WHERE id = '{relabelled.id}'",
+            f"raw_kind, raw, raw_digest, indexed_at, priority_json, raw_dict_id FROM jobs WHERE id = '{relabelled.id}'",
             f"DELETE FROM job_search WHERE job_id = '{stripped.id}'",
             "INSERT INTO job_outputs (job_id, ordinal, node_id, media_type, filename) "
             "VALUES ('zzzz-gone', 0, '9', 'images', 'orphan.png')",

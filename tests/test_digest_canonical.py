@@ -12,7 +12,8 @@ import json
 
 import orjson
 
-from jobs_index.normalize import from_history, json_bytes, loads_exact, raw_json
+from jobs_index.normalize import from_history, json_bytes, loads_exact
+from jobs_index.rawcodec import decode as raw_json
 from tests.fixtures_util import load_capture
 
 TINY = 1e-05  # json.dumps writes "1e-05", orjson "0.00001"

@@ -11,8 +11,8 @@ from sqlalchemy import select
 
 from jobs_index import ListQuery
 from jobs_index.ingest import detect, import_dump, records
-from jobs_index.normalize import decode_raw
 from jobs_index.queries import jobs
+from jobs_index.rawcodec import decode_item as decode_raw
 
 from .fixtures_util import capture_history, capture_queue, snapshot_history
 

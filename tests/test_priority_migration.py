@@ -22,7 +22,15 @@ from alembic import command
 from sqlalchemy import text
 
 from jobs_index import JobsIndex, parse_list_query
-from jobs_index.database import alembic_config, current_revision, head_revision, make_engine, migrate, write_transaction
+from jobs_index.database import (
+    alembic_config,
+    current_revision,
+    head_revision,
+    make_engine,
+    migrate,
+    migration_transaction,
+    write_transaction,
+)
 from jobs_index.normalize import from_history, from_queue
 from jobs_index.render import json_value
 from jobs_index.sample import synthetic_history
@@ -149,7 +157,7 @@ def test_upgrade_rederives_numbers_from_raw(db_url, tmp_path, backend):
     # Down to 0005 (numbers as ints again) and up: the same answers.
     engine = make_engine(db_url)
     try:
-        with write_transaction(engine) as conn:
+        with migration_transaction(engine) as conn:
             command.downgrade(alembic_config(conn), REV_5)
         with engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM jobs")).scalar_one() == len(records)
@@ -254,7 +262,7 @@ def test_downgrade_with_numbers_0005_cannot_hold_then_upgrade_restores_them(db_u
         index = JobsIndex(engine)
         index.ingest(records)
         before = answers(index, ids)
-        with write_transaction(engine) as conn:
+        with migration_transaction(engine) as conn:
             command.downgrade(alembic_config(conn), REV_5)
         with engine.connect() as conn:
             kept = conn.execute(text("SELECT id, priority FROM jobs ORDER BY create_time")).all()

@@ -18,7 +18,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jobs_index.normalize import decode_raw, encode_raw, from_history, json_bytes, loads_exact, orjson_exact, raw_json
+from jobs_index.normalize import encode_raw, from_history, json_bytes, loads_exact, orjson_exact
+from jobs_index.rawcodec import decode as raw_json
+from jobs_index.rawcodec import decode_item as decode_raw
 from jobs_index.sample import synthetic_history
 
 SURROGATES = ["\ud800", "\udfff", "a\udc80b"]

@@ -34,7 +34,7 @@ from sqlalchemy import text
 from jobs_index import JobsIndex
 from jobs_index.http import create_app
 from jobs_index.ingest import STREAM_THRESHOLD, ObjectItems, detect, import_dump, read_dump
-from jobs_index.normalize import decode_raw
+from jobs_index.rawcodec import decode_item as decode_raw
 
 from .fixtures_util import capture_history
 from .reliability_support import JOBS_INDEX, RawClient, ServeProcess, rss_kib, served

@@ -26,9 +26,10 @@ import zlib
 from pathlib import Path
 
 import pytest
+import zstandard
 from sqlalchemy import create_engine, inspect, text
 
-from jobs_index import JobsIndex
+from jobs_index import JobsIndex, rawcodec
 from jobs_index.ingest import detect, import_dump
 
 from .fixtures_util import capture_history, capture_queue
@@ -90,12 +91,19 @@ def every_cell(conn) -> list[tuple[str, object]]:
 
 def assert_cells_clean(cells) -> int:
     blobs = 0
+    dictionaries = {  # raw compressed with a trained dictionary (rawcodec) is searched decompressed too
+        d.id: d for d in (rawcodec.dictionary_of(bytes(v)) for w, v in cells if w == "raw_dictionaries.data")
+    }
     for where, value in cells:
         if isinstance(value, (bytes, bytearray, memoryview)):
             value = bytes(value)
             assert_clean(value, where)
             try:
-                value = zlib.decompress(value)
+                if value[:4] == rawcodec.ZSTD_MAGIC:
+                    dict_id = zstandard.get_frame_parameters(value).dict_id
+                    value = rawcodec.decode(value, dict_id or None, dictionaries.__getitem__)
+                else:
+                    value = zlib.decompress(value)
                 blobs += 1
             except zlib.error:
                 continue

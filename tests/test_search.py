@@ -19,7 +19,8 @@ import pytest
 
 from jobs_index import JobsIndex, parse_list_query
 from jobs_index.errors import BadRequest
-from jobs_index.normalize import decode_raw, from_history, from_queue
+from jobs_index.normalize import from_history, from_queue
+from jobs_index.rawcodec import decode_item as decode_raw
 from jobs_index.sample import realistic_history
 from jobs_index.search import SearchSyntaxError, document, fts5_match, highlight, matches, parse, tsquery, words
 

@@ -16,9 +16,11 @@ from jobs_index.database import (
     head_revision,
     make_engine,
     migrate,
+    migration_transaction,
     write_transaction,
 )
-from jobs_index.normalize import decode_raw, from_history, from_queue
+from jobs_index.normalize import from_history, from_queue
+from jobs_index.rawcodec import decode_item as decode_raw
 from jobs_index.sample import realistic_history
 from jobs_index.schema import Job
 from jobs_index.search import document, matches, parse
@@ -50,7 +52,10 @@ def seed_at_0005(engine, recs) -> list[tuple]:
     migrate(engine, BEFORE)
     nodes = sorted(n for r in recs for n in graph_nodes(r))
     with write_transaction(engine) as conn:
-        conn.execute(insert(Job.__table__), [{**r.as_row(), "indexed_at": 1} for r in recs])
+        conn.execute(
+            insert(Job.__table__),
+            [{k: v for k, v in {**r.as_row(), "indexed_at": 1}.items() if k != "raw_dict_id"} for r in recs],
+        )
         conn.execute(
             text("INSERT INTO job_nodes (job_id, node_id, class_type) VALUES (:a, :b, :c)"),
             [{"a": a, "b": b, "c": c} for a, b, c in nodes],
@@ -102,7 +107,7 @@ def test_upgrade_builds_what_ingest_writes_and_downgrade_brings_job_nodes_back(d
             with engine.begin() as conn:
                 conn.exec_driver_sql("INSERT INTO job_search_fts (job_search_fts, rank) VALUES ('integrity-check', 0)")
 
-        with write_transaction(engine) as conn:
+        with migration_transaction(engine) as conn:
             command.downgrade(alembic_config(conn), BEFORE)
         tables = set(inspect(engine).get_table_names())
         assert "job_nodes" in tables and not any(t.startswith("job_search") for t in tables)

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jobs_index.ingest import ObjectItems, import_dump, read_dump, records
-from jobs_index.normalize import decode_raw
+from jobs_index.rawcodec import decode_item as decode_raw
 from jobs_index.sample import synthetic_history
 
 from .test_reliability_limits import Trickle

@@ -13,8 +13,16 @@ from alembic import command
 from sqlalchemy import insert, inspect, text
 
 from jobs_index import JobsIndex
-from jobs_index.database import alembic_config, current_revision, make_engine, migrate, write_transaction
-from jobs_index.normalize import decode_raw, from_history, from_queue, output_files
+from jobs_index.database import (
+    alembic_config,
+    current_revision,
+    make_engine,
+    migrate,
+    migration_transaction,
+    write_transaction,
+)
+from jobs_index.normalize import from_history, from_queue, output_files
+from jobs_index.rawcodec import decode_item as decode_raw
 from jobs_index.sample import synthetic_history
 from jobs_index.schema import Job
 
@@ -67,7 +75,7 @@ def seed_records() -> list:
 
 
 def downgrade(engine, revision: str) -> None:
-    with write_transaction(engine) as conn:
+    with migration_transaction(engine) as conn:
         command.downgrade(alembic_config(conn), revision)
 
 
@@ -85,7 +93,14 @@ def test_upgrade_backfills_from_raw_then_downgrade_and_again(db_url):
             # a row of this older revision: no priority_json (revision 0006)
             conn.execute(
                 insert(Job.__table__),
-                [{k: v for k, v in {**r.as_row(), "indexed_at": 1}.items() if k != "priority_json"} for r in records],
+                [
+                    {
+                        k: v
+                        for k, v in {**r.as_row(), "indexed_at": 1}.items()
+                        if k not in ("priority_json", "raw_dict_id")
+                    }
+                    for r in records
+                ],
             )
         assert "job_outputs" not in tables_and_views(engine)[0]
 

@@ -18,7 +18,14 @@ from alembic import command
 from sqlalchemy import insert, text
 
 from jobs_index import JobsIndex
-from jobs_index.database import alembic_config, current_revision, make_engine, migrate, write_transaction
+from jobs_index.database import (
+    alembic_config,
+    current_revision,
+    make_engine,
+    migrate,
+    migration_transaction,
+    write_transaction,
+)
 from jobs_index.normalize import from_history
 from jobs_index.sample import synthetic_history
 from jobs_index.schema import Job
@@ -31,7 +38,7 @@ def records(n: int, seed: int) -> list:
 
 
 def downgrade(engine, revision: str) -> None:
-    with write_transaction(engine) as conn:
+    with migration_transaction(engine) as conn:
         command.downgrade(alembic_config(conn), revision)
 
 
@@ -56,7 +63,14 @@ def test_upgrade_seed_write_adhoc_downgrade(db_url):
             # a row of this older revision: no priority_json (revision 0006)
             conn.execute(
                 insert(Job.__table__),
-                [{k: v for k, v in {**r.as_row(), "indexed_at": 1}.items() if k != "priority_json"} for r in seeded],
+                [
+                    {
+                        k: v
+                        for k, v in {**r.as_row(), "indexed_at": 1}.items()
+                        if k not in ("priority_json", "raw_dict_id")
+                    }
+                    for r in seeded
+                ],
             )
         migrate(engine, REV_4)
         with engine.connect() as conn:
