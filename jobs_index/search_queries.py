@@ -28,8 +28,11 @@ job: cost grows with how far the page is, divided by the share of jobs that matc
 from __future__ import annotations
 
 import json
+import os
 import re
+import threading
 import weakref
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -43,6 +46,38 @@ from .queries import Position, page_columns_sql, page_start, unmatchable
 from .search import Document, document, fts5_match, tsquery
 
 SQLITE_IN_CHUNK = 900
+
+# Exact totals kept per data version (``count_matches``): how many (0: none).
+TOTALS_CACHE_ENV = "JOBS_INDEX_SEARCH_TOTALS_CACHE"
+TOTALS_CACHE_DEFAULT = 256
+
+
+def totals_cache_size() -> int:
+    value = os.environ.get(TOTALS_CACHE_ENV, "").strip()
+    return int(value) if value.isdigit() else TOTALS_CACHE_DEFAULT
+
+
+class TotalsCache:
+    """Up to ``size`` exact totals, least recently used first out; thread-safe."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[tuple, int] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> int | None:
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+            return found
+
+    def put(self, key: tuple, total: int) -> None:
+        with self._lock:
+            self._items[key] = total
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
 
 
 @dataclass(frozen=True)
@@ -141,6 +176,15 @@ class SearchStore:
         them than ``_count_sql`` (else None)."""
         return None
 
+    def totals(self, conn: Connection) -> TotalsCache | None:
+        """Where ``count_matches`` keeps totals for ``conn`` (None: it keeps none)."""
+        raise NotImplementedError
+
+    def data_version(self, conn: Connection) -> object | None:
+        """A value that is equal for two snapshots of ``conn``'s cache only if they hold
+        the same data (None: unknown, nothing is kept)."""
+        raise NotImplementedError
+
 
 class SqliteStore(SearchStore):
     dialect = "sqlite"
@@ -219,6 +263,28 @@ class SqliteStore(SearchStore):
             return None
         return int(_run(conn, _SQLITE_UNFILTERED_COUNT, values).scalar_one())
 
+    def totals(self, conn: Connection) -> TotalsCache | None:
+        # SQLite's data version is the connection's own: one cache per connection
+        # (the pool's connections live as long as the engine).
+        info = conn.connection.info
+        cache = info.get("search_totals")
+        if cache is None:
+            size = totals_cache_size()
+            if not size:
+                return None
+            cache = info["search_totals"] = TotalsCache(size)
+        return cache
+
+    def data_version(self, conn: Connection) -> object | None:
+        # ``PRAGMA data_version`` changes when another connection has committed since
+        # this connection's previous read (it is read in the current read transaction:
+        # the version of its snapshot); ``total_changes()`` counts this connection's
+        # own writes, which data_version does not see.
+        return tuple(conn.exec_driver_sql(_SQLITE_VERSION).one())
+
+
+_SQLITE_VERSION = "SELECT data_version, total_changes() FROM pragma_data_version"
+
 
 # The matching documents less the matching orphans (documents whose job_search row
 # went by other SQL): ORPHAN_PROBES at most, one FTS5 probe (rowid = and MATCH) each.
@@ -291,6 +357,33 @@ class PostgresStore(SearchStore):
             conn.exec_driver_sql("SET LOCAL enable_seqscan = off")  # (begins one if none has)
             _SEQSCAN_OFF.add(conn.get_transaction())
         return _run(conn, sql, values).fetchall()
+
+    def totals(self, conn: Connection) -> TotalsCache | None:
+        # A snapshot is the same on every connection of the cluster: one cache per
+        # engine (a database and search_path), shared by its connections.
+        cache = _PG_TOTALS.get(conn.engine)
+        if cache is None:
+            size = totals_cache_size()
+            if not size:
+                return None
+            cache = _PG_TOTALS.setdefault(conn.engine, TotalsCache(size))
+        return cache
+
+    def data_version(self, conn: Connection) -> object | None:
+        # Two equal snapshots (xmin:xmax:in-progress xids) see the same committed rows;
+        # a read at REPEATABLE READ reads this one for all its statements. Not in a
+        # transaction that wrote (its own writes are not in the snapshot's text), nor
+        # outside REPEATABLE READ (each statement would take its own snapshot).
+        snapshot, wrote, isolation = conn.exec_driver_sql(
+            "SELECT pg_current_snapshot()::text, pg_current_xact_id_if_assigned() IS NOT NULL, "
+            "current_setting('transaction_isolation')"
+        ).one()
+        if isolation not in ("repeatable read", "serializable"):
+            return None
+        return None if wrote else snapshot
+
+
+_PG_TOTALS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 # The transactions in which run_matching turned sequential scans off (weak: a
@@ -427,10 +520,32 @@ def _pg_text(sql: str) -> str:
 
 
 def count_matches(conn: Connection, query: ListQuery) -> int:
-    """The exact number of jobs matching ``query.search`` and its filters."""
+    """The exact number of jobs matching ``query.search`` and its filters.
+
+    Counting costs every match (0.1-1 us each: tens of ms for a common word at 1M
+    jobs), and a cursor walk, a refreshed page or the next page asks the same count
+    again. A count is kept (``TotalsCache``) under the data version of the snapshot
+    it was read from (``SearchStore.data_version``): any write, by jobs-index or by
+    other SQL, changes the version, so a kept count is only ever answered for the
+    very data it counted."""
     if not query.statuses or unmatchable(conn, column_text(query.workflow_id), query.source):
         return 0
     values = _values(conn, query)
+    search = store(conn)
+    cache = search.totals(conn)
+    version = search.data_version(conn) if cache is not None else None
+    key = (version, tuple(sorted(values.items())))
+    if version is not None and cache is not None:
+        found = cache.get(key)
+        if found is not None:
+            return found
+    total = _count(conn, query, values)
+    if version is not None and cache is not None:
+        cache.put(key, total)
+    return total
+
+
+def _count(conn: Connection, query: ListQuery, values: dict) -> int:
     unfiltered = query.workflow_id is None and query.source is None and query.since is None and query.until is None
     if query.all_statuses and unfiltered:
         found = store(conn).count_unfiltered(conn, values)

@@ -487,6 +487,49 @@ def test_search_filters_follow_updates_made_by_other_sql(index, backend):
         assert [r[0] for r in rows] == ["planted-3"]
 
 
+def test_kept_totals_follow_every_write(index, backend, monkeypatch):
+    """A total is kept under the data version of the snapshot it counted: a write by
+    jobs-index, by other SQL on another connection, or an UPDATE of a status changes
+    the version, and the next page counts again. Pages are asked on every pooled
+    connection (several reads in a row) so that each one's kept total is tested."""
+    from jobs_index import search_queries
+    from jobs_index.database import read_transaction
+
+    def totals(q: str, **filters) -> set[int]:
+        return {index.list_jobs(parse_list_query({"q": q, "limit": "1", **filters})).total for _ in range(6)}
+
+    def other_sql(sql: str) -> None:
+        if backend == "sqlite":  # the sqlite3 shell: its own connection, no jobs-index code
+            shell = sqlite3.connect(index.engine.url.database)
+            with shell:
+                shell.execute(sql)
+            shell.close()
+        else:
+            with index.engine.begin() as conn:
+                conn.exec_driver_sql(sql)
+
+    index.ingest([from_history(k, v) for k, v in planted()])
+    assert totals("fox") == {2} and totals("fox", status="failed") == {0}
+    with read_transaction(index.engine) as conn:  # the count was kept: asked again, not recounted
+        kept = search_queries.store(conn).totals(conn)
+        assert kept is not None and len(kept._items) >= 1
+    other_sql("DELETE FROM jobs WHERE id = 'planted-0'")
+    assert totals("fox") == {1}
+    index.ingest([from_history(k, v) for k, v in planted() if k == "planted-0"])
+    assert totals("fox") == {2}
+    other_sql("UPDATE jobs SET status = 'failed' WHERE id = 'planted-3'")
+    assert totals("fox", status="failed") == {1} and totals("fox") == {2}
+    index.delete_jobs(["planted-3"])
+    assert totals("fox") == {1} and totals("fox", status="failed") == {0}
+    # a walk by cursor keeps the total of its first page while nothing changes
+    walked, total = walk(index, {"q": "KSampler"}, limit=1)
+    assert total == len(walked) == len(set(walked)) == 3
+    # the cache off: the same answers, nothing kept
+    monkeypatch.setenv(search_queries.TOTALS_CACHE_ENV, "0")
+    assert search_queries.totals_cache_size() == 0
+    assert totals("fox") == {1}
+
+
 def ids_of(index, text: str, **filters) -> list[str]:
     return [job["id"] for job in index.list_jobs(parse_list_query({"q": text, **filters})).jobs]
 
