@@ -34,7 +34,7 @@ import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from sqlalchemy import Connection
@@ -90,10 +90,12 @@ class PlanCosts:
     prefix: float
 
 
-# SQLite, measured at 100k realistic jobs (benchmarks/results/search-*.md): one match
-# costs 1.6-4 us; one probe ~60-120 us for one word, more per word, ~30x more with a
-# prefix (FTS5 expands it again for every job).
-SQLITE_COSTS = PlanCosts(probe=40.0, prefix=30.0)
+# SQLite (benchmarks/results/search-floor-*.md): one match costs 1-4 us (its
+# ix_job_search_narrow entry, then the sort); the batched timeline (``_timeline_batched``)
+# tests a walked job for about as much per word: its index entries and its share of
+# one FTS5 query over the batch's docid range. A prefix is expanded once per range
+# query, and costs more the more words it stands for.
+SQLITE_COSTS = PlanCosts(probe=1.0, prefix=3.0)
 # PostgreSQL (search-notes.md): one match costs 3-7 us (a GIN bitmap heap visit of a
 # ~1.5 KB job_search row, then the sort); one probe 25-60 us (a primary-key lookup of
 # job_search and ``@@`` on its detoasted tsvector; a prefix costs no more there).
@@ -418,13 +420,16 @@ class _Shape:
 
 
 def _timeline_index(shape: _Shape) -> str:
+    """The index a timeline walk reads (``walked_query`` counts its jobs): with one
+    status, the status's own range, so that no job of another status is read."""
+    one = shape.statuses == 1
     if shape.sort_by == "created_at":
         if shape.workflow:
-            return schema.IX_WORKFLOW_CREATE_TIME
+            return schema.IX_WORKFLOW_STATUS if one else schema.IX_WORKFLOW_CREATE_TIME
         if shape.source:
-            return schema.IX_SOURCE_CREATE_TIME
-        return schema.IX_CREATE_TIME
-    return schema.IX_DURATION
+            return schema.IX_SOURCE_STATUS if one else schema.IX_SOURCE_CREATE_TIME
+        return schema.IX_STATUS_CREATE_TIME if one else schema.IX_CREATE_TIME
+    return schema.IX_STATUS_DURATION if one else schema.IX_DURATION
 
 
 def _filters(shape: _Shape, table: str) -> list[str]:
@@ -588,8 +593,11 @@ def choose_plan(
 
 
 def walked_query(query: ListQuery) -> ListQuery:
-    """The listing whose jobs a timeline-first plan walks: the index's own filter."""
+    """The listing whose jobs a timeline-first plan walks: the index's own filter
+    (``_timeline_index``)."""
+    one = len(query.statuses) == 1 and not query.all_statuses
     return ListQuery(
+        statuses=query.statuses if one else ListQuery().statuses,
         workflow_id=query.workflow_id if query.sort_by == "created_at" else None,
         source=query.source if query.sort_by == "created_at" and query.workflow_id is None else None,
     )
@@ -624,7 +632,75 @@ def select_page(
         values.update(after_value=after.value, after_id=after.id)
     if plan == "matches":
         return store(conn).run_matching(conn, _page_sql(shape), values)
+    if shape.dialect == "sqlite" and shape.sort_by == "created_at" and limit is not None:
+        return _timeline_batched(conn, shape, values, limit, offset)
     return _run(conn, _page_sql(shape), values).fetchall()
+
+
+# The batched timeline (SQLite): jobs walked this many at a time at first, then twice
+# as many each batch up to TIMELINE_BATCH_MAX; a batch's docids are tested by one FTS5
+# query per run of docids no more than TIMELINE_GAP apart.
+TIMELINE_BATCH_MIN, TIMELINE_BATCH_MAX, TIMELINE_GAP = 64, 4096, 512
+
+
+@lru_cache(maxsize=256)
+def _walk_sql(shape: _Shape) -> str:
+    """A batch of the timeline: the next jobs of the listing's own index, with the
+    docid of their search row (NULL: none, it cannot match)."""
+    tail, keyset = _order_tail(replace(shape, limit=True, offset=False), "jobs", "jobs.id")
+    where = [*_filters(shape, "jobs"), *keyset]
+    return (
+        f"SELECT jobs.id, jobs.create_time, s.docid FROM jobs INDEXED BY {_timeline_index(shape)} "
+        f"LEFT JOIN job_search AS s ON s.job_id = jobs.id{' WHERE ' + ' AND '.join(where) if where else ''}{tail}"
+    )
+
+
+_FTS5_RANGE = "SELECT rowid FROM job_search_fts WHERE job_search_fts MATCH ? AND rowid BETWEEN ? AND ?"
+
+
+def _timeline_batched(conn: Connection, shape: _Shape, values: dict, limit: int, offset: int) -> list:
+    """The timeline-first page on SQLite: the listing's index walked in batches, each
+    batch's jobs tested by a few FTS5 queries over its docid ranges (jobs imported
+    together have neighbouring docids) instead of one FTS5 query per job (~80 us
+    each for one word, ~250 us for two: the query is parsed and its doclists opened
+    every time). The same jobs, in the same order, as ``_page_sql``'s timeline."""
+    raw = conn.connection.dbapi_connection
+    assert raw is not None
+    need, found = offset + limit, list[str]()
+    batch = max(TIMELINE_BATCH_MIN, 4 * need)
+    step = dict(values)
+    walk = _walk_sql(shape)  # the first batch starts where the page does
+    while len(found) < need:
+        step["limit"] = min(batch, TIMELINE_BATCH_MAX)
+        rows = conn.exec_driver_sql(walk, step).fetchall()
+        if not rows:
+            break
+        docids = sorted(row[2] for row in rows if row[2] is not None)
+        matching: set[int] = set()
+        start = 0
+        for i in range(1, len(docids) + 1):
+            if i == len(docids) or docids[i] - docids[i - 1] > TIMELINE_GAP:
+                matching.update(
+                    r[0] for r in raw.execute(_FTS5_RANGE, (values["m"], docids[start], docids[i - 1])).fetchall()
+                )
+                start = i
+        found += [row[0] for row in rows if row[2] in matching]
+        if len(rows) < step["limit"]:
+            break
+        step.update(after_value=rows[-1][1], after_id=rows[-1][0])  # the next batch: after the last job walked
+        walk = _walk_sql(replace(shape, after=True))
+        batch *= 2
+    ids = found[offset:need]
+    if not ids:
+        return []
+    direction = "DESC" if shape.descending else "ASC"
+    return list(
+        conn.exec_driver_sql(
+            f"SELECT {page_columns_sql('sqlite')} FROM jobs WHERE jobs.id IN ({', '.join('?' * len(ids))}) "
+            f"ORDER BY jobs.create_time {direction}, jobs.id {direction}",
+            tuple(ids),
+        ).fetchall()
+    )
 
 
 def job_details(conn: Connection, ids: Sequence[str]) -> dict[str, tuple]:

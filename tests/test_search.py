@@ -338,6 +338,37 @@ def test_both_plans_answer_the_same(searched):
             )
 
 
+@pytest.mark.parametrize("batch, gap", [(64, 512), (2, 1), (3, 40)])
+def test_batched_timeline_pages_are_the_matches_pages(searched, monkeypatch, batch, gap):
+    """SQLite walks the timeline in batches tested by FTS5 queries over docid ranges:
+    every page (limits, offsets, cursors, filters) is the matches plan's, whatever the
+    batch size and however the docids are split into ranges."""
+    from jobs_index import search_queries
+    from jobs_index.database import read_transaction
+    from jobs_index.queries import Position
+
+    monkeypatch.setattr(search_queries, "TIMELINE_BATCH_MIN", batch)
+    monkeypatch.setattr(search_queries, "TIMELINE_GAP", gap)
+    index, records = searched
+    for text in ("a", "fox", "ka*", "masterpiece best", '"best quality" -portrait', "nothingmatchesthis"):
+        for params in ({}, {"status": "completed"}, {"status": "completed,failed"}, {"sort_order": "asc"}):
+            query = parse_list_query({**params, "q": text})
+            with read_transaction(index.engine) as conn:
+                every = [r[0] for r in search_queries.select_page(conn, query, plan="matches", limit=None)]
+                statuses = params["status"].split(",") if "status" in params else None
+                descending = params.get("sort_order", "desc") == "desc"
+                expected = reference(records, text, statuses=statuses)
+                assert every == (expected if descending else expected[::-1])
+                for limit, offset in ((1, 0), (5, 0), (50, 0), (7, 3), (50, 130), (3, len(every))):
+                    page = search_queries.select_page(conn, query, plan="timeline", limit=limit, offset=offset)
+                    assert [r[0] for r in page] == every[offset : offset + limit], (text, params, limit, offset)
+                for cut in range(0, len(every), max(1, len(every) // 5)):  # after each of a few jobs
+                    row = search_queries.select_page(conn, query, plan="matches", limit=1, offset=cut)[0]
+                    after = Position(row[1], row[0])
+                    page = search_queries.select_page(conn, query, plan="timeline", limit=9, after=after)
+                    assert [r[0] for r in page] == every[cut + 1 : cut + 10], (text, params, cut)
+
+
 def test_the_issues_questions_against_the_raw_graphs(searched):
     """No tokenizer in the reference: each answer checked on the raw items."""
     index, records = searched
