@@ -13,8 +13,10 @@ warm, through the bare driver (no HTTP, no JSON):
   (each match's ``ix_job_search_narrow`` entry: filters, orphans);
 * ``matches page``: the matches-first page (every match read and its sort key sorted,
   50 + 1 kept) without the count;
-* ``timeline page``: the timeline-first page (the listing's index walked, one FTS5
-  probe per job) without the count;
+* ``timeline page``: the timeline-first page (the listing's index walked in batches,
+  one FTS5 query per docid range of a batch) without the count;
+* ``timeline, probe per job``: the same page as before the batched walk (one FTS5
+  query per walked job);
 * ``probe``: one FTS5 probe (``rowid = ? AND MATCH``) of a job, averaged over 200 jobs;
 * ``list_jobs``: the whole page as the server builds it, totals cache off (the count,
   the plan, the page, the JSON).
@@ -76,6 +78,14 @@ def measure(index: JobsIndex, q: str, status: str | None, repeat: int) -> dict:
             row[f"{plan} page"], _ = timed(
                 lambda plan=plan: search_queries.select_page(conn, query, plan=plan, limit=51), max(1, repeat // 2)
             )
+        # the timeline as before the batched walk: one FTS5 query per walked job
+        shape = search_queries._Shape(
+            "sqlite", "timeline", "created_at", True, 0 if status is None else 1, False, False, False, True, False
+        )
+        row["timeline, probe per job"], _ = timed(
+            lambda: search_queries._run(conn, search_queries._page_sql(shape), {**values, "limit": 51}).fetchall(),
+            max(1, repeat // 2),
+        )
         docids = [
             r[0] for r in raw.execute("SELECT docid FROM job_search ORDER BY create_time DESC LIMIT 200").fetchall()
         ]
@@ -94,6 +104,7 @@ COLUMNS = (
     "joined count",
     "matches page",
     "timeline page",
+    "timeline, probe per job",
     "probe us",
     "list_jobs",
 )
