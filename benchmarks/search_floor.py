@@ -9,6 +9,7 @@ For each query (alone and with ``status=failed``), median of ``--repeat`` runs, 
 warm, through the bare driver (no HTTP, no JSON):
 
 * ``fts5 count``: ``count(*)`` of the FTS5 table alone (walks the doclists);
+* ``fts5vocab doc``: the per-term document count of an ``fts5vocab`` table (one word);
 * ``joined count``: the count ``count_matches`` runs when it cannot use FTS5 alone
   (each match's ``ix_job_search_narrow`` entry: filters, orphans);
 * ``matches page``: the matches-first page (every match read and its sort key sorted,
@@ -70,6 +71,16 @@ def measure(index: JobsIndex, q: str, status: str | None, repeat: int) -> dict:
             ).fetchone()[0],
             repeat,
         )
+        # fts5vocab's per-term document count (one word, no prefix): does it read less?
+        raw.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.search_vocab USING fts5vocab(main, job_search_fts, row)")
+        single = " " not in q and not q.endswith("*") and not q.startswith('"')
+        row["fts5vocab doc"], _ = (
+            timed(
+                lambda: raw.execute("SELECT doc FROM temp.search_vocab WHERE term = ?", (q.lower(),)).fetchall(), repeat
+            )
+            if single
+            else (float("nan"), None)
+        )
         sql = search_queries._count_sql("sqlite", 0 if status is None else 1, False, False)
         row["joined count"], total = timed(lambda: search_queries._run(conn, sql, values).scalar_one(), repeat)
         row["matches"] = total
@@ -101,6 +112,7 @@ def measure(index: JobsIndex, q: str, status: str | None, repeat: int) -> dict:
 
 COLUMNS = (
     "fts5 count",
+    "fts5vocab doc",
     "joined count",
     "matches page",
     "timeline page",
