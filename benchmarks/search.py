@@ -472,7 +472,11 @@ def main() -> None:
                 query = parse_list_query(case.params)
                 jobs = [
                     queries.count_total(conn, q)
-                    for q in (search_queries.walked_query(query), replace(query, search=None), ListQuery())
+                    for q in (
+                        search_queries.walked_query(query, conn.dialect.name),
+                        replace(query, search=None),
+                        ListQuery(),
+                    )
                 ]
                 case.plan = search_queries.choose_plan(query, total, 51, *jobs, dialect=conn.dialect.name)
     finally:

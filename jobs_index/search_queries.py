@@ -592,10 +592,13 @@ def choose_plan(
     return "timeline" if read + probes * probe < scanned else "matches"
 
 
-def walked_query(query: ListQuery) -> ListQuery:
+def walked_query(query: ListQuery, dialect: str = "sqlite") -> ListQuery:
     """The listing whose jobs a timeline-first plan walks: the index's own filter
-    (``_timeline_index``)."""
+    (``_timeline_index``; SQLite without a workflow or source filter: every search
+    row, ``_walk_sql``)."""
     one = len(query.statuses) == 1 and not query.all_statuses
+    if dialect == "sqlite" and query.sort_by == "created_at" and query.workflow_id is None and query.source is None:
+        one = False
     return ListQuery(
         statuses=query.statuses if one else ListQuery().statuses,
         workflow_id=query.workflow_id if query.sort_by == "created_at" else None,
@@ -645,14 +648,28 @@ TIMELINE_BATCH_MIN, TIMELINE_BATCH_MAX, TIMELINE_GAP = 64, 4096, 512
 
 @lru_cache(maxsize=256)
 def _walk_sql(shape: _Shape) -> str:
-    """A batch of the timeline: the next jobs of the listing's own index, with the
-    docid of their search row (NULL: none, it cannot match)."""
+    """A batch of the timeline: the next jobs with search rows, in the listing's
+    order, with their docids. Without a workflow or source filter, from
+    ``ix_job_search_timeline`` (revision 0010_search_timeline: sort key, id, status
+    and docid in one index, on job_search's copies of the listing columns, as the
+    matches-first plan reads them); with one, the listing's own ``jobs`` index and
+    each job's docid looked up (a jobs row without a search row cannot match)."""
+    if not shape.workflow and not shape.source:
+        tail, keyset = _order_tail(replace(shape, limit=True, offset=False), "s", "s.job_id")
+        where = [*_filters(shape, "s"), *keyset]
+        return (
+            f"SELECT s.job_id, s.create_time, s.docid FROM job_search AS s INDEXED BY {SQLITE_TIMELINE_INDEX}"
+            f"{' WHERE ' + ' AND '.join(where) if where else ''}{tail}"
+        )
     tail, keyset = _order_tail(replace(shape, limit=True, offset=False), "jobs", "jobs.id")
     where = [*_filters(shape, "jobs"), *keyset]
     return (
         f"SELECT jobs.id, jobs.create_time, s.docid FROM jobs INDEXED BY {_timeline_index(shape)} "
         f"LEFT JOIN job_search AS s ON s.job_id = jobs.id{' WHERE ' + ' AND '.join(where) if where else ''}{tail}"
     )
+
+
+SQLITE_TIMELINE_INDEX = "ix_job_search_timeline"
 
 
 _FTS5_RANGE = "SELECT rowid FROM job_search_fts WHERE job_search_fts MATCH ? AND rowid BETWEEN ? AND ?"
