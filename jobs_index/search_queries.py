@@ -88,14 +88,17 @@ class PlanCosts:
 
     probe: float
     prefix: float
+    walk: float = 1.0  # reading one job of the timeline walk, before its test
 
 
 # SQLite (benchmarks/results/search-floor-*.md): one match costs 1-4 us (its
 # ix_job_search_narrow entry, then the sort); the batched timeline (``_timeline_batched``)
-# tests a walked job for about as much per word: its index entries and its share of
-# one FTS5 query over the batch's docid range. A prefix is expanded once per range
+# tests a walked job for about half as much per word: its share of one FTS5 query
+# over the batch's docid range. A prefix is expanded once per range
 # query, and costs more the more words it stands for.
-SQLITE_COSTS = PlanCosts(probe=1.0, prefix=3.0)
+# The walk reads one index entry per job (``ix_job_search_timeline``, revision
+# 0010_search_timeline), ~0.3 of a match (benchmarks/results/search-floor-*.md).
+SQLITE_COSTS = PlanCosts(probe=0.5, prefix=3.0, walk=0.3)
 # PostgreSQL (search-notes.md): one match costs 3-7 us (a GIN bitmap heap visit of a
 # ~1.5 KB job_search row, then the sort); one probe 25-60 us (a primary-key lookup of
 # job_search and ``@@`` on its detoasted tsvector; a prefix costs no more there).
@@ -589,7 +592,7 @@ def choose_plan(
     terms = search.terms
     costs = _STORES[dialect].costs
     probe = costs.probe * sum(len(t.words) for t in terms) * (costs.prefix if any(t.prefix for t in terms) else 1)
-    return "timeline" if read + probes * probe < scanned else "matches"
+    return "timeline" if read * costs.walk + probes * probe < scanned else "matches"
 
 
 def walked_query(query: ListQuery, dialect: str = "sqlite") -> ListQuery:
