@@ -97,8 +97,14 @@ class PlanCosts:
 # over the batch's docid range. A prefix is expanded once per range
 # query, and costs more the more words it stands for.
 # The walk reads one index entry per job (``ix_job_search_timeline``, revision
-# 0010_search_timeline), ~0.3 of a match (benchmarks/results/search-floor-*.md).
+# 0010_search_timeline), ~0.3 of a match (benchmarks/results/search-floor-*.md);
+# with a workflow or source filter it walks jobs' index and looks each docid up
+# (SQLITE_JOINED_WALK: a random seek, 3-20 us at 1M jobs). Sorted by duration, the
+# timeline is not batched: one FTS5 query per job (SQLITE_PROBED: 60-800 us each,
+# ~30x more with a prefix, which FTS5 expands again for every job).
 SQLITE_COSTS = PlanCosts(probe=0.5, prefix=3.0, walk=0.3)
+SQLITE_JOINED_WALK = PlanCosts(probe=0.5, prefix=3.0, walk=4.0)
+SQLITE_PROBED = PlanCosts(probe=40.0, prefix=30.0)
 # PostgreSQL (search-notes.md): one match costs 3-7 us (a GIN bitmap heap visit of a
 # ~1.5 KB job_search row, then the sort); one probe 25-60 us (a primary-key lookup of
 # job_search and ``@@`` on its detoasted tsvector; a prefix costs no more there).
@@ -167,6 +173,10 @@ class SearchStore:
     matches_from = match_condition = ""
 
     costs = SQLITE_COSTS
+
+    def costs_of(self, query: ListQuery) -> PlanCosts:
+        """The plans' costs for ``query``."""
+        return self.costs
 
     def probe_sql(self) -> str:
         """A condition on a ``jobs`` row: does it match ``:m``?"""
@@ -240,6 +250,14 @@ class SqliteStore(SearchStore):
 
     def match_value(self, query) -> str:
         return fts5_match(query)
+
+    def costs_of(self, query: ListQuery) -> PlanCosts:
+        """The timeline's costs for ``query`` (``select_page``'s three walks)."""
+        if query.sort_by != "created_at":
+            return SQLITE_PROBED
+        if query.workflow_id is not None or query.source is not None:
+            return SQLITE_JOINED_WALK
+        return SQLITE_COSTS
 
     # CROSS JOIN: SQLite keeps this join order (it could otherwise run the full-text
     # query once per job of some other index).
@@ -590,7 +608,7 @@ def choose_plan(
     search = query.search
     assert search is not None, "the plan of a search listing (JobStream asks only for one)"
     terms = search.terms
-    costs = _STORES[dialect].costs
+    costs = _STORES[dialect].costs_of(query)
     probe = costs.probe * sum(len(t.words) for t in terms) * (costs.prefix if any(t.prefix for t in terms) else 1)
     return "timeline" if read * costs.walk + probes * probe < scanned else "matches"
 

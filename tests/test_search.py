@@ -683,3 +683,18 @@ def test_random_histories_and_queries_match_the_reference(index):
         status = rng.choice(["completed", "failed"])
         assert walk(index, {"q": text, "status": status}, limit=5)[0] == reference(records, text, statuses=[status])
     assert asked >= 40
+
+
+def test_sqlite_plan_costs_follow_the_walk_each_listing_takes():
+    """SQLite's timeline is cheap per job only when it walks ix_job_search_timeline
+    (sorted by time, no workflow or source filter); sorted by duration it probes FTS5
+    per job, so a 2 % word at 1M jobs sorts its matches there."""
+    from jobs_index.search_queries import choose_plan
+
+    def plan(total: int, **params) -> str:
+        query = parse_list_query({"q": "podor", **params})
+        return choose_plan(query, total, 51, 1_000_000, 1_000_000, 1_000_000, dialect="sqlite")
+
+    assert plan(20_000) == "timeline"
+    assert plan(20_000, sort_by="execution_duration") == "matches"
+    assert plan(10_000) == "timeline" and plan(10_000, source="studio") == "matches"  # ~5k docid lookups
