@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import subprocess
 import sys
 import time
@@ -84,7 +85,7 @@ def base_tree(commit: str) -> Path:
     return tree
 
 
-def run_import(url: str, path: Path, cwd: Path) -> tuple[float, str]:
+def run_import(url: str, path: Path, cwd: Path) -> tuple[float, float, str]:
     command = [
         sys.executable,
         "-c",
@@ -96,12 +97,15 @@ def run_import(url: str, path: Path, cwd: Path) -> tuple[float, str]:
         "import",
         str(path),
     ]
+    before = os.times()
     started = time.perf_counter()
     done = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
     wall = time.perf_counter() - started
+    after = os.times()
+    cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
     if done.returncode != 0:
         raise RuntimeError(f"import failed: {done.stderr[-2000:]}")
-    return wall, (done.stdout.strip().splitlines() or [""])[-1]
+    return wall, cpu, (done.stdout.strip().splitlines() or [""])[-1]
 
 
 def disk(target: Target, n: int) -> dict:
@@ -142,13 +146,13 @@ def disk(target: Target, n: int) -> dict:
 def build(target: Target, path: Path, cwd: Path, n: int) -> dict:
     target.reset()
     log(f"  import {path.name} into {target.url} (code: {cwd.name})")
-    wall, summary = run_import(target.url, path, cwd)
+    wall, cpu, summary = run_import(target.url, path, cwd)
     if target.backend == "postgresql":  # what autovacuum would do after a bulk load
         engine = create_engine(target.url)
         with engine.connect() as conn:
             conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("ANALYZE"))
         engine.dispose()
-    return {"wall_s": wall, "jobs_per_s": n / wall, "summary": summary, "disk": disk(target, n)}
+    return {"wall_s": wall, "cpu_s": cpu, "jobs_per_s": n / wall, "summary": summary, "disk": disk(target, n)}
 
 
 def count(index: JobsIndex, q: str, status: str | None = None) -> int:
@@ -216,7 +220,18 @@ def listing_cases() -> list[Case]:
     ]
 
 
-def series(url: str, cases: list[Case], args, cwd: Path = ROOT, raw: bool = False) -> dict:
+def server_env(cache: bool) -> dict[str, str]:
+    """The environment of a ``serve`` process: the search totals cache on (its default)
+    or off (every request counts its total, as before the cache)."""
+    env = {k: v for k, v in os.environ.items() if k != search_queries.TOTALS_CACHE_ENV}
+    if not cache:
+        env[search_queries.TOTALS_CACHE_ENV] = "0"
+    return env
+
+
+def series(
+    url: str, cases: list[Case], args, cwd: Path = ROOT, raw: bool = False, env: dict[str, str] | None = None
+) -> dict:
     """p50/p99 over HTTP. The code in ``cwd`` serves (``jobs-index serve`` in its own
     process), so the base index is served, unchanged, by the base code."""
     import socket
@@ -237,7 +252,9 @@ def series(url: str, cases: list[Case], args, cwd: Path = ROOT, raw: bool = Fals
         "--port",
         str(port),
     ]
-    server = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env or server_env(True)
+    )
     base = f"http://127.0.0.1:{port}/api/jobs"
     try:
         for _ in range(600):
@@ -277,14 +294,15 @@ def has_search(target: Target) -> bool:
         engine.dispose()
 
 
-def series_pair(targets: dict, cases: list[Case], args, cwd: dict) -> dict:
-    """``series`` of the base and this code, alternating by rounds (one round each,
-    three times), so that both see the same load on a shared machine."""
+def series_pair(targets: dict, cases: list[Case], args, cwd: dict, env: dict | None = None) -> dict:
+    """``series`` of the base and this code (or of ``env``'s two environments),
+    alternating by rounds (one round each, three times), so that both see the same
+    load on a shared machine."""
     one = argparse.Namespace(**{**vars(args), "requests": max(1, args.requests // 3)})
     runs: dict[str, list[dict]] = {"base": [], "search": []}
     for _ in range(3):
         for label in ("base", "search"):
-            runs[label].append(series(targets[label].url, cases, one, cwd[label], raw=True))
+            runs[label].append(series(targets[label].url, cases, one, cwd[label], raw=True, env=(env or {}).get(label)))
     out = {}
     for label, parts in runs.items():
         out[label] = {}
@@ -312,15 +330,19 @@ def render(args, facts: dict) -> str:
         "",
         "## Import (`jobs-index import <dump>` in its own process) and disk",
         "",
-        "| code | wall s | jobs/s | bytes/job | summary |",
-        "| --- | ---: | ---: | ---: | --- |",
+        "| code | wall s | CPU s | jobs/s | bytes/job | summary |",
+        "| --- | ---: | ---: | ---: | ---: | --- |",
     ]
-    for label in ("base", "search"):
+    labels = [label for label in ("base", "search") if label in b]
+    for label in labels:
         r = b[label]
+        cpu = f"{r['cpu_s']:.0f}" if "cpu_s" in r else "-"
         lines.append(
-            f"| {label} | {r['wall_s']:.1f} | **{r['jobs_per_s']:,.0f}** | **{r['disk']['per_job']:,.0f}** "
+            f"| {label} | {r['wall_s']:.1f} | {cpu} | **{r['jobs_per_s']:,.0f}** | **{r['disk']['per_job']:,.0f}** "
             f"| {r['summary']} |"
         )
+    if "base" not in b:
+        lines += ["", "The base index was not built in this run (`--no-base`)."]
     lines += [
         "",
         "Bytes per job by table and index (largest first):",
@@ -329,7 +351,7 @@ def render(args, facts: dict) -> str:
         "| --- | ---: | ---: |",
     ]
     parts = {}
-    for label in ("base", "search"):
+    for label in labels:
         for name, size in b[label]["disk"]["parts"]:
             parts.setdefault(name, {})[label] = size / n
     for name, sizes in sorted(parts.items(), key=lambda kv: -max(kv[1].values())):
@@ -344,7 +366,10 @@ def render(args, facts: dict) -> str:
     before = facts.get("search_base")
     if before:
         lines += [
-            "Before (`--base` code on its own index) and after (this code), interleaved in one run:",
+            f"Before ({facts.get('before', '`--base` code on its own index')}) and after (this code), "
+            "interleaved in one run. A repeated request finds its total kept (the totals cache, keyed by "
+            "the data version): the first request of a query, and every request after a write, costs "
+            "the after p50 plus about the exact total's in-process cost:",
             "",
             "| query | before p50 ms | **after p50 ms** | before p99 | after p99 | jobs | total "
             "| exact total alone, in-process ms (after) | plan (after) | note |",
@@ -378,8 +403,9 @@ def render(args, facts: dict) -> str:
         "| query | base index p50 ms | search index p50 ms | base p99 | search p99 |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
+    nothing = {"p50": float("nan"), "p99": float("nan")}
     for name in facts["listing"]["search"]:
-        a, s = facts["listing"]["base"][name], facts["listing"]["search"][name]
+        a, s = facts["listing"].get("base", {}).get(name, nothing), facts["listing"]["search"][name]
         lines.append(f"| {name} | {a['p50']:.2f} | {s['p50']:.2f} | {a['p99']:.2f} | {s['p99']:.2f} |")
     return "\n".join(lines) + "\n"
 
@@ -394,6 +420,18 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--reuse", action="store_true", help="reuse indexes built by an earlier run")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument(
+        "--no-base",
+        action="store_true",
+        help="build only this code's index (at 1M the base build costs half an hour); the base's rows "
+        "and pages are left out unless an earlier run left its index",
+    )
+    ap.add_argument("--build-only", action="store_true", help="import (and record the build), no pages")
+    ap.add_argument(
+        "--no-cache-pair",
+        action="store_true",
+        help="when the base has no search: do not also serve this code with the totals cache off",
+    )
     args = ap.parse_args()
     n = args.jobs
     path = dump(args.dataset, n)
@@ -403,11 +441,16 @@ def main() -> None:
     }
     cwd = {"base": base_tree(args.base), "search": ROOT}
     sidecar = WORK / f"search-{targets['search'].backend}-{args.dataset}-{n}.build.json"
-    if args.reuse and sidecar.exists():
-        built = json.loads(sidecar.read_text())
-    else:
-        built = {label: build(targets[label], path, cwd[label], n) for label in ("base", "search")}
+    built = json.loads(sidecar.read_text()) if sidecar.exists() else {}
+    if not args.reuse or "search" not in built:
+        labels = ("search",) if args.no_base else ("base", "search")
+        built = {**built, **{label: build(targets[label], path, cwd[label], n) for label in labels}}
+        if args.no_base and not (targets["base"].backend == "sqlite" and targets["base"].path.exists()):
+            built.pop("base", None)  # an earlier run's base figures, but its index is gone
         sidecar.write_text(json.dumps(built))
+    if args.build_only:
+        return
+    with_base = "base" in built
     facts = {
         "backend": targets["search"].backend,
         "date": dt.datetime.now().isoformat(timespec="seconds"),
@@ -417,6 +460,7 @@ def main() -> None:
         "build": built,
         "load": [],
     }
+    os.environ[search_queries.TOTALS_CACHE_ENV] = "0"  # in-process counts below: each one counted
     index = JobsIndex.open(targets["search"].url)
     try:
         terms = pick_terms(index, n, RealisticVocabulary(), args.dataset)
@@ -428,20 +472,31 @@ def main() -> None:
                 query = parse_list_query(case.params)
                 jobs = [
                     queries.count_total(conn, q)
-                    for q in (search_queries.walked_query(query), replace(query, search=None), ListQuery())
+                    for q in (
+                        search_queries.walked_query(query, conn.dialect.name),
+                        replace(query, search=None),
+                        ListQuery(),
+                    )
                 ]
                 case.plan = search_queries.choose_plan(query, total, 51, *jobs, dialect=conn.dialect.name)
     finally:
         index.close()
     facts["cases"] = [{"name": c.name, "params": c.params, "note": c.note, "plan": c.plan} for c in cases]
     log(f"  {len(cases)} search cases over HTTP")
-    if has_search(targets["base"]):  # the same cases on the base index, base code, same run
+    if with_base and has_search(targets["base"]):  # the same cases on the base index, base code, same run
         both = series_pair(targets, cases, args, cwd)
         facts["search_base"], facts["search"] = both["base"], both["search"]
+    elif not args.no_cache_pair:  # this code, totals cache off (before) and on (after), same index, same run
+        same = {"base": targets["search"], "search": targets["search"]}
+        env = {"base": server_env(False), "search": server_env(True)}
+        both = series_pair(same, cases, args, {"base": ROOT, "search": ROOT}, env)
+        facts["search_base"], facts["search"] = both["base"], both["search"]
+        facts["before"] = f"this code with the totals cache off (`{search_queries.TOTALS_CACHE_ENV}=0`)"
     else:
         facts["search"] = series(targets["search"].url, cases, args)
     facts["listing"] = {
-        label: series(targets[label].url, listing_cases(), args, cwd[label]) for label in ("base", "search")
+        label: series(targets[label].url, listing_cases(), args, cwd[label])
+        for label in (("base", "search") if with_base else ("search",))
     }
     report = render(args, facts)
     print(report)

@@ -28,10 +28,13 @@ job: cost grows with how far the page is, divided by the share of jobs that matc
 from __future__ import annotations
 
 import json
+import os
 import re
+import threading
 import weakref
+from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from sqlalchemy import Connection
@@ -44,6 +47,38 @@ from .search import Document, document, fts5_match, tsquery
 
 SQLITE_IN_CHUNK = 900
 
+# Exact totals kept per data version (``count_matches``): how many (0: none).
+TOTALS_CACHE_ENV = "JOBS_INDEX_SEARCH_TOTALS_CACHE"
+TOTALS_CACHE_DEFAULT = 256
+
+
+def totals_cache_size() -> int:
+    value = os.environ.get(TOTALS_CACHE_ENV, "").strip()
+    return int(value) if value.isdigit() else TOTALS_CACHE_DEFAULT
+
+
+class TotalsCache:
+    """Up to ``size`` exact totals, least recently used first out; thread-safe."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[tuple, int] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> int | None:
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+            return found
+
+    def put(self, key: tuple, total: int) -> None:
+        with self._lock:
+            self._items[key] = total
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
 
 @dataclass(frozen=True)
 class PlanCosts:
@@ -53,12 +88,23 @@ class PlanCosts:
 
     probe: float
     prefix: float
+    walk: float = 1.0  # reading one job of the timeline walk, before its test
 
 
-# SQLite, measured at 100k realistic jobs (benchmarks/results/search-*.md): one match
-# costs 1.6-4 us; one probe ~60-120 us for one word, more per word, ~30x more with a
-# prefix (FTS5 expands it again for every job).
-SQLITE_COSTS = PlanCosts(probe=40.0, prefix=30.0)
+# SQLite (benchmarks/results/search-floor-*.md): one match costs 1-4 us (its
+# ix_job_search_narrow entry, then the sort); the batched timeline (``_timeline_batched``)
+# tests a walked job for about half as much per word: its share of one FTS5 query
+# over the batch's docid range. A prefix is expanded once per range
+# query, and costs more the more words it stands for.
+# The walk reads one index entry per job (``ix_job_search_timeline``, revision
+# 0011_search_timeline), ~0.3 of a match (benchmarks/results/search-floor-*.md);
+# with a workflow or source filter it walks jobs' index and looks each docid up
+# (SQLITE_JOINED_WALK: a random seek, 3-20 us at 1M jobs). Sorted by duration, the
+# timeline is not batched: one FTS5 query per job (SQLITE_PROBED: 60-800 us each,
+# ~30x more with a prefix, which FTS5 expands again for every job).
+SQLITE_COSTS = PlanCosts(probe=0.5, prefix=3.0, walk=0.3)
+SQLITE_JOINED_WALK = PlanCosts(probe=0.5, prefix=3.0, walk=4.0)
+SQLITE_PROBED = PlanCosts(probe=40.0, prefix=30.0)
 # PostgreSQL (search-notes.md): one match costs 3-7 us (a GIN bitmap heap visit of a
 # ~1.5 KB job_search row, then the sort); one probe 25-60 us (a primary-key lookup of
 # job_search and ``@@`` on its detoasted tsvector; a prefix costs no more there).
@@ -135,6 +181,10 @@ class SearchStore:
 
     costs = SQLITE_COSTS
 
+    def costs_of(self, query: ListQuery) -> PlanCosts:
+        """The plans' costs for ``query``."""
+        return self.costs
+
     def probe_sql(self) -> str:
         """A condition on a ``jobs`` row: does it match ``:m``?"""
         raise NotImplementedError
@@ -147,6 +197,15 @@ class SearchStore:
         """The matches of ``:m`` without filters if the engine has a faster way to count
         them than ``_count_sql`` (else None)."""
         return None
+
+    def totals(self, conn: Connection) -> TotalsCache | None:
+        """Where ``count_matches`` keeps totals for ``conn`` (None: it keeps none)."""
+        raise NotImplementedError
+
+    def data_version(self, conn: Connection) -> object | None:
+        """A value that is equal for two snapshots of ``conn``'s cache only if they hold
+        the same data (None: unknown, nothing is kept)."""
+        raise NotImplementedError
 
 
 class SqliteStore(SearchStore):
@@ -201,6 +260,14 @@ class SqliteStore(SearchStore):
     def match_value(self, query) -> str:
         return fts5_match(query)
 
+    def costs_of(self, query: ListQuery) -> PlanCosts:
+        """The timeline's costs for ``query`` (``select_page``'s three walks)."""
+        if query.sort_by != "created_at":
+            return SQLITE_PROBED
+        if query.workflow_id is not None or query.source is not None:
+            return SQLITE_JOINED_WALK
+        return SQLITE_COSTS
+
     # CROSS JOIN: SQLite keeps this join order (it could otherwise run the full-text
     # query once per job of some other index).
     # ix_job_search_narrow (revision 0009_search_narrow) covers every column a count
@@ -227,6 +294,28 @@ class SqliteStore(SearchStore):
         if orphans.scalar_one() > ORPHAN_PROBES:
             return None
         return int(_run(conn, _SQLITE_UNFILTERED_COUNT, values).scalar_one())
+
+    def totals(self, conn: Connection) -> TotalsCache | None:
+        # SQLite's data version is the connection's own: one cache per connection
+        # (the pool's connections live as long as the engine).
+        info = conn.connection.info
+        cache = info.get("search_totals")
+        if cache is None:
+            size = totals_cache_size()
+            if not size:
+                return None
+            cache = info["search_totals"] = TotalsCache(size)
+        return cache
+
+    def data_version(self, conn: Connection) -> object | None:
+        # ``PRAGMA data_version`` changes when another connection has committed since
+        # this connection's previous read (it is read in the current read transaction:
+        # the version of its snapshot); ``total_changes()`` counts this connection's
+        # own writes, which data_version does not see.
+        return tuple(conn.exec_driver_sql(_SQLITE_VERSION).one())
+
+
+_SQLITE_VERSION = "SELECT data_version, total_changes() FROM pragma_data_version"
 
 
 # The matching documents less the matching orphans (documents whose job_search row
@@ -301,6 +390,33 @@ class PostgresStore(SearchStore):
             _SEQSCAN_OFF.add(conn.get_transaction())
         return _run(conn, sql, values).fetchall()
 
+    def totals(self, conn: Connection) -> TotalsCache | None:
+        # A snapshot is the same on every connection of the cluster: one cache per
+        # engine (a database and search_path), shared by its connections.
+        cache = _PG_TOTALS.get(conn.engine)
+        if cache is None:
+            size = totals_cache_size()
+            if not size:
+                return None
+            cache = _PG_TOTALS.setdefault(conn.engine, TotalsCache(size))
+        return cache
+
+    def data_version(self, conn: Connection) -> object | None:
+        # Two equal snapshots (xmin:xmax:in-progress xids) see the same committed rows;
+        # a read at REPEATABLE READ reads this one for all its statements. Not in a
+        # transaction that wrote (its own writes are not in the snapshot's text), nor
+        # outside REPEATABLE READ (each statement would take its own snapshot).
+        snapshot, wrote, isolation = conn.exec_driver_sql(
+            "SELECT pg_current_snapshot()::text, pg_current_xact_id_if_assigned() IS NOT NULL, "
+            "current_setting('transaction_isolation')"
+        ).one()
+        if isolation not in ("repeatable read", "serializable"):
+            return None
+        return None if wrote else snapshot
+
+
+_PG_TOTALS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
 
 # The transactions in which run_matching turned sequential scans off (weak: a
 # transaction that ends leaves the set, and no connection is kept alive by it).
@@ -334,13 +450,16 @@ class _Shape:
 
 
 def _timeline_index(shape: _Shape) -> str:
+    """The index a timeline walk reads (``walked_query`` counts its jobs): with one
+    status, the status's own range, so that no job of another status is read."""
+    one = shape.statuses == 1
     if shape.sort_by == "created_at":
         if shape.workflow:
-            return schema.IX_WORKFLOW_CREATE_TIME
+            return schema.IX_WORKFLOW_STATUS if one else schema.IX_WORKFLOW_CREATE_TIME
         if shape.source:
-            return schema.IX_SOURCE_CREATE_TIME
-        return schema.IX_CREATE_TIME
-    return schema.IX_DURATION
+            return schema.IX_SOURCE_STATUS if one else schema.IX_SOURCE_CREATE_TIME
+        return schema.IX_STATUS_CREATE_TIME if one else schema.IX_CREATE_TIME
+    return schema.IX_STATUS_DURATION if one else schema.IX_DURATION
 
 
 def _filters(shape: _Shape, table: str) -> list[str]:
@@ -436,10 +555,32 @@ def _pg_text(sql: str) -> str:
 
 
 def count_matches(conn: Connection, query: ListQuery) -> int:
-    """The exact number of jobs matching ``query.search`` and its filters."""
+    """The exact number of jobs matching ``query.search`` and its filters.
+
+    Counting costs every match (0.1-1 us each: tens of ms for a common word at 1M
+    jobs), and a cursor walk, a refreshed page or the next page asks the same count
+    again. A count is kept (``TotalsCache``) under the data version of the snapshot
+    it was read from (``SearchStore.data_version``): any write, by jobs-index or by
+    other SQL, changes the version, so a kept count is only ever answered for the
+    very data it counted."""
     if not query.statuses or unmatchable(conn, column_text(query.workflow_id), query.source):
         return 0
     values = _values(conn, query)
+    search = store(conn)
+    cache = search.totals(conn)
+    version = search.data_version(conn) if cache is not None else None
+    key = (version, tuple(sorted(values.items())))
+    if version is not None and cache is not None:
+        found = cache.get(key)
+        if found is not None:
+            return found
+    total = _count(conn, query, values)
+    if version is not None and cache is not None:
+        cache.put(key, total)
+    return total
+
+
+def _count(conn: Connection, query: ListQuery, values: dict) -> int:
     unfiltered = query.workflow_id is None and query.source is None and query.since is None and query.until is None
     if query.all_statuses and unfiltered:
         found = store(conn).count_unfiltered(conn, values)
@@ -476,14 +617,20 @@ def choose_plan(
     search = query.search
     assert search is not None, "the plan of a search listing (JobStream asks only for one)"
     terms = search.terms
-    costs = _STORES[dialect].costs
+    costs = _STORES[dialect].costs_of(query)
     probe = costs.probe * sum(len(t.words) for t in terms) * (costs.prefix if any(t.prefix for t in terms) else 1)
-    return "timeline" if read + probes * probe < scanned else "matches"
+    return "timeline" if read * costs.walk + probes * probe < scanned else "matches"
 
 
-def walked_query(query: ListQuery) -> ListQuery:
-    """The listing whose jobs a timeline-first plan walks: the index's own filter."""
+def walked_query(query: ListQuery, dialect: str = "sqlite") -> ListQuery:
+    """The listing whose jobs a timeline-first plan walks: the index's own filter
+    (``_timeline_index``; SQLite without a workflow or source filter: every search
+    row, ``_walk_sql``)."""
+    one = len(query.statuses) == 1 and not query.all_statuses
+    if dialect == "sqlite" and query.sort_by == "created_at" and query.workflow_id is None and query.source is None:
+        one = False
     return ListQuery(
+        statuses=query.statuses if one else ListQuery().statuses,
         workflow_id=query.workflow_id if query.sort_by == "created_at" else None,
         source=query.source if query.sort_by == "created_at" and query.workflow_id is None else None,
     )
@@ -518,7 +665,89 @@ def select_page(
         values.update(after_value=after.value, after_id=after.id)
     if plan == "matches":
         return store(conn).run_matching(conn, _page_sql(shape), values)
+    if shape.dialect == "sqlite" and shape.sort_by == "created_at" and limit is not None:
+        return _timeline_batched(conn, shape, values, limit, offset)
     return _run(conn, _page_sql(shape), values).fetchall()
+
+
+# The batched timeline (SQLite): jobs walked this many at a time at first, then twice
+# as many each batch up to TIMELINE_BATCH_MAX; a batch's docids are tested by one FTS5
+# query per run of docids no more than TIMELINE_GAP apart.
+TIMELINE_BATCH_MIN, TIMELINE_BATCH_MAX, TIMELINE_GAP = 64, 4096, 512
+
+
+@lru_cache(maxsize=256)
+def _walk_sql(shape: _Shape) -> str:
+    """A batch of the timeline: the next jobs with search rows, in the listing's
+    order, with their docids. Without a workflow or source filter, from
+    ``ix_job_search_timeline`` (revision 0011_search_timeline: sort key, id, status
+    and docid in one index, on job_search's copies of the listing columns, as the
+    matches-first plan reads them); with one, the listing's own ``jobs`` index and
+    each job's docid looked up (a jobs row without a search row cannot match)."""
+    if not shape.workflow and not shape.source:
+        tail, keyset = _order_tail(replace(shape, limit=True, offset=False), "s", "s.job_id")
+        where = [*_filters(shape, "s"), *keyset]
+        return (
+            f"SELECT s.job_id, s.create_time, s.docid FROM job_search AS s INDEXED BY {SQLITE_TIMELINE_INDEX}"
+            f"{' WHERE ' + ' AND '.join(where) if where else ''}{tail}"
+        )
+    tail, keyset = _order_tail(replace(shape, limit=True, offset=False), "jobs", "jobs.id")
+    where = [*_filters(shape, "jobs"), *keyset]
+    return (
+        f"SELECT jobs.id, jobs.create_time, s.docid FROM jobs INDEXED BY {_timeline_index(shape)} "
+        f"LEFT JOIN job_search AS s ON s.job_id = jobs.id{' WHERE ' + ' AND '.join(where) if where else ''}{tail}"
+    )
+
+
+SQLITE_TIMELINE_INDEX = "ix_job_search_timeline"
+
+
+_FTS5_RANGE = "SELECT rowid FROM job_search_fts WHERE job_search_fts MATCH ? AND rowid BETWEEN ? AND ?"
+
+
+def _timeline_batched(conn: Connection, shape: _Shape, values: dict, limit: int, offset: int) -> list:
+    """The timeline-first page on SQLite: the listing's index walked in batches, each
+    batch's jobs tested by a few FTS5 queries over its docid ranges (jobs imported
+    together have neighbouring docids) instead of one FTS5 query per job (~80 us
+    each for one word, ~250 us for two: the query is parsed and its doclists opened
+    every time). The same jobs, in the same order, as ``_page_sql``'s timeline."""
+    raw = conn.connection.dbapi_connection
+    assert raw is not None
+    need, found = offset + limit, list[str]()
+    batch = max(TIMELINE_BATCH_MIN, 4 * need)
+    step = dict(values)
+    walk = _walk_sql(shape)  # the first batch starts where the page does
+    while len(found) < need:
+        step["limit"] = min(batch, TIMELINE_BATCH_MAX)
+        rows = conn.exec_driver_sql(walk, step).fetchall()
+        if not rows:
+            break
+        docids = sorted(row[2] for row in rows if row[2] is not None)
+        matching: set[int] = set()
+        start = 0
+        for i in range(1, len(docids) + 1):
+            if i == len(docids) or docids[i] - docids[i - 1] > TIMELINE_GAP:
+                matching.update(
+                    r[0] for r in raw.execute(_FTS5_RANGE, (values["m"], docids[start], docids[i - 1])).fetchall()
+                )
+                start = i
+        found += [row[0] for row in rows if row[2] in matching]
+        if len(rows) < step["limit"]:
+            break
+        step.update(after_value=rows[-1][1], after_id=rows[-1][0])  # the next batch: after the last job walked
+        walk = _walk_sql(replace(shape, after=True))
+        batch *= 2
+    ids = found[offset:need]
+    if not ids:
+        return []
+    direction = "DESC" if shape.descending else "ASC"
+    return list(
+        conn.exec_driver_sql(
+            f"SELECT {page_columns_sql('sqlite')} FROM jobs WHERE jobs.id IN ({', '.join('?' * len(ids))}) "
+            f"ORDER BY jobs.create_time {direction}, jobs.id {direction}",
+            tuple(ids),
+        ).fetchall()
+    )
 
 
 def job_details(conn: Connection, ids: Sequence[str]) -> dict[str, tuple]:

@@ -180,7 +180,11 @@ class JobStream:
             if self.total:
                 walked, filtered, everything = (
                     queries.count_total(conn, q)
-                    for q in (search_queries.walked_query(query), replace(query, search=None), ListQuery())
+                    for q in (
+                        search_queries.walked_query(query, conn.dialect.name),
+                        replace(query, search=None),
+                        ListQuery(),
+                    )
                 )
                 self._plan = search_queries.choose_plan(
                     query, self.total, want + 1 + offset, walked, filtered, everything, dialect=conn.dialect.name

@@ -351,6 +351,37 @@ def test_both_plans_answer_the_same(searched):
             )
 
 
+@pytest.mark.parametrize("batch, gap", [(64, 512), (2, 1), (3, 40)])
+def test_batched_timeline_pages_are_the_matches_pages(searched, monkeypatch, batch, gap):
+    """SQLite walks the timeline in batches tested by FTS5 queries over docid ranges:
+    every page (limits, offsets, cursors, filters) is the matches plan's, whatever the
+    batch size and however the docids are split into ranges."""
+    from jobs_index import search_queries
+    from jobs_index.database import read_transaction
+    from jobs_index.queries import Position
+
+    monkeypatch.setattr(search_queries, "TIMELINE_BATCH_MIN", batch)
+    monkeypatch.setattr(search_queries, "TIMELINE_GAP", gap)
+    index, records = searched
+    for text in ("a", "fox", "ka*", "masterpiece best", '"best quality" -portrait', "nothingmatchesthis"):
+        for params in ({}, {"status": "completed"}, {"status": "completed,failed"}, {"sort_order": "asc"}):
+            query = parse_list_query({**params, "q": text})
+            with read_transaction(index.engine) as conn:
+                every = [r[0] for r in search_queries.select_page(conn, query, plan="matches", limit=None)]
+                statuses = params["status"].split(",") if "status" in params else None
+                descending = params.get("sort_order", "desc") == "desc"
+                expected = reference(records, text, statuses=statuses)
+                assert every == (expected if descending else expected[::-1])
+                for limit, offset in ((1, 0), (5, 0), (50, 0), (7, 3), (50, 130), (3, len(every))):
+                    page = search_queries.select_page(conn, query, plan="timeline", limit=limit, offset=offset)
+                    assert [r[0] for r in page] == every[offset : offset + limit], (text, params, limit, offset)
+                for cut in range(0, len(every), max(1, len(every) // 5)):  # after each of a few jobs
+                    row = search_queries.select_page(conn, query, plan="matches", limit=1, offset=cut)[0]
+                    after = Position(row[1], row[0])
+                    page = search_queries.select_page(conn, query, plan="timeline", limit=9, after=after)
+                    assert [r[0] for r in page] == every[cut + 1 : cut + 10], (text, params, cut)
+
+
 def test_the_issues_questions_against_the_raw_graphs(searched):
     """No tokenizer in the reference: each answer checked on the raw items."""
     index, records = searched
@@ -500,6 +531,49 @@ def test_search_filters_follow_updates_made_by_other_sql(index, backend):
         assert [r[0] for r in rows] == ["planted-3"]
 
 
+def test_kept_totals_follow_every_write(index, backend, monkeypatch):
+    """A total is kept under the data version of the snapshot it counted: a write by
+    jobs-index, by other SQL on another connection, or an UPDATE of a status changes
+    the version, and the next page counts again. Pages are asked on every pooled
+    connection (several reads in a row) so that each one's kept total is tested."""
+    from jobs_index import search_queries
+    from jobs_index.database import read_transaction
+
+    def totals(q: str, **filters) -> set[int]:
+        return {index.list_jobs(parse_list_query({"q": q, "limit": "1", **filters})).total for _ in range(6)}
+
+    def other_sql(sql: str) -> None:
+        if backend == "sqlite":  # the sqlite3 shell: its own connection, no jobs-index code
+            shell = sqlite3.connect(index.engine.url.database)
+            with shell:
+                shell.execute(sql)
+            shell.close()
+        else:
+            with index.engine.begin() as conn:
+                conn.exec_driver_sql(sql)
+
+    index.ingest([from_history(k, v) for k, v in planted()])
+    assert totals("fox") == {2} and totals("fox", status="failed") == {0}
+    with read_transaction(index.engine) as conn:  # the count was kept: asked again, not recounted
+        kept = search_queries.store(conn).totals(conn)
+        assert kept is not None and len(kept._items) >= 1
+    other_sql("DELETE FROM jobs WHERE id = 'planted-0'")
+    assert totals("fox") == {1}
+    index.ingest([from_history(k, v) for k, v in planted() if k == "planted-0"])
+    assert totals("fox") == {2}
+    other_sql("UPDATE jobs SET status = 'failed' WHERE id = 'planted-3'")
+    assert totals("fox", status="failed") == {1} and totals("fox") == {2}
+    index.delete_jobs(["planted-3"])
+    assert totals("fox") == {1} and totals("fox", status="failed") == {0}
+    # a walk by cursor keeps the total of its first page while nothing changes
+    walked, total = walk(index, {"q": "KSampler"}, limit=1)
+    assert total == len(walked) == len(set(walked)) == 3
+    # the cache off: the same answers, nothing kept
+    monkeypatch.setenv(search_queries.TOTALS_CACHE_ENV, "0")
+    assert search_queries.totals_cache_size() == 0
+    assert totals("fox") == {1}
+
+
 def ids_of(index, text: str, **filters) -> list[str]:
     return [job["id"] for job in index.list_jobs(parse_list_query({"q": text, **filters})).jobs]
 
@@ -622,3 +696,18 @@ def test_random_histories_and_queries_match_the_reference(index):
         status = rng.choice(["completed", "failed"])
         assert walk(index, {"q": text, "status": status}, limit=5)[0] == reference(records, text, statuses=[status])
     assert asked >= 40
+
+
+def test_sqlite_plan_costs_follow_the_walk_each_listing_takes():
+    """SQLite's timeline is cheap per job only when it walks ix_job_search_timeline
+    (sorted by time, no workflow or source filter); sorted by duration it probes FTS5
+    per job, so a 2 % word at 1M jobs sorts its matches there."""
+    from jobs_index.search_queries import choose_plan
+
+    def plan(total: int, **params) -> str:
+        query = parse_list_query({"q": "podor", **params})
+        return choose_plan(query, total, 51, 1_000_000, 1_000_000, 1_000_000, dialect="sqlite")
+
+    assert plan(20_000) == "timeline"
+    assert plan(20_000, sort_by="execution_duration") == "matches"
+    assert plan(10_000) == "timeline" and plan(10_000, source="studio") == "matches"  # ~5k docid lookups

@@ -77,7 +77,7 @@ def test_upgrade_finds_orphans_counts_stay_exact_and_downgrade_removes_the_table
             )
         migrate(engine, BEFORE)  # builds the search rows
         hand_delete(engine, backend, [recs[0].id, recs[1].id])  # words left in FTS5 at 0008
-        migrate(engine)
+        migrate(engine)  # to head: this revision and any later one
         with engine.connect() as conn:
             assert current_revision(conn) == head_revision()  # REVISION and after
         live = recs[2:]
