@@ -66,6 +66,25 @@ from jobs_index.sample import queue_item, synthetic_history
 from jobs_index.services import JobsIndex
 
 WORK = ROOT / "benchmarks" / "_work"
+
+
+def base_tree(commit: str) -> Path:
+    """The code of ``commit`` (package, migrations, alembic.ini), exported once under
+    _work/ by ``git archive``: a benchmark runs a *before* from it, never from the live
+    worktree."""
+    tree = WORK / f"base-{commit}"
+    if not (tree / "jobs_index").exists():
+        tree.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(
+            ["git", "archive", commit, "jobs_index", "migrations", "alembic.ini"],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return tree
+
+
 RESULTS = ROOT / "benchmarks" / "results"
 CHUNK = 10_000  # jobs generated/normalised/ingested per step of the import loop
 LIVE_SEED = 7  # queue items (running + pending) appended after the history

@@ -50,21 +50,6 @@ from bench import RESULTS, WORK, log
 BASE_COMMIT = "c4aaddd"  # main before issue 16 part 2 (job_search + FTS5, import as it was)
 
 
-def base_tree(commit: str) -> Path:
-    """The code of ``commit``, exported once under _work/ (never the live worktree)."""
-    tree = WORK / f"base-{commit}"
-    if not (tree / "jobs_index").exists():
-        tree.mkdir(parents=True, exist_ok=True)
-        archive = subprocess.run(
-            ["git", "archive", commit, "jobs_index", "migrations", "alembic.ini"],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-        ).stdout
-        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
-    return tree
-
-
 def _cpu_of_children() -> float:
     t = os.times()
     return t.children_user + t.children_system
@@ -218,7 +203,7 @@ def main() -> None:
     args = parser.parse_args()
     dump, _ = bench.dump_file(args.jobs)
     args.dump_mib = dump.stat().st_size / 2**20
-    trees = {"before": base_tree(args.base), "after": ROOT}
+    trees = {"before": bench.base_tree(args.base), "after": ROOT}
     floor = None
     runs: list[dict] = []
     same: list[dict] = []

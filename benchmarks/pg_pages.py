@@ -53,21 +53,6 @@ SOURCES = 4
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def base_tree(commit: str) -> Path:
-    """The base code, exported once under _work/ (never the live worktree)."""
-    tree = WORK / f"base-{commit}"
-    if not (tree / "jobs_index").exists():
-        tree.mkdir(parents=True, exist_ok=True)
-        archive = subprocess.run(
-            ["git", "archive", commit, "jobs_index", "migrations", "alembic.ini"],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-        ).stdout
-        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
-    return tree
-
-
 # ------------------------------------------------------------------------- the data
 
 
@@ -486,7 +471,7 @@ def main() -> None:
     for target in (sqlite, pg):
         prepare(target, args.jobs)
     cases = make_cases(sqlite.url)
-    tree = base_tree(args.base)
+    tree = bench.base_tree(args.base)
     log("round trips and plans")
     trips = {"base": round_trips(pg.url, tree, cases), "this": round_trips(pg.url, ROOT, cases)}
     plans = plan_times(pg.url, cases)

@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import bench
 import search as search_bench
 import zstandard
 from bench import RESULTS, Target, log
@@ -176,7 +177,7 @@ def raw_column(target: Target) -> dict:
 def imports(dataset: str, n: int, base: str, rounds: int, db: str | None = None) -> dict:
     path = search_bench.dump(dataset, n)
     dump_bytes = path.stat().st_size
-    trees = {"before": search_bench.base_tree(base), "after": ROOT}
+    trees = {"before": bench.base_tree(base), "after": ROOT}
     runs: dict[str, list[dict]] = {"before": [], "after": []}
     for r in range(rounds):
         for label in ("before", "after") if r % 2 == 0 else ("after", "before"):

@@ -70,21 +70,6 @@ def dump(dataset: str, n: int) -> Path:
     return path
 
 
-def base_tree(commit: str) -> Path:
-    """The code before search, exported once under _work/ (never the live worktree)."""
-    tree = WORK / f"base-{commit}"
-    if not (tree / "jobs_index").exists():
-        tree.mkdir(parents=True, exist_ok=True)
-        archive = subprocess.run(
-            ["git", "archive", commit, "jobs_index", "migrations", "alembic.ini"],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-        ).stdout
-        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
-    return tree
-
-
 def run_import(url: str, path: Path, cwd: Path) -> tuple[float, float, str]:
     command = [
         sys.executable,
@@ -439,7 +424,7 @@ def main() -> None:
         "base": Target(args.db, n, label=f"{args.dataset}-{n}-base"),
         "search": Target(args.db, n, label=f"{args.dataset}-{n}-search"),
     }
-    cwd = {"base": base_tree(args.base), "search": ROOT}
+    cwd = {"base": bench.base_tree(args.base), "search": ROOT}
     sidecar = WORK / f"search-{targets['search'].backend}-{args.dataset}-{n}.build.json"
     built = json.loads(sidecar.read_text()) if sidecar.exists() else {}
     if not args.reuse or "search" not in built:
