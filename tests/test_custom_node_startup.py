@@ -282,14 +282,28 @@ class TcpProxy:
 
             loop.run_until_complete(start())
             loop.run_forever()
+            loop.close()
 
         threading.Thread(target=serve, name="pg-proxy", daemon=True).start()
         assert ready.wait(10), "the proxy did not start"
 
     def close(self) -> None:
-        if self._loop is not None and self.server is not None:
-            self._loop.call_soon_threadsafe(self.server.close)
-            self._loop.call_soon_threadsafe(self._loop.stop)
+        """Stop forwarding: the connections' tasks are cancelled and awaited on the
+        proxy's loop (a pending task left to the garbage collector logs "Task was
+        destroyed but it is pending!" in whichever test runs then)."""
+        if self._loop is None or self.server is None:
+            return
+        server = self.server
+
+        async def shutdown() -> None:
+            server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
 
 
 def test_postgresql_down_at_start_then_back(pg_url, caplog):
