@@ -38,7 +38,7 @@ from typing import Any
 from weakref import WeakKeyDictionary
 
 import zstandard
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, text
 
 from .errors import RawDictionaryMissing, RawUnreadable
 
@@ -216,10 +216,8 @@ class Reader:
     def dictionary(self, dict_id: int) -> Dictionary:
         found = self._cache.get(dict_id)
         if found is None:
-            row = self._conn.exec_driver_sql(
-                "SELECT data, level FROM raw_dictionaries WHERE id = "
-                + ("%(id)s" if self._conn.dialect.name == "postgresql" else ":id"),
-                {"id": dict_id},
+            row = self._conn.execute(
+                text("SELECT data, level FROM raw_dictionaries WHERE id = :id"), {"id": dict_id}
             ).first()
             if row is None:
                 raise RawDictionaryMissing(dict_id)
@@ -306,10 +304,8 @@ def store(conn: Connection, dictionary: Dictionary, samples: int, sample_bytes: 
     """Add ``dictionary`` to ``raw_dictionaries`` (inside the caller's write
     transaction); it becomes ``current``. Its id is a hash of its bytes: a row with the
     same id must hold the same bytes (else refused, never overwritten)."""
-    pg = conn.dialect.name == "postgresql"
-    mark = (lambda name: f"%({name})s") if pg else (lambda name: f":{name}")
-    stored = conn.exec_driver_sql(
-        f"SELECT data FROM raw_dictionaries WHERE id = {mark('id')}", {"id": dictionary.id}
+    stored = conn.execute(
+        text("SELECT data FROM raw_dictionaries WHERE id = :id"), {"id": dictionary.id}
     ).scalar_one_or_none()
     if stored is not None:
         if bytes(stored) != dictionary.data:
@@ -325,8 +321,8 @@ def store(conn: Connection, dictionary: Dictionary, samples: int, sample_bytes: 
         "zstd_version": ".".join(map(str, zstandard.ZSTD_VERSION)),
     }
     columns = ", ".join(values)
-    conn.exec_driver_sql(
-        f"INSERT INTO raw_dictionaries ({columns}) VALUES ({', '.join(mark(c) for c in values)})", values
+    conn.execute(
+        text(f"INSERT INTO raw_dictionaries ({columns}) VALUES ({', '.join(f':{c}' for c in values)})"), values
     )
     _engine_cache(conn.engine)[dictionary.id] = dictionary
 
@@ -344,11 +340,11 @@ def sample_texts(texts: Iterable[bytes], items: int = TRAIN_ITEMS, max_bytes: in
     """The first ``items`` texts, up to ``max_bytes`` in all: a training sample."""
     out: list[bytes] = []
     total = 0
-    for text in texts:
-        if len(out) >= items or total + len(text) > max_bytes:
+    for sample in texts:
+        if len(out) >= items or total + len(sample) > max_bytes:
             break
-        out.append(text)
-        total += len(text)
+        out.append(sample)
+        total += len(sample)
     return out
 
 
