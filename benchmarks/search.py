@@ -463,7 +463,14 @@ def main() -> None:
                         ListQuery(),
                     )
                 ]
-                case.plan = search_queries.choose_plan(query, total, 51, *jobs, dialect=conn.dialect.name)
+                case.plan = search_queries.choose_plan(
+                    query,
+                    total,
+                    51,
+                    *jobs,
+                    dialect=conn.dialect.name,
+                    expanded=search_queries.expansions(conn, query),
+                )
     finally:
         index.close()
     facts["cases"] = [{"name": c.name, "params": c.params, "note": c.note, "plan": c.plan} for c in cases]

@@ -36,7 +36,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -320,16 +320,33 @@ def parse(text: str) -> SearchQuery:
     return SearchQuery(text, tuple(terms))
 
 
-def fts5_match(query: SearchQuery) -> str:
-    """The SQLite FTS5 MATCH expression of ``query`` (every word quoted)."""
+def fts5_match(query: SearchQuery, expanded: Mapping[Term, Sequence[str]] | None = None) -> str:
+    """The SQLite FTS5 MATCH expression of ``query`` (every word quoted).
+
+    ``expanded``: for a prefix term of one word, the indexed words it stands for
+    (``search_queries.SqliteStore.expansions``, read in the same snapshot), written as
+    their OR, which matches the same documents as the prefix: FTS5 then looks each
+    word up instead of merging every word starting with the prefix again for each
+    query (each probe of a timeline walk). A term left out keeps its prefix form."""
+    expanded = expanded or {}
 
     def phrase(term: Term) -> str:
+        found = expanded.get(term)
+        if found:
+            return "(" + " OR ".join(f'"{word}"' for word in found) + ")"
         return '"' + " ".join(term.words) + '"' + (" *" if term.prefix else "")
 
     expr = " AND ".join(phrase(t) for t in query.included)
     if query.excluded:
         expr = f"({expr})" + "".join(f" NOT {phrase(t)}" for t in query.excluded)
     return expr
+
+
+def expandable(term: Term) -> bool:
+    """A prefix term of one word (``jugg*``, ``-jugg*``): it means the OR of the
+    indexed words starting with it. A prefix ending a phrase (``"red fo*"``) is not:
+    FTS5 has no OR inside a phrase."""
+    return term.prefix and len(term.words) == 1
 
 
 def tsquery(query: SearchQuery) -> str:

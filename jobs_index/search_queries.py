@@ -33,9 +33,10 @@ import re
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
+from typing import Generic, TypeVar
 
 from sqlalchemy import Connection
 
@@ -43,9 +44,11 @@ from . import rawcodec, schema
 from .normalize import answer_text, column_text
 from .params import ListQuery
 from .queries import Position, page_columns_sql, page_start, unmatchable
-from .search import Document, document, fts5_match, tsquery
+from .search import Document, SearchQuery, Term, document, expandable, fts5_match, tsquery
 
 SQLITE_IN_CHUNK = 900
+
+V = TypeVar("V")
 
 # Exact totals kept per data version (``count_matches``): how many (0: none).
 TOTALS_CACHE_ENV = "JOBS_INDEX_SEARCH_TOTALS_CACHE"
@@ -57,27 +60,31 @@ def totals_cache_size() -> int:
     return int(value) if value.isdigit() else TOTALS_CACHE_DEFAULT
 
 
-class TotalsCache:
-    """Up to ``size`` exact totals, least recently used first out; thread-safe."""
+class KeptValues(Generic[V]):
+    """Up to ``size`` values, least recently used first out; thread-safe."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._items: OrderedDict[tuple, int] = OrderedDict()
+        self._items: OrderedDict[tuple, V] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: tuple) -> int | None:
+    def get(self, key: tuple) -> V | None:
         with self._lock:
             found = self._items.get(key)
             if found is not None:
                 self._items.move_to_end(key)
             return found
 
-    def put(self, key: tuple, total: int) -> None:
+    def put(self, key: tuple, value: V) -> None:
         with self._lock:
-            self._items[key] = total
+            self._items[key] = value
             self._items.move_to_end(key)
             while len(self._items) > self.size:
                 self._items.popitem(last=False)
+
+
+class TotalsCache(KeptValues[int]):
+    """Up to ``size`` exact totals (``count_matches``)."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +109,7 @@ class PlanCosts:
 # (SQLITE_JOINED_WALK: a random seek, 3-20 us at 1M jobs). Sorted by duration, the
 # timeline is not batched: one FTS5 query per job (SQLITE_PROBED: 60-800 us each,
 # ~30x more with a prefix, which FTS5 expands again for every job).
+# An expanded prefix (``SqliteStore.expansions``) costs as many words as it has.
 SQLITE_COSTS = PlanCosts(probe=0.5, prefix=3.0, walk=0.3)
 SQLITE_JOINED_WALK = PlanCosts(probe=0.5, prefix=3.0, walk=4.0)
 SQLITE_PROBED = PlanCosts(probe=40.0, prefix=30.0)
@@ -171,8 +179,15 @@ class SearchStore:
         """PostgreSQL: the search rows of ``records`` for a bulk load's ``COPY``."""
         raise NotImplementedError
 
-    def match_value(self, query) -> str:
+    def match_value(self, conn: Connection, query: SearchQuery, probes: bool = False) -> str:
+        """The engine's form of ``query`` for ``:m``, read in ``conn``'s snapshot
+        (``probes``: for the timeline's probes)."""
         raise NotImplementedError
+
+    def expansions(self, conn: Connection, query: SearchQuery) -> dict[Term, tuple[str, ...]]:
+        """The prefix terms ``match_value`` writes as the OR of the indexed words they
+        stand for, with those words (``choose_plan`` prices them); none by default."""
+        return {}
 
     # The matching documents: ``FROM <matches_from> WHERE <match_condition>`` (parameter
     # ``:m``), ``s`` being ``job_search``: the inverted index first, then each match's
@@ -257,8 +272,53 @@ class SqliteStore(SearchStore):
         if docs:
             conn.exec_driver_sql("INSERT INTO job_search_fts (rowid, doc) VALUES (?, ?)", docs)
 
-    def match_value(self, query) -> str:
-        return fts5_match(query)
+    def match_value(self, conn: Connection, query: SearchQuery, probes: bool = False) -> str:
+        return fts5_match(query, self.expansions(conn, query) if probes else None)
+
+    def expansions(self, conn: Connection, query: SearchQuery) -> dict[Term, tuple[str, ...]]:
+        # The vocabulary of job_search_fts, one row per indexed word with its document
+        # count (fts5vocab 'row': a temp table of the connection, no migration, nothing
+        # stored), read by an index range (its xBestIndex takes term >= / <). fts5vocab
+        # counts each listed word's documents by reading its doclist, so a read costs
+        # about one FTS5 query of the prefix: it is kept per connection under the data
+        # version (as totals are), and read again after any write. Read in the
+        # caller's snapshot: the words of the committed documents its MATCH sees. A
+        # word of deleted (or orphaned) documents may still be listed: it matches
+        # nothing visible, as under the prefix form.
+        terms = sorted({t for t in query.terms if expandable(t)}, key=lambda t: t.words)
+        if not terms:
+            return {}
+        info = conn.connection.info
+        kept = info.get("search_vocab")
+        if kept is None:
+            kept = info["search_vocab"] = KeptValues(256)
+        version = self.data_version(conn)
+        found = {}
+        for term in terms:
+            prefix = term.words[0]
+            key = (version, prefix, PREFIX_EXPANSION_MAX, PREFIX_DOCS_PER_WORD, PREFIX_EXPANSION_MIN_LENGTH)
+            words = kept.get(key)
+            if words is None:
+                words = self._expansion(conn, prefix)
+                kept.put(key, words)
+            if words:
+                found[term] = words
+        return found
+
+    @staticmethod
+    def _expansion(conn: Connection, prefix: str) -> tuple[str, ...]:
+        """The indexed words starting with ``prefix`` if their OR is cheaper for FTS5
+        than the prefix (``PREFIX_EXPANSION_MAX``, ``PREFIX_DOCS_PER_WORD``), else ()."""
+        if len(prefix) < PREFIX_EXPANSION_MIN_LENGTH:
+            return ()
+        conn.exec_driver_sql(_SQLITE_VOCAB)
+        rows = conn.exec_driver_sql(_SQLITE_VOCAB_RANGE, (prefix, prefix + _LAST_CHAR, PREFIX_EXPANSION_MAX + 1))
+        listed = [(w, docs) for w, docs in rows if w.startswith(prefix)]
+        if not 0 < len(listed) <= PREFIX_EXPANSION_MAX:
+            return ()
+        if sum(docs for _, docs in listed) < PREFIX_DOCS_PER_WORD * len(listed):
+            return ()
+        return tuple(w for w, _ in listed)
 
     def costs_of(self, query: ListQuery) -> PlanCosts:
         """The timeline's costs for ``query`` (``select_page``'s three walks)."""
@@ -317,6 +377,27 @@ class SqliteStore(SearchStore):
 
 _SQLITE_VERSION = "SELECT data_version, total_changes() FROM pragma_data_version"
 
+# Prefix expansion (SQLite): a prefix term of one word (``jugg*``) is written as the
+# OR of the indexed words starting with it when there are at most this many; with
+# more, it keeps FTS5's prefix form (which merges their doclists on every query).
+# A FTS5 prefix query first merges the doclists of every word starting with the
+# prefix, whatever rowid range it is asked for (~1 ms per 15k postings:
+# ``jugg*`` ~1 ms at 200k jobs, ~11 ms at 1M, for each range query of the batched
+# timeline); the OR of the words seeks each word's doclist to the range (~35 us a
+# word per range query) but costs more per match when it has many words (FTS5 finds
+# the next match among all of them: 0.5 s to count 150k matches of 1,000 words).
+# So a prefix is expanded for the timeline's probes (``_values``) only when it
+# stands for at most PREFIX_EXPANSION_MAX words that hold PREFIX_DOCS_PER_WORD
+# documents a word or more; counts and matches-first pages keep the prefix form.
+PREFIX_EXPANSION_MAX = 64
+PREFIX_DOCS_PER_WORD = 500
+PREFIX_EXPANSION_MIN_LENGTH = 2  # one letter: always more words than the cap, some very common
+_SQLITE_VOCAB = "CREATE VIRTUAL TABLE IF NOT EXISTS temp.job_search_vocab USING fts5vocab(main, job_search_fts, 'row')"
+_SQLITE_VOCAB_RANGE = "SELECT term, doc FROM temp.job_search_vocab WHERE term >= ? AND term < ? LIMIT ?"
+# Above every letter or digit: ``prefix + _LAST_CHAR`` bounds the words starting with
+# ``prefix`` (SQLite compares text as UTF-8 bytes, in code point order, as FTS5 sorts).
+_LAST_CHAR = "\U0010ffff"
+
 
 # The matching documents less the matching orphans (documents whose job_search row
 # went by other SQL): ORPHAN_PROBES at most, one FTS5 probe (rowid = and MATCH) each.
@@ -365,7 +446,9 @@ class PostgresStore(SearchStore):
             rows.append((*_row_values(record, doc, None), doc.tsvector_text()))
         return rows
 
-    def match_value(self, query) -> str:
+    def match_value(self, conn: Connection, query: SearchQuery, probes: bool = False) -> str:
+        # A prefix keeps ``:*``: PostgreSQL has no cheap vocabulary (``ts_stat`` reads
+        # every tsvector), and its probe costs no more with a prefix (POSTGRES_COSTS).
         return tsquery(query)
 
     matches_from = "job_search AS s"
@@ -529,9 +612,13 @@ def _count_sql(
     return f"SELECT count(*) FROM {search.matches_from} WHERE {' AND '.join(where)}"
 
 
-def _values(conn: Connection, query: ListQuery) -> dict:
+def _values(conn: Connection, query: ListQuery, probes: bool = False) -> dict:
+    """The statement's parameters; ``probes``: ``:m`` for the timeline's probes (its
+    prefixes expanded where that is cheaper, ``SearchStore.expansions``)."""
+    search = query.search
+    assert search is not None, "a search listing"
     values: dict[str, object] = {
-        "m": store(conn).match_value(query.search),
+        "m": store(conn).match_value(conn, search, probes),
         "workflow": column_text(query.workflow_id),
         "source": query.source,
     }
@@ -597,8 +684,22 @@ def _count(conn: Connection, query: ListQuery, values: dict) -> int:
     return int(store(conn).run_matching(conn, sql, values)[0][0])
 
 
+def expansions(conn: Connection, query: ListQuery) -> dict[Term, tuple[str, ...]]:
+    """The prefix terms of ``query`` the timeline's probes expand, with their words
+    (for ``choose_plan``)."""
+    assert query.search is not None, "a search listing"
+    return store(conn).expansions(conn, query.search)
+
+
 def choose_plan(
-    query: ListQuery, total: int, want: int, walked: int, filtered: int, everything: int, dialect: str = "sqlite"
+    query: ListQuery,
+    total: int,
+    want: int,
+    walked: int,
+    filtered: int,
+    everything: int,
+    dialect: str = "sqlite",
+    expanded: Mapping[Term, Sequence[str]] | None = None,
 ) -> str:
     """``matches`` or ``timeline`` for a page of ``want`` rows (limit + offset).
 
@@ -608,17 +709,21 @@ def choose_plan(
     words before the filters apply (estimated as ``total`` scaled by how much the
     filters keep); timeline first reads about ``want * walked / total`` jobs and
     tests those passing the filters (a share ``filtered / walked`` of them), each
-    test costing more the more words (and, on SQLite, prefixes) the query has."""
+    test costing more the more words (and, on SQLite, prefixes) the query has.
+    ``expanded`` (``expansions``): a prefix the probes write as the OR of its words
+    costs as many words as it has, up to what the prefix would cost."""
     if total == 0 or walked == 0:
         return "matches"
     scanned = total * everything / filtered if 0 < filtered < everything else total
+    assert query.search is not None, "the plan of a search listing (JobStream asks only for one)"
+    costs = _STORES[dialect].costs_of(query)
     read = min(walked, want * walked / total)
     probes = read * min(1.0, filtered / walked) if filtered else read
-    search = query.search
-    assert search is not None, "the plan of a search listing (JobStream asks only for one)"
-    terms = search.terms
-    costs = _STORES[dialect].costs_of(query)
-    probe = costs.probe * sum(len(t.words) for t in terms) * (costs.prefix if any(t.prefix for t in terms) else 1)
+    terms = query.search.terms
+    expanded = expanded or {}
+    words = sum(min(len(expanded[t]), costs.prefix) if t in expanded else len(t.words) for t in terms)
+    prefixed = any(t.prefix and t not in expanded for t in terms)
+    probe = costs.probe * words * (costs.prefix if prefixed else 1)
     return "timeline" if read * costs.walk + probes * probe < scanned else "matches"
 
 
@@ -659,7 +764,7 @@ def select_page(
         query.since is not None,
         query.until is not None,
     )
-    values = _values(conn, query)
+    values = _values(conn, query, probes=plan == "timeline")
     values.update(limit=limit, offset=offset)
     if after is not None:
         values.update(after_value=after.value, after_id=after.id)

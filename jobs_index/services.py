@@ -187,7 +187,14 @@ class JobStream:
                     )
                 )
                 self._plan = search_queries.choose_plan(
-                    query, self.total, want + 1 + offset, walked, filtered, everything, dialect=conn.dialect.name
+                    query,
+                    self.total,
+                    want + 1 + offset,
+                    walked,
+                    filtered,
+                    everything,
+                    dialect=conn.dialect.name,
+                    expanded=search_queries.expansions(conn, query),
                 )
             rows = self._select(conn, want + 1) if self.total else []
         else:  # page and total: one statement

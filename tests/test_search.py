@@ -22,7 +22,17 @@ from jobs_index.errors import BadRequest
 from jobs_index.normalize import from_history, from_queue
 from jobs_index.rawcodec import decode_item as decode_raw
 from jobs_index.sample import realistic_history
-from jobs_index.search import SearchSyntaxError, document, fts5_match, highlight, matches, parse, tsquery, words
+from jobs_index.search import (
+    SearchSyntaxError,
+    document,
+    expandable,
+    fts5_match,
+    highlight,
+    matches,
+    parse,
+    tsquery,
+    words,
+)
 
 from .conftest import make_db_url
 from .fixtures_util import capture_history, capture_queue
@@ -75,6 +85,18 @@ def test_malformed_queries_say_what_is_wrong(text, says):
         parse(text)
     assert says in err.value.message and err.value.status == 400
     assert err.value.body()["code"] == "INVALID_SEARCH"
+
+
+def test_an_expanded_prefix_is_the_or_of_its_words():
+    """SQLite's timeline probes write a prefix of one word as the OR of the indexed
+    words it stands for (``search_queries.SqliteStore.expansions``); a prefix ending
+    a phrase keeps its form (FTS5 has no OR inside a phrase)."""
+    query = parse('jugg* "red fo*" -bl* cat')
+    jugg, red_fo, bl, _ = query.terms
+    assert [expandable(t) for t in query.terms] == [True, False, True, False]
+    expanded = {jugg: ("juggernaut", "juggernautxl"), bl: ("blurry",)}
+    assert fts5_match(query, expanded) == '(("juggernaut" OR "juggernautxl") AND "red fo" * AND "cat") NOT ("blurry")'
+    assert fts5_match(query, {}) == fts5_match(query) == '("jugg" * AND "red fo" * AND "cat") NOT "bl" *'
 
 
 def test_matching_is_positional():
@@ -382,6 +404,73 @@ def test_batched_timeline_pages_are_the_matches_pages(searched, monkeypatch, bat
                     assert [r[0] for r in page] == every[cut + 1 : cut + 10], (text, params, cut)
 
 
+PREFIX_QUERIES = [
+    "jugg*",  # one word, common
+    "ka*",  # many words: above a small cap
+    "s*",  # one letter
+    "lora*",
+    "LoraLoader lora*",
+    '"red fo*"',  # a prefix ending a phrase keeps its form
+    "snow -fo*",  # an excluded prefix
+    "ksampler -ka*",
+    "zzqx*",  # no word starts with it
+    "masterpiece -zzqx*",
+    "jugg* detail* -qu*",
+]
+
+
+@pytest.mark.parametrize("cap, docs, shortest", [(64, 500, 2), (3, 0, 1), (10_000, 0, 1), (0, 0, 1)])
+def test_expanded_prefixes_page_as_the_reference(searched, monkeypatch, cap, docs, shortest):
+    """The timeline's probes with prefixes expanded into their words (below the cap,
+    every prefix that has words; above it, the prefix form): every page, offset and
+    cursor is the matches plan's and the reference's, on both engines."""
+    from jobs_index import search_queries
+    from jobs_index.database import read_transaction
+    from jobs_index.queries import Position
+
+    monkeypatch.setattr(search_queries, "PREFIX_EXPANSION_MAX", cap)
+    monkeypatch.setattr(search_queries, "PREFIX_DOCS_PER_WORD", docs)
+    monkeypatch.setattr(search_queries, "PREFIX_EXPANSION_MIN_LENGTH", shortest)
+    monkeypatch.setattr(search_queries, "TIMELINE_BATCH_MIN", 5)
+    index, records = searched
+    dialect = index.engine.dialect.name
+    for text in PREFIX_QUERIES:
+        for params in ({}, {"status": "completed"}, {"sort_by": "execution_duration"}):
+            query = parse_list_query({**params, "q": text})
+            statuses = params["status"].split(",") if "status" in params else None
+            expected = reference(records, text, statuses=statuses, sort_by=params.get("sort_by", "created_at"))
+            with read_transaction(index.engine) as conn:
+                expanded = search_queries.expansions(conn, query)
+                if dialect == "sqlite" and cap >= 10_000:  # every prefix of one word that has words
+                    for term in query.search.terms:
+                        assert (term in expanded) == (
+                            expandable(term) and any(w.startswith(term.words[0]) for r in records for w in words_of(r))
+                        ), (text, term)
+                for term, found in expanded.items():  # exactly the words starting with it
+                    assert set(found) <= {w for r in records for w in words_of(r)} | {"·"}
+                    assert all(w.startswith(term.words[0]) for w in found)
+                for plan in ("matches", "timeline"):
+                    rows = search_queries.select_page(conn, query, plan=plan, limit=None)
+                    assert [r[0] for r in rows] == expected, (text, params, plan)
+                if params.get("sort_by"):
+                    continue
+                for limit, offset in ((1, 0), (7, 3), (50, 20)):
+                    page = search_queries.select_page(conn, query, plan="timeline", limit=limit, offset=offset)
+                    assert [r[0] for r in page] == expected[offset : offset + limit], (text, params)
+                for cut in range(0, len(expected), max(1, len(expected) // 4)):
+                    row = search_queries.select_page(conn, query, plan="matches", limit=1, offset=cut)[0]
+                    page = search_queries.select_page(
+                        conn, query, plan="timeline", limit=9, after=Position(row[1], row[0])
+                    )
+                    assert [r[0] for r in page] == expected[cut + 1 : cut + 10], (text, params, cut)
+        ids, total = walk(index, {"q": text})
+        assert ids == reference(records, text) and total == len(ids)
+
+
+def words_of(record) -> tuple[str, ...]:
+    return document(record.raw_kind, decode_raw(record.raw)).words
+
+
 def test_the_issues_questions_against_the_raw_graphs(searched):
     """No tokenizer in the reference: each answer checked on the raw items."""
     index, records = searched
@@ -572,6 +661,57 @@ def test_kept_totals_follow_every_write(index, backend, monkeypatch):
     monkeypatch.setenv(search_queries.TOTALS_CACHE_ENV, "0")
     assert search_queries.totals_cache_size() == 0
     assert totals("fox") == {1}
+
+
+def test_prefix_words_follow_committed_data(index, backend, monkeypatch):
+    """A prefix's words are read in each request's snapshot (kept per connection
+    under its data version): a word written, or deleted, by jobs-index or by other
+    SQL between two requests is found, or no longer found, by the next one on every
+    pooled connection, whichever plan pages it."""
+    from jobs_index import search_queries
+    from jobs_index.database import read_transaction
+
+    monkeypatch.setattr(search_queries, "PREFIX_DOCS_PER_WORD", 0)
+    history = dict(planted())
+
+    def job(job_id: str, text: str, n: int) -> tuple[str, dict]:
+        item = copy.deepcopy(history["planted-1"])
+        item["prompt"][1] = job_id
+        item["prompt"][2]["81"]["inputs"]["text"] = text
+        item["prompt"][3]["create_time"] = 1_765_000_000_000 + n
+        return job_id, item
+
+    def found(q: str) -> set[tuple[str, ...]]:
+        answers = set()
+        for _ in range(6):  # several pooled connections, each keeping its own words
+            answers.add(tuple(ids_of(index, q)))
+            for plan in ("matches", "timeline"):
+                with read_transaction(index.engine) as conn:
+                    rows = search_queries.select_page(conn, parse_list_query({"q": q}), plan=plan, limit=None)
+                answers.add(tuple(r[0] for r in rows))
+        return answers
+
+    index.ingest([from_history(*job("p-a", "okapiwalk one", 1))])
+    assert found("okapi*") == {("p-a",)} and found("zebu*") == {()}
+    index.ingest([from_history(*job("p-b", "okapirun zebucart", 2))])  # a new word of the prefix
+    assert found("okapi*") == {("p-b", "p-a")} and found("zebu*") == {("p-b",)}
+    with read_transaction(index.engine) as conn:
+        expanded = search_queries.expansions(conn, parse_list_query({"q": "okapi*"}))
+    if backend == "sqlite":
+        assert sorted(next(iter(expanded.values()))) == ["okapirun", "okapiwalk"]
+    else:
+        assert expanded == {}  # PostgreSQL keeps ':*'
+    index.delete_jobs(["p-a"])  # its word goes
+    assert found("okapi*") == {("p-b",)} and found("okapiw*") == {()}
+    if backend == "sqlite":  # by other SQL on another connection: a new word, and a job gone
+        index.ingest([from_history(*job("p-c", "okapifly", 3))])
+        shell = sqlite3.connect(index.engine.url.database)
+        with shell:
+            shell.execute("DELETE FROM jobs WHERE id = 'p-b'")
+        shell.close()
+        assert found("okapi*") == {("p-c",)} and found("zebu*") == {()}
+        index.ingest([from_history(*job("p-d", "okapiswim", 4))])
+        assert found("okapi*") == {("p-d", "p-c")} and found("-okapi* okapiswim") == {()}
 
 
 def ids_of(index, text: str, **filters) -> list[str]:
