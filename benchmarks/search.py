@@ -392,6 +392,13 @@ def render(args, facts: dict) -> str:
     for name in facts["listing"]["search"]:
         a, s = facts["listing"].get("base", {}).get(name, nothing), facts["listing"]["search"][name]
         lines.append(f"| {name} | {a['p50']:.2f} | {s['p50']:.2f} | {a['p99']:.2f} | {s['p99']:.2f} |")
+    if facts.get("load"):
+        loads = [entry[2] for entry in facts["load"]]
+        lines += [
+            "",
+            f"1-minute load average during the run (from the log lines): {min(loads):.1f}-{max(loads):.1f}; "
+            f"`uptime` at the end: {facts.get('uptime', '')}",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -412,6 +419,12 @@ def main() -> None:
         "and pages are left out unless an earlier run left its index",
     )
     ap.add_argument("--build-only", action="store_true", help="import (and record the build), no pages")
+    ap.add_argument(
+        "--same-index",
+        action="store_true",
+        help="before = the --base code serving this code's index (a code-only change: no base build)",
+    )
+    ap.add_argument("--tag", default="", help="suffix of the result files' names")
     ap.add_argument(
         "--no-cache-pair",
         action="store_true",
@@ -475,7 +488,12 @@ def main() -> None:
         index.close()
     facts["cases"] = [{"name": c.name, "params": c.params, "note": c.note, "plan": c.plan} for c in cases]
     log(f"  {len(cases)} search cases over HTTP")
-    if with_base and has_search(targets["base"]):  # the same cases on the base index, base code, same run
+    if args.same_index:  # the --base code and this code, both serving this code's index, same run
+        same = {"base": targets["search"], "search": targets["search"]}
+        both = series_pair(same, cases, args, cwd)
+        facts["search_base"], facts["search"] = both["base"], both["search"]
+        facts["before"] = f"`{args.base}` code serving the same index"
+    elif with_base and has_search(targets["base"]):  # the same cases on the base index, base code, same run
         both = series_pair(targets, cases, args, cwd)
         facts["search_base"], facts["search"] = both["base"], both["search"]
     elif not args.no_cache_pair:  # this code, totals cache off (before) and on (after), same index, same run
@@ -490,11 +508,13 @@ def main() -> None:
         label: series(targets[label].url, listing_cases(), args, cwd[label])
         for label in (("base", "search") if with_base else ("search",))
     }
+    facts["load"] = [list(entry) for entry in bench.LOADS]
+    facts["uptime"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     report = render(args, facts)
     print(report)
     if not args.no_write:
         RESULTS.mkdir(parents=True, exist_ok=True)
-        stem = f"search-{facts['backend']}-{args.dataset}-{n}"
+        stem = f"search-{facts['backend']}-{args.dataset}-{n}{'-' + args.tag if args.tag else ''}"
         (RESULTS / f"{stem}.md").write_text(report)
         (RESULTS / f"{stem}.json").write_text(json.dumps(facts, indent=1, default=str))
 

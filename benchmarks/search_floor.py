@@ -18,6 +18,11 @@ warm, through the bare driver (no HTTP, no JSON):
   one FTS5 query per docid range of a batch) without the count;
 * ``timeline, probe per job``: the same page as before the batched walk (one FTS5
   query per walked job);
+* ``timeline page, prefix form``: the same with prefixes left unexpanded (as before
+  ``SqliteStore.expansions``: FTS5 merges the prefix's doclists for every range query);
+* ``prefix words``: reading a prefix's words from ``fts5vocab`` (uncached);
+* ``fts5 words count``: ``count(*)`` of all the query's words in any order (a
+  phrase: the jobs whose positions FTS5 reads to find its matches);
 * ``probe``: one FTS5 probe (``rowid = ? AND MATCH``) of a job, averaged over 200 jobs;
 * ``list_jobs``: the whole page as the server builds it, totals cache off (the count,
   the plan, the page, the JSON).
@@ -44,6 +49,7 @@ from bench import RESULTS, log
 from jobs_index import search_queries
 from jobs_index.database import read_transaction
 from jobs_index.params import parse_list_query
+from jobs_index.search import expandable
 from jobs_index.services import JobsIndex
 
 
@@ -89,6 +95,28 @@ def measure(index: JobsIndex, q: str, status: str | None, repeat: int) -> dict:
             row[f"{plan} page"], _ = timed(
                 lambda plan=plan: search_queries.select_page(conn, query, plan=plan, limit=51), max(1, repeat // 2)
             )
+        kept = search_queries.PREFIX_EXPANSION_MAX
+        search_queries.PREFIX_EXPANSION_MAX = 0
+        try:
+            row["timeline page, prefix form"], _ = timed(
+                lambda: search_queries.select_page(conn, query, plan="timeline", limit=51), max(1, repeat // 2)
+            )
+        finally:
+            search_queries.PREFIX_EXPANSION_MAX = kept
+        prefixes = [t.words[0] for t in query.search.terms if expandable(t)]
+        row["prefix words"], found = (
+            timed(lambda: [search_queries.SqliteStore._expansion(conn, p) for p in prefixes], repeat)
+            if prefixes
+            else (float("nan"), None)
+        )
+        row["expanded to"] = sum(len(f) for f in found) if found else 0
+        every = " AND ".join(f'"{w}"' for t in query.search.included for w in t.words)
+        row["fts5 words count"], _ = timed(
+            lambda: raw.execute(
+                "SELECT count(*) FROM job_search_fts WHERE job_search_fts MATCH ?", (every,)
+            ).fetchone()[0],
+            repeat,
+        )
         # the timeline as before the batched walk: one FTS5 query per walked job
         shape = search_queries._Shape(
             "sqlite", "timeline", "created_at", True, 0 if status is None else 1, False, False, False, True, False
@@ -116,6 +144,9 @@ COLUMNS = (
     "joined count",
     "matches page",
     "timeline page",
+    "timeline page, prefix form",
+    "prefix words",
+    "fts5 words count",
     "timeline, probe per job",
     "probe us",
     "list_jobs",
@@ -147,12 +178,12 @@ def main() -> None:
         f"{os.getloadavg()[0]:.1f} (2 shared cores). Milliseconds (median of {args.repeat}), probe in us; "
         "totals cache off.",
         "",
-        "| query | matches | FTS5 docs | " + " | ".join(COLUMNS) + " |",
-        "| --- | ---: | ---: | " + " | ".join("---:" for _ in COLUMNS) + " |",
+        "| query | matches | FTS5 docs | prefix's words | " + " | ".join(COLUMNS) + " |",
+        "| --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in COLUMNS) + " |",
     ]
     for r in rows:
         lines.append(
-            f"| {r['label']}: {r['query']} | {r['matches']:,} | {r['fts5 docs']:,} | "
+            f"| {r['label']}: {r['query']} | {r['matches']:,} | {r['fts5 docs']:,} | {r['expanded to']} | "
             + " | ".join(f"{r[c]:.1f}" for c in COLUMNS)
             + " |"
         )
