@@ -712,6 +712,18 @@ def test_prefix_words_follow_committed_data(index, backend, monkeypatch):
         assert found("okapi*") == {("p-c",)} and found("zebu*") == {()}
         index.ingest([from_history(*job("p-d", "okapiswim", 4))])
         assert found("okapi*") == {("p-d", "p-c")} and found("-okapi* okapiswim") == {()}
+        # a connection that may not create its temp vocabulary table: the prefix form
+        fresh = JobsIndex.open(index.engine.url.render_as_string(hide_password=False))
+        try:
+            with read_transaction(fresh.engine) as conn:
+                conn.exec_driver_sql("PRAGMA query_only=ON")
+                query = parse_list_query({"q": "okapi*"})
+                assert search_queries.expansions(conn, query) == {}
+                rows = search_queries.select_page(conn, query, plan="timeline", limit=None)
+                assert [r[0] for r in rows] == ["p-d", "p-c"]
+                conn.exec_driver_sql("PRAGMA query_only=OFF")
+        finally:
+            fresh.close()
 
 
 def ids_of(index, text: str, **filters) -> list[str]:
@@ -851,3 +863,18 @@ def test_sqlite_plan_costs_follow_the_walk_each_listing_takes():
     assert plan(20_000) == "timeline"
     assert plan(20_000, sort_by="execution_duration") == "matches"
     assert plan(10_000) == "timeline" and plan(10_000, source="studio") == "matches"  # ~5k docid lookups
+
+
+def test_sqlite_plan_costs_price_expanded_prefixes():
+    """A prefix expanded into one word costs a word on SQLite's timeline, not a prefix
+    (which FTS5 would merge again for each probe)."""
+    from jobs_index.search_queries import choose_plan
+
+    def plan(q: str, total: int, expanded=None) -> str:
+        query = parse_list_query({"q": q})
+        return choose_plan(query, total, 51, 1_000_000, 1_000_000, 1_000_000, dialect="sqlite", expanded=expanded)
+
+    (jugg,) = parse("jugg*").terms
+    assert plan("jugg*", 8_000) == "matches"
+    assert plan("jugg*", 8_000, {jugg: ("juggernautxl",)}) == "timeline"
+    assert plan("jugg*", 8_000, {jugg: tuple(f"jugg{i}" for i in range(50))}) == "matches"
