@@ -23,6 +23,9 @@ A search listing has two plans, chosen per request from the exact total
 (``choose_plan``): *matches first* (every matching job, filtered, sorted: cost grows
 with the matches) or *timeline first* (walk the listing's own index and test each
 job: cost grows with how far the page is, divided by the share of jobs that match).
+On SQLite the timeline's probes write a prefix of one word as the OR of the indexed
+words it stands for (``SqliteStore.expansions``: read from a temp ``fts5vocab`` table
+in the request's snapshot), which FTS5 would otherwise merge again for every probe.
 """
 
 from __future__ import annotations
