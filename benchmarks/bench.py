@@ -281,9 +281,18 @@ def build_index(
             log(f"  again with --no-bulk into {scratch.path.name}")
         stats.no_bulk_s, stats.no_bulk_cpu_s, _ = run_import(scratch.url, path, "--no-bulk")
         scratch.reset()  # deleted: only its time is kept
+    stats.inserted, stats.last_create_time = add_live(target, running, pending)
+    stats.live_running, stats.live_pending = running, pending
+    return stats
+
+
+def add_live(target: Target, running: int, pending: int) -> tuple[int, int]:
+    """Add the queue (running, pending jobs newer than the history) to a freshly
+    imported index, then, on PostgreSQL, ANALYZE as autovacuum would after a bulk load.
+    Returns (history jobs, their newest create_time)."""
     index = JobsIndex.open(target.url)
     try:
-        stats.inserted = index.total()
+        inserted = index.total()
         with index.engine.connect() as conn:
             last = int(conn.execute(text("SELECT MAX(create_time) FROM jobs")).scalar_one())
         run, pend = live_items(last, running, pending)
@@ -291,13 +300,12 @@ def build_index(
             normalize.from_queue(i, normalize.PENDING) for i in pend
         ]
         index.ingest(live)
-        stats.live_running, stats.live_pending, stats.last_create_time = running, pending, last
         if target.backend == "postgresql":
-            with index.engine.connect() as conn:  # what autovacuum would do after a bulk load
+            with index.engine.connect() as conn:
                 conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("ANALYZE"))
     finally:
         index.close()
-    return stats
+    return inserted, last
 
 
 def get_or_build(

@@ -43,7 +43,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, DisconnectionError, InvalidatePoolError, OperationalError
 
 from .config import APP_NAME, AUTO_MIGRATE_ENV, ENV_VAR, default_sqlite_path, resolve_url  # noqa: F401 (re-exported)
-from .errors import ConfigError, DatabaseTooNew, ForeignKeyViolation, StorageError, UpgradeRequired
+from .errors import ConfigError, DatabaseTooNew, ForeignKeyViolation, ReadOnlyDatabase, StorageError, UpgradeRequired
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,24 @@ PG_DRIVERS = ("postgresql", "postgresql+psycopg", "postgresql+psycopg2")  # all 
 def driver_message(exc: BaseException) -> str:
     """A driver error as one line (libpq messages span several)."""
     return " ".join(str(getattr(exc, "orig", None) or exc).split())
+
+
+# SQLSTATEs of a write refused because the connection may not write: 25006
+# read_only_sql_transaction (a hot standby, default_transaction_read_only) and 42501
+# insufficient_privilege (a read-only role).
+READ_ONLY_SQLSTATES = ("25006", "42501")
+
+
+def write_failure(exc: DBAPIError) -> StorageError | None:
+    """The domain error for a writer's driver error, or None to let it pass: a write
+    refused because the database is read-only for us is ``ReadOnlyDatabase``, any
+    other operational failure (locked, disk full, connection lost) ``StorageError``."""
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if sqlstate in READ_ONLY_SQLSTATES or "readonly database" in str(exc.orig):
+        return ReadOnlyDatabase(driver_message(exc))
+    if isinstance(exc, OperationalError):
+        return StorageError(f"database write failed: {driver_message(exc)}")
+    return None
 
 
 def _sqlite_path(url: str) -> Path | None:
@@ -215,8 +233,10 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
     try:
         with _writing(conn, f"SELECT {WRITER_LOCK_SQL}, set_config('plan_cache_mode', 'auto', true)") as writing:
             yield writing
-    except OperationalError as exc:
-        raise StorageError(f"database write failed: {driver_message(exc)}") from exc
+    except DBAPIError as exc:
+        if (failure := write_failure(exc)) is None:
+            raise
+        raise failure from exc
     finally:
         conn.close()
 
@@ -490,8 +510,10 @@ def migration_transaction(engine: Engine) -> Iterator[Connection]:
     try:
         with sqlite_foreign_keys_off(conn), _writing(conn, f"SELECT {WRITER_LOCK_SQL}") as writing:
             yield writing
-    except OperationalError as exc:
-        raise StorageError(f"database write failed: {driver_message(exc)}") from exc
+    except DBAPIError as exc:
+        if (failure := write_failure(exc)) is None:
+            raise
+        raise failure from exc
     finally:
         conn.close()
 

@@ -79,6 +79,21 @@ class StorageError(JobsIndexError):
     status = 503
 
 
+class ReadOnlyDatabase(StorageError):
+    """The database refused a write because it is read-only for us: a PostgreSQL hot
+    standby (a read replica), ``default_transaction_read_only``, a role without write
+    privileges, or a SQLite file we may not write. Nothing was written; a reader
+    (``serve``, ``search``, ``sql``, ``export``) works there, a writer must go to the
+    primary."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            f"the database refuses writes ({reason}): it is read-only for this connection "
+            "(a read replica, a read-only role or file); run import, follow, migrate, prune, "
+            "compact and check --repair against the primary, as a role that may write"
+        )
+
+
 class ForeignKeyViolation(StorageError):
     """A migration left rows whose parent is gone (``PRAGMA foreign_key_check``
     before the commit); the whole migration was rolled back."""
