@@ -477,9 +477,16 @@ def ahead_chunks(workers: int, batch_size: int) -> int:
     return max(workers * 4, min(2 * batch_size, MAX_AHEAD_ITEMS) // CHUNK_ITEMS)
 
 
-def default_workers() -> int:
-    """Normalising processes for a large import: all cores but the writer's."""
-    return max(0, (os.cpu_count() or 1) - 1)
+def default_workers(dialect: str = "") -> int:
+    """Normalising processes for a large import: all cores but the writer's. Into
+    SQLite (``dialect``), with two cores or more: one per core. There the writer
+    needs about half a core while the rows go in (the workers build them:
+    ``write_queries.Prepared``), less than one worker's normalising, so with one
+    worker fewer it waited for them; the extra one takes up the writer's slack."""
+    cores = os.cpu_count() or 1
+    if dialect == "sqlite" and cores >= 2:
+        return cores
+    return max(0, cores - 1)
 
 
 def records(
