@@ -116,7 +116,8 @@ def summary_line(result, files: int) -> str:
     "--workers",
     type=click.IntRange(0, 64),
     default=None,
-    help="Processes normalising a large dump while this one writes (default: cores - 1; 0: none).",
+    help="Processes normalising a large dump while this one writes "
+    "(default: cores - 1; into SQLite, one per core; 0: none).",
 )
 @click.option(
     "--bulk/--no-bulk",
@@ -163,7 +164,7 @@ def import_(
                 batch_size=batch_size,
                 on_dump=on_dump,
                 bulk=bulk,
-                workers=default_workers() if workers is None else workers,
+                workers=default_workers(index.engine.dialect.name) if workers is None else workers,
             )
         finally:
             for finish in finishers:

@@ -32,7 +32,7 @@ import re
 import sys
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from itertools import islice
@@ -41,9 +41,10 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from . import write_queries
 from .errors import InvalidDump, InvalidItem
 from .normalize import IN_PROGRESS, PENDING, JobRecord, loads_exact, normalise_items, normalise_spans
-from .rawcodec import EncoderCell
+from .rawcodec import Encoder, EncoderCell
 from .services import IngestResult, JobsIndex
 from .transfer import is_export_line, record_from_export
 
@@ -464,11 +465,28 @@ CHUNK_ITEMS = 250  # items per task sent to a normalising worker
 # alive in a chunk are walked by every garbage collector pass (250 cost 272 us/job
 # of CPU against 198 for 25, on a 20k-job dump).
 STREAM_CHUNK_ITEMS = 25
+# Items a writer of batches of N lets the workers run ahead of it: 2 N (at most
+# MAX_AHEAD_ITEMS), so they keep normalising while it writes a batch (with a few
+# chunks only, a worker idled through each batch's SQL and the writer then waited
+# for the next batch: ~1.1 of 2 cores busy).
+MAX_AHEAD_ITEMS = 40_000
 
 
-def default_workers() -> int:
-    """Normalising processes for a large import: all cores but the writer's."""
-    return max(0, (os.cpu_count() or 1) - 1)
+def ahead_chunks(workers: int, batch_size: int) -> int:
+    """Chunks of CHUNK_ITEMS in flight at most, for a writer of batches of ``batch_size``."""
+    return max(workers * 4, min(2 * batch_size, MAX_AHEAD_ITEMS) // CHUNK_ITEMS)
+
+
+def default_workers(dialect: str = "") -> int:
+    """Normalising processes for a large import: all cores but the writer's. Into
+    SQLite (``dialect``), with two cores or more: one per core. There the writer
+    needs about half a core while the rows go in (the workers build them:
+    ``write_queries.Prepared``), less than one worker's normalising, so with one
+    worker fewer it waited for them; the extra one takes up the writer's slack."""
+    cores = os.cpu_count() or 1
+    if dialect == "sqlite" and cores >= 2:
+        return cores
+    return max(0, cores - 1)
 
 
 def records(
@@ -478,20 +496,24 @@ def records(
     *,
     workers: int = 0,
     cell: EncoderCell | None = None,
-) -> Iterator[JobRecord]:
+    batch_size: int = 0,
+) -> Iterator[JobRecord | write_queries.Prepared]:
     """Normalise a dump's items, in order; failures go to ``rejected`` as (id, reason).
 
     With ``workers`` > 0 a large /history dump is normalised by that many other
     processes (JSON and compression are CPU-bound) while this one writes: a pipeline
     over the cores (``jobs-index import`` uses ``default_workers()``). ``cell``: the
-    raw encoder to use, read for each chunk (``JobsIndex.ingest`` sets it).
+    raw encoder to use, read for each chunk (``JobsIndex.ingest`` sets it); with
+    ``cell.rows`` (an SQLite bulk load), a streamed dump's chunks come as the rows
+    the writer inserts (``write_queries.Prepared``), one item each. ``batch_size``:
+    the writer's, to let the workers run ahead of it (``ahead_chunks``).
     """
     cell = cell or EncoderCell()
     large = dump.kind == HISTORY and (len(dump) == 0 or len(dump) >= PARALLEL_MIN_ITEMS)
     if dump.kind == EXPORT:
         yield from _export_records(dump, rejected, progress, cell)
     elif workers > 0 and large:
-        yield from _parallel_records(dump, rejected, progress, workers, cell)
+        yield from _parallel_records(dump, rejected, progress, workers, cell, ahead_chunks(workers, batch_size))
     else:
         for chunk, exact in _chunks(dump, CHUNK_ITEMS if isinstance(dump.items, list) else STREAM_CHUNK_ITEMS):
             done, failed = normalise_items(dump.kind, chunk, exact, cell.encoder)
@@ -519,6 +541,15 @@ def _chunks(dump: Dump, size: int) -> Iterator[tuple[list, bool]]:
         yield [(key, value, "") for key, value, _, _ in entries], all(exact for *_, exact in entries)
 
 
+def _prepared_spans(
+    kind: str, items: list[tuple[Any, Any, str]], unchecked: bool, encoder: Encoder, source: str | None
+) -> tuple[write_queries.Prepared, list[tuple[str, str]], int | None]:
+    """``normalise_spans``, its records turned into the rows an SQLite bulk load
+    inserts (``write_queries.prepare``): the writer's per-job work, done here."""
+    records, rejected, stopped = normalise_spans(kind, items, unchecked, encoder)
+    return write_queries.prepare(records, source), rejected, stopped
+
+
 def _worker_start() -> None:
     """A normalising worker makes no reference cycles (JSON trees, records): the cyclic
     garbage collector, which each parsed item wakes, is off there."""
@@ -526,8 +557,13 @@ def _worker_start() -> None:
 
 
 def _parallel_records(
-    dump: Dump, rejected: list[tuple[str, str]], progress: Callable[[int], None] | None, workers: int, cell: EncoderCell
-) -> Iterator[JobRecord]:
+    dump: Dump,
+    rejected: list[tuple[str, str]],
+    progress: Callable[[int], None] | None,
+    workers: int,
+    cell: EncoderCell,
+    ahead: int,
+) -> Iterator[JobRecord | write_queries.Prepared]:
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_start) as pool:
         if isinstance(dump.items, _StreamedHistory):
             # A streamed dump from a file: the items are cut by ``_NEXT_ITEM`` without
@@ -539,7 +575,9 @@ def _parallel_records(
             streamed.keep_values(False)
             unchecked, index = streamed.unchecked(), 0
             while True:
-                resume = yield from _streamed_pipeline(pool, workers, dump, rejected, progress, unchecked, index, cell)
+                resume = yield from _streamed_pipeline(
+                    pool, workers, ahead, dump, rejected, progress, unchecked, index, cell
+                )
                 if resume is None:
                     return
                 at, key, index = resume
@@ -557,7 +595,7 @@ def _parallel_records(
 
         for chunk, exact in _chunks(dump, CHUNK_ITEMS):
             in_flight.append((len(chunk), pool.submit(normalise_items, dump.kind, chunk, exact, cell.encoder)))
-            if len(in_flight) > workers * 4:  # bounded: memory holds a few chunks, not the dump
+            if len(in_flight) > ahead:  # bounded: memory holds a few chunks, not the dump
                 yield from drain()
         while in_flight:
             yield from drain()
@@ -566,13 +604,14 @@ def _parallel_records(
 def _streamed_pipeline(
     pool: ProcessPoolExecutor,
     workers: int,
+    ahead: int,
     dump: Dump,
     rejected: list[tuple[str, str]],
     progress: Callable[[int], None] | None,
     unchecked: bool,
     index: int,
     cell: EncoderCell,
-) -> Generator[JobRecord, None, tuple[int, str, int] | None]:
+) -> Generator[JobRecord | write_queries.Prepared, None, tuple[int, str, int] | None]:
     """The records of a streamed /history dump's items from the ``index``-th on, in
     order. Returns None at the end, or (stream offset, key, index) of an unchecked
     item that is not a JSON value, to read again from there. An item orjson can read
@@ -582,12 +621,21 @@ def _streamed_pipeline(
     assert isinstance(streamed, _StreamedHistory)
     in_flight: deque = deque()
 
-    def drain() -> tuple[list[JobRecord], tuple[int, str, int] | None]:
+    few = workers * 4
+
+    def submit(chunk: list[tuple[str, Any, str]]) -> Future:
+        if cell.rows:  # an SQLite bulk load: the rows it writes (``write_queries.prepare``)
+            return pool.submit(_prepared_spans, dump.kind, chunk, unchecked, cell.encoder, cell.source)
+        return pool.submit(normalise_spans, dump.kind, chunk, unchecked, cell.encoder)
+
+    def drain() -> tuple[list[JobRecord] | list[write_queries.Prepared], tuple[int, str, int] | None]:
         first, chunk, starts, future = in_flight.popleft()
         done, failed, stopped = future.result()
         rejected.extend(failed)
         if progress is not None:
             progress(len(chunk) if stopped is None else stopped)
+        if isinstance(done, write_queries.Prepared):  # the chunk's rows: one item
+            done = [done] if len(done) else []
         if stopped is None:
             return done, None
         for *_, later in in_flight:
@@ -602,20 +650,18 @@ def _streamed_pipeline(
         starts.append(streamed.value_at)
         if len(chunk) < CHUNK_ITEMS:
             continue
-        in_flight.append(
-            (index, chunk, starts, pool.submit(normalise_spans, dump.kind, chunk, unchecked, cell.encoder))
-        )
+        in_flight.append((index, chunk, starts, submit(chunk)))
         index += len(chunk)
         chunk, starts = [], []
-        if len(in_flight) > workers * 4:  # bounded: memory holds a few chunks, not the dump
+        # Bounded: memory holds a few batches, not the dump. Until the chunks go as rows
+        # (an SQLite bulk load, once its raw dictionary is trained), a few chunks only.
+        if len(in_flight) > (ahead if cell.rows else few):
             done, resume = drain()
             yield from done
             if resume is not None:
                 return resume
     if chunk:
-        in_flight.append(
-            (index, chunk, starts, pool.submit(normalise_spans, dump.kind, chunk, unchecked, cell.encoder))
-        )
+        in_flight.append((index, chunk, starts, submit(chunk)))
     while in_flight:
         done, resume = drain()
         yield from done
@@ -665,7 +711,7 @@ def import_dump(
     rejected: list[tuple[str, str]] = list(dump.rejected)
     cell = EncoderCell()  # the index's raw encoder, for the normalising code
     result = index.ingest(
-        records(dump, rejected, progress, workers=workers, cell=cell),
+        records(dump, rejected, progress, workers=workers, cell=cell, batch_size=batch_size),
         source=source,
         batch_size=batch_size,
         bulk=bulk,

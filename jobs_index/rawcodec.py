@@ -165,6 +165,10 @@ class EncoderCell:
 
     def __init__(self, encoder: Encoder = ZLIB) -> None:
         self.encoder = encoder
+        # Set by an SQLite bulk load: the workers send each chunk as the rows it
+        # inserts (``write_queries.Prepared``), with ``source`` as the jobs' source.
+        self.rows = False
+        self.source: str | None = None
 
 
 # -- reading -------------------------------------------------------------------------

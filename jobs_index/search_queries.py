@@ -177,6 +177,11 @@ class SearchStore:
         when its record has none (the upsert's COALESCE), by id."""
         raise NotImplementedError
 
+    def add_rows(self, conn: Connection, rows: Sequence[tuple], fts: Sequence[str]) -> None:
+        """SQLite: ``add`` of rows made already: ``job_search`` rows in ROW_COLUMNS order
+        and each one's FTS5 document ('' for none); docids in their order, as ``add``'s."""
+        raise NotImplementedError
+
     COPY_COLUMNS: tuple[str, ...] = ()
 
     def copy_rows(self, records: Sequence) -> list[tuple]:
@@ -260,10 +265,7 @@ class SqliteStore(SearchStore):
     def add(self, conn: Connection, records: Sequence, sources: dict | None = None) -> None:
         if not records:
             return
-        first = conn.exec_driver_sql(
-            "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'job_search'), 0), "
-            "coalesce((SELECT max(docid) FROM job_search), 0)) + 1"
-        ).scalar_one()  # an aggregate: always one row
+        first = conn.exec_driver_sql(_SQLITE_NEXT_DOCID).scalar_one()
         rows, docs = [], []
         for docid, record in enumerate(records, first):
             doc = _document(record)
@@ -273,6 +275,21 @@ class SqliteStore(SearchStore):
         conn.exec_driver_sql(
             f"INSERT INTO job_search (docid, {', '.join(ROW_COLUMNS)}) VALUES (?{', ?' * len(ROW_COLUMNS)})", rows
         )
+        if docs:
+            conn.exec_driver_sql("INSERT INTO job_search_fts (rowid, doc) VALUES (?, ?)", docs)
+
+    def add_rows(self, conn: Connection, rows: Sequence[tuple], fts: Sequence[str]) -> None:
+        if not rows:
+            return
+        first = conn.exec_driver_sql(_SQLITE_NEXT_DOCID).scalar_one()
+        # docid left out: AUTOINCREMENT gives the same numbers, first, first + 1, ...
+        conn.exec_driver_sql(
+            f"INSERT INTO job_search ({', '.join(ROW_COLUMNS)}) VALUES (?{', ?' * (len(ROW_COLUMNS) - 1)})", rows
+        )
+        last = conn.exec_driver_sql("SELECT max(docid) FROM job_search").scalar_one()
+        if last != first + len(rows) - 1:
+            raise RuntimeError(f"job_search docids {first}..{last} for {len(rows)} rows")
+        docs = [(docid, text) for docid, text in enumerate(fts, first) if text]
         if docs:
             conn.exec_driver_sql("INSERT INTO job_search_fts (rowid, doc) VALUES (?, ?)", docs)
 
@@ -384,6 +401,11 @@ class SqliteStore(SearchStore):
         return tuple(conn.exec_driver_sql(_SQLITE_VERSION).one())
 
 
+# The docid of the next job_search row (an aggregate: always one row).
+_SQLITE_NEXT_DOCID = (
+    "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'job_search'), 0), "
+    "coalesce((SELECT max(docid) FROM job_search), 0)) + 1"
+)
 _SQLITE_VERSION = "SELECT data_version, total_changes() FROM pragma_data_version"
 
 # Prefix expansion (SQLite): a prefix term of one word (``jugg*``) is written as the

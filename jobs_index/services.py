@@ -14,9 +14,10 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from itertools import chain, islice
+from itertools import chain
 from operator import itemgetter
 from types import EllipsisType
+from typing import TypeGuard, cast
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
@@ -338,6 +339,73 @@ def _batches(records: Iterable[JobRecord], source: str | None, size: int) -> Ite
         yield list(batch.values())
 
 
+def _bulk_batches(
+    items: Iterable[JobRecord | write_queries.Prepared], source: str | None, size: int
+) -> Iterator[list[JobRecord] | list[write_queries.Prepared]]:
+    """``_batches`` of records and ``Prepared`` chunks (an SQLite bulk load's stream):
+    the same batches, ``size`` distinct ids each, a repeated id keeping its latest
+    version of the highest stage. A batch of prepared rows with distinct ids stays
+    rows (a list of ``Prepared``: ``write_queries.write_prepared``); any other goes as
+    records (``Prepared.records``)."""
+    parts: list[write_queries.Prepared] = []  # the batch as rows, of these ids ...
+    seen: set[str] = set()
+    batch: dict[str, JobRecord] | None = None  # ... or as records (not None)
+
+    def as_records() -> dict[str, JobRecord]:
+        nonlocal parts, seen
+        out = {record.id: record for part in parts for record in part.records()}  # distinct ids
+        parts, seen = [], set()
+        return out
+
+    def add(record: JobRecord) -> bool:
+        """``_batches``' rule, into ``batch``; True when the batch is full."""
+        assert batch is not None
+        if source is not None:
+            record.source = source
+        old = batch.get(record.id)
+        if old is None or record.stage >= old.stage:
+            batch[record.id] = record
+        return len(batch) >= size
+
+    for item in items:
+        rest: JobRecord | write_queries.Prepared | None = item
+        while rest is not None:
+            if not isinstance(rest, write_queries.Prepared):
+                if batch is None:
+                    batch = as_records()
+                full, rest = add(rest), None
+            elif batch is None:  # rows, up to a full batch or a repeated id
+                part, rest = rest, None
+                if len(part) > size - len(seen):
+                    part, rest = part.split(size - len(seen))
+                before = len(seen)
+                seen.update(part.ids)
+                if len(seen) - before < len(part):  # a repeated id: this batch goes as records
+                    batch, rest = as_records(), write_queries.Prepared.joined(part, rest)
+                    continue
+                parts.append(part)
+                if len(seen) >= size:
+                    yield parts
+                    parts, seen = [], set()
+                continue
+            else:  # records, until the batch is full; the rest goes on as rows
+                chunk, rest, full = rest.records(), rest, False
+                for taken, record in enumerate(chunk, 1):
+                    if add(record):
+                        full = True
+                        rest = rest.split(taken)[1] if taken < len(chunk) else None
+                        break
+                else:
+                    rest = None
+            if full:
+                yield list(batch.values())
+                batch = None
+    if parts:
+        yield parts
+    elif batch:
+        yield list(batch.values())
+
+
 def finished_transitions(
     written: list[JobRecord], existing: dict
 ) -> list[tuple[str | None, str, float | None, str | None]]:
@@ -460,16 +528,27 @@ def _bulk_records_pg(
     return result
 
 
+def _all_prepared(
+    batch: list[JobRecord] | list[write_queries.Prepared],
+) -> TypeGuard[list[write_queries.Prepared]]:
+    return bool(batch) and isinstance(batch[0], write_queries.Prepared)
+
+
 def _trained_first(
-    conn: Connection, records: Iterable[JobRecord]
-) -> tuple[Iterable[JobRecord], rawcodec.Dictionary | None]:
+    conn: Connection, records: Iterable[JobRecord | write_queries.Prepared]
+) -> tuple[Iterable[JobRecord | write_queries.Prepared], rawcodec.Dictionary | None]:
     """A bulk load into an index without a dictionary: train one on the first records
     (``rawcodec.TRAIN_ITEMS``, ``TRAIN_BYTES``) and store it in ``conn``'s transaction.
+    (Before training, the workers send records, not ``Prepared`` rows.)
     Returns the records, those read included, and the dictionary (None: too few
     records, or zstd could not train on them: the load writes zlib)."""
     iterator = iter(records)
-    head = list(islice(iterator, rawcodec.TRAIN_ITEMS))
-    texts = rawcodec.sample_texts(rawcodec.decode(r.raw, r.raw_dict_id) for r in head)
+    head: list[JobRecord | write_queries.Prepared] = []
+    count = 0
+    while count < rawcodec.TRAIN_ITEMS and (item := next(iterator, None)) is not None:
+        head.append(item)
+        count += len(item) if isinstance(item, write_queries.Prepared) else 1
+    texts = rawcodec.sample_texts(rawcodec.decode(r.raw, r.raw_dict_id) for r in write_queries.flatten(head))
     dictionary = rawcodec.train(texts)
     if dictionary is not None:
         rawcodec.store(conn, dictionary, len(texts), sum(map(len, texts)))
@@ -682,7 +761,7 @@ class JobsIndex:
 
     def ingest(
         self,
-        records: Iterable[JobRecord],
+        records: Iterable[JobRecord | write_queries.Prepared],
         *,
         source: str | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
@@ -705,7 +784,7 @@ class JobsIndex:
         if cell is not None:
             cell.encoder = self.raw_encoder()
         result = IngestResult()
-        for batch in _batches(records, source, batch_size):
+        for batch in _batches(write_queries.flatten(records), source, batch_size):
             result.add(self._write_batch(batch))
             if cell is not None and self._encoder is not None:
                 cell.encoder = self._encoder  # a dictionary trained meanwhile (``_maybe_train``)
@@ -713,7 +792,7 @@ class JobsIndex:
 
     def bulk_load(
         self,
-        records: Iterable[JobRecord],
+        records: Iterable[JobRecord | write_queries.Prepared],
         *,
         source: str | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
@@ -753,7 +832,7 @@ class JobsIndex:
                     late_ids: set[str] = set()
                     started = time.perf_counter()
                     with write_queries.pg_indexes_deferred(conn):
-                        for batch in _batches(records, source, batch_size):
+                        for batch in _batches(write_queries.flatten(records), source, batch_size):
                             now = int(time.time() * 1000)
                             early = []
                             for record in batch:
@@ -769,10 +848,23 @@ class JobsIndex:
                         result.add(_bulk_records_pg(conn, batch, now, finished, copy=False, encoder=encoder))
                     built = time.perf_counter()
                 else:
+                    if cell is not None and finished is None:  # workers send rows (write_prepared)
+                        cell.source, cell.rows = source, True
                     with write_queries.indexes_deferred(conn):
-                        for batch in _batches(records, source, batch_size):
+                        for group in _bulk_batches(records, source, batch_size):
                             now = int(time.time() * 1000)
-                            result.add(_write_records(conn, batch, now, finished, encoder=encoder))
+                            if not _all_prepared(group):
+                                written = cast(list[JobRecord], group)
+                            elif (
+                                finished is None
+                                and all(part.dict_id == encoder.dict_id for part in group)  # raw as the index writes it
+                                and write_queries.write_prepared(conn, group, now)  # (False: an id is there already)
+                            ):
+                                result.inserted += sum(map(len, group))
+                                continue
+                            else:
+                                written = [record for part in group for record in part.records()]
+                            result.add(_write_records(conn, written, now, finished, encoder=encoder))
         except IntegrityError as exc:
             raise StorageError(f"rejected by the database: {exc.orig}") from exc
         self._encoder = encoder  # committed: the index's encoder from now on

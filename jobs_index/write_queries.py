@@ -9,6 +9,9 @@ driver errors still arrive as SQLAlchemy's ``DataError``/``IntegrityError``).
 * ``write_batch`` — upsert the rows with the "newer version wins" guard in SQL
   (``ON CONFLICT (id) DO UPDATE ... WHERE``), their ``job_outputs`` and search rows
   (``search_queries.store``), and on SQLite the ``job_counts`` deltas.
+* ``prepare`` / ``write_prepared`` — an SQLite bulk load's fast path: the import
+  workers turn their records into the exact rows ``write_batch`` would write
+  (``Prepared``); the writer only orders them and hands them to the driver.
 
 Counters. On SQLite the count triggers stand aside while ``jobs_index_writer`` has
 a row (migration 0004); the writer inserts it, writes, adds the batch's deltas
@@ -21,16 +24,18 @@ kind); the writer sends each batch as one multi-row ``INSERT`` so they fire once
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import cache
-from operator import attrgetter
+from itertools import chain
+from operator import attrgetter, itemgetter
 
 from sqlalchemy import Connection
 from sqlalchemy.dialects import postgresql
@@ -38,6 +43,7 @@ from sqlalchemy.exc import DBAPIError
 
 from . import schema, search_queries
 from .normalize import JobRecord, answer_text, column_text
+from .search import Document
 
 JOB_COLUMNS = tuple(c.name for c in schema.table(schema.Job).columns)
 _RECORD_COLUMNS = tuple(c for c in JOB_COLUMNS if c != "indexed_at")
@@ -105,7 +111,16 @@ _UPSERT_TAIL = f" ON CONFLICT (id) DO UPDATE SET {_SET} WHERE {_GUARD}"
 @cache
 def _values_sql(table: str, columns: tuple[str, ...], rows: int, tail: str = "") -> str:
     """SQLite: an INSERT of ``rows`` rows as one multi-row VALUES list."""
-    one = "(" + ", ".join(["?"] * len(columns)) + ")"
+    return _values_sql_last(table, columns, rows, tail)
+
+
+def _values_sql_last(table: str, columns: tuple[str, ...], rows: int, tail: str = "", last: int | None = None) -> str:
+    """``_values_sql``; with ``last``, the last column's value is this integer in every
+    row (its parameters are the other columns')."""
+    marks = ["?"] * len(columns)
+    if last is not None:
+        marks[-1] = str(int(last))
+    one = "(" + ", ".join(marks) + ")"
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES " + ", ".join([one] * rows) + tail
 
 
@@ -131,26 +146,38 @@ def _unnest_sql(table: str, columns: tuple[str, ...], tail: str) -> str:
     return f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM unnest({arrays}){tail}"
 
 
-def _insert_many(conn: Connection, table: str, columns: tuple[str, ...], rows: list[tuple], tail: str = "") -> None:
+def _insert_many(
+    conn: Connection, table: str, columns: tuple[str, ...], rows: list[tuple], tail: str = "", *, now: int | None = None
+) -> None:
     """INSERT ``rows``. SQLite: ``jobs`` as multi-row ``VALUES`` statements of a fixed
     size (the same SQL each time, prepared once) — one statement for many rows
     journals each touched page once per statement (a statement with triggers keeps
     a statement journal) — and the small side-table rows by ``executemany`` (measured
-    faster for them). PostgreSQL: one ``unnest`` statement."""
+    faster for them). PostgreSQL: one ``unnest`` statement. ``now`` (SQLite): the
+    rows lack their last column, ``indexed_at``, which is this for all of them."""
     if not rows:
         return
     if _pg(conn):
+        assert now is None, "PostgreSQL rows carry indexed_at"
         conn.exec_driver_sql(_unnest_sql(table, columns, tail), tuple(list(col) for col in zip(*rows, strict=True)))
         return
-    per = max(1, min(_max_params(conn) // len(columns), SQLITE_ROWS.get(table, 1)))
+    width = len(columns) - (now is not None)  # parameters per row
+    per = max(1, min(_max_params(conn) // width, SQLITE_ROWS.get(table, 1)))
     full = len(rows) - len(rows) % per
+
+    def sql(rows: int) -> str:
+        return (
+            _values_sql(table, columns, rows, tail)
+            if now is None
+            else _values_sql_last(table, columns, rows, tail, now)
+        )
+
     if full:
-        sql = _values_sql(table, columns, per, tail)
-        flat = [value for row in rows[:full] for value in row]
-        step = per * len(columns)
-        conn.exec_driver_sql(sql, [tuple(flat[i : i + step]) for i in range(0, len(flat), step)])
+        flat = list(chain.from_iterable(rows[:full]))
+        step = per * width
+        conn.exec_driver_sql(sql(per), [tuple(flat[i : i + step]) for i in range(0, len(flat), step)])
     if full < len(rows):
-        conn.exec_driver_sql(_values_sql(table, columns, 1, tail), rows[full:])
+        conn.exec_driver_sql(sql(1), rows[full:])
 
 
 def _delete_side_rows(conn: Connection, ids: list[str]) -> None:
@@ -271,6 +298,147 @@ def write_batch(conn: Connection, records: Sequence[JobRecord], existing: dict[s
 
 
 # -- bulk load (SQLite, an empty index) ---------------------------------------------
+
+# The fast path. An import worker (``ingest``) turns each chunk of new records into
+# ``Prepared`` rows; the writer batches them (``services._bulk_batches``) and, when
+# the batch's ids are new to the index, writes them with ``write_prepared``: the
+# same rows, in the same order, with the same docids as ``write_batch`` gives the
+# same records, without a Python object per record in the writer. A batch that
+# repeats an id or replaces a row goes ``write_batch``'s way (``Prepared.records``).
+
+_STATUS, _SOURCE = JOB_COLUMNS.index("status"), JOB_COLUMNS.index("source")
+MIXED = -1  # ``Prepared.dict_id`` of rows written with more than one encoder (no dictionary's id)
+_OUTPUT_FIELDS = OUTPUT_COLUMNS[1:]  # a ``JobRecord.output_files`` entry's keys
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A chunk of normalised records as the rows an SQLite write of new jobs inserts
+    (``prepare``), in the records' order. Picklable (workers send it to the writer)."""
+
+    ids: list[str]  # the jobs' ids (as ComfyUI spells them)
+    stages: list[int]
+    jobs: list[tuple]  # ``jobs`` rows, JOB_COLUMNS order without ``indexed_at``
+    outputs: list[tuple]  # ``job_outputs`` rows (OUTPUT_COLUMNS order), record by record ...
+    output_counts: list[int]  # ... this many for each record
+    search: list[tuple]  # ``job_search`` rows without ``docid`` (search_queries.ROW_COLUMNS order)
+    fts: list[str]  # the FTS5 document of each record ('' for none)
+    dict_id: int | None  # the raw dictionary every ``raw`` here is written with (None: zlib)
+    counts: dict | None = field(default=None)  # ``job_counts`` deltas of these rows as new jobs
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def split(self, at: int) -> tuple[Prepared, Prepared]:
+        """The first ``at`` records and the rest."""
+        cut = sum(self.output_counts[:at])
+        return (
+            Prepared(
+                self.ids[:at], self.stages[:at], self.jobs[:at], self.outputs[:cut], self.output_counts[:at],
+                self.search[:at], self.fts[:at], self.dict_id,
+            ),
+            Prepared(
+                self.ids[at:], self.stages[at:], self.jobs[at:], self.outputs[cut:], self.output_counts[at:],
+                self.search[at:], self.fts[at:], self.dict_id,
+            ),
+        )  # fmt: skip
+
+    @staticmethod
+    def joined(first: Prepared, then: Prepared | None) -> Prepared:
+        """``first``'s records then ``then``'s."""
+        if then is None:
+            return first
+        return Prepared(
+            first.ids + then.ids, first.stages + then.stages, first.jobs + then.jobs, first.outputs + then.outputs,
+            first.output_counts + then.output_counts, first.search + then.search, first.fts + then.fts,
+            first.dict_id if first.dict_id == then.dict_id else MIXED,
+        )  # fmt: skip
+
+    def count_deltas(self) -> Counter:
+        """The ``job_counts`` deltas of these rows written as new jobs."""
+        if self.counts is None:
+            self.counts = Counter(
+                key
+                for row in self.jobs
+                for key in _count_keys(row[_STATUS], row[_WORKFLOW], row[_SOURCE])
+            )  # fmt: skip
+        return Counter(self.counts)
+
+    def records(self) -> list[JobRecord]:
+        """The records these rows were made of (``write_batch``'s way, for a batch
+        the fast path does not take)."""
+        out, at = [], 0
+        for i, row in enumerate(self.jobs):
+            values = dict(zip(_RECORD_COLUMNS, row, strict=True))
+            values["id"], values["workflow_id"] = self.ids[i], answer_text(values["workflow_id"])
+            files = [
+                dict(zip(_OUTPUT_FIELDS, o[1:], strict=True)) for o in self.outputs[at : at + self.output_counts[i]]
+            ]
+            at += self.output_counts[i]
+            node_types, models, loras = (tuple(json.loads(v)) for v in self.search[i][-3:])
+            words = tuple(self.fts[i].split(" ")) if self.fts[i] else ()
+            out.append(JobRecord(**values, output_files=files, search=Document(words, node_types, models, loras)))
+        return out
+
+
+def prepare(records: Sequence[JobRecord], source: str | None = None) -> Prepared:
+    """``records`` (one worker's chunk, each with its search document) as ``Prepared``
+    rows; ``source``, if given, replaces each record's (``jobs-index import --source``)."""
+    if source is not None:
+        for record in records:
+            record.source = source
+    jobs = [row[:-1] for row in job_rows(records, 0)]
+    docs = [r.search if r.search is not None else search_queries._document(r) for r in records]
+    dict_ids = {r.raw_dict_id for r in records}
+    return Prepared(
+        ids=[r.id for r in records],
+        stages=[r.stage for r in records],
+        jobs=jobs,
+        outputs=side_rows(records),
+        output_counts=[len(r.output_files) for r in records],
+        search=[search_queries._row_values(r, d, None) for r, d in zip(records, docs, strict=True)],
+        fts=[d.fts_text() if d.words else "" for d in docs],
+        dict_id=dict_ids.pop() if len(dict_ids) == 1 else MIXED,
+        counts=_count_deltas(records, {}),
+    )
+
+
+def flatten(items: Iterable[JobRecord | Prepared]) -> Iterator[JobRecord]:
+    """Records, ``Prepared`` chunks expanded into theirs."""
+    for item in items:
+        if isinstance(item, Prepared):
+            yield from item.records()
+        else:
+            yield item
+
+
+def write_prepared(conn: Connection, parts: Sequence[Prepared], now: int) -> bool:
+    """SQLite: write the rows of ``parts`` (distinct ids, each part's ``raw`` written
+    with the index's encoder) as ``write_batch`` writes new records: ``jobs`` rows in
+    id order, their ``job_outputs``, counter deltas and search rows (docids in id
+    order). Writes nothing and returns False if one of the ids has a row already."""
+    ids = list(chain.from_iterable(p.ids for p in parts))
+    if not ids or read_existing(conn, ids):
+        return not ids
+    order = sorted(range(len(ids)), key=ids.__getitem__)  # write_batch's order: by id
+    jobs = list(chain.from_iterable(p.jobs for p in parts))
+    search = list(chain.from_iterable(p.search for p in parts))
+    fts = list(chain.from_iterable(p.fts for p in parts))
+    deltas: Counter = Counter()
+    for part in parts:
+        deltas.update(part.count_deltas())
+    conn.exec_driver_sql("INSERT INTO jobs_index_writer (id) VALUES (1)")
+    _insert_many(conn, "jobs", JOB_COLUMNS, [jobs[i] for i in order], _UPSERT_TAIL, now=now)
+    changed = [key + (n,) for key, n in deltas.items() if n]
+    if changed:
+        conn.exec_driver_sql(_COUNT_UPSERT, changed)
+    conn.exec_driver_sql("DELETE FROM jobs_index_writer")
+    outputs = list(chain.from_iterable(p.outputs for p in parts))
+    outputs.sort(key=itemgetter(0))  # by job, each job's in order (a stable sort)
+    _insert_many(conn, "job_outputs", OUTPUT_COLUMNS, outputs)
+    search_queries.store(conn).add_rows(conn, [search[i] for i in order], [fts[i] for i in order])
+    return True
+
 
 BULK_TABLES = ("jobs", "job_outputs", "job_search")
 

@@ -14,7 +14,12 @@ default, ``--no-bulk`` does not).
 * a failure part-way rolls everything back (the index stays empty, its indexes
   intact) and leaves the pooled connection's settings as they were;
 * a real ``jobs-index import`` killed with SIGKILL during a bulk load leaves an
-  empty, consistent file, and running it again loads everything.
+  empty, consistent file, and running it again loads everything;
+* the rows the import workers prepare (``write_queries.Prepared``, the fast path of
+  an SQLite bulk load) load exactly what batches of records write, with repeated
+  ids (within a batch, across batches), chunks cut by batch boundaries and a
+  ``--source``; a streamed dump bulk-imported by the CLI gives the same file with
+  and without workers.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from dataclasses import replace
 
 import pytest
 
-from jobs_index import JobsIndex
+from jobs_index import JobsIndex, write_queries
 from jobs_index.database import make_engine
 from jobs_index.errors import StorageError
 from jobs_index.normalize import from_history
@@ -84,6 +89,52 @@ def test_bulk_load_writes_what_batches_write(tmp_path):
     expected, loaded = schema_and_content(tmp_path / "batches.sqlite3"), schema_and_content(tmp_path / "bulk.sqlite3")
     assert sum(1 for kind, *_ in loaded["schema"] if kind == "index") >= 10
     assert loaded == expected
+
+
+@pytest.mark.parametrize("source", [None, "gpu-1"])
+def test_bulk_load_of_prepared_rows_writes_what_batches_write(tmp_path, source):
+    def stream() -> list:
+        jobs = records(600)
+        pending = [replace(r, stage=0, status="pending", raw_digest="p" + r.raw_digest) for r in jobs[200:203]]
+        # jobs[70] twice in one batch of 64 (positions 70 and 100); records(40): ids of
+        # the first batch again, unchanged, in a later one; three jobs pending, then
+        # their history rows in the same batch
+        return jobs[:100] + [jobs[70]] + jobs[100:200] + pending + jobs[200:] + records(40)
+
+    with JobsIndex.open(f"sqlite:///{tmp_path / 'batches.sqlite3'}") as index:
+        batched = index.ingest(stream(), batch_size=64, source=source)
+    records_ = stream()
+    chunks = [write_queries.prepare(records_[i : i + 25], source) for i in range(0, len(records_), 25)]
+    assert sum(map(len, chunks)) == len(records_) and not any(chunk.dict_id for chunk in chunks)  # zlib
+    written = []
+    original = write_queries.write_prepared
+
+    def spy(conn, parts, now):
+        done = original(conn, parts, now)
+        written.append((sum(map(len, parts)), done))
+        return done
+
+    write_queries.write_prepared = spy
+    try:
+        with JobsIndex.open(f"sqlite:///{tmp_path / 'bulk.sqlite3'}") as index:
+            bulk = index.bulk_load(
+                chunks[:3] + [r for c in chunks[3:5] for r in c.records()] + chunks[5:], batch_size=64
+            )
+            assert bulk is not None and index.counts_consistent() and index.total() == 600
+    finally:
+        write_queries.write_prepared = original
+    assert (bulk.inserted, bulk.updated, bulk.unchanged) == (batched.inserted, batched.updated, batched.unchanged)
+    assert (True in {done for _, done in written}) and (64, False) in written  # rows, and a batch that went as records
+    assert schema_and_content(tmp_path / "bulk.sqlite3") == schema_and_content(tmp_path / "batches.sqlite3")
+
+
+def test_prepared_rows_give_back_their_records():
+    jobs = records(60)
+    prepared = write_queries.prepare(records(60))
+    assert prepared.records() == jobs
+    first, rest = prepared.split(25)
+    assert first.records() + rest.records() == jobs
+    assert first.count_deltas() + rest.count_deltas() == prepared.count_deltas()
 
 
 def test_a_non_empty_index_is_not_bulk_loaded(tmp_path):
@@ -314,6 +365,28 @@ def test_sigkill_during_a_bulk_import_then_rerun(tmp_path, bulk_dump):
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and "20000 inserted" in done.stdout, done.stderr
     assert len(check_sqlite_file(path)) == 20_000
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_cli_streamed_bulk_import_with_and_without_workers_gives_the_same_index(tmp_path, bulk_dump):
+    """A dump large enough to be streamed to the workers, whose rows they prepare for
+    the bulk load (``write_queries.Prepared``), with a --source: the same file as
+    the records normalised by the writer itself (the same raw dictionary: both
+    train it on the first items)."""
+    lines = {}
+    for name, options in (("workers", ["--workers", "1"]), ("alone", ["--workers", "0"])):
+        url = f"sqlite:///{tmp_path / name}.sqlite3"
+        done = subprocess.run(
+            [*JOBS_INDEX, "--db", url, "import", "--source", "gpu-2", *options, str(bulk_dump)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stderr
+        lines[name] = done.stdout.strip()
+    assert lines["workers"] == lines["alone"] == "1 file(s): 20000 inserted, 0 updated, 0 unchanged, 0 rejected"
+    assert schema_and_content(tmp_path / "workers.sqlite3") == schema_and_content(tmp_path / "alone.sqlite3")
 
 
 def test_cli_import_with_and_without_bulk_gives_the_same_index(tmp_path):
