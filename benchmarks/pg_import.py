@@ -18,6 +18,11 @@ both schemas hold the same rows (every column but ``indexed_at``, by digest), th
 
     .venv/bin/python benchmarks/pg_import.py --jobs 100000 --db postgresql+psycopg://postgres@127.0.0.1:5432/bench_i16
 
+``--modes bulk`` runs only the bulk load (at 1M the batches take long); ``--floor``
+then runs ``breakdown.py pg-bulk-floor`` of as many jobs in the same run (what the
+server and the bare driver cost: the bound on the import's rate); ``--tag T`` names the
+files ``pg-import-<N>-T``.
+
 Writes ``results/pg-import-<N>.md`` and ``.json``. Wall times on a shared machine
 wander with the load: every row gives the 1-minute load average when it started and
 the client's CPU seconds (the server's are not separated from other users').
@@ -41,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import bench
+import breakdown
 from sqlalchemy import create_engine, text
 
 from jobs_index.params import parse_list_query
@@ -164,12 +170,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20, help="calls per page timing")
     parser.add_argument("--keep", action="store_true", help="keep the schemas (default: dropped at the end)")
     parser.add_argument("--order", choices=["batches-first", "bulk-first"], default="batches-first")
+    parser.add_argument("--tag", default="", help="suffix of the result files' names (pg-import-<N>-<tag>)")
+    parser.add_argument(
+        "--floor", action="store_true", help="then the floor: `breakdown.py pg-bulk-floor` of as many jobs"
+    )
+    parser.add_argument("--modes", default="batches,bulk", help="comma-separated: batches, bulk (default both)")
     args = parser.parse_args()
     dump, _ = bench.dump_file(args.jobs)
     admin = create_engine(args.db)
     runs = []
     for round_no in range(args.rounds):
-        order = list(MODES.items()) if args.order == "batches-first" else list(reversed(MODES.items()))
+        order = [(m, o) for m, o in MODES.items() if m in args.modes.split(",")]
+        order = order if args.order == "batches-first" else order[::-1]
         for mode, options in order:
             schema = f"pgimp_{mode}"
             reset_schema(args.db, schema)
@@ -180,24 +192,32 @@ def main() -> None:
             bench.log(f"  {run['wall_s']:.1f} s, {args.jobs / run['wall_s']:,.0f} jobs/s; {run['phases']}")
             runs.append(run)
             save(args, runs)  # after each import: a run stopped part-way keeps what it measured
-        same = {table: runs[-1]["digests"][table] == runs[-2]["digests"][table] for table in DIGESTS}
-        runs[-1]["same_as_batches"] = same  # this round's two imports
+        if len(order) == 2:
+            same = {table: runs[-1]["digests"][table] == runs[-2]["digests"][table] for table in DIGESTS}
+            runs[-1]["same_as_batches"] = same  # this round's two imports
     if not args.keep:
         for mode in MODES:
             drop_schema(args.db, f"pgimp_{mode}")
-    print(save(args, runs))
+    floor: list[dict] = []
+    if args.floor:
+        bench.log(f"floor: pg-bulk-floor of {args.jobs:,} jobs")
+        floor = breakdown.pg_bulk_floor(args.db, args.jobs, say=lambda line: None)
+        bench.log(f"  floor: {floor[-1]['wall_s']:.1f} s, {args.jobs / floor[-1]['wall_s']:,.0f} jobs/s")
+    print(save(args, runs, floor))
 
 
-def save(args, runs: list[dict]) -> str:
-    report = render(args, runs)
+def save(args, runs: list[dict], floor: list[dict] | None = None) -> str:
+    report = render(args, runs, floor or [])
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"pg-import-{args.jobs}"
+    out = RESULTS / (f"pg-import-{args.jobs}" + (f"-{args.tag}" if args.tag else ""))
     out.with_suffix(".md").write_text(report)
-    out.with_suffix(".json").write_text(json.dumps({"jobs": args.jobs, "runs": runs, "loads": bench.LOADS}, indent=1))
+    out.with_suffix(".json").write_text(
+        json.dumps({"jobs": args.jobs, "runs": runs, "floor": floor or [], "loads": bench.LOADS}, indent=1)
+    )
     return report
 
 
-def render(args, runs: list[dict]) -> str:
+def render(args, runs: list[dict], floor: list[dict]) -> str:
     n = args.jobs
     lines = [
         f"# PostgreSQL import of {n:,} jobs: batch by batch vs bulk load with COPY",
@@ -209,14 +229,16 @@ def render(args, runs: list[dict]) -> str:
         "`batches` is what PostgreSQL did before issue 16. Pages: in-process `list_jobs`, p50 of "
         f"{args.repeats}, right after the import (no manual ANALYZE).",
         "",
-        "| round | mode | wall s | jobs/s | client CPU s | server CPU s | jobs per CPU s | load "
-        "| deep offset page p50 ms | first page p50 ms | heap all-visible | total | counters exact |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| round | mode | wall s | jobs/s | client CPU s | server CPU s | client µs/job | server µs/job "
+        "| jobs per CPU s | load | deep offset page p50 ms | first page p50 ms | heap all-visible | total "
+        "| counters exact |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in runs:
         lines.append(
             f"| {r['round']} | {r['mode']} | {r['wall_s']:.1f} | {n / r['wall_s']:,.0f} | {r['cpu_s']:.1f} | "
-            f"{r['server_cpu_s']:.1f} | {n / (r['cpu_s'] + r['server_cpu_s']):,.0f} | {r['load']:.1f} | "
+            f"{r['server_cpu_s']:.1f} | {1e6 * r['cpu_s'] / n:,.0f} | {1e6 * r['server_cpu_s'] / n:,.0f} | "
+            f"{n / (r['cpu_s'] + r['server_cpu_s']):,.0f} | {r['load']:.1f} | "
             f"{r['deep_offset_p50_ms']:.1f} | {r['first_page_p50_ms']:.2f} | "
             f"{r['all_visible']:.0%} | {r['total']:,} | {r['counts_exact']} |"
         )
@@ -226,6 +248,24 @@ def render(args, runs: list[dict]) -> str:
     for r in runs:
         if "same_as_batches" in r:
             lines.append(f"* round {r['round']}: " + ", ".join(f"{t} {ok}" for t, ok in r["same_as_batches"].items()))
+    if floor:
+        lines += [
+            "",
+            f"The floor in the same run (`breakdown.py pg-bulk-floor`, {n:,} pre-normalised jobs: no dump, "
+            "no normalising): the service's `bulk_load` of them, then the bare driver's binary COPY of prebuilt "
+            "rows, index builds, COMMIT and VACUUM (ANALYZE); client CPU is the benchmark process's, server CPU "
+            "its backend's:",
+            "",
+            "| part | wall s | client CPU s | server CPU s | client µs/job | server µs/job | jobs/s by wall |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for part in floor:
+            name = "**driver: all of it (the floor)**" if part["part"] == "floor" else part["part"]
+            lines.append(
+                f"| {name} | {part['wall_s']:,.1f} | {part['cpu_s']:,.1f} | {part['server_cpu_s']:,.1f} | "
+                f"{1e6 * part['cpu_s'] / n:,.1f} | {1e6 * part['server_cpu_s'] / n:,.1f} | "
+                f"{n / part['wall_s'] if part['wall_s'] else 0:,.0f} |"
+            )
     lines += ["", "Load average at each step:", ""]
     lines += [f"* {at} ({load:.1f}) {msg}" for at, msg, load in bench.LOADS]
     return "\n".join(lines) + "\n"
