@@ -38,7 +38,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from struct import Struct, pack
+from struct import pack
 from typing import Any
 
 from .errors import BadRequest
@@ -106,20 +106,27 @@ class Document:
         client ``encoding``, NUL-terminated, its position count and positions, as
         16-bit big-endian, weight bits 0). Lexemes in code point order, the server's
         order for UTF-8 (for another encoding the server sorts them)."""
-        positions: dict[str, list[int]] = {}
+        positions: dict[str, int | list[int]] = {}  # a word's position, or its positions
         for position, word in enumerate(self.words, 1):
             found = positions.get(word)
             if found is None:
-                positions[word] = [position]
+                positions[word] = position
+            elif isinstance(found, int):
+                positions[word] = [found, position]
             else:
                 found.append(position)
         positions.pop(FILLER, None)
         out = [len(positions).to_bytes(4, "big")]
         add = out.append
         for word in sorted(positions):
-            found = positions[word]
             add(word.encode(encoding))
-            add(_ONE_POSITION(1, found[0]) if len(found) == 1 else pack(f">xH{len(found)}H", len(found), *found))
+            found = positions[word]
+            if not isinstance(found, int):
+                add(pack(f">xH{len(found)}H", len(found), *found))
+            elif found < len(_ONE_POSITION):
+                add(_ONE_POSITION[found])
+            else:
+                add(pack(">xHH", 1, found))
         return b"".join(out)
 
     def tsvector_bytes(self) -> int:
@@ -128,7 +135,8 @@ class Document:
         return sum(len(word.encode()) for word in set(self.words) if word != FILLER)
 
 
-_ONE_POSITION = Struct(">xHH").pack  # a lexeme's NUL, 1, its position (``tsvector_binary``)
+# A lexeme's NUL, one position and the position, for the first positions (``tsvector_binary``).
+_ONE_POSITION = [b"\0\0\1" + position.to_bytes(2, "big") for position in range(1024)]
 
 _NOT_TEXT = frozenset({list, float, bool, type(None), dict})  # input values that add no text
 

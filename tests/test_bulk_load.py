@@ -225,12 +225,14 @@ def test_postgresql_bulk_load_writes_search_documents_as_batches_do(pg_url, pg_u
     """The bulk load sends each search document in the tsvector's binary form
     (``Document.tsvector_binary``), batches send its literal: the server holds the same
     tsvector (words in another script, a word at several positions, a prefix of
-    another word, held positions, a word of the longest length). A document whose
+    another word, held positions, a word of the longest length, positions past 1,024). A document whose
     lexemes exceed a tsvector's bytes is rejected alone, as batch by batch."""
     jobs = records(120)
     words = ["café", "日本語", "ǆemo", "z", "zz", "a", "ab", "abc", FILLER, "a", "x" * 200, "ab", "ß", "ǆemo"]
     for i, job in enumerate(jobs[:40]):
         jobs[i] = replace(job, search=replace(job.search, words=tuple(words[i % 7 :] + words[: i % 7])))
+    long = [f"k{i % 1500}" for i in range(2000)]  # single positions past 1,024, and repeated words
+    jobs[45] = replace(jobs[45], search=replace(jobs[45].search, words=tuple(long)))
     huge = [f"w{i:05d}" + "y" * 194 for i in range(6000)]  # 1.2 MB of lexemes: more than a tsvector holds
     jobs[50] = replace(jobs[50], search=replace(jobs[50].search, words=tuple(huge)))
     with JobsIndex.open(pg_url_other) as index:
