@@ -18,7 +18,9 @@ both schemas hold the same rows (every column but ``indexed_at``, by digest), th
 
     .venv/bin/python benchmarks/pg_import.py --jobs 100000 --db postgresql+psycopg://postgres@127.0.0.1:5432/bench_i16
 
-``--modes bulk`` runs only the bulk load (at 1M the batches take long); ``--floor``
+``--base COMMIT`` adds ``bulk-base``: the bulk load by that commit's code
+(``bench.base_tree``), the before of a change, in the same run. ``--modes bulk`` runs
+only the bulk load (at 1M the batches take long); ``--floor``
 then runs ``breakdown.py pg-bulk-floor`` of as many jobs in the same run (what the
 server and the bare driver cost: the bound on the import's rate); ``--tag T`` names the
 files ``pg-import-<N>-T``.
@@ -53,7 +55,7 @@ from jobs_index.params import parse_list_query
 from jobs_index.services import JobsIndex
 
 RESULTS = ROOT / "benchmarks" / "results"
-MODES = {"batches": ["--no-bulk"], "bulk": []}
+MODES = {"batches": ["--no-bulk"], "bulk-base": [], "bulk": []}  # bulk-base: ``--base``'s code
 DIGESTS = {
     "jobs": "SELECT count(*), md5(string_agg(md5(row(id, status, stage, priority, create_time, create_time_missing, "
     "execution_start_time, execution_end_time, execution_duration, outputs_count, preview_output, execution_error, "
@@ -105,12 +107,12 @@ def backend_cpu(admin, seen: dict[int, float]) -> None:
             seen[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_import(url: str, dump: Path, options: list[str], admin) -> dict:
+def run_import(url: str, dump: Path, options: list[str], admin, code: Path = ROOT) -> dict:
     command = [sys.executable, "-m", "jobs_index", "-v", "--db", url, "import", *options, str(dump)]
     before, load = os.times(), os.getloadavg()[0]
     started = time.perf_counter()
     server: dict[int, float] = {}
-    with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+    with subprocess.Popen(command, cwd=code, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         while proc.poll() is None:
             backend_cpu(admin, server)
             time.sleep(0.5)
@@ -174,30 +176,36 @@ def main() -> None:
     parser.add_argument(
         "--floor", action="store_true", help="then the floor: `breakdown.py pg-bulk-floor` of as many jobs"
     )
+    parser.add_argument(
+        "--base", metavar="COMMIT", help="also bulk-load with the code of COMMIT (`bulk-base`, first in each round)"
+    )
     parser.add_argument("--modes", default="batches,bulk", help="comma-separated: batches, bulk (default both)")
     args = parser.parse_args()
     dump, _ = bench.dump_file(args.jobs)
     admin = create_engine(args.db)
     runs = []
     for round_no in range(args.rounds):
-        order = [(m, o) for m, o in MODES.items() if m in args.modes.split(",")]
+        modes = args.modes.split(",") + (["bulk-base"] if args.base else [])
+        order = [(m, o) for m, o in MODES.items() if m in modes]
         order = order if args.order == "batches-first" else order[::-1]
         for mode, options in order:
-            schema = f"pgimp_{mode}"
+            schema = f"pgimp_{mode.replace('-', '_')}"
             reset_schema(args.db, schema)
             url = schema_url(args.db, schema)
+            code = bench.base_tree(args.base) if mode == "bulk-base" else ROOT
             bench.log(f"round {round_no + 1}: import {dump.name} ({mode})")
-            run = {"round": round_no + 1, "mode": mode, **run_import(url, dump, options, admin)}
+            run = {"round": round_no + 1, "mode": mode, **run_import(url, dump, options, admin, code)}
             run.update(inspect(url, args.jobs, args.repeats))
             bench.log(f"  {run['wall_s']:.1f} s, {args.jobs / run['wall_s']:,.0f} jobs/s; {run['phases']}")
             runs.append(run)
             save(args, runs)  # after each import: a run stopped part-way keeps what it measured
-        if len(order) == 2:
-            same = {table: runs[-1]["digests"][table] == runs[-2]["digests"][table] for table in DIGESTS}
-            runs[-1]["same_as_batches"] = same  # this round's two imports
+        for run in runs[len(runs) - len(order) + 1 :]:  # this round's imports against its first
+            first = runs[len(runs) - len(order)]
+            run["same_as"] = first["mode"]
+            run["same_as_batches"] = {table: run["digests"][table] == first["digests"][table] for table in DIGESTS}
     if not args.keep:
         for mode in MODES:
-            drop_schema(args.db, f"pgimp_{mode}")
+            drop_schema(args.db, f"pgimp_{mode.replace('-', '_')}")
     floor: list[dict] = []
     if args.floor:
         bench.log(f"floor: pg-bulk-floor of {args.jobs:,} jobs")
@@ -243,11 +251,14 @@ def render(args, runs: list[dict], floor: list[dict]) -> str:
             f"{r['all_visible']:.0%} | {r['total']:,} | {r['counts_exact']} |"
         )
     lines += ["", "Bulk load phases (from the command's `-v` log):", ""]
-    lines += [f"* round {r['round']}: {r['phases']}" for r in runs if r["phases"]]
-    lines += ["", "Same content in both imports of the round (digest of every column but `indexed_at`):", ""]
+    lines += [f"* round {r['round']} ({r['mode']}): {r['phases']}" for r in runs if r["phases"]]
+    lines += ["", "Same content as the round's first import (digest of every column but `indexed_at`):", ""]
     for r in runs:
         if "same_as_batches" in r:
-            lines.append(f"* round {r['round']}: " + ", ".join(f"{t} {ok}" for t, ok in r["same_as_batches"].items()))
+            lines.append(
+                f"* round {r['round']}, {r['mode']} against {r.get('same_as', 'batches')}: "
+                + ", ".join(f"{t} {ok}" for t, ok in r["same_as_batches"].items())
+            )
     if floor:
         lines += [
             "",
