@@ -792,9 +792,11 @@ class JobsIndex:
 
         SQLite: ``write_queries.indexes_deferred``; readers see the empty index until
         it commits. PostgreSQL: ``write_queries.pg_indexes_deferred`` (foreign keys
-        too); new rows go by ``COPY`` (``write_queries.copy_new``), each batch in a
-        savepoint (a refused row is rejected alone); readers of the schema wait until
-        it commits; then ``VACUUM (ANALYZE)``, so index-only scans work at once.
+        too); new rows go by ``COPY`` (``write_queries.copy_new``) on a thread of its
+        own while the next batch is read (``_copy_pipelined``), each batch in a
+        savepoint (a refused row is rejected alone), with no pre-read of ids the load
+        has not written (``_SeenIds``); readers of the schema wait until it commits;
+        then ``VACUUM (ANALYZE)``, so index-only scans work at once.
 
         Raw: an index without a raw dictionary gets one first, trained on the first
         records (``_trained_first``), in the load's transaction; every row is written

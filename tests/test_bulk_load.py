@@ -202,6 +202,29 @@ def test_postgresql_failed_bulk_load_leaves_the_schema_empty_and_whole(pg_url):
         assert index.counts_consistent() and index.total() == 250
 
 
+def test_postgresql_failed_copy_stops_the_load_and_leaves_the_schema_empty_and_whole(pg_url):
+    """A refusal that is not one row's value (a CHECK constraint) fails the COPY of a
+    middle batch, written on the load's own thread while later batches are read: the
+    load stops there, raises as a storage error, and leaves the schema as it was."""
+    with JobsIndex.open(pg_url) as index:
+        before = pg_schema_and_content(pg_url)
+        read = []
+
+        def watched():
+            for record in bad:
+                read.append(record.id)
+                yield record
+
+        bad = records(4600)  # the first 4,000 are read at once: a raw dictionary is trained on them
+        bad[4130].status = "no-such-status"
+        with pytest.raises(StorageError, match="rejected by the database"):
+            index.bulk_load(watched(), batch_size=50)
+        assert len(read) < 4600  # stopped at the failure, not at the end of the input
+        assert pg_schema_and_content(pg_url) == before
+        assert index.bulk_load(records(250), batch_size=100).inserted == 250
+        assert index.counts_consistent() and index.total() == 250
+
+
 def test_postgresql_bulk_load_rejects_only_the_refused_rows(pg_url, pg_url_other):
     """A row the database refuses (an id too large for its primary-key entry) is
     rejected alone, as batch by batch; a long workflow id, which would only fail when
