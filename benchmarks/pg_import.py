@@ -230,7 +230,7 @@ def render(args, runs: list[dict], floor: list[dict]) -> str:
     lines = [
         f"# PostgreSQL import of {n:,} jobs: batch by batch vs bulk load with COPY",
         "",
-        f"`benchmarks/pg_import.py --jobs {n} --rounds {args.rounds} --order {args.order}`, "
+        f"`benchmarks/pg_import.py {' '.join(a for a in sys.argv[1:] if not a.startswith('postgresql'))}`, "
         f"{time.strftime('%Y-%m-%d %H:%M')}, "
         f"{os.cpu_count()} CPUs (shared with other users: see the load column). Each import: "
         "`jobs-index import [--no-bulk] history.json` in its own process into a fresh schema; "
