@@ -225,12 +225,18 @@ def save(args, runs: list[dict], floor: list[dict] | None = None) -> str:
     return report
 
 
+def command_line() -> str:
+    """This run's arguments, the database URL left out."""
+    argv = sys.argv[1:]
+    return " ".join(a for i, a in enumerate(argv) if a != "--db" and (i == 0 or argv[i - 1] != "--db"))
+
+
 def render(args, runs: list[dict], floor: list[dict]) -> str:
     n = args.jobs
     lines = [
         f"# PostgreSQL import of {n:,} jobs: batch by batch vs bulk load with COPY",
         "",
-        f"`benchmarks/pg_import.py {' '.join(a for a in sys.argv[1:] if not a.startswith('postgresql'))}`, "
+        f"`benchmarks/pg_import.py {command_line()}`, "
         f"{time.strftime('%Y-%m-%d %H:%M')}, "
         f"{os.cpu_count()} CPUs (shared with other users: see the load column). Each import: "
         "`jobs-index import [--no-bulk] history.json` in its own process into a fresh schema; "
