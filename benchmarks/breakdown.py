@@ -6,6 +6,7 @@
     .venv/bin/python benchmarks/breakdown.py page --db URL
     .venv/bin/python benchmarks/breakdown.py http-floor
     .venv/bin/python benchmarks/breakdown.py bulk-floor [--jobs 1000000]
+    .venv/bin/python benchmarks/breakdown.py pg-bulk-floor --db URL [--jobs 100000]
 
 * ``normalise``: the parts of ``normalize.from_history`` (JSON encoding, compression,
   digest, the walk), old (json.dumps, zlib-6) against new (orjson where exact, ISA-L-1),
@@ -20,6 +21,13 @@
 * ``page``: the parts of one ``limit=50`` first page in-process (statement building,
   SQL, ``count_total``, ``list_dict``, ``json.dumps``) on an existing index (e.g. the
   bench's), against hand-written SQL through the bare driver.
+* ``pg-bulk-floor``: the same for PostgreSQL (``--db URL``, a schema of its own there):
+  ``JobsIndex.bulk_load`` of N pre-normalised jobs as is, then the bare driver (psycopg):
+  one binary ``COPY`` per table of prebuilt rows into the schema with its secondary
+  indexes and foreign keys dropped, each index built, the foreign keys, COMMIT, and
+  ``VACUUM (ANALYZE)``, timed apart, with the server's CPU (its backend's, from /proc)
+  beside the client's. What the server costs per job whatever the client does;
+  ``benchmarks/pg_import.py --floor`` runs it beside the import.
 * ``http-floor``: the cheapest ``GET`` aiohttp can serve on this machine (same client as
   the bench; a canned body of a page's size, answered inline or via the thread pool), i.e.
   the HTTP overhead any implementation pays here.
@@ -50,7 +58,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 
 from jobs_index import normalize, queries, rawcodec, wire
 from jobs_index.params import parse_list_query
@@ -611,6 +619,225 @@ def cmd_bulk_floor(args) -> None:
     target.reset()
 
 
+# ------------------------------------------------------------------------- pg-bulk-floor
+
+
+class ServerCpu:
+    """CPU seconds of the PostgreSQL backends (and their parallel workers) of this
+    database whose ``application_name`` is ``name``, read from /proc (the server runs
+    on this machine) by a thread every 0.2 s: a process that ends is counted up to its
+    last reading."""
+
+    def __init__(self, base_url: str, name: str) -> None:
+        import os
+        import threading
+
+        from sqlalchemy import create_engine
+
+        self._engine = create_engine(base_url)
+        self._name, self._tick = name, os.sysconf("SC_CLK_TCK")
+        self._seen: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        with self._engine.connect() as conn:
+            pids = conn.execute(
+                text(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND "
+                    "(application_name = :n OR leader_pid IN "
+                    "(SELECT pid FROM pg_stat_activity WHERE application_name = :n))"
+                ),
+                {"n": self._name},
+            ).scalars()
+            for pid in pids:
+                self._seen[pid] = self.of_pid(pid, self._seen.get(pid, 0.0))
+
+    def of_pid(self, pid: int, default: float = 0.0) -> float:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return default
+        return (int(fields[11]) + int(fields[12])) / self._tick
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            self._read()
+
+    def total(self) -> float:
+        self._read()
+        return sum(self._seen.values())
+
+    def close(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        total = self.total()
+        self._engine.dispose()
+        return total
+
+
+def _floor_records(n: int) -> tuple[list, object, list[bytes]]:
+    """``_preload_records(n)`` with ``raw`` as an import writes it: zstd with a
+    dictionary trained on the first of them (``rawcodec``)."""
+    from jobs_index import rawcodec
+
+    records = _preload_records(n)
+    head = records[: rawcodec.TRAIN_ITEMS]
+    texts = rawcodec.sample_texts(rawcodec.decode(r.raw, r.raw_dict_id) for r in head)
+    dictionary = rawcodec.train(texts)
+    assert dictionary is not None
+    rawcodec.conform(records, rawcodec.Encoder(dictionary))
+    return records, dictionary, texts
+
+
+def pg_bulk_floor(base_url: str, n: int, say=print) -> list[dict]:
+    """The PostgreSQL bulk load's floor for ``n`` pre-normalised jobs (see the module
+    docstring, ``pg-bulk-floor``). Returns its parts: ``{"part", "wall_s", "cpu_s",
+    "server_cpu_s"}`` (client CPU: this process)."""
+    import psycopg
+
+    from jobs_index import rawcodec, search_queries, write_queries
+    from jobs_index.database import write_transaction
+
+    started = time.perf_counter()
+    records, dictionary, texts = _floor_records(n)
+    say(f"{n:,} pre-normalised jobs prepared in {time.perf_counter() - started:.0f} s (not counted)")
+    parts: list[dict] = []
+
+    def show(name: str, wall: float, cpu: float, server: float) -> None:
+        parts.append({"part": name, "wall_s": wall, "cpu_s": cpu, "server_cpu_s": server})
+        say(
+            f"| {name} | {wall:,.1f} | {cpu:,.1f} | {server:,.1f} | {1e6 * cpu / n:,.1f} | {1e6 * server / n:,.1f} "
+            f"| {n / wall if wall else 0:,.0f} |"
+        )
+
+    say(
+        "| part | wall s | client CPU s | server CPU s | client µs/job | server µs/job | jobs/s by wall |\n"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+    )
+    target = bench.Target(base_url, n, label=f"pgfloor_{n}")
+
+    def fresh() -> JobsIndex:
+        target.reset()
+        index = JobsIndex.open(target.url)
+        with write_transaction(index.engine) as conn:
+            rawcodec.store(conn, dictionary, len(texts), sum(map(len, texts)))
+        return index
+
+    # 1. The service as it is, without the dump: JobsIndex.bulk_load of the records.
+    index = fresh()
+    server = ServerCpu(target.base, "jobs-index")
+    try:
+        s0, t0, c0 = server.total(), time.perf_counter(), time.process_time()
+        result = index.bulk_load(records, batch_size=10_000)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        assert result is not None and result.inserted == n and index.counts_consistent()
+    finally:
+        index.close()
+        show(
+            "`JobsIndex.bulk_load` of the records (batches of 10,000, COPY, indexes, VACUUM)",
+            wall,
+            cpu,
+            server.close() - s0,
+        )
+
+    # 2. The bare driver: prebuilt rows, one COPY per table, the index builds, COMMIT, VACUUM.
+    index = fresh()
+    with index.engine.connect() as sa_conn:
+        deferred = write_queries.pg_deferred(sa_conn)
+    index.close()
+    t0, c0 = time.perf_counter(), time.process_time()
+    now = int(time.time() * 1000)
+    jobs = write_queries.job_rows(records, now, pg=True)
+    outputs = write_queries.side_rows(records)
+    store = search_queries.PostgresStore()
+    searched = store.copy_rows(records)
+    show(
+        "client: the rows as the service builds them (not in the floor)",
+        time.perf_counter() - t0,
+        time.process_time() - c0,
+        0.0,
+    )
+    del records
+    conn = psycopg.connect(
+        target.base.replace("postgresql+psycopg://", "postgresql://"),
+        application_name="jobs-index-floor",
+        options=f"-csearch_path={target.schema}",
+    )
+    server = ServerCpu(target.base, "jobs-index-floor")
+    totals = [0.0, 0.0, 0.0]
+
+    def step(name: str, fn) -> None:
+        s0, t0, c0 = server.total(), time.perf_counter(), time.process_time()
+        fn()
+        wall, cpu, srv = time.perf_counter() - t0, time.process_time() - c0, server.total() - s0
+        totals[0], totals[1], totals[2] = totals[0] + wall, totals[1] + cpu, totals[2] + srv
+        show(name, wall, cpu, srv)
+
+    def copy(table: str, columns, rows, types=None) -> None:
+        sql = f"COPY {table} ({', '.join(columns)}) FROM STDIN" + (" (FORMAT BINARY)" if types else "")
+        with conn.cursor() as cursor, cursor.copy(sql) as out:
+            if types:
+                cursor.adapters.register_dumper(None, write_queries._tsvector_dumper())
+                out.set_types(types)
+            for row in rows:
+                out.write_row(row)
+
+    try:
+        with conn.cursor() as cursor:
+            for table, name, _ in deferred.foreign_keys:
+                cursor.execute(f'ALTER TABLE {table} DROP CONSTRAINT "{name}"')
+            for name, _ in deferred.indexes:
+                cursor.execute(f'DROP INDEX "{name}"')
+        types = write_queries._pg_types
+        step(
+            f"driver: COPY jobs ({len(jobs[0])} columns, binary)",
+            lambda: copy("jobs", write_queries.JOB_COLUMNS, jobs, types("jobs", write_queries.JOB_COLUMNS)),
+        )
+        step(
+            f"driver: COPY job_outputs ({len(outputs) / n:.1f} rows per job, binary)",
+            lambda: copy(
+                "job_outputs", write_queries.OUTPUT_COLUMNS, outputs, types("job_outputs", write_queries.OUTPUT_COLUMNS)
+            ),
+        )
+        step(
+            "driver: COPY job_search (binary; the tsvector in its binary form)",
+            lambda: copy("job_search", store.COPY_COLUMNS, searched, store.COPY_TYPES),
+        )
+        conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
+        for name, sql in deferred.indexes:
+            step(f"driver: CREATE INDEX {name}", lambda sql=sql: conn.execute(sql))
+        for table, name, definition in deferred.foreign_keys:
+            step(
+                f"driver: foreign key {name}",
+                lambda t=table, m=name, d=definition: conn.execute(f'ALTER TABLE {t} ADD CONSTRAINT "{m}" {d}'),
+            )
+        step("driver: COMMIT", conn.commit)
+        conn.autocommit = True
+        step(
+            "driver: VACUUM (ANALYZE)",
+            lambda: conn.execute(f"VACUUM (ANALYZE) {', '.join(write_queries.BULK_TABLES)}, job_counts"),
+        )
+    finally:
+        conn.close()
+        server.close()
+    parts.append({"part": "floor", "wall_s": totals[0], "cpu_s": totals[1], "server_cpu_s": totals[2]})
+    say(
+        f"| **driver: all of it** (the floor) | {totals[0]:,.1f} | {totals[1]:,.1f} | {totals[2]:,.1f} | "
+        f"{1e6 * totals[1] / n:,.1f} | {1e6 * totals[2] / n:,.1f} | {n / totals[0]:,.0f} |"
+    )
+    admin = create_engine(target.base)
+    with admin.begin() as sa_conn:
+        sa_conn.execute(text(f'DROP SCHEMA IF EXISTS "{target.schema}" CASCADE'))
+    admin.dispose()
+    return parts
+
+
+def cmd_pg_bulk_floor(args) -> None:
+    pg_bulk_floor(bench.pg_url(args.db), args.jobs)
+
+
 # ---------------------------------------------------------------------------------- page
 
 
@@ -740,6 +967,9 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=300)
     p = sub.add_parser("bulk-floor")
     p.add_argument("--jobs", type=int, default=1_000_000)
+    p = sub.add_parser("pg-bulk-floor")
+    p.add_argument("--jobs", type=int, default=100_000)
+    p.add_argument("--db", required=True, help="a PostgreSQL database URL (a schema of its own is made there)")
     p = sub.add_parser("http-floor")
     p.add_argument("--size", type=int, default=11_000, help="body bytes (a 50-job page is ~11 KB)")
     p.add_argument("--requests", type=int, default=300)
@@ -750,6 +980,7 @@ def main() -> None:
         "page": cmd_page,
         "http-floor": cmd_http_floor,
         "bulk-floor": cmd_bulk_floor,
+        "pg-bulk-floor": cmd_pg_bulk_floor,
     }[args.cmd](args)
 
 

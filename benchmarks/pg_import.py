@@ -18,6 +18,13 @@ both schemas hold the same rows (every column but ``indexed_at``, by digest), th
 
     .venv/bin/python benchmarks/pg_import.py --jobs 100000 --db postgresql+psycopg://postgres@127.0.0.1:5432/bench_i16
 
+``--base COMMIT`` adds ``bulk-base``: the bulk load by that commit's code
+(``bench.base_tree``), the before of a change, in the same run. ``--modes bulk`` runs
+only the bulk load (at 1M the batches take long); ``--floor``
+then runs ``breakdown.py pg-bulk-floor`` of as many jobs in the same run (what the
+server and the bare driver cost: the bound on the import's rate); ``--tag T`` names the
+files ``pg-import-<N>-T``.
+
 Writes ``results/pg-import-<N>.md`` and ``.json``. Wall times on a shared machine
 wander with the load: every row gives the 1-minute load average when it started and
 the client's CPU seconds (the server's are not separated from other users').
@@ -41,13 +48,14 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import bench
+import breakdown
 from sqlalchemy import create_engine, text
 
 from jobs_index.params import parse_list_query
 from jobs_index.services import JobsIndex
 
 RESULTS = ROOT / "benchmarks" / "results"
-MODES = {"batches": ["--no-bulk"], "bulk": []}
+MODES = {"batches": ["--no-bulk"], "bulk-base": [], "bulk": []}  # bulk-base: ``--base``'s code
 DIGESTS = {
     "jobs": "SELECT count(*), md5(string_agg(md5(row(id, status, stage, priority, create_time, create_time_missing, "
     "execution_start_time, execution_end_time, execution_duration, outputs_count, preview_output, execution_error, "
@@ -99,12 +107,12 @@ def backend_cpu(admin, seen: dict[int, float]) -> None:
             seen[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_import(url: str, dump: Path, options: list[str], admin) -> dict:
+def run_import(url: str, dump: Path, options: list[str], admin, code: Path = ROOT) -> dict:
     command = [sys.executable, "-m", "jobs_index", "-v", "--db", url, "import", *options, str(dump)]
     before, load = os.times(), os.getloadavg()[0]
     started = time.perf_counter()
     server: dict[int, float] = {}
-    with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+    with subprocess.Popen(command, cwd=code, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         while proc.poll() is None:
             backend_cpu(admin, server)
             time.sleep(0.5)
@@ -164,68 +172,117 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20, help="calls per page timing")
     parser.add_argument("--keep", action="store_true", help="keep the schemas (default: dropped at the end)")
     parser.add_argument("--order", choices=["batches-first", "bulk-first"], default="batches-first")
+    parser.add_argument("--tag", default="", help="suffix of the result files' names (pg-import-<N>-<tag>)")
+    parser.add_argument(
+        "--floor", action="store_true", help="then the floor: `breakdown.py pg-bulk-floor` of as many jobs"
+    )
+    parser.add_argument(
+        "--base", metavar="COMMIT", help="also bulk-load with the code of COMMIT (`bulk-base`, first in each round)"
+    )
+    parser.add_argument("--modes", default="batches,bulk", help="comma-separated: batches, bulk (default both)")
     args = parser.parse_args()
     dump, _ = bench.dump_file(args.jobs)
     admin = create_engine(args.db)
     runs = []
     for round_no in range(args.rounds):
-        order = list(MODES.items()) if args.order == "batches-first" else list(reversed(MODES.items()))
+        modes = args.modes.split(",") + (["bulk-base"] if args.base else [])
+        order = [(m, o) for m, o in MODES.items() if m in modes]
+        order = order if args.order == "batches-first" else order[::-1]
         for mode, options in order:
-            schema = f"pgimp_{mode}"
+            schema = f"pgimp_{mode.replace('-', '_')}"
             reset_schema(args.db, schema)
             url = schema_url(args.db, schema)
+            code = bench.base_tree(args.base) if mode == "bulk-base" else ROOT
             bench.log(f"round {round_no + 1}: import {dump.name} ({mode})")
-            run = {"round": round_no + 1, "mode": mode, **run_import(url, dump, options, admin)}
+            run = {"round": round_no + 1, "mode": mode, **run_import(url, dump, options, admin, code)}
             run.update(inspect(url, args.jobs, args.repeats))
             bench.log(f"  {run['wall_s']:.1f} s, {args.jobs / run['wall_s']:,.0f} jobs/s; {run['phases']}")
             runs.append(run)
             save(args, runs)  # after each import: a run stopped part-way keeps what it measured
-        same = {table: runs[-1]["digests"][table] == runs[-2]["digests"][table] for table in DIGESTS}
-        runs[-1]["same_as_batches"] = same  # this round's two imports
+        for run in runs[len(runs) - len(order) + 1 :]:  # this round's imports against its first
+            first = runs[len(runs) - len(order)]
+            run["same_as"] = first["mode"]
+            run["same_as_batches"] = {table: run["digests"][table] == first["digests"][table] for table in DIGESTS}
     if not args.keep:
         for mode in MODES:
-            drop_schema(args.db, f"pgimp_{mode}")
-    print(save(args, runs))
+            drop_schema(args.db, f"pgimp_{mode.replace('-', '_')}")
+    floor: list[dict] = []
+    if args.floor:
+        bench.log(f"floor: pg-bulk-floor of {args.jobs:,} jobs")
+        floor = breakdown.pg_bulk_floor(args.db, args.jobs, say=lambda line: None)
+        bench.log(f"  floor: {floor[-1]['wall_s']:.1f} s, {args.jobs / floor[-1]['wall_s']:,.0f} jobs/s")
+    print(save(args, runs, floor))
 
 
-def save(args, runs: list[dict]) -> str:
-    report = render(args, runs)
+def save(args, runs: list[dict], floor: list[dict] | None = None) -> str:
+    report = render(args, runs, floor or [])
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"pg-import-{args.jobs}"
+    out = RESULTS / (f"pg-import-{args.jobs}" + (f"-{args.tag}" if args.tag else ""))
     out.with_suffix(".md").write_text(report)
-    out.with_suffix(".json").write_text(json.dumps({"jobs": args.jobs, "runs": runs, "loads": bench.LOADS}, indent=1))
+    out.with_suffix(".json").write_text(
+        json.dumps({"jobs": args.jobs, "runs": runs, "floor": floor or [], "loads": bench.LOADS}, indent=1)
+    )
     return report
 
 
-def render(args, runs: list[dict]) -> str:
+def command_line() -> str:
+    """This run's arguments, the database URL left out."""
+    argv = sys.argv[1:]
+    return " ".join(a for i, a in enumerate(argv) if a != "--db" and (i == 0 or argv[i - 1] != "--db"))
+
+
+def render(args, runs: list[dict], floor: list[dict]) -> str:
     n = args.jobs
     lines = [
         f"# PostgreSQL import of {n:,} jobs: batch by batch vs bulk load with COPY",
         "",
-        f"`benchmarks/pg_import.py --jobs {n} --rounds {args.rounds} --order {args.order}`, "
+        f"`benchmarks/pg_import.py {command_line()}`, "
         f"{time.strftime('%Y-%m-%d %H:%M')}, "
         f"{os.cpu_count()} CPUs (shared with other users: see the load column). Each import: "
         "`jobs-index import [--no-bulk] history.json` in its own process into a fresh schema; "
         "`batches` is what PostgreSQL did before issue 16. Pages: in-process `list_jobs`, p50 of "
         f"{args.repeats}, right after the import (no manual ANALYZE).",
         "",
-        "| round | mode | wall s | jobs/s | client CPU s | server CPU s | jobs per CPU s | load "
-        "| deep offset page p50 ms | first page p50 ms | heap all-visible | total | counters exact |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| round | mode | wall s | jobs/s | client CPU s | server CPU s | client µs/job | server µs/job "
+        "| jobs per CPU s | load | deep offset page p50 ms | first page p50 ms | heap all-visible | total "
+        "| counters exact |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in runs:
         lines.append(
             f"| {r['round']} | {r['mode']} | {r['wall_s']:.1f} | {n / r['wall_s']:,.0f} | {r['cpu_s']:.1f} | "
-            f"{r['server_cpu_s']:.1f} | {n / (r['cpu_s'] + r['server_cpu_s']):,.0f} | {r['load']:.1f} | "
+            f"{r['server_cpu_s']:.1f} | {1e6 * r['cpu_s'] / n:,.0f} | {1e6 * r['server_cpu_s'] / n:,.0f} | "
+            f"{n / (r['cpu_s'] + r['server_cpu_s']):,.0f} | {r['load']:.1f} | "
             f"{r['deep_offset_p50_ms']:.1f} | {r['first_page_p50_ms']:.2f} | "
             f"{r['all_visible']:.0%} | {r['total']:,} | {r['counts_exact']} |"
         )
     lines += ["", "Bulk load phases (from the command's `-v` log):", ""]
-    lines += [f"* round {r['round']}: {r['phases']}" for r in runs if r["phases"]]
-    lines += ["", "Same content in both imports of the round (digest of every column but `indexed_at`):", ""]
+    lines += [f"* round {r['round']} ({r['mode']}): {r['phases']}" for r in runs if r["phases"]]
+    lines += ["", "Same content as the round's first import (digest of every column but `indexed_at`):", ""]
     for r in runs:
         if "same_as_batches" in r:
-            lines.append(f"* round {r['round']}: " + ", ".join(f"{t} {ok}" for t, ok in r["same_as_batches"].items()))
+            lines.append(
+                f"* round {r['round']}, {r['mode']} against {r.get('same_as', 'batches')}: "
+                + ", ".join(f"{t} {ok}" for t, ok in r["same_as_batches"].items())
+            )
+    if floor:
+        lines += [
+            "",
+            f"The floor in the same run (`breakdown.py pg-bulk-floor`, {n:,} pre-normalised jobs: no dump, "
+            "no normalising): the service's `bulk_load` of them, then the bare driver's binary COPY of prebuilt "
+            "rows, index builds, COMMIT and VACUUM (ANALYZE); client CPU is the benchmark process's, server CPU "
+            "its backend's:",
+            "",
+            "| part | wall s | client CPU s | server CPU s | client µs/job | server µs/job | jobs/s by wall |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for part in floor:
+            name = "**driver: all of it (the floor)**" if part["part"] == "floor" else part["part"]
+            lines.append(
+                f"| {name} | {part['wall_s']:,.1f} | {part['cpu_s']:,.1f} | {part['server_cpu_s']:,.1f} | "
+                f"{1e6 * part['cpu_s'] / n:,.1f} | {1e6 * part['server_cpu_s'] / n:,.1f} | "
+                f"{n / part['wall_s'] if part['wall_s'] else 0:,.0f} |"
+            )
     lines += ["", "Load average at each step:", ""]
     lines += [f"* {at} ({load:.1f}) {msg}" for at, msg, load in bench.LOADS]
     return "\n".join(lines) + "\n"

@@ -38,12 +38,14 @@ import unicodedata
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from struct import pack
 from typing import Any
 
 from .errors import BadRequest
 
 MAX_POSITIONS = 16383  # PostgreSQL's largest tsvector position
 MAX_OCCURRENCES = 256  # PostgreSQL keeps at most 256 positions per lexeme
+TSVECTOR_MAX_BYTES = (1 << 20) - 1  # PostgreSQL: a tsvector's lexemes take at most this many bytes
 MAX_WORD_LENGTH = 200  # longer "words" (base64 blobs, hashes) are not indexed (PostgreSQL: 2,047 bytes)
 FILLER = "\u00b7"  # holds a position, never a query word (not a letter or digit)
 MAX_QUERY_LENGTH = 1000
@@ -98,6 +100,43 @@ class Document:
                 positions.setdefault(word, []).append(str(position))
         return " ".join(f"'{word}':{','.join(p)}" for word, p in positions.items())
 
+    def tsvector_binary(self, encoding: str = "utf-8") -> bytes:
+        """PostgreSQL: the same tsvector in its binary form (what ``tsvector_send``
+        writes and a binary ``COPY`` reads: the lexeme count, then each lexeme in the
+        client ``encoding``, NUL-terminated, its position count and positions, as
+        16-bit big-endian, weight bits 0). Lexemes in code point order, the server's
+        order for UTF-8 (for another encoding the server sorts them)."""
+        positions: dict[str, int | list[int]] = {}  # a word's position, or its positions
+        for position, word in enumerate(self.words, 1):
+            found = positions.get(word)
+            if found is None:
+                positions[word] = position
+            elif isinstance(found, int):
+                positions[word] = [found, position]
+            else:
+                found.append(position)
+        positions.pop(FILLER, None)
+        out = [len(positions).to_bytes(4, "big")]
+        add = out.append
+        for word in sorted(positions):
+            add(word.encode(encoding))
+            found = positions[word]
+            if not isinstance(found, int):
+                add(pack(f">xH{len(found)}H", len(found), *found))
+            elif found < len(_ONE_POSITION):
+                add(_ONE_POSITION[found])
+            else:
+                add(pack(">xHH", 1, found))
+        return b"".join(out)
+
+    def tsvector_bytes(self) -> int:
+        """The UTF-8 bytes of the tsvector's distinct lexemes (PostgreSQL holds at most
+        ``TSVECTOR_MAX_BYTES``)."""
+        return sum(len(word.encode()) for word in set(self.words) if word != FILLER)
+
+
+# A lexeme's NUL, one position and the position, for the first positions (``tsvector_binary``).
+_ONE_POSITION = [b"\0\0\1" + position.to_bytes(2, "big") for position in range(1024)]
 
 _NOT_TEXT = frozenset({list, float, bool, type(None), dict})  # input values that add no text
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -442,6 +443,7 @@ def _write_records(
     *,
     copy: bool = False,
     encoder: rawcodec.Encoder | None = None,
+    maybe_seen: Callable[[list[JobRecord]], set[str]] | None = None,
 ) -> IngestResult:
     """One batch inside the caller's write transaction: count what is new, newer or
     unchanged, and write the new and newer rows (``write_queries.write_batch``).
@@ -449,9 +451,12 @@ def _write_records(
     (``finished_transitions``), to report once the transaction commits.
     ``copy`` (PostgreSQL bulk load): the new rows go by ``COPY`` (``write_queries.copy_new``),
     the newer ones by the upsert. ``encoder``: the index's raw encoder; a record
-    another encoder wrote is re-encoded with it (``rawcodec.conform``)."""
+    another encoder wrote is re-encoded with it (``rawcodec.conform``).
+    ``maybe_seen`` (a bulk load into an empty index): the ids of ``records`` that may
+    be stored already; only these are looked up."""
     result = IngestResult()
-    existing = write_queries.read_existing(conn, [r.id for r in records])
+    ids = [r.id for r in records] if maybe_seen is None else list(maybe_seen(records))
+    existing = write_queries.read_existing(conn, ids) if ids else {}
     written = []  # records whose row is inserted or replaced
     for record in records:
         old = existing.get(record.id)
@@ -507,15 +512,17 @@ def _bulk_records_pg(
     finished: list | None,
     copy: bool = True,
     encoder: rawcodec.Encoder | None = None,
+    maybe_seen: Callable[[list[JobRecord]], set[str]] | None = None,
 ) -> IngestResult:
     """One batch of a PostgreSQL bulk load, in a savepoint: a batch with a row the
     database refuses (a value too large for an index entry or a tsvector) is written
-    again row by row, and only the refused rows are rejected (as ``_write_batch``)."""
+    again row by row, and only the refused rows are rejected (as ``_write_batch``).
+    ``maybe_seen``: as in ``_write_records``."""
     if not records:
         return IngestResult()
     try:
         with conn.begin_nested():
-            return _write_records(conn, records, now, finished, copy=copy, encoder=encoder)
+            return _write_records(conn, records, now, finished, copy=copy, encoder=encoder, maybe_seen=maybe_seen)
     except DBAPIError as exc:
         sqlstate = getattr(exc.orig, "sqlstate", None) or ""
         if not (isinstance(exc, DataError) or sqlstate.startswith("54")):
@@ -524,7 +531,72 @@ def _bulk_records_pg(
             return IngestResult(rejected=[(records[0].id, _refusal(exc))])
     result = IngestResult()
     for record in records:
-        result.add(_bulk_records_pg(conn, [record], now, finished, copy, encoder))
+        result.add(_bulk_records_pg(conn, [record], now, finished, copy, encoder))  # each looked up
+    return result
+
+
+class _SeenIds:
+    """The ids a bulk load has written so far, approximately: a bitmap of one bit per
+    id hash (16 MiB; at 1M ids about 0.7 % of new ids hit a bit by chance, at 10M
+    7 %). An id whose bit is clear was certainly not written (the index was empty
+    when the load began); only the others are looked up in the database."""
+
+    BITS = 1 << 27
+
+    def __init__(self) -> None:
+        self._bits = bytearray(self.BITS >> 3)
+
+    def maybe_seen(self, records: list[JobRecord]) -> set[str]:
+        """The ids of ``records`` that may have been written (and marks them all)."""
+        bits, mask, maybe = self._bits, self.BITS - 1, set()
+        for record in records:
+            h = hash(record.id) & mask
+            byte, bit = h >> 3, 1 << (h & 7)
+            if bits[byte] & bit:
+                maybe.add(record.id)
+            else:
+                bits[byte] |= bit
+        return maybe
+
+
+def _copy_pipelined(
+    conn: Connection,
+    batches: Iterator[list[JobRecord]],
+    finished: list | None,
+    encoder: rawcodec.Encoder,
+) -> IngestResult:
+    """The PostgreSQL bulk load's rows: each of ``batches`` written by
+    ``_bulk_records_pg`` (COPY) on a thread of its own while this thread reads the
+    next batch (from the normalising workers: they keep working while the server
+    takes a COPY). The first error stops both, raised here; so does an error in
+    reading the batches (after the batch being written)."""
+    handoff: queue.Queue[list[JobRecord] | None] = queue.Queue(maxsize=1)
+    result = IngestResult()
+    failed: list[BaseException] = []
+    seen = _SeenIds()
+
+    def write() -> None:
+        while (batch := handoff.get()) is not None:
+            if failed:
+                continue  # drain: the reader stops at its next batch
+            try:
+                now = int(time.time() * 1000)
+                result.add(_bulk_records_pg(conn, batch, now, finished, encoder=encoder, maybe_seen=seen.maybe_seen))
+            except BaseException as exc:  # raised in the caller's thread
+                failed.append(exc)
+
+    writer = threading.Thread(target=write, name="jobs-index-copy", daemon=True)
+    writer.start()
+    try:
+        for batch in batches:
+            if failed:
+                break
+            handoff.put(batch)
+    finally:
+        handoff.put(None)
+        writer.join()
+    if failed:
+        raise failed[0]
     return result
 
 
@@ -806,9 +878,11 @@ class JobsIndex:
 
         SQLite: ``write_queries.indexes_deferred``; readers see the empty index until
         it commits. PostgreSQL: ``write_queries.pg_indexes_deferred`` (foreign keys
-        too); new rows go by ``COPY`` (``write_queries.copy_new``), each batch in a
-        savepoint (a refused row is rejected alone); readers of the schema wait until
-        it commits; then ``VACUUM (ANALYZE)``, so index-only scans work at once.
+        too); new rows go by ``COPY`` (``write_queries.copy_new``) on a thread of its
+        own while the next batch is read (``_copy_pipelined``), each batch in a
+        savepoint (a refused row is rejected alone), with no pre-read of ids the load
+        has not written (``_SeenIds``); readers of the schema wait until it commits;
+        then ``VACUUM (ANALYZE)``, so index-only scans work at once.
 
         Raw: an index without a raw dictionary gets one first, trained on the first
         records (``_trained_first``), in the load's transaction; every row is written
@@ -830,10 +904,9 @@ class JobsIndex:
                 if pg:
                     late: list[JobRecord] = []  # written once the indexes are back (``late_record``)
                     late_ids: set[str] = set()
-                    started = time.perf_counter()
-                    with write_queries.pg_indexes_deferred(conn):
+
+                    def early_batches() -> Iterator[list[JobRecord]]:
                         for batch in _batches(write_queries.flatten(records), source, batch_size):
-                            now = int(time.time() * 1000)
                             early = []
                             for record in batch:
                                 if record.id in late_ids or write_queries.late_record(record):
@@ -841,7 +914,11 @@ class JobsIndex:
                                     late_ids.add(record.id)
                                 else:
                                     early.append(record)
-                            result.add(_bulk_records_pg(conn, early, now, finished, encoder=encoder))
+                            yield early
+
+                    started = time.perf_counter()
+                    with write_queries.pg_indexes_deferred(conn):
+                        result.add(_copy_pipelined(conn, early_batches(), finished, encoder))
                         loaded = time.perf_counter()
                     for batch in _batches(late, None, batch_size):
                         now = int(time.time() * 1000)

@@ -43,7 +43,7 @@ from sqlalchemy.exc import DBAPIError
 
 from . import schema, search_queries
 from .normalize import JobRecord, answer_text, column_text
-from .search import Document
+from .search import MAX_WORD_LENGTH, TSVECTOR_MAX_BYTES, Document
 
 JOB_COLUMNS = tuple(c.name for c in schema.table(schema.Job).columns)
 _RECORD_COLUMNS = tuple(c for c in JOB_COLUMNS if c != "indexed_at")
@@ -509,11 +509,31 @@ def copy_rows(conn: Connection, table: str, columns: Sequence[str], rows: Iterab
     try:
         with driver.cursor() as cursor, cursor.copy(sql) as copy:
             if types:
+                if "tsvector" in types:
+                    cursor.adapters.register_dumper(None, _tsvector_dumper())
                 copy.set_types(types)
             for row in rows:
                 copy.write_row(row)
     except psycopg.Error as exc:
         raise DBAPIError.instance(sql, None, exc, psycopg.Error) from exc
+
+
+@cache
+def _tsvector_dumper() -> type:
+    """psycopg's dumper for a ``tsvector`` column of a binary COPY whose values are
+    already in the binary form (``search.Document.tsvector_binary``): as they are."""
+    from psycopg import adapters
+    from psycopg.adapt import Dumper
+    from psycopg.pq import Format
+
+    class TsvectorBinaryDumper(Dumper):
+        format = Format.BINARY
+        oid = adapters.types["tsvector"].oid
+
+        def dump(self, obj: bytes) -> bytes:
+            return obj
+
+    return TsvectorBinaryDumper
 
 
 def copy_new(conn: Connection, records: Sequence[JobRecord], now: int) -> None:
@@ -529,7 +549,10 @@ def copy_new(conn: Connection, records: Sequence[JobRecord], now: int) -> None:
     if outputs:
         copy_rows(conn, "job_outputs", OUTPUT_COLUMNS, outputs, _pg_types("job_outputs", OUTPUT_COLUMNS))
     search = search_queries.store(conn)
-    copy_rows(conn, "job_search", search.COPY_COLUMNS, search.copy_rows(records))
+    driver = conn.connection.driver_connection
+    assert driver is not None  # an open connection
+    rows = search.copy_rows(records, driver.info.encoding)
+    copy_rows(conn, "job_search", search.COPY_COLUMNS, rows, search.COPY_TYPES)
 
 
 # A b-tree entry holds at most ~2,700 bytes (a third of a page). In a bulk load the
@@ -539,11 +562,22 @@ def copy_new(conn: Connection, records: Sequence[JobRecord], now: int) -> None:
 LATE_INDEXED_CHARS = 600  # x 4 bytes (UTF-8's widest character) < 2,700
 
 
+# Likewise a search document whose lexemes might not fit a tsvector (the server says
+# so, as a refused row, when it reads the literal; its binary form it would not refuse
+# as one row): more words than this could.
+LATE_SEARCH_WORDS = TSVECTOR_MAX_BYTES // (4 * MAX_WORD_LENGTH)
+
+
 def late_record(record: JobRecord) -> bool:
-    """A record a PostgreSQL bulk load writes after its indexes are built: one whose
-    indexed text (id + workflow id + source; an output file name) is long."""
+    """A record a PostgreSQL bulk load writes after its indexes are built (by the
+    upsert, as ``write_batch``): one whose indexed text (id + workflow id + source; an
+    output file name) is long, or whose search document's lexemes exceed a
+    tsvector's bytes (``search.TSVECTOR_MAX_BYTES``)."""
     chars = len(record.id) + len(record.workflow_id or "") + len(record.source or "")
-    return chars > LATE_INDEXED_CHARS or any(len(f["filename"]) > LATE_INDEXED_CHARS for f in record.output_files)
+    if chars > LATE_INDEXED_CHARS or any(len(f["filename"]) > LATE_INDEXED_CHARS for f in record.output_files):
+        return True
+    doc = record.search
+    return doc is not None and len(doc.words) > LATE_SEARCH_WORDS and doc.tsvector_bytes() > TSVECTOR_MAX_BYTES
 
 
 @dataclass(frozen=True)

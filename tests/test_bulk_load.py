@@ -40,6 +40,7 @@ from jobs_index.errors import StorageError
 from jobs_index.normalize import from_history
 from jobs_index.rawcodec import decode as raw_json
 from jobs_index.sample import synthetic_history
+from jobs_index.search import FILLER
 
 from .fixtures_util import capture_history, load_capture
 from .reliability_support import JOBS_INDEX, check_sqlite_file, session_dir, write_history_dump
@@ -252,6 +253,29 @@ def test_postgresql_failed_bulk_load_leaves_the_schema_empty_and_whole(pg_url):
         assert index.counts_consistent() and index.total() == 250
 
 
+def test_postgresql_failed_copy_stops_the_load_and_leaves_the_schema_empty_and_whole(pg_url):
+    """A refusal that is not one row's value (a CHECK constraint) fails the COPY of a
+    middle batch, written on the load's own thread while later batches are read: the
+    load stops there, raises as a storage error, and leaves the schema as it was."""
+    with JobsIndex.open(pg_url) as index:
+        before = pg_schema_and_content(pg_url)
+        read = []
+
+        def watched():
+            for record in bad:
+                read.append(record.id)
+                yield record
+
+        bad = records(4600)  # the first 4,000 are read at once: a raw dictionary is trained on them
+        bad[4130].status = "no-such-status"
+        with pytest.raises(StorageError, match="rejected by the database"):
+            index.bulk_load(watched(), batch_size=50)
+        assert len(read) < 4600  # stopped at the failure, not at the end of the input
+        assert pg_schema_and_content(pg_url) == before
+        assert index.bulk_load(records(250), batch_size=100).inserted == 250
+        assert index.counts_consistent() and index.total() == 250
+
+
 def test_postgresql_bulk_load_rejects_only_the_refused_rows(pg_url, pg_url_other):
     """A row the database refuses (an id too large for its primary-key entry) is
     rejected alone, as batch by batch; a long workflow id, which would only fail when
@@ -268,6 +292,31 @@ def test_postgresql_bulk_load_rejects_only_the_refused_rows(pg_url, pg_url_other
     assert sorted(i for i, _ in bulk.rejected) == sorted(i for i, _ in batched.rejected)  # reasons: which index
     assert {job_id for job_id, _ in bulk.rejected} == {jobs[10].id, jobs[20].id}
     assert bulk.inserted == batched.inserted == 300 - len(bulk.rejected)
+    assert pg_schema_and_content(pg_url) == pg_schema_and_content(pg_url_other)
+
+
+def test_postgresql_bulk_load_writes_search_documents_as_batches_do(pg_url, pg_url_other):
+    """The bulk load sends each search document in the tsvector's binary form
+    (``Document.tsvector_binary``), batches send its literal: the server holds the same
+    tsvector (words in another script, a word at several positions, a prefix of
+    another word, held positions, a word of the longest length, positions past 1,024). A document whose
+    lexemes exceed a tsvector's bytes is rejected alone, as batch by batch."""
+    jobs = records(120)
+    words = ["café", "日本語", "ǆemo", "z", "zz", "a", "ab", "abc", FILLER, "a", "x" * 200, "ab", "ß", "ǆemo"]
+    for i, job in enumerate(jobs[:40]):
+        jobs[i] = replace(job, search=replace(job.search, words=tuple(words[i % 7 :] + words[: i % 7])))
+    long = [f"k{i % 1500}" for i in range(2000)]  # single positions past 1,024, and repeated words
+    jobs[45] = replace(jobs[45], search=replace(jobs[45].search, words=tuple(long)))
+    huge = [f"w{i:05d}" + "y" * 194 for i in range(6000)]  # 1.2 MB of lexemes: more than a tsvector holds
+    jobs[50] = replace(jobs[50], search=replace(jobs[50].search, words=tuple(huge)))
+    with JobsIndex.open(pg_url_other) as index:
+        batched = index.ingest(jobs, batch_size=32)
+    with JobsIndex.open(pg_url) as index:
+        bulk = index.bulk_load(jobs, batch_size=32)
+        assert bulk is not None and index.counts_consistent()
+    assert [job_id for job_id, _ in bulk.rejected] == [job_id for job_id, _ in batched.rejected] == [jobs[50].id]
+    assert "too long for tsvector" in bulk.rejected[0][1]
+    assert bulk.inserted == batched.inserted == 119
     assert pg_schema_and_content(pg_url) == pg_schema_and_content(pg_url_other)
 
 
