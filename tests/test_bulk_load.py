@@ -423,19 +423,24 @@ def test_cli_streamed_bulk_import_with_and_without_workers_gives_the_same_index(
     the bulk load (``write_queries.Prepared``), with a --source: the same file as
     the records normalised by the writer itself (the same raw dictionary: both
     train it on the first items)."""
-    lines = {}
-    for name, options in (("workers", ["--workers", "1"]), ("alone", ["--workers", "0"])):
-        url = f"sqlite:///{tmp_path / name}.sqlite3"
-        done = subprocess.run(
-            [*JOBS_INDEX, "--db", url, "import", "--source", "gpu-2", *options, str(bulk_dump)],
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert done.returncode == 0, done.stderr
-        lines[name] = done.stdout.strip()
+    lines = {
+        name: cli_import(tmp_path / f"{name}.sqlite3", ["--source", "gpu-2", *options, str(bulk_dump)], 600)
+        for name, options in (("workers", ["--workers", "1"]), ("alone", ["--workers", "0"]))
+    }
     assert lines["workers"] == lines["alone"] == "1 file(s): 20000 inserted, 0 updated, 0 unchanged, 0 rejected"
     assert schema_and_content(tmp_path / "workers.sqlite3") == schema_and_content(tmp_path / "alone.sqlite3")
+
+
+def cli_import(path, arguments: list[str], timeout: float) -> str:
+    """``jobs-index --db sqlite:///path import ARGUMENTS`` in its own process: its last line."""
+    done = subprocess.run(
+        [*JOBS_INDEX, "--db", f"sqlite:///{path}", "import", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
 
 
 def test_cli_import_with_and_without_bulk_gives_the_same_index(tmp_path):
@@ -444,17 +449,10 @@ def test_cli_import_with_and_without_bulk_gives_the_same_index(tmp_path):
     history, queue = tmp_path / "history.json", tmp_path / "queue.json"
     history.write_text(json.dumps(capture_history()))
     queue.write_text(json.dumps(load_capture("queue_running_pending.json")["body"]))
-    lines = {}
-    for name, options in (("bulk", []), ("batches", ["--no-bulk"])):
-        url = f"sqlite:///{tmp_path / name}.sqlite3"
-        done = subprocess.run(
-            [*JOBS_INDEX, "--db", url, "import", *options, str(history), str(queue)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert done.returncode == 0, done.stderr
-        lines[name] = done.stdout.strip()
+    lines = {
+        name: cli_import(tmp_path / f"{name}.sqlite3", [*options, str(history), str(queue)], 120)
+        for name, options in (("bulk", []), ("batches", ["--no-bulk"]))
+    }
     assert lines["bulk"] == lines["batches"] == "2 file(s): 8 inserted, 0 updated, 2 unchanged, 0 rejected"
     assert schema_and_content(tmp_path / "bulk.sqlite3") == schema_and_content(tmp_path / "batches.sqlite3")
     help_text = subprocess.run([*JOBS_INDEX, "import", "--help"], capture_output=True, text=True).stdout
