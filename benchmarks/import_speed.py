@@ -200,6 +200,7 @@ def main() -> None:
     parser.add_argument("--base", default=BASE_COMMIT, help="the commit to compare with (default: %(default)s)")
     parser.add_argument("--no-floor", action="store_true", help="skip breakdown.py bulk-floor")
     parser.add_argument("--no-compare", action="store_true", help="skip comparing the indexes (minutes at 1M)")
+    parser.add_argument("--tag", default="", help="results/import-sqlite-<N>-<tag>.md instead of -<N>.md")
     args = parser.parse_args()
     dump, _ = bench.dump_file(args.jobs)
     args.dump_mib = dump.stat().st_size / 2**20
@@ -211,7 +212,7 @@ def main() -> None:
     def save() -> str:
         report = render(args, floor, runs, same)
         RESULTS.mkdir(parents=True, exist_ok=True)
-        out = RESULTS / f"import-sqlite-{args.jobs}"
+        out = RESULTS / (f"import-sqlite-{args.jobs}" + (f"-{args.tag}" if args.tag else ""))
         out.with_suffix(".md").write_text(report)
         data = {"jobs": args.jobs, "base": args.base, "floor": floor, "runs": runs, "same": same, "loads": bench.LOADS}
         out.with_suffix(".json").write_text(json.dumps(data, indent=1))
