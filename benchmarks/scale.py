@@ -137,8 +137,6 @@ def cases_for(target: Target, offset_requests: int) -> tuple[list[Case], dict]:
         searching, facts = search.search_cases(index, terms)
     finally:
         index.close()
-    for case in searching:
-        case.requests = None
     return listing + searching, {"meta": meta, "search": facts}
 
 
@@ -167,7 +165,8 @@ def measure(target: Target, n: int, args) -> dict:
     log("  total() vs COUNT(*), disk")
     totals = bench.measure_totals(target, facts["meta"]["workflow_id"], repeats=100, count_repeats=2)
     disk = bench.measure_disk(target, n + args.running + args.pending)
-    disk.pop("parts", None) if not args.parts else None
+    if not args.parts:
+        disk.pop("parts", None)
     return {
         "n": n,
         "import": imp,
