@@ -7,14 +7,14 @@ one transaction, on both engines):
 * the columns ``normalize`` derives from ``raw`` (status, times, error fields, ...);
 * the side rows (``job_outputs``, ``job_search``: its copies of the listing columns
   and the search document's names) of every job, and side rows whose job is gone;
-* ``job_counts`` against a recount of ``jobs`` (one snapshot).
+* ``job_counts`` and ``job_time_buckets`` against a recount of ``jobs`` (one snapshot).
 
 Drift comes from writes that bypass jobs-index: ``INSERT OR REPLACE`` in the
 ``sqlite3`` shell deletes the old row without firing the delete trigger, an
 ``UPDATE`` of ``raw`` leaves the derived columns alone, a delete with foreign keys
 off... ``repair=True`` writes back what the rows say: derived columns and side rows
 batch by batch (a writer's transaction each; PostgreSQL locks the batch's rows),
-then the counters (``JobsIndex.repair_counts``). A ``raw`` that cannot be read or
+then the counters (``JobsIndex.repair_counts``, ``repair_buckets``). A ``raw`` that cannot be read or
 normalised is reported, never changed or deleted.
 """
 
@@ -67,12 +67,13 @@ class CheckReport:
     orphans: Finding = field(default_factory=Finding)  # side rows whose job is gone
     unreadable: Finding = field(default_factory=Finding)  # raw that cannot be read or normalised
     counters: dict[tuple[str, str, str], tuple[int, int]] = field(default_factory=dict)  # key: (stored, actual)
+    buckets: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)  # job_time_buckets, as counters
     repaired: bool = False
 
     @property
     def problems(self) -> int:
         """Problems a repair fixes (unreadable raw is reported, never repaired)."""
-        return self.derived.count + self.side_rows.count + self.orphans.count + len(self.counters)
+        return self.derived.count + self.side_rows.count + self.orphans.count + len(self.counters) + len(self.buckets)
 
     @property
     def clean(self) -> bool:
@@ -194,12 +195,18 @@ def check(
         after = last
     if repair:
         report.counters = index.repair_counts()
+        report.buckets = index.repair_buckets()
     else:
         with read_transaction(index.engine) as conn:
-            actual, stored = queries.recount(conn), queries.stored_counts(conn)
-        report.counters = {
-            key: (stored.get(key, 0), actual.get(key, 0))
-            for key in stored.keys() | actual.keys()
-            if stored.get(key, 0) != actual.get(key, 0)
-        }
+            report.counters = _differences(queries.stored_counts(conn), queries.recount(conn))
+            report.buckets = _differences(queries.stored_buckets(conn), queries.recount_buckets(conn))
     return report
+
+
+def _differences(stored: dict, actual: dict) -> dict:
+    """``{key: (stored, actual)}`` where they differ (a missing key is 0)."""
+    return {
+        key: (stored.get(key, 0), actual.get(key, 0))
+        for key in stored.keys() | actual.keys()
+        if stored.get(key, 0) != actual.get(key, 0)
+    }

@@ -457,6 +457,15 @@ def check(obj, repair: bool, batch_size: int) -> None:
         shown = "; ".join(f"{_counter_key(k)}: {was} stored, {now} in jobs" for k, (was, now) in wrong[:EXAMPLES])
         line += f" (e.g. {shown})" + (" - repaired" if repair else "")
     click.echo(line)
+    wrong_buckets = sorted(report.buckets.items())
+    line = f"job_time_buckets rows that differ from a recount: {len(wrong_buckets)}"
+    if wrong_buckets:
+        shown = "; ".join(
+            f"status {status or 'all'!r} bucket {key}: {was} stored, {now} in jobs"
+            for (status, key), (was, now) in wrong_buckets[:EXAMPLES]
+        )
+        line += f" (e.g. {shown})" + (" - repaired" if repair else "")
+    click.echo(line)
     click.echo(_finding_line("jobs whose raw cannot be read (left as they are)", report.unreadable, False))
     if report.problems and not repair:
         click.echo(f"{report.problems} problem(s) found; `jobs-index check --repair` fixes them", err=True)

@@ -37,6 +37,7 @@ from sqlalchemy import (
     Select,
     Text,
     bindparam,
+    cast,
     func,
     literal_column,
     select,
@@ -53,6 +54,7 @@ from .params import ListQuery
 
 jobs = schema.table(schema.Job)
 counts = schema.table(schema.JobCount)
+buckets = schema.table(schema.JobTimeBucket)
 
 
 # A job of ``GET /api/jobs`` as JSON text, rendered by the database from the row's
@@ -189,6 +191,7 @@ class _Shape:
     total: bool
     since: bool = False  # create_time >= :since
     until: bool = False  # create_time < :until
+    buckets: bool = False  # the offset is skipped bucket by bucket (``_bucket_position``)
 
 
 def _time_conditions(shape, table) -> list:
@@ -231,6 +234,9 @@ def _arm(shape: _Shape, status, limit, columns: tuple) -> Select:
             stmt = stmt.where(column == value)
     for condition in _time_conditions(shape, jobs):
         stmt = stmt.where(condition)
+    if shape.buckets:  # the rows from the bucket the offset falls in, onwards
+        edge = select(_bucket_position(shape).c.bound).scalar_subquery()
+        stmt = stmt.where(jobs.c.create_time <= edge if shape.descending else jobs.c.create_time >= edge)
     if shape.after:
         key = tuple_(sort, jobs.c.id)
         bound = tuple_(bindparam("after_value", type_=BigInteger), bindparam("after_id", type_=Text))
@@ -301,6 +307,55 @@ def _page_select(shape: _Shape) -> Select:
     return stmt
 
 
+# Deep offsets. ``job_time_buckets`` counts the jobs of each status (and of all, '')
+# per bucket of ``create_time >> TIME_BUCKET_BITS``. An offset page of the timeline
+# (no workflow, source or time range) sums the buckets in the listing's order (one
+# window function over ~span/70 min rows), takes the bucket in which the offset falls
+# and the number of jobs in the buckets before it, and seeks the timeline at that
+# bucket's edge, skipping only the rest of the offset. Buckets partition create_time,
+# so the rows and their order are exactly those of the plain OFFSET.
+BUCKETS_FROM_OFFSET = 20_000  # below this, walking the skipped index entries is cheaper
+_BUCKET_WIDTH = 1 << schema.TIME_BUCKET_BITS
+
+
+@lru_cache(maxsize=64)
+def _bucket_position(shape: _Shape):
+    """One row (none when the offset is past the end): ``bound``, the create_time
+    edge of the bucket the offset falls in (its newest possible time descending, its
+    oldest ascending), and ``skip``, how many of the offset's rows are in that bucket
+    and those beyond it (in the listing's order)."""
+    if shape.arms == "all":
+        where = buckets.c.status == literal_column("''")
+    else:
+        where = buckets.c.status.in_(_status_params(shape.statuses))
+    per_bucket = (
+        select(buckets.c.bucket, func.sum(buckets.c.n).label("n"))
+        .where(where)
+        .group_by(buckets.c.bucket)
+        .subquery("per_bucket")
+    )
+    order = per_bucket.c.bucket.desc() if shape.descending else per_bucket.c.bucket.asc()
+    running = select(
+        per_bucket.c.bucket,
+        per_bucket.c.n,
+        func.sum(per_bucket.c.n).over(order_by=order, rows=(None, 0)).label("upto"),
+    ).subquery("running")
+    offset = bindparam("offset", type_=Integer)
+    edge = running.c.bucket * _BUCKET_WIDTH + (_BUCKET_WIDTH - 1 if shape.descending else 0)
+    return (
+        select(edge.label("bound"), cast(offset - (running.c.upto - running.c.n), BigInteger).label("skip"))
+        .where(running.c.upto > offset)
+        .order_by(running.c.bucket.desc() if shape.descending else running.c.bucket.asc())
+        .limit(1)
+        .cte("bucket_position")
+    )
+
+
+def _bucket_skip(shape: _Shape):
+    position = _bucket_position(shape)
+    return func.coalesce(select(position.c.skip).scalar_subquery(), 0)
+
+
 def _winners_page(shape: _Shape, statuses: list, limit, offset) -> Select:
     """Keys first, rows last: the seeks (one per status, merged) read only ``(id, sort
     key)`` from their covering index, skip the offset and keep the page's winners,
@@ -308,10 +363,14 @@ def _winners_page(shape: _Shape, statuses: list, limit, offset) -> Select:
     never rendered (PostgreSQL would compute the select list of every skipped row)."""
     sort = _sort_column(shape.sort_by)
     keys = (jobs.c.id.label("w_id"), sort.label("w_key"))
+    if shape.buckets:
+        offset = _bucket_skip(shape)
     if len(statuses) == 1:
         winners = _arm(shape, statuses[0], limit, keys).offset(offset).subquery("winners")
     else:
         window = bindparam("window", type_=Integer) if shape.limit else None  # each arm may feed the skip
+        if shape.buckets:
+            window = limit + _bucket_skip(shape)
         arms = [select(_arm(shape, s, window, keys).subquery()) for s in statuses]
         merged = union_all(*arms).subquery()
         winners = (
@@ -500,6 +559,15 @@ def select_page(
         bool(offset),
         with_total,
         *_bounded(query),
+        buckets=(
+            bool(offset)
+            and offset >= BUCKETS_FROM_OFFSET
+            and after is None
+            and limit is not None
+            and query.sort_by == "created_at"
+            and not filtered
+            and not query.time_bounded
+        ),
     )
     values = _filter_values(query)
     values.update(limit=limit, offset=offset, window=None if limit is None else limit + offset)
@@ -588,6 +656,39 @@ def count_rows(conn: Connection, query: ListQuery) -> int:
     if query.until is not None:
         stmt = stmt.where(jobs.c.create_time < query.until)
     return int(conn.execute(stmt).scalar_one())
+
+
+def recount_buckets(conn: Connection) -> dict[tuple[str, int], int]:
+    """``job_time_buckets`` computed from ``jobs`` itself (a full scan): its check."""
+    bucket = jobs.c.create_time.op(">>")(literal_column(str(schema.TIME_BUCKET_BITS)))
+    result: dict[tuple[str, int], int] = {}
+    for status, key, n in conn.execute(select(jobs.c.status, bucket, func.count()).group_by(jobs.c.status, bucket)):
+        result[(status, int(key))] = int(n)
+        result[("", int(key))] = result.get(("", int(key)), 0) + int(n)
+    return result
+
+
+def stored_buckets(conn: Connection) -> dict[tuple[str, int], int]:
+    stmt = select(buckets.c.status, buckets.c.bucket, buckets.c.n).where(buckets.c.n != 0)
+    return {(status, int(key)): int(n) for status, key, n in conn.execute(stmt)}
+
+
+def repair_buckets(conn: Connection) -> dict[tuple[str, int], tuple[int, int]]:
+    """Make ``job_time_buckets`` equal a recount of ``jobs`` (rewritten whole, which
+    also drops the rows of emptied buckets); returns the keys that were wrong as
+    ``{key: (stored, actual)}``. Call under ``lock_jobs_for_recount`` in a writer's
+    transaction."""
+    actual, stored = recount_buckets(conn), stored_buckets(conn)
+    wrong = {
+        key: (stored.get(key, 0), actual.get(key, 0))
+        for key in stored.keys() | actual.keys()
+        if stored.get(key, 0) != actual.get(key, 0)
+    }
+    conn.execute(buckets.delete())
+    rows = [{"status": status, "bucket": key, "n": n} for (status, key), n in sorted(actual.items())]
+    if rows:
+        conn.execute(buckets.insert(), rows)
+    return wrong
 
 
 def lock_jobs_for_recount(conn: Connection) -> None:

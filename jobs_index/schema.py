@@ -146,11 +146,31 @@ class JobCount(Base):
     n: Mapped[int] = mapped_column(BigInteger)
 
 
+# ``job_time_buckets.bucket`` is ``create_time >> TIME_BUCKET_BITS`` (floor division by
+# 2**22 ms, about 70 minutes; an arithmetic shift on both engines, negative times too).
+# Frozen: migration 0012 fills the table with this width.
+TIME_BUCKET_BITS = 22
+
+
+class JobTimeBucket(Base):
+    """Exact job counts per (status, time bucket); status '' means "all". Lets an
+    ``offset`` page skip whole buckets (``queries``: deep offsets at the cost of a sum
+    over the buckets, not a walk over the skipped jobs). Kept exactly like
+    ``job_counts``: triggers on ``jobs``, standing aside for jobs-index's SQLite writer
+    (``JobsIndexWriter``), which adds its deltas set-wise (migration ``0012``)."""
+
+    __tablename__ = "job_time_buckets"
+
+    status: Mapped[str] = mapped_column(Text, primary_key=True)
+    bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # create_time >> TIME_BUCKET_BITS
+    n: Mapped[int] = mapped_column(BigInteger)
+
+
 class JobsIndexWriter(Base):
     """A row exists here only inside jobs-index's own SQLite write transaction (it is
     inserted after ``BEGIN IMMEDIATE`` and deleted before ``COMMIT``, so no other
     connection ever sees it): while it does, the count triggers on ``jobs`` stand
-    aside and the writer updates ``job_counts`` set-wise (``write_queries``).
+    aside and the writer updates ``job_counts`` and ``job_time_buckets`` set-wise (``write_queries``).
     Unused on PostgreSQL, whose statement-level triggers are cheap (migration 0004)."""
 
     __tablename__ = "jobs_index_writer"

@@ -790,6 +790,7 @@ class JobsIndex:
         )
         try:
             wrong = self.repair_counts()
+            self.repair_buckets()  # drifted with them (e.g. INSERT OR REPLACE): deep offset pages use them
         except (StorageError, DBAPIError) as exc:
             self._repair_failed_at = time.monotonic()
             log.error(
@@ -809,6 +810,12 @@ class JobsIndex:
             return queries.repair_counts(conn)
 
     # -- writes --------------------------------------------------------------
+
+    def repair_buckets(self) -> dict[tuple[str, int], tuple[int, int]]:
+        """Rebuild ``job_time_buckets`` from the rows (as ``repair_counts``)."""
+        with write_transaction(self.engine) as conn:
+            queries.lock_jobs_for_recount(conn)
+            return queries.repair_buckets(conn)
 
     def add_finished_observer(self, observer: Callable[[list], None]) -> None:
         """Call ``observer(transitions)`` after every committed write of this index
@@ -1166,6 +1173,9 @@ class JobsIndex:
     # -- checks --------------------------------------------------------------
 
     def counts_consistent(self) -> bool:
-        """True when the trigger-kept counts equal a full COUNT over ``jobs``."""
+        """True when the trigger-kept counts (``job_counts``, ``job_time_buckets``)
+        equal a full COUNT over ``jobs``."""
         with read_transaction(self.engine) as conn:
-            return queries.stored_counts(conn) == queries.recount(conn)
+            return queries.stored_counts(conn) == queries.recount(conn) and queries.stored_buckets(
+                conn
+            ) == queries.recount_buckets(conn)

@@ -8,7 +8,8 @@ driver errors still arrive as SQLAlchemy's ``DataError``/``IntegrityError``).
 * ``read_existing`` — ``{id: Existing}`` of the batch's ids already stored.
 * ``write_batch`` — upsert the rows with the "newer version wins" guard in SQL
   (``ON CONFLICT (id) DO UPDATE ... WHERE``), their ``job_outputs`` and search rows
-  (``search_queries.store``), and on SQLite the ``job_counts`` deltas.
+  (``search_queries.store``), and on SQLite the ``job_counts`` and
+  ``job_time_buckets`` deltas.
 * ``prepare`` / ``write_prepared`` — an SQLite bulk load's fast path: the import
   workers turn their records into the exact rows ``write_batch`` would write
   (``Prepared``); the writer only orders them and hands them to the driver.
@@ -64,6 +65,7 @@ class Existing:
     status: str
     workflow_id: str | None
     source: str | None
+    create_time: int = 0
 
 
 def _pg(conn: Connection) -> bool:
@@ -84,7 +86,7 @@ def _for_ids(conn: Connection, sql: str, ids: Sequence[str]) -> Iterator:
 def read_existing(conn: Connection, ids: Sequence[str]) -> dict[str, Existing]:
     """``{job id: Existing}`` of the stored rows among ``ids`` (ComfyUI's ids; the
     ``Existing.workflow_id`` is as its column stores it)."""
-    sql = "SELECT id, stage, raw_digest, status, workflow_id, source FROM jobs WHERE id "
+    sql = "SELECT id, stage, raw_digest, status, workflow_id, source, create_time FROM jobs WHERE id "
     return {
         answer_text(row[0]): Existing(*row[1:])
         for result in _for_ids(conn, sql, [column_text(i) for i in ids])
@@ -220,6 +222,49 @@ _COUNT_UPSERT = (
 )
 
 
+def bucket_deltas(rows: Iterable[tuple[str, int, int]]) -> Counter:
+    """``job_time_buckets`` deltas of ``(status, create_time, +1/-1)`` rows (the
+    triggers' keys: the status and '', the bucket ``create_time >> TIME_BUCKET_BITS``)."""
+    deltas: Counter = Counter()
+    bits = schema.TIME_BUCKET_BITS
+    for status, create_time, d in rows:
+        bucket = create_time >> bits
+        deltas[(status, bucket)] += d
+        deltas[("", bucket)] += d
+    return deltas
+
+
+def _record_buckets(records: Sequence[JobRecord], existing: dict[str, Existing]) -> Counter:
+    """The batch's net change to ``job_time_buckets`` (as ``_count_deltas``)."""
+
+    def rows() -> Iterator[tuple[str, int, int]]:
+        for r in records:
+            old = existing.get(r.id)
+            if old is not None:
+                if (old.status, old.create_time) == (r.status, r.create_time):
+                    continue
+                yield old.status, old.create_time, -1
+            yield r.status, r.create_time, 1
+
+    return bucket_deltas(rows())
+
+
+_BUCKET_UPSERT = (
+    "INSERT INTO job_time_buckets (status, bucket, n) VALUES (?, ?, ?) "
+    "ON CONFLICT (status, bucket) DO UPDATE SET n = n + excluded.n"
+)
+
+
+def _add_deltas(conn: Connection, counts: Counter, buckets: Counter) -> None:
+    """SQLite, with the writer's row in ``jobs_index_writer``: the set-wise counter upkeep."""
+    changed = [key + (n,) for key, n in counts.items() if n]
+    if changed:
+        conn.exec_driver_sql(_COUNT_UPSERT, changed)
+    changed = [key + (n,) for key, n in buckets.items() if n]
+    if changed:
+        conn.exec_driver_sql(_BUCKET_UPSERT, changed)
+
+
 # -- the batch ----------------------------------------------------------------------
 
 _ID, _WORKFLOW = JOB_COLUMNS.index("id"), JOB_COLUMNS.index("workflow_id")
@@ -285,9 +330,7 @@ def write_batch(conn: Connection, records: Sequence[JobRecord], existing: dict[s
     else:
         conn.exec_driver_sql("INSERT INTO jobs_index_writer (id) VALUES (1)")
         _insert_many(conn, "jobs", JOB_COLUMNS, rows, _UPSERT_TAIL)
-        changed = [key + (n,) for key, n in _count_deltas(records, existing).items() if n]
-        if changed:
-            conn.exec_driver_sql(_COUNT_UPSERT, changed)
+        _add_deltas(conn, _count_deltas(records, existing), _record_buckets(records, existing))
         conn.exec_driver_sql("DELETE FROM jobs_index_writer")
     # job_outputs and the search rows follow their job's row, in its transaction.
     if replaced:
@@ -307,6 +350,7 @@ def write_batch(conn: Connection, records: Sequence[JobRecord], existing: dict[s
 # repeats an id or replaces a row goes ``write_batch``'s way (``Prepared.records``).
 
 _STATUS, _SOURCE = JOB_COLUMNS.index("status"), JOB_COLUMNS.index("source")
+_CREATE_TIME = JOB_COLUMNS.index("create_time")
 MIXED = -1  # ``Prepared.dict_id`` of rows written with more than one encoder (no dictionary's id)
 _OUTPUT_FIELDS = OUTPUT_COLUMNS[1:]  # a ``JobRecord.output_files`` entry's keys
 
@@ -429,9 +473,8 @@ def write_prepared(conn: Connection, parts: Sequence[Prepared], now: int) -> boo
         deltas.update(part.count_deltas())
     conn.exec_driver_sql("INSERT INTO jobs_index_writer (id) VALUES (1)")
     _insert_many(conn, "jobs", JOB_COLUMNS, [jobs[i] for i in order], _UPSERT_TAIL, now=now)
-    changed = [key + (n,) for key, n in deltas.items() if n]
-    if changed:
-        conn.exec_driver_sql(_COUNT_UPSERT, changed)
+    buckets = bucket_deltas((row[_STATUS], row[_CREATE_TIME], 1) for row in jobs)
+    _add_deltas(conn, deltas, buckets)
     conn.exec_driver_sql("DELETE FROM jobs_index_writer")
     outputs = list(chain.from_iterable(p.outputs for p in parts))
     outputs.sort(key=itemgetter(0))  # by job, each job's in order (a stable sort)

@@ -80,6 +80,7 @@ def _rebuild_counts(conn) -> None:
     rows = [{"source": s, "workflow_id": w, "status": st, "n": n} for (s, w, st), n in queries.recount(conn).items()]
     if rows:
         conn.execute(queries.counts.insert(), rows)
+    queries.repair_buckets(conn)
 
 
 def bulk_load(index: JobsIndex, n: int) -> None:
