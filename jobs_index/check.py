@@ -67,7 +67,7 @@ class CheckReport:
     orphans: Finding = field(default_factory=Finding)  # side rows whose job is gone
     unreadable: Finding = field(default_factory=Finding)  # raw that cannot be read or normalised
     counters: dict[tuple[str, str, str], tuple[int, int]] = field(default_factory=dict)  # key: (stored, actual)
-    buckets: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)  # job_time_buckets, as counters
+    buckets: dict[tuple[int, str, int], tuple[int, int]] = field(default_factory=dict)  # job_time_buckets, as counters
     repaired: bool = False
 
     @property

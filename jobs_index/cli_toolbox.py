@@ -461,8 +461,8 @@ def check(obj, repair: bool, batch_size: int) -> None:
     line = f"job_time_buckets rows that differ from a recount: {len(wrong_buckets)}"
     if wrong_buckets:
         shown = "; ".join(
-            f"status {status or 'all'!r} bucket {key}: {was} stored, {now} in jobs"
-            for (status, key), (was, now) in wrong_buckets[:EXAMPLES]
+            f"bits {bits} status {status or 'all'!r} bucket {key}: {was} stored, {now} in jobs"
+            for (bits, status, key), (was, now) in wrong_buckets[:EXAMPLES]
         )
         line += f" (e.g. {shown})" + (" - repaired" if repair else "")
     click.echo(line)

@@ -308,47 +308,65 @@ def _page_select(shape: _Shape) -> Select:
 
 
 # Deep offsets. ``job_time_buckets`` counts the jobs of each status (and of all, '')
-# per bucket of ``create_time >> TIME_BUCKET_BITS``. An offset page of the timeline
-# (no workflow, source or time range) sums the buckets in the listing's order (one
-# window function over ~span/70 min rows), takes the bucket in which the offset falls
-# and the number of jobs in the buckets before it, and seeks the timeline at that
-# bucket's edge, skipping only the rest of the offset. Buckets partition create_time,
-# so the rows and their order are exactly those of the plain OFFSET.
+# per bucket of ``create_time >> bits``, at two widths: fine (2**22 ms, ~70 min) and
+# coarse (2**28 ms, ~3.1 days: 64 fine buckets). An offset page of the timeline (no
+# workflow, source or time range) sums the coarse buckets in the listing's order (a
+# window function over ~span/3 days rows), takes the one the offset falls in, sums
+# its 64 fine buckets the same way, and seeks the timeline at the fine bucket's edge,
+# skipping only the rest of the offset (at most one fine bucket of jobs). Buckets
+# partition create_time, so the rows and their order are exactly those of the plain
+# OFFSET. ``benchmarks/deep_offset.py`` measured one width against the other.
 BUCKETS_FROM_OFFSET = 20_000  # below this, walking the skipped index entries is cheaper
-_BUCKET_WIDTH = 1 << schema.TIME_BUCKET_BITS
+_FINE, _COARSE = schema.FINE_BUCKET_BITS, schema.COARSE_BUCKET_BITS
+
+
+def _running(shape: _Shape, bits: int, *conditions):
+    """One row per bucket of width ``bits`` (of the listing's statuses, passing
+    ``conditions``) with ``n`` and ``upto``: the jobs in it and in every bucket before
+    it, in the listing's order."""
+    if shape.arms == "all":
+        status = buckets.c.status == literal_column("''")
+    else:
+        status = buckets.c.status.in_(_status_params(shape.statuses))
+    per_bucket = (
+        select(buckets.c.bucket, func.sum(buckets.c.n).label("n"))
+        .where(buckets.c.bits == literal_column(str(bits)), status, *conditions)
+        .group_by(buckets.c.bucket)
+        .subquery(f"per_bucket_{bits}")
+    )
+    order = per_bucket.c.bucket.desc() if shape.descending else per_bucket.c.bucket.asc()
+    return select(
+        per_bucket.c.bucket,
+        per_bucket.c.n,
+        func.sum(per_bucket.c.n).over(order_by=order, rows=(None, 0)).label("upto"),
+    ).subquery(f"running_{bits}")
 
 
 @lru_cache(maxsize=64)
 def _bucket_position(shape: _Shape):
     """One row (none when the offset is past the end): ``bound``, the create_time
-    edge of the bucket the offset falls in (its newest possible time descending, its
-    oldest ascending), and ``skip``, how many of the offset's rows are in that bucket
-    and those beyond it (in the listing's order)."""
-    if shape.arms == "all":
-        where = buckets.c.status == literal_column("''")
-    else:
-        where = buckets.c.status.in_(_status_params(shape.statuses))
-    per_bucket = (
-        select(buckets.c.bucket, func.sum(buckets.c.n).label("n"))
-        .where(where)
-        .group_by(buckets.c.bucket)
-        .subquery("per_bucket")
-    )
-    order = per_bucket.c.bucket.desc() if shape.descending else per_bucket.c.bucket.asc()
-    running = select(
-        per_bucket.c.bucket,
-        per_bucket.c.n,
-        func.sum(per_bucket.c.n).over(order_by=order, rows=(None, 0)).label("upto"),
-    ).subquery("running")
+    edge of the fine bucket the offset falls in (its newest possible time descending,
+    its oldest ascending), and ``skip``, how many of the offset's rows are in that
+    bucket and those beyond it (in the listing's order)."""
     offset = bindparam("offset", type_=Integer)
-    edge = running.c.bucket * _BUCKET_WIDTH + (_BUCKET_WIDTH - 1 if shape.descending else 0)
-    return (
-        select(edge.label("bound"), cast(offset - (running.c.upto - running.c.n), BigInteger).label("skip"))
-        .where(running.c.upto > offset)
-        .order_by(running.c.bucket.desc() if shape.descending else running.c.bucket.asc())
-        .limit(1)
-        .cte("bucket_position")
-    )
+
+    def first_past(running, before):  # the first bucket whose running sum passes the offset
+        order = running.c.bucket.desc() if shape.descending else running.c.bucket.asc()
+        return (
+            select(running.c.bucket, (before + running.c.upto - running.c.n).label("before"))
+            .where(before + running.c.upto > offset)
+            .order_by(order)
+            .limit(1)
+        )
+
+    coarse = first_past(_running(shape, _COARSE), literal_column("0")).cte("coarse_position")
+    first_fine = select(coarse.c.bucket * (1 << (_COARSE - _FINE))).scalar_subquery()
+    last_fine = select(coarse.c.bucket * (1 << (_COARSE - _FINE)) + ((1 << (_COARSE - _FINE)) - 1)).scalar_subquery()
+    fine = _running(shape, _FINE, buckets.c.bucket >= first_fine, buckets.c.bucket <= last_fine)
+    found = first_past(fine, select(coarse.c.before).scalar_subquery()).subquery("fine_position")
+    width = 1 << _FINE
+    edge = found.c.bucket * width + (width - 1 if shape.descending else 0)
+    return select(edge.label("bound"), cast(offset - found.c.before, BigInteger).label("skip")).cte("bucket_position")
 
 
 def _bucket_skip(shape: _Shape):
@@ -658,22 +676,25 @@ def count_rows(conn: Connection, query: ListQuery) -> int:
     return int(conn.execute(stmt).scalar_one())
 
 
-def recount_buckets(conn: Connection) -> dict[tuple[str, int], int]:
-    """``job_time_buckets`` computed from ``jobs`` itself (a full scan): its check."""
-    bucket = jobs.c.create_time.op(">>")(literal_column(str(schema.TIME_BUCKET_BITS)))
-    result: dict[tuple[str, int], int] = {}
-    for status, key, n in conn.execute(select(jobs.c.status, bucket, func.count()).group_by(jobs.c.status, bucket)):
-        result[(status, int(key))] = int(n)
-        result[("", int(key))] = result.get(("", int(key)), 0) + int(n)
+def recount_buckets(conn: Connection) -> dict[tuple[int, str, int], int]:
+    """``job_time_buckets`` computed from ``jobs`` itself (a full scan per width):
+    ``{(bits, status, bucket): n}``, its check."""
+    result: dict[tuple[int, str, int], int] = {}
+    for bits in schema.BUCKET_BITS:
+        bucket = jobs.c.create_time.op(">>")(literal_column(str(bits)))
+        stmt = select(jobs.c.status, bucket, func.count()).group_by(jobs.c.status, bucket)
+        for status, key, n in conn.execute(stmt):
+            result[(bits, status, int(key))] = int(n)
+            result[(bits, "", int(key))] = result.get((bits, "", int(key)), 0) + int(n)
     return result
 
 
-def stored_buckets(conn: Connection) -> dict[tuple[str, int], int]:
-    stmt = select(buckets.c.status, buckets.c.bucket, buckets.c.n).where(buckets.c.n != 0)
-    return {(status, int(key)): int(n) for status, key, n in conn.execute(stmt)}
+def stored_buckets(conn: Connection) -> dict[tuple[int, str, int], int]:
+    stmt = select(buckets.c.bits, buckets.c.status, buckets.c.bucket, buckets.c.n).where(buckets.c.n != 0)
+    return {(int(bits), status, int(key)): int(n) for bits, status, key, n in conn.execute(stmt)}
 
 
-def repair_buckets(conn: Connection) -> dict[tuple[str, int], tuple[int, int]]:
+def repair_buckets(conn: Connection) -> dict[tuple[int, str, int], tuple[int, int]]:
     """Make ``job_time_buckets`` equal a recount of ``jobs`` (rewritten whole, which
     also drops the rows of emptied buckets); returns the keys that were wrong as
     ``{key: (stored, actual)}``. Call under ``lock_jobs_for_recount`` in a writer's
@@ -685,7 +706,9 @@ def repair_buckets(conn: Connection) -> dict[tuple[str, int], tuple[int, int]]:
         if stored.get(key, 0) != actual.get(key, 0)
     }
     conn.execute(buckets.delete())
-    rows = [{"status": status, "bucket": key, "n": n} for (status, key), n in sorted(actual.items())]
+    rows = [
+        {"bits": bits, "status": status, "bucket": key, "n": n} for (bits, status, key), n in sorted(actual.items())
+    ]
     if rows:
         conn.execute(buckets.insert(), rows)
     return wrong

@@ -146,23 +146,27 @@ class JobCount(Base):
     n: Mapped[int] = mapped_column(BigInteger)
 
 
-# ``job_time_buckets.bucket`` is ``create_time >> TIME_BUCKET_BITS`` (floor division by
-# 2**22 ms, about 70 minutes; an arithmetic shift on both engines, negative times too).
-# Frozen: migration 0012 fills the table with this width.
-TIME_BUCKET_BITS = 22
+# ``job_time_buckets`` counts jobs per ``create_time >> bits`` at two widths: 2**22 ms
+# (~70 minutes) and 2**28 ms (~3.1 days, 64 of the fine ones). An arithmetic shift
+# (floor division) on both engines, negative times too. Frozen: migration 0012.
+FINE_BUCKET_BITS = 22
+COARSE_BUCKET_BITS = 28
+BUCKET_BITS = (FINE_BUCKET_BITS, COARSE_BUCKET_BITS)
 
 
 class JobTimeBucket(Base):
-    """Exact job counts per (status, time bucket); status '' means "all". Lets an
-    ``offset`` page skip whole buckets (``queries``: deep offsets at the cost of a sum
-    over the buckets, not a walk over the skipped jobs). Kept exactly like
-    ``job_counts``: triggers on ``jobs``, standing aside for jobs-index's SQLite writer
-    (``JobsIndexWriter``), which adds its deltas set-wise (migration ``0012``)."""
+    """Exact job counts per (bits, status, create_time >> bits); status '' means
+    "all". Lets an ``offset`` page skip whole buckets (``queries``: a deep offset
+    costs a sum over coarse buckets, then over the 64 fine ones of one coarse bucket,
+    not a walk over the skipped jobs). Kept exactly like ``job_counts``: triggers on
+    ``jobs``, standing aside for jobs-index's SQLite writer (``JobsIndexWriter``),
+    which adds its deltas set-wise (migration ``0012``)."""
 
     __tablename__ = "job_time_buckets"
 
+    bits: Mapped[int] = mapped_column(SmallInteger, primary_key=True)  # one of BUCKET_BITS
     status: Mapped[str] = mapped_column(Text, primary_key=True)
-    bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # create_time >> TIME_BUCKET_BITS
+    bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # create_time >> bits
     n: Mapped[int] = mapped_column(BigInteger)
 
 

@@ -811,7 +811,7 @@ class JobsIndex:
 
     # -- writes --------------------------------------------------------------
 
-    def repair_buckets(self) -> dict[tuple[str, int], tuple[int, int]]:
+    def repair_buckets(self) -> dict[tuple[int, str, int], tuple[int, int]]:
         """Rebuild ``job_time_buckets`` from the rows (as ``repair_counts``)."""
         with write_transaction(self.engine) as conn:
             queries.lock_jobs_for_recount(conn)

@@ -224,13 +224,13 @@ _COUNT_UPSERT = (
 
 def bucket_deltas(rows: Iterable[tuple[str, int, int]]) -> Counter:
     """``job_time_buckets`` deltas of ``(status, create_time, +1/-1)`` rows (the
-    triggers' keys: the status and '', the bucket ``create_time >> TIME_BUCKET_BITS``)."""
+    triggers' keys: each width's bucket ``create_time >> bits``, the status and '')."""
     deltas: Counter = Counter()
-    bits = schema.TIME_BUCKET_BITS
     for status, create_time, d in rows:
-        bucket = create_time >> bits
-        deltas[(status, bucket)] += d
-        deltas[("", bucket)] += d
+        for bits in schema.BUCKET_BITS:
+            bucket = create_time >> bits
+            deltas[(bits, status, bucket)] += d
+            deltas[(bits, "", bucket)] += d
     return deltas
 
 
@@ -250,8 +250,8 @@ def _record_buckets(records: Sequence[JobRecord], existing: dict[str, Existing])
 
 
 _BUCKET_UPSERT = (
-    "INSERT INTO job_time_buckets (status, bucket, n) VALUES (?, ?, ?) "
-    "ON CONFLICT (status, bucket) DO UPDATE SET n = n + excluded.n"
+    "INSERT INTO job_time_buckets (bits, status, bucket, n) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (bits, status, bucket) DO UPDATE SET n = n + excluded.n"
 )
 
 

@@ -26,14 +26,14 @@ from jobs_index.database import (
 )
 from jobs_index.normalize import IN_PROGRESS, PENDING, from_history, from_queue
 from jobs_index.sample import history_item, queue_item
-from jobs_index.schema import TIME_BUCKET_BITS, Job
+from jobs_index.schema import COARSE_BUCKET_BITS, FINE_BUCKET_BITS, Job
 
 from .reference import Reference
 from .strategies import query_params, states
 from .test_parity_properties import exact, reset, sql_answer
 
-W = 1 << TIME_BUCKET_BITS
-EDGES = [-W - 1, -W, -1, 0, 1, W - 1, W, W + 1, 3 * W - 1, 3 * W, 7 * W + 5, 1_765_000_000_000]
+W, C = 1 << FINE_BUCKET_BITS, 1 << COARSE_BUCKET_BITS
+EDGES = [-C - 1, -C, -W - 1, -W, -1, 0, 1, W - 1, W, W + 1, 3 * W, C - 1, C, C + W, 2 * C - W, 1_765_000_000_000]
 STATUS_SETS = [None, "completed", "failed,pending", "completed,failed,cancelled,in_progress", "in_progress"]
 SETTINGS = settings(
     max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
@@ -77,7 +77,7 @@ def assert_pages_equal(index: JobsIndex, n: int) -> None:
 
 
 @SETTINGS
-@given(times=st.lists(st.sampled_from(EDGES) | st.integers(-3 * W, 9 * W), min_size=1, max_size=14))
+@given(times=st.lists(st.sampled_from(EDGES) | st.integers(-2 * C, 3 * C), min_size=1, max_size=14))
 def test_bucket_pages_equal_offset_pages_across_edges(index, bucketed, times):
     with index.engine.connect() as conn:
         ids = [row[0] for row in conn.exec_driver_sql("SELECT id FROM jobs")]
@@ -100,7 +100,7 @@ def test_bucket_pages_answer_like_the_reference(index, bucketed, state, data):
 
 
 def test_every_write_path_keeps_the_buckets_exact(index, bucketed, backend):
-    times = [k * W // 3 for k in range(40)]
+    times = [k * W // 3 for k in range(30)] + [C * k - 1 for k in range(10)]
     records = records_at(times)
     index.ingest(records[:30], bulk=True)  # a bulk load into the empty index
     index.ingest(records[30:])  # batches
@@ -130,8 +130,8 @@ def test_every_write_path_keeps_the_buckets_exact(index, bucketed, backend):
 def test_check_finds_and_repairs_drifted_buckets(index):
     index.ingest(records_at([k * W // 2 for k in range(12)]))
     with write_transaction(index.engine) as conn:
-        conn.execute(text("UPDATE job_time_buckets SET n = n + 3 WHERE status = '' AND bucket = 1"))
-        conn.execute(text("DELETE FROM job_time_buckets WHERE status = 'completed' AND bucket = 2"))
+        conn.execute(text("UPDATE job_time_buckets SET n = n + 3 WHERE bits = 22 AND status = '' AND bucket = 1"))
+        conn.execute(text("DELETE FROM job_time_buckets WHERE bits = 28 AND status = 'completed'"))
     assert not index.counts_consistent()
     report = check(index)
     assert len(report.buckets) == 2 and not report.clean
@@ -140,7 +140,7 @@ def test_check_finds_and_repairs_drifted_buckets(index):
 
 
 def test_migration_fills_the_buckets_and_downgrades(db_url, backend):
-    records = records_at([k * W // 2 - 3 * W for k in range(25)])
+    records = records_at([k * C // 4 - 3 * W for k in range(25)])
     engine = make_engine(db_url)
     try:
         migrate(engine, "0011_search_timeline")

@@ -1,11 +1,12 @@
 """Exact job counts per time bucket, so a deep ``offset`` page skips whole buckets.
 
-``job_time_buckets(status, bucket, n)``: how many jobs of each status (and, under
-status '', of every status) have ``create_time >> 22`` = ``bucket`` (2**22 ms, about
-70 minutes; an arithmetic shift, i.e. floor division, on both engines). An offset
-page finds in it the bucket its offset falls in and seeks ``jobs``' timeline index
-at that bucket's edge with the small rest of the offset (``queries``), instead of
-walking every skipped job.
+``job_time_buckets(bits, status, bucket, n)``: how many jobs of each status (and,
+under status '', of every status) have ``create_time >> bits`` = ``bucket``, at two
+widths: ``bits`` 22 (2**22 ms, about 70 minutes) and 28 (about 3.1 days, 64 fine
+buckets); an arithmetic shift, i.e. floor division, on both engines. An offset
+page finds the coarse bucket its offset falls in, then the fine one inside it, and
+seeks ``jobs``' timeline index at that bucket's edge with the small rest of the
+offset (``queries``), instead of walking every skipped job.
 
 Kept exact like ``job_counts`` (revision 0004): SQLite row-level triggers that stand
 aside while ``jobs_index_writer`` has a row (jobs-index's own writer adds its
@@ -27,15 +28,16 @@ down_revision = "0011_search_timeline"
 branch_labels = None
 depends_on = None
 
-BITS = 22  # frozen: schema.TIME_BUCKET_BITS when this revision was written
-
-_UPSERT_TAIL = "ON CONFLICT (status, bucket) DO UPDATE SET n = job_time_buckets.n + excluded.n"
+# frozen: schema.BUCKET_BITS when this revision was written
+_WIDTHS = "(SELECT 22 AS bits UNION ALL SELECT 28)"
+_UPSERT_TAIL = "ON CONFLICT (bits, status, bucket) DO UPDATE SET n = job_time_buckets.n + excluded.n"
 
 
 def _sqlite_delta(row: str, delta: str) -> str:
     return (
-        f"INSERT INTO job_time_buckets (status, bucket, n) "
-        f"SELECT s, {row}.create_time >> {BITS}, {delta} FROM (SELECT '' AS s UNION ALL SELECT {row}.status) "
+        f"INSERT INTO job_time_buckets (bits, status, bucket, n) "
+        f"SELECT w.bits, s.s, {row}.create_time >> w.bits, {delta} "
+        f"FROM (SELECT '' AS s UNION ALL SELECT {row}.status) AS s CROSS JOIN {_WIDTHS} AS w "
         f"WHERE true {_UPSERT_TAIL}"
     )
 
@@ -57,13 +59,13 @@ SQLITE_TRIGGERS = [
 
 # One aggregated upsert per statement, key-ordered (as 0004's counters).
 _PG_DELTA = f"""
-        INSERT INTO job_time_buckets (status, bucket, n)
-        SELECT k.s, r.b, sum(r.d)
-        FROM ({{rows}}) AS r CROSS JOIN LATERAL (VALUES (''), (r.status)) AS k(s)
-        GROUP BY k.s, r.b HAVING sum(r.d) <> 0 ORDER BY k.s, r.b
+        INSERT INTO job_time_buckets (bits, status, bucket, n)
+        SELECT w.bits, k.s, r.create_time >> w.bits, sum(r.d)
+        FROM ({{rows}}) AS r CROSS JOIN LATERAL (VALUES (''), (r.status)) AS k(s) CROSS JOIN {_WIDTHS} AS w
+        GROUP BY 1, 2, 3 HAVING sum(r.d) <> 0 ORDER BY 1, 2, 3
         {_UPSERT_TAIL};"""
-_NEW = f"SELECT status, create_time >> {BITS} AS b, 1 AS d FROM new_rows"
-_OLD = f"SELECT status, create_time >> {BITS} AS b, -1 AS d FROM old_rows"
+_NEW = "SELECT status, create_time, 1 AS d FROM new_rows"
+_OLD = "SELECT status, create_time, -1 AS d FROM old_rows"
 
 POSTGRES_TRIGGERS = [
     f"""CREATE FUNCTION jobs_bucket_statement_trigger() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -85,20 +87,23 @@ POSTGRES_TRIGGERS = [
 TRIGGER_NAMES = ("trg_jobs_bucket_insert", "trg_jobs_bucket_update", "trg_jobs_bucket_delete")
 
 FILL = f"""
-    INSERT INTO job_time_buckets (status, bucket, n)
-    SELECT status, create_time >> {BITS}, count(*) FROM jobs GROUP BY status, create_time >> {BITS}
+    INSERT INTO job_time_buckets (bits, status, bucket, n)
+    SELECT w.bits, j.status, j.create_time >> w.bits, count(*) FROM jobs AS j CROSS JOIN {_WIDTHS} AS w
+    GROUP BY 1, 2, 3
     UNION ALL
-    SELECT '', create_time >> {BITS}, count(*) FROM jobs GROUP BY create_time >> {BITS}
+    SELECT w.bits, '', j.create_time >> w.bits, count(*) FROM jobs AS j CROSS JOIN {_WIDTHS} AS w
+    GROUP BY 1, 3
 """
 
 
 def upgrade() -> None:
     op.create_table(
         "job_time_buckets",
+        sa.Column("bits", sa.SmallInteger(), nullable=False),
         sa.Column("status", sa.Text(), nullable=False),
         sa.Column("bucket", sa.BigInteger(), nullable=False),
         sa.Column("n", sa.BigInteger(), nullable=False),
-        sa.PrimaryKeyConstraint("status", "bucket", name=op.f("pk_job_time_buckets")),
+        sa.PrimaryKeyConstraint("bits", "status", "bucket", name=op.f("pk_job_time_buckets")),
     )
     op.execute(FILL)
     pg = op.get_bind().dialect.name == "postgresql"
