@@ -45,7 +45,7 @@ import bench
 import pg_pages
 from bench import Case, log, pct
 from pg_pages import Serve
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
 
 from tests import bulkdata
 
@@ -252,6 +252,150 @@ def import_costs(pg_admin: str, dump: Path, tree: Path, rounds: int) -> list[dic
     return out
 
 
+WRITE_CHILD = r"""
+import json, sys, time
+from jobs_index.normalize import from_history
+from jobs_index.sample import synthetic_history
+from jobs_index.services import JobsIndex
+assert __import__("jobs_index").__file__.startswith(sys.argv[1])
+url, n = sys.argv[2], int(sys.argv[3])
+records = [from_history(k, v) for k, v in synthetic_history(n, seed=11)]
+index = JobsIndex.open(url)
+index.ingest(records[:1000])  # warm: the first batch trains nothing (below 1,000 jobs), compiles SQL
+t0, c0 = time.perf_counter(), time.process_time()
+index.ingest(records[1000:])
+print(json.dumps({"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0, "jobs": n - 1000}))
+index.close()
+"""
+
+
+def write_costs(pg_admin: str, tree: Path, n: int, rounds: int) -> list[dict]:
+    """Incremental ingest (``JobsIndex.ingest``, batches of 1,000, records normalised
+    beforehand) of ``n`` synthetic jobs into a fresh index, in a child process of each
+    code, alternating: the writer's own cost, without the dump reader and workers."""
+    out = []
+    for r in range(rounds):
+        for engine in ("sqlite", "postgresql"):
+            for label, code in (("base", tree), ("this", ROOT)) if r % 2 == 0 else (("this", ROOT), ("base", tree)):
+                if engine == "sqlite":
+                    for p in WORK.glob("deep-offset-write.sqlite3*"):
+                        p.unlink()
+                    url = f"sqlite:///{WORK / 'deep-offset-write.sqlite3'}"
+                else:
+                    url = recreate_db(pg_admin, "bench_i16off_write")
+                done = subprocess.run(
+                    [sys.executable, "-c", WRITE_CHILD, str(code), url, str(n)],
+                    cwd=code,
+                    capture_output=True,
+                    text=True,
+                )
+                if done.returncode != 0:
+                    raise RuntimeError(done.stderr[-2000:])
+                result = json.loads(done.stdout.strip().splitlines()[-1])
+                result.update(engine=engine, code=label, round=r, load=os.getloadavg()[0])
+                log(
+                    f"write {engine} {label}: {result['jobs'] / result['wall_s']:.0f} jobs/s, "
+                    f"CPU {result['cpu_s']:.2f} s"
+                )
+                out.append(result)
+    drop_db(pg_admin, "bench_i16off_write")
+    for p in WORK.glob("deep-offset-write.sqlite3*"):
+        p.unlink()
+    return out
+
+
+def render_writes(writes: list[dict]) -> str:
+    lines = [
+        f"## The writer alone: incremental ingest of {writes[0]['jobs']:,} normalised jobs (batches of 1,000)",
+        "",
+        "| engine | base µs/job (wall) | this µs/job (wall) | this/base | base / this client CPU µs/job | load |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for engine in ("sqlite", "postgresql"):
+        rows = [w for w in writes if w["engine"] == engine]
+
+        def med(code: str, key: str, rows=rows) -> float:
+            return statistics.median(w[key] / w["jobs"] * 1e6 for w in rows if w["code"] == code)
+
+        base, this = med("base", "wall_s"), med("this", "wall_s")
+        lines.append(
+            f"| {engine} | {base:.0f} | {this:.0f} | {this / base:.2f} | "
+            f"{med('base', 'cpu_s'):.0f} / {med('this', 'cpu_s'):.0f} | {max(w['load'] for w in rows):.1f} |"
+        )
+    lines.append(
+        f"Median of {len({w['round'] for w in writes})} rounds, the two codes alternating (order swapped each "
+        "round). PostgreSQL's wall time includes the server's trigger work; its client CPU does not."
+    )
+    return "\n".join(lines)
+
+
+def trigger_costs(pg_admin: str, batch: int, repeat: int) -> list[dict]:
+    """PostgreSQL: the server time of each statement-level trigger (``EXPLAIN
+    ANALYZE`` reports it per trigger) for an INSERT / UPDATE of the status / DELETE of
+    ``batch`` jobs in an index of 100k (``tests/bulkdata.py`` rows), each rolled back;
+    the median of ``repeat``."""
+    import re
+
+    from jobs_index.services import JobsIndex
+
+    url = recreate_db(pg_admin, "bench_i16off_trig")
+    try:
+        with JobsIndex.open(url) as index:
+            bulkdata.STEP = 15_000
+            bulkdata.bulk_load(index, 100_000)
+            bulkdata.analyze(index)
+        engine = create_engine(url)
+        insert_sql = bulkdata._bulk_insert_sql("postgresql", batch).replace("'job-'", "'new-'")
+        params = {
+            "t0": bulkdata.T0 + 100_000 * 15_000,
+            "step": 15_000,
+            "raw": bulkdata._RAW,
+            "digest": bulkdata._DIGEST,
+        }
+        statements = {
+            f"INSERT {batch} jobs": (insert_sql, params),
+            f"UPDATE status of {batch} jobs": (
+                f"UPDATE jobs SET status = 'cancelled' WHERE id >= 'job-0050000' AND id < 'job-{50_000 + batch:07d}'",
+                {},
+            ),
+            f"DELETE {batch} jobs": (
+                f"DELETE FROM jobs WHERE id >= 'job-0050000' AND id < 'job-{50_000 + batch:07d}'",
+                {},
+            ),
+        }
+        out = []
+        for name, (sql, values) in statements.items():
+            times: dict[str, list[float]] = {}
+            for _ in range(repeat):
+                with engine.connect() as conn:
+                    plan = conn.execute(text("EXPLAIN (ANALYZE) " + sql), values).scalars().all()
+                    conn.rollback()
+                for line in plan:
+                    found = re.match(r"\s*(Trigger|Execution Time)(?: (\S+))?: (?:time=)?([\d.]+)", line)
+                    if found:
+                        times.setdefault(found.group(2) or "whole statement", []).append(float(found.group(3)))
+            row = {"statement": name, **{k: statistics.median(v) for k, v in times.items()}}
+            log(f"triggers: {row}")
+            out.append(row)
+        engine.dispose()
+        return out
+    finally:
+        drop_db(pg_admin, "bench_i16off_trig")
+
+
+def render_triggers(rows: list[dict]) -> str:
+    names = sorted({k for r in rows for k in r} - {"statement"})
+    lines = [
+        "## PostgreSQL: server time per statement-level trigger, ms (median; EXPLAIN ANALYZE, rolled back)",
+        "",
+        "| statement | " + " | ".join(names) + " |",
+        "| --- | " + " | ".join("---" for _ in names) + " |",
+    ]
+    for r in rows:
+        lines.append(f"| {r['statement']} | " + " | ".join(f"{r.get(k, float('nan')):.2f}" for k in names) + " |")
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------ databases
 
 
@@ -286,9 +430,11 @@ def render(args, cases, http, trips, sweeps, imports, facts, loads) -> str:
         f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}). Synthetic finished jobs written server-side "
         f"(`tests/bulkdata.py`), {args.step_ms / 1000:g} s apart ({facts['buckets']:,} fine buckets of 2^22 ms, "
         f"~{args.jobs // max(1, facts['buckets']):,} jobs each; {facts['coarse']:,} coarse ones of 2^28 ms). "
-        "Four `jobs-index serve` processes, one keep-alive "
-        f"connection each, {args.requests} timed requests per query per server, interleaved request by request. "
-        "PostgreSQL 15 on the same machine (loopback TCP). The machine (2 CPUs) is shared with two other "
+        f"{len(http)} `jobs-index serve` processes, one keep-alive "
+        f"connection each, {args.requests} timed requests per query per server, interleaved request by request. "(
+            "PostgreSQL 15 on the same machine (loopback TCP). " if trips else "SQLite only (`--no-pg`). "
+        )
+        + "The machine (2 CPUs) is shared with two other "
         f"sessions' work: load average (1 min) {', '.join(f'{x:.1f}' for x in loads)} during the run.",
         "",
         f"Upgrade 0011 -> 0012 (create and fill `job_time_buckets`) on the {args.jobs:,}-job index: "
@@ -380,12 +526,30 @@ def main() -> None:
     ap.add_argument("--dump", type=Path, default=None, help="a /history dump for the import cost (skipped: none)")
     ap.add_argument("--import-rounds", type=int, default=1)
     ap.add_argument("--imports-only", action="store_true", help="only the import cost (deep-offset-imports.md)")
+    ap.add_argument("--triggers", action="store_true", help="only PostgreSQL's trigger cost per statement")
+    ap.add_argument("--writes-only", type=int, default=0, help="N: only the writer's cost of N jobs (and rounds)")
     ap.add_argument("--sweep", default="18,20,22,24,26,28")
     ap.add_argument("--sweep-repeat", type=int, default=15)
     ap.add_argument("--no-pg", action="store_true", help="SQLite only (no PostgreSQL database is made)")
     ap.add_argument("--no-upgrade", action="store_true", help="do not time the upgrade (SQLite: no backup copy)")
     args = ap.parse_args()
     WORK.mkdir(exist_ok=True)
+    if args.triggers:
+        rows = trigger_costs(args.pg, 1000, args.sweep_repeat)
+        report = render_triggers(rows)
+        print(report)
+        out = RESULTS / "deep-offset-triggers-pg.md"
+        out.write_text(f"# Trigger cost of job_time_buckets on PostgreSQL\n\n{report}\n")
+        out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+        return
+    if args.writes_only:
+        writes = write_costs(args.pg, bench.base_tree(BASE_COMMIT), args.writes_only, args.import_rounds)
+        report = render_writes(writes)
+        print(report)
+        out = RESULTS / f"deep-offset-writes-{args.writes_only}.md"
+        out.write_text(f"# Write cost of job_time_buckets, base {BASE_COMMIT} vs this code\n\n{report}\n")
+        out.with_suffix(".json").write_text(json.dumps(writes, indent=1))
+        return
     if args.imports_only:
         imports = import_costs(args.pg, args.dump, bench.base_tree(BASE_COMMIT), args.import_rounds)
         report = render_imports(imports)
