@@ -14,8 +14,8 @@ Drift comes from writes that bypass jobs-index: ``INSERT OR REPLACE`` in the
 ``UPDATE`` of ``raw`` leaves the derived columns alone, a delete with foreign keys
 off... ``repair=True`` writes back what the rows say: derived columns and side rows
 batch by batch (a writer's transaction each; PostgreSQL locks the batch's rows),
-then the counters (``JobsIndex.repair_counts``, ``repair_buckets``). A ``raw`` that cannot be read or
-normalised is reported, never changed or deleted.
+then the counters (``JobsIndex.repair_counts``, ``repair_buckets``). A ``raw`` that
+cannot be read or normalised is reported, never changed or deleted.
 """
 
 from __future__ import annotations

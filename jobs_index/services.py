@@ -1176,6 +1176,5 @@ class JobsIndex:
         """True when the trigger-kept counts (``job_counts``, ``job_time_buckets``)
         equal a full COUNT over ``jobs``."""
         with read_transaction(self.engine) as conn:
-            return queries.stored_counts(conn) == queries.recount(conn) and queries.stored_buckets(
-                conn
-            ) == queries.recount_buckets(conn)
+            counts_right = queries.stored_counts(conn) == queries.recount(conn)
+            return counts_right and queries.stored_buckets(conn) == queries.recount_buckets(conn)

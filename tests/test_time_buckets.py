@@ -139,6 +139,18 @@ def test_check_finds_and_repairs_drifted_buckets(index):
     assert index.counts_consistent() and check(index).clean
 
 
+@pytest.mark.parametrize("tamper", ["DELETE FROM job_time_buckets", "UPDATE job_time_buckets SET n = n + 1"])
+def test_buckets_that_disagree_with_job_counts_fall_back_to_offset(index, bucketed, tamper, caplog):
+    """A load that rebuilt only ``job_counts`` (triggers set aside), or rows edited by
+    hand: the coarse buckets' sum differs from ``total``, and the page skips by OFFSET."""
+    index.ingest(records_at([k * C // 5 for k in range(20)]))
+    with write_transaction(index.engine) as conn:
+        conn.execute(text(tamper))
+    with caplog.at_level("WARNING", logger="jobs_index.queries"):
+        assert_pages_equal(index, 20)
+    assert "job_time_buckets count" in caplog.text
+
+
 def test_migration_fills_the_buckets_and_downgrades(db_url, backend):
     records = records_at([k * C // 4 - 3 * W for k in range(25)])
     engine = make_engine(db_url)
