@@ -431,9 +431,8 @@ def render(args, cases, http, trips, sweeps, imports, facts, loads) -> str:
         f"(`tests/bulkdata.py`), {args.step_ms / 1000:g} s apart ({facts['buckets']:,} fine buckets of 2^22 ms, "
         f"~{args.jobs // max(1, facts['buckets']):,} jobs each; {facts['coarse']:,} coarse ones of 2^28 ms). "
         f"{len(http)} `jobs-index serve` processes, one keep-alive "
-        f"connection each, {args.requests} timed requests per query per server, interleaved request by request. "(
-            "PostgreSQL 15 on the same machine (loopback TCP). " if trips else "SQLite only (`--no-pg`). "
-        )
+        f"connection each, {args.requests} timed requests per query per server, interleaved request by request. "
+        + ("PostgreSQL 15 on the same machine (loopback TCP). " if trips else "SQLite only (`--no-pg`). ")
         + "The machine (2 CPUs) is shared with two other "
         f"sessions' work: load average (1 min) {', '.join(f'{x:.1f}' for x in loads)} during the run.",
         "",
