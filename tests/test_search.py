@@ -603,17 +603,18 @@ def test_search_rows_follow_every_write_path(index, backend):
     running, pending = capture_queue()
     job_id = pending[0][1]
     queued = copy.deepcopy(pending[0])
-    queued[2]["81"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "queued zebra"}}
+    queued[2]["81"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "queued zebra, best quality"}}
     index.ingest([from_queue(queued, "pending")])
-    assert ids_of(index, "zebra") == [job_id]
+    assert ids_of(index, "zebra") == [job_id] == ids_of(index, 'zebra "best quality"')  # a gram
     # it runs, then finishes with other words: the old words go
     finished = copy.deepcopy(next(iter(history.values())))
     finished["prompt"][1] = job_id
-    finished["prompt"][2]["81"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "finished okapi"}}
+    finished["prompt"][2]["81"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "finished okapi of the"}}
     index.ingest([from_queue(queued, "in_progress")])
     assert ids_of(index, "zebra") == [job_id]
     index.ingest([from_history(job_id, finished)])
     assert ids_of(index, "zebra") == [] and ids_of(index, "okapi") == [job_id]
+    assert ids_of(index, 'zebra "best quality"') == [] and ids_of(index, 'okapi "of the"') == [job_id]
     index.ingest([from_history(job_id, finished)])  # unchanged: nothing rewritten
     assert ids_of(index, "okapi") == [job_id]
     index.delete_jobs([job_id])
