@@ -131,6 +131,7 @@ def main() -> None:
     ap.add_argument("--datasets", default="realistic,synthetic")
     ap.add_argument("--pg", help="PostgreSQL URL of a scratch database (its table grams_scratch is dropped)")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--lists", default="none,shipped,top100,wide", help="the lists to measure (default: all four)")
     args = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     facts: dict = {
@@ -151,6 +152,8 @@ def main() -> None:
             "top 100 of the dataset": frozenset(ranked[:100]),
             "shipped + words in 2 %+ of jobs": COMMON_WORDS | {w for w, c in df.items() if c >= 0.02 * len(docs)},
         }
+        keys = dict(zip(("none", "shipped", "top100", "wide"), lists, strict=True))
+        lists = {keys[k]: lists[keys[k]] for k in args.lists.split(",")}
         rows = {}
         for name, words in lists.items():
             search.COMMON_WORDS = words if words is not None else frozenset()
