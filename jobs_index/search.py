@@ -219,7 +219,7 @@ class Document:
             add(word.encode(encoding))
             found = positions[word]
             if not isinstance(found, int):
-                add(pack(f">xH{len(found)}H", len(found), *found))
+                add(pack(f">xH{len(found)}H", len(found), *found) if found else b"\0\0\0")  # a gram: none
             elif found < len(_ONE_POSITION):
                 add(_ONE_POSITION[found])
             else:
