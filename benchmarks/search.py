@@ -48,6 +48,7 @@ from jobs_index.cursor import encode_cursor
 from jobs_index.database import read_transaction
 from jobs_index.params import ListQuery, parse_list_query
 from jobs_index.sample import RealisticVocabulary, realistic_history
+from jobs_index.search import COMMON_WORDS
 from jobs_index.services import JobsIndex
 
 BASE_COMMIT = "d22a2c7"  # the branch point of issue 14: job_nodes, no search
@@ -175,6 +176,11 @@ def pick_terms(index: JobsIndex, n: int, vocab: RealisticVocabulary, dataset: st
         "two words": "masterpiece portrait",
         "phrase": '"best quality"',
         "prefix": "jugg*",
+        # common grams (revision 0012): a longer phrase, a name that is a phrase, and a
+        # phrase with a word not in search.COMMON_WORDS (the most common such word)
+        "phrase of three": '"masterpiece best quality"',
+        "name phrase": "juggernautXL_v9",
+        "phrase, one word not common": f'"a {next(w for w in words if w not in COMMON_WORDS)}"',
     }
 
 
@@ -420,6 +426,11 @@ def main() -> None:
     )
     ap.add_argument("--build-only", action="store_true", help="import (and record the build), no pages")
     ap.add_argument(
+        "--grams-pair",
+        action="store_true",
+        help="before = this code serving this index with phrases in their plain form (no common grams)",
+    )
+    ap.add_argument(
         "--same-index",
         action="store_true",
         help="before = the --base code serving this code's index (a code-only change: no base build)",
@@ -488,7 +499,13 @@ def main() -> None:
         index.close()
     facts["cases"] = [{"name": c.name, "params": c.params, "note": c.note, "plan": c.plan} for c in cases]
     log(f"  {len(cases)} search cases over HTTP")
-    if args.same_index:  # the --base code and this code, both serving this code's index, same run
+    if args.grams_pair:  # this code without and with common grams, same index, same run
+        same = {"base": targets["search"], "search": targets["search"]}
+        env = {"base": {**server_env(True), search_queries.GRAMS_ENV: "0"}, "search": server_env(True)}
+        both = series_pair(same, cases, args, {"base": ROOT, "search": ROOT}, env)
+        facts["search_base"], facts["search"] = both["base"], both["search"]
+        facts["before"] = f"this code with phrases in their plain form (`{search_queries.GRAMS_ENV}=0`)"
+    elif args.same_index:  # the --base code and this code, both serving this code's index, same run
         same = {"base": targets["search"], "search": targets["search"]}
         both = series_pair(same, cases, args, cwd)
         facts["search_base"], facts["search"] = both["base"], both["search"]

@@ -29,6 +29,21 @@ both engines.
 
 At least one term must not be excluded. Malformed queries raise ``SearchSyntaxError``
 (HTTP 400) saying what is wrong.
+
+**Common grams** (``grams``): a phrase of two common words (``"best quality"``) is
+slow to find from its words alone: FTS5 and PostgreSQL read the positions of every
+job holding both words (133,273 jobs at 1M realistic jobs for 3,315 that hold the
+phrase). So each adjacent pair of words of a document that are both in
+``COMMON_WORDS`` is indexed once more as one token, the *gram* (``‧best‧quality``:
+``GRAM_JOINER`` before each word), after the document's words (SQLite) or as a lexeme
+without positions (PostgreSQL): no word's position moves, and ``Document.words``
+(what ``matches`` reads) holds no gram. A phrase query then asks for its grams
+(``fts5_match`` / ``tsquery`` with ``grams=True``): a phrase of two common words is
+its gram alone, a longer one the AND of its grams and the phrase itself (exact), and
+the gram's list of jobs is as short as the phrase's. ``GRAMS_VERSION`` names the
+list: the index records the version its documents carry (table
+``job_search_grams``, migration ``0012_search_grams``), and a change to the list is
+a migration that rebuilds every document.
 """
 
 from __future__ import annotations
@@ -52,6 +67,79 @@ MAX_QUERY_LENGTH = 1000
 MAX_TERMS = 32
 
 _WORD = re.compile(r"[^\W_]+")
+
+# -- common grams (see the module docstring) -----------------------------------
+
+GRAMS_VERSION = 1
+# Starts a gram and joins its two words (``‧best‧quality``): not a letter or digit (no
+# word holds it, a query cannot type it) and not ASCII (SQLite's ``ascii`` tokenizer
+# keeps it inside a token). Leading, so that no gram starts with a letter or digit: a
+# prefix (``fo*``, ``"red fo*"``) never matches one, nor does a prefix's expansion.
+GRAM_JOINER = "\u2027"  # HYPHENATION POINT
+# The words that form grams (version GRAMS_VERSION; any change is a rebuild migration).
+# English function words, prompt words common in Stable Diffusion prompts, and the
+# words of model and LoRA file names (extensions, versions, digits, base model names):
+# pairs of them are what people type as phrases (``"best quality"``, ``juggernautXL_v9``,
+# ``sd_xl_base_1.0``, ``detail_tweaker``). Node types are left out: in a document they
+# stand next to each other and to numbers, pairs nobody searches for, which would cost
+# bytes for nothing. 171 words: 17 grams a job on the realistic dataset (all its common
+# prompt words are in), 6 on the synthetic one (benchmarks/results/search-grams-*.md).
+COMMON_WORDS = frozenset(
+    """
+    a an the of in on at with and or by for to from into over under near behind between
+    through is are it its as this that no not
+    portrait photo photograph detailed masterpiece best quality high low worst normal ultra
+    extremely very highly realistic photorealistic woman man girl boy cat dog fox red blue
+    green golden light dark night sunset forest city street castle mountain river ocean snow
+    rain fog neon cinematic lighting 8k 4k hd hdr uhd sharp focus illustration painting anime
+    style artist wearing dress armor hair eyes smile standing sitting background bokeh
+    beautiful cute young old face full body upper long short white black soft depth field
+    natural studio professional intricate art digital concept
+    sd xl sdxl base refiner pruned emaonly ema fp16 fp32 fp8 inpainting turbo lightning
+    safetensors ckpt pt pth bin gguf lora detail tweaker add more details
+    juggernautxl juggernaut dreamshaper realvisxl
+    v1 v2 v3 v4 v5 v6 v7 v8 v9 v10 v11 v12 0 1 2 3 4 5 6 7 8 9
+    """.split()
+)
+
+
+def grams(words: Sequence[str]) -> list[str]:
+    """The grams of a document's ``words``: each adjacent pair of ``COMMON_WORDS``,
+    ``GRAM_JOINER`` before each word, once, in order of first occurrence (a ``FILLER`` is no
+    common word: it forms none)."""
+    common = COMMON_WORDS
+    found: dict[str, None] = {}
+    previous = None  # the previous word if common
+    for word in words:
+        if word in common:
+            if previous is not None:
+                found[GRAM_JOINER + previous + GRAM_JOINER + word] = None
+            previous = word
+        else:
+            previous = None
+    return list(found)
+
+
+def term_grams(term: Term) -> tuple[str, ...]:
+    """The grams a phrase term contains (distinct, in order): one per adjacent pair of
+    its whole words that are both common (a prefix at its end is no whole word)."""
+    whole = term.words[:-1] if term.prefix else term.words
+    common = COMMON_WORDS
+    return tuple(
+        dict.fromkeys(
+            GRAM_JOINER + a + GRAM_JOINER + b
+            for a, b in zip(whole, whole[1:], strict=False)
+            if a in common and b in common
+        )
+    )
+
+
+def gram_alone(term: Term) -> bool:
+    """A phrase of exactly two common words (no prefix): its gram matches exactly the
+    jobs that hold the phrase."""
+    return not term.prefix and len(term.words) == 2 and bool(term_grams(term))
+
+
 MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf", ".sft", ".onnx")
 _LORA_TAG = re.compile(r"<lora:([^:>]+)(?::[^>]*)?>", re.IGNORECASE)
 
@@ -88,24 +176,31 @@ class Document:
         # constructor (cheaper than a frozen dataclass's generic slot state).
         return Document, (self.words, self.node_types, self.models, self.loras)
 
-    def fts_text(self) -> str:
-        """SQLite FTS5: the words, space-separated."""
-        return " ".join(self.words)
+    def fts_text(self, with_grams: bool = True) -> str:
+        """SQLite FTS5: the words, space-separated, then its ``grams`` (positions after
+        every word's)."""
+        text = " ".join(self.words)
+        found = grams(self.words) if with_grams else ()
+        return f"{text} {' '.join(found)}" if found else text
 
-    def tsvector_text(self) -> str:
-        """PostgreSQL: a tsvector literal with the same words at the same positions."""
+    def tsvector_text(self, with_grams: bool = True) -> str:
+        """PostgreSQL: a tsvector literal with the same words at the same positions,
+        and its ``grams`` as lexemes without positions."""
         positions: dict[str, list[str]] = {}
         for position, word in enumerate(self.words, 1):
             if word != FILLER:
                 positions.setdefault(word, []).append(str(position))
-        return " ".join(f"'{word}':{','.join(p)}" for word, p in positions.items())
+        text = " ".join(f"'{word}':{','.join(p)}" for word, p in positions.items())
+        found = grams(self.words) if with_grams else ()
+        return text + "".join(f" '{gram}'" for gram in found)
 
-    def tsvector_binary(self, encoding: str = "utf-8") -> bytes:
+    def tsvector_binary(self, encoding: str = "utf-8", with_grams: bool = True) -> bytes:
         """PostgreSQL: the same tsvector in its binary form (what ``tsvector_send``
         writes and a binary ``COPY`` reads: the lexeme count, then each lexeme in the
         client ``encoding``, NUL-terminated, its position count and positions, as
-        16-bit big-endian, weight bits 0). Lexemes in code point order, the server's
-        order for UTF-8 (for another encoding the server sorts them)."""
+        16-bit big-endian, weight bits 0; a gram has no positions). Lexemes in code
+        point order, the server's order for UTF-8 (for another encoding the server
+        sorts them)."""
         positions: dict[str, int | list[int]] = {}  # a word's position, or its positions
         for position, word in enumerate(self.words, 1):
             found = positions.get(word)
@@ -116,13 +211,15 @@ class Document:
             else:
                 found.append(position)
         positions.pop(FILLER, None)
+        for gram in grams(self.words) if with_grams else ():
+            positions[gram] = []  # no positions
         out = [len(positions).to_bytes(4, "big")]
         add = out.append
         for word in sorted(positions):
             add(word.encode(encoding))
             found = positions[word]
             if not isinstance(found, int):
-                add(pack(f">xH{len(found)}H", len(found), *found))
+                add(pack(f">xH{len(found)}H", len(found), *found) if found else b"\0\0\0")  # a gram: none
             elif found < len(_ONE_POSITION):
                 add(_ONE_POSITION[found])
             else:
@@ -130,9 +227,20 @@ class Document:
         return b"".join(out)
 
     def tsvector_bytes(self) -> int:
-        """The UTF-8 bytes of the tsvector's distinct lexemes (PostgreSQL holds at most
-        ``TSVECTOR_MAX_BYTES``)."""
-        return sum(len(word.encode()) for word in set(self.words) if word != FILLER)
+        """The UTF-8 bytes of the tsvector's distinct lexemes, grams included
+        (PostgreSQL holds at most ``TSVECTOR_MAX_BYTES``). A gram is two common words
+        (a few bytes each) and the joiner, and stands for a pair of positions that
+        would otherwise hold words: a document of n words still takes at most n times
+        the longest word's bytes (``write_queries.LATE_SEARCH_WORDS``)."""
+        lexemes = set(self.words)
+        lexemes.discard(FILLER)
+        return sum(len(word.encode()) for word in lexemes) + sum(len(g.encode()) for g in grams(self.words))
+
+
+def fts_words(text: str) -> tuple[str, ...]:
+    """The words of a ``Document.fts_text`` (its grams left out: they follow the words,
+    and only a gram holds ``GRAM_JOINER``)."""
+    return tuple(text.split(" " + GRAM_JOINER, 1)[0].split(" ")) if text else ()
 
 
 # A lexeme's NUL, one position and the position, for the first positions (``tsvector_binary``).
@@ -359,21 +467,31 @@ def parse(text: str) -> SearchQuery:
     return SearchQuery(text, tuple(terms))
 
 
-def fts5_match(query: SearchQuery, expanded: Mapping[Term, Sequence[str]] | None = None) -> str:
+def fts5_match(query: SearchQuery, expanded: Mapping[Term, Sequence[str]] | None = None, grams: bool = False) -> str:
     """The SQLite FTS5 MATCH expression of ``query`` (every word quoted).
 
     ``expanded``: for a prefix term of one word, the indexed words it stands for
     (``search_queries.SqliteStore.expansions``, read in the same snapshot), written as
     their OR, which matches the same documents as the prefix: FTS5 then looks each
     word up instead of merging every word starting with the prefix again for each
-    query (each probe of a timeline walk). A term left out keeps its prefix form."""
+    query (each probe of a timeline walk). A term left out keeps its prefix form.
+
+    ``grams``: the documents carry this code's grams (``GRAMS_VERSION``): a phrase
+    with common pairs asks for their grams (``term_grams``), alone for a phrase of
+    two common words, else ANDed with the phrase."""
     expanded = expanded or {}
 
     def phrase(term: Term) -> str:
         found = expanded.get(term)
         if found:
             return "(" + " OR ".join(f'"{word}"' for word in found) + ")"
-        return '"' + " ".join(term.words) + '"' + (" *" if term.prefix else "")
+        text = '"' + " ".join(term.words) + '"' + (" *" if term.prefix else "")
+        pairs = term_grams(term) if grams and len(term.words) > 1 else ()
+        if not pairs:
+            return text
+        if gram_alone(term):
+            return f'"{pairs[0]}"'
+        return "(" + " AND ".join([*(f'"{gram}"' for gram in pairs), text]) + ")"
 
     expr = " AND ".join(phrase(t) for t in query.included)
     if query.excluded:
@@ -388,13 +506,20 @@ def expandable(term: Term) -> bool:
     return term.prefix and len(term.words) == 1
 
 
-def tsquery(query: SearchQuery) -> str:
-    """The PostgreSQL tsquery literal of ``query`` (same words, same meaning)."""
+def tsquery(query: SearchQuery, grams: bool = False) -> str:
+    """The PostgreSQL tsquery literal of ``query`` (same words, same meaning);
+    ``grams`` as for ``fts5_match``."""
 
     def phrase(term: Term) -> str:
         last = len(term.words) - 1
         parts = [f"'{w}'" + (":*" if term.prefix and i == last else "") for i, w in enumerate(term.words)]
-        return "(" + " <-> ".join(parts) + ")"
+        text = "(" + " <-> ".join(parts) + ")"
+        pairs = term_grams(term) if grams and len(term.words) > 1 else ()
+        if not pairs:
+            return text
+        if gram_alone(term):
+            return f"'{pairs[0]}'"
+        return "(" + " & ".join([*(f"'{gram}'" for gram in pairs), text]) + ")"
 
     return " & ".join([phrase(t) for t in query.included] + [f"!{phrase(t)}" for t in query.excluded])
 

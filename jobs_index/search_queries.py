@@ -26,6 +26,10 @@ job: cost grows with how far the page is, divided by the share of jobs that matc
 On SQLite the timeline's probes write a prefix of one word as the OR of the indexed
 words it stands for (``SqliteStore.expansions``: read from a temp ``fts5vocab`` table
 in the request's snapshot), which FTS5 would otherwise merge again for every probe.
+
+A phrase of common words is asked for by its grams (``search.grams``) only when the
+index says its documents carry this code's grams: ``job_search_grams`` holds
+``search.GRAMS_VERSION`` (revision ``0012_search_grams``; ``SearchStore.grams``).
 """
 
 from __future__ import annotations
@@ -48,7 +52,17 @@ from . import rawcodec, schema
 from .normalize import answer_text, column_text
 from .params import ListQuery
 from .queries import Position, page_columns_sql, page_start, unmatchable
-from .search import Document, SearchQuery, Term, document, expandable, fts5_match, tsquery
+from .search import (
+    GRAMS_VERSION,
+    Document,
+    SearchQuery,
+    Term,
+    document,
+    expandable,
+    fts5_match,
+    gram_alone,
+    tsquery,
+)
 
 SQLITE_IN_CHUNK = 900
 
@@ -57,6 +71,10 @@ V = TypeVar("V")
 # Exact totals kept per data version (``count_matches``): how many (0: none).
 TOTALS_CACHE_ENV = "JOBS_INDEX_SEARCH_TOTALS_CACHE"
 TOTALS_CACHE_DEFAULT = 256
+
+
+# ``0``: phrases never ask for grams (``SearchStore.grams``), e.g. to measure them.
+GRAMS_ENV = "JOBS_INDEX_SEARCH_GRAMS"
 
 
 def totals_cache_size() -> int:
@@ -195,6 +213,25 @@ class SearchStore:
         (``probes``: for the timeline's probes)."""
         raise NotImplementedError
 
+    def grams(self, conn: Connection) -> bool:
+        """Do the index's documents carry this code's grams (``job_search_grams`` holds
+        ``GRAMS_VERSION``)? Read once per connection when they do; an index not yet
+        migrated (or with another list) is asked again each time, and its phrases
+        keep their plain form, as they do with ``JOBS_INDEX_SEARCH_GRAMS=0``."""
+        if os.environ.get(GRAMS_ENV, "").strip() == "0":
+            return False
+        info = conn.connection.info
+        if info.get("search_grams") == GRAMS_VERSION:
+            return True
+        if conn.exec_driver_sql(self._grams_table).scalar() is None:
+            return False
+        version = conn.exec_driver_sql("SELECT max(version) FROM job_search_grams").scalar()
+        if version == GRAMS_VERSION:
+            info["search_grams"] = version
+        return version == GRAMS_VERSION
+
+    _grams_table = ""
+
     def expansions(self, conn: Connection, query: SearchQuery) -> dict[Term, tuple[str, ...]]:
         """The prefix terms ``match_value`` writes as the OR of the indexed words they
         stand for, with those words (``choose_plan`` prices them); none by default."""
@@ -296,7 +333,9 @@ class SqliteStore(SearchStore):
             conn.exec_driver_sql("INSERT INTO job_search_fts (rowid, doc) VALUES (?, ?)", docs)
 
     def match_value(self, conn: Connection, query: SearchQuery, probes: bool = False) -> str:
-        return fts5_match(query, self.expansions(conn, query) if probes else None)
+        return fts5_match(query, self.expansions(conn, query) if probes else None, self.grams(conn))
+
+    _grams_table = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'job_search_grams'"
 
     def expansions(self, conn: Connection, query: SearchQuery) -> dict[Term, tuple[str, ...]]:
         # The vocabulary of job_search_fts, one row per indexed word with its document
@@ -486,7 +525,9 @@ class PostgresStore(SearchStore):
     def match_value(self, conn: Connection, query: SearchQuery, probes: bool = False) -> str:
         # A prefix keeps ``:*``: PostgreSQL has no cheap vocabulary (``ts_stat`` reads
         # every tsvector), and its probe costs no more with a prefix (POSTGRES_COSTS).
-        return tsquery(query)
+        return tsquery(query, self.grams(conn))
+
+    _grams_table = "SELECT to_regclass('job_search_grams')"
 
     matches_from = "job_search AS s"
     match_condition = "s.doc @@ CAST(:m AS tsquery)"
@@ -758,7 +799,10 @@ def choose_plan(
     probes = read * min(1.0, filtered / walked) if filtered else read
     terms = query.search.terms
     expanded = expanded or {}
-    words = sum(min(len(expanded[t]), costs.prefix) if t in expanded else len(t.words) for t in terms)
+    # A phrase of two common words is one gram (``search.gram_alone``): priced as a word.
+    words = sum(
+        min(len(expanded[t]), costs.prefix) if t in expanded else 1 if gram_alone(t) else len(t.words) for t in terms
+    )
     prefixed = any(t.prefix and t not in expanded for t in terms)
     probe = costs.probe * words * (costs.prefix if prefixed else 1)
     return "timeline" if read * costs.walk + probes * probe < scanned else "matches"

@@ -44,7 +44,7 @@ from sqlalchemy.exc import DBAPIError
 
 from . import schema, search_queries
 from .normalize import JobRecord, answer_text, column_text
-from .search import MAX_WORD_LENGTH, TSVECTOR_MAX_BYTES, Document
+from .search import MAX_WORD_LENGTH, TSVECTOR_MAX_BYTES, Document, fts_words
 
 JOB_COLUMNS = tuple(c.name for c in schema.table(schema.Job).columns)
 _RECORD_COLUMNS = tuple(c for c in JOB_COLUMNS if c != "indexed_at")
@@ -420,7 +420,7 @@ class Prepared:
             ]
             at += self.output_counts[i]
             node_types, models, loras = (tuple(json.loads(v)) for v in self.search[i][-3:])
-            words = tuple(self.fts[i].split(" ")) if self.fts[i] else ()
+            words = fts_words(self.fts[i])
             out.append(JobRecord(**values, output_files=files, search=Document(words, node_types, models, loras)))
         return out
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import sqlite3
+import sys
 
 import pytest
 
@@ -23,10 +24,15 @@ from jobs_index.normalize import from_history, from_queue
 from jobs_index.rawcodec import decode_item as decode_raw
 from jobs_index.sample import realistic_history
 from jobs_index.search import (
+    COMMON_WORDS,
+    FILLER,
+    GRAM_JOINER,
     SearchSyntaxError,
     document,
     expandable,
     fts5_match,
+    fts_words,
+    grams,
     highlight,
     matches,
     parse,
@@ -97,6 +103,51 @@ def test_an_expanded_prefix_is_the_or_of_its_words():
     expanded = {jugg: ("juggernaut", "juggernautxl"), bl: ("blurry",)}
     assert fts5_match(query, expanded) == '(("juggernaut" OR "juggernautxl") AND "red fo" * AND "cat") NOT ("blurry")'
     assert fts5_match(query, {}) == fts5_match(query) == '("jugg" * AND "red fo" * AND "cat") NOT "bl" *'
+
+
+@pytest.mark.parametrize(
+    "text, fts, ts",
+    [
+        ('"best quality"', '"‧best‧quality"', "'‧best‧quality'"),
+        ("juggernautXL_v9", '"‧juggernautxl‧v9"', "'‧juggernautxl‧v9'"),
+        ('fox -"low quality"', '("fox") NOT "‧low‧quality"', "('fox') & !'‧low‧quality'"),
+        (
+            '"masterpiece best quality"',
+            '("‧masterpiece‧best" AND "‧best‧quality" AND "masterpiece best quality")',
+            "('‧masterpiece‧best' & '‧best‧quality' & ('masterpiece' <-> 'best' <-> 'quality'))",
+        ),
+        ('"the fox the fox"', '("‧the‧fox" AND "‧fox‧the" AND "the fox the fox")', None),
+        ('"best qual*"', '"best qual" *', "('best' <-> 'qual':*)"),  # a prefix is no gram's word
+        ('"a best qu*"', '("‧a‧best" AND "a best qu" *)', "('‧a‧best' & ('a' <-> 'best' <-> 'qu':*))"),
+        ('"red sendorgal"', '"red sendorgal"', "('red' <-> 'sendorgal')"),  # one word not common
+        ("best", '"best"', "('best')"),
+    ],
+)
+def test_phrases_of_common_words_ask_for_their_grams(text, fts, ts):
+    query = parse(text)
+    assert fts5_match(query, grams=True) == fts
+    if ts is not None:
+        assert tsquery(query, grams=True) == ts
+    assert "‧" not in fts5_match(query) + tsquery(query)  # an index without grams: the plain form
+
+
+def test_grams_follow_the_words_and_move_none():
+    doc = document(
+        "queue",
+        [0, "id", {"1": {"class_type": "Note", "inputs": {"text": "Best quality, best quality of a fox"}}}, {}, []],
+    )
+    assert doc.words == ("note", "best", "quality", "best", "quality", "of", "a", "fox")
+    assert grams(doc.words) == ["‧best‧quality", "‧quality‧best", "‧quality‧of", "‧of‧a", "‧a‧fox"]
+    assert doc.fts_text() == " ".join(doc.words) + " " + " ".join(grams(doc.words))
+    assert doc.fts_text(with_grams=False) == " ".join(doc.words)
+    assert fts_words(doc.fts_text()) == fts_words(doc.fts_text(with_grams=False)) == doc.words and fts_words("") == ()
+    assert doc.tsvector_text().endswith("'fox':8 '‧best‧quality' '‧quality‧best' '‧quality‧of' '‧of‧a' '‧a‧fox'")
+    assert {"best", "quality", "of", "a", "fox"} <= COMMON_WORDS and "note" not in COMMON_WORDS
+    assert not any(GRAM_JOINER in w for w in words("‧best‧quality " + "".join(map(chr, range(0x2000, 0x2100)))))
+    # a word past MAX_OCCURRENCES is a filler: it forms no gram
+    capped = document("queue", [0, "id", {"1": {"class_type": "Note", "inputs": {"text": "a " * 300 + "fox"}}}, {}, []])
+    assert capped.words[-2] == FILLER and "‧a‧fox" not in grams(capped.words) and "‧a‧a" in grams(capped.words)
+    assert not matches(parse('"a fox"'), capped.words)
 
 
 def test_matching_is_positional():
@@ -552,17 +603,18 @@ def test_search_rows_follow_every_write_path(index, backend):
     running, pending = capture_queue()
     job_id = pending[0][1]
     queued = copy.deepcopy(pending[0])
-    queued[2]["81"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "queued zebra"}}
+    queued[2]["81"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "queued zebra, best quality"}}
     index.ingest([from_queue(queued, "pending")])
-    assert ids_of(index, "zebra") == [job_id]
+    assert ids_of(index, "zebra") == [job_id] == ids_of(index, 'zebra "best quality"')  # a gram
     # it runs, then finishes with other words: the old words go
     finished = copy.deepcopy(next(iter(history.values())))
     finished["prompt"][1] = job_id
-    finished["prompt"][2]["81"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "finished okapi"}}
+    finished["prompt"][2]["81"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "finished okapi of the"}}
     index.ingest([from_queue(queued, "in_progress")])
     assert ids_of(index, "zebra") == [job_id]
     index.ingest([from_history(job_id, finished)])
     assert ids_of(index, "zebra") == [] and ids_of(index, "okapi") == [job_id]
+    assert ids_of(index, 'zebra "best quality"') == [] and ids_of(index, 'okapi "of the"') == [job_id]
     index.ingest([from_history(job_id, finished)])  # unchanged: nothing rewritten
     assert ids_of(index, "okapi") == [job_id]
     index.delete_jobs([job_id])
@@ -769,6 +821,45 @@ def test_cli_search_lines_json_csv_and_errors(index, db_url):
     assert bad.exit_code == 1 and bad.stderr.startswith("Error: Invalid search query: a quoted phrase is not closed")
 
 
+def test_a_phrase_across_two_inputs_is_found_as_before(index, backend):
+    """A phrase whose words end one input and start the next (a job's words are one
+    sequence) is found, with or without grams; one split by a node's class type is not."""
+
+    def job(job_id: str, graph: dict) -> tuple[str, dict]:
+        return job_id, {
+            "prompt": [1, job_id, graph, {"create_time": 1_000}, []],
+            "outputs": {},
+            "status": {"status_str": "success", "completed": True, "messages": []},
+        }
+
+    note = {"class_type": "Note"}
+    records = [
+        from_history(*job("across", {"1": {**note, "inputs": {"a": "a photo, best", "b": "Quality portrait"}}})),
+        from_history(
+            *job("split", {"1": {**note, "inputs": {"a": "best"}}, "2": {**note, "inputs": {"a": "quality"}}})
+        ),
+        from_history(*job("inside", {"1": {**note, "inputs": {"a": "best quality of the fox"}}})),
+        from_history(*job("names", {"1": {**note, "inputs": {"a": "x_best", "b": "quality_of", "c": "the.png"}}})),
+    ]
+    index.ingest(records)
+    from jobs_index import search_queries
+
+    with index.engine.connect() as conn:
+        assert search_queries.store(conn).grams(conn)  # the index carries grams: phrases ask for them
+        assert GRAM_JOINER in search_queries.store(conn).match_value(conn, parse('"best quality"'))
+    for text, expected in [
+        ('"best quality"', ["names", "inside", "across"]),
+        ('"photo best quality portrait"', ["across"]),
+        ('"best quality of the"', ["names", "inside"]),
+        ('"quality note"', []),
+        ('"best note quality"', ["split"]),
+        ('fox -"best quality"', []),
+        ('note -"best quality"', ["split"]),
+    ]:
+        assert reference(records, text) == sorted(expected, reverse=True), text
+        assert walk(index, {"q": text})[0] == reference(records, text), text
+
+
 # -- random histories and random queries ------------------------------------------------
 
 VOCABULARY = [
@@ -815,10 +906,11 @@ def random_item(rng, n: int) -> tuple[str, dict]:
     return job_id, item
 
 
-def random_query(rng) -> str:
+def random_query(rng, longest: int = 2) -> str:
     terms = []
     for i in range(rng.randint(1, 3)):
-        words_ = [w for w in words(rng.choice(VOCABULARY) + " " + rng.choice(VOCABULARY)) if w][: rng.randint(1, 2)]
+        picked = " ".join(rng.choice(VOCABULARY) for _ in range(longest))
+        words_ = [w for w in words(picked) if w][: rng.randint(1, longest)]
         body = " ".join(words_)
         if rng.random() < 0.3:
             body = body[: max(1, len(body) - 2)].rstrip() + "*"
@@ -829,15 +921,44 @@ def random_query(rng) -> str:
     return " ".join(terms)
 
 
-def test_random_histories_and_queries_match_the_reference(index):
+# Common words (grams), one not common, a filler-maker, names that are phrases of them.
+COMMON_VOCABULARY = [
+    "best",
+    "Quality",
+    "best quality",
+    "the",
+    "a",
+    "of",
+    "red",
+    "fox",
+    "sd_xl_base_1.0",
+    "juggernautXL_v9",
+    "detail_tweaker",
+    "v9",
+    "1",
+    "0",
+    "sendorgal",
+    "qualities",
+]
+
+
+@pytest.mark.parametrize("vocabulary", ["mixed", "common"])
+def test_random_histories_and_queries_match_the_reference(index, monkeypatch, vocabulary):
     import random
 
+    if vocabulary == "common":  # texts and phrases of common words: the queries ask for grams
+        monkeypatch.setattr(sys.modules[__name__], "VOCABULARY", COMMON_VOCABULARY)
     rng = random.Random(14)
     records = [from_history(*random_item(rng, n)) for n in range(250)]
     index.ingest(records, batch_size=60)
+    # every 7th job replaced by another item (its document forgotten, the new one added)
+    replaced = {r.id: r for r in (from_history(*random_item(rng, n)) for n in range(0, 250, 7))}
+    index.ingest(list(replaced.values()))
+    records = [replaced.get(r.id, r) for r in records]
+    check_fts_integrity(index, index.engine.dialect.name)
     asked = 0
     for _ in range(60):
-        text = random_query(rng)
+        text = random_query(rng, 2 if vocabulary == "mixed" else 3)
         try:
             parse(text)
         except SearchSyntaxError:

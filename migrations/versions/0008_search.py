@@ -161,12 +161,12 @@ def _backfill(bind) -> None:
             doc = document(raw_kind, item)
             values = (job_id, *listed, _json_list(doc.node_types), _json_list(doc.models), _json_list(doc.loras))
             if pg:
-                rows.append((*values, doc.tsvector_text()))
+                rows.append((*values, doc.tsvector_text(with_grams=False)))  # grams: 0012
             else:
                 docid += 1
                 rows.append((docid, *values))
                 if doc.words:
-                    fts.append((docid, doc.fts_text()))
+                    fts.append((docid, doc.fts_text(with_grams=False)))
         if pg:
             bind.exec_driver_sql(
                 f"INSERT INTO job_search ({names}, doc) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s::tsvector)", rows
