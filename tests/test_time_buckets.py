@@ -155,7 +155,7 @@ def test_migration_fills_the_buckets_and_downgrades(db_url, backend):
     records = records_at([k * C // 4 - 3 * W for k in range(25)])
     engine = make_engine(db_url)
     try:
-        migrate(engine, "0011_search_timeline")
+        migrate(engine, "0012_search_grams")
         with write_transaction(engine) as conn:
             rows = [{**r.as_row(), "indexed_at": 1} for r in records]
             conn.execute(insert(Job.__table__), rows)
@@ -168,7 +168,7 @@ def test_migration_fills_the_buckets_and_downgrades(db_url, backend):
         assert index.counts_consistent()
         assert_pages_equal(index, 25)
         with write_transaction(engine) as conn:
-            command.downgrade(alembic_config(conn), "0011_search_timeline")
+            command.downgrade(alembic_config(conn), "0012_search_grams")
         assert "job_time_buckets" not in inspect(engine).get_table_names()
         with write_transaction(engine) as conn:  # no trigger left behind
             conn.execute(text("DELETE FROM jobs WHERE id = 'job-0004'"))

@@ -13,8 +13,8 @@ aside while ``jobs_index_writer`` has a row (jobs-index's own writer adds its
 batch's deltas set-wise), PostgreSQL statement-level triggers with transition
 tables. The table is filled from ``jobs`` in this transaction.
 
-Revision ID: 0012_time_buckets
-Revises: 0011_search_timeline
+Revision ID: 0013_time_buckets
+Revises: 0012_search_grams
 Create Date: 2026-12-06
 """
 
@@ -23,8 +23,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0012_time_buckets"
-down_revision = "0011_search_timeline"
+revision = "0013_time_buckets"
+down_revision = "0012_search_grams"
 branch_labels = None
 depends_on = None
 
