@@ -680,6 +680,7 @@ def _copy_pipelined(
                     )
             except BaseException as exc:  # raised in the caller's thread
                 failed.append(exc)
+        log.info("bulk load's COPY thread: %.1f s of CPU", time.thread_time())
 
     writer = threading.Thread(target=write, name="jobs-index-copy", daemon=True)
     writer.start()
@@ -1012,10 +1013,10 @@ class JobsIndex:
                         encoder.dict_id,
                         late,
                     )
-                    started = time.perf_counter()
+                    started, cpu = time.perf_counter(), time.process_time()
                     with write_queries.pg_indexes_deferred(conn):
                         result.add(_copy_pipelined(conn, early, finished, encoder))
-                        loaded = time.perf_counter()
+                        loaded, cpu = time.perf_counter(), time.process_time() - cpu
                     for batch in _batches(late, None, batch_size):
                         now = int(time.time() * 1000)
                         result.add(_bulk_records_pg(conn, batch, now, finished, copy=False, encoder=encoder))
@@ -1048,10 +1049,11 @@ class JobsIndex:
             committed = time.perf_counter()
             self.vacuum_analyze()
             log.info(
-                "bulk load: %d rows written in %.1f s, indexes and foreign keys %.1f s, commit %.1f s, "
-                "VACUUM (ANALYZE) %.1f s",
+                "bulk load: %d rows written in %.1f s (this process: %.1f s of CPU), indexes and foreign keys "
+                "%.1f s, commit %.1f s, VACUUM (ANALYZE) %.1f s",
                 result.written,
                 loaded - started,
+                cpu,
                 built - loaded,
                 committed - built,
                 time.perf_counter() - committed,
