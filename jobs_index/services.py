@@ -666,12 +666,14 @@ def _copy_pipelined(
     seen = _SeenIds()
 
     def write() -> None:
+        as_data = 0  # rows that came as the workers' COPY data
         while (batch := handoff.get()) is not None:
             if failed:
                 continue  # drain: the reader stops at its next batch
             try:
                 now = int(time.time() * 1000)
                 if _all_copy_rows(batch):
+                    as_data += sum(map(len, batch))
                     result.add(_bulk_rows_pg(conn, batch, now, encoder, seen))
                 else:
                     records = cast(list[JobRecord], batch)
@@ -680,7 +682,7 @@ def _copy_pipelined(
                     )
             except BaseException as exc:  # raised in the caller's thread
                 failed.append(exc)
-        log.info("bulk load's COPY thread: %.1f s of CPU", time.thread_time())
+        log.info("bulk load's COPY thread: %.1f s of CPU, %d rows came as COPY data", time.thread_time(), as_data)
 
     writer = threading.Thread(target=write, name="jobs-index-copy", daemon=True)
     writer.start()

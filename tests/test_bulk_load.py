@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import signal
 import sqlite3
 import subprocess
@@ -40,6 +41,7 @@ from jobs_index.database import make_engine
 from jobs_index.errors import StorageError
 from jobs_index.normalize import from_history
 from jobs_index.rawcodec import decode as raw_json
+from jobs_index.rawcodec import dictionary_of
 from jobs_index.sample import synthetic_history
 from jobs_index.search import FILLER
 
@@ -180,6 +182,9 @@ PG_OBJECTS = {
     "FROM pg_constraint WHERE connamespace = current_schema()::regnamespace ORDER BY 2",
     "triggers": "SELECT tgrelid::regclass::text, tgname, tgenabled FROM pg_trigger WHERE NOT tgisinternal "
     "AND tgrelid IN (SELECT oid FROM pg_class WHERE relnamespace = current_schema()::regnamespace) ORDER BY 2",
+    # (``copy_prepared`` sets a default on jobs.indexed_at while it loads)
+    "defaults": "SELECT table_name, column_name, column_default FROM information_schema.columns "
+    "WHERE table_schema = current_schema() ORDER BY 1, 2",
 }
 
 
@@ -189,11 +194,14 @@ def pg_schema_and_content(url: str) -> dict:
         with engine.connect() as conn:
             out = {name: conn.exec_driver_sql(sql).all() for name, sql in {**PG_OBJECTS, **PG_CONTENT}.items()}
             columns = list(conn.exec_driver_sql("SELECT * FROM jobs LIMIT 0").keys())
-            at, raw = columns.index("indexed_at"), columns.index("raw")
+            at, raw, dict_id = columns.index("indexed_at"), columns.index("raw"), columns.index("raw_dict_id")
+            for (data,) in conn.exec_driver_sql("SELECT data FROM raw_dictionaries"):
+                dictionary_of(bytes(data))  # known to ``raw_json`` (a zstd dictionary trained by an import)
             # ``raw`` as the JSON it holds: ISA-L's deflate does not promise the same bytes
             # for the same input in another order of calls (seen in CI); the text is exact.
             out["jobs"] = [
-                tuple(raw_json(v) if i == raw else v for i, v in enumerate(row) if i != at) for row in out["jobs"]
+                tuple(raw_json(v, row[dict_id]) if i == raw else v for i, v in enumerate(row) if i != at)
+                for row in out["jobs"]
             ]
             return out
     finally:
@@ -502,6 +510,30 @@ def test_cli_streamed_bulk_import_with_and_without_workers_gives_the_same_index(
     }
     assert lines["workers"] == lines["alone"] == "1 file(s): 20000 inserted, 0 updated, 0 unchanged, 0 rejected"
     assert schema_and_content(tmp_path / "workers.sqlite3") == schema_and_content(tmp_path / "alone.sqlite3")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_postgresql_cli_streamed_bulk_import_with_and_without_workers_gives_the_same_index(
+    bulk_dump, pg_url, pg_url_other
+):
+    """A dump large enough to be streamed to the workers, who send the bulk load its
+    COPY data (``write_queries.CopyRows``), with a --source: the same schema and
+    content as the records normalised by the writer itself."""
+    lines = {}
+    for url, workers in ((pg_url, "1"), (pg_url_other, "0")):
+        done = subprocess.run(
+            [*JOBS_INDEX, "-v", "--db", url, "import", "--source", "gpu-2", "--workers", workers, str(bulk_dump)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stderr
+        lines[url] = done.stdout.strip()
+        as_data = int(re.search(r"(\d+) rows came as COPY data", done.stderr).group(1))
+        assert as_data >= 15_000 if workers == "1" else as_data == 0  # all but the training's first items
+    assert lines[pg_url] == lines[pg_url_other] == "1 file(s): 20000 inserted, 0 updated, 0 unchanged, 0 rejected"
+    assert pg_schema_and_content(pg_url) == pg_schema_and_content(pg_url_other)
 
 
 def cli_import(path, arguments: list[str], timeout: float) -> str:
