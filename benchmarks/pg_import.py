@@ -18,9 +18,10 @@ both schemas hold the same rows (every column but ``indexed_at``, by digest), th
 
     .venv/bin/python benchmarks/pg_import.py --jobs 100000 --db postgresql+psycopg://postgres@127.0.0.1:5432/bench_i16
 
-``--base COMMIT`` adds ``bulk-base``: the bulk load by that commit's code
-(``bench.base_tree``), the before of a change, in the same run. ``--modes bulk`` runs
-only the bulk load (at 1M the batches take long); ``--floor``
+``--workers 1,2`` runs the bulk load once per number of normalising workers
+(``bulk-w1``, ``bulk-w2``: ``import --workers N``). ``--base COMMIT`` adds ``bulk-base``:
+the bulk load by that commit's code (``bench.base_tree``), the before of a change, in the
+same run. ``--modes bulk`` runs only the bulk load (at 1M the batches take long); ``--floor``
 then runs ``breakdown.py pg-bulk-floor`` of as many jobs in the same run (what the
 server and the bare driver cost: the bound on the import's rate); ``--tag T`` names the
 files ``pg-import-<N>-T``.
@@ -121,14 +122,14 @@ def run_import(url: str, dump: Path, options: list[str], admin, code: Path = ROO
     after = os.times()
     if proc.returncode != 0:
         raise RuntimeError(f"import failed ({proc.returncode}): {stderr[-2000:]}")
-    phases = re.search(r"bulk load: .*", stderr)
+    phases = re.findall(r"bulk load(?::|'s COPY thread:) .*", stderr)
     return {
         "wall_s": wall,
         "cpu_s": (after.children_user - before.children_user) + (after.children_system - before.children_system),
         "server_cpu_s": sum(server.values()),
         "load": load,
         "summary": stdout.strip().splitlines()[-1],
-        "phases": phases.group(0) if phases else "",
+        "phases": "; ".join(phases),
     }
 
 
@@ -180,6 +181,12 @@ def main() -> None:
         "--base", metavar="COMMIT", help="also bulk-load with the code of COMMIT (`bulk-base`, first in each round)"
     )
     parser.add_argument("--modes", default="batches,bulk", help="comma-separated: batches, bulk (default both)")
+    parser.add_argument(
+        "--workers",
+        metavar="N[,N...]",
+        help="the bulk load (this code) once per number of normalising workers (`bulk-wN`: `import --workers N`); "
+        "default: the command's own default, once",
+    )
     args = parser.parse_args()
     dump, _ = bench.dump_file(args.jobs)
     admin = create_engine(args.db)
@@ -188,6 +195,16 @@ def main() -> None:
         modes = args.modes.split(",") + (["bulk-base"] if args.base else [])
         order = [(m, o) for m, o in MODES.items() if m in modes]
         order = order if args.order == "batches-first" else order[::-1]
+        if args.workers:
+            order = [
+                expanded
+                for mode, options in order
+                for expanded in (
+                    [(f"bulk-w{n}", [*options, "--workers", n]) for n in args.workers.split(",")]
+                    if mode == "bulk"
+                    else [(mode, options)]
+                )
+            ]
         for mode, options in order:
             schema = f"pgimp_{mode.replace('-', '_')}"
             reset_schema(args.db, schema)
@@ -204,7 +221,7 @@ def main() -> None:
             run["same_as"] = first["mode"]
             run["same_as_batches"] = {table: run["digests"][table] == first["digests"][table] for table in DIGESTS}
     if not args.keep:
-        for mode in MODES:
+        for mode in {run["mode"] for run in runs}:
             drop_schema(args.db, f"pgimp_{mode.replace('-', '_')}")
     floor: list[dict] = []
     if args.floor:

@@ -117,7 +117,7 @@ def summary_line(result, files: int) -> str:
     type=click.IntRange(0, 64),
     default=None,
     help="Processes normalising a large dump while this one writes "
-    "(default: cores - 1; into SQLite, one per core; 0: none).",
+    "(default: one per core, none on a single core; 0: none).",
 )
 @click.option(
     "--bulk/--no-bulk",

@@ -35,6 +35,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import islice
 from multiprocessing import get_context
 from typing import Any, BinaryIO
@@ -479,12 +480,14 @@ def ahead_chunks(workers: int, batch_size: int) -> int:
 
 def default_workers(dialect: str = "") -> int:
     """Normalising processes for a large import: all cores but the writer's. Into
-    SQLite (``dialect``), with two cores or more: one per core. There the writer
-    needs about half a core while the rows go in (the workers build them:
-    ``write_queries.Prepared``), less than one worker's normalising, so with one
-    worker fewer it waited for them; the extra one takes up the writer's slack."""
+    SQLite or PostgreSQL (``dialect``), with two cores or more: one per core. There
+    the writer needs a fraction of a core while the rows go in (the workers build
+    them: ``write_queries.Prepared``, ``CopyRows``; into PostgreSQL ~17 us of CPU a
+    job against a worker's ~85), so with one worker fewer it waited for them; the
+    extra one takes up the writer's slack (and the server's: at 1M on 2 CPUs, one
+    worker 2,567 jobs/s, two 4,410, load 7-10, ``results/pg-import-1000000-i16pgc*.md``)."""
     cores = os.cpu_count() or 1
-    if dialect == "sqlite" and cores >= 2:
+    if dialect in ("sqlite", "postgresql") and cores >= 2:
         return cores
     return max(0, cores - 1)
 
@@ -497,15 +500,15 @@ def records(
     workers: int = 0,
     cell: EncoderCell | None = None,
     batch_size: int = 0,
-) -> Iterator[JobRecord | write_queries.Prepared]:
+) -> Iterator[write_queries.BulkItem]:
     """Normalise a dump's items, in order; failures go to ``rejected`` as (id, reason).
 
     With ``workers`` > 0 a large /history dump is normalised by that many other
     processes (JSON and compression are CPU-bound) while this one writes: a pipeline
     over the cores (``jobs-index import`` uses ``default_workers()``). ``cell``: the
     raw encoder to use, read for each chunk (``JobsIndex.ingest`` sets it); with
-    ``cell.rows`` (an SQLite bulk load), a streamed dump's chunks come as the rows
-    the writer inserts (``write_queries.Prepared``), one item each. ``batch_size``:
+    ``cell.prepare`` (a bulk load), a streamed dump's chunks come as the rows the
+    writer inserts (``write_queries.Prepared``, ``CopyRows``), one item each. ``batch_size``:
     the writer's, to let the workers run ahead of it (``ahead_chunks``).
     """
     cell = cell or EncoderCell()
@@ -542,12 +545,30 @@ def _chunks(dump: Dump, size: int) -> Iterator[tuple[list, bool]]:
 
 
 def _prepared_spans(
-    kind: str, items: list[tuple[Any, Any, str]], unchecked: bool, encoder: Encoder, source: str | None
-) -> tuple[write_queries.Prepared, list[tuple[str, str]], int | None]:
-    """``normalise_spans``, its records turned into the rows an SQLite bulk load
-    inserts (``write_queries.prepare``): the writer's per-job work, done here."""
+    kind: str,
+    items: list[tuple[Any, Any, str]],
+    unchecked: bool,
+    encoder: Encoder,
+    source: str | None,
+    prepare: Callable[[list[JobRecord], str | None], Any],
+) -> tuple[Any, list[tuple[str, str]], int | None]:
+    """``normalise_spans``, its records turned into the rows a bulk load writes by
+    ``prepare`` (``EncoderCell.prepare``: SQLite's ``write_queries.prepare``,
+    PostgreSQL's ``prepare_copy``): the writer's per-job work, done here."""
     records, rejected, stopped = normalise_spans(kind, items, unchecked, encoder)
-    return write_queries.prepare(records, source), rejected, stopped
+    return prepare(records, source), rejected, stopped
+
+
+def _records_again(
+    kind: str, items: list[tuple[Any, Any, str]], encoder: Encoder, source: str | None
+) -> list[JobRecord]:
+    """The records a worker made of ``items`` (their failures it reported already),
+    made again in this process: ``write_queries.CopyRows.redo``."""
+    records = normalise_spans(kind, items, False, encoder)[0]
+    if source is not None:
+        for record in records:
+            record.source = source
+    return records
 
 
 def _worker_start() -> None:
@@ -563,7 +584,7 @@ def _parallel_records(
     workers: int,
     cell: EncoderCell,
     ahead: int,
-) -> Iterator[JobRecord | write_queries.Prepared]:
+) -> Iterator[write_queries.BulkItem]:
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_start) as pool:
         if isinstance(dump.items, _StreamedHistory):
             # A streamed dump from a file: the items are cut by ``_NEXT_ITEM`` without
@@ -611,7 +632,7 @@ def _streamed_pipeline(
     unchecked: bool,
     index: int,
     cell: EncoderCell,
-) -> Generator[JobRecord | write_queries.Prepared, None, tuple[int, str, int] | None]:
+) -> Generator[write_queries.BulkItem, None, tuple[int, str, int] | None]:
     """The records of a streamed /history dump's items from the ``index``-th on, in
     order. Returns None at the end, or (stream offset, key, index) of an unchecked
     item that is not a JSON value, to read again from there. An item orjson can read
@@ -624,18 +645,22 @@ def _streamed_pipeline(
     few = workers * 4
 
     def submit(chunk: list[tuple[str, Any, str]]) -> Future:
-        if cell.rows:  # an SQLite bulk load: the rows it writes (``write_queries.prepare``)
-            return pool.submit(_prepared_spans, dump.kind, chunk, unchecked, cell.encoder, cell.source)
+        if cell.prepare is not None:  # a bulk load: the rows it writes
+            return pool.submit(_prepared_spans, dump.kind, chunk, unchecked, cell.encoder, cell.source, cell.prepare)
         return pool.submit(normalise_spans, dump.kind, chunk, unchecked, cell.encoder)
 
-    def drain() -> tuple[list[JobRecord] | list[write_queries.Prepared], tuple[int, str, int] | None]:
+    def drain() -> tuple[list, tuple[int, str, int] | None]:
         first, chunk, starts, future = in_flight.popleft()
         done, failed, stopped = future.result()
         rejected.extend(failed)
         if progress is not None:
             progress(len(chunk) if stopped is None else stopped)
+        if isinstance(done, write_queries.CopyRows):  # its records, should the writer need them
+            done.redo = partial(_records_again, dump.kind, chunk[:stopped], cell.encoder, cell.source)
         if isinstance(done, write_queries.Prepared):  # the chunk's rows: one item
             done = [done] if len(done) else []
+        elif isinstance(done, write_queries.CopyRows):
+            done = [done] if len(done) or done.late else []
         if stopped is None:
             return done, None
         for *_, later in in_flight:
@@ -654,8 +679,8 @@ def _streamed_pipeline(
         index += len(chunk)
         chunk, starts = [], []
         # Bounded: memory holds a few batches, not the dump. Until the chunks go as rows
-        # (an SQLite bulk load, once its raw dictionary is trained), a few chunks only.
-        if len(in_flight) > (ahead if cell.rows else few):
+        # (a bulk load, once its raw dictionary is trained), a few chunks only.
+        if len(in_flight) > (ahead if cell.prepare is not None else few):
             done, resume = drain()
             yield from done
             if resume is not None:

@@ -165,9 +165,10 @@ class EncoderCell:
 
     def __init__(self, encoder: Encoder = ZLIB) -> None:
         self.encoder = encoder
-        # Set by an SQLite bulk load: the workers send each chunk as the rows it
-        # inserts (``write_queries.Prepared``), with ``source`` as the jobs' source.
-        self.rows = False
+        # Set by a bulk load: the workers send each chunk as the rows it writes, made
+        # by this function of the chunk's records and ``source`` (the jobs' source):
+        # SQLite's ``write_queries.prepare``, PostgreSQL's ``prepare_copy``.
+        self.prepare: Callable | None = None
         self.source: str | None = None
 
 

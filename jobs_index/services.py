@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from itertools import chain
+from itertools import chain, groupby
 from operator import itemgetter
 from types import EllipsisType
 from typing import TypeGuard, cast
@@ -510,9 +510,10 @@ def _bulk_records_pg(
     records: list[JobRecord],
     now: int,
     finished: list | None,
-    copy: bool = True,
     encoder: rawcodec.Encoder | None = None,
     maybe_seen: Callable[[list[JobRecord]], set[str]] | None = None,
+    *,
+    copy: bool = True,
 ) -> IngestResult:
     """One batch of a PostgreSQL bulk load, in a savepoint: a batch with a row the
     database refuses (a value too large for an index entry or a tsvector) is written
@@ -524,15 +525,99 @@ def _bulk_records_pg(
         with conn.begin_nested():
             return _write_records(conn, records, now, finished, copy=copy, encoder=encoder, maybe_seen=maybe_seen)
     except DBAPIError as exc:
-        sqlstate = getattr(exc.orig, "sqlstate", None) or ""
-        if not (isinstance(exc, DataError) or sqlstate.startswith("54")):
+        if not _value_refused(exc):
             raise
         if len(records) == 1:
             return IngestResult(rejected=[(records[0].id, _refusal(exc))])
     result = IngestResult()
     for record in records:
-        result.add(_bulk_records_pg(conn, [record], now, finished, copy, encoder))  # each looked up
+        result.add(_bulk_records_pg(conn, [record], now, finished, encoder, copy=copy))  # each looked up
     return result
+
+
+def _value_refused(exc: DBAPIError) -> bool:
+    """A row's value the database refused (``DataError``, or a program limit exceeded:
+    SQLSTATE class 54), not a failure of the database or of the load."""
+    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+    return isinstance(exc, DataError) or sqlstate.startswith("54")
+
+
+def _bulk_rows_pg(
+    conn: Connection, parts: list[write_queries.CopyRows], now: int, encoder: rawcodec.Encoder, seen: _SeenIds
+) -> IngestResult:
+    """One batch of a PostgreSQL bulk load made of workers' ``CopyRows``: streamed as
+    they are (``write_queries.copy_prepared``, in a savepoint) when their ids are new
+    to the load, which ``seen`` tells for nearly all of them (the others are looked
+    up). A batch with an id written already or repeated in it, or with a row the
+    database refuses, goes as records instead (``_bulk_records_pg``: upserts, refused
+    rows rejected alone)."""
+    ids = [job_id for part in parts for job_id in part.ids]
+    maybe = seen.maybe_seen_ids(ids)
+    if not maybe or (len(set(ids)) == len(ids) and not write_queries.read_existing(conn, sorted(maybe))):
+        try:
+            with conn.begin_nested():
+                write_queries.copy_prepared(conn, parts, now)
+            return IngestResult(inserted=len(ids))
+        except DBAPIError as exc:
+            if not _value_refused(exc):
+                raise
+    result = IngestResult()
+    batch: dict[str, JobRecord] = {}
+    for record in (record for part in parts for record in part.records()):
+        if record.id in batch:  # a version of a job seen in this batch: written after it, as a later batch's
+            result.add(_bulk_records_pg(conn, list(batch.values()), now, None, encoder, seen.maybe_seen))
+            batch = {}
+        batch[record.id] = record
+    result.add(_bulk_records_pg(conn, list(batch.values()), now, None, encoder, seen.maybe_seen))
+    return result
+
+
+def _pg_bulk_batches(
+    items: Iterable[JobRecord | write_queries.CopyRows],
+    source: str | None,
+    size: int,
+    dict_id: int | None,
+    late: list[JobRecord],
+) -> Iterator[list[JobRecord] | list[write_queries.CopyRows]]:
+    """A PostgreSQL bulk load's stream as the batches it writes before its indexes:
+    ``_batches`` of records, and of ``CopyRows`` at least ``size`` rows; the records
+    it writes after them (``write_queries.late_record``, and every later version of
+    their ids) go to ``late``, in order. A ``CopyRows`` chunk with such an id, or whose
+    ``raw`` is not of the index's dictionary ``dict_id``, goes as its records."""
+    late_ids: set[str] = set()
+
+    def early(batch: list[JobRecord]) -> list[JobRecord]:
+        out = []
+        for record in batch:
+            if record.id in late_ids or write_queries.late_record(record):
+                late.append(record)
+                late_ids.add(record.id)
+            else:
+                out.append(record)
+        return out
+
+    for as_rows, run in groupby(items, key=lambda item: isinstance(item, write_queries.CopyRows)):
+        if not as_rows:
+            yield from map(early, _batches(cast(Iterator[JobRecord], run), source, size))
+            continue
+        parts: list[write_queries.CopyRows] = []
+        rows = 0
+        for part in cast(Iterator[write_queries.CopyRows], run):
+            if (part.ids and part.dict_id != dict_id) or not late_ids.isdisjoint(part.ids):
+                if parts:
+                    yield parts
+                    parts, rows = [], 0
+                yield from map(early, _batches(part.all_records(), source, size))
+                continue
+            late.extend(part.late)
+            late_ids.update(record.id for record in part.late)
+            parts.append(part)
+            rows += len(part)
+            if rows >= size:
+                yield parts
+                parts, rows = [], 0
+        if parts:
+            yield parts
 
 
 class _SeenIds:
@@ -548,12 +633,16 @@ class _SeenIds:
 
     def maybe_seen(self, records: list[JobRecord]) -> set[str]:
         """The ids of ``records`` that may have been written (and marks them all)."""
+        return self.maybe_seen_ids([record.id for record in records])
+
+    def maybe_seen_ids(self, ids: list[str]) -> set[str]:
+        """The ``ids`` that may have been written (and marks them all)."""
         bits, mask, maybe = self._bits, self.BITS - 1, set()
-        for record in records:
-            h = hash(record.id) & mask
+        for job_id in ids:
+            h = hash(job_id) & mask
             byte, bit = h >> 3, 1 << (h & 7)
             if bits[byte] & bit:
-                maybe.add(record.id)
+                maybe.add(job_id)
             else:
                 bits[byte] |= bit
         return maybe
@@ -561,29 +650,39 @@ class _SeenIds:
 
 def _copy_pipelined(
     conn: Connection,
-    batches: Iterator[list[JobRecord]],
+    batches: Iterator[list[JobRecord] | list[write_queries.CopyRows]],
     finished: list | None,
     encoder: rawcodec.Encoder,
 ) -> IngestResult:
     """The PostgreSQL bulk load's rows: each of ``batches`` written by
-    ``_bulk_records_pg`` (COPY) on a thread of its own while this thread reads the
-    next batch (from the normalising workers: they keep working while the server
-    takes a COPY). The first error stops both, raised here; so does an error in
-    reading the batches (after the batch being written)."""
-    handoff: queue.Queue[list[JobRecord] | None] = queue.Queue(maxsize=1)
+    ``_bulk_records_pg`` (records: COPY) or ``_bulk_rows_pg`` (the workers' COPY
+    data) on a thread of its own while this thread reads the next batch (from the
+    normalising workers: they keep working while the server takes a COPY). The first
+    error stops both, raised here; so does an error in reading the batches (after
+    the batch being written)."""
+    handoff: queue.Queue[list[JobRecord] | list[write_queries.CopyRows] | None] = queue.Queue(maxsize=1)
     result = IngestResult()
     failed: list[BaseException] = []
     seen = _SeenIds()
 
     def write() -> None:
+        as_data = 0  # rows that came as the workers' COPY data
         while (batch := handoff.get()) is not None:
             if failed:
                 continue  # drain: the reader stops at its next batch
             try:
                 now = int(time.time() * 1000)
-                result.add(_bulk_records_pg(conn, batch, now, finished, encoder=encoder, maybe_seen=seen.maybe_seen))
+                if _all_copy_rows(batch):
+                    as_data += sum(map(len, batch))
+                    result.add(_bulk_rows_pg(conn, batch, now, encoder, seen))
+                else:
+                    records = cast(list[JobRecord], batch)
+                    result.add(
+                        _bulk_records_pg(conn, records, now, finished, encoder=encoder, maybe_seen=seen.maybe_seen)
+                    )
             except BaseException as exc:  # raised in the caller's thread
                 failed.append(exc)
+        log.info("bulk load's COPY thread: %.1f s of CPU, %d rows came as COPY data", time.thread_time(), as_data)
 
     writer = threading.Thread(target=write, name="jobs-index-copy", daemon=True)
     writer.start()
@@ -600,6 +699,10 @@ def _copy_pipelined(
     return result
 
 
+def _all_copy_rows(batch: list) -> TypeGuard[list[write_queries.CopyRows]]:
+    return bool(batch) and isinstance(batch[0], write_queries.CopyRows)
+
+
 def _all_prepared(
     batch: list[JobRecord] | list[write_queries.Prepared],
 ) -> TypeGuard[list[write_queries.Prepared]]:
@@ -607,19 +710,19 @@ def _all_prepared(
 
 
 def _trained_first(
-    conn: Connection, records: Iterable[JobRecord | write_queries.Prepared]
-) -> tuple[Iterable[JobRecord | write_queries.Prepared], rawcodec.Dictionary | None]:
+    conn: Connection, records: Iterable[write_queries.BulkItem]
+) -> tuple[Iterable[write_queries.BulkItem], rawcodec.Dictionary | None]:
     """A bulk load into an index without a dictionary: train one on the first records
     (``rawcodec.TRAIN_ITEMS``, ``TRAIN_BYTES``) and store it in ``conn``'s transaction.
     (Before training, the workers send records, not ``Prepared`` rows.)
     Returns the records, those read included, and the dictionary (None: too few
     records, or zstd could not train on them: the load writes zlib)."""
     iterator = iter(records)
-    head: list[JobRecord | write_queries.Prepared] = []
+    head: list[write_queries.BulkItem] = []
     count = 0
     while count < rawcodec.TRAIN_ITEMS and (item := next(iterator, None)) is not None:
         head.append(item)
-        count += len(item) if isinstance(item, write_queries.Prepared) else 1
+        count += 1 if isinstance(item, JobRecord) else len(item)
     texts = rawcodec.sample_texts(rawcodec.decode(r.raw, r.raw_dict_id) for r in write_queries.flatten(head))
     dictionary = rawcodec.train(texts)
     if dictionary is not None:
@@ -840,7 +943,7 @@ class JobsIndex:
 
     def ingest(
         self,
-        records: Iterable[JobRecord | write_queries.Prepared],
+        records: Iterable[write_queries.BulkItem],
         *,
         source: str | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
@@ -871,7 +974,7 @@ class JobsIndex:
 
     def bulk_load(
         self,
-        records: Iterable[JobRecord | write_queries.Prepared],
+        records: Iterable[write_queries.BulkItem],
         *,
         source: str | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
@@ -909,33 +1012,31 @@ class JobsIndex:
                 if cell is not None:
                     cell.encoder = encoder
                 if pg:
+                    if cell is not None and finished is None and write_queries.takes_copy_rows(conn):
+                        cell.source, cell.prepare = source, write_queries.prepare_copy  # workers send COPY data
                     late: list[JobRecord] = []  # written once the indexes are back (``late_record``)
-                    late_ids: set[str] = set()
-
-                    def early_batches() -> Iterator[list[JobRecord]]:
-                        for batch in _batches(write_queries.flatten(records), source, batch_size):
-                            early = []
-                            for record in batch:
-                                if record.id in late_ids or write_queries.late_record(record):
-                                    late.append(record)  # and every later version of it, in order
-                                    late_ids.add(record.id)
-                                else:
-                                    early.append(record)
-                            yield early
-
-                    started = time.perf_counter()
+                    early = _pg_bulk_batches(
+                        cast(Iterable[JobRecord | write_queries.CopyRows], records),
+                        source,
+                        batch_size,
+                        encoder.dict_id,
+                        late,
+                    )
+                    started, cpu = time.perf_counter(), time.process_time()
                     with write_queries.pg_indexes_deferred(conn):
-                        result.add(_copy_pipelined(conn, early_batches(), finished, encoder))
-                        loaded = time.perf_counter()
+                        result.add(_copy_pipelined(conn, early, finished, encoder))
+                        loaded, cpu = time.perf_counter(), time.process_time() - cpu
                     for batch in _batches(late, None, batch_size):
                         now = int(time.time() * 1000)
                         result.add(_bulk_records_pg(conn, batch, now, finished, copy=False, encoder=encoder))
                     built = time.perf_counter()
                 else:
                     if cell is not None and finished is None:  # workers send rows (write_prepared)
-                        cell.source, cell.rows = source, True
+                        cell.source, cell.prepare = source, write_queries.prepare
                     with write_queries.indexes_deferred(conn):
-                        for group in _bulk_batches(records, source, batch_size):
+                        for group in _bulk_batches(
+                            cast(Iterable[JobRecord | write_queries.Prepared], records), source, batch_size
+                        ):
                             now = int(time.time() * 1000)
                             if not _all_prepared(group):
                                 written = cast(list[JobRecord], group)
@@ -957,10 +1058,11 @@ class JobsIndex:
             committed = time.perf_counter()
             self.vacuum_analyze()
             log.info(
-                "bulk load: %d rows written in %.1f s, indexes and foreign keys %.1f s, commit %.1f s, "
-                "VACUUM (ANALYZE) %.1f s",
+                "bulk load: %d rows written in %.1f s (this process: %.1f s of CPU), indexes and foreign keys "
+                "%.1f s, commit %.1f s, VACUUM (ANALYZE) %.1f s",
                 result.written,
                 loaded - started,
+                cpu,
                 built - loaded,
                 committed - built,
                 time.perf_counter() - committed,

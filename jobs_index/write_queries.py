@@ -30,7 +30,7 @@ import os
 import sqlite3
 import sys
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -447,15 +447,6 @@ def prepare(records: Sequence[JobRecord], source: str | None = None) -> Prepared
     )
 
 
-def flatten(items: Iterable[JobRecord | Prepared]) -> Iterator[JobRecord]:
-    """Records, ``Prepared`` chunks expanded into theirs."""
-    for item in items:
-        if isinstance(item, Prepared):
-            yield from item.records()
-        else:
-            yield item
-
-
 def write_prepared(conn: Connection, parts: Sequence[Prepared], now: int) -> bool:
     """SQLite: write the rows of ``parts`` (distinct ids, each part's ``raw`` written
     with the index's encoder) as ``write_batch`` writes new records: ``jobs`` rows in
@@ -544,19 +535,27 @@ def copy_rows(conn: Connection, table: str, columns: Sequence[str], rows: Iterab
     types psycopg has no binary dumper for, e.g. ``tsvector`` from its literal).
     A refused row fails the whole COPY, as SQLAlchemy's error for it (``DataError``
     for a value the column cannot hold, ``IntegrityError``, ...)."""
+    sql = f"COPY {table} ({', '.join(columns)}) FROM STDIN" + (" (FORMAT BINARY)" if types else "")
+    with _copying(conn, sql) as (cursor, copy):
+        if types:
+            if "tsvector" in types:
+                cursor.adapters.register_dumper(None, _tsvector_dumper())
+            copy.set_types(types)
+        for row in rows:
+            copy.write_row(row)
+
+
+@contextmanager
+def _copying(conn: Connection, sql: str) -> Iterator:
+    """``(cursor, copy)`` of ``sql`` (a ``COPY ... FROM STDIN``) on ``conn``'s driver
+    connection; the driver's error raised as SQLAlchemy's for it."""
     import psycopg
 
-    sql = f"COPY {table} ({', '.join(columns)}) FROM STDIN" + (" (FORMAT BINARY)" if types else "")
     driver = conn.connection.driver_connection
     assert driver is not None  # an open connection
     try:
         with driver.cursor() as cursor, cursor.copy(sql) as copy:
-            if types:
-                if "tsvector" in types:
-                    cursor.adapters.register_dumper(None, _tsvector_dumper())
-                copy.set_types(types)
-            for row in rows:
-                copy.write_row(row)
+            yield cursor, copy
     except psycopg.Error as exc:
         raise DBAPIError.instance(sql, None, exc, psycopg.Error) from exc
 
@@ -623,6 +622,154 @@ def late_record(record: JobRecord) -> bool:
     return doc is not None and len(doc.words) > LATE_SEARCH_WORDS and doc.tsvector_bytes() > TSVECTOR_MAX_BYTES
 
 
+# -- bulk load (PostgreSQL, an empty index): COPY data made by the import workers ----
+
+# The fast path, as ``Prepared`` is SQLite's. An import worker (``ingest``) turns each
+# chunk of new records into ``CopyRows``: the bytes of their rows in the format of a
+# binary ``COPY`` (made by psycopg's own row formatter with the types ``copy_new``
+# sets, so the very bytes ``copy_new`` sends), for ``jobs``, ``job_outputs`` and
+# ``job_search``. The writer (``services._copy_pipelined``) checks only the ids and
+# streams the bytes (``copy_prepared``): no record is unpickled, no row built there.
+# ``indexed_at``, the time of writing, is not in the bytes: the column's default,
+# set to the batch's time before its COPY (the load's DDL lock is held anyway) and
+# dropped after the load (``pg_indexes_deferred``).
+
+COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # a binary COPY's header: no flags, no extension
+COPY_TRAILER = b"\xff\xff"
+COPIED_JOB_COLUMNS = JOB_COLUMNS[:-1]  # all but indexed_at (the last column)
+assert JOB_COLUMNS[-1] == "indexed_at"
+
+
+@dataclass(slots=True)
+class CopyRows:
+    """A chunk of normalised records as the data of a PostgreSQL bulk load's binary
+    COPYs (``prepare_copy``): the rows of the ``ids`` (distinct, in id order), and the
+    records the load writes after its indexes (``late_record``) as records.
+    Picklable (workers send it to the writer), but for ``redo``."""
+
+    ids: list[str]  # the jobs' ids (as ComfyUI spells them), the rows' order
+    jobs: bytes  # ``jobs`` rows, COPIED_JOB_COLUMNS, binary COPY rows without header or trailer
+    outputs: bytes  # ``job_outputs`` rows (OUTPUT_COLUMNS)
+    search: bytes  # ``job_search`` rows (``search_queries.PostgresStore.COPY_COLUMNS``)
+    dict_id: int | None  # the raw dictionary every ``raw`` here is written with (None: zlib; MIXED)
+    late: list[JobRecord]  # the chunk's records written after the indexes, in order
+    # Set by the reader (``ingest``): the chunk's records made again, in their order,
+    # for a chunk the fast path does not take (an id already written, a refused row).
+    redo: Callable[[], list[JobRecord]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getstate__(self) -> tuple:
+        return self.ids, self.jobs, self.outputs, self.search, self.dict_id, self.late
+
+    def __setstate__(self, state: tuple) -> None:
+        self.ids, self.jobs, self.outputs, self.search, self.dict_id, self.late = state
+        self.redo = None
+
+    def all_records(self) -> list[JobRecord]:
+        """Every record of the chunk, late ones included, in the input's order."""
+        if self.redo is None:
+            raise RuntimeError("CopyRows without redo: its records cannot be made again")
+        return self.redo()
+
+    def records(self) -> list[JobRecord]:
+        """The records of the rows (``all_records`` but the late ones)."""
+        return [record for record in self.all_records() if not late_record(record)]
+
+
+@cache
+def _copy_transformer(table: str, columns: tuple[str, ...]):
+    """A psycopg transformer dumping ``columns`` of ``table`` as a binary COPY does
+    with ``copy_rows``' types (no connection: UTF-8 text, the default client encoding)."""
+    import psycopg
+    from psycopg.adapt import AdaptersMap, Transformer
+    from psycopg.pq import Format
+
+    adapters = AdaptersMap(psycopg.adapters)
+    adapters.register_dumper(None, _tsvector_dumper())
+    types = _pg_types(table, columns) if table != "job_search" else search_queries.PostgresStore.COPY_TYPES
+    transformer = Transformer(adapters)
+    transformer.set_dumper_types([adapters.types.get_oid(t) for t in types], Format.BINARY)
+    return transformer
+
+
+def _copy_data(table: str, columns: tuple[str, ...], rows: Iterable[tuple]) -> bytes:
+    """``rows`` as a binary COPY's rows (psycopg's ``Copy.write_row`` formatter)."""
+    from psycopg._copy_base import format_row_binary  # what ``Copy.write_row`` calls (C when available)
+
+    transformer, out = _copy_transformer(table, columns), bytearray()
+    for row in rows:
+        format_row_binary(row, transformer, out)
+    return bytes(out)
+
+
+def prepare_copy(records: Sequence[JobRecord], source: str | None = None) -> CopyRows | list[JobRecord]:
+    """``records`` (one worker's chunk, each with its search document) as ``CopyRows``;
+    ``source``, if given, replaces each record's. A chunk that repeats an id stays
+    records (the writer keeps the right version: ``services._batches``). The text is
+    UTF-8: for a connection in another client encoding the load does not ask for these."""
+    if source is not None:
+        for record in records:
+            record.source = source
+    if len({r.id for r in records}) < len(records):
+        return list(records)
+    early = sorted((r for r in records if not late_record(r)), key=attrgetter("id"))  # copy_new's order
+    late = [r for r in records if late_record(r)] if len(early) < len(records) else []
+    dict_ids = {r.raw_dict_id for r in early}
+    store = search_queries.PostgresStore()
+    return CopyRows(
+        ids=[r.id for r in early],
+        jobs=_copy_data("jobs", COPIED_JOB_COLUMNS, (row[:-1] for row in job_rows(early, 0, pg=True))),
+        outputs=_copy_data("job_outputs", OUTPUT_COLUMNS, side_rows(early)),
+        search=_copy_data("job_search", store.COPY_COLUMNS, store.copy_rows(early)),
+        dict_id=dict_ids.pop() if len(dict_ids) == 1 else (None if not dict_ids else MIXED),
+        late=late,
+    )
+
+
+# What an import hands the writer: records, or chunks of rows the workers made of theirs.
+BulkItem = JobRecord | Prepared | CopyRows  # (``CopyRows``: only a PostgreSQL bulk load's)
+
+
+def flatten(items: Iterable[BulkItem]) -> Iterator[JobRecord]:
+    """Records, ``Prepared`` and ``CopyRows`` chunks expanded into theirs."""
+    for item in items:
+        if isinstance(item, Prepared):
+            yield from item.records()
+        elif isinstance(item, CopyRows):
+            yield from item.all_records()
+        else:
+            yield item
+
+
+def takes_copy_rows(conn: Connection) -> bool:
+    """Can ``conn`` take ``CopyRows`` (their text is UTF-8: the client encoding must be)?"""
+    driver = conn.connection.driver_connection
+    return driver is not None and driver.info.encoding == "utf-8"
+
+
+def copy_prepared(conn: Connection, parts: Sequence[CopyRows], now: int) -> None:
+    """PostgreSQL: write the rows of ``parts`` (ids new to the index and distinct, each
+    part's ``raw`` written with the index's encoder) by three binary COPYs, as
+    ``copy_new`` writes their records, ``indexed_at`` = ``now`` (the column's default
+    meanwhile). The statement-level counter triggers fire once per COPY, as for
+    ``copy_new``. A refused row fails the COPY (SQLAlchemy's error for it)."""
+    conn.exec_driver_sql(f"ALTER TABLE jobs ALTER COLUMN indexed_at SET DEFAULT {int(now)}")
+    for table, columns, data in (
+        ("jobs", COPIED_JOB_COLUMNS, [p.jobs for p in parts]),
+        ("job_outputs", OUTPUT_COLUMNS, [p.outputs for p in parts if p.outputs]),
+        ("job_search", search_queries.PostgresStore.COPY_COLUMNS, [p.search for p in parts]),
+    ):
+        if not any(data):
+            continue
+        with _copying(conn, f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)") as (_, copy):
+            copy.write(COPY_SIGNATURE)
+            for chunk in data:
+                copy.write(chunk)
+            copy.write(COPY_TRAILER)
+
+
 @dataclass(frozen=True)
 class Deferred:
     """What a PostgreSQL bulk load sets aside: secondary indexes ``(name, CREATE
@@ -666,6 +813,7 @@ def pg_indexes_deferred(conn: Connection, maintenance_work_mem: str = "256MB") -
     for name, _ in deferred.indexes:
         conn.exec_driver_sql(f'DROP INDEX "{name}"')
     yield
+    conn.exec_driver_sql("ALTER TABLE jobs ALTER COLUMN indexed_at DROP DEFAULT")  # ``copy_prepared``'s
     conn.exec_driver_sql(f"SET LOCAL maintenance_work_mem = '{maintenance_work_mem}'")
     for _, sql in deferred.indexes:
         conn.exec_driver_sql(sql)

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 import signal
 import sqlite3
 import subprocess
@@ -39,6 +41,7 @@ from jobs_index.database import make_engine
 from jobs_index.errors import StorageError
 from jobs_index.normalize import from_history
 from jobs_index.rawcodec import decode as raw_json
+from jobs_index.rawcodec import dictionary_of
 from jobs_index.sample import synthetic_history
 from jobs_index.search import FILLER
 
@@ -179,6 +182,9 @@ PG_OBJECTS = {
     "FROM pg_constraint WHERE connamespace = current_schema()::regnamespace ORDER BY 2",
     "triggers": "SELECT tgrelid::regclass::text, tgname, tgenabled FROM pg_trigger WHERE NOT tgisinternal "
     "AND tgrelid IN (SELECT oid FROM pg_class WHERE relnamespace = current_schema()::regnamespace) ORDER BY 2",
+    # (``copy_prepared`` sets a default on jobs.indexed_at while it loads)
+    "defaults": "SELECT table_name, column_name, column_default FROM information_schema.columns "
+    "WHERE table_schema = current_schema() ORDER BY 1, 2",
 }
 
 
@@ -188,11 +194,14 @@ def pg_schema_and_content(url: str) -> dict:
         with engine.connect() as conn:
             out = {name: conn.exec_driver_sql(sql).all() for name, sql in {**PG_OBJECTS, **PG_CONTENT}.items()}
             columns = list(conn.exec_driver_sql("SELECT * FROM jobs LIMIT 0").keys())
-            at, raw = columns.index("indexed_at"), columns.index("raw")
+            at, raw, dict_id = columns.index("indexed_at"), columns.index("raw"), columns.index("raw_dict_id")
+            for (data,) in conn.exec_driver_sql("SELECT data FROM raw_dictionaries"):
+                dictionary_of(bytes(data))  # known to ``raw_json`` (a zstd dictionary trained by an import)
             # ``raw`` as the JSON it holds: ISA-L's deflate does not promise the same bytes
             # for the same input in another order of calls (seen in CI); the text is exact.
             out["jobs"] = [
-                tuple(raw_json(v) if i == raw else v for i, v in enumerate(row) if i != at) for row in out["jobs"]
+                tuple(raw_json(v, row[dict_id]) if i == raw else v for i, v in enumerate(row) if i != at)
+                for row in out["jobs"]
             ]
             return out
     finally:
@@ -228,6 +237,78 @@ def test_postgresql_bulk_load_writes_what_batches_write(pg_url, pg_url_other):
     job = records(600)[123]
     with JobsIndex.open(pg_url) as index, JobsIndex.open(pg_url_other) as other:  # raw is lossless
         assert index.get_job(job.id) == other.get_job(job.id)
+
+
+def copy_chunks(stream: list, size: int, source: str | None = None) -> list:
+    """``stream`` as the import workers send it to a PostgreSQL bulk load: chunks of
+    ``size`` records as ``CopyRows`` (a chunk that repeats an id: its records)."""
+    out = []
+    for i in range(0, len(stream), size):
+        chunk = stream[i : i + size]
+        made = write_queries.prepare_copy(pickle.loads(pickle.dumps(chunk)), source)
+        if isinstance(made, write_queries.CopyRows):
+            made = pickle.loads(pickle.dumps(made))  # as a worker sends it
+            made.redo = lambda chunk=chunk: [  # as ``ingest`` sets it: the records again, with the source
+                replace(r, source=source or r.source) for r in pickle.loads(pickle.dumps(chunk))
+            ]
+            out.append(made)
+        else:
+            out.extend(made)
+    return out
+
+
+@pytest.mark.parametrize("source", [None, "gpu-1"])
+def test_postgresql_bulk_load_of_copy_rows_writes_what_batches_write(pg_url, pg_url_other, source):
+    """The workers' COPY data (``write_queries.CopyRows``), mixed with records, an id
+    repeated inside a chunk, ids of earlier chunks again (unchanged, and pending jobs
+    then their history rows: the upsert), a record written after the indexes (a long
+    workflow id) and a row the database refuses (an id too long for its index
+    entry): the same index, counts and rejections as batch by batch."""
+
+    def stream() -> list:
+        jobs = records(700)
+        jobs[150].workflow_id = "".join(chr(0x4E00 + (i * 104729) % 20000) for i in range(3000))  # late
+        jobs[400].id = "x" * 4000 + "".join(chr(0x4E00 + (i * 7919) % 20000) for i in range(3000))  # refused
+        pending = [replace(r, stage=0, status="pending", raw_digest="p" + r.raw_digest) for r in jobs[300:330]]
+        return pending + jobs[:100] + [jobs[70]] + jobs[100:] + records(40) + [jobs[150]]
+
+    with JobsIndex.open(pg_url_other) as index:
+        batched = index.ingest(stream(), batch_size=64, source=source)
+    written = []
+    original = write_queries.copy_prepared
+
+    def spy(conn, parts, now):
+        original(conn, parts, now)
+        written.append(sum(map(len, parts)))
+
+    chunks = copy_chunks(stream(), 25, source)
+    assert sum(isinstance(c, write_queries.CopyRows) for c in chunks) >= 25
+    write_queries.copy_prepared = spy
+    try:
+        with JobsIndex.open(pg_url) as index:
+            bulk = index.bulk_load(
+                chunks[:8] + [r for c in chunks[8:10] for r in c.all_records()] + chunks[10:], batch_size=64
+            )
+            assert bulk is not None and index.counts_consistent()
+    finally:
+        write_queries.copy_prepared = original
+    assert sum(written) >= 450  # most rows went as the workers' COPY data
+    assert (bulk.inserted, bulk.updated, bulk.unchanged) == (batched.inserted, batched.updated, batched.unchanged)
+    assert {i for i, _ in bulk.rejected} == {i for i, _ in batched.rejected} and len({i for i, _ in bulk.rejected}) == 2
+    assert pg_schema_and_content(pg_url) == pg_schema_and_content(pg_url_other)
+
+
+def test_copy_rows_are_the_rows_copy_new_sends():
+    """``prepare_copy``'s bytes are those psycopg's ``Copy.write_row`` makes of the rows
+    ``copy_new`` writes (its formatter, with the same types)."""
+    jobs = records(30)
+    made = write_queries.prepare_copy(jobs)
+    assert isinstance(made, write_queries.CopyRows) and made.ids == sorted(r.id for r in jobs) and not made.late
+    ordered = sorted(jobs, key=lambda r: r.id)
+    rows = [row[:-1] for row in write_queries.job_rows(ordered, 0, pg=True)]
+    assert made.jobs == write_queries._copy_data("jobs", write_queries.COPIED_JOB_COLUMNS, rows)
+    assert made.jobs.count(b"\x00\x18") >= 0 and len(made.outputs) > 0 and len(made.search) > 0
+    assert isinstance(write_queries.prepare_copy(jobs + jobs[:1]), list)  # a repeated id: records
 
 
 def test_postgresql_non_empty_index_is_not_bulk_loaded(pg_url):
@@ -429,6 +510,30 @@ def test_cli_streamed_bulk_import_with_and_without_workers_gives_the_same_index(
     }
     assert lines["workers"] == lines["alone"] == "1 file(s): 20000 inserted, 0 updated, 0 unchanged, 0 rejected"
     assert schema_and_content(tmp_path / "workers.sqlite3") == schema_and_content(tmp_path / "alone.sqlite3")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_postgresql_cli_streamed_bulk_import_with_and_without_workers_gives_the_same_index(
+    bulk_dump, pg_url, pg_url_other
+):
+    """A dump large enough to be streamed to the workers, who send the bulk load its
+    COPY data (``write_queries.CopyRows``), with a --source: the same schema and
+    content as the records normalised by the writer itself."""
+    lines = {}
+    for url, workers in ((pg_url, "1"), (pg_url_other, "0")):
+        done = subprocess.run(
+            [*JOBS_INDEX, "-v", "--db", url, "import", "--source", "gpu-2", "--workers", workers, str(bulk_dump)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stderr
+        lines[url] = done.stdout.strip()
+        as_data = int(re.search(r"(\d+) rows came as COPY data", done.stderr).group(1))
+        assert as_data >= 15_000 if workers == "1" else as_data == 0  # all but the training's first items
+    assert lines[pg_url] == lines[pg_url_other] == "1 file(s): 20000 inserted, 0 updated, 0 unchanged, 0 rejected"
+    assert pg_schema_and_content(pg_url) == pg_schema_and_content(pg_url_other)
 
 
 def cli_import(path, arguments: list[str], timeout: float) -> str:
