@@ -694,10 +694,22 @@ def _copy_transformer(table: str, columns: tuple[str, ...]):
     return transformer
 
 
+@cache
+def _row_formatter() -> Callable | None:
+    """psycopg's binary COPY row formatter, what ``Copy.write_row`` calls (C when
+    available), or None: it lives in a private module (``psycopg._copy_base``, psycopg
+    3.2 and later), so where it is not found the workers send records, as before."""
+    try:
+        from psycopg._copy_base import format_row_binary
+    except ImportError:
+        return None
+    return format_row_binary
+
+
 def _copy_data(table: str, columns: tuple[str, ...], rows: Iterable[tuple]) -> bytes:
     """``rows`` as a binary COPY's rows (psycopg's ``Copy.write_row`` formatter)."""
-    from psycopg._copy_base import format_row_binary  # what ``Copy.write_row`` calls (C when available)
-
+    format_row_binary = _row_formatter()
+    assert format_row_binary is not None, "asked for only where found (takes_copy_rows)"
     transformer, out = _copy_transformer(table, columns), bytearray()
     for row in rows:
         format_row_binary(row, transformer, out)
@@ -744,9 +756,10 @@ def flatten(items: Iterable[BulkItem]) -> Iterator[JobRecord]:
 
 
 def takes_copy_rows(conn: Connection) -> bool:
-    """Can ``conn`` take ``CopyRows`` (their text is UTF-8: the client encoding must be)?"""
+    """Can ``conn`` take ``CopyRows`` (their text is UTF-8: the client encoding must be;
+    and this psycopg has the row formatter the workers use)?"""
     driver = conn.connection.driver_connection
-    return driver is not None and driver.info.encoding == "utf-8"
+    return driver is not None and driver.info.encoding == "utf-8" and _row_formatter() is not None
 
 
 def copy_prepared(conn: Connection, parts: Sequence[CopyRows], now: int) -> None:

@@ -298,6 +298,18 @@ def test_postgresql_bulk_load_of_copy_rows_writes_what_batches_write(pg_url, pg_
     assert pg_schema_and_content(pg_url) == pg_schema_and_content(pg_url_other)
 
 
+def test_without_psycopgs_row_formatter_the_workers_send_records(pg_url, monkeypatch):
+    """The workers' COPY data is made by a formatter from a private psycopg module
+    (3.2 and later): where it is missing, the load does not ask for COPY data and
+    loads records, as before."""
+    monkeypatch.setattr(write_queries, "_row_formatter", lambda: None)
+    with JobsIndex.open(pg_url) as index:
+        with index.engine.connect() as conn:
+            assert not write_queries.takes_copy_rows(conn)
+        bulk = index.bulk_load(records(120), batch_size=50)
+        assert bulk is not None and bulk.inserted == 120 and index.counts_consistent()
+
+
 def test_copy_rows_are_the_rows_copy_new_sends():
     """``prepare_copy``'s bytes are those psycopg's ``Copy.write_row`` makes of the rows
     ``copy_new`` writes (its formatter, with the same types)."""
