@@ -51,6 +51,11 @@ def sql_answer(index: JobsIndex, params: dict[str, str]) -> tuple[int, dict]:
 @SETTINGS
 @given(state=states(), data=st.data())
 def test_listing_matches_reference(index, state, data):
+    assert_listing_matches_reference(index, state, data)
+
+
+def assert_listing_matches_reference(index, state, data) -> None:
+    """Five listings drawn by ``data`` answer as the reference does over ``state``."""
     history, running, pending = state
     reset(index, history, running, pending)
     reference = Reference(history, running, pending)

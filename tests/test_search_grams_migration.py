@@ -10,7 +10,6 @@ downgraded, the grams and the table go and phrases are plain again; upgraded aga
 from __future__ import annotations
 
 from alembic import command
-from sqlalchemy import insert
 
 from jobs_index import JobsIndex, parse_list_query, search_queries
 from jobs_index.database import (
@@ -23,10 +22,9 @@ from jobs_index.database import (
 )
 from jobs_index.normalize import from_history
 from jobs_index.sample import realistic_history
-from jobs_index.schema import Job
 from jobs_index.search import GRAM_JOINER, GRAMS_VERSION, parse
 
-from .test_search_narrow_migration import hand_delete
+from .test_search_narrow_migration import hand_delete, jobs_at_0007
 from .test_search_timeline_migration import check_pages
 
 BEFORE, REVISION = "0011_search_timeline", "0012_search_grams"
@@ -64,12 +62,7 @@ def test_upgrade_writes_grams_pages_stay_exact_and_downgrade_removes_them(db_url
     recs = [from_history(k, v) for k, v in realistic_history(300, seed=12)]
     engine = make_engine(db_url)
     try:
-        migrate(engine, "0007_source_leases")
-        with write_transaction(engine) as conn:
-            conn.execute(
-                insert(Job.__table__),
-                [{k: v for k, v in {**r.as_row(), "indexed_at": 1}.items() if k != "raw_dict_id"} for r in recs],
-            )
+        jobs_at_0007(engine, recs)
         migrate(engine, BEFORE)  # 0008 builds the documents: no grams
         hand_delete(engine, backend, [recs[0].id])
         live = recs[1:]

@@ -65,16 +65,22 @@ def check_counts(index: JobsIndex, live: list) -> None:
         assert index.list_jobs(parse_list_query({"q": q, "status": "failed"})).total == len(failed), q
 
 
+def jobs_at_0007(engine, recs) -> None:
+    """``recs`` written as rows of an index at revision 0007 (before search: the later
+    revisions build what derives from them)."""
+    migrate(engine, "0007_source_leases")
+    with write_transaction(engine) as conn:
+        conn.execute(
+            insert(Job.__table__),
+            [{k: v for k, v in {**r.as_row(), "indexed_at": 1}.items() if k != "raw_dict_id"} for r in recs],
+        )
+
+
 def test_upgrade_finds_orphans_counts_stay_exact_and_downgrade_removes_the_table(db_url, backend, monkeypatch):
     recs = [from_history(k, v) for k, v in realistic_history(400, seed=14)]
     engine = make_engine(db_url)
     try:
-        migrate(engine, "0007_source_leases")
-        with write_transaction(engine) as conn:
-            conn.execute(
-                insert(Job.__table__),
-                [{k: v for k, v in {**r.as_row(), "indexed_at": 1}.items() if k != "raw_dict_id"} for r in recs],
-            )
+        jobs_at_0007(engine, recs)
         migrate(engine, BEFORE)  # builds the search rows
         hand_delete(engine, backend, [recs[0].id, recs[1].id])  # words left in FTS5 at 0008
         migrate(engine, REVISION)

@@ -8,7 +8,7 @@ upgraded again. PostgreSQL: the revision changes nothing but its number."""
 from __future__ import annotations
 
 from alembic import command
-from sqlalchemy import insert, inspect
+from sqlalchemy import inspect
 
 from jobs_index import JobsIndex, parse_list_query, search_queries
 from jobs_index.database import (
@@ -22,10 +22,9 @@ from jobs_index.database import (
 from jobs_index.normalize import from_history
 from jobs_index.rawcodec import decode_item as decode_raw
 from jobs_index.sample import realistic_history
-from jobs_index.schema import Job
 from jobs_index.search import document, matches, parse
 
-from .test_search_narrow_migration import hand_delete
+from .test_search_narrow_migration import hand_delete, jobs_at_0007
 
 BEFORE, REVISION = "0010_raw_dictionaries", "0011_search_timeline"
 QUERIES = ("and", "masterpiece portrait", '"best quality"', "jugg*", "ksampler -loraloader")
@@ -56,12 +55,7 @@ def test_upgrade_builds_the_timeline_index_pages_stay_exact_and_downgrade_drops_
     recs = [from_history(k, v) for k, v in realistic_history(300, seed=10)]
     engine = make_engine(db_url)
     try:
-        migrate(engine, "0007_source_leases")
-        with write_transaction(engine) as conn:
-            conn.execute(
-                insert(Job.__table__),
-                [{k: v for k, v in {**r.as_row(), "indexed_at": 1}.items() if k != "raw_dict_id"} for r in recs],
-            )
+        jobs_at_0007(engine, recs)
         migrate(engine, BEFORE)
         hand_delete(engine, backend, [recs[0].id])
         migrate(engine, REVISION)

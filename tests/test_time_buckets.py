@@ -28,9 +28,8 @@ from jobs_index.normalize import IN_PROGRESS, PENDING, from_history, from_queue
 from jobs_index.sample import history_item, queue_item
 from jobs_index.schema import COARSE_BUCKET_BITS, FINE_BUCKET_BITS, Job
 
-from .reference import Reference
-from .strategies import query_params, states
-from .test_parity_properties import exact, reset, sql_answer
+from .strategies import states
+from .test_parity_properties import assert_listing_matches_reference
 
 W, C = 1 << FINE_BUCKET_BITS, 1 << COARSE_BUCKET_BITS
 EDGES = [-C - 1, -C, -W - 1, -W, -1, 0, 1, W - 1, W, W + 1, 3 * W, C - 1, C, C + W, 2 * C - W, 1_765_000_000_000]
@@ -90,13 +89,7 @@ def test_bucket_pages_equal_offset_pages_across_edges(index, bucketed, times):
 @SETTINGS
 @given(state=states(), data=st.data())
 def test_bucket_pages_answer_like_the_reference(index, bucketed, state, data):
-    history, running, pending = state
-    reset(index, history, running, pending)
-    reference = Reference(history, running, pending)
-    ids = list(history) + [item[1] for item in running + pending]
-    for _ in range(5):
-        params = data.draw(query_params(ids))
-        assert exact(sql_answer(index, params)) == exact(reference.list_jobs(params)), params
+    assert_listing_matches_reference(index, state, data)
 
 
 def test_every_write_path_keeps_the_buckets_exact(index, bucketed, backend):
