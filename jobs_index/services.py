@@ -20,7 +20,7 @@ from operator import itemgetter
 from types import EllipsisType
 from typing import TypeGuard, cast
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, inspect
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 from . import live_queries, queries, rawcodec, search_queries, wire, write_queries
@@ -1279,4 +1279,6 @@ class JobsIndex:
         equal a full COUNT over ``jobs``."""
         with read_transaction(self.engine) as conn:
             counts_right = queries.stored_counts(conn) == queries.recount(conn)
+            if not inspect(conn).has_table(queries.buckets.name):  # an index before 0013_time_buckets
+                return counts_right
             return counts_right and queries.stored_buckets(conn) == queries.recount_buckets(conn)
