@@ -515,6 +515,14 @@ def render_imports(imports: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _write(name: str, what: str, report: str, data) -> None:
+    """Print ``report`` and write it as ``results/<name>.md`` (``data`` as its JSON twin)."""
+    print(report)
+    out = RESULTS / f"{name}.md"
+    out.write_text(f"# {what} of job_time_buckets, base {BASE_COMMIT} vs this code\n\n{report}\n")
+    out.with_suffix(".json").write_text(json.dumps(data, indent=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pg", required=True, help="PostgreSQL server URL without a database")
@@ -543,19 +551,11 @@ def main() -> None:
         return
     if args.writes_only:
         writes = write_costs(args.pg, bench.base_tree(BASE_COMMIT), args.writes_only, args.import_rounds)
-        report = render_writes(writes)
-        print(report)
-        out = RESULTS / f"deep-offset-writes-{args.writes_only}.md"
-        out.write_text(f"# Write cost of job_time_buckets, base {BASE_COMMIT} vs this code\n\n{report}\n")
-        out.with_suffix(".json").write_text(json.dumps(writes, indent=1))
+        _write(f"deep-offset-writes-{args.writes_only}", "Write cost", render_writes(writes), writes)
         return
     if args.imports_only:
         imports = import_costs(args.pg, args.dump, bench.base_tree(BASE_COMMIT), args.import_rounds)
-        report = render_imports(imports)
-        print(report)
-        out = RESULTS / f"deep-offset-imports-{imports[0]['jobs']}.md"
-        out.write_text(f"# Import cost of job_time_buckets, base {BASE_COMMIT} vs this code\n\n{report}\n")
-        out.with_suffix(".json").write_text(json.dumps(imports, indent=1))
+        _write(f"deep-offset-imports-{imports[0]['jobs']}", "Import cost", render_imports(imports), imports)
         return
     loads = [os.getloadavg()[0]]
     n = args.jobs

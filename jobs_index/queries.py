@@ -324,17 +324,21 @@ BUCKETS_FROM_OFFSET = 20_000  # below this, walking the skipped index entries is
 _FINE, _COARSE = schema.FINE_BUCKET_BITS, schema.COARSE_BUCKET_BITS
 
 
+def _bucket_statuses(shape: _Shape):
+    """The bucket rows of the listing's statuses: the all-status rows ('') when every
+    status is listed, else the listed statuses' own."""
+    if shape.arms == "all":
+        return buckets.c.status == literal_column("''")
+    return buckets.c.status.in_(_status_params(shape.statuses))
+
+
 def _running(shape: _Shape, bits: int, *conditions):
     """One row per bucket of width ``bits`` (of the listing's statuses, passing
     ``conditions``) with ``n`` and ``upto``: the jobs in it and in every bucket before
     it, in the listing's order."""
-    if shape.arms == "all":
-        status = buckets.c.status == literal_column("''")
-    else:
-        status = buckets.c.status.in_(_status_params(shape.statuses))
     per_bucket = (
         select(buckets.c.bucket, func.sum(buckets.c.n).label("n"))
-        .where(buckets.c.bits == literal_column(str(bits)), status, *conditions)
+        .where(buckets.c.bits == literal_column(str(bits)), _bucket_statuses(shape), *conditions)
         .group_by(buckets.c.bucket)
         .subquery(f"per_bucket_{bits}")
     )
@@ -377,11 +381,7 @@ def _bucket_total(shape: _Shape):
     """The jobs the coarse buckets count for the listing's statuses: equal to
     ``total`` (``job_counts``) unless the buckets drifted (a trigger disabled, rows
     edited by hand, a load that rebuilt only ``job_counts``)."""
-    if shape.arms == "all":
-        status = buckets.c.status == literal_column("''")
-    else:
-        status = buckets.c.status.in_(_status_params(shape.statuses))
-    where = (buckets.c.bits == literal_column(str(_COARSE)), status)
+    where = (buckets.c.bits == literal_column(str(_COARSE)), _bucket_statuses(shape))
     return select(func.coalesce(func.sum(buckets.c.n), 0)).where(*where).scalar_subquery().label("bucket_total")
 
 
