@@ -117,8 +117,10 @@ DIGESTS = {
     "error_message, error_node_id, error_node_type, workflow_id, source, raw_kind, raw, raw_digest, priority_json "
     "FROM jobs ORDER BY id",
     "job_outputs": "SELECT * FROM job_outputs ORDER BY job_id, ordinal",
-    "job_search": "SELECT docid, job_id, create_time, execution_duration, status, workflow_id, source, "
-    "node_types, models, loras FROM job_search ORDER BY docid",
+    # (before revision 0014_search_facets the lists were job_search's own columns)
+    "job_search": "SELECT s.docid, s.job_id, s.create_time, s.execution_duration, s.status, s.workflow_id, "
+    "s.source, f.node_types, f.models, f.loras FROM job_search AS s JOIN job_facets AS f ON f.job_id = s.job_id "
+    "ORDER BY s.docid",
     "job_counts": "SELECT source, workflow_id, status, n FROM job_counts WHERE n <> 0 ORDER BY 1, 2, 3",
     # the FTS5 index: every (word, document, position), in its own order
     "job_search_fts": "SELECT term, doc, offset FROM temp.fts_rows",
@@ -130,7 +132,10 @@ def digests(db: Path) -> dict[str, str]:
     try:
         conn.execute("CREATE VIRTUAL TABLE temp.fts_rows USING fts5vocab(main, job_search_fts, 'instance')")
         out = {}
+        facets = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'job_facets'").fetchone()
         for table, sql in DIGESTS.items():
+            if table == "job_search" and facets is None:
+                sql = sql.replace("job_facets AS f ON f.job_id = s.job_id", "job_search AS f ON f.docid = s.docid")
             h, count = hashlib.blake2b(digest_size=16), 0
             for row in conn.execute(sql):
                 h.update(repr(row).encode())

@@ -11,7 +11,7 @@ warm, through the bare driver (no HTTP, no JSON):
 * ``fts5 count``: ``count(*)`` of the FTS5 table alone (walks the doclists);
 * ``fts5vocab doc``: the per-term document count of an ``fts5vocab`` table (one word);
 * ``joined count``: the count ``count_matches`` runs when it cannot use FTS5 alone
-  (each match's ``ix_job_search_narrow`` entry: filters, orphans);
+  (each match's narrow ``job_search`` row: filters, orphans);
 * ``matches page``: the matches-first page (every match read and its sort key sorted,
   50 + 1 kept) without the count;
 * ``timeline page``: the timeline-first page (the listing's index walked in batches,

@@ -46,7 +46,7 @@ OUTPUT_COLUMNS = ("ordinal", "node_id", "media_type", "filename", "subfolder", "
 # the search document's name lists (JSON text); the full-text part (SQLite's
 # contentless FTS5, PostgreSQL's tsvector) is rewritten with the row on repair.
 SEARCH_LISTED = ("create_time", "execution_duration", "status", "workflow_id", "source")
-SEARCH_COLUMNS = (*SEARCH_LISTED, "node_types", "models", "loras")
+SEARCH_COLUMNS = (*SEARCH_LISTED, "node_types", "models", "loras")  # the facets: SQLite's job_search_facets
 
 
 def job_batch(conn: Connection, after: str | None, limit: int, *, for_update: bool = False) -> Sequence[Row]:
@@ -96,9 +96,12 @@ def side_rows_between(conn: Connection, after: str | None, last: str | None) -> 
         .where(*bounds)
         .order_by(job_outputs.c.job_id, job_outputs.c.ordinal)
     ).all()
-    where, params = _in_range("job_id", after, last)
+    where, params = _in_range("s.job_id", after, last)
+    store = search_queries.store(conn)
+    columns = [f"s.{c}" for c in SEARCH_LISTED] + [f"{store.facets_alias}.{c}" for c in search_queries.FACETS]
     search = conn.execute(
-        text(f"SELECT job_id, {', '.join(SEARCH_COLUMNS)} FROM job_search WHERE {where} ORDER BY job_id"), dict(params)
+        text(f"SELECT s.job_id, {', '.join(columns)} FROM {store.rows_from} WHERE {where} ORDER BY s.job_id"),
+        dict(params),
     ).all()
     return outputs, search
 

@@ -6,9 +6,11 @@ The search structures are derived from ``jobs.raw`` (``search.document``; migrat
 holds every engine difference; callers ask ``store(conn)`` and never test the
 dialect themselves:
 
-* SQLite: ``job_search(docid, job_id, node_types, models, loras)`` and the FTS5
-  table ``job_search_fts(doc)``, contentless (the words are not stored twice), keyed
-  by ``docid`` (AUTOINCREMENT, never reused). A contentless FTS5 table forgets a
+* SQLite: ``job_search(docid, job_id, <the listing columns>)``, its node types,
+  models and LoRAs in ``job_search_facets(docid, ...)`` (revision 0014_search_facets:
+  a match reads a narrow row), and the FTS5 table ``job_search_fts(doc)``,
+  contentless (the words are not stored twice), keyed by ``docid`` (AUTOINCREMENT,
+  never reused). A contentless FTS5 table forgets a
   document only when told its words, so ``forget`` re-derives them from ``raw``
   before the rows go: every jobs-index path that replaces or deletes a job calls it
   in the same transaction. A job deleted by other SQL loses its ``job_search`` row
@@ -34,13 +36,14 @@ index says its documents carry this code's grams: ``job_search_grams`` holds
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Generic, TypeVar
@@ -121,7 +124,7 @@ class PlanCosts:
 
 
 # SQLite (benchmarks/results/search-floor-*.md): one match costs 1-4 us (its
-# ix_job_search_narrow entry, then the sort); the batched timeline (``_timeline_batched``)
+# narrow job_search row, then the sort); the batched timeline (``_timeline_batched``)
 # tests a walked job for about half as much per word: its share of one FTS5 query
 # over the batch's docid range. A prefix is expanded once per range
 # query, and costs more the more words it stands for.
@@ -175,9 +178,40 @@ def _row_values(record, doc: Document, sources: dict | None) -> tuple:
 
 
 # The job's listing columns, copied into job_search (migration 0008: a trigger
-# carries UPDATEs made by other SQL over).
+# carries UPDATEs made by other SQL over), and the document's name lists (JSON text).
 LISTED = ("create_time", "execution_duration", "status", "workflow_id", "source")
-ROW_COLUMNS = ("job_id", *LISTED, "node_types", "models", "loras")
+FACETS = ("node_types", "models", "loras")
+ROW_COLUMNS = ("job_id", *LISTED, *FACETS)
+_NARROW = len(ROW_COLUMNS) - len(FACETS)  # a search row's job_search part, before its facets
+
+
+def facets_hash(lists: tuple[str, ...]) -> int:
+    """SQLite: ``job_search_facets.hash`` of a job's (node_types, models, loras) JSON
+    texts: 64 bits of BLAKE2b as a signed integer (revision 0014_search_facets
+    computes it with this function)."""
+    digest = hashlib.blake2b("\x00".join(lists).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+_FACETS_FIND = (
+    "SELECT id FROM job_search_facets WHERE hash = ? AND node_types = ? AND models = ? AND loras = ? "
+    "ORDER BY id LIMIT 1"
+)
+_FACETS_ADD = "INSERT INTO job_search_facets (hash, node_types, models, loras) VALUES (?, ?, ?, ?)"
+
+
+def facet_ids(conn: Connection, combinations: Iterable[tuple[str, ...]]) -> dict[tuple[str, ...], int]:
+    """SQLite, in a write transaction: the ``job_search_facets`` id of each
+    (node_types, models, loras), rows added for the new ones. Looked up by hash each
+    time (no cache: a rolled-back transaction takes its new rows back)."""
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    out = {}
+    for lists in combinations:
+        digest = facets_hash(lists)
+        found = driver.execute(_FACETS_FIND, (digest, *lists)).fetchone()
+        out[lists] = found[0] if found is not None else driver.execute(_FACETS_ADD, (digest, *lists)).lastrowid
+    return out
 
 
 class SearchStore:
@@ -199,6 +233,11 @@ class SearchStore:
         """SQLite: ``add`` of rows made already: ``job_search`` rows in ROW_COLUMNS order
         and each one's FTS5 document ('' for none); docids in their order, as ``add``'s."""
         raise NotImplementedError
+
+    # Every search row with its facets, ``s`` being job_search (ROW_COLUMNS as
+    # ``s.job_id``, ``s.<listed>``, ``<facets_alias>.<facet>``).
+    rows_from = "job_search AS s"
+    facets_alias = "s"
 
     COPY_COLUMNS: tuple[str, ...] = ()
 
@@ -301,33 +340,47 @@ class SqliteStore(SearchStore):
                     tuple(row[0] for row in rows),
                 )
 
+    rows_from = "job_search AS s LEFT JOIN job_search_facets AS f ON f.id = s.facets_id"
+    facets_alias = "f"
+
     def add(self, conn: Connection, records: Sequence, sources: dict | None = None) -> None:
         if not records:
             return
         first = conn.exec_driver_sql(_SQLITE_NEXT_DOCID).scalar_one()
         rows, docs = [], []
-        for docid, record in enumerate(records, first):
+        for record in records:
             doc = _document(record)
-            rows.append((docid, *_row_values(record, doc, sources)))
-            if doc.words:
-                docs.append((docid, doc.fts_text()))
-        conn.exec_driver_sql(
-            f"INSERT INTO job_search (docid, {', '.join(ROW_COLUMNS)}) VALUES (?{', ?' * len(ROW_COLUMNS)})", rows
-        )
-        if docs:
-            conn.exec_driver_sql("INSERT INTO job_search_fts (rowid, doc) VALUES (?, ?)", docs)
+            rows.append(_row_values(record, doc, sources))
+            docs.append(doc.fts_text() if doc.words else "")
+        self._insert(conn, first, rows, docs, docids=True)
 
     def add_rows(self, conn: Connection, rows: Sequence[tuple], fts: Sequence[str]) -> None:
         if not rows:
             return
         first = conn.exec_driver_sql(_SQLITE_NEXT_DOCID).scalar_one()
         # docid left out: AUTOINCREMENT gives the same numbers, first, first + 1, ...
-        conn.exec_driver_sql(
-            f"INSERT INTO job_search ({', '.join(ROW_COLUMNS)}) VALUES (?{', ?' * (len(ROW_COLUMNS) - 1)})", rows
-        )
+        self._insert(conn, first, rows, fts, docids=False)
         last = conn.exec_driver_sql("SELECT max(docid) FROM job_search").scalar_one()
         if last != first + len(rows) - 1:
             raise RuntimeError(f"job_search docids {first}..{last} for {len(rows)} rows")
+
+    @staticmethod
+    def _insert(conn: Connection, first: int, rows: Sequence[tuple], fts: Sequence[str], docids: bool) -> None:
+        """``rows`` (ROW_COLUMNS) as job_search rows docid ``first``, ``first + 1``, ...
+        (written out, or left to AUTOINCREMENT), each naming its facets' row, and
+        their FTS5 documents."""
+        ids = facet_ids(conn, dict.fromkeys(row[_NARROW:] for row in rows))  # in order of first use
+        narrow = (*ROW_COLUMNS[:_NARROW], "facets_id")
+        if docids:
+            conn.exec_driver_sql(
+                f"INSERT INTO job_search (docid, {', '.join(narrow)}) VALUES (?{', ?' * len(narrow)})",
+                [(docid, *row[:_NARROW], ids[row[_NARROW:]]) for docid, row in enumerate(rows, first)],
+            )
+        else:
+            conn.exec_driver_sql(
+                f"INSERT INTO job_search ({', '.join(narrow)}) VALUES (?{', ?' * (len(narrow) - 1)})",
+                [(*row[:_NARROW], ids[row[_NARROW:]]) for row in rows],
+            )
         docs = [(docid, text) for docid, text in enumerate(fts, first) if text]
         if docs:
             conn.exec_driver_sql("INSERT INTO job_search_fts (rowid, doc) VALUES (?, ?)", docs)
@@ -397,11 +450,10 @@ class SqliteStore(SearchStore):
 
     # CROSS JOIN: SQLite keeps this join order (it could otherwise run the full-text
     # query once per job of some other index).
-    # ix_job_search_narrow (revision 0009_search_narrow) covers every column a count
-    # or a matches-first page reads: a narrow index entry per match, not the wide row.
-    matches_from = (
-        "job_search_fts CROSS JOIN job_search AS s INDEXED BY ix_job_search_narrow ON s.docid = job_search_fts.rowid"
-    )
+    # job_search holds every column a count or a matches-first page reads, and no
+    # more (revision 0014_search_facets): a narrow row per match, read by its rowid
+    # (NOT INDEXED: no index of it is walked instead).
+    matches_from = "job_search_fts CROSS JOIN job_search AS s NOT INDEXED ON s.docid = job_search_fts.rowid"
     match_condition = "job_search_fts MATCH :m"
 
     def probe_sql(self) -> str:

@@ -51,7 +51,11 @@ from .reliability_support import JOBS_INDEX, check_sqlite_file, session_dir, wri
 CONTENT = {
     "jobs": "SELECT * FROM jobs ORDER BY id",
     "job_outputs": "SELECT * FROM job_outputs ORDER BY job_id, ordinal",
-    "job_search": "SELECT * FROM job_search ORDER BY job_id",
+    # each job's search row with its lists (their row's id depends on which write stored them first)
+    "job_search": "SELECT s.docid, s.job_id, s.create_time, s.execution_duration, s.status, s.workflow_id, "
+    "s.source, f.node_types, f.models, f.loras FROM job_search AS s JOIN job_search_facets AS f "
+    "ON f.id = s.facets_id ORDER BY s.job_id",
+    "job_search_facets": "SELECT hash, node_types, models, loras FROM job_search_facets ORDER BY 1, 2, 3, 4",
     # every (word, docid, position) of the FTS5 index (read through a temp fts5vocab table)
     "job_search_fts": 'SELECT term, doc, col, "offset" FROM temp.fts_words ORDER BY 1, 2, 4',
     "job_counts": "SELECT * FROM job_counts WHERE n <> 0 ORDER BY source, workflow_id, status",

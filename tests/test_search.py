@@ -555,8 +555,8 @@ def test_the_issues_questions_against_the_raw_graphs(searched):
 def test_sql_users_see_node_types_models_and_loras(searched):
     index, _ = searched
     with index.engine.connect() as conn:
-        row = conn.exec_driver_sql("SELECT node_types, models, loras FROM job_search WHERE job_id = 'planted-0'").one()
-        lora = conn.exec_driver_sql("SELECT loras FROM job_search WHERE job_id = 'planted-3'").scalar_one()
+        row = conn.exec_driver_sql("SELECT node_types, models, loras FROM job_facets WHERE job_id = 'planted-0'").one()
+        lora = conn.exec_driver_sql("SELECT loras FROM job_facets WHERE job_id = 'planted-3'").scalar_one()
     assert "KSampler" in json.loads(row[0])
     assert json.loads(row[1]) == ["SDXL/juggernautXL_v9.safetensors"] and json.loads(row[2]) == []
     assert json.loads(conn_free_loras(index, "planted-1")) == ["detail_tweaker"]  # from the <lora:...> tag
@@ -565,7 +565,7 @@ def test_sql_users_see_node_types_models_and_loras(searched):
 
 def conn_free_loras(index, job_id):
     with index.engine.connect() as conn:
-        return conn.exec_driver_sql(f"SELECT loras FROM job_search WHERE job_id = '{job_id}'").scalar_one()
+        return conn.exec_driver_sql(f"SELECT loras FROM job_facets WHERE job_id = '{job_id}'").scalar_one()
 
 
 # -- HTTP and the write paths ---------------------------------------------------------

@@ -69,9 +69,9 @@ def search_rows(engine) -> list[tuple]:
             tuple(r)
             for r in conn.execute(
                 text(
-                    "SELECT job_id, create_time, execution_duration, status, workflow_id, source, "
-                    "node_types, models, loras "
-                    "FROM job_search"
+                    "SELECT s.job_id, s.create_time, s.execution_duration, s.status, s.workflow_id, s.source, "
+                    "f.node_types, f.models, f.loras "
+                    "FROM job_search AS s JOIN job_facets AS f ON f.job_id = s.job_id"
                 )
             )
         )

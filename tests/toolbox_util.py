@@ -55,7 +55,7 @@ def run_cli(*args: str, db: str, input: str | None = None):
     return CliRunner().invoke(cli, ["--db", db, *args], input=input, catch_exceptions=False)
 
 
-SEARCH_ROWS = "SELECT job_id, node_types, models, loras FROM job_search ORDER BY job_id"
+SEARCH_ROWS = "SELECT job_id, node_types, models, loras FROM job_facets ORDER BY job_id"
 
 
 def snapshot(index) -> dict:
