@@ -584,7 +584,14 @@ def measure_disk(target: Target, jobs: int) -> dict:
             conn.rollback()
             if target.backend == "postgresql":
                 q = lambda sql: int(conn.execute(text(sql)).scalar_one())  # noqa: E731
-                out["total"] = q("SELECT pg_total_relation_size('jobs') + pg_total_relation_size('job_counts')")
+                out["jobs_and_counts"] = q(
+                    "SELECT pg_total_relation_size('jobs') + pg_total_relation_size('job_counts')"
+                )
+                # every table of the schema (search, outputs, buckets...) with its indexes and TOAST
+                out["total"] = q(
+                    "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class AS c "
+                    "WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'm')"
+                )
                 heap = q("SELECT pg_relation_size('jobs')")
                 toast = q(
                     "SELECT COALESCE(pg_total_relation_size(reltoastrelid), 0) FROM pg_class "
@@ -878,8 +885,9 @@ def render(args, facts, imp: ImportStats, reused: bool, pages, totals, disk, bas
         )
     else:
         out.append(
-            f"`pg_total_relation_size(jobs) + pg_total_relation_size(job_counts)` = "
-            f"**{disk['total'] / 2**20:,.0f} MiB, {disk['per_job']:,.0f} B/job** "
+            f"`pg_total_relation_size` of every table of the schema (indexes, TOAST) = "
+            f"**{disk['total'] / 2**20:,.0f} MiB, {disk['per_job']:,.0f} B/job**; jobs and job_counts alone "
+            f"{disk['jobs_and_counts'] / disk['jobs']:,.0f} B/job "
             f"({disk['jobs']:,} jobs; the raw item averages {disk['raw_avg']:,.0f} B)."
         )
     if disk.get("parts"):
