@@ -206,8 +206,10 @@ def _time_conditions(shape, table) -> list:
     return conditions
 
 
-def _arm(shape: _Shape, status, limit, columns: tuple) -> Select:
-    """One ordered, LIMIT-ed seek: all jobs (status None) or one status."""
+def _arm(shape: _Shape, status, limit, columns: tuple, ordered: bool = True) -> Select:
+    """One ordered, LIMIT-ed seek: all jobs (status None) or one status. ``ordered``
+    False: no ORDER BY (an arm of SQLite's merged compound, which orders every arm
+    itself)."""
     sort = _sort_column(shape.sort_by)
     stmt = select(*columns)
     if shape.dialect == "sqlite":
@@ -243,10 +245,11 @@ def _arm(shape: _Shape, status, limit, columns: tuple) -> Select:
         key = tuple_(sort, jobs.c.id)
         bound = tuple_(bindparam("after_value", type_=BigInteger), bindparam("after_id", type_=Text))
         stmt = stmt.where(key < bound if shape.descending else key > bound)
-    order = _order(shape.descending, sort, jobs.c.id)
-    if lead is not None:
-        order = (lead.desc() if shape.descending else lead.asc(), *order)
-    stmt = stmt.order_by(*order)
+    if ordered:
+        order = _order(shape.descending, sort, jobs.c.id)
+        if lead is not None:
+            order = (lead.desc() if shape.descending else lead.asc(), *order)
+        stmt = stmt.order_by(*order)
     return stmt if limit is None else stmt.limit(limit)
 
 
@@ -394,13 +397,29 @@ def _winners_page(shape: _Shape, statuses: list, limit, offset) -> Select:
     """Keys first, rows last: the seeks (one per status, merged) read only ``(id, sort
     key)`` from their covering index, skip the offset and keep the page's winners,
     which alone are then read from ``jobs`` by id and rendered. Skipped rows are
-    never rendered (PostgreSQL would compute the select list of every skipped row)."""
+    never rendered (PostgreSQL would compute the select list of every skipped row).
+
+    The merge reads each arm only as far as the page needs. SQLite: one compound
+    SELECT whose ORDER BY merges the arms (``MERGE (UNION ALL)``: each arm a
+    co-routine walking its index in that order, no sort), LIMIT and OFFSET on the
+    merge. PostgreSQL: each arm ordered and LIMIT-ed to the page's window (without
+    the LIMIT its planner sorts whole arms), the arms merged by a Merge Append that
+    pulls from each only what the outer LIMIT takes."""
     sort = _sort_column(shape.sort_by)
     keys = (jobs.c.id.label("w_id"), sort.label("w_key"))
     if shape.buckets:
         offset = _bucket_skip(shape)
     if len(statuses) == 1:
         winners = _arm(shape, statuses[0], limit, keys).offset(offset).subquery("winners")
+    elif shape.dialect == "sqlite":
+        compound = union_all(*(_arm(shape, s, None, keys, ordered=False) for s in statuses))
+        merged_keys = compound.selected_columns
+        winners = (
+            compound.order_by(*_order(shape.descending, merged_keys.w_key, merged_keys.w_id))
+            .limit(limit)
+            .offset(offset)
+            .subquery("winners")
+        )
     else:
         window = bindparam("window", type_=Integer) if shape.limit else None  # each arm may feed the skip
         if shape.buckets:
