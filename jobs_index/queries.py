@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Literal
@@ -650,6 +650,26 @@ def select_page(
         total,
     )
     return _page_sql(replace(shape, buckets=False), conn.dialect).run(conn, values).fetchall()
+
+
+def merged_by_status(conn: Connection, arm: Callable[[str], Select], statuses: Sequence[str], limit: int) -> list:
+    """The first ``limit`` rows, in ``(create_time, id)`` order, of one seek per
+    status: ``arm(status)`` is one status's SELECT of ``jobs`` (unordered, with
+    ``create_time`` and ``id`` among its columns), on an index that starts with its
+    equality filters and the status and ends in ``(create_time, id)`` (a workflow's
+    or a source's jobs of every status, whose status-less indexes revision 0014
+    drops). Merged as a listing's arms are (``_winners_page``), each read only as
+    far as the rows taken from it: SQLite, one compound SELECT ordered by its ORDER
+    BY; PostgreSQL, each arm ordered and LIMIT-ed, then merged (Merge Append)."""
+    if not statuses:
+        return []
+    if conn.dialect.name == "sqlite":
+        compound = union_all(*(arm(status) for status in statuses))
+        merged_columns = compound.selected_columns
+        return list(conn.execute(compound.order_by(merged_columns.create_time, merged_columns.id).limit(limit)))
+    ordered = [arm(status).order_by(jobs.c.create_time, jobs.c.id).limit(limit) for status in statuses]
+    merged = union_all(*(select(each.subquery()) for each in ordered)).subquery()
+    return list(conn.execute(select(merged).order_by(merged.c.create_time, merged.c.id).limit(limit)))
 
 
 def count_total(conn: Connection, query: ListQuery) -> int:
