@@ -6,9 +6,12 @@ Listing is keyset pagination in SQL. For the created_at timeline a page is
     SELECT ... FROM jobs WHERE (create_time, id) < (:t, :id)
     ORDER BY create_time DESC, id DESC LIMIT :n + 1
 
-on ``ix_jobs_create_time_id`` (or the ascending twin). A status, workflow or source
-filter becomes one seek per selected status on an index that starts with the
-filter columns and ends in the sort key, each arm LIMIT-ed, merged with UNION ALL.
+on ``ix_jobs_create_time_id`` (or the ascending twin). Every other listing (a
+status, workflow or source filter, or the sort by duration, of any statuses, all
+five included) is one seek per selected status on an index that starts with the
+filter columns and the status and ends in the sort key, merged with UNION ALL
+(``_winners_page``: each arm reads only as far as the page needs). Migration 0014
+dropped the status-less twins of these indexes for the bytes (issue 16).
 On SQLite each arm names its index (``INDEXED BY``), so no statistics ``ANALYZE``
 gathers can turn it into a table walk. PostgreSQL has no hints: every query gets a
 custom plan for its actual values, which picks these indexes (tests/test_plans.py);
@@ -37,6 +40,7 @@ from sqlalchemy import (
     Row,
     Select,
     Text,
+    any_,
     bindparam,
     cast,
     func,
@@ -46,6 +50,7 @@ from sqlalchemy import (
     tuple_,
     union_all,
 )
+from sqlalchemy.dialects.postgresql import array
 
 from . import schema
 from .cursor import MAX_ID_LENGTH
@@ -152,17 +157,14 @@ def _sort_column(sort_by: str):
 
 
 def _index_for(shape: _Shape, per_status: bool) -> str:
-    """The index an arm seeks: per status, or one seek over every status."""
+    """The index an arm seeks: one status's range (every filtered or duration-sorted
+    listing, one arm per status), or the whole timeline (unfiltered, every status)."""
     if shape.workflow:
-        if not per_status and shape.sort_by == "created_at":
-            return schema.IX_WORKFLOW_CREATE_TIME
         return schema.IX_WORKFLOW_STATUS
     if shape.source:
-        if not per_status and shape.sort_by == "created_at":
-            return schema.IX_SOURCE_CREATE_TIME
         return schema.IX_SOURCE_STATUS
     if shape.sort_by == "execution_duration":
-        return schema.IX_STATUS_DURATION if per_status else schema.IX_DURATION
+        return schema.IX_STATUS_DURATION
     return schema.IX_STATUS_CREATE_TIME if per_status else schema.IX_CREATE_TIME
 
 
@@ -206,23 +208,33 @@ def _time_conditions(shape, table) -> list:
     return conditions
 
 
+def _pg_lead(shape: _Shape):
+    """PostgreSQL, a workflow's or a source's timeline: the filter column that leads
+    each arm's ORDER BY (``_arm``); else None."""
+    if shape.dialect != "postgresql" or shape.sort_by != "created_at":
+        return None
+    return jobs.c.workflow_id if shape.workflow else jobs.c.source if shape.source else None
+
+
 def _arm(shape: _Shape, status, limit, columns: tuple, ordered: bool = True) -> Select:
-    """One ordered, LIMIT-ed seek: all jobs (status None) or one status. ``ordered``
-    False: no ORDER BY (an arm of SQLite's merged compound, which orders every arm
-    itself)."""
+    """One ordered, LIMIT-ed seek: all jobs (status None: the unfiltered timeline) or
+    one status. ``ordered`` False: no ORDER BY (an arm of SQLite's merged compound,
+    which orders every arm itself)."""
+    assert status is not None or not (shape.workflow or shape.source or shape.sort_by != "created_at"), shape
     sort = _sort_column(shape.sort_by)
     stmt = select(*columns)
     if shape.dialect == "sqlite":
         index = _index_for(shape, status is not None)
         stmt = stmt.with_hint(jobs, f"INDEXED BY {index}", "sqlite")
-    # A workflow's / source's timeline of every status: the filter column leads the
-    # ORDER BY, so only the index that starts with it yields the order. On PostgreSQL,
-    # which has no hints, the filter is also written as a range: an equality would let
-    # the planner drop the column from the order and walk the timeline index instead,
-    # filtering its way through other jobs (a walk stale statistics can make look cheap).
-    lead = None
-    if status is None and (shape.workflow or shape.source):
-        lead = jobs.c.workflow_id if shape.workflow else jobs.c.source
+    # A workflow's / source's timeline, on PostgreSQL, which has no hints: the filter
+    # that leads the arm's index also leads its ORDER BY, written ``= ANY(ARRAY[v])``
+    # (an equality for the B-tree, so the scan still stops at the end of the status's
+    # entries, but no constant for the planner, which therefore cannot drop the column
+    # from the order). Only the index that starts with it yields that order: no plan
+    # can walk the timeline index filtering its way through other jobs instead (a
+    # walk that statistics blind to time make look cheap for a workflow or source
+    # whose jobs are all old; docs/postgresql.md).
+    lead = _pg_lead(shape) if status is not None else None
     if status is not None:
         stmt = stmt.where(jobs.c.status == status)
     for flag, column, name in (
@@ -232,10 +244,7 @@ def _arm(shape: _Shape, status, limit, columns: tuple, ordered: bool = True) -> 
         if not flag:
             continue
         value = bindparam(name, type_=Text)
-        if column is lead and shape.dialect == "postgresql":
-            stmt = stmt.where(column >= value, column <= value)
-        else:
-            stmt = stmt.where(column == value)
+        stmt = stmt.where(column == any_(array([value])) if column is lead else column == value)
     for condition in _time_conditions(shape, jobs):
         stmt = stmt.where(condition)
     if shape.buckets:  # the rows from the bucket the offset falls in, onwards
@@ -424,15 +433,14 @@ def _winners_page(shape: _Shape, statuses: list, limit, offset) -> Select:
         window = bindparam("window", type_=Integer) if shape.limit else None  # each arm may feed the skip
         if shape.buckets:
             window = limit + _bucket_skip(shape)
-        arms = [select(_arm(shape, s, window, keys).subquery()) for s in statuses]
+        lead = _pg_lead(shape)  # every arm's (one value): the merge orders by it too, as the arms do
+        arm_keys = keys if lead is None else (lead.label("w_lead"), *keys)
+        arms = [select(_arm(shape, s, window, arm_keys).subquery()) for s in statuses]
         merged = union_all(*arms).subquery()
-        winners = (
-            select(merged)
-            .order_by(*_order(shape.descending, merged.c.w_key, merged.c.w_id))
-            .limit(limit)
-            .offset(offset)
-            .subquery("winners")
-        )
+        order = _order(shape.descending, merged.c.w_key, merged.c.w_id)
+        if lead is not None:
+            order = (merged.c.w_lead.desc() if shape.descending else merged.c.w_lead.asc(), *order)
+        winners = select(merged.c.w_id, merged.c.w_key).order_by(*order).limit(limit).offset(offset).subquery("winners")
     stmt = (
         select(*page_columns(shape.dialect))
         .select_from(winners.join(jobs, jobs.c.id == winners.c.w_id))
@@ -601,9 +609,9 @@ def select_page(
         return []
     after = start
     filtered = query.workflow_id is not None or query.source is not None
-    if query.all_statuses and (not filtered or query.sort_by == "created_at"):
-        arms = "all"  # one seek: the timeline, or a workflow's / source's timeline
-    else:
+    if query.all_statuses and not filtered and query.sort_by == "created_at":
+        arms = "all"  # one seek: the timeline
+    else:  # one seek per status (a workflow's, a source's, by duration: every status too)
         arms = "one" if len(query.statuses) == 1 else "union"
     shape = _Shape(
         conn.dialect.name,
