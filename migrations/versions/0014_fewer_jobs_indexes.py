@@ -16,16 +16,18 @@ PostgreSQL they took 113.6 + 77.2 + 67.8 B/job, every table with its indexes 2,6
 to 2,403 B/job. Every write maintains three index entries fewer per job.
 
 Page cost (``benchmarks/fewer_indexes.py``: both codes in one process, interleaved,
-in-process p50, 100k jobs, a shared 2-CPU machine at load 4-6;
-``benchmarks/results/fewer-indexes-100000.md``): the merged seeks read only the
-covering index's (sort key, id), each only as far as the page needs (SQLite: one
-compound SELECT merged by its ORDER BY; PostgreSQL: a Merge Append of LIMIT-ed
-arms), then the page's rows by id. First pages and cursor pages of the three
-listings: SQLite 1.09-1.22x (e.g. a workflow's 1.29 -> 1.48 ms), PostgreSQL
-1.37-1.97x (planning five arms: 0.45-0.65 ms against 0.25). ``offset=10000``:
-SQLite 2.9-4.1x (the merge costs ~0.5 us per skipped row, one index ~0.01-0.05),
-PostgreSQL ~1.45x. Revision 0005 had measured its one seek at 1.7 ms against 2.5 ms
-for the merge of the time (arms that each sorted their window) over HTTP at 1M.
+in-process p50 at 100k jobs; ``benchmarks/results/fewer-indexes-100000.md``): the
+merged seeks read only the covering index's (sort key, id), each only as far as the
+page needs (SQLite: one compound SELECT merged by its ORDER BY; PostgreSQL: a Merge
+Append of LIMIT-ed arms), then the page's rows by id. On a quiet 2-CPU machine,
+first pages and cursor pages of the three listings: SQLite 1.12-1.17x (a workflow's
+1.03 -> 1.15 ms), PostgreSQL 1.38-1.64x (1.67 -> 2.54 ms: planning five arms, about
+0.5 ms against 0.25); ``offset=10000``: SQLite 2.7-3.5x (the merge costs ~0.25-0.5
+us per skipped row, one index ~0.01-0.05), PostgreSQL 1.37-1.50x. Under load 4-6
+(a benchmark beside): the same picture, SQLite 1.09-1.22x and 2.9-4.1x, PostgreSQL
+1.37-1.97x and ~1.45x. Revision 0005 had measured its one seek at 1.7 ms against
+2.5 ms over HTTP at 1M for the merge of the time (arms that each sorted their
+window).
 
 Revision ID: 0014_fewer_jobs_indexes
 Revises: 0013_time_buckets
