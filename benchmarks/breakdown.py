@@ -269,7 +269,6 @@ SECONDARY_INDEXES = (
     "ix_jobs_status_create_time_id",
     "ix_jobs_workflow_id_status_create_time_id",
     "ix_jobs_source_status_create_time_id",
-    "ix_jobs_execution_duration_id",
     "ix_jobs_status_execution_duration_id",
 )
 

@@ -10,7 +10,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from . import schema, search_queries
 from .normalize import STAGE_HISTORY, answer_text, column_text
-from .queries import _chunks
+from .queries import _chunks, merged_by_status
 
 jobs = schema.table(schema.Job)
 followed = schema.table(schema.FollowedSource)
@@ -44,7 +44,17 @@ def finished_ids(conn: Connection, ids: Sequence[str]) -> set[str]:
 
 def finished_batch(conn: Connection, source: str | None, limit: int) -> list[str]:
     """Up to ``limit`` ids (ComfyUI's) of finished (history) rows of one source (None = rows with
-    no source), oldest first: one seek on ``(source, status, create_time, id)``."""
+    no source), oldest first. SQLite: one seek per status on ``(source, status,
+    create_time, id)``, merged (``queries.merged_by_status``); PostgreSQL cannot seek
+    ``IS NOT DISTINCT FROM`` and walks ``(create_time, id)`` in order instead."""
+    if conn.dialect.name == "sqlite":
+
+        def arm(status: str):
+            return select(jobs.c.id, jobs.c.create_time).where(
+                jobs.c.source.is_not_distinct_from(source), jobs.c.status == status, jobs.c.stage == STAGE_HISTORY
+            )
+
+        return [answer_text(row.id) for row in merged_by_status(conn, arm, schema.STATUS_VALUES, limit)]
     stmt = (
         select(jobs.c.id)
         .where(jobs.c.source.is_not_distinct_from(source), jobs.c.stage == STAGE_HISTORY)

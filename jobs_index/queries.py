@@ -6,9 +6,12 @@ Listing is keyset pagination in SQL. For the created_at timeline a page is
     SELECT ... FROM jobs WHERE (create_time, id) < (:t, :id)
     ORDER BY create_time DESC, id DESC LIMIT :n + 1
 
-on ``ix_jobs_create_time_id`` (or the ascending twin). A status, workflow or source
-filter becomes one seek per selected status on an index that starts with the
-filter columns and ends in the sort key, each arm LIMIT-ed, merged with UNION ALL.
+on ``ix_jobs_create_time_id`` (or the ascending twin). Every other listing (a
+status, workflow or source filter, or the sort by duration, of any statuses, all
+five included) is one seek per selected status on an index that starts with the
+filter columns and the status and ends in the sort key, merged with UNION ALL
+(``_winners_page``: each arm reads only as far as the page needs). Migration 0014
+dropped the status-less twins of these indexes for the bytes (issue 16).
 On SQLite each arm names its index (``INDEXED BY``), so no statistics ``ANALYZE``
 gathers can turn it into a table walk. PostgreSQL has no hints: every query gets a
 custom plan for its actual values, which picks these indexes (tests/test_plans.py);
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Literal
@@ -37,6 +40,7 @@ from sqlalchemy import (
     Row,
     Select,
     Text,
+    any_,
     bindparam,
     cast,
     func,
@@ -46,6 +50,7 @@ from sqlalchemy import (
     tuple_,
     union_all,
 )
+from sqlalchemy.dialects.postgresql import array
 
 from . import schema
 from .cursor import MAX_ID_LENGTH
@@ -152,17 +157,14 @@ def _sort_column(sort_by: str):
 
 
 def _index_for(shape: _Shape, per_status: bool) -> str:
-    """The index an arm seeks: per status, or one seek over every status."""
+    """The index an arm seeks: one status's range (every filtered or duration-sorted
+    listing, one arm per status), or the whole timeline (unfiltered, every status)."""
     if shape.workflow:
-        if not per_status and shape.sort_by == "created_at":
-            return schema.IX_WORKFLOW_CREATE_TIME
         return schema.IX_WORKFLOW_STATUS
     if shape.source:
-        if not per_status and shape.sort_by == "created_at":
-            return schema.IX_SOURCE_CREATE_TIME
         return schema.IX_SOURCE_STATUS
     if shape.sort_by == "execution_duration":
-        return schema.IX_STATUS_DURATION if per_status else schema.IX_DURATION
+        return schema.IX_STATUS_DURATION
     return schema.IX_STATUS_CREATE_TIME if per_status else schema.IX_CREATE_TIME
 
 
@@ -206,21 +208,33 @@ def _time_conditions(shape, table) -> list:
     return conditions
 
 
-def _arm(shape: _Shape, status, limit, columns: tuple) -> Select:
-    """One ordered, LIMIT-ed seek: all jobs (status None) or one status."""
+def _pg_lead(shape: _Shape):
+    """PostgreSQL, a workflow's or a source's timeline: the filter column that leads
+    each arm's ORDER BY (``_arm``); else None."""
+    if shape.dialect != "postgresql" or shape.sort_by != "created_at":
+        return None
+    return jobs.c.workflow_id if shape.workflow else jobs.c.source if shape.source else None
+
+
+def _arm(shape: _Shape, status, limit, columns: tuple, ordered: bool = True) -> Select:
+    """One ordered, LIMIT-ed seek: all jobs (status None: the unfiltered timeline) or
+    one status. ``ordered`` False: no ORDER BY (an arm of SQLite's merged compound,
+    which orders every arm itself)."""
+    assert status is not None or not (shape.workflow or shape.source or shape.sort_by != "created_at"), shape
     sort = _sort_column(shape.sort_by)
     stmt = select(*columns)
     if shape.dialect == "sqlite":
         index = _index_for(shape, status is not None)
         stmt = stmt.with_hint(jobs, f"INDEXED BY {index}", "sqlite")
-    # A workflow's / source's timeline of every status: the filter column leads the
-    # ORDER BY, so only the index that starts with it yields the order. On PostgreSQL,
-    # which has no hints, the filter is also written as a range: an equality would let
-    # the planner drop the column from the order and walk the timeline index instead,
-    # filtering its way through other jobs (a walk stale statistics can make look cheap).
-    lead = None
-    if status is None and (shape.workflow or shape.source):
-        lead = jobs.c.workflow_id if shape.workflow else jobs.c.source
+    # A workflow's / source's timeline, on PostgreSQL, which has no hints: the filter
+    # that leads the arm's index also leads its ORDER BY, written ``= ANY(ARRAY[v])``
+    # (an equality for the B-tree, so the scan still stops at the end of the status's
+    # entries, but no constant for the planner, which therefore cannot drop the column
+    # from the order). Only the index that starts with it yields that order: no plan
+    # can walk the timeline index filtering its way through other jobs instead (a
+    # walk that statistics blind to time make look cheap for a workflow or source
+    # whose jobs are all old; docs/postgresql.md).
+    lead = _pg_lead(shape) if status is not None else None
     if status is not None:
         stmt = stmt.where(jobs.c.status == status)
     for flag, column, name in (
@@ -230,10 +244,7 @@ def _arm(shape: _Shape, status, limit, columns: tuple) -> Select:
         if not flag:
             continue
         value = bindparam(name, type_=Text)
-        if column is lead and shape.dialect == "postgresql":
-            stmt = stmt.where(column >= value, column <= value)
-        else:
-            stmt = stmt.where(column == value)
+        stmt = stmt.where(column == any_(array([value])) if column is lead else column == value)
     for condition in _time_conditions(shape, jobs):
         stmt = stmt.where(condition)
     if shape.buckets:  # the rows from the bucket the offset falls in, onwards
@@ -243,10 +254,11 @@ def _arm(shape: _Shape, status, limit, columns: tuple) -> Select:
         key = tuple_(sort, jobs.c.id)
         bound = tuple_(bindparam("after_value", type_=BigInteger), bindparam("after_id", type_=Text))
         stmt = stmt.where(key < bound if shape.descending else key > bound)
-    order = _order(shape.descending, sort, jobs.c.id)
-    if lead is not None:
-        order = (lead.desc() if shape.descending else lead.asc(), *order)
-    stmt = stmt.order_by(*order)
+    if ordered:
+        order = _order(shape.descending, sort, jobs.c.id)
+        if lead is not None:
+            order = (lead.desc() if shape.descending else lead.asc(), *order)
+        stmt = stmt.order_by(*order)
     return stmt if limit is None else stmt.limit(limit)
 
 
@@ -394,26 +406,41 @@ def _winners_page(shape: _Shape, statuses: list, limit, offset) -> Select:
     """Keys first, rows last: the seeks (one per status, merged) read only ``(id, sort
     key)`` from their covering index, skip the offset and keep the page's winners,
     which alone are then read from ``jobs`` by id and rendered. Skipped rows are
-    never rendered (PostgreSQL would compute the select list of every skipped row)."""
+    never rendered (PostgreSQL would compute the select list of every skipped row).
+
+    The merge reads each arm only as far as the page needs. SQLite: one compound
+    SELECT whose ORDER BY merges the arms (``MERGE (UNION ALL)``: each arm a
+    co-routine walking its index in that order, no sort), LIMIT and OFFSET on the
+    merge. PostgreSQL: each arm ordered and LIMIT-ed to the page's window (without
+    the LIMIT its planner sorts whole arms), the arms merged by a Merge Append that
+    pulls from each only what the outer LIMIT takes."""
     sort = _sort_column(shape.sort_by)
     keys = (jobs.c.id.label("w_id"), sort.label("w_key"))
     if shape.buckets:
         offset = _bucket_skip(shape)
     if len(statuses) == 1:
         winners = _arm(shape, statuses[0], limit, keys).offset(offset).subquery("winners")
-    else:
-        window = bindparam("window", type_=Integer) if shape.limit else None  # each arm may feed the skip
-        if shape.buckets:
-            window = limit + _bucket_skip(shape)
-        arms = [select(_arm(shape, s, window, keys).subquery()) for s in statuses]
-        merged = union_all(*arms).subquery()
+    elif shape.dialect == "sqlite":
+        compound = union_all(*(_arm(shape, s, None, keys, ordered=False) for s in statuses))
+        merged_keys = compound.selected_columns
         winners = (
-            select(merged)
-            .order_by(*_order(shape.descending, merged.c.w_key, merged.c.w_id))
+            compound.order_by(*_order(shape.descending, merged_keys.w_key, merged_keys.w_id))
             .limit(limit)
             .offset(offset)
             .subquery("winners")
         )
+    else:
+        window = bindparam("window", type_=Integer) if shape.limit else None  # each arm may feed the skip
+        if shape.buckets:
+            window = limit + _bucket_skip(shape)
+        lead = _pg_lead(shape)  # every arm's (one value): the merge orders by it too, as the arms do
+        arm_keys = keys if lead is None else (lead.label("w_lead"), *keys)
+        arms = [select(_arm(shape, s, window, arm_keys).subquery()) for s in statuses]
+        merged = union_all(*arms).subquery()
+        order = _order(shape.descending, merged.c.w_key, merged.c.w_id)
+        if lead is not None:
+            order = (merged.c.w_lead.desc() if shape.descending else merged.c.w_lead.asc(), *order)
+        winners = select(merged.c.w_id, merged.c.w_key).order_by(*order).limit(limit).offset(offset).subquery("winners")
     stmt = (
         select(*page_columns(shape.dialect))
         .select_from(winners.join(jobs, jobs.c.id == winners.c.w_id))
@@ -582,9 +609,9 @@ def select_page(
         return []
     after = start
     filtered = query.workflow_id is not None or query.source is not None
-    if query.all_statuses and (not filtered or query.sort_by == "created_at"):
-        arms = "all"  # one seek: the timeline, or a workflow's / source's timeline
-    else:
+    if query.all_statuses and not filtered and query.sort_by == "created_at":
+        arms = "all"  # one seek: the timeline
+    else:  # one seek per status (a workflow's, a source's, by duration: every status too)
         arms = "one" if len(query.statuses) == 1 else "union"
     shape = _Shape(
         conn.dialect.name,
@@ -631,6 +658,26 @@ def select_page(
         total,
     )
     return _page_sql(replace(shape, buckets=False), conn.dialect).run(conn, values).fetchall()
+
+
+def merged_by_status(conn: Connection, arm: Callable[[str], Select], statuses: Sequence[str], limit: int) -> list:
+    """The first ``limit`` rows, in ``(create_time, id)`` order, of one seek per
+    status: ``arm(status)`` is one status's SELECT of ``jobs`` (unordered, with
+    ``create_time`` and ``id`` among its columns), on an index that starts with its
+    equality filters and the status and ends in ``(create_time, id)`` (a workflow's
+    or a source's jobs of every status, whose status-less indexes revision 0014
+    drops). Merged as a listing's arms are (``_winners_page``), each read only as
+    far as the rows taken from it: SQLite, one compound SELECT ordered by its ORDER
+    BY; PostgreSQL, each arm ordered and LIMIT-ed, then merged (Merge Append)."""
+    if not statuses:
+        return []
+    if conn.dialect.name == "sqlite":
+        compound = union_all(*(arm(status) for status in statuses))
+        merged_columns = compound.selected_columns
+        return list(conn.execute(compound.order_by(merged_columns.create_time, merged_columns.id).limit(limit)))
+    ordered = [arm(status).order_by(jobs.c.create_time, jobs.c.id).limit(limit) for status in statuses]
+    merged = union_all(*(select(each.subquery()) for each in ordered)).subquery()
+    return list(conn.execute(select(merged).order_by(merged.c.create_time, merged.c.id).limit(limit)))
 
 
 def count_total(conn: Connection, query: ListQuery) -> int:

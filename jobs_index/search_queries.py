@@ -662,23 +662,38 @@ class _Shape:
     until: bool = False
 
 
+def _merged(shape: _Shape) -> bool:
+    """A timeline that walks one seek per status, merged (as ``queries`` lists them):
+    a workflow's or a source's jobs, or jobs by duration, of more than one status
+    (their indexes start with the filter and the status: ``_timeline_index``)."""
+    return shape.statuses != 1 and (shape.workflow or shape.source or shape.sort_by != "created_at")
+
+
+def _arm_count(shape: _Shape) -> int:
+    """The merged walk's arms: one per listed status (every status: ``STATUS_VALUES``)."""
+    return shape.statuses or len(schema.STATUS_VALUES)
+
+
 def _timeline_index(shape: _Shape) -> str:
     """The index a timeline walk reads (``walked_query`` counts its jobs): with one
-    status, the status's own range, so that no job of another status is read."""
-    one = shape.statuses == 1
-    if shape.sort_by == "created_at":
-        if shape.workflow:
-            return schema.IX_WORKFLOW_STATUS if one else schema.IX_WORKFLOW_CREATE_TIME
-        if shape.source:
-            return schema.IX_SOURCE_STATUS if one else schema.IX_SOURCE_CREATE_TIME
-        return schema.IX_STATUS_CREATE_TIME if one else schema.IX_CREATE_TIME
-    return schema.IX_STATUS_DURATION if one else schema.IX_DURATION
+    status (or one arm of a merged walk, ``_merged``), the status's own range, so that
+    no job of another status is read."""
+    if shape.sort_by != "created_at":  # by duration: the workflow and source are filtered
+        return schema.IX_STATUS_DURATION
+    if shape.workflow:
+        return schema.IX_WORKFLOW_STATUS
+    if shape.source:
+        return schema.IX_SOURCE_STATUS
+    return schema.IX_STATUS_CREATE_TIME if shape.statuses == 1 else schema.IX_CREATE_TIME
 
 
-def _filters(shape: _Shape, table: str) -> list[str]:
-    """The listing's filters on ``table`` (``jobs``, or ``s``: job_search's copies)."""
+def _filters(shape: _Shape, table: str, arm: int | None = None) -> list[str]:
+    """The listing's filters on ``table`` (``jobs``, or ``s``: job_search's copies);
+    ``arm``: one arm of a merged walk, whose status is ``:s{arm}``."""
     where = []
-    if shape.statuses:
+    if arm is not None:
+        where.append(f"{table}.status = :s{arm}")
+    elif shape.statuses:
         where.append(f"{table}.status IN ({', '.join(f':s{i}' for i in range(shape.statuses))})")
     if shape.workflow:
         where.append(f"{table}.workflow_id = :workflow")
@@ -693,23 +708,65 @@ def _filters(shape: _Shape, table: str) -> list[str]:
 
 def _order_tail(shape: _Shape, table: str, id_column: str) -> tuple[str, list[str]]:
     """(ORDER BY ... LIMIT ... OFFSET ..., [keyset condition]) on ``table``'s columns."""
-    sort = f"{table}.create_time" if shape.sort_by == "created_at" else f"{table}.execution_duration"
+    sort = _sort_sql(shape, table)
     direction = "DESC" if shape.descending else "ASC"
     where = []
     if shape.after:
         where.append(f"({sort}, {id_column}) {'<' if shape.descending else '>'} (:after_value, :after_id)")
-    tail = f" ORDER BY {sort} {direction}, {id_column} {direction}"
-    if shape.limit:
-        tail += " LIMIT :limit"
+    return f" ORDER BY {sort} {direction}, {id_column} {direction}{_limits(shape)}", where
+
+
+def _limits(shape: _Shape) -> str:
+    """`` LIMIT :limit OFFSET :offset``, as the shape has them."""
+    tail = " LIMIT :limit" if shape.limit else ""
     if shape.offset:
         tail += " OFFSET :offset" if shape.limit or shape.dialect == "postgresql" else " LIMIT -1 OFFSET :offset"
-    return tail, where
+    return tail
+
+
+def _sort_sql(shape: _Shape, table: str) -> str:
+    return f"{table}.create_time" if shape.sort_by == "created_at" else f"{table}.execution_duration"
+
+
+def _merged_walk(shape: _Shape, select: str, where: list[str], window: str | None, tail: str) -> str:
+    """The arms of a merged walk (``_merged``), one per status, each ``SELECT
+    {select} FROM jobs`` on its status's range with ``where``, merged in the
+    listing's order; ``tail``: the merge's LIMIT / OFFSET. Each arm is read only as
+    far as the merge takes rows from it: SQLite merges a compound SELECT by its ORDER
+    BY (each arm a co-routine walking its index in that order); PostgreSQL needs each
+    arm ordered and LIMIT-ed (``window``) to plan a Merge Append of index scans."""
+    direction = "DESC" if shape.descending else "ASC"
+    order = f" ORDER BY w_key {direction}, w_id {direction}"
+    sort = _sort_sql(shape, "jobs")
+    arms = []
+    for arm in range(_arm_count(shape)):
+        conditions = " AND ".join([*_filters(shape, "jobs", arm), *where])
+        if shape.dialect == "sqlite":
+            arms.append(f"SELECT {select} FROM jobs INDEXED BY {_timeline_index(shape)} WHERE {conditions}")
+        else:
+            limit = f" LIMIT {window}" if window else ""
+            arms.append(
+                f"(SELECT {select} FROM jobs WHERE {conditions} "
+                f"ORDER BY {sort} {direction}, jobs.id {direction}{limit})"
+            )
+    return " UNION ALL ".join(arms) + order + tail
 
 
 @lru_cache(maxsize=512)
 def _page_sql(shape: _Shape) -> str:
     search = _STORES[shape.dialect]
     columns = page_columns_sql(shape.dialect)
+    direction = "DESC" if shape.descending else "ASC"
+    join = "CROSS JOIN" if shape.dialect == "sqlite" else "JOIN"
+    if shape.plan == "timeline" and _merged(shape):
+        _, keyset = _order_tail(shape, "jobs", "jobs.id")
+        window = ":window" if shape.limit else None  # the rows an arm may add to the page and its offset
+        keys = f"jobs.id AS w_id, {_sort_sql(shape, 'jobs')} AS w_key"
+        winners = _merged_walk(shape, keys, [*keyset, search.probe_sql()], window, _limits(shape))
+        return (
+            f"SELECT {columns} FROM ({winners}) AS w {join} jobs ON jobs.id = w.w_id "
+            f"ORDER BY w.w_key {direction}, w.w_id {direction}"
+        )
     if shape.plan == "timeline":
         tail, keyset = _order_tail(shape, "jobs", "jobs.id")
         where = [*_filters(shape, "jobs"), *keyset, search.probe_sql()]
@@ -720,10 +777,8 @@ def _page_sql(shape: _Shape) -> str:
     # then read from jobs and rendered.
     tail, keyset = _order_tail(shape, "s", "s.job_id")
     where = [search.match_condition, *_filters(shape, "s"), *keyset]
-    sort = "s.create_time" if shape.sort_by == "created_at" else "s.execution_duration"
-    winners = f"SELECT s.job_id AS w_id, {sort} AS w_key FROM {search.matches_from} WHERE {' AND '.join(where)}{tail}"
-    join = "CROSS JOIN" if shape.dialect == "sqlite" else "JOIN"
-    direction = "DESC" if shape.descending else "ASC"
+    keys = f"s.job_id AS w_id, {_sort_sql(shape, 's')} AS w_key"
+    winners = f"SELECT {keys} FROM {search.matches_from} WHERE {' AND '.join(where)}{tail}"
     return (
         f"SELECT {columns} FROM ({winners}) AS w {join} jobs ON jobs.id = w.w_id "
         f"ORDER BY w.w_key {direction}, w.w_id {direction}"
@@ -862,15 +917,17 @@ def choose_plan(
 
 def walked_query(query: ListQuery, dialect: str = "sqlite") -> ListQuery:
     """The listing whose jobs a timeline-first plan walks: the index's own filter
-    (``_timeline_index``; SQLite without a workflow or source filter: every search
-    row, ``_walk_sql``)."""
-    one = len(query.statuses) == 1 and not query.all_statuses
-    if dialect == "sqlite" and query.sort_by == "created_at" and query.workflow_id is None and query.source is None:
-        one = False
+    (``_timeline_index``: a workflow's or source's jobs by creation time and jobs by
+    duration, of the listed statuses, one seek per status; SQLite without a workflow
+    or source filter: every search row, ``_walk_sql``)."""
+    if query.sort_by == "created_at" and query.workflow_id is None and query.source is None:
+        one = len(query.statuses) == 1 and not query.all_statuses and dialect != "sqlite"
+        return ListQuery(statuses=query.statuses if one else ListQuery().statuses)
+    by_time = query.sort_by == "created_at"
     return ListQuery(
-        statuses=query.statuses if one else ListQuery().statuses,
-        workflow_id=query.workflow_id if query.sort_by == "created_at" else None,
-        source=query.source if query.sort_by == "created_at" and query.workflow_id is None else None,
+        statuses=query.statuses,
+        workflow_id=query.workflow_id if by_time else None,
+        source=query.source if by_time and query.workflow_id is None else None,
     )
 
 
@@ -899,6 +956,11 @@ def select_page(
     )
     values = _values(conn, query, probes=plan == "timeline")
     values.update(limit=limit, offset=offset)
+    if plan == "timeline" and _merged(shape):
+        if not shape.statuses:  # one arm per status
+            values.update({f"s{i}": status for i, status in enumerate(schema.STATUS_VALUES)})
+        if limit is not None:
+            values.update(window=limit + offset)
     if after is not None:
         values.update(after_value=after.value, after_id=after.id)
     if plan == "matches":
@@ -920,8 +982,9 @@ def _walk_sql(shape: _Shape) -> str:
     order, with their docids. Without a workflow or source filter, from
     ``ix_job_search_timeline`` (revision 0011_search_timeline: sort key, id, status
     and docid in one index, on job_search's copies of the listing columns, as the
-    matches-first plan reads them); with one, the listing's own ``jobs`` index and
-    each job's docid looked up (a jobs row without a search row cannot match)."""
+    matches-first plan reads them); with one, the listing's own ``jobs`` index (one
+    seek per status, merged, unless one status is listed: ``_merged_walk``) and each
+    job's docid looked up (a jobs row without a search row cannot match)."""
     if not shape.workflow and not shape.source:
         tail, keyset = _order_tail(replace(shape, limit=True, offset=False), "s", "s.job_id")
         where = [*_filters(shape, "s"), *keyset]
@@ -929,7 +992,13 @@ def _walk_sql(shape: _Shape) -> str:
             f"SELECT s.job_id, s.create_time, s.docid FROM job_search AS s INDEXED BY {SQLITE_TIMELINE_INDEX}"
             f"{' WHERE ' + ' AND '.join(where) if where else ''}{tail}"
         )
-    tail, keyset = _order_tail(replace(shape, limit=True, offset=False), "jobs", "jobs.id")
+    batch = replace(shape, limit=True, offset=False)
+    tail, keyset = _order_tail(batch, "jobs", "jobs.id")
+    if _merged(shape):
+        keys = (
+            "jobs.id AS w_id, jobs.create_time AS w_key, (SELECT s.docid FROM job_search AS s WHERE s.job_id = jobs.id)"
+        )
+        return _merged_walk(batch, keys, keyset, None, " LIMIT :limit")
     where = [*_filters(shape, "jobs"), *keyset]
     return (
         f"SELECT jobs.id, jobs.create_time, s.docid FROM jobs INDEXED BY {_timeline_index(shape)} "

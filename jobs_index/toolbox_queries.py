@@ -7,13 +7,13 @@ transactions belong to the services (``services``, ``toolbox``). Times are epoch
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy import Connection, Row, and_, delete, false, func, literal, or_, select, true, tuple_
 
 from . import schema, search_queries
 from .normalize import column_text
-from .queries import _chunks
+from .queries import _chunks, merged_by_status
 
 jobs = schema.table(schema.Job)
 job_outputs = schema.table(schema.JobOutput)
@@ -207,10 +207,16 @@ class ExportFilter:
 
 
 def export_chunk(conn: Connection, f: ExportFilter, after: tuple[int, str] | None, limit: int) -> Sequence[Row]:
-    """Full rows in ``(create_time, id)`` order, strictly after ``after`` (keyset)."""
-    stmt = _export_filtered(select(jobs), f)
+    """Full rows in ``(create_time, id)`` order, strictly after ``after`` (keyset).
+    A workflow's jobs: one seek per status on ``(workflow_id, status, create_time,
+    id)``, merged (``queries.merged_by_status``), so a chunk reads about a chunk of
+    rows, not the rest of the workflow."""
+    stmt = _export_filtered(select(jobs), replace(f, statuses=None) if f.workflow_id is not None else f)
     if after is not None:
         stmt = stmt.where(tuple_(jobs.c.create_time, jobs.c.id) > tuple_(*after))
+    if f.workflow_id is not None:
+        statuses = schema.STATUS_VALUES if f.statuses is None else [s for s in schema.STATUS_VALUES if s in f.statuses]
+        return merged_by_status(conn, lambda status: stmt.where(jobs.c.status == status), statuses, limit)
     return conn.execute(stmt.order_by(jobs.c.create_time, jobs.c.id).limit(limit)).all()
 
 

@@ -455,6 +455,86 @@ def test_batched_timeline_pages_are_the_matches_pages(searched, monkeypatch, bat
                     assert [r[0] for r in page] == every[cut + 1 : cut + 10], (text, params, cut)
 
 
+@pytest.mark.parametrize("batch", [2, 64])
+def test_merged_timelines_page_as_the_reference(index, monkeypatch, batch):
+    """A workflow's or a source's jobs of several statuses (every one included) and
+    the jobs by duration walk one seek per status, merged (revision 0014 dropped the
+    status-less indexes; ``search_queries._merged``): every timeline page (limits,
+    offsets, cursors, both orders, SQLite's batches) is the matches plan's and the
+    reference's, and each arm's plan is a seek of its status's range."""
+    from dataclasses import replace
+
+    from jobs_index import search_queries
+    from jobs_index.database import read_transaction
+    from jobs_index.queries import ROW_CREATE_TIME, ROW_DURATION, Position
+
+    monkeypatch.setattr(search_queries, "TIMELINE_BATCH_MIN", batch)
+    records = all_records()
+    for source, part in (("a", records[0::2]), ("b", records[1::2])):
+        index.ingest(part, source=source)
+    records = [replace(r, source="ab"[i % 2]) for i, r in enumerate(records)]
+    workflow = next(r.workflow_id for r in records if r.workflow_id and r.status == "failed")
+    merged = [
+        {"source": "a"},
+        {"source": "b", "status": "completed,failed", "sort_order": "asc"},
+        {"workflow_id": workflow},
+        {"workflow_id": workflow, "status": "failed,completed,pending", "sort_order": "asc"},
+        {"sort_by": "execution_duration"},
+        {"sort_by": "execution_duration", "sort_order": "asc", "status": "completed,cancelled"},
+        {"sort_by": "execution_duration", "source": "b"},
+    ]
+    for params in merged:
+        by_duration = params.get("sort_by") == "execution_duration"
+        for text in ("a", "ksampler", "fox", "nothingmatchesthis"):
+            query = parse_list_query({**params, "q": text})
+            expected = reference(
+                records,
+                text,
+                statuses=params["status"].split(",") if "status" in params else None,
+                workflow=params.get("workflow_id"),
+                source=params.get("source"),
+                sort_by=params.get("sort_by", "created_at"),
+                descending=params.get("sort_order", "desc") == "desc",
+            )
+            with read_transaction(index.engine) as conn:
+                for plan in ("matches", "timeline"):
+                    rows = search_queries.select_page(conn, query, plan=plan, limit=None)
+                    assert [r[0] for r in rows] == expected, (params, text, plan)
+                for limit, offset in ((1, 0), (5, 0), (7, 3), (50, 0), (4, 20), (3, max(0, len(expected) - 1))):
+                    page = search_queries.select_page(conn, query, plan="timeline", limit=limit, offset=offset)
+                    assert [r[0] for r in page] == expected[offset : offset + limit], (params, text, limit, offset)
+                for cut in range(0, len(expected), max(1, len(expected) // 4)):
+                    row = search_queries.select_page(conn, query, plan="matches", limit=1, offset=cut)[0]
+                    after = Position(row[ROW_DURATION if by_duration else ROW_CREATE_TIME], row[0])
+                    page = search_queries.select_page(conn, query, plan="timeline", limit=6, after=after)
+                    assert [r[0] for r in page] == expected[cut + 1 : cut + 7], (params, text, cut)
+        if index.engine.dialect.name == "sqlite":
+            shape = search_queries._Shape(
+                "sqlite",
+                "timeline",
+                params.get("sort_by", "created_at"),
+                True,
+                len(params["status"].split(",")) if "status" in params else 0,
+                "workflow_id" in params,
+                "source" in params,
+                False,
+                True,
+                True,
+            )
+            assert search_queries._merged(shape), params
+            arms = len(params["status"].split(",")) if "status" in params else 5
+            for sql in [search_queries._page_sql(shape)] + ([] if by_duration else [search_queries._walk_sql(shape)]):
+                values = {f"s{i}": "completed" for i in range(5)}
+                values.update(m="fox", workflow=workflow, source="a", limit=5, offset=1, window=6)
+                with index.engine.connect() as conn:
+                    plan_lines = [r[3] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, values)]
+                seeks = [line for line in plan_lines if line.startswith(("SEARCH jobs", "SCAN jobs"))]
+                index_name = search_queries._timeline_index(shape)
+                assert seeks.count(next(x for x in seeks if index_name in x)) == arms, plan_lines
+                assert all(line.startswith("SEARCH") for line in seeks), plan_lines
+                assert plan_lines.count("MERGE (UNION ALL)") == arms - 1, plan_lines
+
+
 PREFIX_QUERIES = [
     "jugg*",  # one word, common
     "ka*",  # many words: above a small cap

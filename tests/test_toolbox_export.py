@@ -114,6 +114,42 @@ def test_filters(index, db_url):
     assert bad.exit_code == 2 and bad.stderr.startswith("Error: --since: invalid duration")
 
 
+def test_a_workflows_export_merges_one_seek_per_status_across_chunks(index):
+    """A workflow's jobs are read one seek per status, merged (revision 0014 drops
+    ``(workflow_id, create_time, id)``): every chunk boundary keeps the order, every
+    status of the workflow is there, and a status filter takes its statuses only."""
+    from jobs_index.normalize import from_history, from_queue
+    from jobs_index.sample import synthetic_history
+
+    records = [from_history(k, v) for k, v in synthetic_history(120, seed=31, workflows=3)]
+    workflow = records[0].workflow_id
+    live = [
+        [
+            900 + n,
+            f"live-{n}",
+            {},
+            {"create_time": records[n * 7].create_time, "extra_pnginfo": {"workflow": {"id": workflow}}},
+            [],
+        ]
+        for n in range(4)
+    ]
+    records += [from_queue(item, "pending" if n % 2 else "in_progress") for n, item in enumerate(live)]
+    index.ingest(records)
+    for statuses in (None, ("pending", "failed"), ("completed",)):
+        expected = sorted(
+            (r.create_time, r.id)
+            for r in records
+            if r.workflow_id == workflow and (statuses is None or r.status in statuses)
+        )
+        assert len({r.status for r in records if r.workflow_id == workflow}) >= 4
+        for chunk in (1, 4, 500):
+            lines = [
+                json.loads(x)
+                for x in export_lines(index, ExportFilter(statuses=statuses, workflow_id=workflow), chunk=chunk)
+            ]
+            assert [(x["job"]["create_time"], x["job"]["id"]) for x in lines] == expected, (statuses, chunk)
+
+
 def test_bad_lines_are_rejected_one_by_one(index, db_url, tmp_path):
     build_recent(index, 5)
     lines = list(export_lines(index, ExportFilter()))
