@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Pages of the listings revision 0014 changed, the code before against this code,
+"""Pages of the listings revision 0015 changed, the code before against this code,
 in one process, interleaved call by call (issue 16: three indexes fewer).
 
     nice -n 15 .venv/bin/python benchmarks/fewer_indexes.py --base /tmp/base \\
@@ -9,7 +9,7 @@ in one process, interleaved call by call (issue 16: three indexes fewer).
 copy, as ``jobs_index_base``); ``--before``: an index it wrote (revision 0013, with
 ``(workflow_id, create_time, id)``, ``(source, create_time, id)`` and
 ``(execution_duration, id)``); ``--after``: the same jobs written by this code
-(0014, without them). Both are opened without migrating. Each shape's page
+(0015, without them). Both are opened without migrating. Each shape's page
 (``list_jobs`` + ``body``, what the route does) is asked of both in turn, the
 first of the pair alternating, ``--repeat`` times: p50 and p90 in µs, and the
 load average around the run (the machine may be shared). The two answers of every

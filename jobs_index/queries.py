@@ -10,7 +10,7 @@ on ``ix_jobs_create_time_id`` (or the ascending twin). Every other listing (a
 status, workflow or source filter, or the sort by duration, of any statuses, all
 five included) is one seek per selected status on an index that starts with the
 filter columns and the status and ends in the sort key, merged with UNION ALL
-(``_winners_page``: each arm reads only as far as the page needs). Migration 0014
+(``_winners_page``: each arm reads only as far as the page needs). Migration 0015
 dropped the status-less twins of these indexes for the bytes (issue 16).
 On SQLite each arm names its index (``INDEXED BY``), so no statistics ``ANALYZE``
 gathers can turn it into a table walk. PostgreSQL has no hints: every query gets a
@@ -665,7 +665,7 @@ def merged_by_status(conn: Connection, arm: Callable[[str], Select], statuses: S
     status: ``arm(status)`` is one status's SELECT of ``jobs`` (unordered, with
     ``create_time`` and ``id`` among its columns), on an index that starts with its
     equality filters and the status and ends in ``(create_time, id)`` (a workflow's
-    or a source's jobs of every status, whose status-less indexes revision 0014
+    or a source's jobs of every status, whose status-less indexes revision 0015
     drops). Merged as a listing's arms are (``_winners_page``), each read only as
     far as the rows taken from it: SQLite, one compound SELECT ordered by its ORDER
     BY; PostgreSQL, each arm ordered and LIMIT-ed, then merged (Merge Append)."""

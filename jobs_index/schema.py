@@ -109,7 +109,7 @@ class Job(Base):
         Index(None, "source", "status", "create_time", "id"),
         Index(None, "status", "execution_duration", "id"),
         # Listings of every status filtered by workflow or source, or sorted by
-        # duration, merge one seek per status on these (migration 0014 dropped the
+        # duration, merge one seek per status on these (migration 0015 dropped the
         # status-less twins: bytes per job, issue 16).
     )
 

@@ -1,11 +1,11 @@
-"""Migration 0014_fewer_jobs_indexes: ``jobs`` loses ``(workflow_id, create_time,
+"""Migration 0015_fewer_jobs_indexes: ``jobs`` loses ``(workflow_id, create_time,
 id)``, ``(source, create_time, id)`` and ``(execution_duration, id)``; a listing of
 every status by workflow, by source or by duration merges one seek per status on
 the per-status twins instead (``queries._winners_page``).
 
-Upgraded from 0013 with jobs (two sources, a few workflows, every status, equal
+Upgraded from 0014 with jobs (two sources, a few workflows, every status, equal
 create_times and durations), every such listing answers byte for byte as it did at
-0013 and as a brute-force reference: cursor walks, offset pages, both orders, time
+0014 and as a brute-force reference: cursor walks, offset pages, both orders, time
 ranges, totals. Downgraded, the indexes are back and the answers the same; upgraded
 again, the same."""
 
@@ -23,7 +23,7 @@ from jobs_index.database import alembic_config, current_revision, make_engine, m
 from jobs_index.normalize import from_history, from_queue
 from jobs_index.sample import synthetic_history
 
-BEFORE, REVISION = "0013_time_buckets", "0014_fewer_jobs_indexes"
+BEFORE, REVISION = "0014_search_facets", "0015_fewer_jobs_indexes"
 DROPPED = {"ix_jobs_workflow_id_create_time_id", "ix_jobs_source_create_time_id", "ix_jobs_execution_duration_id"}
 KEPT = {
     "ix_jobs_create_time_id",

@@ -156,7 +156,7 @@ def test_pg_id_collation_is_c_everywhere(pg_url):
             collations = _id_collations(conn)
     finally:
         engine.dispose()
-    # The column, the primary key and the five keyset indexes (all end in id; 0014 dropped three): "C".
+    # The column, the primary key and the five keyset indexes (all end in id; 0015 dropped three): "C".
     assert len(collations) >= 1 + 1 + 5, collations
     assert set(collations.values()) == {"C"}, collations
 

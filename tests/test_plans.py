@@ -10,7 +10,7 @@ listener), then asks the engine for that statement's plan with the same paramete
   by the compound's ORDER BY without sorting them (``MERGE (UNION ALL)``); only the
   page's winners may be sorted again after their lookup by id. A workflow's, a
   source's and the duration listing of every status are one arm per status
-  (revision 0014 dropped their status-less indexes).
+  (revision 0015 dropped their status-less indexes).
 * PostgreSQL: the pending listing run 12 times (past psycopg's prepare threshold of
   5 and PostgreSQL's 5 custom plans) is planned each time on
   ``ix_jobs_status_create_time_id``, as shown by auto_explain (the plan actually

@@ -458,7 +458,7 @@ def test_batched_timeline_pages_are_the_matches_pages(searched, monkeypatch, bat
 @pytest.mark.parametrize("batch", [2, 64])
 def test_merged_timelines_page_as_the_reference(index, monkeypatch, batch):
     """A workflow's or a source's jobs of several statuses (every one included) and
-    the jobs by duration walk one seek per status, merged (revision 0014 dropped the
+    the jobs by duration walk one seek per status, merged (revision 0015 dropped the
     status-less indexes; ``search_queries._merged``): every timeline page (limits,
     offsets, cursors, both orders, SQLite's batches) is the matches plan's and the
     reference's, and each arm's plan is a seek of its status's range."""

@@ -115,7 +115,7 @@ def test_filters(index, db_url):
 
 
 def test_a_workflows_export_merges_one_seek_per_status_across_chunks(index):
-    """A workflow's jobs are read one seek per status, merged (revision 0014 drops
+    """A workflow's jobs are read one seek per status, merged (revision 0015 drops
     ``(workflow_id, create_time, id)``): every chunk boundary keeps the order, every
     status of the workflow is there, and a status filter takes its statuses only."""
     from jobs_index.normalize import from_history, from_queue

@@ -29,8 +29,8 @@ us per skipped row, one index ~0.01-0.05), PostgreSQL 1.37-1.50x. Under load 4-6
 2.5 ms over HTTP at 1M for the merge of the time (arms that each sorted their
 window).
 
-Revision ID: 0014_fewer_jobs_indexes
-Revises: 0013_time_buckets
+Revision ID: 0015_fewer_jobs_indexes
+Revises: 0014_search_facets
 Create Date: 2026-12-06
 """
 
@@ -38,8 +38,8 @@ from __future__ import annotations
 
 from alembic import op
 
-revision = "0014_fewer_jobs_indexes"
-down_revision = "0013_time_buckets"
+revision = "0015_fewer_jobs_indexes"
+down_revision = "0014_search_facets"
 branch_labels = None
 depends_on = None
 
