@@ -18,10 +18,11 @@ from jobs_index.database import alembic_config, current_revision, make_engine, m
 from jobs_index.normalize import from_history
 from jobs_index.rawcodec import decode_item as decode_raw
 from jobs_index.sample import realistic_history, synthetic_history
-from jobs_index.search import document, matches, parse
+from jobs_index.search import document
 from jobs_index.search_queries import facets_hash
 
 from .test_search_narrow_migration import hand_delete, jobs_at_0007
+from .test_search_timeline_migration import reference_ids
 
 BEFORE, REVISION = "0013_time_buckets", "0014_search_facets"
 QUERIES = ("and", "masterpiece portrait", '"best quality"', "jugg*", "ksampler -loraloader")
@@ -50,12 +51,7 @@ def wide_rows(engine) -> list[tuple]:
 def check_search(index: JobsIndex, live: list) -> None:
     for q in QUERIES:
         for status in (None, "failed"):
-            expected = [
-                r.id
-                for r in sorted(live, key=lambda r: (r.create_time, r.id), reverse=True)
-                if matches(parse(q), document(r.raw_kind, decode_raw(r.raw)).words)
-                and (status is None or r.status == status)
-            ]
+            expected = reference_ids(live, q, status)
             page = index.list_jobs(parse_list_query({"q": q, "limit": "500", **({"status": status} if status else {})}))
             assert page.total == len(expected), (q, status)
             assert [j["id"] for j in page.jobs] == expected, (q, status)

@@ -34,15 +34,19 @@ def has_index(engine) -> bool:
     return "ix_job_search_timeline" in {i["name"] for i in inspect(engine).get_indexes("job_search")}
 
 
+def reference_ids(live: list, q: str, status: str | None) -> list[str]:
+    """The ids of ``live`` records matching ``q`` (and ``status``), newest first, by brute force."""
+    return [
+        r.id
+        for r in sorted(live, key=lambda r: (r.create_time, r.id), reverse=True)
+        if matches(parse(q), document(r.raw_kind, decode_raw(r.raw)).words) and (status is None or r.status == status)
+    ]
+
+
 def check_pages(index: JobsIndex, live: list) -> None:
     for q in QUERIES:
         for status in (None, "failed"):
-            expected = [
-                r.id
-                for r in sorted(live, key=lambda r: (r.create_time, r.id), reverse=True)
-                if matches(parse(q), document(r.raw_kind, decode_raw(r.raw)).words)
-                and (status is None or r.status == status)
-            ]
+            expected = reference_ids(live, q, status)
             query = parse_list_query({"q": q, **({"status": status} if status else {})})
             with read_transaction(index.engine) as conn:
                 for limit, offset in ((5, 0), (50, 3), (1, max(0, len(expected) - 1))):
