@@ -36,6 +36,7 @@ SEARCH_TABLES = frozenset(
     {"job_search", "job_search_fts", "job_search_fts_data", "job_search_fts_idx", "job_search_fts_config"}
     | {"job_search_orphans"}  # 0009_search_narrow
     | {"job_search_grams"}  # 0012_search_grams
+    | {"job_search_facets"}  # 0014_search_facets
 )
 OUR_TABLES = frozenset(Base.metadata.tables) | {VERSION_TABLE} | SEARCH_TABLES
 

@@ -23,7 +23,7 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import insert, inspect, select, text
 
-from jobs_index import JobsIndex
+from jobs_index import JobsIndex, search_queries
 from jobs_index.database import ForeignKeyViolation, StorageError, current_revision, head_revision, make_engine, migrate
 from jobs_index.schema import FollowedSource, Job, JobOutput
 from jobs_index.search_queries import _document, store
@@ -117,6 +117,26 @@ def upgrade(url: str, revision: str, root: Path, way: str) -> None:
         engine.dispose()
 
 
+def add_search_rows(conn, records: list, position: int) -> None:
+    """The search rows of ``records`` as the index at REVISIONS[position] holds them:
+    before 0014_search_facets SQLite's job_search had the lists as its own columns."""
+    if conn.dialect.name != "sqlite" or position >= REVISIONS.index("0014_search_facets"):
+        store(conn).add(conn, records)
+        return
+    first = (conn.exec_driver_sql("SELECT max(docid) FROM job_search").scalar() or 0) + 1
+    rows, docs = [], []
+    for docid, record in enumerate(records, first):
+        doc = _document(record)
+        rows.append((docid, *search_queries._row_values(record, doc, None)))
+        if doc.words:
+            docs.append((docid, doc.fts_text()))
+    names = ", ".join(search_queries.ROW_COLUMNS)
+    conn.exec_driver_sql(
+        f"INSERT INTO job_search (docid, {names}) VALUES (?{', ?' * len(search_queries.ROW_COLUMNS)})", rows
+    )
+    conn.exec_driver_sql("INSERT INTO job_search_fts (rowid, doc) VALUES (?, ?)", docs)
+
+
 def populate(url: str, revision: str) -> list:
     """Jobs (half with a source), side rows and a followed source, as far as
     ``revision`` has tables for them, written with plain SQL (counted by triggers);
@@ -141,7 +161,7 @@ def populate(url: str, revision: str) -> list:
                 nodes = [{"a": r.id, "b": n["node_id"], "c": n["class_type"]} for r in records for n in record_nodes(r)]
                 conn.execute(text("INSERT INTO job_nodes (job_id, node_id, class_type) VALUES (:a, :b, :c)"), nodes)
             if position >= REVISIONS.index("0008_search"):  # job_search replaced job_nodes
-                store(conn).add(conn, records)
+                add_search_rows(conn, records, position)
             if position >= REVISIONS.index("0003_followed_sources"):
                 conn.execute(
                     insert(FollowedSource.__table__),
