@@ -46,7 +46,7 @@ OUTPUT_COLUMNS = ("ordinal", "node_id", "media_type", "filename", "subfolder", "
 # the search document's name lists (JSON text); the full-text part (SQLite's
 # contentless FTS5, PostgreSQL's tsvector) is rewritten with the row on repair.
 SEARCH_LISTED = ("create_time", "execution_duration", "status", "workflow_id", "source")
-SEARCH_COLUMNS = (*SEARCH_LISTED, "node_types", "models", "loras")  # the facets: SQLite's job_search_facets
+SEARCH_COLUMNS = (*SEARCH_LISTED, *search_queries.FACETS)  # the lists: SQLite's job_search_facets
 
 
 def job_batch(conn: Connection, after: str | None, limit: int, *, for_update: bool = False) -> Sequence[Row]:

@@ -6,9 +6,10 @@ The search structures are derived from ``jobs.raw`` (``search.document``; migrat
 holds every engine difference; callers ask ``store(conn)`` and never test the
 dialect themselves:
 
-* SQLite: ``job_search(docid, job_id, <the listing columns>)``, its node types,
-  models and LoRAs in ``job_search_facets(docid, ...)`` (revision 0014_search_facets:
-  a match reads a narrow row), and the FTS5 table ``job_search_fts(doc)``,
+* SQLite: ``job_search(docid, job_id, <the listing columns>, facets_id)``, each
+  distinct (node_types, models, loras) once in ``job_search_facets(id, hash, ...)``
+  (revision 0014_search_facets: a match reads a narrow row), and the FTS5 table
+  ``job_search_fts(doc)``,
   contentless (the words are not stored twice), keyed by ``docid`` (AUTOINCREMENT,
   never reused). A contentless FTS5 table forgets a
   document only when told its words, so ``forget`` re-derives them from ``raw``
