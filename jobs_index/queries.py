@@ -54,11 +54,15 @@ from sqlalchemy.dialects.postgresql import array
 
 from . import schema
 from .cursor import MAX_ID_LENGTH
+from .database import PLANS
 from .normalize import answer_text, column_text
 from .params import STATUSES as LISTED_STATUSES
 from .params import ListQuery
 
 log = logging.getLogger(__name__)
+# Execution options (``database.PLANS``): a page whose plan cannot depend on its
+# values (generic plans), and a lookup by key that is as good in either mode.
+_GENERIC, _EITHER = {PLANS: "generic"}, {PLANS: "any"}
 jobs = schema.table(schema.Job)
 counts = schema.table(schema.JobCount)
 buckets = schema.table(schema.JobTimeBucket)
@@ -196,6 +200,9 @@ class _Shape:
     since: bool = False  # create_time >= :since
     until: bool = False  # create_time < :until
     buckets: bool = False  # the offset is skipped bucket by bucket (``_bucket_position``)
+    # PostgreSQL, a page of a plan-stable shape (``_plan_stable``): its LIMIT written
+    # as this constant, so a generic plan still knows how few rows the page takes
+    page_size: int | None = None
 
 
 def _time_conditions(shape, table) -> list:
@@ -304,9 +311,38 @@ def _counted_column(shape, statuses: list | None):
     return stmt.scalar_subquery()
 
 
+def _limit(shape: _Shape):
+    if shape.page_size is not None:
+        return literal_column(str(int(shape.page_size)))
+    return bindparam("limit", type_=Integer) if shape.limit else None
+
+
+def _window(shape: _Shape):
+    """How far each arm of a PostgreSQL merge reads: the page and the offset."""
+    if shape.page_size is not None:  # no offset (``_plan_stable``)
+        return literal_column(str(int(shape.page_size)))
+    return bindparam("window", type_=Integer) if shape.limit else None
+
+
+def _plan_stable(shape: _Shape) -> bool:
+    """A PostgreSQL page whose best plan is the same for every value of its
+    parameters, so it may run on a generic plan (``database.PLANS``): each arm
+    has one index that yields its order with its filters as equalities (the status,
+    the workflow or source as ``= ANY(ARRAY[v])``), the keyset bound is a range of
+    that order, the LIMIT is a constant (``page_size``) and the total is a lookup
+    of ``job_counts``' key. Not a time range (the range's width decides between
+    indexes and counts rows) nor an offset (how far to skip decides the plan; a
+    deep one walks ``job_time_buckets``): those keep a custom plan."""
+    return (
+        shape.dialect == "postgresql"
+        and shape.limit
+        and not (shape.offset or shape.buckets or shape.since or shape.until)
+    )
+
+
 def _page_select(shape: _Shape) -> Select:
     statuses = _status_params(shape.statuses)
-    limit = bindparam("limit", type_=Integer) if shape.limit else None
+    limit = _limit(shape)
     offset = bindparam("offset", type_=Integer) if shape.offset else None
     arms = {"all": [None], "one": statuses[:1]}.get(shape.arms, statuses)
     if len(arms) == 1 and not shape.offset:  # a single seek: read the page's rows directly
@@ -430,7 +466,7 @@ def _winners_page(shape: _Shape, statuses: list, limit, offset) -> Select:
             .subquery("winners")
         )
     else:
-        window = bindparam("window", type_=Integer) if shape.limit else None  # each arm may feed the skip
+        window = _window(shape)  # each arm may feed the skip
         if shape.buckets:
             window = limit + _bucket_skip(shape)
         lead = _pg_lead(shape)  # every arm's (one value): the merge orders by it too, as the arms do
@@ -461,24 +497,26 @@ class _Compiled:
     sql: str
     positional: tuple[str, ...] | None
     constants: dict
+    options: dict | None = None  # execution options (``database.PLANS``)
 
     @classmethod
-    def of(cls, stmt, dialect) -> _Compiled:
+    def of(cls, stmt, dialect, options: dict | None = None) -> _Compiled:
         compiled = stmt.compile(dialect=dialect)
         sql = str(compiled)
         assert "POSTCOMPILE" not in sql, sql
         constants = {name: value for name, value in compiled.params.items() if value is not None}
-        return cls(sql, tuple(compiled.positiontup) if compiled.positional else None, constants)
+        positional = tuple(compiled.positiontup) if compiled.positional else None
+        return cls(sql, positional, constants, options)
 
     def run(self, conn: Connection, values: dict):
         values = {**self.constants, **values}
         params = tuple(values[name] for name in self.positional) if self.positional is not None else values
-        return conn.exec_driver_sql(self.sql, params)
+        return conn.exec_driver_sql(self.sql, params, execution_options=self.options)
 
 
 @lru_cache(maxsize=1024)
 def _page_sql(shape: _Shape, dialect) -> _Compiled:
-    return _Compiled.of(_page_select(shape), dialect)
+    return _Compiled.of(_page_select(shape), dialect, _GENERIC if shape.page_size is not None else None)
 
 
 @lru_cache(maxsize=64)
@@ -489,7 +527,8 @@ def _bucket_check_sql(shape: _Shape, dialect) -> _Compiled:
 
 @lru_cache(maxsize=64)
 def _count_sql(statuses: int, dialect) -> _Compiled:
-    return _Compiled.of(select(_total_column(_status_params(statuses))), dialect)
+    """A listing's total: a lookup of ``job_counts``' key (plan-stable)."""
+    return _Compiled.of(select(_total_column(_status_params(statuses))), dialect, _EITHER)
 
 
 @lru_cache(maxsize=64)
@@ -636,6 +675,8 @@ def select_page(
             and not query.time_bounded
         ),
     )
+    if _plan_stable(shape):
+        shape = replace(shape, page_size=limit)
     values = _filter_values(query)
     values.update(limit=limit, offset=offset, window=None if limit is None else limit + offset)
     if after is not None:
@@ -695,7 +736,8 @@ def get_job(conn: Connection, job_id: str) -> Row | None:
     stored = column_text(job_id)
     if unmatchable(conn, stored):
         return None
-    return conn.execute(select(jobs).where(jobs.c.id == stored)).first()
+    # a lookup of the primary key whatever the id: planned once per connection
+    return conn.execute(select(jobs).where(jobs.c.id == stored), execution_options=_GENERIC).first()
 
 
 def _chunks(items: Sequence, size: int = 900) -> Iterable[Sequence]:
@@ -840,7 +882,7 @@ def status_counts(conn: Connection, query: ListQuery) -> dict[str, int]:
     stmt = select(counts.c.status, counts.c.n).where(
         counts.c.source == (query.source or ""), counts.c.workflow_id == (workflow or "")
     )
-    for row_status, n in conn.execute(stmt):
+    for row_status, n in conn.execute(stmt, execution_options=_EITHER):  # a prefix of job_counts' key
         if row_status in found:
             found[row_status] = int(n)
     return found
@@ -880,4 +922,5 @@ def job_sources(conn: Connection, ids: Sequence[str]) -> dict[str, str | None]:
     if not storable:
         return {}
     value = json.dumps(storable) if conn.dialect.name == "sqlite" else storable
-    return {answer_text(i): s for i, s in conn.execute(_JOB_SOURCES_SQL[conn.dialect.name], {"ids": value})}
+    rows = conn.execute(_JOB_SOURCES_SQL[conn.dialect.name], {"ids": value}, execution_options=_EITHER)
+    return {answer_text(i): s for i, s in rows}

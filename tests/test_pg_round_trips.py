@@ -158,22 +158,36 @@ def prepared(conn) -> list[tuple[str, int, int]]:
     return [(statement, int(generic), int(custom)) for statement, generic, custom in rows]
 
 
-def test_reads_prepare_their_statements_and_plan_each_run(pg_index):
-    """A listing run again on a connection is prepared on the server (parsed once),
-    yet every execution gets a custom plan for its values; writers prepare nothing."""
-    from jobs_index.database import write_transaction
+def test_reads_prepare_their_statements_and_plan_them_as_their_values_need(pg_index):
+    """A listing run again on a connection is prepared on the server (parsed once).
+    A page whose plan cannot depend on its values (filters and a keyset, no offset,
+    no time range) runs on its generic plan, planned once per connection; an offset
+    page is planned for its values at every run. Whatever mode the last page left
+    the session in, a read transaction is custom-planned; writers prepare nothing."""
+    from jobs_index.database import read_transaction, write_transaction
 
     pg_index.engine.dispose()  # one connection, used by everything below
-    query = parse_list_query({"limit": "10", "status": "completed"})
-    for _ in range(6):
-        pg_index.list_jobs(query)
+    stable = parse_list_query({"limit": "10", "status": "completed"})
+    offset = parse_list_query({"limit": "10", "offset": "7", "status": "completed"})
+    for query in (stable, offset, stable):
+        for _ in range(6):
+            pg_index.list_jobs(query)
     with pg_index.engine.connect() as conn:
-        listed = [p for p in prepared(conn) if "FROM jobs" in p[0]]
-        assert listed and all(generic == 0 for _, generic, _ in listed), listed
-        assert sum(custom for _, _, custom in listed) >= 5, listed
-        assert conn.exec_driver_sql("SHOW plan_cache_mode").scalar() == "force_custom_plan"
+        plans = {
+            statement: (generic, custom) for statement, generic, custom in prepared(conn) if "FROM jobs" in statement
+        }
+        (offset_sql,) = [statement for statement in plans if "OFFSET" in statement]
+        (stable_sql,) = [statement for statement in plans if "OFFSET" not in statement]
+        assert plans[stable_sql] == (11, 0), plans  # prepared at its second run: 11 runs on one generic plan
+        assert plans[offset_sql] == (0, 5), plans  # each run planned for its values
+        assert "LIMIT 11" in stable_sql  # the page's size is a constant of the generic plan
+        # Left by the last page (outside the read helpers nothing switches it back).
+        assert conn.exec_driver_sql("SHOW plan_cache_mode").scalar() == "force_generic_plan"
         assert conn.connection.driver_connection.prepare_threshold is None  # outside the read helpers
+    with read_transaction(pg_index.engine) as conn:  # e.g. a search: planned for its values
+        assert conn.exec_driver_sql("SHOW plan_cache_mode").scalar() == "force_custom_plan"
     with write_transaction(pg_index.engine) as conn:
+        assert conn.exec_driver_sql("SHOW plan_cache_mode").scalar() == "auto"
         assert conn.connection.driver_connection.prepare_threshold is None
         before = len(prepared(conn))
         for _ in range(3):

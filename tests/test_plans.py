@@ -11,15 +11,15 @@ listener), then asks the engine for that statement's plan with the same paramete
   page's winners may be sorted again after their lookup by id. A workflow's, a
   source's and the duration listing of every status are one arm per status
   (revision 0015 dropped their status-less indexes).
-* PostgreSQL: the pending listing run 12 times (past psycopg's prepare threshold of
-  5 and PostgreSQL's 5 custom plans) is planned each time on
-  ``ix_jobs_status_create_time_id``, as shown by auto_explain (the plan actually
-  executed) and by ``EXPLAIN (FORMAT JSON)`` of the captured statement; the session
-  runs with ``plan_cache_mode = force_custom_plan``: the listing is a prepared
-  statement from its second run on (issue 16), and every execution was custom-planned.
-  Every listing reads about a page of rows per arm with index scans only; every arm
-  of a listing of every status seeks its status's range on the index that starts
-  with the filter (and, for a workflow or a source, whatever the statistics).
+* PostgreSQL: the pending listing run 12 times is a prepared statement from its
+  second run on, served by one generic plan (a page without an offset or a time
+  range is plan-stable: ``database.PLANS``), and that plan, as auto_explain shows
+  it (the plan actually executed), and ``EXPLAIN (FORMAT JSON)`` of the captured
+  statement in either plan mode, seek ``ix_jobs_status_create_time_id``. An offset
+  page is custom-planned at every run. Every listing, in every plan mode it can run
+  in, reads about a page of rows per arm with index scans only; every arm of a
+  listing of every status seeks its status's range on the index that starts with
+  the filter (and, for a workflow or a source, whatever the statistics).
 """
 
 from __future__ import annotations
@@ -310,31 +310,30 @@ def auto_explained(index: JobsIndex):
 RUNS = 12
 
 
-def test_pg_rare_status_listing_keeps_its_custom_plan(pg_big):
+def test_pg_rare_status_listing_runs_one_plan_on_its_index(pg_big):
     query = parse_list_query({"status": "pending", "limit": "20"})
     with auto_explained(pg_big) as executed_plans, captured_selects(pg_big) as statements:
         for _ in range(RUNS):
             page = pg_big.list_jobs(query)
             assert page.total == len(PENDING_AT) and len(page.jobs) == len(PENDING_AT)
 
-        # 1. The sessions that ran it: custom plans forced; the listing is prepared on the
-        # server (parsed once per connection, issue 16) and every execution of it was
-        # planned for its values, never by a generic plan. (Read first: a rollback, as
-        # when a connection of engine.connect() below is returned, makes psycopg drop them.)
+        # 1. The sessions that ran it: the listing is prepared on the server (parsed once
+        # per connection, issue 16) and, plan-stable, runs on its generic plan, never
+        # re-planned. (Read first: a rollback, as when a connection of engine.connect()
+        # below is returned, makes psycopg drop them.)
         pool_size = pg_big.engine.pool.checkedin()
         conns = [pg_big.engine.connect() for _ in range(max(pool_size, 1))]
         try:
-            custom = 0
+            generic = 0
             for conn in conns:
-                assert conn.exec_driver_sql("SHOW plan_cache_mode").scalar() == "force_custom_plan"
                 rows = conn.exec_driver_sql(
                     "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
                     "WHERE strpos(statement, 'job_json') > 0"
                 ).all()
-                assert all(generic == 0 for generic, _ in rows), rows
-                custom += sum(n for _, n in rows)
+                assert all(custom == 0 for _, custom in rows), rows
+                generic += sum(n for n, _ in rows)
                 assert conn.connection.driver_connection.prepare_threshold is None  # outside the read helpers
-            assert custom >= RUNS - 1  # prepared at its second run, custom-planned at each one after
+            assert generic >= RUNS - 1  # prepared at its second run, its generic plan at each one after
         finally:
             for conn in conns:
                 conn.close()
@@ -351,20 +350,36 @@ def test_pg_rare_status_listing_keeps_its_custom_plan(pg_big):
             assert scans and all(name == schema.IX_STATUS_CREATE_TIME for _, name in scans), scans
             assert all(kind in ("Index Scan", "Index Only Scan") for kind, _ in scans), scans
 
-        # 3. EXPLAIN (FORMAT JSON) of the captured statement, same parameters, same session settings.
+        # 3. EXPLAIN (FORMAT JSON) of the captured statement, same parameters, in both plan
+        # modes (custom: where prepared statements are off).
         assert len(statements) == RUNS and len({sql for sql, _ in statements}) == 1
         sql, parameters = statements[-1]
-        with pg_big.engine.connect() as conn:
-            explained = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + sql, parameters).scalar_one()
-        plan = (explained if isinstance(explained, list) else json.loads(explained))[0]["Plan"]
-        scans = scans_of_jobs(plan)
-        assert scans == [("Index Scan", schema.IX_STATUS_CREATE_TIME)], scans
-        assert schema.IX_CREATE_TIME not in json.dumps(plan)
-        # The page's total is read by the same statement: a lookup of job_counts' key.
-        counted = scans_of_counts(plan)
-        assert "pk_job_counts" in {name for _, name in counted} and all(kind != "Seq Scan" for kind, _ in counted), (
-            counted
-        )
+        for mode in PLAN_MODES:
+            with pg_big.engine.connect() as conn:
+                conn.exec_driver_sql(f"SET LOCAL plan_cache_mode = {mode}")
+                explained = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + sql, parameters).scalar_one()
+            plan = (explained if isinstance(explained, list) else json.loads(explained))[0]["Plan"]
+            scans = scans_of_jobs(plan)
+            assert scans == [("Index Scan", schema.IX_STATUS_CREATE_TIME)], (mode, scans)
+            assert schema.IX_CREATE_TIME not in json.dumps(plan)
+            # The page's total is read by the same statement: a lookup of job_counts' key.
+            counted = scans_of_counts(plan)
+            assert "pk_job_counts" in {name for _, name in counted}, (mode, counted)
+            assert all(kind != "Seq Scan" for kind, _ in counted), (mode, counted)
+
+
+def test_pg_offset_listing_is_planned_for_its_values(pg_big):
+    """An offset page (how far to skip decides the plan) is custom-planned at every run."""
+    query = parse_list_query({"status": "pending,completed", "limit": "20", "offset": "30"})
+    pg_big.engine.dispose()
+    for _ in range(RUNS):
+        pg_big.list_jobs(query)
+    with pg_big.engine.connect() as conn:
+        rows = conn.exec_driver_sql(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE strpos(statement, 'OFFSET') > 0"
+        ).all()
+    assert rows and all(generic == 0 for generic, _ in rows), rows
+    assert sum(custom for _, custom in rows) >= RUNS - 1, rows
 
 
 PG_SHAPES = {
@@ -387,8 +402,12 @@ PG_SHAPES = {
 }
 
 
-def explain_analyze(index: JobsIndex, sql: str, parameters) -> dict:
+PLAN_MODES = ("force_custom_plan", "force_generic_plan")
+
+
+def explain_analyze(index: JobsIndex, sql: str, parameters, mode: str = "force_custom_plan") -> dict:
     with index.engine.connect() as conn:
+        conn.exec_driver_sql(f"SET LOCAL plan_cache_mode = {mode}")  # ends with the connection's transaction
         explained = conn.exec_driver_sql("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, parameters).scalar_one()
     return (explained if isinstance(explained, list) else json.loads(explained))[0]["Plan"]
 
@@ -421,13 +440,24 @@ def winner_lookups(plan: dict) -> int:
     )
 
 
-@pytest.mark.parametrize("shape", list(PG_SHAPES))
-def test_pg_listing_reads_a_page_not_the_table(pg_big, shape):
+def _modes(shapes: dict) -> list:
+    """(shape, plan mode): every plan mode a shape's page can run in (a page without
+    an offset or a time range runs on a generic plan with prepared statements on, and
+    custom-planned with them off)."""
+    return [
+        pytest.param(shape, mode, id=f"{shape}-{mode.split('_')[1]}")
+        for shape, params in shapes.items()
+        for mode in (PLAN_MODES if "offset" not in params else PLAN_MODES[:1])
+    ]
+
+
+@pytest.mark.parametrize("shape,mode", _modes(PG_SHAPES))
+def test_pg_listing_reads_a_page_not_the_table(pg_big, shape, mode):
     """Whatever plan PostgreSQL picks, a 20-job page reads about a page of rows per
     arm: index scans only, no Seq Scan, no walk that filters its way through."""
     params = PG_SHAPES[shape]
     sql, parameters = listing_sql(pg_big, {**params, "limit": "20"})
-    plan = explain_analyze(pg_big, sql, parameters)
+    plan = explain_analyze(pg_big, sql, parameters, mode)
     scans = scans_of_jobs(plan)
     assert scans and all(kind in ("Index Scan", "Index Only Scan") for kind, _ in scans), scans
     window = 21 + int(params.get("offset", 0))
@@ -525,14 +555,15 @@ def pg_retired_workflow():
     ],
     ids=lambda v: "&".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else None,
 )
-def test_pg_arms_seek_their_index_whatever_the_statistics(pg_retired_workflow, params, index_name):
+@pytest.mark.parametrize("mode", PLAN_MODES)
+def test_pg_arms_seek_their_index_whatever_the_statistics(pg_retired_workflow, params, index_name, mode):
     """The arms with rows seek the index that starts with their filter, and the page
     reads about a page of rows per arm: no arm walks another index (e.g.
     ix_jobs_status_create_time_id) filtering its way through the newer jobs, a plan
     that the stale statistics above can make look cheap (see docs/postgresql.md)."""
     index = pg_retired_workflow
     sql, parameters = listing_sql(index, {**params, "limit": "20"})
-    plan = explain_analyze(index, sql, parameters)
+    plan = explain_analyze(index, sql, parameters, mode)
     seeks = _seek_report(plan)
     # Arms of statuses with rows seek their index; none filters its way through another.
     assert any(name == index_name for _, name, _ in seeks), seeks
