@@ -347,6 +347,8 @@ def _page_select(shape: _Shape) -> Select:
     arms = {"all": [None], "one": statuses[:1]}.get(shape.arms, statuses)
     if len(arms) == 1 and not shape.offset:  # a single seek: read the page's rows directly
         stmt = _arm(shape, arms[0], limit, page_columns(shape.dialect))
+    elif shape.dialect == "postgresql" and not shape.offset:
+        stmt = _merged_rows(shape, arms, limit)
     else:
         stmt = _winners_page(shape, arms, limit, offset)
     if shape.total and (shape.since or shape.until):
@@ -436,6 +438,25 @@ def _bucket_total(shape: _Shape):
 def _bucket_skip(shape: _Shape):
     position = _bucket_position(shape)
     return func.coalesce(select(position.c.skip).scalar_subquery(), 0)
+
+
+def _merged_rows(shape: _Shape, statuses: list, limit) -> Select:
+    """PostgreSQL, a page without an offset of one seek per status: each arm reads
+    and renders its rows, ordered and LIMIT-ed to the page, and a Merge Append pulls
+    from each only the rows the LIMIT takes (plus one it looks at), so about a page
+    of rows is read and rendered, with no second lookup by id. (Measured at 100k
+    jobs, a source's five arms: 0.25-0.36 ms of execution against 1.1-1.3 ms for
+    keys first and rows by id, ``_winners_page``, which an offset needs.)"""
+    sort = _sort_column(shape.sort_by)
+    lead = _pg_lead(shape)  # every arm's (one value): the merge orders by it too, as the arms do
+    columns = page_columns(shape.dialect)
+    arm_columns = columns if lead is None else (lead.label("w_lead"), *columns)
+    arms = [select(_arm(shape, s, _window(shape), arm_columns).subquery()) for s in statuses]
+    merged = union_all(*arms).subquery()
+    order = _order(shape.descending, merged.c[sort.name], merged.c.id)
+    if lead is not None:
+        order = (merged.c.w_lead.desc() if shape.descending else merged.c.w_lead.asc(), *order)
+    return select(*(merged.c[column.name] for column in columns)).order_by(*order).limit(limit)
 
 
 def _winners_page(shape: _Shape, statuses: list, limit, offset) -> Select:
