@@ -3,13 +3,15 @@
 * URL: ``--db`` → ``JOBS_INDEX_DB`` → ``<user data dir>/jobs-index/jobs.sqlite3``.
 * SQLite: WAL, ``synchronous=NORMAL``, a busy timeout, and ``BEGIN IMMEDIATE`` for
   writers (``write_transaction``), so two writers queue instead of failing mid-way.
-* PostgreSQL (psycopg 3): every plan is a custom plan, so a rare-status query can
-  never be served by a generic plan that walks the whole ``(create_time, id)`` index;
-  a read statement run again on a connection is a server-side prepared statement
-  (parsed once per connection, still planned for its values each time; writers
-  prepare nothing; ``?prepared_statements=off`` in the URL: none at all); a page is
-  one statement without BEGIN/COMMIT, and reads of several statements run at
-  REPEATABLE READ so a page and its ``total`` come from one snapshot.
+* PostgreSQL (psycopg 3): a statement is custom-planned (planned for its values),
+  so a rare-status query can never be served by a plan made for an average status,
+  except a listing page whose plan cannot depend on its values (``PLANS``), which
+  runs on a generic plan planned once per connection; a read statement run again on
+  a connection is a server-side prepared statement (parsed once per connection;
+  writers prepare nothing; ``?prepared_statements=off`` in the URL: none at all, and
+  no generic plans; ``?generic_plans=off``: custom plans only, for a transaction-mode
+  pooler); a page is one statement without BEGIN/COMMIT, and reads of several
+  statements run at REPEATABLE READ so a page and its ``total`` come from one snapshot.
 * ``migrate``: upgrades to head on open; a file database that needs an upgrade is
   backed up first (``<file>.bak-<revision>``) with SQLite's online backup API.
   A database at a revision this code does not know (written by a newer
@@ -82,6 +84,10 @@ PLANS = "jobs_index_plans"
 _PLAN_MODE = "jobs_index_plan_mode"  # in each pooled connection's info: "custom" or "generic"
 _PLAN_CACHE_MODE = {"custom": "force_custom_plan", "generic": "force_generic_plan"}
 PREPARED_PARAM = "prepared_statements"  # URL query: "off" for a pooler that cannot keep them
+# URL query: "off" keeps every statement custom-planned and the session's mode never
+# switched: for a transaction-mode pooler, which may run the next statement on a
+# server connection whose session another client switched (docs/postgresql.md)
+GENERIC_PARAM = "generic_plans"
 _READ_PREPARE = "jobs_index_read_prepare_threshold"  # in each pooled connection's info
 SQLITE_DRIVERS = ("sqlite", "sqlite+pysqlite")
 PG_DRIVERS = ("postgresql", "postgresql+psycopg", "postgresql+psycopg2")  # all served by psycopg 3
@@ -156,8 +162,9 @@ def _quiet(sock: int) -> bool:
     return not readable
 
 
-def _setup_postgresql(engine: Engine, read_prepare_threshold: int | None) -> None:
-    """Prepared reads (``READ_PREPARE_THRESHOLD``, or None: nothing prepared), and a
+def _setup_postgresql(engine: Engine, read_prepare_threshold: int | None, generic_plans: bool) -> None:
+    """Prepared reads (``READ_PREPARE_THRESHOLD``, or None: nothing prepared), generic
+    plans for the plan-stable pages (``PLANS``; ``generic_plans`` False: none), and a
     pooled connection checked at checkout without a round trip.
 
     SQLAlchemy's ``pool_pre_ping`` sends a statement at every checkout: one more round
@@ -175,7 +182,6 @@ def _setup_postgresql(engine: Engine, read_prepare_threshold: int | None) -> Non
         record.info[_READ_PREPARE] = read_prepare_threshold
         record.info[_PLAN_MODE] = "custom"  # the connection's options (``make_engine``)
 
-    @event.listens_for(engine, "before_cursor_execute")
     def plan_mode(conn, cursor, _statement, _parameters, context, _many):  # pragma: no cover - every PostgreSQL test
         driver = cursor.connection
         if not driver.autocommit:  # a transaction: see _custom_plans
@@ -188,6 +194,9 @@ def _setup_postgresql(engine: Engine, read_prepare_threshold: int | None) -> Non
         if info.get(_PLAN_MODE, "custom") != want:
             driver.execute(f"SET plan_cache_mode = {_PLAN_CACHE_MODE[want]}", prepare=False)
             info[_PLAN_MODE] = want
+
+    if generic_plans and read_prepare_threshold is not None:  # unprepared, a generic plan is never kept
+        event.listen(engine, "before_cursor_execute", plan_mode)
 
     @event.listens_for(engine, "checkout")
     def alive(dbapi_conn, _record, _proxy):  # pragma: no cover - exercised by every PostgreSQL test
@@ -234,10 +243,11 @@ def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> Engine:
         given = parsed.query.get("options", ())  # a tuple when the URL repeats it
         ours = "-c plan_cache_mode=force_custom_plan"
         options = " ".join(filter(None, (given, ours) if isinstance(given, str) else (*given, ours)))
-        prepared = parsed.query.get(PREPARED_PARAM, "on")
-        if prepared not in ("on", "off"):
-            raise ConfigError(f"{PREPARED_PARAM}={prepared!r} in the database URL: use on or off")
-        parsed = parsed.difference_update_query(["options", PREPARED_PARAM])
+        prepared, generic = (parsed.query.get(name, "on") for name in (PREPARED_PARAM, GENERIC_PARAM))
+        for name, value in ((PREPARED_PARAM, prepared), (GENERIC_PARAM, generic)):
+            if value not in ("on", "off"):
+                raise ConfigError(f"{name}={value!r} in the database URL: use on or off")
+        parsed = parsed.difference_update_query(["options", PREPARED_PARAM, GENERIC_PARAM])
         # Nothing is prepared unless a read helper asks for it (``_prepare_reads``).
         connect_args: dict[str, object] = {"prepare_threshold": None, "options": options, "application_name": APP_NAME}
         if "connect_timeout" not in parsed.query:  # fail fast on an unreachable host
@@ -245,7 +255,7 @@ def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> Engine:
         engine = create_engine(
             parsed, echo=echo, pool_size=pool_size, max_overflow=pool_size * 2, connect_args=connect_args
         )
-        _setup_postgresql(engine, READ_PREPARE_THRESHOLD if prepared == "on" else None)
+        _setup_postgresql(engine, READ_PREPARE_THRESHOLD if prepared == "on" else None, generic == "on")
         return engine
     raise ConfigError(f"unsupported database {backend!r}: use sqlite:/// or postgresql+psycopg://")
 

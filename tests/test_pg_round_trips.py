@@ -209,3 +209,21 @@ def test_prepared_statements_can_be_turned_off(pg_index):
             assert prepared(conn) == []
     with pytest.raises(ConfigError, match="prepared_statements"):
         JobsIndex.open(url + "&prepared_statements=maybe")
+
+
+def test_generic_plans_can_be_turned_off(pg_index):
+    """``?generic_plans=off`` (a transaction-mode pooler, where a session's settings do
+    not stay with one client): statements are still prepared, but every run of every
+    page is custom-planned and the session's plan mode is never switched."""
+    from jobs_index.errors import ConfigError
+
+    query = parse_list_query({"limit": "10", "status": "completed"})
+    with JobsIndex.open(pg_index.url + "&generic_plans=off", pool_size=1) as off:
+        for _ in range(4):
+            assert off.list_jobs(query).job_texts == pg_index.list_jobs(query).job_texts
+        with off.engine.connect() as conn:
+            listed = [(generic, custom) for statement, generic, custom in prepared(conn) if "FROM jobs" in statement]
+            assert listed == [(0, 3)], listed
+            assert conn.exec_driver_sql("SHOW plan_cache_mode").scalar() == "force_custom_plan"
+    with pytest.raises(ConfigError, match="generic_plans"):
+        JobsIndex.open(pg_index.url + "&generic_plans=yes")
