@@ -568,7 +568,14 @@ def cmd_bulk_floor(args) -> None:
         indexes = write_queries.secondary_indexes(sa_conn)
     jobs = write_queries.job_rows(records, int(time.time() * 1000))
     outputs = write_queries.side_rows(records)
-    searched = [(docid, *search_queries._row_values(r, r.search, None)) for docid, r in enumerate(records, 1)]
+    # job_search rows name their lists' row in job_search_facets (revision 0014): each
+    # distinct (node_types, models, loras) once, as the writer stores them
+    narrow = search_queries._NARROW
+    search_rows = [search_queries._row_values(r, r.search, None) for r in records]
+    facet_id = {lists: i for i, lists in enumerate(dict.fromkeys(row[narrow:] for row in search_rows), 1)}
+    facets = [(i, search_queries.facets_hash(lists), *lists) for lists, i in facet_id.items()]
+    searched = [(docid, *row[:narrow], facet_id[row[narrow:]]) for docid, row in enumerate(search_rows, 1)]
+    del search_rows
     words = [(docid, r.search.fts_text()) for docid, r in enumerate(records, 1)]
     del records
     conn = sqlite3.connect(target.path, isolation_level=None)
@@ -582,7 +589,18 @@ def cmd_bulk_floor(args) -> None:
         conn.execute(f'DROP INDEX "{name}"')
     parts = [
         (f"driver: jobs rows ({len(jobs[0])} columns, zlib raw item)", "jobs", write_queries.JOB_COLUMNS, jobs),
-        ("driver: job_search rows", "job_search", ("docid", *search_queries.ROW_COLUMNS), searched),
+        (
+            f"driver: job_search_facets rows ({len(facets):,} distinct lists)",
+            "job_search_facets",
+            ("id", "hash", *search_queries.FACETS),
+            facets,
+        ),
+        (
+            "driver: job_search rows",
+            "job_search",
+            ("docid", *search_queries.ROW_COLUMNS[:narrow], "facets_id"),
+            searched,
+        ),
         ("driver: job_search_fts (FTS5) documents", "job_search_fts", ("rowid", "doc"), words),
         (
             f"driver: job_outputs rows ({len(outputs) / n:.1f} per job)",
