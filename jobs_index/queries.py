@@ -320,8 +320,8 @@ def _limit(shape: _Shape):
 def _window(shape: _Shape):
     """How far each arm of a PostgreSQL merge reads: the page and the offset (a
     bucketed page adds the rest to skip itself, ``_winners_page``)."""
-    if shape.page_size is not None:  # no plain offset (``_plan_stable``)
-        return literal_column(str(int(shape.page_size)))
+    if shape.page_size is not None:  # no plain offset (``_plan_stable``): the page alone
+        return _limit(shape)
     return bindparam("window", type_=Integer) if shape.limit else None
 
 
@@ -452,16 +452,24 @@ def _merged_rows(shape: _Shape, statuses: list, limit) -> Select:
     of rows is read and rendered, with no second lookup by id. (Measured at 100k
     jobs, a source's five arms: 0.25-0.36 ms of execution against 1.1-1.3 ms for
     keys first and rows by id, ``_winners_page``, which an offset needs.)"""
-    sort = _sort_column(shape.sort_by)
-    lead = _pg_lead(shape)  # every arm's (one value): the merge orders by it too, as the arms do
     columns = page_columns(shape.dialect)
+    merged, order = _pg_merge(shape, statuses, _window(shape), columns, _sort_column(shape.sort_by).name, "id")
+    return select(*(merged.c[column.name] for column in columns)).order_by(*order).limit(limit)
+
+
+def _pg_merge(shape: _Shape, statuses: list, window, columns: tuple, key: str, id_name: str):
+    """PostgreSQL: one ordered arm per status, each LIMIT-ed to ``window``, as one
+    UNION ALL subquery of ``columns``, and the ORDER BY that merges them (by the
+    columns named ``key`` and ``id_name``) with a Merge Append. A workflow's or a
+    source's arms lead their order with its column (one value, ``_arm``): the merge
+    orders by it too, as ``w_lead``."""
+    lead = _pg_lead(shape)
     arm_columns = columns if lead is None else (lead.label("w_lead"), *columns)
-    arms = [select(_arm(shape, s, _window(shape), arm_columns).subquery()) for s in statuses]
-    merged = union_all(*arms).subquery()
-    order = _order(shape.descending, merged.c[sort.name], merged.c.id)
+    merged = union_all(*(select(_arm(shape, s, window, arm_columns).subquery()) for s in statuses)).subquery()
+    order = _order(shape.descending, merged.c[key], merged.c[id_name])
     if lead is not None:
         order = (merged.c.w_lead.desc() if shape.descending else merged.c.w_lead.asc(), *order)
-    return select(*(merged.c[column.name] for column in columns)).order_by(*order).limit(limit)
+    return merged, order
 
 
 def _winners_page(shape: _Shape, statuses: list, limit, offset) -> Select:
@@ -495,13 +503,7 @@ def _winners_page(shape: _Shape, statuses: list, limit, offset) -> Select:
         window = _window(shape)  # each arm may feed the skip
         if shape.buckets:
             window = limit + _bucket_skip(shape)
-        lead = _pg_lead(shape)  # every arm's (one value): the merge orders by it too, as the arms do
-        arm_keys = keys if lead is None else (lead.label("w_lead"), *keys)
-        arms = [select(_arm(shape, s, window, arm_keys).subquery()) for s in statuses]
-        merged = union_all(*arms).subquery()
-        order = _order(shape.descending, merged.c.w_key, merged.c.w_id)
-        if lead is not None:
-            order = (merged.c.w_lead.desc() if shape.descending else merged.c.w_lead.asc(), *order)
+        merged, order = _pg_merge(shape, statuses, window, keys, "w_key", "w_id")
         winners = select(merged.c.w_id, merged.c.w_key).order_by(*order).limit(limit).offset(offset).subquery("winners")
     stmt = (
         select(*page_columns(shape.dialect))
